@@ -1,0 +1,5 @@
+"""Allow ``python -m appliance``."""
+
+from appliance.cli import main
+
+main()

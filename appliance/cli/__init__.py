@@ -1,0 +1,56 @@
+"""The ``neuronova`` command line: a thin edge over the appliance's modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from appliance import __version__
+from appliance.errors import ApplianceError
+
+
+class ApplianceGroup(click.Group):
+    """A click group that reports :class:`ApplianceError` as ``Error: ...`` (exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ApplianceError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=ApplianceGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="neuronova")
+def cli() -> None:
+    """NeuroNova: a DICOM receiver, HTJ2K archive and web viewer in one command.
+
+    \b
+    First time on this machine:
+      neuronova run                 set up the data home and start everything
+    Then browse to http://THIS-HOST:8080/ and log in as admin with the password
+    printed at first start. Modalities send to AE title NEURONOVA, port 11112.
+    """
+
+
+def _register() -> None:
+    from appliance.cli import config_cmd, core, services, users
+
+    for command in (
+        core.init,
+        core.run,
+        core.status,
+        core.version,
+        config_cmd.config,
+        users.user,
+        services.service,
+    ):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="neuronova")

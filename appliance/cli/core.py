@@ -1,0 +1,125 @@
+"""``init``, ``run``, ``status`` and ``version``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import click
+
+from appliance import __version__
+from appliance.cli.options import home_option, network_options, settings_from
+from appliance.config import Settings
+from appliance.home import InitResult, init_home, require_initialized
+from appliance.logs import configure_logging
+from appliance.runner import run_appliance
+
+
+def _report_init(settings: Settings, result: InitResult) -> None:
+    if result.created:
+        click.echo(f"Created the NeuroNova home in {settings.home}")
+    if result.admin_password:
+        click.echo("")
+        click.secho("  First administrator account (shown only once):", bold=True)
+        click.echo("    user:     admin")
+        click.echo(f"    password: {result.admin_password}")
+        click.echo("  Change it with `neuronova user passwd admin`.")
+        click.echo("")
+
+
+@click.command()
+@home_option
+@network_options
+def init(home: Path | None, **network: object) -> None:
+    """Create the data home: settings, secrets (mode 0600), database, first admin.
+
+    Running it again on an existing home changes nothing. The admin password is printed
+    once; store it safely.
+    """
+    settings = settings_from(home, **network)
+    result = init_home(settings)
+    _report_init(settings, result)
+    if not result.created:
+        click.echo(f"{settings.home} is already set up; nothing to do.")
+
+
+@click.command()
+@home_option
+@network_options
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def run(home: Path | None, verbose: bool, **network: object) -> None:
+    """Set up the home if needed, then start and supervise every service.
+
+    Starts Orthanc, the task queue, the web app, the DICOM receiver and nginx, restarts
+    any that crash, and stops them all on Ctrl-C or SIGTERM. Logs go to the terminal and
+    to HOME/logs/.
+    """
+    settings = settings_from(home, **network)
+    _report_init(settings, init_home(settings))
+    configure_logging(
+        logging.DEBUG if verbose else logging.INFO, settings.home / "logs" / "neuronova.log"
+    )
+    click.echo(f"Web:   http://{settings.probe_host}:{settings.http_port}/")
+    click.echo(f"DICOM: AE title {settings.ae_title}, port {settings.dicom_port}")
+    run_appliance(settings)
+
+
+def fetch_health(settings: Settings, timeout: float = 10.0) -> tuple[int, dict] | None:
+    """GET /api/health through nginx; ``None`` when nothing answers."""
+    url = f"http://{settings.probe_host}:{settings.http_port}/api/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.load(exc)
+        except ValueError:
+            return exc.code, {"status": "error", "error": f"HTTP {exc.code} from {url}"}
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+@click.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw health JSON.")
+def status(home: Path | None, as_json: bool) -> None:
+    """Show whether the appliance is running and the health of each component.
+
+    Exits 0 when everything is healthy, 1 otherwise.
+    """
+    settings = settings_from(home)
+    require_initialized(settings)
+    answer = fetch_health(settings)
+    if answer is None:
+        raise click.ClickException(
+            f"NeuroNova is not answering on port {settings.http_port} for {settings.home}. "
+            "Start it with `neuronova run`."
+        )
+    code, report = answer
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_health(report)
+    sys.exit(0 if code == 200 else 1)
+
+
+def _print_health(report: dict) -> None:
+    overall = report.get("status", "error")
+    click.secho(
+        f"NeuroNova: {overall.upper()}", fg="green" if overall == "ok" else "red", bold=True
+    )
+    for name, component in report.get("components", {}).items():
+        ok = component.get("status") == "ok"
+        details = ", ".join(f"{k}={v}" for k, v in component.items() if k != "status")
+        mark = click.style("ok   " if ok else "ERROR", fg="green" if ok else "red")
+        click.echo(f"  {mark} {name:<9} {details}")
+
+
+@click.command()
+def version() -> None:
+    """Print the version of NeuroNova."""
+    click.echo(f"neuronova {__version__}")

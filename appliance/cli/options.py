@@ -1,0 +1,52 @@
+"""Options shared by several commands, and the settings they produce."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from appliance.config import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def home_option(fn: F) -> F:
+    """``--home DIR``: the data home (default: $NEURONOVA_HOME or the user data folder)."""
+    return click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Data home holding settings, secrets, database and images "
+        "[default: $NEURONOVA_HOME or ~/.local/share/neuronova].",
+    )(fn)
+
+
+def network_options(fn: F) -> F:
+    """``--http-port``, ``--dicom-port`` and ``--bind``, overriding the settings file."""
+    fn = click.option(
+        "--bind",
+        metavar="ADDR",
+        default=None,
+        help="Address nginx and the DICOM port listen on [default: 0.0.0.0].",
+    )(fn)
+    fn = click.option(
+        "--dicom-port",
+        type=click.IntRange(1, 65535),
+        default=None,
+        help="DICOM port for modalities [default: 11112].",
+    )(fn)
+    fn = click.option(
+        "--http-port",
+        type=click.IntRange(1, 65535),
+        default=None,
+        help="Web port for browsers [default: 8080].",
+    )(fn)
+    return fn
+
+
+def settings_from(home: Path | None, **overrides: Any) -> Settings:
+    """Settings for ``home`` with command-line overrides applied."""
+    return load_settings(home, overrides)

@@ -1,0 +1,189 @@
+"""Settings: where the data home is, which ports to use, and how they are overridden.
+
+Precedence, lowest to highest: built-in defaults, ``neuronova.toml`` in the data home,
+``NEURONOVA_<SECTION>_<KEY>`` environment variables, command-line options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from appliance.errors import ConfigError
+
+CONFIG_FILENAME = "neuronova.toml"
+HOME_ENV = "NEURONOVA_HOME"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting: its TOML section and key, its attribute and its type."""
+
+    section: str
+    key: str
+    attr: str
+    type: type
+    help: str
+
+    @property
+    def env_var(self) -> str:
+        return f"NEURONOVA_{self.section}_{self.key}".upper()
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("network", "bind", "bind", str, "Address nginx and the DICOM receiver listen on"),
+    Field("web", "http_port", "http_port", int, "HTTP port of the web interface (nginx)"),
+    Field("web", "https_port", "https_port", int, "HTTPS port of the web interface (nginx)"),
+    Field("web", "redirect_to_https", "redirect_to_https", bool, "Redirect plain HTTP to HTTPS"),
+    Field("dicom", "port", "dicom_port", int, "DICOM port modalities send to"),
+    Field("dicom", "ae_title", "ae_title", str, "AE title of the DICOM receiver"),
+    Field("internal", "app_port", "app_port", int, "Loopback port of the web application"),
+    Field("internal", "orthanc_port", "orthanc_port", int, "Loopback HTTP port of Orthanc"),
+    Field("queue", "redis_url", "redis_url", str, "Redis URL for the task queue (cloud profile)"),
+    Field("queue", "workers", "workers", int, "Parallel transcoding workers"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The appliance's settings; every path derives from ``home``."""
+
+    home: Path
+    bind: str = "0.0.0.0"
+    http_port: int = 8080
+    https_port: int = 8443
+    redirect_to_https: bool = False
+    dicom_port: int = 11112
+    ae_title: str = "NEURONOVA"
+    app_port: int = 18081
+    orthanc_port: int = 18042
+    redis_url: str = ""
+    workers: int = 2
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / CONFIG_FILENAME
+
+    @property
+    def probe_host(self) -> str:
+        """The address local health checks use to reach the public listeners."""
+        return "127.0.0.1" if self.bind in ("0.0.0.0", "", "::", "*") else self.bind
+
+    def as_toml_dict(self) -> dict[str, dict[str, Any]]:
+        """The settings grouped by TOML section, as ``config show`` prints them."""
+        out: dict[str, dict[str, Any]] = {}
+        for field in FIELDS:
+            out.setdefault(field.section, {})[field.key] = getattr(self, field.attr)
+        return out
+
+
+def default_home() -> Path:
+    """The data home: ``$NEURONOVA_HOME`` or the platform's user data directory."""
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("neuronova", appauthor=False))
+
+
+def _coerce(field: Field, value: Any, origin: str) -> Any:
+    if field.type is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+    elif field.type is int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if field.attr.endswith("port") and not 0 < number < 65536:
+                raise ConfigError(f"{origin}: {field.key} must be a port between 1 and 65535")
+            return number
+    elif isinstance(value, str):
+        return value
+    raise ConfigError(f"{origin}: {field.key} must be of type {field.type.__name__}, got {value!r}")
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}. Fix or delete the file.") from exc
+    values: dict[str, Any] = {}
+    known = {(f.section, f.key): f for f in FIELDS}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{section}' must be a [section]")
+        for key, value in table.items():
+            field = known.get((section, key))
+            if field is None:
+                raise ConfigError(f"{path}: unknown setting [{section}] {key}")
+            values[field.attr] = _coerce(field, value, str(path))
+    return values
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        f.attr: _coerce(f, environ[f.env_var], f.env_var) for f in FIELDS if f.env_var in environ
+    }
+
+
+def load_settings(
+    home: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings for a data home.
+
+    Parameters
+    ----------
+    home
+        The data home; :func:`default_home` when ``None``.
+    overrides
+        Attribute values from the command line; ``None`` values are ignored.
+    environ
+        The environment to read overrides from (``os.environ`` by default).
+    """
+    home = (home or default_home()).expanduser().resolve()
+    values = _from_toml(home / CONFIG_FILENAME)
+    values.update(_from_env(os.environ if environ is None else environ))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return Settings(home=home, **values)
+
+
+def render_toml(settings: Settings) -> str:
+    """The commented TOML file written at ``init``."""
+    lines = ["# NeuroNova settings. Environment variables NEURONOVA_<SECTION>_<KEY> override them."]
+    for section, table in settings.as_toml_dict().items():
+        lines.append(f"\n[{section}]")
+        for key, value in table.items():
+            field = next(f for f in FIELDS if f.section == section and f.key == key)
+            lines.append(f"# {field.help}")
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    """A copy of ``settings`` with some values changed."""
+    return dataclasses.replace(settings, **changes)

@@ -1,0 +1,60 @@
+"""Setting up a data home: folders, settings file, secrets, database, first admin."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from appliance import users
+from appliance.config import Settings, render_toml
+from appliance.db import open_database
+from appliance.errors import NotInitializedError
+from appliance.keys import load_or_create_secret
+from appliance.layout import HomeLayout
+
+FIRST_ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What ``init`` did; ``admin_password`` is set only when the admin was just created."""
+
+    created: bool
+    admin_password: str | None
+
+
+def init_home(settings: Settings) -> InitResult:
+    """Create whatever the data home lacks; safe to run again (it changes nothing then)."""
+    layout = HomeLayout(settings.home)
+    created = not settings.config_file.exists()
+    _make_dirs(layout)
+    if created:
+        settings.config_file.write_text(render_toml(settings))
+    load_or_create_secret(layout.jwt_key_file, 48)
+    load_or_create_secret(layout.orthanc_password_file, 24)
+    db = open_database(layout.database_file)
+    admin_password = None
+    if db["users"].count == 0:
+        admin_password = users.generate_password()
+        users.create_user(db, FIRST_ADMIN, "admin", admin_password)
+    db.close()
+    return InitResult(created=created, admin_password=admin_password)
+
+
+def require_initialized(settings: Settings) -> HomeLayout:
+    """The layout of an initialized home; :class:`NotInitializedError` otherwise."""
+    layout = HomeLayout(settings.home)
+    if not layout.database_file.exists():
+        raise NotInitializedError(
+            f"{settings.home} is not a NeuroNova home yet. "
+            f"Run `neuronova init --home {settings.home}` first."
+        )
+    return layout
+
+
+def _make_dirs(layout: HomeLayout) -> None:
+    for path in layout.private_dirs():
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+    for path in layout.shared_dirs():
+        path.mkdir(parents=True, exist_ok=True)

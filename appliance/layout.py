@@ -1,0 +1,92 @@
+"""Where everything lives inside the data home."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HomeLayout:
+    """The folders and files of one data home."""
+
+    home: Path
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def jwt_key_file(self) -> Path:
+        return self.secrets_dir / "jwt-signing.key"
+
+    @property
+    def orthanc_password_file(self) -> Path:
+        return self.secrets_dir / "orthanc-password"
+
+    @property
+    def database_file(self) -> Path:
+        return self.home / "db" / "appliance.db"
+
+    @property
+    def queue_file(self) -> Path:
+        return self.home / "db" / "queue.db"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.home / "frames"
+
+    @property
+    def orthanc_dir(self) -> Path:
+        return self.home / "orthanc"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run_dir / "neuronova.lock"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "supervisor.json"
+
+    @property
+    def worker_heartbeat_file(self) -> Path:
+        return self.run_dir / "worker.heartbeat"
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.run_dir / "nginx" / "nginx.conf"
+
+    @property
+    def orthanc_conf(self) -> Path:
+        return self.run_dir / "orthanc" / "orthanc.json"
+
+    def private_dirs(self) -> list[Path]:
+        """Folders created with mode 0700."""
+        return [self.home, self.secrets_dir, self.database_file.parent, self.run_dir, self.tls_dir]
+
+    def shared_dirs(self) -> list[Path]:
+        """Folders created with mode 0755 (nginx's workers read some of them)."""
+        return [
+            self.spool_dir,
+            self.frames_dir,
+            self.orthanc_dir,
+            self.log_dir,
+            self.nginx_conf.parent,
+            self.orthanc_conf.parent,
+        ]

@@ -1,0 +1,102 @@
+"""nginx: its configuration, rendered into the data home at every start, and its command."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import bundled_nginx
+from appliance.config import Settings
+from appliance.keys import write_private_file
+from appliance.layout import HomeLayout
+from appliance.orthanc import orthanc_auth_header
+from spa_dist import spa_root
+
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+TEMP_SUBDIRS = ("body", "proxy", "fastcgi", "uwsgi", "scgi")
+SECURITY_HEADERS = "\n".join(
+    f"        add_header {name} {value} always;"
+    for name, value in (
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "same-origin"),
+        ("X-Frame-Options", "SAMEORIGIN"),
+    )
+)
+
+
+def render_template(text: str, values: dict[str, str]) -> str:
+    """Replace every ``{{name}}`` in ``text``; a name without a value is an error."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(f"template placeholder {{{{{name}}}}} has no value")
+        return values[name]
+
+    return _PLACEHOLDER.sub(substitute, text)
+
+
+def _listen_lines(settings: Settings) -> str:
+    return f"        listen {settings.bind}:{settings.http_port};"
+
+
+def _user_line() -> str:
+    """Workers run as the appliance's own user when started as root (design.md fact 7)."""
+    if os.geteuid() != 0:
+        return ""
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    return f"user {user} {group};"
+
+
+def render_nginx_conf(settings: Settings) -> Path:
+    """Write ``nginx.conf`` (mode 0600: it holds Orthanc's credentials) and its folders."""
+    layout = HomeLayout(settings.home)
+    temp_dir = layout.run_dir / "nginx" / "temp"
+    for sub in TEMP_SUBDIRS:
+        (temp_dir / sub).mkdir(parents=True, exist_ok=True)
+    basic = orthanc_auth_header(settings).removeprefix("Basic ")
+    server = render_template(
+        bundled_nginx.template_text("server.conf.template"),
+        {
+            "listen": _listen_lines(settings),
+            "server_extra": "",
+            "security_headers": SECURITY_HEADERS,
+            "orthanc_basic_auth": basic,
+            "spa_dir": str(spa_root()),
+        },
+    )
+    text = render_template(
+        bundled_nginx.template_text(),
+        {
+            "user_line": _user_line(),
+            "run_dir": str(layout.nginx_conf.parent),
+            "log_dir": str(layout.log_dir),
+            "temp_dir": str(temp_dir),
+            "mime_types": str(bundled_nginx.mime_types_path()),
+            "app_port": str(settings.app_port),
+            "orthanc_port": str(settings.orthanc_port),
+            "servers": server,
+        },
+    )
+    write_private_file(layout.nginx_conf, text.encode())
+    return layout.nginx_conf
+
+
+def nginx_command(nginx: Path, settings: Settings) -> list[str]:
+    """The argv that starts nginx in the foreground with every compiled-in path overridden."""
+    layout = HomeLayout(settings.home)
+    prefix = layout.nginx_conf.parent
+    return [
+        str(nginx),
+        "-p",
+        f"{prefix}/",
+        "-c",
+        str(layout.nginx_conf),
+        "-e",
+        str(layout.log_dir / "nginx-error.log"),
+    ]

@@ -1,0 +1,96 @@
+"""Orthanc: its generated configuration, its command, and a small REST client.
+
+Debian's Orthanc 1.10.1 cannot choose its listening address (design.md fact 10), so it is
+closed by configuration: remote access refused, HTTP authentication on with credentials
+only the appliance knows, its own DICOM server off (the appliance's receiver is the DICOM
+entry point).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from appliance.binaries import ORTHANC, bundle_dir, find_dicomweb_plugin, find_program
+from appliance.config import Settings
+from appliance.keys import read_secret, write_private_file
+from appliance.layout import HomeLayout
+
+ORTHANC_USER = "neuronova"
+
+
+def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str, Any]:
+    """Orthanc's JSON configuration for this data home."""
+    layout = HomeLayout(settings.home)
+    return {
+        "Name": "NeuroNova",
+        "StorageDirectory": str(layout.orthanc_dir / "storage"),
+        "IndexDirectory": str(layout.orthanc_dir / "index"),
+        "StorageCompression": False,
+        "HttpServerEnabled": True,
+        "HttpPort": settings.orthanc_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {ORTHANC_USER: password},
+        "SslEnabled": False,
+        "HttpCompressionEnabled": False,
+        "KeepAlive": True,
+        "HttpThreadsCount": 50,
+        "DicomServerEnabled": False,
+        "DicomModalities": {},
+        "OrthancPeers": {},
+        "Plugins": [str(plugin)],
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": False,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        },
+        "OverwriteInstances": False,
+        "SaveJobs": False,
+        "StableAge": 30,
+        "ConcurrentJobs": 2,
+        "LimitFindResults": 0,
+        "LimitFindInstances": 0,
+        "Locale": "C.UTF-8",
+        "ExecuteLuaEnabled": False,
+        "RestApiWriteToFileSystemEnabled": False,
+    }
+
+
+def render_orthanc_conf(settings: Settings) -> Path:
+    """Write Orthanc's configuration (mode 0600: it holds the credentials)."""
+    layout = HomeLayout(settings.home)
+    password = read_secret(layout.orthanc_password_file)
+    config = orthanc_config(settings, password, find_dicomweb_plugin())
+    write_private_file(layout.orthanc_conf, json.dumps(config, indent=2).encode())
+    return layout.orthanc_conf
+
+
+def orthanc_command(settings: Settings) -> list[str]:
+    """The argv that starts Orthanc with the generated configuration."""
+    return [str(find_program(ORTHANC)), str(HomeLayout(settings.home).orthanc_conf)]
+
+
+def orthanc_environment() -> dict[str, str]:
+    """Environment additions Orthanc needs inside the bundle (its DICOM dictionaries)."""
+    env: dict[str, str] = {}
+    if (bundle := bundle_dir()) is not None:
+        dicts = bundle / "dcmtk"
+        env["DCMDICTPATH"] = os.pathsep.join(str(dicts / n) for n in ("dicom.dic", "private.dic"))
+    return env
+
+
+def orthanc_auth_header(settings: Settings) -> str:
+    """The ``Authorization`` header value for Orthanc's REST API."""
+    password = read_secret(HomeLayout(settings.home).orthanc_password_file)
+    return "Basic " + base64.b64encode(f"{ORTHANC_USER}:{password}".encode()).decode()
+
+
+def orthanc_url(settings: Settings) -> str:
+    """Base URL of Orthanc's REST API on loopback."""
+    return f"http://127.0.0.1:{settings.orthanc_port}"

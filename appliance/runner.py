@@ -1,0 +1,118 @@
+"""``neuronova run``: prepare the configuration, then start and supervise every service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import aiohttp
+
+from appliance.binaries import NGINX, find_program
+from appliance.config import FIELDS, HOME_ENV, Settings
+from appliance.home import require_initialized
+from appliance.layout import HomeLayout
+from appliance.lock import HomeLock
+from appliance.nginx import nginx_command, render_nginx_conf
+from appliance.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
+from appliance.probes import probe_http, probe_nginx, probe_orthanc, probe_receiver, probe_worker
+from appliance.supervisor import ChildSpec, Supervisor
+
+log = logging.getLogger("neuronova.supervisor")
+
+
+def self_command() -> list[str]:
+    """How to start this program again: the bundle's executable, or ``python -m appliance``."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "appliance"]
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Environment variables that give a child process exactly these settings."""
+    env = {HOME_ENV: str(settings.home)}
+    for field in FIELDS:
+        value = getattr(settings, field.attr)
+        env[field.env_var] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def build_specs(settings: Settings, session: aiohttp.ClientSession) -> list[ChildSpec]:
+    """The children in start order: storage first, the public entry points last."""
+    logs = HomeLayout(settings.home).log_dir
+    env = settings_environment(settings)
+    service = [*self_command(), "service"]
+
+    async def orthanc_ready() -> bool:
+        return (await probe_orthanc(settings, session))["status"] == "ok"
+
+    async def worker_ready() -> bool:
+        return probe_worker(settings)["status"] == "ok"
+
+    async def app_ready() -> bool:
+        url = f"http://127.0.0.1:{settings.app_port}/api/health/live"
+        return (await probe_http(session, url))["status"] == "ok"
+
+    async def receiver_ready() -> bool:
+        return (await probe_receiver(settings))["status"] == "ok"
+
+    async def nginx_ready() -> bool:
+        return (await probe_nginx(settings, session))["status"] == "ok"
+
+    return [
+        ChildSpec(
+            "orthanc",
+            orthanc_command(settings),
+            logs / "orthanc.log",
+            orthanc_ready,
+            env=orthanc_environment(),
+        ),
+        ChildSpec("worker", [*service, "worker"], logs / "worker.log", worker_ready, env=env),
+        ChildSpec("app", [*service, "app"], logs / "app.log", app_ready, env=env),
+        ChildSpec(
+            "receiver", [*service, "receiver"], logs / "receiver.log", receiver_ready, env=env
+        ),
+        ChildSpec(
+            "nginx",
+            nginx_command(find_program(NGINX), settings),
+            logs / "nginx.log",
+            nginx_ready,
+            stop_signal=signal.SIGQUIT,
+        ),
+    ]
+
+
+async def _supervise(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    timeout = aiohttp.ClientTimeout(total=3)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        supervisor = Supervisor(
+            build_specs(settings, session), HomeLayout(settings.home).state_file
+        )
+        await supervisor.run_until(stop)
+
+
+def run_appliance(settings: Settings) -> None:
+    """Run the appliance in the foreground until SIGTERM or SIGINT.
+
+    Raises :class:`~appliance.errors.ApplianceError` subclasses for problems a user can
+    fix (home not initialized, already running, a program missing).
+    """
+    layout = require_initialized(settings)
+    with HomeLock(layout.lock_file):
+        find_program(NGINX)
+        render_orthanc_conf(settings)
+        render_nginx_conf(settings)
+        log.info(
+            "starting NeuroNova: web http://%s:%d/, DICOM %s port %d, home %s",
+            settings.probe_host,
+            settings.http_port,
+            settings.ae_title,
+            settings.dicom_port,
+            settings.home,
+        )
+        asyncio.run(_supervise(settings))

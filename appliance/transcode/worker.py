@@ -1,0 +1,37 @@
+"""The queue consumer process: runs tasks and writes a heartbeat the health check reads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from appliance.config import Settings
+from appliance.layout import HomeLayout
+from appliance.transcode.queue import create_huey
+
+log = logging.getLogger("neuronova.worker")
+HEARTBEAT_INTERVAL = 2.0
+
+
+def _beat(path: Path, stop: threading.Event) -> None:
+    while not stop.is_set():
+        path.touch()
+        stop.wait(HEARTBEAT_INTERVAL)
+
+
+def serve(settings: Settings) -> None:
+    """Run the consumer with ``settings.workers`` threads until SIGTERM or SIGINT."""
+    huey = create_huey(settings)
+    consumer = huey.create_consumer(
+        workers=settings.workers, worker_type="thread", periodic=True, check_worker_health=True
+    )
+    stop = threading.Event()
+    heartbeat = HomeLayout(settings.home).worker_heartbeat_file
+    threading.Thread(target=_beat, args=(heartbeat, stop), daemon=True, name="heartbeat").start()
+    backend = "Redis" if settings.redis_url else "SQLite"
+    log.info("queue worker started: %d workers, %s backend", settings.workers, backend)
+    try:
+        consumer.run()
+    finally:
+        stop.set()

@@ -1,0 +1,66 @@
+"""The aiohttp application factory and the process that serves it on loopback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from appliance.config import Settings
+from appliance.db import open_database
+from appliance.layout import HomeLayout
+from appliance.transcode.queue import create_huey
+from appliance.web import health
+from appliance.web.errors import error_middleware
+from appliance.web.keys import DB, HTTP, HUEY, SETTINGS, STARTED_AT
+
+log = logging.getLogger("neuronova.web")
+ROUTE_TABLES = (health.routes,)
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The app database, open for the app's lifetime."""
+    app[DB] = open_database(HomeLayout(app[SETTINGS].home).database_file)
+    yield
+    app[DB].close()
+
+
+async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One HTTP client session (to Orthanc and for probes), closed at shutdown."""
+    timeout = aiohttp.ClientTimeout(total=5)
+    app[HTTP] = aiohttp.ClientSession(timeout=timeout)
+    yield
+    await app[HTTP].close()
+
+
+async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The task queue the app enqueues work on."""
+    app[HUEY] = create_huey(app[SETTINGS])
+    yield
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the web application for ``settings``."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024**3)
+    app[SETTINGS] = settings
+    app[STARTED_AT] = time.time()
+    app.cleanup_ctx.extend([database_ctx, http_client_ctx, queue_ctx])
+    for table in ROUTE_TABLES:
+        app.add_routes(table)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Serve the app on ``127.0.0.1:app_port`` until SIGTERM or SIGINT."""
+    log.info("web app listening on 127.0.0.1:%d", settings.app_port)
+    web.run_app(
+        create_app(settings),
+        host="127.0.0.1",
+        port=settings.app_port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=3,
+    )

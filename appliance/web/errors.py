@@ -1,0 +1,46 @@
+"""One JSON shape for every error a client sees: ``{"status", "error", "message"}``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("neuronova.web")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, error: str, message: str, **extra: Any) -> web.Response:
+    """A JSON error response."""
+    body = {"status": status, "error": error, "message": message, **extra}
+    return web.json_response(body, status=status)
+
+
+class ApiError(web.HTTPException):
+    """An HTTP error with a machine-readable code and a human message, raised by handlers."""
+
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        self.status_code = status
+        super().__init__()
+        self.error, self.message, self.extra = error, message, extra
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every exception into the JSON error shape; never send a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_error(exc.status_code, exc.error, exc.message, **exc.extra)
+    except web.HTTPException as exc:
+        if exc.status_code < 400:
+            raise
+        phrase = HTTPStatus(exc.status_code).phrase
+        code = phrase.lower().replace(" ", "_").replace("-", "_")
+        return json_error(exc.status_code, code, f"{phrase}: {request.method} {request.path}")
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal_error", "Internal error; the details are in the app log.")

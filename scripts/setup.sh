@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian 12 / Ubuntu machine for NeuroNova from this checkout:
+# Debian packages (nginx, Orthanc + DICOMweb, dcmtk, ...), a virtual environment in
+# .venv with the appliance installed, and the OHIF viewer fetched from npm.
+#   bash scripts/setup.sh            # what the appliance needs
+#   bash scripts/setup.sh --test     # plus what the test suite needs (Chromium, Redis, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+[ "${1:-}" = "--test" ] && with_tests=1
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+packages=(nginx-light orthanc orthanc-dicomweb dcmtk python3-venv python3-dev curl ca-certificates nodejs npm)
+if [ "$with_tests" = 1 ]; then
+  packages+=(openjph-tools chromium chromium-driver redis-server iproute2 wrk)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> Installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Debian starts its own nginx and Orthanc services on install; the appliance runs its own
+# copies (Orthanc closed to the network), so the stock services are stopped and disabled.
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  for unit in orthanc nginx; do
+    $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  done
+fi
+
+python=python3
+for candidate in python3.13 python3.12 python3.11 python3; do
+  if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    python=$candidate; break
+  fi
+done
+if [ ! -x .venv/bin/python ]; then
+  echo "==> Creating the virtual environment .venv ($($python --version))"
+  "$python" -m venv .venv
+fi
+echo "==> Installing NeuroNova into .venv"
+extras=""
+[ "$with_tests" = 1 ] && extras="[test]"
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".${extras}"
+
+if [ -f packaging/fetch_ohif.py ]; then
+  echo "==> Fetching the OHIF viewer"
+  .venv/bin/python packaging/fetch_ohif.py --dest spa_dist/pacs-viewer
+fi
+echo "==> Set-up complete."

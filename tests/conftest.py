@@ -1,0 +1,163 @@
+"""Fixtures: free ports, temporary homes, and the real appliance started as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from appliance.config import Settings, load_settings
+from appliance.home import init_home
+from appliance.runner import settings_environment
+
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (bind to port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 0.1 s until true; fail the test naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0):
+    """GET ``url``; returns (status, headers, body) also for 4xx/5xx answers."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+@dataclass
+class Appliance:
+    """A ``neuronova run`` subprocess on a temporary home with free ports."""
+
+    settings: Settings
+    admin_password: str
+    process: subprocess.Popen | None = None
+    output: Path = field(default=Path("/dev/null"))
+    prefix: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.probe_host}:{self.settings.http_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **settings_environment(self.settings)}
+
+    def start(self, wait: bool = True) -> Appliance:
+        command = [
+            *self.prefix,
+            sys.executable,
+            "-m",
+            "appliance",
+            "run",
+            "--home",
+            str(self.settings.home),
+        ]
+        with open(self.output, "ab") as out:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        if wait:
+            wait_for(self.healthy, START_TIMEOUT, f"the appliance to be healthy ({self.output})")
+            wait_for(self.all_running, 10, "every child to be RUNNING")
+        return self
+
+    def health(self) -> tuple[int, dict]:
+        status, _, body = http_get(f"{self.url}/api/health")
+        return status, json.loads(body)
+
+    def healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"appliance exited early: {self.output.read_text()[-3000:]}")
+        try:
+            return self.health()[0] == 200
+        except (OSError, ValueError):
+            return False
+
+    def all_running(self) -> bool:
+        children = self.state()["children"].values()
+        return all(c["state"] == "RUNNING" for c in children)
+
+    def state(self) -> dict:
+        return json.loads((self.settings.home / "run" / "supervisor.json").read_text())
+
+    def child_pid(self, name: str) -> int:
+        return self.state()["children"][name]["pid"]
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def make_appliance(tmp_path: Path, **overrides: object) -> Appliance:
+    """An initialized home on free ports, not started yet."""
+    home = tmp_path / "home"
+    values = {
+        "bind": "127.0.0.1",
+        "http_port": free_port(),
+        "https_port": free_port(),
+        "dicom_port": free_port(),
+        "app_port": free_port(),
+        "orthanc_port": free_port(),
+        **overrides,
+    }
+    settings = load_settings(home, values, environ={})
+    result = init_home(settings)
+    assert result.admin_password
+    return Appliance(settings, result.admin_password, output=tmp_path / "run.out")
+
+
+@pytest.fixture
+def appliance_factory(tmp_path_factory) -> Iterator[Callable[..., Appliance]]:
+    """Make appliances in fresh homes; every one started is stopped at teardown."""
+    made: list[Appliance] = []
+
+    def make(**overrides: object) -> Appliance:
+        appliance = make_appliance(tmp_path_factory.mktemp("appliance"), **overrides)
+        made.append(appliance)
+        return appliance
+
+    yield make
+    for appliance in made:
+        appliance.stop()
+
+
+@pytest.fixture(scope="session")
+def appliance(tmp_path_factory) -> Iterator[Appliance]:
+    """One running appliance shared by the tests that do not disturb it."""
+    running = make_appliance(tmp_path_factory.mktemp("shared")).start()
+    yield running
+    running.stop()

@@ -1,0 +1,152 @@
+"""The command line, through click's CliRunner on real temporary homes."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+from click.testing import CliRunner
+
+from appliance.cli import cli
+from appliance.config import load_settings
+from appliance.db import open_database
+from appliance.users import get_user, verify_password
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def home(tmp_path, runner):
+    home = tmp_path / "home"
+    result = runner.invoke(cli, ["init", "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    return home
+
+
+def test_init_creates_secrets_database_and_prints_admin_password_once(tmp_path, runner):
+    home = tmp_path / "h"
+    first = runner.invoke(cli, ["init", "--home", str(home)])
+    assert first.exit_code == 0
+    assert "password:" in first.output
+    password = first.output.split("password:")[1].split()[0]
+    db = open_database(home / "db" / "appliance.db")
+    admin = get_user(db, "admin")
+    assert admin["role"] == "admin" and verify_password(password, admin["password_hash"])
+    for name in ("jwt-signing.key", "orthanc-password"):
+        assert stat.S_IMODE((home / "secrets" / name).stat().st_mode) == 0o600
+    second = runner.invoke(cli, ["init", "--home", str(home)])
+    assert second.exit_code == 0 and "password:" not in second.output
+    assert "already set up" in second.output
+
+
+def test_home_from_environment(tmp_path, runner, monkeypatch):
+    monkeypatch.setenv("NEURONOVA_HOME", str(tmp_path / "envhome"))
+    assert runner.invoke(cli, ["init"]).exit_code == 0
+    assert (tmp_path / "envhome" / "neuronova.toml").exists()
+
+
+def test_config_show_applies_file_then_environment(home, runner, monkeypatch):
+    toml = home / "neuronova.toml"
+    toml.write_text(toml.read_text().replace("http_port = 8080", "http_port = 9000"))
+    shown = runner.invoke(cli, ["config", "show", "--home", str(home)])
+    assert "http_port = 9000" in shown.output
+    monkeypatch.setenv("NEURONOVA_WEB_HTTP_PORT", "9100")
+    shown = runner.invoke(cli, ["config", "show", "--home", str(home)])
+    assert "http_port = 9100" in shown.output
+    assert "secret" not in shown.output.lower() or "never" in shown.output.lower()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[web]\nhttp_port = 'x'\n", "http_port must be of type int"),
+        ("[web]\nhttp_port = 70000\n", "http_port must be a port between 1 and 65535"),
+        ("[web]\nnope = 1\n", "unknown setting [web] nope"),
+        ("[web\n", "is not valid TOML"),
+    ],
+)
+def test_bad_settings_file_names_what_to_fix(home, runner, content, message):
+    (home / "neuronova.toml").write_text(content)
+    result = runner.invoke(cli, ["config", "show", "--home", str(home)])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_environment_override_is_reported(home, monkeypatch):
+    monkeypatch.setenv("NEURONOVA_DICOM_PORT", "eleven")
+    with pytest.raises(Exception, match="NEURONOVA_DICOM_PORT: port must be of type int"):
+        load_settings(home)
+
+
+def test_user_lifecycle(home, runner):
+    h = ["--home", str(home)]
+    added = runner.invoke(
+        cli,
+        ["user", "add", "dr.house", "--role", "radiologist", "--password-stdin", *h],
+        input="correct horse battery\n",
+    )
+    assert added.exit_code == 0, added.output
+    listed = runner.invoke(cli, ["user", "list", *h])
+    assert "dr.house" in listed.output and "radiologist" in listed.output
+    assert runner.invoke(cli, ["user", "disable", "dr.house", *h]).exit_code == 0
+    assert "disabled" in runner.invoke(cli, ["user", "list", *h]).output
+    changed = runner.invoke(
+        cli, ["user", "passwd", "dr.house", "--password-stdin", *h], input="another long password\n"
+    )
+    assert changed.exit_code == 0
+    user = get_user(open_database(home / "db" / "appliance.db"), "dr.house")
+    assert user["disabled"] == 1
+    assert verify_password("another long password", user["password_hash"])
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (
+            ["user", "add", "x", "--role", "radiologist", "--password-stdin"],
+            "short\n",
+            "Error: password too short: use at least 10 characters",
+        ),
+        (
+            ["user", "add", "admin", "--role", "admin", "--password-stdin"],
+            "long enough pw\n",
+            "Error: user 'admin' already exists",
+        ),
+        (
+            ["user", "add", "bad name", "--role", "admin", "--password-stdin"],
+            "long enough pw\n",
+            "Error: invalid user name 'bad name'",
+        ),
+        (["user", "add", "x", "--role", "janitor"], "", "Invalid value for '--role'"),
+        (
+            ["user", "passwd", "ghost", "--password-stdin"],
+            "long enough pw\n",
+            "Error: no user named 'ghost'",
+        ),
+        (["user", "disable", "admin"], "", "Error: admin is the last active admin"),
+    ],
+)
+def test_user_errors_say_what_to_fix(home, runner, args, stdin, message):
+    result = runner.invoke(cli, [*args, "--home", str(home)], input=stdin)
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_commands_on_a_missing_home_say_run_init(tmp_path, runner):
+    result = runner.invoke(cli, ["user", "list", "--home", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1
+    assert "is not a NeuroNova home yet. Run `neuronova init" in result.output
+
+
+def test_status_when_not_running(home, runner):
+    result = runner.invoke(cli, ["status", "--home", str(home)])
+    assert result.exit_code == 1
+    assert "is not answering" in result.output and "neuronova run" in result.output
+
+
+def test_version(runner):
+    assert runner.invoke(cli, ["version"]).output.startswith("neuronova 0.")

@@ -1,0 +1,340 @@
+"""Offline tests for ``packaging/fetch_ohif.py`` (patches, integrity, app-config, install).
+
+The real download is exercised by running the set-up script; nothing here uses the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "packaging" / "fetch_ohif.py"
+
+
+def load_script() -> ModuleType:
+    """Import the set-up script by path (``packaging/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("fetch_ohif", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+fetch_ohif = load_script()
+
+INDEX_HTML = (
+    '<!doctype html><html><head><meta name="msapplication-TileImage" '
+    'content="/assets/mstile-144x144.png">'
+    '<script>console.time("scriptToView"),window.PUBLIC_URL="/"</script>'
+    '<link rel="manifest" href="/manifest.json">'
+    '<link rel="icon" href="//cdn.example/x.ico">'
+    '<script src="https://example.org/a.js"></script>'
+    '<script rel="preload" as="script" src="/app-config.js"></script>'
+    '<script>function browserImportFunction(n){return import(n)}window.PUBLIC_URL="/"</script>'
+    '<script defer src="/app.bundle.0f6159c501addfe9.js"></script>'
+    '<link href="/app.bundle.css" rel="stylesheet"></head><body></body></html>'
+)
+
+JS_BUNDLE = """\
+/******/ 	/* webpack/runtime/publicPath */
+/******/ 	(() => {
+/******/ 		__webpack_require__.p = "/";
+/******/ 	})();
+const CT_AAA = (__webpack_require__.p + "assets/images/CT-AAA.png");
+"""
+
+CSS = (
+    "@font-face{src:url(/a34f9d1faa5f3315.woff2) format('woff2')}"
+    '.a{background:url("/assets/x.png")}'
+    ".b{background:url(data:image/png;base64,AAAA)}"
+    ".c{background:url(//cdn.example/y.png)}"
+    ".d{background:url(images/z.png)}"
+)
+
+
+def integrity_of(data: bytes) -> str:
+    """npm-style sha512 integrity of ``data``."""
+    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode("ascii")
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def test_index_html_is_rebased() -> None:
+    text, public_urls, attrs = fetch_ohif.patch_index_html(INDEX_HTML)
+    assert public_urls == 2
+    assert text.count('window.PUBLIC_URL="/pacs-viewer/"') == 2
+    assert attrs == 5  # content, href manifest, src config, src bundle, href css
+    assert 'content="/pacs-viewer/assets/mstile-144x144.png"' in text
+    assert 'src="/pacs-viewer/app-config.js"' in text
+    assert 'src="/pacs-viewer/app.bundle.0f6159c501addfe9.js"' in text
+    assert 'href="/pacs-viewer/app.bundle.css"' in text
+    assert 'href="//cdn.example/x.ico"' in text
+    assert 'src="https://example.org/a.js"' in text
+    assert not re.search(r'(src|href|content)="/(?!/|pacs-viewer/)', text)
+
+
+def test_webpack_public_path_is_rebased() -> None:
+    text, count = fetch_ohif.patch_webpack_public_path(JS_BUNDLE)
+    assert count == 1
+    assert '__webpack_require__.p = "/pacs-viewer/";' in text
+    assert '__webpack_require__.p = "/";' not in text
+    assert '(__webpack_require__.p + "assets/images/CT-AAA.png")' in text
+
+
+def test_webpack_public_path_leaves_other_assignments() -> None:
+    source = "__webpack_require__.p = scriptUrl;"
+    assert fetch_ohif.patch_webpack_public_path(source) == (source, 0)
+
+
+def test_browser_import_is_rebased() -> None:
+    source = "await window.browserImportFunction('/dicom-microscopy-viewer/x.min.js');"
+    text, count = fetch_ohif.patch_browser_imports(source)
+    assert count == 1
+    assert "browserImportFunction('/pacs-viewer/dicom-microscopy-viewer/x.min.js')" in text
+    assert fetch_ohif.patch_browser_imports("browserImportFunction(module)")[1] == 0
+
+
+def test_css_urls_are_rebased() -> None:
+    text, count = fetch_ohif.patch_css(CSS)
+    assert count == 2
+    assert "url(/pacs-viewer/a34f9d1faa5f3315.woff2)" in text
+    assert 'url("/pacs-viewer/assets/x.png")' in text
+    assert "url(data:image/png;base64,AAAA)" in text
+    assert "url(//cdn.example/y.png)" in text
+    assert "url(images/z.png)" in text
+
+
+def test_manifest_icons_are_rebased() -> None:
+    source = json.dumps({"icons": [{"src": "/assets/a.png"}], "start_url": "./index.html"})
+    text, count = fetch_ohif.patch_manifest(source)
+    manifest = json.loads(text)
+    assert count == 1
+    assert manifest["icons"][0]["src"] == "/pacs-viewer/assets/a.png"
+    assert manifest["start_url"] == "./index.html"
+
+
+def make_dist(root: Path, bundle: str = JS_BUNDLE) -> None:
+    """Write a tiny stand-in for the OHIF ``dist/`` folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "index.html").write_text(INDEX_HTML)
+    (root / "app.bundle.0f6159c501addfe9.js").write_text(bundle)
+    (root / "compute.bundle.1.js").write_text(bundle)
+    (root / "other.js").write_text("console.log(1);")
+    (root / "app.bundle.css").write_text(CSS)
+    (root / "manifest.json").write_text(json.dumps({"icons": [{"src": "/assets/a.png"}]}))
+
+
+def test_patch_tree_reports_every_patch(tmp_path: Path) -> None:
+    make_dist(tmp_path)
+    report = fetch_ohif.patch_tree(tmp_path)
+    assert report.js_files == ["app.bundle.0f6159c501addfe9.js", "compute.bundle.1.js"]
+    assert (report.index_public_url, report.index_root_attrs) == (2, 5)
+    assert (report.css_urls, report.manifest_icons) == (2, 1)
+    assert '"/pacs-viewer/"' in (tmp_path / "compute.bundle.1.js").read_text()
+    assert (tmp_path / "other.js").read_text() == "console.log(1);"
+
+
+def test_patch_tree_fails_loudly_without_webpack_public_path(tmp_path: Path) -> None:
+    make_dist(tmp_path, bundle="console.log('no runtime here');")
+    with pytest.raises(fetch_ohif.FetchError, match=r"no JS bundle sets .*__webpack_require__"):
+        fetch_ohif.patch_tree(tmp_path)
+
+
+def test_patch_tree_fails_when_index_has_no_public_url(tmp_path: Path) -> None:
+    make_dist(tmp_path)
+    (tmp_path / "index.html").write_text('<script src="/app.bundle.x.js"></script>')
+    with pytest.raises(fetch_ohif.FetchError, match=r"index\.html patch did not apply"):
+        fetch_ohif.patch_tree(tmp_path)
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def test_integrity_accepts_matching_hash(tmp_path: Path) -> None:
+    path = tmp_path / "a.tgz"
+    path.write_bytes(b"tarball bytes")
+    fetch_ohif.verify_integrity(path, integrity_of(b"tarball bytes"))
+
+
+def test_integrity_refuses_wrong_hash_naming_both(tmp_path: Path) -> None:
+    path = tmp_path / "a.tgz"
+    path.write_bytes(b"tampered bytes")
+    expected = integrity_of(b"tarball bytes")
+    with pytest.raises(fetch_ohif.FetchError) as caught:
+        fetch_ohif.verify_integrity(path, expected)
+    message = str(caught.value)
+    assert "integrity mismatch for a.tgz" in message
+    assert f"expected {expected}" in message
+    assert f"got {integrity_of(b'tampered bytes')}" in message
+
+
+def test_pinned_integrity_is_sha512() -> None:
+    assert fetch_ohif.OHIF_INTEGRITY.startswith("sha512-")
+    assert len(base64.b64decode(fetch_ohif.OHIF_INTEGRITY[7:])) == 64
+
+
+# --------------------------------------------------------------------------- app-config
+
+CREDENTIAL_KEY = re.compile(
+    r"\b(auth|authorization|token|access_token|bearer|password|headers|requestOptions|oidc)"
+    r"\s*:",
+    re.IGNORECASE,
+)
+
+
+def test_app_config_has_no_credentials_or_accept_override() -> None:
+    text = fetch_ohif.render_app_config()
+    assert not CREDENTIAL_KEY.search(text)
+    assert not re.search(r"\b(acceptHeader|requestTransferSyntaxUID)\s*:", text)
+
+
+def test_app_config_sets_roots_and_basename() -> None:
+    text = fetch_ohif.render_app_config()
+    assert 'routerBasename: "/pacs-viewer"' in text
+    for key in ("qidoRoot", "wadoRoot", "wadoUriRoot"):
+        assert f'{key}: "/api/pacs/dicom-web"' in text
+    assert "'@ohif/extension-default.dataSourcesModule.dicomweb'" in text
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
+def test_app_config_evaluates_in_javascript() -> None:
+    script = fetch_ohif.render_app_config() + (
+        "\nconst c = window.config;"
+        "\nconst out = {...c, httpErrorHandler: typeof c.httpErrorHandler};"
+        "\nprocess.stdout.write(JSON.stringify(out));"
+    )
+    result = subprocess.run(
+        ["node", "-e", "const window = {};\n" + script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    config = json.loads(result.stdout)
+    assert config["routerBasename"] == "/pacs-viewer"
+    assert config["showStudyList"] is False
+    assert config["investigationalUseDialog"] == {"option": "never"}
+    assert config["customizationService"] == {"ohif.tours": {"$set": []}}
+    assert config["httpErrorHandler"] == "function"
+    [source] = config["dataSources"]
+    assert config["defaultDataSourceName"] == source["sourceName"] == "neuronova"
+    assert source["namespace"] == "@ohif/extension-default.dataSourcesModule.dicomweb"
+    ds = source["configuration"]
+    assert ds["qidoRoot"] == ds["wadoRoot"] == ds["wadoUriRoot"] == "/api/pacs/dicom-web"
+    assert ds["imageRendering"] == ds["thumbnailRendering"] == "wadors"
+    assert ds["staticWado"] is False
+    assert ds["omitQuotationForMultipartRequest"] is True
+    assert ds["bulkDataURI"] == {"enabled": True}
+    assert "acceptHeader" not in ds and "requestTransferSyntaxUID" not in ds
+
+
+# --------------------------------------------------------------------------- extract, install
+
+
+def make_tarball(path: Path, files: dict[str, str]) -> bytes:
+    """Write a gzipped npm-like tarball holding ``files`` and return its bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def test_extract_takes_only_dist(tmp_path: Path) -> None:
+    tarball = tmp_path / "p.tgz"
+    make_tarball(
+        tarball,
+        {"package/package.json": "{}", "package/dist/index.html": "x", "package/dist/a/b.js": "y"},
+    )
+    target = tmp_path / "out"
+    target.mkdir()
+    assert fetch_ohif.extract_dist(tarball, target) == 2
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*.*")) == [
+        "a/b.js",
+        "index.html",
+    ]
+
+
+def test_extract_refuses_path_traversal(tmp_path: Path) -> None:
+    tarball = tmp_path / "p.tgz"
+    make_tarball(tarball, {"package/dist/../../evil.js": "x"})
+    with pytest.raises(fetch_ohif.FetchError, match="unsafe path"):
+        fetch_ohif.extract_dist(tarball, tmp_path / "out")
+
+
+def test_install_from_cache_then_noop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    files = {f"package/dist/{p.name}": p.read_text() for p in _dist_files(tmp_path / "src")}
+    data = make_tarball(cache / fetch_ohif.TARBALL_NAME, files)
+    monkeypatch.setattr(fetch_ohif, "OHIF_INTEGRITY", integrity_of(data))
+
+    def no_network(*_args: object) -> Path:
+        raise AssertionError("npm must not run when a verified tarball is cached")
+
+    monkeypatch.setattr(fetch_ohif, "npm_pack", no_network)
+    dest = tmp_path / "spa_dist" / "pacs-viewer"
+    argv = ["--dest", str(dest), "--cache", str(cache)]
+
+    assert fetch_ohif.main(argv) == 0
+    assert "app-config.js" in {p.name for p in dest.iterdir()}
+    assert "/api/pacs/dicom-web" in (dest / "app-config.js").read_text()
+    assert (dest / fetch_ohif.MARKER_NAME).is_file()
+    assert dest.stat().st_mode & 0o777 == 0o755
+    assert list(dest.parent.glob(".pacs-viewer.*")) == []
+
+    capsys.readouterr()
+    assert fetch_ohif.main(argv) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_install_refuses_tampered_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fake_npm_pack(_spec: str, destination: Path) -> Path:
+        tarball = destination / fetch_ohif.TARBALL_NAME
+        tarball.write_bytes(b"not the pinned tarball")
+        return tarball
+
+    monkeypatch.setattr(fetch_ohif, "npm_pack", fake_npm_pack)
+    dest = tmp_path / "pacs-viewer"
+    assert fetch_ohif.main(["--dest", str(dest), "--cache", str(tmp_path / "cache")]) == 1
+    err = capsys.readouterr().err
+    assert "integrity mismatch" in err
+    assert f"expected {fetch_ohif.OHIF_INTEGRITY}" in err
+    assert not dest.exists()
+    assert not (tmp_path / "cache" / fetch_ohif.TARBALL_NAME).exists()
+
+
+def _dist_files(root: Path) -> list[Path]:
+    """Create a synthetic dist under ``root`` and list its files."""
+    make_dist(root)
+    return sorted(root.iterdir())
+
+
+def test_npm_error_summary_prefers_npm_json() -> None:
+    stdout = json.dumps({"error": {"code": "E404", "summary": "Not Found - GET x"}})
+    assert fetch_ohif.npm_error_summary(stdout, "npm error ...") == "E404: Not Found - GET x"
+    assert fetch_ohif.npm_error_summary("", "npm error code E1\nnpm error x\n") == (
+        "npm error code E1 / npm error x"
+    )

@@ -1,0 +1,206 @@
+"""The real appliance: nginx, Orthanc, app, queue and receiver under `neuronova run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import http_get, wait_for
+
+from appliance.layout import HomeLayout
+
+pytestmark = pytest.mark.slow
+
+
+def test_health_is_green_through_nginx(appliance):
+    status, report = appliance.health()
+    assert status == 200, report
+    assert report["status"] == "ok"
+    assert set(report["components"]) == {"nginx", "app", "orthanc", "queue", "receiver"}
+    assert all(c["status"] == "ok" for c in report["components"].values())
+    assert report["components"]["orthanc"]["version"] == "1.10.1"
+
+
+def test_status_command_prints_the_same_health(appliance):
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "status", "--home", str(appliance.settings.home)],
+        capture_output=True,
+        text=True,
+        env=appliance.env,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "NeuroNova: OK" in result.stdout
+    for component in ("nginx", "app", "orthanc", "queue", "receiver"):
+        assert component in result.stdout
+
+
+def test_nginx_serves_the_main_app(appliance):
+    status, headers, body = http_get(f"{appliance.url}/")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/html")
+    assert b"<html" in body.lower()
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_client_routes_fall_back_to_the_main_app(appliance):
+    status, headers, _ = http_get(f"{appliance.url}/admin/users")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+
+
+def test_unknown_api_path_is_json_404(appliance):
+    status, headers, body = http_get(f"{appliance.url}/api/no-such-thing")
+    assert status == 404
+    assert headers["Content-Type"].startswith("application/json")
+    assert b'"error"' in body
+
+
+def test_orthanc_requires_its_credentials(appliance):
+    status, _, _ = http_get(f"http://127.0.0.1:{appliance.settings.orthanc_port}/system")
+    assert status == 401
+
+
+def test_orthanc_refuses_a_client_not_on_127_0_0_1_even_with_credentials(appliance):
+    from appliance.orthanc import orthanc_auth_header
+
+    auth = orthanc_auth_header(appliance.settings)
+    port = appliance.settings.orthanc_port
+    local = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            f"Authorization: {auth}",
+            f"http://127.0.0.1:{port}/system",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    other = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--interface",
+            "127.0.0.2",
+            "-H",
+            f"Authorization: {auth}",
+            f"http://127.0.0.2:{port}/system",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert local.stdout == "200"
+    assert other.stdout in ("401", "403"), other.stdout
+
+
+def test_killed_orthanc_is_restarted_and_healthy_again(appliance_factory):
+    appliance = appliance_factory().start()
+    old_pid = appliance.child_pid("orthanc")
+    os.kill(old_pid, signal.SIGKILL)
+    wait_for(lambda: appliance.health()[0] == 503, 10, "health to report Orthanc down")
+    wait_for(
+        lambda: (
+            appliance.state()["children"]["orthanc"]["state"] == "RUNNING"
+            and appliance.child_pid("orthanc") not in (None, old_pid)
+        ),
+        30,
+        "Orthanc to be restarted",
+    )
+    wait_for(appliance.healthy, 30, "health to be green again")
+    assert appliance.state()["children"]["orthanc"]["restarts"] == 1
+    log = (appliance.settings.home / "logs" / "neuronova.log").read_text()
+    assert "orthanc: RUNNING -> EXITED" in log and "signal SIGKILL" in log
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_stops_everything_within_10_seconds(appliance_factory):
+    appliance = appliance_factory().start()
+    pids = [c["pid"] for c in appliance.state()["children"].values()]
+    assert len(pids) == 5 and all(pids)
+    started = time.monotonic()
+    appliance.process.send_signal(signal.SIGTERM)
+    assert appliance.process.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    assert not [pid for pid in pids if _alive(pid)]
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(appliance.settings.home)], capture_output=True, text=True
+    )
+    assert leftovers.stdout == ""
+
+
+def test_second_run_on_the_same_home_is_refused(appliance):
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--home", str(appliance.settings.home)],
+        capture_output=True,
+        text=True,
+        env=appliance.env,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "Error: NeuroNova is already running on" in result.stderr
+    assert f"(pid {appliance.process.pid})" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert appliance.healthy()
+
+
+def test_missing_nginx_is_a_clear_error(appliance_factory, tmp_path):
+    appliance = appliance_factory()
+    env = {**appliance.env, "NEURONOVA_BINARY_PATH": str(tmp_path / "empty")}
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--home", str(appliance.settings.home)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "Error: nginx was not found" in result.stderr
+    assert "sudo apt-get install nginx-light" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_secret_files_are_0600_and_never_logged(appliance):
+    layout = HomeLayout(appliance.settings.home)
+    private = [
+        layout.jwt_key_file,
+        layout.orthanc_password_file,
+        layout.nginx_conf,
+        layout.orthanc_conf,
+    ]
+    for path in private:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(layout.secrets_dir.stat().st_mode) == 0o700
+    secrets = [
+        layout.jwt_key_file.read_text().strip(),
+        layout.orthanc_password_file.read_text().strip(),
+        appliance.admin_password,
+    ]
+    http_get(f"{appliance.url}/api/health")  # make sure something was logged
+    logs = list(layout.log_dir.glob("*.log"))
+    assert {p.name for p in logs} >= {"neuronova.log", "orthanc.log", "app.log", "nginx-access.log"}
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"a secret appears in {path}"

@@ -12,7 +12,9 @@ with_tests=0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
-packages=(nginx-light orthanc orthanc-dicomweb dcmtk python3-venv python3-dev curl ca-certificates nodejs npm)
+packages=(nginx-light orthanc orthanc-dicomweb dcmtk python3-venv python3-dev curl ca-certificates)
+# npm fetches the OHIF viewer; a machine that already has Node.js (e.g. NodeSource) keeps it.
+command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$with_tests" = 1 ]; then
   packages+=(openjph-tools chromium chromium-driver redis-server iproute2 wrk)
 fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import sqlite_utils
@@ -20,13 +21,135 @@ SCHEMA: dict[str, dict] = {
         "not_null": {"role", "password_hash"},
         "defaults": {"disabled": 0},
     },
+    "audit": {
+        "columns": {
+            "id": int,
+            "ts": str,
+            "event": str,
+            "username": str,
+            "client": str,
+            "detail": str,
+        },
+        "pk": "id",
+        "not_null": {"ts", "event"},
+    },
+    "sessions": {
+        "columns": {
+            "id": str,
+            "username": str,
+            "csrf": str,
+            "created_at": str,
+            "expires_at": str,
+            "revoked_at": str,
+            "revoke_reason": str,
+            "client": str,
+            "user_agent": str,
+        },
+        "pk": "id",
+        "not_null": {"username", "csrf", "created_at", "expires_at"},
+    },
+    "refresh_tokens": {
+        "columns": {"token_hash": str, "session_id": str, "created_at": str, "used_at": str},
+        "pk": "token_hash",
+        "not_null": {"session_id", "created_at"},
+    },
+    "shares": {
+        "columns": {
+            "id": str,
+            "study_uid": str,
+            "created_by": str,
+            "created_at": str,
+            "expires_at": str,
+            "revoked_at": str,
+            "note": str,
+        },
+        "pk": "id",
+        "not_null": {"study_uid", "created_by", "created_at", "expires_at"},
+    },
+    "modalities": {
+        "columns": {"ae_title": str, "host": str, "description": str, "created_at": str},
+        "pk": "ae_title",
+        "not_null": {"created_at"},
+    },
+    "instances": {
+        "columns": {
+            "sop_uid": str,
+            "study_uid": str,
+            "series_uid": str,
+            "sop_class": str,
+            "state": str,
+            "source": str,
+            "spool_path": str,
+            "received_at": str,
+            "updated_at": str,
+            "stored_at": str,
+            "attempts": int,
+            "ts_in": str,
+            "ts_out": str,
+            "action": str,
+            "reason": str,
+            "error": str,
+            "size_in": int,
+            "size_out": int,
+            "frames": int,
+        },
+        "pk": "sop_uid",
+        "not_null": {"study_uid", "series_uid", "state", "received_at"},
+        "defaults": {"attempts": 0},
+    },
+    "series": {
+        "columns": {
+            "series_uid": str,
+            "study_uid": str,
+            "modality": str,
+            "description": str,
+            "number": str,
+            "first_sop": str,
+        },
+        "pk": "series_uid",
+        "not_null": {"study_uid"},
+    },
+    "studies": {
+        "columns": {
+            "study_uid": str,
+            "patient_name": str,
+            "patient_id": str,
+            "study_date": str,
+            "study_time": str,
+            "description": str,
+            "accession": str,
+            "modalities": str,
+            "received_at": str,
+            "updated_at": str,
+        },
+        "pk": "study_uid",
+    },
 }
 
+INDEXES: list[tuple[str, list[str]]] = [
+    ("instances", ["study_uid", "state"]),
+    ("instances", ["series_uid"]),
+    ("instances", ["state", "updated_at"]),
+    ("series", ["study_uid"]),
+    ("studies", ["study_date"]),
+    ("studies", ["patient_name"]),
+    ("studies", ["patient_id"]),
+    ("studies", ["updated_at"]),
+    ("audit", ["event", "username", "ts"]),
+    ("audit", ["event", "client", "ts"]),
+    ("audit", ["ts"]),
+    ("refresh_tokens", ["session_id"]),
+    ("sessions", ["username"]),
+]
 
-def open_database(path: Path) -> sqlite_utils.Database:
-    """Open (creating if needed) the app database with WAL journaling and the schema."""
+
+def open_database(path: Path, *, threads: bool = False) -> sqlite_utils.Database:
+    """Open (creating if needed) the app database with WAL journaling and the schema.
+
+    ``threads`` allows use from several threads; callers then serialize access.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(path)
+    db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=not threads))
     db.execute("PRAGMA busy_timeout = 10000")
     db.enable_wal()
     db.execute("PRAGMA synchronous = NORMAL")
@@ -44,3 +167,5 @@ def migrate(db: sqlite_utils.Database) -> None:
             defaults=spec.get("defaults"),
             if_not_exists=True,
         )
+    for table, columns in INDEXES:
+        db[table].create_index(columns, if_not_exists=True)

@@ -73,6 +73,11 @@ class HomeLayout:
         return self.run_dir / "nginx" / "nginx.conf"
 
     @property
+    def nginx_instance_file(self) -> Path:
+        """The token nginx's health location answers, proving it is our nginx."""
+        return self.run_dir / "nginx" / "instance"
+
+    @property
     def orthanc_conf(self) -> Path:
         return self.run_dir / "orthanc" / "orthanc.json"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from pathlib import Path
 
 import bundled_nginx
@@ -11,6 +12,7 @@ from appliance.config import Settings
 from appliance.keys import write_private_file
 from appliance.layout import HomeLayout
 from appliance.orthanc import orthanc_auth_header
+from appliance.transcode.frames import BOUNDARY as FRAMES_BOUNDARY
 from spa_dist import spa_root
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
@@ -60,6 +62,8 @@ def render_nginx_conf(settings: Settings) -> Path:
     for sub in TEMP_SUBDIRS:
         (temp_dir / sub).mkdir(parents=True, exist_ok=True)
     basic = orthanc_auth_header(settings).removeprefix("Basic ")
+    instance_id = secrets.token_hex(8)
+    layout.nginx_instance_file.write_text(instance_id)
     server = render_template(
         bundled_nginx.template_text("server.conf.template"),
         {
@@ -68,6 +72,9 @@ def render_nginx_conf(settings: Settings) -> Path:
             "security_headers": SECURITY_HEADERS,
             "orthanc_basic_auth": basic,
             "spa_dir": str(spa_root()),
+            "frames_dir": str(layout.frames_dir),
+            "instance_id": instance_id,
+            "frames_boundary": FRAMES_BOUNDARY,
         },
     )
     text = render_template(

@@ -20,6 +20,9 @@ from appliance.keys import read_secret, write_private_file
 from appliance.layout import HomeLayout
 
 ORTHANC_USER = "neuronova"
+# Orthanc serves DICOMweb under the public path, so the BulkDataURIs it writes into
+# metadata (built from the Forwarded header nginx sends) point back through the gateway.
+DICOMWEB_ROOT = "/api/pacs/dicom-web"
 
 
 def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str, Any]:
@@ -45,12 +48,12 @@ def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str,
         "Plugins": [str(plugin)],
         "DicomWeb": {
             "Enable": True,
-            "Root": "/dicom-web/",
+            "Root": DICOMWEB_ROOT + "/",
             "EnableWado": False,
             "StudiesMetadata": "Full",
             "SeriesMetadata": "Full",
         },
-        "OverwriteInstances": False,
+        "OverwriteInstances": True,
         "SaveJobs": False,
         "StableAge": 30,
         "ConcurrentJobs": 2,

@@ -31,25 +31,33 @@ def error(message: str, **detail: Any) -> Report:
 
 
 async def probe_http(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str] | None = None,
+    expect_body: bytes | None = None,
 ) -> Report:
-    """GET ``url``; ok when it answers 200."""
+    """GET ``url``; ok when it answers 200 (with ``expect_body``, if given)."""
     started = time.monotonic()
     try:
         async with session.get(url, headers=headers, allow_redirects=False) as resp:
-            await resp.read()
+            body = await resp.read()
             if resp.status != 200:
                 return error(f"answered HTTP {resp.status}")
+            if expect_body is not None and body.strip() != expect_body:
+                return error("another program answers on this port")
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         return error(f"not reachable: {exc.__class__.__name__}")
     return ok(latency_ms=round((time.monotonic() - started) * 1000, 1))
 
 
 async def probe_nginx(settings: Settings, session: aiohttp.ClientSession) -> Report:
-    """nginx answers its own loopback health location."""
-    return await probe_http(
-        session, f"http://{settings.probe_host}:{settings.http_port}/nginx-health"
-    )
+    """Our nginx (not another program on its port) answers its loopback health location."""
+    try:
+        instance = HomeLayout(settings.home).nginx_instance_file.read_bytes().strip()
+    except FileNotFoundError:
+        return error("nginx has not been configured yet")
+    url = f"http://{settings.probe_host}:{settings.http_port}/nginx-health"
+    return await probe_http(session, url, expect_body=instance)
 
 
 async def probe_orthanc(settings: Settings, session: aiohttp.ClientSession) -> Report:

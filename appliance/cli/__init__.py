@@ -34,7 +34,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from appliance.cli import config_cmd, core, services, users
+    from appliance.cli import config_cmd, core, services, tls_cmd, users
 
     for command in (
         core.init,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from huey import Huey, RedisHuey, SqliteHuey
+from huey.api import TaskWrapper
 
 from appliance.config import Settings
 from appliance.layout import HomeLayout
@@ -10,8 +13,23 @@ from appliance.layout import HomeLayout
 QUEUE_NAME = "neuronova"
 
 
-def create_huey(settings: Settings, *, immediate: bool = False) -> Huey:
-    """The Huey instance for ``settings``, with the appliance's tasks registered.
+@dataclass(frozen=True)
+class Queue:
+    """The Huey instance and the tasks registered on it."""
+
+    huey: Huey
+    ingest: TaskWrapper
+
+    def enqueue_ingest(self, sop_uid: str, spool_path: str, delay: float | None = None) -> None:
+        """Queue the ingest of one spooled object (after ``delay`` seconds, if given)."""
+        if delay:
+            self.ingest.schedule((sop_uid, spool_path), delay=delay)
+        else:
+            self.ingest(sop_uid, spool_path)
+
+
+def create_queue(settings: Settings, *, immediate: bool = False) -> Queue:
+    """The queue for ``settings``, with the appliance's tasks registered.
 
     Parameters
     ----------
@@ -25,8 +43,7 @@ def create_huey(settings: Settings, *, immediate: bool = False) -> Huey:
     else:
         path = HomeLayout(settings.home).queue_file
         path.parent.mkdir(parents=True, exist_ok=True)
-        huey = SqliteHuey(QUEUE_NAME, filename=str(path), immediate=immediate)
+        huey = SqliteHuey(QUEUE_NAME, filename=str(path), immediate=immediate, timeout=30)
     from appliance.transcode.tasks import register_tasks
 
-    register_tasks(huey, settings)
-    return huey
+    return register_tasks(huey, settings)

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+
 from huey import Huey
 
 from appliance.config import Settings
+from appliance.transcode.queue import Queue
+
+log = logging.getLogger("neuronova.worker")
 
 
-def register_tasks(huey: Huey, settings: Settings) -> None:
-    """Register the pipeline's tasks on ``huey`` (none yet: the ingest issue adds them)."""
+def register_tasks(huey: Huey, settings: Settings) -> Queue:
+    """Register the pipeline's tasks on ``huey``; the pipeline is built on first use."""
+    from appliance.transcode.pipeline import Pipeline
+
+    @functools.cache
+    def pipeline() -> Pipeline:
+        return Pipeline(settings)
+
+    @huey.task(name="ingest_instance")
+    def ingest_instance(sop_uid: str, spool_path: str) -> str:
+        """Transcode, verify, store and prepare one spooled object (idempotent)."""
+        outcome = pipeline().process(sop_uid, spool_path)
+        if outcome.retry_in is not None:
+            ingest_instance.schedule((sop_uid, spool_path), delay=outcome.retry_in)
+        return outcome.state
+
+    return Queue(huey, ingest_instance)

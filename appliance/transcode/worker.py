@@ -7,8 +7,9 @@ import threading
 from pathlib import Path
 
 from appliance.config import Settings
+from appliance.ingest import Ingest
 from appliance.layout import HomeLayout
-from appliance.transcode.queue import create_huey
+from appliance.transcode.queue import create_queue
 
 log = logging.getLogger("neuronova.worker")
 HEARTBEAT_INTERVAL = 2.0
@@ -22,7 +23,9 @@ def _beat(path: Path, stop: threading.Event) -> None:
 
 def serve(settings: Settings) -> None:
     """Run the consumer with ``settings.workers`` threads until SIGTERM or SIGINT."""
-    huey = create_huey(settings)
+    queue = create_queue(settings)
+    Ingest(settings, queue=queue).recover()
+    huey = queue.huey
     consumer = huey.create_consumer(
         workers=settings.workers, worker_type="thread", periodic=True, check_worker_health=True
     )

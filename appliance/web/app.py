@@ -11,19 +11,28 @@ from aiohttp import web
 
 from appliance.config import Settings
 from appliance.db import open_database
+from appliance.ingest import Ingest
+from appliance.keys import read_secret
 from appliance.layout import HomeLayout
-from appliance.transcode.queue import create_huey
-from appliance.web import health
+from appliance.sessions import SessionStore
+from appliance.tokens import TokenService
+from appliance.transcode.queue import create_queue
+from appliance.web import dicomweb, health, login
+from appliance.web.auth import auth_middleware
 from appliance.web.errors import error_middleware
-from appliance.web.keys import DB, HTTP, HUEY, SETTINGS, STARTED_AT
+from appliance.web.ingest import PipelineIngest
+from appliance.web.keys import DB, HTTP, INGEST, QUEUE, SESSIONS, SETTINGS, STARTED_AT, TOKENS
 
 log = logging.getLogger("neuronova.web")
-ROUTE_TABLES = (health.routes,)
+ROUTE_TABLES = (health.routes, login.routes, dicomweb.routes)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The app database, open for the app's lifetime."""
-    app[DB] = open_database(HomeLayout(app[SETTINGS].home).database_file)
+    """The app database, open for the app's lifetime, with the token and session stores."""
+    layout = HomeLayout(app[SETTINGS].home)
+    app[DB] = open_database(layout.database_file)
+    app[TOKENS] = TokenService(read_secret(layout.jwt_key_file))
+    app[SESSIONS] = SessionStore(app[DB], app[TOKENS])
     yield
     app[DB].close()
 
@@ -38,13 +47,16 @@ async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     """The task queue the app enqueues work on."""
-    app[HUEY] = create_huey(app[SETTINGS])
+    app[QUEUE] = create_queue(app[SETTINGS])
+    app[INGEST] = PipelineIngest(Ingest(app[SETTINGS], queue=app[QUEUE]))
     yield
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the web application for ``settings``."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024**3)
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=4 * 1024**3
+    )
     app[SETTINGS] = settings
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.extend([database_ctx, http_client_ctx, queue_ctx])

@@ -5,12 +5,18 @@ from __future__ import annotations
 import aiohttp
 import sqlite_utils
 from aiohttp import web
-from huey import Huey
 
 from appliance.config import Settings
+from appliance.sessions import SessionStore
+from appliance.tokens import TokenService
+from appliance.transcode.queue import Queue
+from appliance.web.ingest import PipelineIngest
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", sqlite_utils.Database)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
-HUEY = web.AppKey("huey", Huey)
+QUEUE = web.AppKey("queue", Queue)
 STARTED_AT = web.AppKey("started_at", float)
+TOKENS = web.AppKey("tokens", TokenService)
+SESSIONS = web.AppKey("sessions", SessionStore)
+INGEST = web.AppKey("ingest", PipelineIngest)

@@ -1,0 +1,74 @@
+"""Accepting an object into the pipeline: durable spool file, journal row, queued task.
+
+The receiver (C-STORE), STOW-RS and ``neuronova import`` all come through here, so the
+same durability and verification apply to each.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pydicom
+
+from appliance.config import Settings
+from appliance.journal import Journal, Received, describe
+from appliance.layout import HomeLayout
+from appliance.spool import Spool
+from appliance.transcode.queue import Queue, create_queue
+
+log = logging.getLogger("neuronova.ingest")
+
+
+class Ingest:
+    """The entry to the pipeline for one data home."""
+
+    def __init__(self, settings: Settings, journal: Journal | None = None,
+                 queue: Queue | None = None) -> None:  # fmt: skip
+        layout = HomeLayout(settings.home)
+        self.spool = Spool(layout.spool_dir)
+        self.journal = journal or Journal(layout.database_file)
+        self.queue = queue or create_queue(settings)
+
+    def accept(self, data: bytes, ds: pydicom.Dataset, source: str) -> Received:
+        """Make ``data`` durable, journal it and queue it; return what it is.
+
+        ``ds`` is the parsed header of ``data``. Raises :class:`ValueError` for an
+        object without its UIDs and :class:`~appliance.spool.SpoolFull` when the disk
+        is nearly full; nothing is kept in either case.
+        """
+        item = describe(ds)
+        path = self.spool.write(item.sop_uid, data)
+        self.journal.record_received(ds, item, path, source, len(data))
+        self.queue.enqueue_ingest(item.sop_uid, str(path))
+        return item
+
+    def recover(self) -> int:
+        """After a crash: re-queue every object that is durable but not yet stored.
+
+        Returns how many were queued. Interrupted claims go back to ``received``; spool
+        files the journal never heard of (a crash between fsync and journal) are
+        journaled now; files of objects already stored are removed.
+        """
+        self.spool.discard_partial()
+        self.journal.reset_interrupted()
+        for path in self.spool.files():
+            self._adopt(path)
+        pending = self.journal.pending()
+        for sop_uid, spool_path in pending:
+            self.queue.enqueue_ingest(sop_uid, spool_path)
+        if pending:
+            log.info("re-queued %d object(s) received before the last stop", len(pending))
+        return len(pending)
+
+    def _adopt(self, path: Path) -> None:
+        state = self.journal.knows_spool_file(str(path))
+        if state == "stored":
+            path.unlink(missing_ok=True)
+        elif state is None:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                self.journal.record_received(ds, describe(ds), path, "recovered",
+                                             path.stat().st_size)  # fmt: skip
+            except (OSError, ValueError, pydicom.errors.InvalidDicomError) as exc:
+                log.error("spool file %s is unreadable (%s); left in place", path.name, exc)

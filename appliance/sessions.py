@@ -1,0 +1,150 @@
+"""Login sessions: throttled logins, rotating refresh tokens, revocation.
+
+A session is a row with an absolute expiry; its access tokens (JWT, 15 minutes) carry
+its id, so revoking the session (logout, user disabled, refresh-token reuse) ends every
+token of it at once. Refresh tokens are random, stored only as SHA-256 hashes, and used
+once: presenting a used one again means it was stolen, and the whole session is revoked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlite_utils
+
+from appliance import audit
+from appliance.tokens import TokenService
+from appliance.users import now_iso
+
+SESSION_TTL = 12 * 3600
+FAILURE_WINDOW = 15 * 60
+MAX_FAILURES_PER_USER = 5
+MAX_FAILURES_PER_CLIENT = 20
+
+
+class LoginThrottled(Exception):
+    """Too many failed logins; ``retry_after`` is in seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed logins; try again in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class RefreshRejected(Exception):
+    """A refresh token that is unknown, used, or of an ended session."""
+
+
+@dataclass(frozen=True)
+class IssuedSession:
+    """What a successful login or refresh hands to the client."""
+
+    username: str
+    role: str
+    session_id: str
+    csrf: str
+    access_token: str
+    access_expires_at: int
+    refresh_token: str
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _in(seconds: int) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="seconds")
+
+
+class SessionStore:
+    """Sessions and refresh tokens in the app database."""
+
+    def __init__(self, db: sqlite_utils.Database, tokens: TokenService) -> None:
+        self.db = db
+        self.tokens = tokens
+
+    def check_throttle(self, username: str, client: str) -> None:
+        """Raise :class:`LoginThrottled` if this user or client failed too often lately."""
+        since = audit.iso_ago(FAILURE_WINDOW)
+        for column, value, limit in (
+            ("username", username, MAX_FAILURES_PER_USER),
+            ("client", client, MAX_FAILURES_PER_CLIENT),
+        ):
+            failures = audit.failures_since(self.db, column, value, since)
+            if len(failures) >= limit:
+                unblock = datetime.fromisoformat(failures[-limit]) + timedelta(
+                    seconds=FAILURE_WINDOW
+                )
+                wait = int((unblock - datetime.now(UTC)).total_seconds()) + 1
+                raise LoginThrottled(max(wait, 1))
+
+    def start(self, username: str, role: str, client: str, user_agent: str) -> IssuedSession:
+        """Open a session after a successful login."""
+        session_id = secrets.token_urlsafe(18)
+        self.db["sessions"].insert(
+            {
+                "id": session_id,
+                "username": username,
+                "csrf": secrets.token_urlsafe(24),
+                "created_at": now_iso(),
+                "expires_at": _in(SESSION_TTL),
+                "client": client,
+                "user_agent": user_agent[:200],
+            }
+        )
+        self.db["users"].update(username, {"last_login": now_iso()})
+        return self._issue(session_id, username, role)
+
+    def _issue(self, session_id: str, username: str, role: str) -> IssuedSession:
+        refresh = secrets.token_urlsafe(32)
+        self.db["refresh_tokens"].insert(
+            {"token_hash": _hash(refresh), "session_id": session_id, "created_at": now_iso()}
+        )
+        access, expires_at = self.tokens.issue_access(username, role, session_id)
+        csrf = self.db["sessions"].get(session_id)["csrf"]
+        return IssuedSession(username, role, session_id, csrf, access, expires_at, refresh)
+
+    def refresh(self, refresh_token: str, client: str) -> IssuedSession:
+        """Rotate a refresh token; reuse of a used one revokes the session."""
+        rows = list(self.db["refresh_tokens"].rows_where("token_hash = ?", [_hash(refresh_token)]))
+        if not rows:
+            raise RefreshRejected("unknown refresh token")
+        row = rows[0]
+        session = self.active(row["session_id"])
+        if session is None:
+            raise RefreshRejected("the session has ended")
+        if row["used_at"]:
+            self.revoke(row["session_id"], "refresh token reused")
+            audit.record(self.db, audit.REFRESH_REUSED, username=session["username"],
+                         client=client, session=row["session_id"][:8])  # fmt: skip
+            raise RefreshRejected("refresh token reused; the session was revoked")
+        user = self.db["users"].get(session["username"])
+        if user["disabled"]:
+            self.revoke(row["session_id"], "user disabled")
+            raise RefreshRejected("the account is disabled")
+        self.db["refresh_tokens"].update(row["token_hash"], {"used_at": now_iso()})
+        return self._issue(row["session_id"], user["username"], user["role"])
+
+    def active(self, session_id: str) -> dict | None:
+        """The session's row if it is neither revoked nor expired."""
+        rows = list(
+            self.db["sessions"].rows_where(
+                "id = ? AND revoked_at IS NULL AND expires_at > ?", [session_id, now_iso()]
+            )
+        )
+        return rows[0] if rows else None
+
+    def revoke(self, session_id: str, reason: str) -> None:
+        """End one session (its access and refresh tokens stop working at once)."""
+        self.db["sessions"].update(session_id, {"revoked_at": now_iso(), "revoke_reason": reason})
+
+    def revoke_user(self, username: str, reason: str) -> None:
+        """End every open session of a user."""
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE sessions SET revoked_at = ?, revoke_reason = ? "
+                "WHERE username = ? AND revoked_at IS NULL",
+                [now_iso(), reason, username],
+            )

@@ -1,0 +1,73 @@
+"""The spool: received objects made durable (fsync) before the sender hears Success."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+MIN_FREE_BYTES = 512 * 1024**2
+
+
+class SpoolFull(Exception):
+    """Not enough free disk space to accept more objects."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Durable files, one per received object, named after its SOP Instance UID."""
+
+    def __init__(self, root: Path, min_free: int = MIN_FREE_BYTES) -> None:
+        self.root = root
+        self.min_free = min_free
+        (root / "incoming").mkdir(parents=True, exist_ok=True)
+
+    def free_bytes(self) -> int:
+        """Free space on the spool's file system."""
+        return shutil.disk_usage(self.root).free
+
+    def write(self, sop_uid: str, data: bytes) -> Path:
+        """Write ``data`` (a Part 10 file) durably and return its path.
+
+        Raises :class:`SpoolFull` when the write would leave less than ``min_free``
+        bytes, and :class:`ValueError` for an invalid UID. A failed write leaves no file.
+        """
+        if not UID_RE.match(sop_uid) or len(sop_uid) > 64:
+            raise ValueError(f"invalid SOP Instance UID {sop_uid[:80]!r}")
+        if self.free_bytes() - len(data) < self.min_free:
+            raise SpoolFull(f"less than {self.min_free // 1024**2} MiB free in {self.root}")
+        final = self.root / f"{sop_uid}.{uuid.uuid4().hex[:12]}.dcm"
+        partial = self.root / "incoming" / final.name
+        try:
+            with open(partial, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, final)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.root)
+        return final
+
+    def files(self) -> list[Path]:
+        """Every complete spool file, oldest first."""
+        return sorted(self.root.glob("*.dcm"), key=lambda p: p.stat().st_mtime)
+
+    def discard_partial(self) -> int:
+        """Remove writes interrupted by a crash (never acknowledged); return how many."""
+        partial = list((self.root / "incoming").iterdir())
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return len(partial)

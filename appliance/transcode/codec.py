@@ -1,0 +1,417 @@
+"""Transcode any incoming DICOM object to HTJ2K lossless, verified, or say why it is kept.
+
+Pixels are decoded once with pydicom (pylibjpeg-openjpeg for JPEG 2000, imagecodecs for
+lossless JPEG and JPEG-LS, registered below as a pydicom decoding plugin), every frame is
+encoded with OpenJPH through ``imagecodecs.htj2k_encode`` (reversible 5/3 wavelet, RPCL,
+one tile-part per resolution, TLM markers) and decoded back with OpenJPH to check that
+the pixels are identical before anything is stored.
+
+Colour images are encoded with the reversible colour transform (RCT) and stored as
+``YBR_RCT``, as PS3.5 section 8.2 requires when the RCT is used; it halves the size of
+typical RGB images. JPEG 2000 decoders (OpenJPEG, OpenJPH, so pydicom and Cornerstone)
+undo the RCT and return RGB.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import imagecodecs
+import numpy as np
+import pydicom
+from pydicom import uid as tsuid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+if TYPE_CHECKING:
+    from pydicom.pixels.decoders.base import DecodeRunner
+
+TARGET_SYNTAX = tsuid.HTJ2KLossless
+
+# Syntaxes whose pixels are decoded exactly by pydicom (with the plugins installed).
+_LOSSLESS_INPUT = frozenset(
+    {
+        *tsuid.UncompressedTransferSyntaxes,
+        tsuid.RLELossless,
+        tsuid.JPEGLossless,
+        tsuid.JPEGLosslessSV1,
+        tsuid.JPEGLSLossless,
+        tsuid.JPEG2000Lossless,
+    }
+)
+_HTJ2K_LOSSLESS = frozenset({tsuid.HTJ2KLossless, tsuid.HTJ2KLosslessRPCL})
+_LOSSY_INPUT = frozenset(
+    {
+        tsuid.JPEGBaseline8Bit,
+        tsuid.JPEGExtended12Bit,
+        tsuid.JPEGLSNearLossless,
+        tsuid.JPEG2000,
+        tsuid.JPEG2000MC,
+        tsuid.HTJ2K,
+        *tsuid.MPEGTransferSyntaxes,
+    }
+)
+HTJ2K_ENCODE_OPTIONS = {
+    "reversible": True,
+    "planar": False,
+    "tlm": True,
+    "tilepart": imagecodecs.HTJ2K.TILEPART.RESOLUTIONS,
+}
+_MAX_BOT_OFFSET = 2**32 - 1
+_WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+_VERIFIER = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="htj2k-verify")
+
+# pydicom decoding plugin interface (see pydicom's "decoder plugins" guide): pydicom has
+# no decoder for lossless JPEG or JPEG-LS unless GPL libjpeg or pyjpegls is installed;
+# imagecodecs (already a dependency) decodes both.
+DECODER_DEPENDENCIES = {
+    tsuid.JPEGLossless: ("imagecodecs",),
+    tsuid.JPEGLosslessSV1: ("imagecodecs",),
+    tsuid.JPEGLSLossless: ("imagecodecs",),
+}
+
+
+def is_available(uid: str) -> bool:
+    """Tell pydicom whether this module can decode ``uid`` (decoding plugin hook).
+
+    Parameters
+    ----------
+    uid
+        A transfer syntax UID.
+
+    Returns
+    -------
+    bool
+        True for lossless JPEG (process 14) and lossless JPEG-LS.
+    """
+    return uid in DECODER_DEPENDENCIES
+
+
+def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
+    """Decode one lossless JPEG or JPEG-LS frame for pydicom (decoding plugin hook)."""
+    if runner.transfer_syntax == tsuid.JPEGLSLossless:
+        arr = imagecodecs.jpegls_decode(src)
+    else:
+        arr = imagecodecs.jpegsof3_decode(src)
+    runner.set_option("planar_configuration", 0)
+    runner.set_option("bits_allocated", 8 * arr.dtype.itemsize)
+    return arr.tobytes()
+
+
+def _register_decoding_plugin() -> None:
+    for uid in DECODER_DEPENDENCIES:
+        decoder = get_decoder(uid)
+        if "imagecodecs" not in decoder.available_plugins:
+            decoder.add_plugin("imagecodecs", (__name__, "_decode_frame"))
+
+
+_register_decoding_plugin()
+
+
+class TranscodeError(Exception):
+    """Pixel data could not be decoded, encoded or verified; the message names the SOP."""
+
+
+@dataclass(frozen=True)
+class TranscodeResult:
+    """The outcome of :func:`transcode_to_htj2k`.
+
+    Attributes
+    ----------
+    dataset
+        What to store: the HTJ2K dataset, or the input dataset itself when kept.
+    transcoded
+        True when ``dataset`` is a new HTJ2K lossless dataset.
+    reason
+        Why the object was kept as received (None when transcoded).
+    transfer_syntax
+        Transfer syntax UID of ``dataset``.
+    frames
+        Per-frame bytes as a DICOMweb client expects them in ``frame_transfer_syntax``:
+        codestreams for encapsulated syntaxes, little endian native bytes otherwise;
+        empty when there is no pixel data.
+    pixels
+        The decoded first frame (rows, columns[, samples]) when the transcoder had it,
+        colour frames as RGB, for rendering without decoding again; else None.
+    """
+
+    dataset: Dataset
+    transcoded: bool
+    reason: str | None
+    transfer_syntax: str
+    frames: list[bytes]
+    pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def frame_transfer_syntax(self) -> str:
+        """Transfer syntax UID that ``frames`` are encoded in."""
+        return frame_transfer_syntax(self.transfer_syntax)
+
+
+def frame_transfer_syntax(transfer_syntax: str) -> str:
+    """Transfer syntax of the frames of a dataset stored in ``transfer_syntax``.
+
+    Parameters
+    ----------
+    transfer_syntax
+        Transfer syntax UID of the stored dataset.
+
+    Returns
+    -------
+    str
+        ``transfer_syntax`` for encapsulated syntaxes, else Explicit VR Little Endian
+        (frames of native datasets are always sent little endian).
+    """
+    if UID(transfer_syntax).is_encapsulated:
+        return str(transfer_syntax)
+    return str(tsuid.ExplicitVRLittleEndian)
+
+
+def transcode_to_htj2k(ds: Dataset) -> TranscodeResult:
+    """Transcode ``ds`` to HTJ2K lossless, verified, or keep it as received.
+
+    Parameters
+    ----------
+    ds
+        A dataset with ``file_meta.TransferSyntaxUID`` set (as read from a Part 10
+        file or received over DICOM). It is not modified.
+
+    Returns
+    -------
+    TranscodeResult
+        The dataset to store, its frames, and the reason when it was kept.
+
+    Raises
+    ------
+    TranscodeError
+        The pixel data cannot be decoded or the HTJ2K round trip is not exact.
+    """
+    syntax = _transfer_syntax(ds)
+    reason = _keep_reason(ds, syntax)
+    if reason is not None:
+        return _kept(ds, syntax, reason)
+    arr, photometric = _decode_all(ds, syntax)
+    reason = _photometric_reason(photometric, arr)
+    if reason is not None:
+        return _kept(ds, syntax, reason)
+    rct = photometric == "RGB"
+    codestreams, checks = [], []
+    for frame in arr:  # each frame is verified on another core while the next is encoded
+        codestreams.append(_encode(frame, rct, ds))
+        checks.append(_VERIFIER.submit(_round_trip_error, codestreams[-1], frame))
+    out = _htj2k_dataset(ds, codestreams, "YBR_RCT" if rct else photometric)
+    for index, check in enumerate(checks, start=1):
+        if (error := check.result()) is not None:
+            raise TranscodeError(f"{_sop(ds)}: frame {index}: {error}")
+    return TranscodeResult(out, True, None, str(TARGET_SYNTAX), codestreams, arr[0])
+
+
+def dataset_to_bytes(ds: Dataset) -> bytes:
+    """Serialise ``ds`` as a DICOM Part 10 file (preamble, file meta, data set).
+
+    Parameters
+    ----------
+    ds
+        A dataset with ``file_meta.TransferSyntaxUID`` set.
+
+    Returns
+    -------
+    bytes
+        The file content, ready to be stored in Orthanc.
+    """
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _sop(ds: Dataset) -> str:
+    return str(ds.get("SOPInstanceUID", "<no SOP Instance UID>"))
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not syntax:
+        raise TranscodeError(f"{_sop(ds)}: no (0002,0010) Transfer Syntax UID in file meta")
+    return UID(syntax)
+
+
+def _keep_reason(ds: Dataset, syntax: UID) -> str | None:
+    """Why ``ds`` must be stored as received, or None if it can be transcoded."""
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return "float pixel data"
+    if "PixelData" not in ds:
+        return "no pixel data"
+    if syntax in _LOSSY_INPUT:
+        return f"lossy transfer syntax {syntax.name} ({syntax}): never re-compressed"
+    if ds.get("LossyImageCompression") == "01":
+        return "Lossy Image Compression is 01 (lossy-compressed before): never re-compressed"
+    bits = ds.get("BitsAllocated")
+    if bits not in (8, 16):
+        return f"Bits Allocated {bits}: only 8 and 16 are transcoded"
+    if ds.get("SamplesPerPixel", 1) not in (1, 3):
+        return f"Samples per Pixel {ds.SamplesPerPixel}: only 1 and 3 are transcoded"
+    if syntax in _HTJ2K_LOSSLESS:
+        return "already HTJ2K lossless"
+    if syntax not in _LOSSLESS_INPUT:
+        return f"no lossless decoder for transfer syntax {syntax.name} ({syntax})"
+    return None
+
+
+def _photometric_reason(photometric: str, arr: np.ndarray) -> str | None:
+    colour = arr.ndim == 4  # (frames, rows, columns, samples)
+    allowed = ("RGB", "YBR_FULL") if colour else ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
+    if photometric in allowed:
+        return None
+    return f"Photometric Interpretation {photometric} is not transcoded"
+
+
+def _decode_all(ds: Dataset, syntax: UID) -> tuple[np.ndarray, str]:
+    """All frames as (frames, rows, columns[, samples]) and their photometric."""
+    try:
+        arr, meta = get_decoder(syntax).as_array(ds, as_rgb=False)
+    except Exception as exc:  # pydicom raises many types for bad or truncated data
+        raise TranscodeError(f"{_sop(ds)}: cannot decode {syntax.name} pixel data: {exc}") from exc
+    samples = int(meta["samples_per_pixel"])
+    shape = (int(meta["number_of_frames"]), int(meta["rows"]), int(meta["columns"]))
+    arr = arr.reshape(shape + ((samples,) if samples > 1 else ()))
+    kind = "i" if ds.get("PixelRepresentation", 0) else "u"
+    dtype = np.dtype(f"{kind}{ds.BitsAllocated // 8}")
+    if arr.dtype != dtype:
+        arr = arr.astype(dtype)
+    return arr, str(meta["photometric_interpretation"])
+
+
+def _encode(frame: np.ndarray, rct: bool, ds: Dataset) -> bytes:
+    try:
+        return imagecodecs.htj2k_encode(frame, rgb=rct, **HTJ2K_ENCODE_OPTIONS)
+    except imagecodecs.Htj2kError as exc:
+        raise TranscodeError(f"{_sop(ds)}: HTJ2K encoding failed: {exc}") from exc
+
+
+def _round_trip_error(codestream: bytes, frame: np.ndarray) -> str | None:
+    """Why ``codestream`` does not decode to exactly ``frame``, or None if it does."""
+    try:
+        decoded = imagecodecs.htj2k_decode(codestream, planar=False)
+    except imagecodecs.Htj2kError as exc:
+        return f"HTJ2K codestream does not decode: {exc}"
+    if decoded.dtype != frame.dtype or not np.array_equal(decoded, frame):
+        return (
+            "HTJ2K round trip is not exact "
+            f"({frame.dtype}{frame.shape} in, {decoded.dtype}{decoded.shape} out)"
+        )
+    return None
+
+
+def _htj2k_dataset(ds: Dataset, codestreams: list[bytes], photometric: str) -> Dataset:
+    """A new dataset with ``ds``'s other elements and the HTJ2K pixel data."""
+    if ds.file_meta.TransferSyntaxUID.is_little_endian:
+        out = Dataset(dict(ds.items()))  # shares the elements: only replace, never mutate
+    else:
+        out = copy.deepcopy(ds)
+        _swap_big_endian_words(out)
+    out.file_meta = _htj2k_file_meta(ds.file_meta)
+    for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+        if keyword in out:
+            del out[keyword]
+    out.add_new("PhotometricInterpretation", "CS", photometric)
+    if out.get("SamplesPerPixel", 1) > 1:
+        out.add_new("PlanarConfiguration", "US", 0)
+    _set_encapsulated(out, codestreams)
+    return out
+
+
+def _swap_big_endian_words(ds: Dataset) -> None:
+    """Byte-swap OW/OL/OF/OD/OV values read from Explicit VR Big Endian (pydicom keeps
+    them as read), so that they are right when written little endian."""
+
+    def swap(dataset: Dataset, elem: pydicom.DataElement) -> None:
+        size = _WORD_SIZES.get(elem.VR)
+        if size and elem.value and elem.tag != 0x7FE00010:
+            elem.value = np.frombuffer(elem.value, f">u{size}").astype(f"<u{size}").tobytes()
+
+    ds.walk(swap)
+
+
+def _htj2k_file_meta(meta: FileMetaDataset) -> FileMetaDataset:
+    out = FileMetaDataset(dict(meta.items()))  # shares the elements: only replace
+    out.add_new("TransferSyntaxUID", "UI", TARGET_SYNTAX)
+    for keyword in ("ImplementationClassUID", "ImplementationVersionName"):
+        if keyword in out:
+            del out[keyword]  # dcmwrite(enforce_file_format=True) sets pydicom's
+    return out
+
+
+def _set_encapsulated(ds: Dataset, codestreams: list[bytes]) -> None:
+    """Store ``codestreams`` as encapsulated Pixel Data, one fragment per frame."""
+    total = sum(8 + len(c) + len(c) % 2 for c in codestreams)
+    if total <= _MAX_BOT_OFFSET:
+        ds.add_new("PixelData", "OB", encapsulate(codestreams, has_bot=True))
+    else:
+        data, offsets, lengths = encapsulate_extended(codestreams)
+        ds.add_new("PixelData", "OB", data)
+        ds.add_new("ExtendedOffsetTable", "OV", offsets)
+        ds.add_new("ExtendedOffsetTableLengths", "OV", lengths)
+    ds["PixelData"].is_undefined_length = True
+
+
+def _kept(ds: Dataset, syntax: UID, reason: str) -> TranscodeResult:
+    """Result for ``ds`` stored as received, with its frames."""
+    pixels = None
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        frames = []
+    elif syntax in _HTJ2K_LOSSLESS:
+        frames, pixels = _verified_htj2k_frames(ds)
+    elif syntax.is_encapsulated:
+        frames = list(_encapsulated_frames(ds))
+    else:
+        frames = _native_frames(ds, syntax)
+    return TranscodeResult(ds, False, reason, str(syntax), frames, pixels)
+
+
+def _encapsulated_frames(ds: Dataset) -> Iterator[bytes]:
+    eot = ds.get("ExtendedOffsetTable")
+    offsets = (eot, ds.ExtendedOffsetTableLengths) if eot is not None else None
+    nr_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return generate_frames(ds.PixelData, number_of_frames=nr_frames, extended_offsets=offsets)
+
+
+def _verified_htj2k_frames(ds: Dataset) -> tuple[list[bytes], np.ndarray]:
+    """Frames of a received HTJ2K lossless dataset, each checked to decode."""
+    expected = (ds.Rows, ds.Columns) + ((ds.SamplesPerPixel,) if ds.SamplesPerPixel > 1 else ())
+    frames = list(_encapsulated_frames(ds))
+    first = None
+    for index, frame in enumerate(frames, start=1):
+        try:
+            decoded = imagecodecs.htj2k_decode(frame, planar=False)
+        except imagecodecs.Htj2kError as exc:
+            raise TranscodeError(f"{_sop(ds)}: HTJ2K frame {index} does not decode") from exc
+        if decoded.shape != expected:
+            raise TranscodeError(
+                f"{_sop(ds)}: HTJ2K frame {index} is {decoded.shape}, expected {expected}"
+            )
+        first = decoded if first is None else first
+    return frames, first
+
+
+def _native_frames(ds: Dataset, syntax: UID) -> list[bytes]:
+    """Little endian bytes of each frame of a native dataset, as stored."""
+    decoder = get_decoder(syntax)
+    try:
+        if syntax.is_little_endian and ds.get("BitsAllocated") != 1:
+            return [bytes(buf) for buf, _ in decoder.iter_buffer(ds)]
+        arr, meta = decoder.as_array(ds, raw=True, correct_unused_bits=False)
+    except Exception as exc:  # pydicom raises many types for bad or truncated data
+        raise TranscodeError(f"{_sop(ds)}: cannot read {syntax.name} pixel data: {exc}") from exc
+    arr = arr.reshape(int(meta["number_of_frames"]), -1)
+    if ds.get("BitsAllocated") == 1:
+        return [np.packbits(frame, bitorder="little").tobytes() for frame in arr]
+    return [frame.astype(frame.dtype.newbyteorder("<"), copy=False).tobytes() for frame in arr]

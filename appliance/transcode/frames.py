@@ -1,0 +1,346 @@
+"""Files nginx serves directly for DICOMweb frames, rendered and thumbnail requests.
+
+Layout, below a root directory::
+
+    <StudyUID>/<SeriesUID>/<SOPUID>/frames/<n>      n = 1, 2, ...
+    <StudyUID>/<SeriesUID>/<SOPUID>/rendered.jpg
+    <StudyUID>/<SeriesUID>/<SOPUID>/thumbnail.jpg
+
+Each frame file is a complete ``multipart/related`` body with a single part (the frame
+bytes), so nginx can send it as is with
+``default_type 'multipart/related; type="application/octet-stream"; boundary=BOUNDARY'``.
+Every file is written atomically (temporary file in the same directory, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, get_decoder
+
+from appliance.transcode.codec import frame_transfer_syntax
+
+log = logging.getLogger("neuronova.transcode.frames")
+
+BOUNDARY = "neuronova-frame-3f9c1a7e52d84b06"
+THUMBNAIL_SIZE = 128
+JPEG_QUALITY = 90
+RENDERED_NAME = "rendered.jpg"
+THUMBNAIL_NAME = "thumbnail.jpg"
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_DELIMITER = b"--" + BOUNDARY.encode()
+_TAIL = b"\r\n" + _DELIMITER + b"--\r\n"
+
+
+def _check_uid(uid: str) -> str:
+    if not isinstance(uid, str) or len(uid) > 64 or not _UID.fullmatch(uid):
+        raise ValueError(f"not a valid DICOM UID (digits and dots, at most 64): {uid!r}")
+    return uid
+
+
+def instance_dir(root: str | os.PathLike[str], study: str, series: str, sop: str) -> Path:
+    """Directory holding the files of one instance.
+
+    Parameters
+    ----------
+    root
+        Root of the frame tree.
+    study, series, sop
+        Study, Series and SOP Instance UIDs.
+
+    Returns
+    -------
+    Path
+        ``<root>/<study>/<series>/<sop>``.
+
+    Raises
+    ------
+    ValueError
+        A UID is not digits and dots or is longer than 64 characters.
+    """
+    return Path(root, _check_uid(study), _check_uid(series), _check_uid(sop))
+
+
+def frame_path(root: str | os.PathLike[str], study: str, series: str, sop: str, n: int) -> Path:
+    """Path of the multipart file of frame ``n`` (from 1) of an instance.
+
+    Parameters
+    ----------
+    root
+        Root of the frame tree.
+    study, series, sop
+        Study, Series and SOP Instance UIDs.
+    n
+        Frame number, from 1.
+
+    Returns
+    -------
+    Path
+        ``<root>/<study>/<series>/<sop>/frames/<n>``.
+
+    Raises
+    ------
+    ValueError
+        A UID is invalid or ``n`` is not a positive integer.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"frame number must be an integer from 1: {n!r}")
+    return instance_dir(root, study, series, sop) / "frames" / str(n)
+
+
+def write_instance_files(
+    root: str | os.PathLike[str],
+    ds: Dataset,
+    frames: list[bytes],
+    transfer_syntax: str,
+    pixels: np.ndarray | None = None,
+) -> Path:
+    """Write the frame files, ``rendered.jpg`` and ``thumbnail.jpg`` of an instance.
+
+    Parameters
+    ----------
+    root
+        Root of the frame tree.
+    ds
+        The stored dataset (its UIDs name the directories; its image attributes drive
+        the rendering).
+    frames
+        Per-frame bytes, as ``TranscodeResult.frames``.
+    transfer_syntax
+        Transfer syntax UID of the stored dataset; native syntaxes give frames typed
+        Explicit VR Little Endian.
+    pixels
+        Decoded first frame (rows, columns[, samples]; colour as RGB unless the
+        dataset says YBR_FULL), e.g. ``TranscodeResult.pixels``; decoded from ``ds``
+        when None. Without decodable pixels no JPEGs are written (logged).
+
+    Returns
+    -------
+    Path
+        The instance directory.
+
+    Raises
+    ------
+    ValueError
+        A UID is invalid, or a frame contains the multipart boundary.
+    """
+    directory = instance_dir(root, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    frames_dir = directory / "frames"
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    head = _part_head(frame_transfer_syntax(_check_uid(str(transfer_syntax))))
+    for n, data in enumerate(frames, start=1):
+        if _DELIMITER in data:
+            raise ValueError(f"{ds.SOPInstanceUID}: frame {n} contains the multipart boundary")
+        _write_atomic(frames_dir / str(n), head, data, _TAIL)
+    _remove_frames_after(frames_dir, len(frames))
+    if frames:
+        _write_jpegs(directory, ds, transfer_syntax, pixels)
+    _fsync_dirs([frames_dir, directory, directory.parent, directory.parent.parent, Path(root)])
+    return directory
+
+
+def remove_instance_files(root: str | os.PathLike[str], study: str, series: str, sop: str) -> None:
+    """Remove every file of an instance (no error if there is none).
+
+    The directory is first renamed away, so nginx never serves a half-removed instance;
+    empty series and study directories are removed too.
+
+    Parameters
+    ----------
+    root
+        Root of the frame tree.
+    study, series, sop
+        Study, Series and SOP Instance UIDs.
+
+    Raises
+    ------
+    ValueError
+        A UID is invalid.
+    """
+    directory = instance_dir(root, study, series, sop)
+    trash = directory.with_name(f".{sop}.removing-{secrets.token_hex(4)}")
+    try:
+        directory.rename(trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash)
+    for parent in (directory.parent, directory.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:  # not empty: other instances remain
+            break
+    _fsync_dirs([directory.parent, Path(root)])
+
+
+def _part_head(transfer_syntax: str) -> bytes:
+    return (
+        f"--{BOUNDARY}\r\n"
+        f"Content-Type: application/octet-stream; transfer-syntax={transfer_syntax}\r\n\r\n"
+    ).encode("ascii")
+
+
+def _write_atomic(path: Path, *parts: bytes) -> None:
+    """Write ``parts`` to ``path`` through a fsynced temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for part in parts:
+                fh.write(part)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _remove_frames_after(frames_dir: Path, count: int) -> None:
+    """Remove frame files numbered above ``count`` (left by an earlier version)."""
+    for entry in frames_dir.iterdir():
+        if entry.name.isdigit() and int(entry.name) > count:
+            entry.unlink(missing_ok=True)
+
+
+def _fsync_dirs(directories: Iterable[Path]) -> None:
+    for directory in directories:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_jpegs(
+    directory: Path, ds: Dataset, transfer_syntax: str, pixels: np.ndarray | None
+) -> None:
+    if pixels is None:
+        decoded = _decode_first_frame(ds, transfer_syntax)
+        if decoded is None:
+            return
+        pixels, photometric = decoded
+    else:
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    image = render(ds, pixels, photometric)
+    _write_atomic(directory / RENDERED_NAME, _jpeg(image))
+    _write_atomic(directory / THUMBNAIL_NAME, _jpeg(thumbnail(image, THUMBNAIL_SIZE)))
+
+
+def _decode_first_frame(ds: Dataset, transfer_syntax: str) -> tuple[np.ndarray, str] | None:
+    try:
+        arr, meta = get_decoder(transfer_syntax).as_array(ds, index=0, as_rgb=True)
+    except Exception as exc:  # no decoder for this syntax, or damaged data
+        log.warning("%s: rendered/thumbnail not written: %s", ds.SOPInstanceUID, exc)
+        return None
+    return arr, str(meta["photometric_interpretation"])
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    return imagecodecs.jpeg8_encode(np.ascontiguousarray(image), level=JPEG_QUALITY)
+
+
+def render(ds: Dataset, pixels: np.ndarray, photometric: str) -> np.ndarray:
+    """8-bit image of one frame, as a viewer would show it by default.
+
+    Parameters
+    ----------
+    ds
+        Dataset with the image attributes (rescale, window, palette, bits stored).
+    pixels
+        The frame, (rows, columns) or (rows, columns, 3).
+    photometric
+        Photometric interpretation of ``pixels`` (colour frames decoded by JPEG 2000
+        decoders are RGB whatever the dataset says).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, (rows, columns) for grey or (rows, columns, 3) RGB. Grey frames use the
+        first Window Center/Width after the modality LUT, else the frame's min/max;
+        MONOCHROME1 is inverted.
+    """
+    if photometric == "PALETTE COLOR":
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        return _colour_to_uint8(apply_color_lut(pixels, ds), bits)
+    if pixels.ndim == 3:
+        if photometric in ("YBR_FULL", "YBR_FULL_422"):
+            pixels = convert_color_space(pixels, photometric, "RGB")
+        return _colour_to_uint8(pixels, int(ds.get("BitsStored", 8)))
+    return _window(ds, pixels, invert=photometric == "MONOCHROME1")
+
+
+def _colour_to_uint8(arr: np.ndarray, bits: int) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    return (arr >> max(bits - 8, 0)).clip(0, 255).astype(np.uint8)
+
+
+def _window(ds: Dataset, frame: np.ndarray, invert: bool) -> np.ndarray:
+    values = np.asarray(apply_modality_lut(frame, ds), dtype=np.float32)
+    window = _window_values(ds)
+    if window is None:
+        low, high = float(values.min()), float(values.max())
+    else:
+        center, width = window
+        low, high = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+    scaled = (values - low) * (255 / max(high - low, 1e-6))
+    image = np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
+    return 255 - image if invert else image
+
+
+def _window_values(ds: Dataset) -> tuple[float, float] | None:
+    """First Window Center and Width, or None if absent or unusable."""
+    try:
+        center, width = (_first(ds.get(k)) for k in ("WindowCenter", "WindowWidth"))
+    except (TypeError, ValueError):
+        return None
+    if center is None or width is None or width < 1:
+        return None
+    return center, width
+
+
+def _first(value: object) -> float | None:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        value = value[0] if value else None
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
+def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
+    """Shrink ``image`` so its longest side is ``size`` (area average; never enlarges).
+
+    Parameters
+    ----------
+    image
+        uint8, (rows, columns) or (rows, columns, 3).
+    size
+        Longest side of the result, in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 image, ``image`` itself when already small enough.
+    """
+    rows, columns = image.shape[:2]
+    scale = size / max(rows, columns)
+    if scale >= 1:
+        return image
+    out = image.astype(np.float32)
+    for axis, length in ((0, rows), (1, columns)):
+        target = max(1, round(length * scale))
+        starts = np.arange(target) * length // target
+        counts = np.diff(np.append(starts, length))
+        shape = [1] * image.ndim
+        shape[axis] = target
+        out = np.add.reduceat(out, starts, axis=axis) / counts.reshape(shape)
+    return np.round(out).astype(np.uint8)

@@ -1,0 +1,114 @@
+"""One object's way from the spool to Orthanc: decode, HTJ2K-encode, verify, store,
+prepare the frame files nginx serves, remove the spool file.
+
+Every step is idempotent: the journal's claim lets one worker at a time handle a given
+spool file, Orthanc overwrites an instance stored twice, frame files are replaced
+atomically. A transient failure (Orthanc down) is retried with backoff; a permanent one
+is recorded with its reason and kept for ``neuronova ingest retry``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from appliance.config import Settings
+from appliance.journal import FAILED, STORED, Journal
+from appliance.layout import HomeLayout
+from appliance.orthanc_store import OrthancRejected, OrthancStore, OrthancUnavailable
+from appliance.transcode.codec import (
+    TranscodeError,
+    TranscodeResult,
+    dataset_to_bytes,
+    transcode_to_htj2k,
+)
+from appliance.transcode.frames import write_instance_files
+
+log = logging.getLogger("neuronova.worker")
+MAX_ATTEMPTS = 12
+BACKOFF_CAP = 120.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened: ``state`` plus, for a transient failure, when to try again."""
+
+    state: str
+    retry_in: float | None = None
+
+
+class Pipeline:
+    """The ingest steps for one data home."""
+
+    def __init__(self, settings: Settings, journal: Journal | None = None) -> None:
+        layout = HomeLayout(settings.home)
+        self.journal = journal or Journal(layout.database_file)
+        self.frames_root = layout.frames_dir
+        self.orthanc = OrthancStore(settings)
+
+    def process(self, sop_uid: str, spool_path: str) -> Outcome:
+        """Run every step for one spool file; safe to call twice for the same file."""
+        if not self.journal.claim(sop_uid, spool_path):
+            return Outcome("skipped")
+        try:
+            data = Path(spool_path).read_bytes()
+            ds = pydicom.dcmread(io.BytesIO(data))
+        except (OSError, InvalidDicomError, ValueError) as exc:
+            self.journal.fail(sop_uid, spool_path, f"cannot read the spooled object: {exc}")
+            return Outcome(FAILED)
+        result = _transcode(ds)
+        payload = dataset_to_bytes(result.dataset) if result.transcoded else data
+        try:
+            self._prepare_frames(result)
+            self.orthanc.store(payload)
+        except OrthancUnavailable as exc:
+            return self._retry(sop_uid, spool_path, str(exc))
+        except (OrthancRejected, ValueError, OSError) as exc:
+            log.error("%s failed permanently: %s", sop_uid, exc)
+            self.journal.fail(sop_uid, spool_path, str(exc))
+            return Outcome(FAILED)
+        self._finish(sop_uid, spool_path, result, len(payload))
+        return Outcome(STORED)
+
+    def _prepare_frames(self, result: TranscodeResult) -> None:
+        if result.frames:
+            write_instance_files(self.frames_root, result.dataset, result.frames,
+                                 result.transfer_syntax, result.pixels)  # fmt: skip
+
+    def _retry(self, sop_uid: str, spool_path: str, error: str) -> Outcome:
+        attempts = self.journal.release(sop_uid, spool_path, error)
+        if attempts >= MAX_ATTEMPTS:
+            self.journal.fail(sop_uid, spool_path, f"gave up after {attempts} attempts: {error}")
+            return Outcome(FAILED)
+        delay = min(2.0**attempts, BACKOFF_CAP)
+        log.warning("%s: %s; retrying in %.0f s (attempt %d)", sop_uid, error, delay, attempts)
+        return Outcome("retry", retry_in=delay)
+
+    def _finish(self, sop_uid: str, spool_path: str, result: TranscodeResult, size: int) -> None:
+        self.journal.stored(
+            sop_uid, spool_path, ts_out=result.transfer_syntax,
+            action="transcoded" if result.transcoded else "kept", reason=result.reason,
+            size_out=size, frames=len(result.frames),
+        )  # fmt: skip
+        Path(spool_path).unlink(missing_ok=True)
+
+
+def _transcode(ds: pydicom.Dataset) -> TranscodeResult:
+    """HTJ2K if possible; otherwise the object as received, with the reason."""
+    try:
+        return transcode_to_htj2k(ds)
+    except TranscodeError as exc:
+        log.warning("keeping %s as received: %s", ds.get("SOPInstanceUID", "?"), exc)
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+        return TranscodeResult(ds, False, f"transcoding failed: {exc}", syntax, [])
+    except Exception as exc:  # a codec bug must not lose the object: store it as received
+        log.exception("unexpected transcoding error")
+        syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
+        return TranscodeResult(
+            ds, False, f"transcoding error: {exc.__class__.__name__}", syntax, []
+        )

@@ -1,0 +1,194 @@
+"""Who is calling: the authentication middleware and per-route access rules.
+
+Every ``/api/`` route needs a valid token unless marked :func:`public`. The token comes
+from ``Authorization: Bearer`` or the HttpOnly session cookie; state-changing requests
+authenticated by the cookie must echo the session's CSRF token in ``X-CSRF-Token``.
+Rejections are 401 (bad token), 403 (role, CSRF) with a JSON reason and an audit row.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from appliance import audit
+from appliance.tokens import ACCESS_TTL, Claims, TokenError
+from appliance.web.errors import ApiError, Handler
+from appliance.web.inputs import client_address, is_tls
+from appliance.web.keys import DB, SESSIONS, TOKENS
+
+SESSION_COOKIE = "nn_session"
+REFRESH_COOKIE = "nn_refresh"
+CSRF_COOKIE = "nn_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+STAFF = ("admin", "radiologist", "technologist")
+IDENTITY = "identity"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The verified caller of a request."""
+
+    claims: Claims
+    via_cookie: bool
+
+    @property
+    def username(self) -> str:
+        return self.claims.subject
+
+    @property
+    def role(self) -> str:
+        return self.claims.role
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call a route."""
+
+    roles: tuple[str, ...]
+    shares: bool = False
+    public: bool = False
+    csrf: bool = True
+
+
+def public(fn: F) -> F:
+    """Mark a route as open to anyone (login, health)."""
+    fn.__access__ = Access(roles=(), public=True)  # type: ignore[attr-defined]
+    return fn
+
+
+def requires(*roles: str, shares: bool = False) -> Callable[[F], F]:
+    """Restrict a route to ``roles``; ``shares`` also admits study share tokens."""
+
+    def mark(fn: F) -> F:
+        fn.__access__ = Access(roles=roles, shares=shares)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def identity(request: web.Request) -> Identity:
+    """The caller of an authenticated route."""
+    return request[IDENTITY]
+
+
+def _access_of(request: web.Request) -> Access:
+    handler = request.match_info.handler
+    access = getattr(handler, "__access__", None)
+    if access is not None:
+        return access
+    if request.match_info.http_exception is not None:
+        return Access(roles=(), public=True)  # 404/405: let the router answer
+    return Access(roles=STAFF)
+
+
+def _token_from(request: web.Request) -> tuple[str, bool] | None:
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "malformed_token", "Use 'Authorization: Bearer <token>'.")
+        return token.strip(), False
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return (cookie, True) if cookie else None
+
+
+def reject(request: web.Request, status: int, reason: str, message: str, **detail: Any) -> ApiError:
+    """Record a security event and build the error the client gets."""
+    event = {401: audit.TOKEN_REJECTED, 403: audit.ROLE_DENIED}.get(status, reason)
+    claims = request.get(IDENTITY)
+    audit.record(
+        request.app[DB],
+        event,
+        username=claims.username if claims else None,
+        client=client_address(request),
+        reason=reason,
+        path=request.path[:200],
+        method=request.method,
+        **detail,
+    )
+    return ApiError(status, reason, message)
+
+
+def _verify(request: web.Request, token: str) -> Claims:
+    app = request.app
+    try:
+        claims = app[TOKENS].verify(token)
+    except TokenError as exc:
+        raise reject(request, 401, exc.reason, exc.message) from None
+    if claims.is_share:
+        share = app[DB]["shares"].get(claims.subject.removeprefix("share:"))
+        if share is None or share["revoked_at"]:
+            raise reject(request, 401, "token_revoked", "This share link has been revoked.")
+    elif app[SESSIONS].active(claims.session or "") is None:
+        raise reject(request, 401, "token_revoked", "The session has ended; log in again.")
+    return claims
+
+
+def _check_csrf(request: web.Request, who: Identity) -> None:
+    if not who.via_cookie or request.method in SAFE_METHODS or who.claims.is_share:
+        return
+    session = request.app[SESSIONS].active(who.claims.session or "")
+    sent = request.headers.get(CSRF_HEADER, "")
+    if session is None or not hmac.compare_digest(sent.encode(), session["csrf"].encode()):
+        audit.record(request.app[DB], audit.CSRF_REJECTED, username=who.username,
+                     client=client_address(request), path=request.path[:200])  # fmt: skip
+        raise ApiError(
+            403, "csrf_rejected", f"Send the {CSRF_COOKIE} cookie's value in {CSRF_HEADER}."
+        )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate, authorize and CSRF-check every request before its handler runs."""
+    access = _access_of(request)
+    if access.public:
+        return await handler(request)
+    found = _token_from(request)
+    if found is None:
+        raise ApiError(401, "missing_token", "Log in first (no session cookie or bearer token).")
+    token, via_cookie = found
+    who = Identity(_verify(request, token), via_cookie)
+    request[IDENTITY] = who
+    if who.claims.is_share and not access.shares:
+        raise reject(request, 403, "share_not_allowed", "A share link only opens its study.")
+    if not who.claims.is_share and who.role not in access.roles:
+        raise reject(request, 403, "role_denied", f"Your role ({who.role}) may not do this.")
+    _check_csrf(request, who)
+    response = await handler(request)
+    if via_cookie and not who.claims.is_share:
+        _renew_if_old(request, who, response)
+    return response
+
+
+def _renew_if_old(request: web.Request, who: Identity, response: web.StreamResponse) -> None:
+    """Sliding session: re-issue the access cookie in the second half of its life."""
+    if who.claims.expires_at - time.time() > ACCESS_TTL / 2 or response.prepared:
+        return
+    token, _ = request.app[TOKENS].issue_access(who.username, who.role, who.claims.session or "")
+    set_cookie(response, request, SESSION_COOKIE, token, http_only=True)
+
+
+def set_cookie(
+    response: web.StreamResponse,
+    request: web.Request,
+    name: str,
+    value: str,
+    *,
+    http_only: bool,
+    path: str = "/",
+    max_age: int | None = None,
+) -> None:
+    """Set a SameSite=Strict cookie, Secure whenever the browser came over HTTPS."""
+    response.set_cookie(
+        name, value, path=path, httponly=http_only, samesite="Strict",
+        secure=is_tls(request), max_age=max_age,
+    )  # fmt: skip

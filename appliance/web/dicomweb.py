@@ -1,0 +1,106 @@
+"""``/api/pacs/dicom-web/``: QIDO-RS, WADO-RS and STOW-RS behind the token check.
+
+Reads are answered with an empty body and ``X-Accel-Redirect``; nginx then sends the
+bytes (see :mod:`appliance.gateway`). STOW-RS uploads are read here and handed to the
+ingest pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+
+from appliance.gateway import (
+    BadRequest,
+    Target,
+    accepts_stored_frames,
+    check_raw_path,
+    clean_query,
+    frame_file_redirect,
+    image_file_redirect,
+    orthanc_accept,
+    orthanc_redirect,
+    parse_path,
+)
+from appliance.layout import HomeLayout
+from appliance.web.auth import STAFF, Identity, identity, reject, requires
+from appliance.web.errors import ApiError
+from appliance.web.keys import SETTINGS
+from appliance.web.stow import store_instances
+
+routes = web.RouteTableDef()
+ROOT = "/api/pacs/dicom-web"
+
+
+def _parse(request: web.Request) -> Target:
+    try:
+        check_raw_path(request.raw_path)
+        return parse_path(request.match_info["tail"])
+    except BadRequest as exc:
+        raise ApiError(400, "bad_dicomweb_request", str(exc)) from None
+
+
+def _share_scope(request: web.Request, who: Identity, target: Target) -> str | None:
+    """For a share link: the one study it may see (403 for any other)."""
+    if not who.claims.is_share:
+        return None
+    if target.study is not None and target.study != who.claims.study:
+        raise reject(request, 403, "study_not_shared", "This share link opens another study.")
+    return who.claims.study
+
+
+def _prepared_file(request: web.Request, target: Target) -> str | None:
+    """The internal URI of a file prepared at ingest for this request, if there is one."""
+    if target.action == "frames" and len(target.frames) == 1 and target.frame_action is None:
+        if not accepts_stored_frames(request.headers.get("Accept", "")):
+            return None
+        uri = frame_file_redirect(target)
+    elif target.resource == "instances" and (
+        target.action in ("rendered", "thumbnail")
+        or (target.action == "frames" and target.frames == (1,) and target.frame_action)
+    ):
+        uri = image_file_redirect(target, target.frame_action or target.action)
+    else:
+        return None
+    frames_dir = HomeLayout(request.app[SETTINGS].home).frames_dir
+    return uri if os.path.exists(frames_dir / uri.removeprefix("/internal-frames/")) else None
+
+
+def accel(uri: str, accept: str = "") -> web.Response:
+    """An empty response that has nginx serve ``uri`` from an internal location."""
+    headers = {"X-Accel-Redirect": uri}
+    if accept:
+        headers["X-Orthanc-Accept"] = accept[:1024]
+    return web.Response(status=200, headers=headers)
+
+
+@routes.get(ROOT + "/{tail:.*}")
+@requires(*STAFF, shares=True)
+async def read(request: web.Request) -> web.Response:
+    """Any DICOMweb read: validate, then hand the byte transfer to nginx."""
+    target = _parse(request)
+    study_only = _share_scope(request, identity(request), target)
+    try:
+        query = clean_query(list(request.query.items()), study_only)
+    except BadRequest as exc:
+        raise ApiError(400, "bad_dicomweb_request", str(exc)) from None
+    prepared = _prepared_file(request, target)
+    if prepared is not None:
+        return accel(prepared)
+    accept = orthanc_accept(target, request.headers.get("Accept", ""))
+    return accel(orthanc_redirect(target, query), accept)
+
+
+@routes.post(ROOT + "/studies")
+@routes.post(ROOT + "/studies/{study}")
+@requires("technologist", "admin")
+async def stow(request: web.Request) -> web.Response:
+    """STOW-RS: store the uploaded instances (PS3.18 10.5)."""
+    study = request.match_info.get("study")
+    if study is not None:
+        try:
+            parse_path(f"studies/{study}")
+        except BadRequest as exc:
+            raise ApiError(400, "bad_dicomweb_request", str(exc)) from None
+    return await store_instances(request, study)

@@ -1,0 +1,225 @@
+// Component-level tests: the real App rendered into happy-dom with a fake fetch.
+import { act } from 'react';
+import { createRoot, type Root } from 'react-dom/client';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { App } from './App';
+
+(globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
+
+type Handler = (url: URL, init: RequestInit) => Response | undefined;
+
+const json = (status: number, body?: unknown) =>
+  new Response(body === undefined ? null : JSON.stringify(body), {
+    status,
+    headers: { 'Content-Type': 'application/json' },
+  });
+
+let root: Root | null = null;
+let container: HTMLElement;
+let requests: string[] = [];
+
+function installFetch(handler: Handler) {
+  requests = [];
+  vi.stubGlobal(
+    'fetch',
+    vi.fn(async (input: RequestInfo | URL, init: RequestInit = {}) => {
+      const url = new URL(String(input), window.location.origin);
+      requests.push(`${init.method ?? 'GET'} ${url.pathname}${url.search}`);
+      return handler(url, init) ?? json(404, { status: 404, error: 'not_found', message: 'nope' });
+    }),
+  );
+}
+
+async function render(path: string) {
+  window.history.replaceState(null, '', path);
+  container = document.createElement('div');
+  document.body.appendChild(container);
+  await act(async () => {
+    root = createRoot(container);
+    root.render(<App />);
+  });
+}
+
+async function settle(ms = 0) {
+  await act(async () => {
+    await new Promise((r) => setTimeout(r, ms));
+  });
+}
+
+async function waitFor<T>(fn: () => T | null | undefined | false, timeout = 2000): Promise<T> {
+  const start = Date.now();
+  for (;;) {
+    const v = fn();
+    if (v) return v;
+    if (Date.now() - start > timeout) throw new Error('waitFor timed out');
+    await settle(10);
+  }
+}
+
+const byTestId = (id: string) => container.querySelector<HTMLElement>(`[data-testid="${id}"]`);
+
+function type(el: HTMLInputElement, value: string) {
+  const setter = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value')!.set!;
+  setter.call(el, value);
+  el.dispatchEvent(new Event('input', { bubbles: true }));
+}
+
+beforeEach(() => {
+  document.body.innerHTML = '';
+});
+
+afterEach(async () => {
+  await act(async () => root?.unmount());
+  root = null;
+  vi.unstubAllGlobals();
+});
+
+const STUDY = {
+  study_uid: '1.2.840.113619.2.55.3.1',
+  patient_name: 'Doe^Jane^Q',
+  patient_id: 'PID-001',
+  study_date: '20240315',
+  modalities: ['CT'],
+  description: 'CT HEAD W/O CONTRAST',
+  series_count: 3,
+  instance_count: 300,
+  progress: { received: 300, transcoded: 299, stored: 298, failed: 2 },
+  updated_at: '2024-03-15T10:00:00Z',
+};
+
+describe('login', () => {
+  it('sends an anonymous user to /login with next, and shows the throttling wait', async () => {
+    installFetch((url) => {
+      if (url.pathname === '/api/auth/me') return json(401, { status: 401, error: 'no_session', message: 'x' });
+      if (url.pathname === '/api/auth/refresh') return json(401, { status: 401, error: 'no_session', message: 'x' });
+      if (url.pathname === '/api/auth/login')
+        return json(429, { status: 429, error: 'throttled', message: 'Too many', retry_after: 42 });
+    });
+    await render('/admin/users');
+    await waitFor(() => byTestId('login-username'));
+    expect(window.location.pathname).toBe('/login');
+    expect(new URLSearchParams(window.location.search).get('next')).toBe('/admin/users');
+    expect(requests.slice(0, 2)).toEqual(['GET /api/auth/me', 'POST /api/auth/refresh']);
+
+    await act(async () => {
+      type(byTestId('login-username') as HTMLInputElement, 'alice');
+      type(byTestId('login-password') as HTMLInputElement, 'wrong');
+    });
+    await act(async () => byTestId('login-submit')!.click());
+    const err = await waitFor(() => byTestId('login-error'));
+    expect(err.textContent).toMatch(/try again in 4[12]\s/i);
+    expect((byTestId('login-submit') as HTMLButtonElement).disabled).toBe(true);
+  });
+
+  it('shows bad credentials, then signs in and goes to next', async () => {
+    let attempts = 0;
+    installFetch((url, init) => {
+      if (url.pathname === '/api/auth/me' || url.pathname === '/api/auth/refresh') return json(401, {});
+      if (url.pathname === '/api/auth/login') {
+        attempts++;
+        const body = JSON.parse(String(init.body));
+        if (body.password !== 'right') return json(401, { status: 401, error: 'bad_credentials', message: 'Invalid' });
+        return json(200, { access_token: 't', expires_in: 900, user: { username: 'alice', role: 'admin' } });
+      }
+      if (url.pathname === '/api/shares') return json(200, { items: [] });
+    });
+    await render('/login?next=%2Fshares');
+    await waitFor(() => byTestId('login-username'));
+    await act(async () => {
+      type(byTestId('login-username') as HTMLInputElement, 'alice');
+      type(byTestId('login-password') as HTMLInputElement, 'wrong');
+    });
+    await act(async () => byTestId('login-submit')!.click());
+    expect((await waitFor(() => byTestId('login-error'))).textContent).toMatch(/incorrect/i);
+    await act(async () => type(byTestId('login-password') as HTMLInputElement, 'right'));
+    await act(async () => byTestId('login-submit')!.click());
+    await waitFor(() => byTestId('shares-table'));
+    expect(attempts).toBe(2);
+    expect(window.location.pathname).toBe('/shares');
+    expect(byTestId('current-user')!.textContent).toBe('alice');
+    expect(window.localStorage.length + window.sessionStorage.length).toBe(0);
+  });
+});
+
+describe('worklist', () => {
+  it('lists studies with formatted name, date, progress and a viewer link', async () => {
+    installFetch((url) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'rad', role: 'radiologist' });
+      if (url.pathname === '/api/studies') return json(200, { total: 1234, items: [STUDY] });
+    });
+    await render('/');
+    const row = await waitFor(() => byTestId('study-row'));
+    expect(row.dataset.studyUid).toBe(STUDY.study_uid);
+    expect(row.textContent).toContain('Doe, Jane Q');
+    expect(row.textContent).toContain('2024-03-15');
+    expect(row.querySelector('[data-testid="study-progress"]')!.textContent).toContain('stored 298/300');
+    expect(row.querySelector('.text-bad')!.textContent).toContain('2 failed');
+    const link = row.querySelector<HTMLAnchorElement>('[data-testid="open-viewer"]')!;
+    expect(link.getAttribute('href')).toBe('/pacs-viewer/viewer?StudyInstanceUIDs=1.2.840.113619.2.55.3.1');
+    expect(byTestId('worklist-total')!.textContent).toContain('1,234 studies');
+    expect(byTestId('page-range')!.textContent).toContain('1–50 of 1,234');
+    // Radiologists share but do not see admin pages.
+    expect(row.querySelector('[data-testid="share-study"]')).not.toBeNull();
+    expect(byTestId('nav-users')).toBeNull();
+    expect(byTestId('nav-shares')).not.toBeNull();
+    const q = requests.find((r) => r.startsWith('GET /api/studies'))!;
+    expect(q).toContain('sort=-study_date');
+    expect(q).toContain('limit=50');
+    expect(q).toContain('offset=0');
+  });
+
+  it('debounces the search box and resets to the first page', async () => {
+    installFetch((url) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'tech', role: 'technologist' });
+      if (url.pathname === '/api/studies') return json(200, { total: 500, items: [STUDY] });
+    });
+    await render('/?page=3');
+    await waitFor(() => byTestId('study-row'));
+    expect(requests.filter((r) => r.startsWith('GET /api/studies'))).toEqual([
+      'GET /api/studies?sort=-study_date&limit=50&offset=100',
+    ]);
+    // Technologists cannot share.
+    expect(byTestId('share-study')).toBeNull();
+    const box = byTestId('worklist-search') as HTMLInputElement;
+    await act(async () => type(box, 'd'));
+    await act(async () => type(box, 'do'));
+    await act(async () => type(box, 'doe'));
+    await settle(100);
+    expect(requests.filter((r) => r.startsWith('GET /api/studies'))).toHaveLength(1);
+    await settle(350);
+    const studies = requests.filter((r) => r.startsWith('GET /api/studies'));
+    expect(studies).toHaveLength(2);
+    expect(studies[1]).toBe('GET /api/studies?q=doe&sort=-study_date&limit=50&offset=0');
+  });
+});
+
+describe('logout', () => {
+  it('refreshes an expired session so the server can end it, then shows the login page', async () => {
+    let loggedOut = 0;
+    let expired = false;
+    installFetch((url, init) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'rad', role: 'radiologist' });
+      if (url.pathname === '/api/studies') return json(200, { total: 0, items: [] });
+      if (url.pathname === '/api/auth/refresh') {
+        expired = false;
+        return json(200, { expires_in: 900, user: { username: 'rad', role: 'radiologist' } });
+      }
+      if (url.pathname === '/api/auth/logout') {
+        expect((init.headers as Record<string, string>)['X-CSRF-Token']).toBe('c1');
+        if (expired) return json(401, { status: 401, error: 'token_expired', message: 'expired' });
+        loggedOut++;
+        return new Response(null, { status: 204 });
+      }
+    });
+    document.cookie = 'nn_csrf=c1; path=/';
+    await render('/');
+    await waitFor(() => byTestId('worklist'));
+    expired = true;
+    await act(async () => byTestId('logout')!.click());
+    await waitFor(() => byTestId('login-username'));
+    expect(loggedOut).toBe(1);
+    expect(requests.slice(-3)).toEqual(['POST /api/auth/logout', 'POST /api/auth/refresh', 'POST /api/auth/logout']);
+    expect(window.location.pathname).toBe('/login');
+    document.cookie = 'nn_csrf=; expires=Thu, 01 Jan 1970 00:00:00 GMT; path=/';
+  });
+});

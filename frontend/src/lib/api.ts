@@ -1,0 +1,347 @@
+// The API client. Auth is an HttpOnly same-origin session cookie set by the server:
+// no token is ever kept in JS storage. State-changing requests carry the CSRF header
+// from the readable `nn_csrf` cookie. A 401 triggers one refresh and one retry; if
+// that fails the auth-failure handler sends the user to the login page.
+
+export interface ApiErrorBody {
+  status?: number;
+  error?: string;
+  message?: string;
+  retry_after?: number;
+  [key: string]: unknown;
+}
+
+export class ApiError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly body: ApiErrorBody | null;
+
+  constructor(status: number, body: ApiErrorBody | null, fallback?: string) {
+    const message =
+      (body && typeof body.message === 'string' && body.message) ||
+      fallback ||
+      defaultMessage(status);
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = (body && typeof body.error === 'string' && body.error) || `http_${status}`;
+    this.body = body;
+  }
+
+  /** Seconds to wait after a 429, from the body's retry_after. */
+  get retryAfter(): number | null {
+    const v = this.body?.retry_after;
+    return typeof v === 'number' && Number.isFinite(v) ? v : null;
+  }
+}
+
+function defaultMessage(status: number): string {
+  if (status === 0) return 'The server could not be reached. Check the network connection.';
+  if (status === 401) return 'Your session has ended. Please sign in again.';
+  if (status === 403) return 'You do not have permission for this action.';
+  if (status === 404) return 'Not found.';
+  if (status === 429) return 'Too many requests. Please wait and try again.';
+  if (status >= 500) return `The server had a problem (HTTP ${status}). Try again shortly.`;
+  return `Request failed (HTTP ${status}).`;
+}
+
+export type Role = 'admin' | 'radiologist' | 'technologist';
+
+export interface User {
+  username: string;
+  role: Role;
+}
+
+export interface LoginResponse {
+  access_token?: string;
+  expires_in: number;
+  user: User;
+}
+
+export interface Progress {
+  received: number;
+  transcoded: number;
+  stored: number;
+  failed: number;
+}
+
+export interface Study {
+  study_uid: string;
+  patient_name: string;
+  patient_id: string;
+  study_date: string;
+  modalities: string[];
+  description: string;
+  series_count: number;
+  instance_count: number;
+  progress: Progress;
+  updated_at: string | number | null;
+}
+
+export interface StudyList {
+  total: number;
+  items: Study[];
+}
+
+export interface StudyQuery {
+  q?: string;
+  modality?: string;
+  date_from?: string;
+  date_to?: string;
+  sort?: string;
+  limit: number;
+  offset: number;
+}
+
+export interface Share {
+  id: string;
+  study_uid: string;
+  created_by: string;
+  created_at: string | number;
+  expires_at: string | number;
+  revoked: boolean;
+  note: string | null;
+}
+
+export interface CreatedShare {
+  id: string;
+  url: string;
+  expires_at: string | number;
+}
+
+export interface AdminUser {
+  username: string;
+  role: Role;
+  disabled: boolean;
+  created_at: string | number | null;
+  last_login: string | number | null;
+}
+
+export interface Modality {
+  ae_title: string;
+  host: string | null;
+  description: string | null;
+  created_at: string | number | null;
+}
+
+export interface ComponentHealth {
+  status: string;
+  detail?: unknown;
+}
+
+export interface SystemInfo {
+  health: { status: 'ok' | 'degraded' | string; components: Record<string, ComponentHealth> };
+  queue: { pending: number; oldest_task_age_s: number | null };
+  disk: { path: string; free_bytes: number; total_bytes: number };
+  ingest: { failed: number };
+  version: string;
+}
+
+export interface AuditEvent {
+  ts: string | number;
+  event: string;
+  username: string | null;
+  client: string | null;
+  detail: unknown;
+}
+
+type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
+export interface RequestOptions {
+  body?: unknown;
+  signal?: AbortSignal;
+  /** false: no refresh/retry on 401 and no redirect (login, refresh, logout). */
+  auth?: boolean;
+  /** false: refresh and retry on 401, but do not call the auth-failure handler. */
+  redirectOnAuthFailure?: boolean;
+}
+
+export interface ApiClientOptions {
+  fetch?: typeof fetch;
+  getCsrfToken?: () => string | null;
+  /** Called when a 401 could not be cured by a refresh. */
+  onAuthFailure?: () => void;
+}
+
+export const CSRF_COOKIE = 'nn_csrf';
+export const CSRF_HEADER = 'X-CSRF-Token';
+
+export function readCookie(name: string, cookieString: string = document.cookie): string | null {
+  for (const part of cookieString.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq < 0) continue;
+    if (part.slice(0, eq).trim() === name) {
+      const raw = part.slice(eq + 1).trim();
+      try {
+        return decodeURIComponent(raw);
+      } catch {
+        return raw;
+      }
+    }
+  }
+  return null;
+}
+
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+export function createApiClient(options: ApiClientOptions = {}) {
+  const doFetch: typeof fetch = options.fetch ?? ((...a) => globalThis.fetch(...a));
+  const getCsrf = options.getCsrfToken ?? (() => readCookie(CSRF_COOKIE));
+  let onAuthFailure = options.onAuthFailure ?? (() => {});
+  let refreshing: Promise<boolean> | null = null;
+
+  async function send(method: Method, path: string, opts: RequestOptions): Promise<Response> {
+    const headers: Record<string, string> = { Accept: 'application/json' };
+    let body: string | undefined;
+    if (opts.body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      body = JSON.stringify(opts.body);
+    }
+    if (!SAFE_METHODS.has(method) && path !== '/api/auth/login') {
+      const token = getCsrf();
+      if (token) headers[CSRF_HEADER] = token;
+    }
+    try {
+      return await doFetch(path, {
+        method,
+        headers,
+        body,
+        credentials: 'same-origin',
+        cache: 'no-store',
+        signal: opts.signal,
+      });
+    } catch (e) {
+      if (e instanceof DOMException && e.name === 'AbortError') throw e;
+      if (opts.signal?.aborted) throw e;
+      throw new ApiError(0, null);
+    }
+  }
+
+  async function parse<T>(res: Response): Promise<T> {
+    if (res.status === 204 || res.status === 205) return null as T;
+    const text = await res.text();
+    if (!text) return null as T;
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new ApiError(res.status, null, 'The server sent a response that could not be read.');
+    }
+  }
+
+  async function toError(res: Response): Promise<ApiError> {
+    let body: ApiErrorBody | null = null;
+    try {
+      const text = await res.text();
+      const parsed: unknown = text ? JSON.parse(text) : null;
+      if (parsed && typeof parsed === 'object') body = parsed as ApiErrorBody;
+    } catch {
+      body = null; // e.g. an HTML error page from a proxy
+    }
+    return new ApiError(res.status, body);
+  }
+
+  /** POST /api/auth/refresh; concurrent callers share one request. */
+  function refresh(): Promise<boolean> {
+    if (!refreshing) {
+      refreshing = (async () => {
+        try {
+          const res = await send('POST', '/api/auth/refresh', {});
+          if (res.ok) {
+            await res.text().catch(() => '');
+            return true;
+          }
+          return false;
+        } catch {
+          return false;
+        } finally {
+          refreshing = null;
+        }
+      })();
+    }
+    return refreshing;
+  }
+
+  async function request<T>(method: Method, path: string, opts: RequestOptions = {}): Promise<T> {
+    const useAuth = opts.auth !== false;
+    let res = await send(method, path, opts);
+    if (res.status === 401 && useAuth) {
+      if (await refresh()) {
+        res = await send(method, path, opts);
+      }
+      if (res.status === 401 && opts.redirectOnAuthFailure !== false) {
+        onAuthFailure();
+      }
+    }
+    if (!res.ok) throw await toError(res);
+    return parse<T>(res);
+  }
+
+  return {
+    request,
+    refresh,
+    setAuthFailureHandler(fn: () => void) {
+      onAuthFailure = fn;
+    },
+    get: <T>(path: string, opts?: RequestOptions) => request<T>('GET', path, opts),
+    post: <T>(path: string, body?: unknown, opts?: RequestOptions) =>
+      request<T>('POST', path, { ...opts, body }),
+    patch: <T>(path: string, body?: unknown, opts?: RequestOptions) =>
+      request<T>('PATCH', path, { ...opts, body }),
+    del: <T = null>(path: string, opts?: RequestOptions) => request<T>('DELETE', path, opts),
+  };
+}
+
+export type ApiClient = ReturnType<typeof createApiClient>;
+
+/** The app-wide client. The auth provider installs the failure handler. */
+export const api = createApiClient();
+
+function query(params: Record<string, string | number | undefined | null>): string {
+  const sp = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== undefined && v !== null && v !== '') sp.set(k, String(v));
+  }
+  const s = sp.toString();
+  return s ? `?${s}` : '';
+}
+
+const enc = encodeURIComponent;
+
+// Typed endpoint helpers (the contract in one place).
+export const endpoints = {
+  login: (username: string, password: string) =>
+    api.post<LoginResponse>('/api/auth/login', { username, password }, { auth: false }),
+  // Refresh-and-retry on 401 so that an expired access cookie still ends the server
+  // session (otherwise the refresh cookie would silently sign the user back in).
+  logout: () => api.post<null>('/api/auth/logout', undefined, { redirectOnAuthFailure: false }),
+  me: (signal?: AbortSignal) =>
+    api.get<User>('/api/auth/me', { signal, redirectOnAuthFailure: false }),
+
+  studies: (q: StudyQuery, signal?: AbortSignal) =>
+    api.get<StudyList>(`/api/studies${query({ ...q })}`, { signal }),
+
+  createShare: (study_uid: string, expires_in_hours: number, note: string) =>
+    api.post<CreatedShare>('/api/shares', { study_uid, expires_in_hours, note }),
+  shares: (signal?: AbortSignal) => api.get<{ items: Share[] }>('/api/shares', { signal }),
+  revokeShare: (id: string) => api.del(`/api/shares/${enc(id)}`),
+
+  users: (signal?: AbortSignal) => api.get<{ items: AdminUser[] }>('/api/admin/users', { signal }),
+  createUser: (username: string, role: Role, password: string) =>
+    api.post<unknown>('/api/admin/users', { username, role, password }),
+  updateUser: (username: string, patch: { role?: Role; disabled?: boolean; password?: string }) =>
+    api.patch<unknown>(`/api/admin/users/${enc(username)}`, patch),
+
+  modalities: (signal?: AbortSignal) =>
+    api.get<{ items: Modality[]; open: boolean }>('/api/admin/modalities', { signal }),
+  createModality: (m: { ae_title: string; host?: string; description?: string }) =>
+    api.post<unknown>('/api/admin/modalities', m),
+  deleteModality: (ae: string) => api.del(`/api/admin/modalities/${enc(ae)}`),
+
+  system: (signal?: AbortSignal) => api.get<SystemInfo>('/api/admin/system', { signal }),
+  audit: (limit: number, signal?: AbortSignal) =>
+    api.get<{ items: AuditEvent[] }>(`/api/admin/audit${query({ limit })}`, { signal }),
+};
+
+export function viewerUrl(studyUid: string): string {
+  return `/pacs-viewer/viewer?StudyInstanceUIDs=${enc(studyUid)}`;
+}

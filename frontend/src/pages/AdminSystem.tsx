@@ -1,0 +1,224 @@
+import { endpoints, type AuditEvent, type ComponentHealth } from '../lib/api';
+import { formatBytes, formatCount, formatDateTime, formatDuration } from '../lib/format';
+import { useFetch } from '../lib/useFetch';
+import { Badge, EmptyRow, ErrorBanner, PageHeader, Spinner, type Tone } from '../components/ui';
+
+const REFRESH_MS = 10_000;
+const COMPONENT_LABELS: Record<string, string> = {
+  nginx: 'Web server (nginx)',
+  app: 'Application',
+  orthanc: 'Image store (Orthanc)',
+  queue: 'Task queue',
+  receiver: 'DICOM receiver',
+};
+const COMPONENT_ORDER = ['nginx', 'app', 'orthanc', 'queue', 'receiver'];
+
+/** Render a free-form "detail" value compactly. */
+export function detailText(detail: unknown): string {
+  if (detail == null || detail === '') return '';
+  if (typeof detail === 'string') return detail;
+  if (typeof detail === 'number' || typeof detail === 'boolean') return String(detail);
+  if (Array.isArray(detail)) return detail.map(detailText).join(', ');
+  if (typeof detail === 'object') {
+    return Object.entries(detail as Record<string, unknown>)
+      .map(([k, v]) => `${k}: ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}`)
+      .join(' · ');
+  }
+  return String(detail);
+}
+
+function statusTone(status: string | undefined): Tone {
+  if (status === 'ok') return 'ok';
+  if (status === 'degraded' || status === 'warning' || status === 'starting') return 'warn';
+  return 'bad';
+}
+
+function eventTone(event: string): Tone {
+  if (/fail|denied|throttl|invalid|locked|reject|forbidden|error|revok/i.test(event)) return 'bad';
+  if (/login|logout|refresh/i.test(event)) return 'info';
+  return 'neutral';
+}
+
+export function AdminSystemPage() {
+  const sys = useFetch((signal) => endpoints.system(signal), 'system', { intervalMs: REFRESH_MS });
+  const audit = useFetch((signal) => endpoints.audit(50, signal), 'audit', { intervalMs: REFRESH_MS });
+  const d = sys.data;
+  const components = d ? Object.entries(d.health?.components ?? {}) : [];
+  components.sort(
+    ([a], [b]) =>
+      (COMPONENT_ORDER.indexOf(a) + 1 || 99) - (COMPONENT_ORDER.indexOf(b) + 1 || 99) || a.localeCompare(b),
+  );
+  const diskFreePct = d && d.disk?.total_bytes ? (d.disk.free_bytes / d.disk.total_bytes) * 100 : null;
+  const diskTone: Tone = diskFreePct == null ? 'neutral' : diskFreePct < 5 ? 'bad' : diskFreePct < 15 ? 'warn' : 'ok';
+  const overallOk = d?.health?.status === 'ok';
+
+  return (
+    <div className="page">
+      <PageHeader
+        title="System"
+        subtitle={
+          <>
+            {d ? `Version ${d.version}` : 'Appliance health'}
+            {sys.updatedAt && (
+              <span className="muted"> · updated {formatDateTime(sys.updatedAt, true).slice(11)}, refreshes every 10 s</span>
+            )}
+          </>
+        }
+        actions={
+          <button
+            type="button"
+            className="btn btn-sm"
+            onClick={() => {
+              sys.reload();
+              audit.reload();
+            }}
+            disabled={sys.busy}
+          >
+            {sys.busy ? <Spinner /> : null} Refresh
+          </button>
+        }
+      />
+      <ErrorBanner error={sys.error} onRetry={sys.reload} />
+      {sys.loading && !d && (
+        <div className="card center">
+          <Spinner /> Loading system status…
+        </div>
+      )}
+      {d && (
+        <>
+          <div className={`status-banner ${overallOk ? 'is-ok' : 'is-bad'}`} data-testid="system-status">
+            <span className={`dot dot-${overallOk ? 'ok' : 'bad'}`} aria-hidden="true" />
+            <strong>{overallOk ? 'All services are running' : 'Service degraded'}</strong>
+            {!overallOk && (
+              <span className="muted">
+                {' '}
+                — {components.filter(([, c]) => c.status !== 'ok').map(([n]) => COMPONENT_LABELS[n] ?? n).join(', ') || d.health?.status}
+              </span>
+            )}
+          </div>
+
+          <div className="metrics">
+            <Metric label="Queue pending" value={formatCount(d.queue?.pending)} tone={d.queue?.pending ? 'info' : 'neutral'} testId="metric-queue" />
+            <Metric
+              label="Oldest task"
+              value={d.queue?.oldest_task_age_s == null ? 'None waiting' : formatDuration(d.queue.oldest_task_age_s)}
+              tone={d.queue?.oldest_task_age_s != null && d.queue.oldest_task_age_s > 300 ? 'warn' : 'neutral'}
+              testId="metric-oldest"
+            />
+            <Metric
+              label="Free disk"
+              value={formatBytes(d.disk?.free_bytes)}
+              sub={
+                d.disk
+                  ? `${diskFreePct == null ? '' : `${diskFreePct.toFixed(0)}% free of ${formatBytes(d.disk.total_bytes)}`} · ${d.disk.path}`
+                  : undefined
+              }
+              tone={diskTone}
+              bar={diskFreePct == null ? undefined : 100 - diskFreePct}
+              testId="metric-disk"
+            />
+            <Metric
+              label="Failed ingests"
+              value={formatCount(d.ingest?.failed)}
+              tone={d.ingest?.failed ? 'bad' : 'ok'}
+              testId="metric-failed"
+            />
+          </div>
+
+          <section className="card">
+            <h2 className="card-title">Components</h2>
+            <div className="components" data-testid="components">
+              {components.map(([name, c]) => (
+                <ComponentCard key={name} name={name} c={c} />
+              ))}
+            </div>
+          </section>
+        </>
+      )}
+
+      <section className="section">
+        <h2 className="section-title">Recent security events</h2>
+        <ErrorBanner error={audit.error} onRetry={audit.reload} />
+        <div className="table-wrap">
+          <table className="table" data-testid="audit-table">
+            <thead>
+              <tr>
+                <th scope="col">Time</th>
+                <th scope="col">Event</th>
+                <th scope="col">User</th>
+                <th scope="col">Client</th>
+                <th scope="col">Detail</th>
+              </tr>
+            </thead>
+            <tbody>
+              {audit.loading && !audit.data && (
+                <EmptyRow colSpan={5}>
+                  <Spinner /> Loading…
+                </EmptyRow>
+              )}
+              {audit.data && audit.data.items.length === 0 && <EmptyRow colSpan={5}>No events recorded.</EmptyRow>}
+              {audit.data?.items.map((e: AuditEvent, i) => (
+                <tr key={`${e.ts}-${i}`} data-testid="audit-row">
+                  <td className="nowrap mono small">{formatDateTime(e.ts, true)}</td>
+                  <td>
+                    <Badge tone={eventTone(e.event)}>{e.event}</Badge>
+                  </td>
+                  <td>{e.username || <span className="muted">—</span>}</td>
+                  <td className="mono small">{e.client || <span className="muted">—</span>}</td>
+                  <td className="small detail-cell">{detailText(e.detail) || <span className="muted">—</span>}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      </section>
+    </div>
+  );
+}
+
+function Metric({
+  label,
+  value,
+  sub,
+  tone,
+  bar,
+  testId,
+}: {
+  label: string;
+  value: string;
+  sub?: string;
+  tone: Tone;
+  bar?: number;
+  testId?: string;
+}) {
+  return (
+    <div className={`metric metric-${tone}`} data-testid={testId}>
+      <div className="metric-label">{label}</div>
+      <div className="metric-value">{value}</div>
+      {bar != null && (
+        <div className="meter" aria-hidden="true">
+          <span style={{ width: `${Math.min(100, Math.max(0, bar))}%` }} />
+        </div>
+      )}
+      {sub && <div className="metric-sub" title={sub}>{sub}</div>}
+    </div>
+  );
+}
+
+function ComponentCard({ name, c }: { name: string; c: ComponentHealth }) {
+  const detail = detailText(c.detail);
+  const tone = statusTone(c.status);
+  return (
+    <div className={`component component-${tone}`} data-testid="component" data-component={name} data-status={c.status}>
+      <div className="component-head">
+        <span className="component-name">{COMPONENT_LABELS[name] ?? name}</span>
+        <Badge tone={tone}>{c.status === 'ok' ? 'OK' : c.status || 'unknown'}</Badge>
+      </div>
+      {detail && (
+        <div className="component-detail" title={detail}>
+          {detail}
+        </div>
+      )}
+    </div>
+  );
+}

@@ -1,0 +1,413 @@
+import { useEffect, useState } from 'react';
+import { endpoints, viewerUrl, type Study } from '../lib/api';
+import { canShare, useAuth } from '../lib/auth';
+import {
+  dateToDicom,
+  dicomDateToIso,
+  formatCount,
+  formatDateTime,
+  formatDicomDate,
+  formatPersonName,
+  isoDateToDicom,
+} from '../lib/format';
+import { setSearchParams, useLocation } from '../lib/router';
+import { useDebounced, useFetch } from '../lib/useFetch';
+import { EmptyRow, ErrorBanner, Spinner } from '../components/ui';
+import { Pagination } from '../components/Pagination';
+import { ShareDialog } from '../components/ShareDialog';
+
+const MODALITIES = ['CT', 'MR', 'CR', 'DX', 'MG', 'US', 'XA', 'RF', 'NM', 'PT', 'OT'];
+const PAGE_SIZES = [25, 50, 100];
+const DEFAULT_SORT = '-study_date';
+const SORT_KEYS = ['study_date', 'patient_name', 'patient_id', 'modalities', 'description'] as const;
+type SortKey = (typeof SORT_KEYS)[number];
+
+interface Filters {
+  q: string;
+  modality: string;
+  from: string; // YYYYMMDD
+  to: string; // YYYYMMDD
+  sort: string;
+  page: number;
+  size: number;
+}
+
+function readFilters(params: URLSearchParams): Filters {
+  const sort = params.get('sort') ?? DEFAULT_SORT;
+  const size = Number(params.get('size'));
+  const page = Number(params.get('page'));
+  const date = (v: string | null) => (v && /^\d{8}$/.test(v) ? v : '');
+  return {
+    q: params.get('q') ?? '',
+    modality: params.get('modality') ?? '',
+    from: date(params.get('from')),
+    to: date(params.get('to')),
+    sort: SORT_KEYS.includes(sort.replace(/^-/, '') as SortKey) ? sort : DEFAULT_SORT,
+    page: Number.isInteger(page) && page > 0 ? page : 1,
+    size: PAGE_SIZES.includes(size) ? size : 50,
+  };
+}
+
+function writeFilters(f: Filters) {
+  setSearchParams({
+    q: f.q.trim(),
+    modality: f.modality,
+    from: f.from,
+    to: f.to,
+    sort: f.sort === DEFAULT_SORT ? '' : f.sort,
+    page: f.page > 1 ? f.page : '',
+    size: f.size === 50 ? '' : f.size,
+  });
+}
+
+function daysAgo(n: number): string {
+  const d = new Date();
+  d.setDate(d.getDate() - n);
+  return dateToDicom(d);
+}
+
+export function WorklistPage() {
+  const { user } = useAuth();
+  const { params } = useLocation();
+  const filters = readFilters(params);
+  const [search, setSearch] = useState(filters.q);
+  const debounced = useDebounced(search, 300);
+  const [shareStudy, setShareStudy] = useState<Study | null>(null);
+
+  // Debounced search box -> URL (first page).
+  useEffect(() => {
+    if (debounced.trim() !== filters.q.trim()) writeFilters({ ...filters, q: debounced, page: 1 });
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [debounced]);
+
+  // Back/forward or "Clear": the URL wins over the box.
+  useEffect(() => {
+    if (filters.q.trim() !== search.trim() && filters.q.trim() !== debounced.trim()) setSearch(filters.q);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [filters.q]);
+
+  const query = {
+    q: filters.q.trim(),
+    modality: filters.modality,
+    date_from: filters.from,
+    date_to: filters.to,
+    sort: filters.sort,
+    limit: filters.size,
+    offset: (filters.page - 1) * filters.size,
+  };
+  const key = JSON.stringify(query);
+  const { data, error, loading, busy, updatedAt, reload } = useFetch(
+    (signal) => endpoints.studies(query, signal),
+    key,
+    { intervalMs: 15000 },
+  );
+
+  const update = (patch: Partial<Filters>) => writeFilters({ ...filters, page: 1, ...patch });
+  const total = data?.total ?? 0;
+  const pages = Math.max(1, Math.ceil(total / filters.size));
+
+  // Past the last page (e.g. studies deleted, filters narrowed): go to the last one.
+  useEffect(() => {
+    if (data && filters.page > pages) writeFilters({ ...filters, page: pages });
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [data, pages]);
+
+  const filtered = !!(filters.q || filters.modality || filters.from || filters.to);
+  const today = dateToDicom(new Date());
+  const range =
+    filters.from === today && filters.to === today
+      ? 'today'
+      : filters.from === daysAgo(6) && !filters.to
+        ? '7d'
+        : filters.from === daysAgo(29) && !filters.to
+          ? '30d'
+          : !filters.from && !filters.to
+            ? 'all'
+            : 'custom';
+
+  const sortBy = (k: SortKey) => {
+    const cur = filters.sort.replace(/^-/, '');
+    const desc = filters.sort.startsWith('-');
+    let next: string;
+    if (cur === k) next = desc ? k : `-${k}`;
+    else next = k === 'study_date' ? '-study_date' : k;
+    update({ sort: next });
+  };
+
+  const sharing = canShare(user?.role);
+
+  return (
+    <div className="page page-wide">
+      <div className="page-header">
+        <div>
+          <h1>Worklist</h1>
+          <p className="page-subtitle" data-testid="worklist-total" aria-live="polite">
+            {loading && !data
+              ? 'Loading studies…'
+              : `${formatCount(total)} ${total === 1 ? 'study' : 'studies'}${filtered ? ' match the filters' : ''}`}
+          </p>
+        </div>
+        <div className="page-actions">
+          <span className="muted small" title="The list refreshes every 15 seconds">
+            {updatedAt ? `Updated ${formatDateTime(updatedAt, true).slice(11)}` : ''}
+          </span>
+          <button type="button" className="btn btn-sm" onClick={reload} disabled={busy} data-testid="worklist-refresh">
+            {busy ? <Spinner /> : null} Refresh
+          </button>
+        </div>
+      </div>
+
+      <div className="toolbar" role="search">
+        <div className="search-box">
+          <svg viewBox="0 0 20 20" aria-hidden="true" className="search-icon">
+            <path d="M8.5 3a5.5 5.5 0 0 1 4.38 8.83l3.9 3.9-1.06 1.06-3.9-3.9A5.5 5.5 0 1 1 8.5 3Zm0 1.5a4 4 0 1 0 0 8 4 4 0 0 0 0-8Z" fill="currentColor" />
+          </svg>
+          <input
+            className="input"
+            type="search"
+            placeholder="Search patient name, ID, description"
+            value={search}
+            onChange={(e) => setSearch(e.target.value)}
+            onKeyDown={(e) => {
+              if (e.key === 'Enter') update({ q: search });
+            }}
+            aria-label="Search studies"
+            data-testid="worklist-search"
+          />
+        </div>
+        <select
+          className="input select"
+          value={filters.modality}
+          onChange={(e) => update({ modality: e.target.value })}
+          aria-label="Modality"
+          data-testid="worklist-modality"
+        >
+          <option value="">All modalities</option>
+          {MODALITIES.map((m) => (
+            <option key={m} value={m}>
+              {m}
+            </option>
+          ))}
+        </select>
+        <div className="segmented" role="group" aria-label="Study date range">
+          {(
+            [
+              ['today', 'Today', today, today],
+              ['7d', '7 days', daysAgo(6), ''],
+              ['30d', '30 days', daysAgo(29), ''],
+              ['all', 'Any date', '', ''],
+            ] as const
+          ).map(([id, label, from, to]) => (
+            <button
+              key={id}
+              type="button"
+              className={range === id ? 'active' : ''}
+              aria-pressed={range === id}
+              onClick={() => update({ from, to })}
+            >
+              {label}
+            </button>
+          ))}
+        </div>
+        <div className="date-range">
+          <input
+            className="input"
+            type="date"
+            value={dicomDateToIso(filters.from)}
+            max={dicomDateToIso(filters.to) || undefined}
+            onChange={(e) => update({ from: isoDateToDicom(e.target.value) })}
+            aria-label="Study date from"
+            data-testid="worklist-date-from"
+          />
+          <span className="muted">–</span>
+          <input
+            className="input"
+            type="date"
+            value={dicomDateToIso(filters.to)}
+            min={dicomDateToIso(filters.from) || undefined}
+            onChange={(e) => update({ to: isoDateToDicom(e.target.value) })}
+            aria-label="Study date to"
+            data-testid="worklist-date-to"
+          />
+        </div>
+        {filtered && (
+          <button
+            type="button"
+            className="btn btn-sm btn-link"
+            onClick={() => {
+              setSearch('');
+              update({ q: '', modality: '', from: '', to: '' });
+            }}
+          >
+            Clear filters
+          </button>
+        )}
+      </div>
+
+      <ErrorBanner error={error} onRetry={reload} />
+
+      <div className={`table-wrap${busy && data ? ' is-busy' : ''}`}>
+        <table className="table worklist" data-testid="worklist">
+          <thead>
+            <tr>
+              <SortHeader k="patient_name" label="Patient" sort={filters.sort} onSort={sortBy} />
+              <SortHeader k="patient_id" label="Patient ID" sort={filters.sort} onSort={sortBy} />
+              <SortHeader k="study_date" label="Study date" sort={filters.sort} onSort={sortBy} />
+              <SortHeader k="modalities" label="Modality" sort={filters.sort} onSort={sortBy} />
+              <SortHeader k="description" label="Description" sort={filters.sort} onSort={sortBy} />
+              <th className="num col-counts" scope="col">
+                Series / images
+              </th>
+              <th scope="col" className="col-progress">
+                Ingest
+              </th>
+              <th scope="col" className="col-actions">
+                <span className="sr-only">Actions</span>
+              </th>
+            </tr>
+          </thead>
+          <tbody>
+            {loading && !data && (
+              <EmptyRow colSpan={8}>
+                <Spinner /> Loading studies…
+              </EmptyRow>
+            )}
+            {data && data.items.length === 0 && (
+              <EmptyRow colSpan={8}>
+                {filtered ? 'No studies match these filters.' : 'No studies yet. Studies appear here as modalities send them.'}
+              </EmptyRow>
+            )}
+            {data?.items.map((s) => (
+              <StudyRow key={s.study_uid} study={s} onShare={sharing ? () => setShareStudy(s) : undefined} />
+            ))}
+          </tbody>
+        </table>
+      </div>
+
+      {data && total > 0 && (
+        <Pagination
+          page={Math.min(filters.page, pages)}
+          pages={pages}
+          total={total}
+          size={filters.size}
+          sizes={PAGE_SIZES}
+          onPage={(page) => writeFilters({ ...filters, page })}
+          onSize={(size) => writeFilters({ ...filters, size, page: 1 })}
+          noun="studies"
+        />
+      )}
+
+      {shareStudy && <ShareDialog study={shareStudy} onClose={() => setShareStudy(null)} />}
+    </div>
+  );
+}
+
+function SortHeader({
+  k,
+  label,
+  sort,
+  onSort,
+}: {
+  k: SortKey;
+  label: string;
+  sort: string;
+  onSort: (k: SortKey) => void;
+}) {
+  const active = sort.replace(/^-/, '') === k;
+  const desc = sort.startsWith('-');
+  return (
+    <th scope="col" aria-sort={active ? (desc ? 'descending' : 'ascending') : 'none'} className={`col-${k}`}>
+      <button type="button" className={`sort-btn${active ? ' active' : ''}`} onClick={() => onSort(k)} data-testid={`sort-${k}`}>
+        {label}
+        <span className="sort-ind" aria-hidden="true">
+          {active ? (desc ? '▼' : '▲') : '↕'}
+        </span>
+      </button>
+    </th>
+  );
+}
+
+function StudyRow({ study, onShare }: { study: Study; onShare?: () => void }) {
+  const name = formatPersonName(study.patient_name);
+  const href = viewerUrl(study.study_uid);
+  return (
+    <tr
+      data-testid="study-row"
+      data-study-uid={study.study_uid}
+      onDoubleClick={(e) => {
+        if ((e.target as HTMLElement).closest('a,button')) return;
+        window.location.assign(href);
+      }}
+    >
+      <td className="col-patient_name">
+        <span className={name ? 'strong' : 'muted'}>{name || 'Unnamed patient'}</span>
+        {study.patient_id && <span className="sub-id mono">{study.patient_id}</span>}
+      </td>
+      <td className="mono col-patient_id">{study.patient_id || <span className="muted">—</span>}</td>
+      <td className="nowrap col-study_date">{formatDicomDate(study.study_date) || <span className="muted">—</span>}</td>
+      <td className="col-modalities">
+        {(study.modalities ?? []).map((m) => (
+          <span key={m} className="chip">
+            {m}
+          </span>
+        ))}
+      </td>
+      <td className="col-description">
+        <span className="truncate" title={study.description}>
+          {study.description || <span className="muted">—</span>}
+        </span>
+      </td>
+      <td className="num col-counts">
+        {formatCount(study.series_count)} / {formatCount(study.instance_count)}
+      </td>
+      <td className="col-progress">
+        <IngestProgress study={study} />
+      </td>
+      <td className="col-actions">
+        <div className="row-actions">
+          <a className="btn btn-sm btn-primary" href={href} data-testid="open-viewer">
+            Open
+          </a>
+          {onShare && (
+            <button type="button" className="btn btn-sm" onClick={onShare} data-testid="share-study">
+              Share
+            </button>
+          )}
+        </div>
+      </td>
+    </tr>
+  );
+}
+
+export function IngestProgress({ study }: { study: Study }) {
+  const p = study.progress ?? { received: 0, transcoded: 0, stored: 0, failed: 0 };
+  const total = Math.max(p.received || 0, (p.stored || 0) + (p.failed || 0), 0) || study.instance_count || 0;
+  const stored = p.stored || 0;
+  const failed = p.failed || 0;
+  const done = total > 0 && stored >= total && failed === 0;
+  const pct = (n: number) => (total > 0 ? Math.min(100, (n / total) * 100) : 0);
+  const title =
+    `Received ${formatCount(p.received)} · transcoded ${formatCount(p.transcoded)} · ` +
+    `stored ${formatCount(stored)} · failed ${formatCount(failed)} · ` +
+    `${formatCount(study.series_count)} series` +
+    (study.updated_at ? ` · updated ${formatDateTime(study.updated_at)}` : '');
+  return (
+    <div className={`progress${done ? ' is-done' : ''}${failed ? ' has-failed' : ''}`} title={title} data-testid="study-progress">
+      <div className="progress-bar" aria-hidden="true">
+        <span className="progress-stored" style={{ width: `${pct(stored)}%` }} />
+        <span className="progress-failed" style={{ width: `${pct(failed)}%` }} />
+      </div>
+      <div className="progress-text">
+        <span>
+          stored {formatCount(stored)}/{formatCount(total)}
+        </span>
+        {failed > 0 && (
+          <span className="text-bad progress-fail">
+            <span className="sep"> · </span>
+            {formatCount(failed)} failed
+          </span>
+        )}
+      </div>
+    </div>
+  );
+}

@@ -64,8 +64,11 @@ class Target:
     def path(self) -> str:
         """The DICOMweb path below the root, rebuilt from validated parts only."""
         parts: list[str] = []
-        for name, uid in (("studies", self.study), ("series", self.series),
-                          ("instances", self.instance)):  # fmt: skip
+        for name, uid in (
+            ("studies", self.study),
+            ("series", self.series),
+            ("instances", self.instance),
+        ):
             if uid:
                 parts += [name, uid]
         if self.action == "search":

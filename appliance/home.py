@@ -11,6 +11,7 @@ from appliance.db import open_database
 from appliance.errors import NotInitializedError
 from appliance.keys import load_or_create_secret
 from appliance.layout import HomeLayout
+from appliance.tls import ensure_certificate
 
 FIRST_ADMIN = "admin"
 
@@ -32,6 +33,7 @@ def init_home(settings: Settings) -> InitResult:
         settings.config_file.write_text(render_toml(settings))
     load_or_create_secret(layout.jwt_key_file, 48)
     load_or_create_secret(layout.orthanc_password_file, 24)
+    ensure_certificate(layout)
     db = open_database(layout.database_file)
     admin_password = None
     if db["users"].count == 0:

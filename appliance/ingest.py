@@ -23,8 +23,9 @@ log = logging.getLogger("neuronova.ingest")
 class Ingest:
     """The entry to the pipeline for one data home."""
 
-    def __init__(self, settings: Settings, journal: Journal | None = None,
-                 queue: Queue | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, settings: Settings, journal: Journal | None = None, queue: Queue | None = None
+    ) -> None:
         layout = HomeLayout(settings.home)
         self.spool = Spool(layout.spool_dir)
         self.journal = journal or Journal(layout.database_file)
@@ -68,7 +69,8 @@ class Ingest:
         elif state is None:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-                self.journal.record_received(ds, describe(ds), path, "recovered",
-                                             path.stat().st_size)  # fmt: skip
+                self.journal.record_received(
+                    ds, describe(ds), path, "recovered", path.stat().st_size
+                )
             except (OSError, ValueError, pydicom.errors.InvalidDicomError) as exc:
                 log.error("spool file %s is unreadable (%s); left in place", path.name, exc)

@@ -50,9 +50,12 @@ def describe(ds: Dataset) -> Received:
         raise ValueError(f"the object has no {', '.join(missing)}")
     meta = getattr(ds, "file_meta", Dataset())
     return Received(
-        uids["SOPInstanceUID"], uids["StudyInstanceUID"], uids["SeriesInstanceUID"],
-        _text(ds, "SOPClassUID"), _text(meta, "TransferSyntaxUID"),
-    )  # fmt: skip
+        uids["SOPInstanceUID"],
+        uids["StudyInstanceUID"],
+        uids["SeriesInstanceUID"],
+        _text(ds, "SOPClassUID"),
+        _text(meta, "TransferSyntaxUID"),
+    )
 
 
 class Journal:
@@ -76,36 +79,58 @@ class Journal:
         with self._tx() as db:
             return db.execute(sql, args).rowcount == 1
 
-    def record_received(self, ds: Dataset, item: Received, spool_path: Path, source: str,
-                        size: int) -> None:  # fmt: skip
+    def record_received(
+        self, ds: Dataset, item: Received, spool_path: Path, source: str, size: int
+    ) -> None:
         """Journal a durable spool file (a newer copy of a SOP replaces the older one)."""
         now = now_iso()
         with self._tx() as db:
             db["instances"].upsert(
-                {"sop_uid": item.sop_uid, "study_uid": item.study_uid,
-                 "series_uid": item.series_uid, "sop_class": item.sop_class, "state": RECEIVED,
-                 "source": source, "spool_path": str(spool_path), "received_at": now,
-                 "updated_at": now, "stored_at": None, "attempts": 0, "ts_in": item.transfer_syntax,
-                 "error": None, "size_in": size},
+                {
+                    "sop_uid": item.sop_uid,
+                    "study_uid": item.study_uid,
+                    "series_uid": item.series_uid,
+                    "sop_class": item.sop_class,
+                    "state": RECEIVED,
+                    "source": source,
+                    "spool_path": str(spool_path),
+                    "received_at": now,
+                    "updated_at": now,
+                    "stored_at": None,
+                    "attempts": 0,
+                    "ts_in": item.transfer_syntax,
+                    "error": None,
+                    "size_in": size,
+                },
                 pk="sop_uid",
-            )  # fmt: skip
+            )
             self._upsert_series_and_study(db, ds, item, now)
 
-    def _upsert_series_and_study(self, db: sqlite_utils.Database, ds: Dataset, item: Received,
-                                 now: str) -> None:  # fmt: skip
+    def _upsert_series_and_study(
+        self, db: sqlite_utils.Database, ds: Dataset, item: Received, now: str
+    ) -> None:
         modality = _text(ds, "Modality")
         if not db["series"].count_where("series_uid = ?", [item.series_uid]):
             db["series"].insert(
-                {"series_uid": item.series_uid, "study_uid": item.study_uid, "modality": modality,
-                 "description": _text(ds, "SeriesDescription"),
-                 "number": _text(ds, "SeriesNumber"), "first_sop": item.sop_uid},
-            )  # fmt: skip
+                {
+                    "series_uid": item.series_uid,
+                    "study_uid": item.study_uid,
+                    "modality": modality,
+                    "description": _text(ds, "SeriesDescription"),
+                    "number": _text(ds, "SeriesNumber"),
+                    "first_sop": item.sop_uid,
+                },
+            )
         study = {
-            "study_uid": item.study_uid, "patient_name": _text(ds, "PatientName"),
-            "patient_id": _text(ds, "PatientID"), "study_date": _text(ds, "StudyDate"),
-            "study_time": _text(ds, "StudyTime"), "description": _text(ds, "StudyDescription"),
-            "accession": _text(ds, "AccessionNumber"), "updated_at": now,
-        }  # fmt: skip
+            "study_uid": item.study_uid,
+            "patient_name": _text(ds, "PatientName"),
+            "patient_id": _text(ds, "PatientID"),
+            "study_date": _text(ds, "StudyDate"),
+            "study_time": _text(ds, "StudyTime"),
+            "description": _text(ds, "StudyDescription"),
+            "accession": _text(ds, "AccessionNumber"),
+            "updated_at": now,
+        }
         existing = list(db["studies"].rows_where("study_uid = ?", [item.study_uid]))
         modalities = (
             set(filter(None, (existing[0]["modalities"] or "").split(","))) if existing else set()

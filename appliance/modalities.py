@@ -31,8 +31,9 @@ def validate_ae_title(ae_title: str) -> str:
     return ae_title
 
 
-def add_modality(db: sqlite_utils.Database, ae_title: str, host: str | None = None,
-                 description: str = "") -> dict[str, Any]:  # fmt: skip
+def add_modality(
+    db: sqlite_utils.Database, ae_title: str, host: str | None = None, description: str = ""
+) -> dict[str, Any]:
     """Register a calling AE title; ``host`` restricts it to one IP address."""
     validate_ae_title(ae_title)
     if host:
@@ -42,8 +43,12 @@ def add_modality(db: sqlite_utils.Database, ae_title: str, host: str | None = No
             raise ModalityError(f"invalid host {host!r}: give an IP address") from None
     if db["modalities"].count_where("ae_title = ?", [ae_title]):
         raise ModalityError(f"modality {ae_title} is already registered")
-    row = {"ae_title": ae_title, "host": host or None, "description": description[:200],
-           "created_at": now_iso()}  # fmt: skip
+    row = {
+        "ae_title": ae_title,
+        "host": host or None,
+        "description": description[:200],
+        "created_at": now_iso(),
+    }
     db["modalities"].insert(row)
     return row
 

@@ -12,6 +12,7 @@ from appliance.config import Settings
 from appliance.keys import write_private_file
 from appliance.layout import HomeLayout
 from appliance.orthanc import orthanc_auth_header
+from appliance.tls import cert_file, key_file
 from appliance.transcode.frames import BOUNDARY as FRAMES_BOUNDARY
 from spa_dist import spa_root
 
@@ -39,8 +40,19 @@ def render_template(text: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(substitute, text)
 
 
-def _listen_lines(settings: Settings) -> str:
-    return f"        listen {settings.bind}:{settings.http_port};"
+TLS_SETTINGS = """
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_prefer_server_ciphers off;
+        ssl_session_cache shared:neuronova_tls:10m;
+        ssl_session_timeout 1d;
+"""
+
+
+def _listen(settings: Settings, port: int, tls: bool = False) -> str:
+    suffix = " ssl" if tls else ""
+    return f"        listen {settings.bind}:{port}{suffix};"
 
 
 def _user_line() -> str:
@@ -64,19 +76,29 @@ def render_nginx_conf(settings: Settings) -> Path:
     basic = orthanc_auth_header(settings).removeprefix("Basic ")
     instance_id = secrets.token_hex(8)
     layout.nginx_instance_file.write_text(instance_id)
-    server = render_template(
-        bundled_nginx.template_text("server.conf.template"),
-        {
-            "listen": _listen_lines(settings),
-            "server_extra": "",
-            "security_headers": SECURITY_HEADERS,
-            "orthanc_basic_auth": basic,
-            "spa_dir": str(spa_root()),
-            "frames_dir": str(layout.frames_dir),
-            "instance_id": instance_id,
-            "frames_boundary": FRAMES_BOUNDARY,
-        },
+    common = {
+        "orthanc_basic_auth": basic,
+        "spa_dir": str(spa_root()),
+        "frames_dir": str(layout.frames_dir),
+        "instance_id": instance_id,
+        "frames_boundary": FRAMES_BOUNDARY,
+        "security_headers": SECURITY_HEADERS,
+        "https_port": str(settings.https_port),
+    }
+    app_server = bundled_nginx.template_text("server.conf.template")
+    tls = TLS_SETTINGS.format(cert=cert_file(layout), key=key_file(layout))
+    https = render_template(
+        app_server,
+        {**common, "listen": _listen(settings, settings.https_port, tls=True), "server_extra": tls},
     )
+    plain_template = (
+        "redirect.conf.template" if settings.redirect_to_https else "server.conf.template"
+    )
+    plain = render_template(
+        bundled_nginx.template_text(plain_template),
+        {**common, "listen": _listen(settings, settings.http_port), "server_extra": ""},
+    )
+    servers = plain + "\n" + https
     text = render_template(
         bundled_nginx.template_text(),
         {
@@ -87,7 +109,7 @@ def render_nginx_conf(settings: Settings) -> Path:
             "mime_types": str(bundled_nginx.mime_types_path()),
             "app_port": str(settings.app_port),
             "orthanc_port": str(settings.orthanc_port),
-            "servers": server,
+            "servers": servers,
         },
     )
     write_private_file(layout.nginx_conf, text.encode())

@@ -30,9 +30,11 @@ class OrthancStore:
     def store(self, data: bytes) -> str:
         """Store one object; returns Orthanc's instance id."""
         request = urllib.request.Request(
-            self._url, data=data, method="POST",
+            self._url,
+            data=data,
+            method="POST",
             headers={"Authorization": self._auth, "Content-Type": "application/dicom"},
-        )  # fmt: skip
+        )
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
                 return json.load(resp)["ID"]

@@ -150,8 +150,10 @@ def serve(settings: Settings) -> None:
     )
     log.info(
         "DICOM receiver listening on %s:%d as AE title %s",
-        settings.bind, settings.dicom_port, settings.ae_title,
-    )  # fmt: skip
+        settings.bind,
+        settings.dicom_port,
+        settings.ae_title,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

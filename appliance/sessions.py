@@ -117,8 +117,13 @@ class SessionStore:
             raise RefreshRejected("the session has ended")
         if row["used_at"]:
             self.revoke(row["session_id"], "refresh token reused")
-            audit.record(self.db, audit.REFRESH_REUSED, username=session["username"],
-                         client=client, session=row["session_id"][:8])  # fmt: skip
+            audit.record(
+                self.db,
+                audit.REFRESH_REUSED,
+                username=session["username"],
+                client=client,
+                session=row["session_id"][:8],
+            )
             raise RefreshRejected("refresh token reused; the session was revoked")
         user = self.db["users"].get(session["username"])
         if user["disabled"]:

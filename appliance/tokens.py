@@ -82,17 +82,28 @@ class TokenService:
         """An access token for a session; returns ``(token, expires_at)``."""
         expires_at = int(time.time()) + ttl
         token = self._encode(
-            {"sub": username, "role": role, "sid": session_id, "aud": AUDIENCE_WEB,
-             "exp": expires_at}
-        )  # fmt: skip
+            {
+                "sub": username,
+                "role": role,
+                "sid": session_id,
+                "aud": AUDIENCE_WEB,
+                "exp": expires_at,
+            }
+        )
         return token, expires_at
 
     def issue_share(self, share_id: str, study_uid: str, created_by: str, expires_at: int) -> str:
         """A read-only token for one study, valid until ``expires_at`` (epoch seconds)."""
         return self._encode(
-            {"sub": f"share:{share_id}", "role": "share", "aud": AUDIENCE_SHARE,
-             "exp": expires_at, "study": study_uid, "by": created_by}
-        )  # fmt: skip
+            {
+                "sub": f"share:{share_id}",
+                "role": "share",
+                "aud": AUDIENCE_SHARE,
+                "exp": expires_at,
+                "study": study_uid,
+                "by": created_by,
+            }
+        )
 
     def verify(self, token: str) -> Claims:
         """Verify signature, algorithm, issuer, audience and times; :class:`TokenError` if not."""

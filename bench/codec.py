@@ -47,51 +47,12 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.transcode.codec import HTJ2K_ENCODE_OPTIONS, transcode_to_htj2k
+from bench.synthetic import INTERCEPT, NOISE_HU, SIZE, phantom
 
-SIZE = 512
-NOISE_HU = 12.0
-INTERCEPT = -1024
 PIPELINE_GOAL = 2.0
 SIZE_GOAL = 1.06
 MULTIFRAME_MAX = 100
 REAL_IMAGES = ("J2K_pixelrep_mismatch.dcm", "CT_small.dcm", "MR_small.dcm", "examples_overlay.dcm")
-# (x, y, half-axis x, half-axis y, HU) in units of the half image width, body first
-ELLIPSES = (
-    (0.0, 0.05, 0.80, 0.60, -100.0),  # subcutaneous fat
-    (0.0, 0.05, 0.74, 0.54, 45.0),  # soft tissue
-    (-0.30, -0.05, 0.30, 0.28, 60.0),  # liver
-    (-0.35, -0.10, 0.22, 0.30, -850.0),  # right lung base
-    (0.35, -0.10, 0.22, 0.30, -850.0),  # left lung base
-    (0.0, 0.18, 0.06, 0.06, 250.0),  # aorta with contrast
-    (0.0, 0.40, 0.10, 0.09, 700.0),  # vertebra
-    (0.0, 0.40, 0.05, 0.04, 250.0),  # its marrow
-)
-
-
-def phantom(index: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """One CT slice as stored int16 values (HU + 1024).
-
-    Parameters
-    ----------
-    index, count
-        Position of the slice in the series; organs grow and shrink along it.
-    rng
-        Noise source.
-
-    Returns
-    -------
-    numpy.ndarray
-        (512, 512) int16.
-    """
-    y, x = (np.mgrid[0:SIZE, 0:SIZE] - (SIZE - 1) / 2) / (SIZE / 2)
-    hu = np.full((SIZE, SIZE), -1000.0)
-    t = index / max(count - 1, 1)
-    for number, (cx, cy, ax, ay, value) in enumerate(ELLIPSES):
-        scale = 1.0 if number < 2 else 0.6 + 0.6 * np.sin(np.pi * (t + 0.1 * number)) ** 2
-        hu[((x - cx) / (ax * scale)) ** 2 + ((y - cy) / (ay * scale)) ** 2 < 1] = value
-    hu += rng.normal(0.0, NOISE_HU, hu.shape)
-    hu[x**2 + y**2 > 0.97] = -2048.0
-    return np.round(hu - INTERCEPT).astype(np.int16)
 
 
 def ct_dataset(pixels: np.ndarray, index: int, study: str, series: str) -> Dataset:

@@ -48,7 +48,16 @@ def fixed_host(monkeypatch):
 def layout(tmp_path) -> HomeLayout:
     settings = load_settings(tmp_path / "h", environ={})
     init_home(settings)
-    return HomeLayout(settings.home)
+    layout = HomeLayout(settings.home)
+    for path in (tls.cert_file(layout), tls.key_file(layout)):  # start without a certificate
+        path.unlink()
+    return layout
+
+
+def test_init_generates_the_certificate(tmp_path):
+    settings = load_settings(tmp_path / "h", environ={})
+    init_home(settings)
+    assert tls.certificate_info(HomeLayout(settings.home)).generated
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:

@@ -44,6 +44,7 @@ def _register() -> None:
         config_cmd.config,
         users.user,
         services.service,
+        tls_cmd.tls,
     ):
         cli.add_command(command)
 

@@ -178,7 +178,7 @@ def remove_instance_files(root: str | os.PathLike[str], study: str, series: str,
             parent.rmdir()
         except OSError:  # not empty: other instances remain
             break
-    _fsync_dirs([directory.parent, Path(root)])
+    _fsync_dirs(p for p in (directory.parent, directory.parent.parent, Path(root)) if p.exists())
 
 
 def _part_head(transfer_syntax: str) -> bytes:

@@ -77,8 +77,13 @@ class Pipeline:
 
     def _prepare_frames(self, result: TranscodeResult) -> None:
         if result.frames:
-            write_instance_files(self.frames_root, result.dataset, result.frames,
-                                 result.transfer_syntax, result.pixels)  # fmt: skip
+            write_instance_files(
+                self.frames_root,
+                result.dataset,
+                result.frames,
+                result.transfer_syntax,
+                result.pixels,
+            )
 
     def _retry(self, sop_uid: str, spool_path: str, error: str) -> Outcome:
         attempts = self.journal.release(sop_uid, spool_path, error)
@@ -91,10 +96,14 @@ class Pipeline:
 
     def _finish(self, sop_uid: str, spool_path: str, result: TranscodeResult, size: int) -> None:
         self.journal.stored(
-            sop_uid, spool_path, ts_out=result.transfer_syntax,
-            action="transcoded" if result.transcoded else "kept", reason=result.reason,
-            size_out=size, frames=len(result.frames),
-        )  # fmt: skip
+            sop_uid,
+            spool_path,
+            ts_out=result.transfer_syntax,
+            action="transcoded" if result.transcoded else "kept",
+            reason=result.reason,
+            size_out=size,
+            frames=len(result.frames),
+        )
         Path(spool_path).unlink(missing_ok=True)
 
 

@@ -17,14 +17,21 @@ from appliance.layout import HomeLayout
 from appliance.sessions import SessionStore
 from appliance.tokens import TokenService
 from appliance.transcode.queue import create_queue
-from appliance.web import dicomweb, health, login
+from appliance.web import admin, dicomweb, health, login, shares, studies
 from appliance.web.auth import auth_middleware
 from appliance.web.errors import error_middleware
 from appliance.web.ingest import PipelineIngest
 from appliance.web.keys import DB, HTTP, INGEST, QUEUE, SESSIONS, SETTINGS, STARTED_AT, TOKENS
 
 log = logging.getLogger("neuronova.web")
-ROUTE_TABLES = (health.routes, login.routes, dicomweb.routes)
+ROUTE_TABLES = (
+    health.routes,
+    login.routes,
+    dicomweb.routes,
+    studies.routes,
+    shares.routes,
+    admin.routes,
+)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import sqlite_utils
 from aiohttp import web
 
 from appliance import audit
@@ -118,6 +119,12 @@ def reject(request: web.Request, status: int, reason: str, message: str, **detai
     return ApiError(status, reason, message)
 
 
+def find_share(db: sqlite_utils.Database, share_id: str) -> dict[str, Any] | None:
+    """The share's row, or ``None``."""
+    rows = list(db["shares"].rows_where("id = ?", [share_id]))
+    return rows[0] if rows else None
+
+
 def _verify(request: web.Request, token: str) -> Claims:
     app = request.app
     try:
@@ -125,7 +132,7 @@ def _verify(request: web.Request, token: str) -> Claims:
     except TokenError as exc:
         raise reject(request, 401, exc.reason, exc.message) from None
     if claims.is_share:
-        share = app[DB]["shares"].get(claims.subject.removeprefix("share:"))
+        share = find_share(app[DB], claims.subject.removeprefix("share:"))
         if share is None or share["revoked_at"]:
             raise reject(request, 401, "token_revoked", "This share link has been revoked.")
     elif app[SESSIONS].active(claims.session or "") is None:
@@ -139,8 +146,13 @@ def _check_csrf(request: web.Request, who: Identity) -> None:
     session = request.app[SESSIONS].active(who.claims.session or "")
     sent = request.headers.get(CSRF_HEADER, "")
     if session is None or not hmac.compare_digest(sent.encode(), session["csrf"].encode()):
-        audit.record(request.app[DB], audit.CSRF_REJECTED, username=who.username,
-                     client=client_address(request), path=request.path[:200])  # fmt: skip
+        audit.record(
+            request.app[DB],
+            audit.CSRF_REJECTED,
+            username=who.username,
+            client=client_address(request),
+            path=request.path[:200],
+        )
         raise ApiError(
             403, "csrf_rejected", f"Send the {CSRF_COOKIE} cookie's value in {CSRF_HEADER}."
         )
@@ -189,6 +201,11 @@ def set_cookie(
 ) -> None:
     """Set a SameSite=Strict cookie, Secure whenever the browser came over HTTPS."""
     response.set_cookie(
-        name, value, path=path, httponly=http_only, samesite="Strict",
-        secure=is_tls(request), max_age=max_age,
-    )  # fmt: skip
+        name,
+        value,
+        path=path,
+        httponly=http_only,
+        samesite="Strict",
+        secure=is_tls(request),
+        max_age=max_age,
+    )

@@ -38,10 +38,18 @@ def _session_response(request: web.Request, issued: IssuedSession) -> web.Respon
             "user": {"username": issued.username, "role": issued.role},
         }
     )
-    set_cookie(response, request, SESSION_COOKIE, issued.access_token, http_only=True,
-               max_age=SESSION_TTL)  # fmt: skip
-    set_cookie(response, request, REFRESH_COOKIE, issued.refresh_token, http_only=True,
-               path="/api/auth", max_age=SESSION_TTL)  # fmt: skip
+    set_cookie(
+        response, request, SESSION_COOKIE, issued.access_token, http_only=True, max_age=SESSION_TTL
+    )
+    set_cookie(
+        response,
+        request,
+        REFRESH_COOKIE,
+        issued.refresh_token,
+        http_only=True,
+        path="/api/auth",
+        max_age=SESSION_TTL,
+    )
     set_cookie(response, request, CSRF_COOKIE, issued.csrf, http_only=False, max_age=SESSION_TTL)
     return response
 
@@ -63,9 +71,12 @@ async def login(request: web.Request) -> web.Response:
         request.app[SESSIONS].check_throttle(username, client)
     except LoginThrottled as exc:
         audit.record(db, audit.LOGIN_THROTTLED, username=username, client=client)
-        response = json_error(429, "too_many_attempts",
-                              f"Too many failed logins. Try again in {exc.retry_after} s.",
-                              retry_after=exc.retry_after)  # fmt: skip
+        response = json_error(
+            429,
+            "too_many_attempts",
+            f"Too many failed logins. Try again in {exc.retry_after} s.",
+            retry_after=exc.retry_after,
+        )
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     user = get_user(db, username)
@@ -77,8 +88,9 @@ async def login(request: web.Request) -> web.Response:
     elif user["disabled"]:
         reason = "account_disabled"
     else:
-        issued = request.app[SESSIONS].start(username, user["role"], client,
-                                             request.headers.get("User-Agent", ""))  # fmt: skip
+        issued = request.app[SESSIONS].start(
+            username, user["role"], client, request.headers.get("User-Agent", "")
+        )
         audit.record(db, audit.LOGIN_OK, username=username, client=client)
         return _session_response(request, issued)
     audit.record(db, audit.LOGIN_FAILED, username=username, client=client, reason=reason)
@@ -99,8 +111,13 @@ async def refresh(request: web.Request) -> web.Response:
     try:
         issued = request.app[SESSIONS].refresh(token, client_address(request))
     except RefreshRejected as exc:
-        audit.record(request.app[DB], audit.TOKEN_REJECTED, client=client_address(request),
-                     reason="refresh_rejected", detail=str(exc))  # fmt: skip
+        audit.record(
+            request.app[DB],
+            audit.TOKEN_REJECTED,
+            client=client_address(request),
+            reason="refresh_rejected",
+            detail=str(exc),
+        )
         response = json_error(401, "refresh_rejected", f"{str(exc).capitalize()}. Log in again.")
         _clear_cookies(response)
         return response
@@ -113,8 +130,9 @@ async def logout(request: web.Request) -> web.Response:
     """End the session: its access and refresh tokens stop working at once."""
     who = identity(request)
     request.app[SESSIONS].revoke(who.claims.session or "", "logout")
-    audit.record(request.app[DB], audit.LOGOUT, username=who.username,
-                 client=client_address(request))  # fmt: skip
+    audit.record(
+        request.app[DB], audit.LOGOUT, username=who.username, client=client_address(request)
+    )
     response = web.Response(status=204)
     _clear_cookies(response)
     return response

@@ -71,16 +71,18 @@ def _identify(data: bytes, study: str | None) -> PartOutcome:
     except (InvalidDicomError, AttributeError, ValueError, EOFError, TypeError) as exc:
         return PartOutcome(None, None, CANNOT_UNDERSTAND, f"not a DICOM Part 10 object ({exc})")
     if study is not None and str(ds.get("StudyInstanceUID", "")) != study:
-        return PartOutcome(sop_class, sop_instance, STUDY_MISMATCH,
-                           f"{sop_instance} belongs to another study")  # fmt: skip
+        return PartOutcome(
+            sop_class, sop_instance, STUDY_MISMATCH, f"{sop_instance} belongs to another study"
+        )
     return PartOutcome(sop_class, sop_instance)
 
 
 async def store_instances(request: web.Request, study: str | None) -> web.Response:
     """Read every ``application/dicom`` part, ingest it, and answer with the STOW result."""
     if request.content_type != "multipart/related":
-        raise ApiError(415, "unsupported_media_type",
-                       'Send multipart/related; type="application/dicom".')  # fmt: skip
+        raise ApiError(
+            415, "unsupported_media_type", 'Send multipart/related; type="application/dicom".'
+        )
     reader = await request.multipart()
     outcomes: list[PartOutcome] = []
     while (part := await reader.next()) is not None:
@@ -91,8 +93,9 @@ async def store_instances(request: web.Request, study: str | None) -> web.Respon
         if outcome.failure is None:
             error = await request.app[INGEST].submit(data, source="stow")
             if error:
-                outcome = PartOutcome(outcome.sop_class, outcome.sop_instance,
-                                      PROCESSING_FAILURE, error)  # fmt: skip
+                outcome = PartOutcome(
+                    outcome.sop_class, outcome.sop_instance, PROCESSING_FAILURE, error
+                )
         outcomes.append(outcome)
     if not outcomes:
         raise ApiError(400, "empty_upload", "The upload holds no DICOM part.")

@@ -1,0 +1,192 @@
+"""``/api/admin/``: users, the modality allow-list, system state and the audit trail."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+from aiohttp import web
+
+from appliance import __version__, audit, users
+from appliance.errors import ApplianceError
+from appliance.health import check_health
+from appliance.layout import HomeLayout
+from appliance.modalities import add_modality, list_modalities, remove_modality
+from appliance.web.auth import identity, requires
+from appliance.web.errors import ApiError
+from appliance.web.inputs import client_address, read_json
+from appliance.web.keys import DB, HTTP, QUEUE, SESSIONS, SETTINGS, STARTED_AT
+
+routes = web.RouteTableDef()
+admin_only = requires("admin")
+
+
+def _audit_change(request: web.Request, action: str, **detail: Any) -> None:
+    audit.record(
+        request.app[DB],
+        audit.ADMIN_CHANGE,
+        username=identity(request).username,
+        client=client_address(request),
+        action=action,
+        **detail,
+    )
+
+
+def _bad(exc: ApplianceError) -> ApiError:
+    return ApiError(400, "invalid_request", str(exc))
+
+
+@routes.get("/api/admin/users")
+@admin_only
+async def list_users(request: web.Request) -> web.Response:
+    """Every user, without password hashes."""
+    items = [{**u, "disabled": bool(u["disabled"])} for u in users.list_users(request.app[DB])]
+    return web.json_response({"items": items})
+
+
+@routes.post("/api/admin/users")
+@admin_only
+async def create_user(request: web.Request) -> web.Response:
+    """Create a user with a role and a password."""
+    body = await read_json(request, {"username": str, "role": str, "password": str})
+    try:
+        users.create_user(request.app[DB], body["username"], body["role"], body["password"])
+    except ApplianceError as exc:
+        status = 409 if "already exists" in str(exc) else 400
+        raise ApiError(status, "invalid_request", str(exc)) from None
+    _audit_change(request, "user_created", target=body["username"], role=body["role"])
+    return web.json_response({"username": body["username"], "role": body["role"]}, status=201)
+
+
+@routes.patch("/api/admin/users/{username}")
+@admin_only
+async def update_user(request: web.Request) -> web.Response:
+    """Change a user's role, disabled flag or password; disabling ends their sessions."""
+    name = request.match_info["username"]
+    body = await read_json(
+        request,
+        {"role": (str, type(None)), "disabled": (bool, type(None)), "password": (str, type(None))},
+    )
+    db = request.app[DB]
+    try:
+        target = users.require_user(db, name)
+        _keep_an_admin(db, target, body)
+        users.update_user(
+            db,
+            name,
+            role=body.get("role"),
+            disabled=body.get("disabled"),
+            password=body.get("password"),
+        )
+    except ApplianceError as exc:
+        status = 404 if "no user named" in str(exc) else 400
+        raise ApiError(status, "invalid_request", str(exc)) from None
+    if body.get("disabled") or body.get("password") or body.get("role"):
+        request.app[SESSIONS].revoke_user(name, "changed by an admin")
+    changed = sorted(k for k in ("role", "disabled", "password") if body.get(k) is not None)
+    _audit_change(request, "user_updated", target=name, fields=changed)
+    user = users.require_user(db, name)
+    return web.json_response(
+        {"username": name, "role": user["role"], "disabled": bool(user["disabled"])}
+    )
+
+
+def _keep_an_admin(db: Any, target: dict[str, Any], body: dict[str, Any]) -> None:
+    demoted = body.get("disabled") or (body.get("role") not in (None, "admin"))
+    if target["role"] == "admin" and demoted and users.count_active_admins(db) <= 1:
+        raise users.UserError(f"{target['username']} is the last active admin")
+
+
+@routes.get("/api/admin/modalities")
+@admin_only
+async def modalities(request: web.Request) -> web.Response:
+    """The DICOM allow-list; ``open`` means any caller is accepted (nothing registered)."""
+    items = list_modalities(request.app[DB])
+    return web.json_response({"items": items, "open": not items})
+
+
+@routes.post("/api/admin/modalities")
+@admin_only
+async def add(request: web.Request) -> web.Response:
+    """Register a modality's AE title (optionally pinned to its IP address)."""
+    body = await read_json(
+        request, {"ae_title": str, "host": (str, type(None)), "description": (str, type(None))}
+    )
+    try:
+        row = add_modality(
+            request.app[DB], body["ae_title"], body.get("host"), body.get("description") or ""
+        )
+    except ApplianceError as exc:
+        raise _bad(exc) from None
+    _audit_change(request, "modality_added", ae_title=row["ae_title"], host=row["host"])
+    return web.json_response(row, status=201)
+
+
+@routes.delete("/api/admin/modalities/{ae_title}")
+@admin_only
+async def remove(request: web.Request) -> web.Response:
+    """Remove a modality from the allow-list."""
+    ae_title = request.match_info["ae_title"]
+    try:
+        remove_modality(request.app[DB], ae_title)
+    except ApplianceError as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    _audit_change(request, "modality_removed", ae_title=ae_title)
+    return web.Response(status=204)
+
+
+@routes.get("/api/admin/audit")
+@admin_only
+async def audit_log(request: web.Request) -> web.Response:
+    """Recent security events, newest first (``limit``, ``since``, ``event``)."""
+    try:
+        limit = min(max(int(request.query.get("limit", 50)), 1), 1000)
+    except ValueError:
+        raise ApiError(400, "invalid_query", "limit must be an integer.") from None
+    items = audit.recent(
+        request.app[DB],
+        since=request.query.get("since"),
+        event=request.query.get("event"),
+        limit=limit,
+    )
+    return web.json_response({"items": items})
+
+
+@routes.get("/api/admin/system")
+@admin_only
+async def system(request: web.Request) -> web.Response:
+    """Health, queue depth and oldest waiting object, free disk, failed ingests."""
+    app = request.app
+    settings = app[SETTINGS]
+    health = await check_health(settings, app[HTTP], app[QUEUE].huey, app[STARTED_AT])
+    db = app[DB]
+    oldest = db.execute(
+        "SELECT min(received_at) FROM instances WHERE state IN ('received', 'processing')"
+    ).fetchone()[0]
+    disk = shutil.disk_usage(HomeLayout(settings.home).orthanc_dir)
+    return web.json_response(
+        {
+            "health": health,
+            "queue": {
+                "pending": health["components"]["queue"].get("pending"),
+                "oldest_task_age_s": _age(oldest),
+            },
+            "disk": {
+                "path": str(HomeLayout(settings.home).orthanc_dir),
+                "free_bytes": disk.free,
+                "total_bytes": disk.total,
+            },
+            "ingest": {"failed": db["instances"].count_where("state = 'failed'")},
+            "modalities_open": not db["modalities"].count,
+            "version": __version__,
+        }
+    )
+
+
+def _age(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    from datetime import datetime
+
+    return round(time.time() - datetime.fromisoformat(iso).timestamp(), 1)

@@ -1,0 +1,134 @@
+"""``/api/shares``: time-limited, read-only links to one study for referring physicians."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from aiohttp import web
+
+from appliance import audit
+from appliance.gateway import UID_RE
+from appliance.users import now_iso
+from appliance.web.auth import (
+    SESSION_COOKIE,
+    find_share,
+    identity,
+    public,
+    reject,
+    requires,
+    set_cookie,
+)
+from appliance.web.errors import ApiError
+from appliance.web.inputs import client_address, read_json
+from appliance.web.keys import DB, TOKENS
+
+routes = web.RouteTableDef()
+MAX_HOURS = 24 * 30
+SHARERS = ("admin", "radiologist")
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+@routes.post("/api/shares")
+@requires(*SHARERS)
+async def create_share(request: web.Request) -> web.Response:
+    """Mint a read-only link to one study, valid for ``expires_in_hours`` (default 72)."""
+    body = await read_json(
+        request,
+        {"study_uid": str, "expires_in_hours": (int, type(None)), "note": (str, type(None))},
+    )
+    study = body["study_uid"]
+    if len(study) > 64 or not UID_RE.match(study):
+        raise ApiError(400, "invalid_field", "'study_uid' is not a valid UID.", field="study_uid")
+    hours = body.get("expires_in_hours") or 72
+    if not 1 <= hours <= MAX_HOURS:
+        raise ApiError(400, "invalid_field", f"'expires_in_hours' must be 1-{MAX_HOURS}.")
+    who = identity(request)
+    share_id = secrets.token_urlsafe(9)
+    expires_at = int(time.time()) + hours * 3600
+    row = {
+        "id": share_id,
+        "study_uid": study,
+        "created_by": who.username,
+        "created_at": now_iso(),
+        "expires_at": _iso(expires_at),
+        "note": (body.get("note") or "")[:200],
+    }
+    request.app[DB]["shares"].insert(row)
+    token = request.app[TOKENS].issue_share(share_id, study, who.username, expires_at)
+    audit.record(
+        request.app[DB],
+        audit.SHARE_CREATED,
+        username=who.username,
+        client=client_address(request),
+        share=share_id,
+        study=study,
+        hours=hours,
+    )
+    url = f"{request.url.origin()}/api/shares/open?token={quote(token)}"
+    return web.json_response({**row, "revoked": False, "url": url, "token": token}, status=201)
+
+
+@routes.get("/api/shares")
+@requires(*SHARERS)
+async def list_shares(request: web.Request) -> web.Response:
+    """Shares, newest first: all of them for admins, one's own for radiologists."""
+    who = identity(request)
+    where, args = (None, []) if who.role == "admin" else ("created_by = ?", [who.username])
+    rows = request.app[DB]["shares"].rows_where(where, args, order_by="created_at desc", limit=500)
+    items = [{**r, "revoked": bool(r.pop("revoked_at"))} for r in rows]
+    return web.json_response({"items": items})
+
+
+@routes.delete("/api/shares/{share_id}")
+@requires(*SHARERS)
+async def revoke_share(request: web.Request) -> web.Response:
+    """Revoke a share: its link stops working at once."""
+    who = identity(request)
+    share_id = request.match_info["share_id"]
+    share = find_share(request.app[DB], share_id)
+    if share is None:
+        raise ApiError(404, "not_found", "No such share.")
+    if who.role != "admin" and share["created_by"] != who.username:
+        raise reject(request, 403, "role_denied", "Only its creator or an admin may revoke it.")
+    request.app[DB]["shares"].update(share_id, {"revoked_at": now_iso()})
+    audit.record(
+        request.app[DB],
+        audit.SHARE_REVOKED,
+        username=who.username,
+        client=client_address(request),
+        share=share_id,
+    )
+    return web.Response(status=204)
+
+
+@routes.get("/api/shares/open")
+@public
+async def open_share(request: web.Request) -> web.Response:
+    """Follow a share link: keep its token in the session cookie and open the viewer."""
+    token = request.query.get("token", "")
+    app = request.app
+    try:
+        claims = app[TOKENS].verify(token)
+    except Exception:
+        raise reject(
+            request, 401, "invalid_share", "This share link is invalid or expired."
+        ) from None
+    share = find_share(app[DB], claims.subject.removeprefix("share:")) if claims.is_share else None
+    if share is None or share["revoked_at"]:
+        raise reject(request, 401, "token_revoked", "This share link has been revoked.")
+    response = web.HTTPFound(f"/pacs-viewer/viewer?StudyInstanceUIDs={claims.study}")
+    set_cookie(
+        response,
+        request,
+        SESSION_COOKIE,
+        token,
+        http_only=True,
+        max_age=max(claims.expires_at - int(time.time()), 1),
+    )
+    raise response

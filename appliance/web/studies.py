@@ -1,0 +1,39 @@
+"""``/api/studies``: the worklist."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from appliance.web.auth import STAFF, requires
+from appliance.web.errors import ApiError
+from appliance.web.keys import DB
+from appliance.worklist import WorklistQuery, WorklistQueryError, search_studies
+
+routes = web.RouteTableDef()
+
+
+def _int(request: web.Request, name: str, default: int) -> int:
+    try:
+        return int(request.query.get(name, default))
+    except ValueError:
+        raise ApiError(400, "invalid_query", f"{name} must be an integer.") from None
+
+
+@routes.get("/api/studies")
+@requires(*STAFF)
+async def studies(request: web.Request) -> web.Response:
+    """Search, filter, sort and page the studies the appliance holds."""
+    q = request.query
+    query = WorklistQuery(
+        q=q.get("q", "").strip()[:100],
+        modality=q.get("modality", "").strip()[:16],
+        date_from=q.get("date_from", ""),
+        date_to=q.get("date_to", ""),
+        sort=q.get("sort", "-study_date"),
+        limit=_int(request, "limit", 50),
+        offset=_int(request, "offset", 0),
+    )
+    try:
+        return web.json_response(search_studies(request.app[DB], query))
+    except WorklistQueryError as exc:
+        raise ApiError(400, "invalid_query", str(exc)) from None

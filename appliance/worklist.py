@@ -1,0 +1,126 @@
+"""The worklist: studies with their ingest progress, searched and paged in SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+SORT_COLUMNS = {
+    "study_date": "study_date {d}, study_time {d}",
+    "patient_name": "patient_name {d}",
+    "patient_id": "patient_id {d}",
+    "modalities": "modalities {d}",
+    "description": "description {d}",
+    "updated_at": "updated_at {d}",
+}
+MAX_LIMIT = 200
+
+
+class WorklistQueryError(ValueError):
+    """An invalid worklist query parameter."""
+
+
+@dataclass(frozen=True)
+class WorklistQuery:
+    """Search, filters, sort and page of a worklist request."""
+
+    q: str = ""
+    modality: str = ""
+    date_from: str = ""
+    date_to: str = ""
+    sort: str = "-study_date"
+    limit: int = 50
+    offset: int = 0
+
+    def order_by(self) -> str:
+        key = self.sort.lstrip("-")
+        if key not in SORT_COLUMNS:
+            raise WorklistQueryError(f"sort must be one of {', '.join(SORT_COLUMNS)}")
+        direction = "DESC" if self.sort.startswith("-") else "ASC"
+        return SORT_COLUMNS[key].format(d=direction) + ", study_uid"
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses, args = ["1 = 1"], []
+        if self.q:
+            clauses.append(
+                "(patient_name LIKE ? OR patient_id LIKE ? OR accession LIKE ? "
+                "OR description LIKE ? OR study_uid = ?)"
+            )
+            like = f"%{self.q}%"
+            args += [like, like, like, like, self.q]
+        if self.modality:
+            clauses.append("(',' || modalities || ',') LIKE ?")
+            args.append(f"%,{self.modality},%")
+        for value, op in ((self.date_from, ">="), (self.date_to, "<=")):
+            if value:
+                if not (len(value) == 8 and value.isdigit()):
+                    raise WorklistQueryError("dates must be YYYYMMDD")
+                clauses.append(f"study_date {op} ?")
+                args.append(value)
+        return " AND ".join(clauses), args
+
+
+def search_studies(db: sqlite_utils.Database, query: WorklistQuery) -> dict[str, Any]:
+    """One page of studies with series/instance counts and ingest progress."""
+    if not 1 <= query.limit <= MAX_LIMIT or query.offset < 0:
+        raise WorklistQueryError(f"limit must be 1-{MAX_LIMIT} and offset at least 0")
+    where, args = query.where()
+    total = db.execute(f"SELECT count(*) FROM studies WHERE {where}", args).fetchone()[0]
+    rows = db.execute(
+        f"SELECT * FROM studies WHERE {where} ORDER BY {query.order_by()} LIMIT ? OFFSET ?",
+        [*args, query.limit, query.offset],
+    )
+    columns = [c[0] for c in rows.description]
+    studies = [dict(zip(columns, row, strict=True)) for row in rows.fetchall()]
+    _add_counts(db, studies)
+    return {"total": total, "items": [_item(s) for s in studies]}
+
+
+def _add_counts(db: sqlite_utils.Database, studies: list[dict[str, Any]]) -> None:
+    if not studies:
+        return
+    uids = [s["study_uid"] for s in studies]
+    marks = ", ".join("?" for _ in uids)
+    by_study = {s["study_uid"]: s for s in studies}
+    for s in studies:
+        s["progress"] = {"received": 0, "transcoded": 0, "stored": 0, "failed": 0}
+        s["series_count"] = 0
+    states = db.execute(
+        f"SELECT study_uid, state, action, count(*) FROM instances WHERE study_uid IN ({marks}) "
+        "GROUP BY study_uid, state, action",
+        uids,
+    )
+    for study_uid, state, action, count in states.fetchall():
+        progress = by_study[study_uid]["progress"]
+        progress["received"] += count
+        if state == "stored":
+            progress["stored"] += count
+            if action == "transcoded":
+                progress["transcoded"] += count
+        elif state == "failed":
+            progress["failed"] += count
+    series = db.execute(
+        f"SELECT study_uid, count(*) FROM series WHERE study_uid IN ({marks}) GROUP BY study_uid",
+        uids,
+    )
+    for study_uid, count in series.fetchall():
+        by_study[study_uid]["series_count"] = count
+
+
+def _item(study: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "study_uid": study["study_uid"],
+        "patient_name": study["patient_name"] or "",
+        "patient_id": study["patient_id"] or "",
+        "study_date": study["study_date"] or "",
+        "modalities": [m for m in (study["modalities"] or "").split(",") if m],
+        "description": study["description"] or "",
+        "accession": study["accession"] or "",
+        "series_count": study["series_count"],
+        "instance_count": study["progress"]["received"],
+        "progress": study["progress"],
+        "received_at": study["received_at"],
+        "updated_at": study["updated_at"],
+    }

@@ -44,6 +44,7 @@ FIELDS: tuple[Field, ...] = (
     Field("web", "redirect_to_https", "redirect_to_https", bool, "Redirect plain HTTP to HTTPS"),
     Field("dicom", "port", "dicom_port", int, "DICOM port modalities send to"),
     Field("dicom", "ae_title", "ae_title", str, "AE title of the DICOM receiver"),
+    Field("dicom", "min_free_mb", "min_free_mb", int, "Refuse new objects below this free space"),
     Field("internal", "app_port", "app_port", int, "Loopback port of the web application"),
     Field("internal", "orthanc_port", "orthanc_port", int, "Loopback HTTP port of Orthanc"),
     Field("queue", "redis_url", "redis_url", str, "Redis URL for the task queue (cloud profile)"),
@@ -62,6 +63,7 @@ class Settings:
     redirect_to_https: bool = False
     dicom_port: int = 11112
     ae_title: str = "NEURONOVA"
+    min_free_mb: int = 512
     app_port: int = 18081
     orthanc_port: int = 18042
     redis_url: str = ""

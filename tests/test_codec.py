@@ -30,6 +30,7 @@ from appliance.transcode.codec import (
     transcode_to_htj2k,
 )
 
+pytestmark = pytest.mark.filterwarnings("ignore:The pixel data is .* excess padding")
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 TRANSCODED = [
     "CT_small.dcm",  # explicit VR little endian, signed 16-bit

@@ -234,6 +234,7 @@ def test_bad_uids_raise(tmp_path: Path, uid: object) -> None:
         remove_instance_files(tmp_path, "1.2", uid, "1.4")
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_bad_uid_in_dataset_raises_before_writing(tmp_path: Path) -> None:
     result = transcode_to_htj2k(ct_slice())
     ds = copy.copy(result.dataset)

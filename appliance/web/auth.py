@@ -29,7 +29,6 @@ CSRF_COOKIE = "nn_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 STAFF = ("admin", "radiologist", "technologist")
-IDENTITY = "identity"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +47,9 @@ class Identity:
     @property
     def role(self) -> str:
         return self.claims.role
+
+
+IDENTITY = web.RequestKey("identity", Identity)
 
 
 @dataclass(frozen=True)

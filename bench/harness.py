@@ -1,0 +1,255 @@
+"""What the benchmarks share: free ports, the real appliance in a temporary home, dcmtk's
+storescu, the ingest journal, machine facts, and writing results (JSON + markdown).
+
+Everything listens on and talks to 127.0.0.1 only. Every wait is bounded in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Settings, load_settings
+from appliance.home import init_home
+from appliance.layout import HomeLayout
+from appliance.runner import settings_environment
+
+LOOPBACK = "127.0.0.1"
+DCMTK_STORESCU = Path("/usr/bin/storescu")  # the venv's `storescu` is pynetdicom's
+START_TIMEOUT = 90.0
+BENCH_USER = "bench"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (bind to port 0 on loopback)."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
+    """Poll ``condition`` until true; :class:`TimeoutError` naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def http(
+    url: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, Any, bytes]:
+    """GET (or POST ``data``) ``url`` on loopback; (status, headers, body), also for 4xx/5xx."""
+    if not url.startswith(f"http://{LOOPBACK}:"):
+        raise ValueError(f"benchmarks only talk to {LOOPBACK}: {url}")
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 right now."""
+    try:
+        return http(url, timeout=2.0)[0] == 200
+    except OSError:
+        return False
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Stop one process we started: ``sig``, then SIGKILL after ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def python_env() -> dict[str, str]:
+    """The environment for Python children: the repository importable, output unbuffered."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass
+class Appliance:
+    """``python -m appliance run`` on a temporary home, free loopback ports, 127.0.0.1 bind."""
+
+    settings: Settings
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    process: subprocess.Popen | None = None
+
+    @classmethod
+    def create(cls, home: Path) -> Appliance:
+        """Initialize ``home`` (settings, secrets, database) and a radiologist to log in as."""
+        ports = ("http_port", "https_port", "dicom_port", "app_port", "orthanc_port")
+        values: dict[str, object] = {"bind": LOOPBACK, **{p: free_port() for p in ports}}
+        settings = load_settings(home, values, environ={})
+        init_home(settings)
+        appliance = cls(settings)
+        appliance.cli("user", "add", BENCH_USER, "--role", "radiologist", "--password-stdin",
+                      stdin=appliance.password + "\n")  # fmt: skip
+        return appliance
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home
+
+    @property
+    def layout(self) -> HomeLayout:
+        return HomeLayout(self.settings.home)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.settings.http_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**python_env(), **settings_environment(self.settings)}
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        """Run ``python -m appliance ARGS --home HOME``; its output."""
+        command = [sys.executable, "-m", "appliance", *args, "--home", str(self.home)]
+        done = subprocess.run(command, input=stdin, env=self.env, capture_output=True,
+                              text=True, timeout=60, check=True)  # fmt: skip
+        return done.stdout
+
+    def start(self) -> Appliance:
+        """Start every service and wait until ``/api/health`` answers 200 through nginx."""
+        command = [sys.executable, "-m", "appliance", "run", "--home", str(self.home)]
+        with open(self.home / "run.out", "ab") as out:
+            self.process = subprocess.Popen(command, env=self.env, stdout=out,
+                                            stderr=subprocess.STDOUT)  # fmt: skip
+        wait_for(self._healthy, START_TIMEOUT, f"the appliance to be healthy ({self.home})", 0.25)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            tail = (self.home / "run.out").read_text()[-3000:]
+            raise RuntimeError(f"the appliance exited early:\n{tail}")
+        return answers(f"{self.url}/api/health")
+
+    def stop(self) -> None:
+        """SIGTERM to ``run`` (it stops its children in reverse order)."""
+        if self.process is not None:
+            stop_process(self.process, timeout=30)
+
+    def login(self) -> str:
+        """A bearer token for the bench radiologist (``POST /api/auth/login``)."""
+        body = json.dumps({"username": BENCH_USER, "password": self.password}).encode()
+        status, _, answer = http(f"{self.url}/api/auth/login", body,
+                                 {"Content-Type": "application/json"})  # fmt: skip
+        if status != 200:
+            raise RuntimeError(f"login failed: HTTP {status} {answer[:200]!r}")
+        return json.loads(answer)["access_token"]
+
+    def journal_states(self) -> dict[str, int]:
+        """Count of journal rows per state (read-only connection to the app database)."""
+        uri = f"file:{self.layout.database_file}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+            rows = db.execute("SELECT state, count(*) FROM instances GROUP BY state").fetchall()
+        return dict(rows)
+
+    def journal_rows(self, columns: str) -> list[tuple]:
+        """Selected columns of every journal row."""
+        uri = f"file:{self.layout.database_file}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+            return db.execute(f"SELECT {columns} FROM instances").fetchall()
+
+
+@contextlib.contextmanager
+def running(appliance: Appliance) -> Iterator[Appliance]:
+    """Start ``appliance`` and always stop it."""
+    try:
+        yield appliance.start()
+    finally:
+        appliance.stop()
+
+
+def storescu(files: Sequence[Path], port: int, called_ae: str, calling_ae: str = "BENCHSCU"):
+    """Send ``files`` with dcmtk's storescu in one association; wall seconds."""
+    command = [str(DCMTK_STORESCU), "-aet", calling_ae, "-aec", called_ae, "-to", "60",
+               LOOPBACK, str(port), *map(str, files)]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0 or "E:" in done.stderr:
+        raise RuntimeError(f"storescu failed ({done.returncode}): {done.stderr[-2000:]}")
+    return seconds
+
+
+def tool_version(command: Sequence[str]) -> str:
+    """The first line a program prints about its version, or 'unknown'."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "unknown"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """The machine the numbers were measured on."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "nginx": tool_version(["/usr/sbin/nginx", "-v"]),
+        "orthanc": tool_version(["/usr/sbin/Orthanc", "--version"]),
+        "storescu": tool_version([str(DCMTK_STORESCU), "--version"]),
+    }
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict(met: bool) -> str:
+    """How a goal reads in a table."""
+    return "met" if met else "**MISSED**"
+
+
+def write_results(out: Path, results: dict[str, Any], markdown: str) -> None:
+    """Write ``out`` (JSON) and the markdown beside it (``.md``), and print the markdown."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown + "\n")
+    print(markdown)
+    print(f"\nwritten to {out} and {out.with_suffix('.md')}")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from typing import Any
 
 import aiohttp
+import sqlite_utils
 from huey import Huey
 
 from appliance import __version__
 from appliance.config import Settings
+from appliance.layout import HomeLayout
 from appliance.probes import (
     Report,
     error,
@@ -37,7 +40,11 @@ def queue_report(settings: Settings, huey: Huey) -> Report:
 
 
 async def check_health(
-    settings: Settings, session: aiohttp.ClientSession, huey: Huey, started_at: float
+    settings: Settings,
+    session: aiohttp.ClientSession,
+    huey: Huey,
+    db: sqlite_utils.Database,
+    started_at: float,
 ) -> dict[str, Any]:
     """Probe every component concurrently; ``status`` is ``ok`` only if all of them are."""
     nginx, orthanc, receiver, queue = await asyncio.gather(
@@ -54,4 +61,27 @@ async def check_health(
         "receiver": receiver,
     }
     healthy = all(c["status"] == "ok" for c in components.values())
-    return {"status": "ok" if healthy else "error", "components": components}
+    report = {"status": "ok" if healthy else "error", "components": components}
+    report["warnings"] = warnings(settings, db)
+    return report
+
+
+def warnings(settings: Settings, db: sqlite_utils.Database) -> list[str]:
+    """Conditions that do not stop the appliance but need the administrator's attention."""
+    found = []
+    layout = HomeLayout(settings.home)
+    free = shutil.disk_usage(layout.spool_dir).free
+    if free < 2 * settings.min_free_mb * 1024**2:
+        found.append(
+            f"disk nearly full: {free // 1024**2} MiB free in {layout.home}; new DICOM "
+            f"objects are refused below {settings.min_free_mb} MiB (status 0xA700)"
+        )
+    if not db["modalities"].count:
+        found.append(
+            "no modality is registered: the DICOM port accepts any caller "
+            "(add one with `neuronova modality add AET`)"
+        )
+    failed = db["instances"].count_where("state = 'failed'")
+    if failed:
+        found.append(f"{failed} object(s) failed to ingest (see `neuronova ingest status`)")
+    return found

@@ -372,3 +372,13 @@ def test_verification_mismatch_raises(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_part10_bytes_have_preamble_and_prefix() -> None:
     data = dataset_to_bytes(transcode_to_htj2k(read("MR_small.dcm")).dataset)
     assert data[:128] == bytes(128) and data[128:132] == b"DICM"
+
+
+def test_extended_offset_table_when_offsets_do_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past 4 GB the Basic Offset Table cannot hold the offsets (limit lowered here)."""
+    monkeypatch.setattr(codec, "_MAX_BOT_OFFSET", 100)
+    source = read("SC_rgb_rle_2frame.dcm")
+    stored = pydicom.dcmread(io.BytesIO(dataset_to_bytes(transcode_to_htj2k(source).dataset)))
+    assert parse_basic_offsets(stored.PixelData) == []
+    assert len(stored.ExtendedOffsetTable) == len(stored.ExtendedOffsetTableLengths) == 16
+    np.testing.assert_array_equal(stored.pixel_array, source.pixel_array)

@@ -16,6 +16,7 @@ from appliance.gateway import (
 )
 
 ST, SE, SO = "1.2.840.1", "1.2.840.1.2", "1.2.840.1.2.3"
+OCTETS = 'multipart/related; type="application/octet-stream"'
 
 
 @pytest.mark.parametrize(
@@ -82,8 +83,14 @@ def test_encoding_tricks_are_refused(raw):
 
 
 def test_query_is_validated_and_reencoded():
-    query = clean_query([("PatientName", "DOE^J*"), ("includefield", "00081030"),
-                         ("limit", "10"), ("00100020", "ID 1")])  # fmt: skip
+    query = clean_query(
+        [
+            ("PatientName", "DOE^J*"),
+            ("includefield", "00081030"),
+            ("limit", "10"),
+            ("00100020", "ID 1"),
+        ]
+    )
     assert query == "PatientName=DOE%5EJ%2A&includefield=00081030&limit=10&00100020=ID%201"
 
 
@@ -120,11 +127,11 @@ def test_redirects_stay_inside_internal_locations():
         ("", True),
         ("*/*", True),
         ('multipart/related; type="application/octet-stream"; transfer-syntax=*', True),
-        ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.201', True),
-        ('multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1', False),
+        (f"{OCTETS}; transfer-syntax=1.2.840.10008.1.2.4.201", True),
+        (f"{OCTETS}; transfer-syntax=1.2.840.10008.1.2.1", False),
         ('multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50', False),
     ],
-)  # fmt: skip
+)
 def test_which_accept_headers_prepared_frames_satisfy(accept, stored):
     assert accepts_stored_frames(accept) is stored
 

@@ -21,8 +21,17 @@ def tokens() -> TokenService:
 
 def forge(claims: dict, key: str = KEY, algorithm: str = "HS256") -> str:
     now = int(time.time())
-    payload = {"iss": ISSUER, "aud": AUDIENCE_WEB, "iat": now, "exp": now + 60, "jti": "x",
-               "sub": "admin", "role": "admin", "sid": "s", **claims}  # fmt: skip
+    payload = {
+        "iss": ISSUER,
+        "aud": AUDIENCE_WEB,
+        "iat": now,
+        "exp": now + 60,
+        "jti": "x",
+        "sub": "admin",
+        "role": "admin",
+        "sid": "s",
+        **claims,
+    }
     return jwt.encode(payload, key, algorithm=algorithm)
 
 
@@ -59,8 +68,9 @@ def test_tampered_payload(tokens):
 
 
 def test_alg_none(tokens):
-    unsigned = jwt.encode({"sub": "admin", "aud": AUDIENCE_WEB, "iss": ISSUER}, None,
-                          algorithm="none")  # fmt: skip
+    unsigned = jwt.encode(
+        {"sub": "admin", "aud": AUDIENCE_WEB, "iss": ISSUER}, None, algorithm="none"
+    )
     assert reason(tokens, unsigned) == "wrong_algorithm"
 
 
@@ -81,8 +91,11 @@ def test_wrong_key(tokens):
 
 
 def test_missing_claim(tokens):
-    token = jwt.encode({"iss": ISSUER, "aud": AUDIENCE_WEB, "sub": "a", "exp": int(time.time()) + 9},
-                       KEY, algorithm="HS256")  # fmt: skip
+    token = jwt.encode(
+        {"iss": ISSUER, "aud": AUDIENCE_WEB, "sub": "a", "exp": int(time.time()) + 9},
+        KEY,
+        algorithm="HS256",
+    )
     assert reason(tokens, token) == "missing_claim"
 
 

@@ -197,8 +197,9 @@ async def test_bad_dicomweb_path_is_400_json(client):
 
 
 async def test_radiologist_may_not_stow(client):
-    resp = await client.post("/api/pacs/dicom-web/studies", data=b"",
-                             headers=await bearer(client, "rad"))  # fmt: skip
+    resp = await client.post(
+        "/api/pacs/dicom-web/studies", data=b"", headers=await bearer(client, "rad")
+    )
     assert resp.status == 403
 
 
@@ -220,8 +221,9 @@ async def test_share_link_opens_one_study_only(client):
 
 
 async def test_share_link_url_sets_the_cookie_and_opens_the_viewer(client):
-    created = await client.post("/api/shares", json={"study_uid": "1.2.3"},
-                                headers=await bearer(client))  # fmt: skip
+    created = await client.post(
+        "/api/shares", json={"study_uid": "1.2.3"}, headers=await bearer(client)
+    )
     token = (await created.json())["token"]
     resp = await client.get(f"/api/shares/open?token={token}", allow_redirects=False)
     assert resp.status == 302
@@ -232,12 +234,17 @@ async def test_share_link_url_sets_the_cookie_and_opens_the_viewer(client):
 async def test_admin_manages_users_and_disabling_ends_sessions(client):
     admin = await bearer(client, "boss")
     victim = await bearer(client, "rad")
-    created = await client.post("/api/admin/users", headers=admin,
-                                json={"username": "new.one", "role": "technologist",
-                                      "password": "long enough pw"})  # fmt: skip
+    created = await client.post(
+        "/api/admin/users",
+        headers=admin,
+        json={"username": "new.one", "role": "technologist", "password": "long enough pw"},
+    )
     assert created.status == 201
-    dup = await client.post("/api/admin/users", headers=admin,
-                            json={"username": "new.one", "role": "admin", "password": "x" * 12})  # fmt: skip
+    dup = await client.post(
+        "/api/admin/users",
+        headers=admin,
+        json={"username": "new.one", "role": "admin", "password": "x" * 12},
+    )
     assert dup.status == 409
     patched = await client.patch("/api/admin/users/rad", json={"disabled": True}, headers=admin)
     assert patched.status == 200 and (await patched.json())["disabled"] is True
@@ -251,8 +258,9 @@ async def test_modality_allow_list_api(client):
     admin = await bearer(client, "boss")
     empty = await (await client.get("/api/admin/modalities", headers=admin)).json()
     assert empty == {"items": [], "open": True}
-    added = await client.post("/api/admin/modalities", headers=admin,
-                              json={"ae_title": "CT_ROOM_1", "host": "192.0.2.10"})  # fmt: skip
+    added = await client.post(
+        "/api/admin/modalities", headers=admin, json={"ae_title": "CT_ROOM_1", "host": "192.0.2.10"}
+    )
     assert added.status == 201
     bad = await client.post("/api/admin/modalities", headers=admin, json={"ae_title": "x\\y"})
     assert bad.status == 400 and "invalid AE title" in (await bad.json())["message"]
@@ -268,7 +276,8 @@ def _ingest_copies(settings, count: int) -> None:
         ds = pydicom.dcmread(CT)
         ds.StudyInstanceUID = f"1.2.826.0.1.3680043.10.1.{n}"
         ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.2.{n}"
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.10.3.{n}"
+        sop = f"1.2.826.0.1.3680043.10.3.{n}"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop
         ds.PatientName = f"Doe^Patient{n:03d}"
         ds.PatientID = f"PID{n:03d}"
         ds.StudyDate = f"2026{(n % 12) + 1:02d}01"
@@ -280,10 +289,12 @@ def _ingest_copies(settings, count: int) -> None:
 async def test_worklist_searches_sorts_and_pages(client, settings):
     _ingest_copies(settings, 30)
     headers = await bearer(client)
-    page = await (await client.get("/api/studies?limit=10&sort=patient_name", headers=headers)).json()
+    resp = await client.get("/api/studies?limit=10&sort=patient_name", headers=headers)
+    page = await resp.json()
     assert page["total"] == 30 and len(page["items"]) == 10
     assert page["items"][0]["patient_name"] == "Doe^Patient000"
-    assert page["items"][0]["progress"] == {"received": 1, "transcoded": 0, "stored": 0, "failed": 0}
+    progress = {"received": 1, "transcoded": 0, "stored": 0, "failed": 0}
+    assert page["items"][0]["progress"] == progress
     assert page["items"][0]["modalities"] == ["CT"] and page["items"][0]["series_count"] == 1
     found = await (await client.get("/api/studies?q=PID017", headers=headers)).json()
     assert [s["patient_id"] for s in found["items"]] == ["PID017"]
@@ -294,8 +305,9 @@ async def test_worklist_searches_sorts_and_pages(client, settings):
 
 
 async def test_invalid_json_body_is_400_json(client):
-    resp = await client.post("/api/auth/login", data=b"{not json",
-                             headers={"Content-Type": "application/json"})  # fmt: skip
+    resp = await client.post(
+        "/api/auth/login", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert resp.status == 400 and (await resp.json())["error"] == "invalid_json"
 
 

@@ -117,6 +117,8 @@ def _print_health(report: dict) -> None:
         details = ", ".join(f"{k}={v}" for k, v in component.items() if k != "status")
         mark = click.style("ok   " if ok else "ERROR", fg="green" if ok else "red")
         click.echo(f"  {mark} {name:<9} {details}")
+    for warning in report.get("warnings", []):
+        click.secho(f"  warning: {warning}", fg="yellow")
 
 
 @click.command()

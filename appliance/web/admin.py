@@ -159,7 +159,7 @@ async def system(request: web.Request) -> web.Response:
     """Health, queue depth and oldest waiting object, free disk, failed ingests."""
     app = request.app
     settings = app[SETTINGS]
-    health = await check_health(settings, app[HTTP], app[QUEUE].huey, app[STARTED_AT])
+    health = await check_health(settings, app[HTTP], app[QUEUE].huey, app[DB], app[STARTED_AT])
     db = app[DB]
     oldest = db.execute(
         "SELECT min(received_at) FROM instances WHERE state IN ('received', 'processing')"

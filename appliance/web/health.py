@@ -6,7 +6,7 @@ from aiohttp import web
 
 from appliance.health import check_health
 from appliance.web.auth import public
-from appliance.web.keys import HTTP, QUEUE, SETTINGS, STARTED_AT
+from appliance.web.keys import DB, HTTP, QUEUE, SETTINGS, STARTED_AT
 
 routes = web.RouteTableDef()
 
@@ -23,5 +23,5 @@ async def live(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     """200 with every component's report when all are ok, 503 naming the failing ones."""
     app = request.app
-    report = await check_health(app[SETTINGS], app[HTTP], app[QUEUE].huey, app[STARTED_AT])
+    report = await check_health(app[SETTINGS], app[HTTP], app[QUEUE].huey, app[DB], app[STARTED_AT])
     return web.json_response(report, status=200 if report["status"] == "ok" else 503)

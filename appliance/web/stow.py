@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 
 import pydicom
@@ -52,7 +53,11 @@ def _response(outcomes: list[PartOutcome], url_root: str) -> web.Response:
         body["00090010"] = {"vr": "LO", "Value": ["NEURONOVA"]}
         body["00091001"] = {"vr": "LT", "Value": ["; ".join(o.reason for o in failed)]}
     status = 200 if not failed else (202 if stored else 409)
-    return web.json_response(body, status=status, content_type="application/dicom+json")
+    return web.Response(
+        body=json.dumps(body).encode(),
+        status=status,
+        headers={"Content-Type": "application/dicom+json"},
+    )
 
 
 async def _read_part(part: BodyPartReader) -> bytes:

@@ -8,8 +8,14 @@ from pathlib import Path
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def configure_logging(level: int = logging.INFO, log_file: Path | None = None) -> None:
-    """Send the appliance's log records to stderr (and ``log_file``)."""
+def configure_logging(
+    level: int = logging.INFO, log_file: Path | None = None, dicom_level: int = logging.CRITICAL
+) -> None:
+    """Send the appliance's log records to stderr (and ``log_file``).
+
+    ``dicom_level`` is pynetdicom's level: its messages matter in the receiver; elsewhere
+    pynetdicom only runs health probes, whose failures the probes report themselves.
+    """
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -19,3 +25,4 @@ def configure_logging(level: int = logging.INFO, log_file: Path | None = None) -
     )
     for noisy in ("aiohttp.access", "huey"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    logging.getLogger("pynetdicom").setLevel(max(level, dicom_level))

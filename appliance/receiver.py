@@ -82,6 +82,7 @@ def handle_requested(event: evt.Event, allow: AllowList) -> None:
         log.warning("rejected association from %s at %s: %s", ae_title, address, reason)
         # rejected-permanent, service-user, calling AE title not recognized
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.kill()  # as pynetdicom does for its own rejections: flush, then close
 
 
 def handle_echo(event: evt.Event) -> int:

@@ -17,7 +17,7 @@ from appliance.lock import HomeLock
 from appliance.nginx import nginx_command, render_nginx_conf
 from appliance.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
 from appliance.probes import probe_http, probe_nginx, probe_orthanc, probe_receiver, probe_worker
-from appliance.supervisor import ChildSpec, Supervisor
+from appliance.supervisor import ChildSpec, Supervisor, reap_leftovers
 
 log = logging.getLogger("neuronova.supervisor")
 
@@ -104,6 +104,7 @@ def run_appliance(settings: Settings) -> None:
     """
     layout = require_initialized(settings)
     with HomeLock(layout.lock_file):
+        reap_leftovers(layout.state_file)
         find_program(NGINX)
         render_orthanc_conf(settings)
         render_nginx_conf(settings)

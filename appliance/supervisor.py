@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.errors import ApplianceError
 from appliance.keys import write_private_file
 
 log = logging.getLogger("neuronova.supervisor")
@@ -44,7 +45,7 @@ class State(enum.Enum):
     FATAL = "FATAL"
 
 
-class StartupError(Exception):
+class StartupError(ApplianceError):
     """A child could not be started; the message names it and says why."""
 
 
@@ -200,6 +201,42 @@ class Child:
             await process.wait()
 
 
+def _last_line(log_file: Path) -> str:
+    """The last line of a child's log, to show with a start-up failure."""
+    try:
+        lines = log_file.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f"\n  last log line: {lines[-1][:300]}" if lines else ""
+
+
+def reap_leftovers(state_file: Path) -> int:
+    """Kill processes left by a run that died without stopping its children.
+
+    Children run in sessions of their own whose ids are their pids, as recorded in the
+    state file; grandchildren (nginx's workers) keep that session id after their parent
+    dies. A state file present at start means the last run did not stop cleanly.
+    """
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return 0
+    sessions = {c["pid"] for c in state.get("children", {}).values() if c.get("pid")}
+    killed = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) in sessions:  # field 6 of /proc/PID/stat: the session id
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+                killed += 1
+    if killed:
+        log.warning("killed %d process(es) left by a run that did not stop cleanly", killed)
+    return killed
+
+
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -232,7 +269,10 @@ class Supervisor:
             self._tasks.append(asyncio.create_task(child.run(), name=child.spec.name))
             await child.settled.wait()
             if child.state is State.FATAL:
-                raise StartupError(f"{child.spec.name} could not be started: {child.last_error}")
+                raise StartupError(
+                    f"{child.spec.name} could not be started: {child.last_error}"
+                    f"{_last_line(child.spec.log_file)}"
+                )
 
     async def stop(self) -> None:
         """Stop the children in reverse order within :data:`STOP_BUDGET` seconds in all."""

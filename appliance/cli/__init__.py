@@ -34,7 +34,17 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from appliance.cli import config_cmd, core, services, tls_cmd, users
+    from appliance.cli import (
+        audit_cmd,
+        config_cmd,
+        core,
+        import_cmd,
+        ingest_cmd,
+        modality_cmd,
+        services,
+        tls_cmd,
+        users,
+    )
 
     for command in (
         core.init,
@@ -45,6 +55,10 @@ def _register() -> None:
         users.user,
         services.service,
         tls_cmd.tls,
+        modality_cmd.modality,
+        import_cmd.import_,
+        ingest_cmd.ingest,
+        audit_cmd.audit,
     ):
         cli.add_command(command)
 

@@ -3,11 +3,13 @@ and what each container runs in the cloud profile)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
 from appliance.cli.options import home_option, settings_from
+from appliance.config import Settings
 from appliance.home import require_initialized
 from appliance.logs import configure_logging
 
@@ -17,8 +19,8 @@ def service() -> None:
     """Run one service alone (`neuronova run` starts all of them for you)."""
 
 
-def _settings(home: Path | None):
-    configure_logging()
+def _settings(home: Path | None, dicom_level: int = logging.CRITICAL) -> Settings:
+    configure_logging(dicom_level=dicom_level)
     settings = settings_from(home)
     require_initialized(settings)
     return settings
@@ -48,4 +50,4 @@ def receiver(home: Path | None) -> None:
     """The DICOM receiver (C-ECHO, C-STORE) on the DICOM port."""
     from appliance.receiver import serve
 
-    serve(_settings(home))
+    serve(_settings(home, dicom_level=logging.WARNING))

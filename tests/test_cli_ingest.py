@@ -416,7 +416,9 @@ def test_import_into_the_running_appliance_waits_until_stored(appliance, tmp_pat
         copy_with_new_uids(TEST_FILES / name, tree / name)
     study, series = generate_uid(), generate_uid()
     for n in range(1, 11):
-        ct_slice(study, series, n).save_as(tree / "series" / f"CT{n:03}.dcm")
+        ct_slice(study, series, n).save_as(
+            tree / "series" / f"CT{n:03}.dcm", enforce_file_format=True
+        )
     (tree / "notes.txt").write_text("not DICOM")
     command = [sys.executable, "-m", "appliance", "import", str(tree)]
     command += ["--home", str(appliance.settings.home)]

@@ -8,6 +8,7 @@ ingest pipeline.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -26,7 +27,7 @@ from appliance.gateway import (
 from appliance.layout import HomeLayout
 from appliance.web.auth import STAFF, Identity, identity, reject, requires
 from appliance.web.errors import ApiError
-from appliance.web.keys import SETTINGS
+from appliance.web.keys import DB, SETTINGS
 from appliance.web.stow import store_instances
 
 routes = web.RouteTableDef()
@@ -56,6 +57,11 @@ def _prepared_file(request: web.Request, target: Target) -> str | None:
         if not accepts_stored_frames(request.headers.get("Accept", "")):
             return None
         uri = frame_file_redirect(target)
+    elif target.resource == "series" and target.action in ("rendered", "thumbnail"):
+        sop = _first_instance(request, target.series or "")
+        if sop is None:
+            return None
+        uri = image_file_redirect(replace(target, instance=sop), target.action)
     elif target.resource == "instances" and (
         target.action in ("rendered", "thumbnail")
         or (target.action == "frames" and target.frames == (1,) and target.frame_action)
@@ -65,6 +71,16 @@ def _prepared_file(request: web.Request, target: Target) -> str | None:
         return None
     frames_dir = HomeLayout(request.app[SETTINGS].home).frames_dir
     return uri if os.path.exists(frames_dir / uri.removeprefix("/internal-frames/")) else None
+
+
+def _first_instance(request: web.Request, series_uid: str) -> str | None:
+    """The instance whose picture stands for its series (the first one received)."""
+    rows = (
+        request.app[DB]
+        .execute("SELECT first_sop FROM series WHERE series_uid = ?", [series_uid])
+        .fetchone()
+    )
+    return rows[0] if rows else None
 
 
 def accel(uri: str, accept: str = "") -> web.Response:

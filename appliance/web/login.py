@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -147,3 +148,19 @@ async def me(request: web.Request) -> web.Response:
     if claims.is_share:
         body["study_uid"] = claims.study
     return web.json_response(body)
+
+
+@routes.get("/api/auth/check")
+@requires(*STAFF, shares=True)
+async def check(request: web.Request) -> web.Response:
+    """204 for a valid session or share cookie; nginx's ``auth_request`` for the viewer."""
+    return web.Response(status=204)
+
+
+@routes.get("/api/auth/login-redirect")
+@public
+async def login_redirect(request: web.Request) -> web.Response:
+    """Send a browser that opened the viewer without a session to the login page and back."""
+    original = request.headers.get("X-Original-URI", "/")
+    target = original if original.startswith("/pacs-viewer/") else "/"
+    raise web.HTTPFound(f"/login?next={quote(target, safe='')}")

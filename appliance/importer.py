@@ -273,7 +273,7 @@ class Importer:
         try:
             self.ingest.accept(data, ds, source=SOURCE)
         except (SpoolFull, OSError, sqlite3.Error) as exc:
-            self.report.stopped = f"the data home cannot take more objects: {exc}"
+            self.report.stopped = f"could not write to the data home: {exc}"
             return False
         except ValueError as exc:
             self._fail(path, str(exc))

@@ -93,14 +93,7 @@ def _add_counts(db: sqlite_utils.Database, studies: list[dict[str, Any]]) -> Non
         uids,
     )
     for study_uid, state, action, count in states.fetchall():
-        progress = by_study[study_uid]["progress"]
-        progress["received"] += count
-        if state == "stored":
-            progress["stored"] += count
-            if action == "transcoded":
-                progress["transcoded"] += count
-        elif state == "failed":
-            progress["failed"] += count
+        _count(by_study[study_uid]["progress"], state, action, count)
     series = db.execute(
         f"SELECT study_uid, count(*) FROM series WHERE study_uid IN ({marks}) GROUP BY study_uid",
         uids,
@@ -124,3 +117,37 @@ def _item(study: dict[str, Any]) -> dict[str, Any]:
         "received_at": study["received_at"],
         "updated_at": study["updated_at"],
     }
+
+
+def series_progress(db: sqlite_utils.Database, study_uid: str) -> list[dict[str, Any]]:
+    """Each series of a study with its ingest progress and first/last timestamps."""
+    series = {
+        uid: {"series_uid": uid, "modality": modality, "description": description,
+              "number": number, "first_received_at": first, "last_updated_at": last,
+              "progress": {"received": 0, "transcoded": 0, "stored": 0, "failed": 0}}
+        for uid, modality, description, number, first, last in db.execute(
+            "SELECT s.series_uid, s.modality, s.description, s.number, min(i.received_at), "
+            "max(i.updated_at) FROM series s LEFT JOIN instances i USING (series_uid) "
+            "WHERE s.study_uid = ? GROUP BY s.series_uid ORDER BY s.number, s.series_uid",
+            [study_uid],
+        ).fetchall()
+    }  # fmt: skip
+    counts = db.execute(
+        "SELECT series_uid, state, action, count(*) FROM instances WHERE study_uid = ? "
+        "GROUP BY series_uid, state, action",
+        [study_uid],
+    )
+    for uid, state, action, count in counts.fetchall():
+        if uid in series:
+            _count(series[uid]["progress"], state, action, count)
+    return list(series.values())
+
+
+def _count(progress: dict[str, int], state: str, action: str | None, count: int) -> None:
+    progress["received"] += count
+    if state == "stored":
+        progress["stored"] += count
+        if action == "transcoded":
+            progress["transcoded"] += count
+    elif state == "failed":
+        progress["failed"] += count

@@ -367,7 +367,7 @@ def test_import_stops_early_when_the_disk_is_full(
     monkeypatch.setenv("NEURONOVA_DICOM_MIN_FREE_MB", str(10**9))
     result = invoke(runner, home, "import", str(tree), "--no-wait")
     assert result.exit_code == 1
-    assert "Error: the import stopped early: the data home cannot take more objects:" in (
+    assert "Error: the import stopped early: could not write to the data home: less than" in (
         result.output
     )
     assert "Free disk space in" in result.output and "run the same import again" in result.output

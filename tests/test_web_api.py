@@ -316,3 +316,14 @@ async def test_audit_is_readable_by_admins(client):
     resp = await client.get("/api/admin/audit?limit=5", headers=await bearer(client, "boss"))
     events = [row["event"] for row in (await resp.json())["items"]]
     assert "login_failed" in events and "login_ok" in events
+
+
+async def test_series_progress_of_a_study(client, settings):
+    _ingest_copies(settings, 1)
+    headers = await bearer(client)
+    resp = await client.get("/api/studies/1.2.826.0.1.3680043.10.1.0/series", headers=headers)
+    (series,) = (await resp.json())["items"]
+    assert series["series_uid"] == "1.2.826.0.1.3680043.10.2.0"
+    assert series["progress"]["received"] == 1 and series["first_received_at"]
+    bad = await client.get("/api/studies/x'--/series", headers=headers)
+    assert bad.status == 400

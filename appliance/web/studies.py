@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from appliance.gateway import UID_RE
 from appliance.web.auth import STAFF, requires
 from appliance.web.errors import ApiError
 from appliance.web.keys import DB
-from appliance.worklist import WorklistQuery, WorklistQueryError, search_studies
+from appliance.worklist import WorklistQuery, WorklistQueryError, search_studies, series_progress
 
 routes = web.RouteTableDef()
 
@@ -37,3 +38,13 @@ async def studies(request: web.Request) -> web.Response:
         return web.json_response(search_studies(request.app[DB], query))
     except WorklistQueryError as exc:
         raise ApiError(400, "invalid_query", str(exc)) from None
+
+
+@routes.get("/api/studies/{study_uid}/series")
+@requires(*STAFF)
+async def series(request: web.Request) -> web.Response:
+    """The series of one study with their ingest progress."""
+    study_uid = request.match_info["study_uid"]
+    if len(study_uid) > 64 or not UID_RE.match(study_uid):
+        raise ApiError(400, "invalid_query", "Not a valid StudyInstanceUID.")
+    return web.json_response({"items": series_progress(request.app[DB], study_uid)})

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
+
+from appliance.durable import write_atomic
 
 SECRET_MODE = 0o600
 
 
 def write_private_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically with mode 0600."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, SECRET_MODE)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, SECRET_MODE)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=SECRET_MODE)
 
 
 def load_or_create_secret(path: Path, nbytes: int = 32) -> str:

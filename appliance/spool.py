@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import uuid
 from pathlib import Path
+
+from appliance.durable import fsync_dir, write_atomic
 
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MIN_FREE_BYTES = 512 * 1024**2
@@ -14,15 +15,6 @@ MIN_FREE_BYTES = 512 * 1024**2
 
 class SpoolFull(Exception):
     """Not enough free disk space to accept more objects."""
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -48,16 +40,7 @@ class Spool:
         if self.free_bytes() - len(data) < self.min_free:
             raise SpoolFull(f"less than {self.min_free // 1024**2} MiB free in {self.root}")
         final = self.root / f"{sop_uid}.{uuid.uuid4().hex[:12]}.dcm"
-        partial = self.root / "incoming" / final.name
-        try:
-            with open(partial, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(partial, final)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        write_atomic(final, data, temp_dir=self.root / "incoming")
         fsync_dir(self.root)
         return final
 

@@ -64,10 +64,17 @@ class Since(click.ParamType):
     default=None,
     help="Only events since then: 30m, 1h, 2d or an ISO time (UTC unless an offset is given).",
 )
-@click.option("--event", type=click.Choice(EVENTS), default=None, help="Only events of this kind.")
+@click.option(
+    "--event",
+    type=click.Choice(EVENTS),
+    metavar="NAME",
+    default=None,
+    help=f"Only events of this kind: {', '.join(EVENTS)}.",
+)
 @click.option(
     "--limit",
     type=click.IntRange(1, 10000),
+    metavar="N",
     default=50,
     show_default=True,
     help="At most this many events.",

@@ -84,6 +84,7 @@ def _time(iso: str | None) -> str:
 @click.option(
     "--limit",
     type=click.IntRange(1, 10000),
+    metavar="N",
     default=20,
     show_default=True,
     help="Show at most this many studies, most recently active first.",

@@ -27,6 +27,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, get_decoder
 
+from appliance.durable import fsync_dir, write_atomic
 from appliance.transcode.codec import frame_transfer_syntax
 
 log = logging.getLogger("neuronova.transcode.frames")
@@ -140,7 +141,7 @@ def write_instance_files(
     for n, data in enumerate(frames, start=1):
         if _DELIMITER in data:
             raise ValueError(f"{ds.SOPInstanceUID}: frame {n} contains the multipart boundary")
-        _write_atomic(frames_dir / str(n), head, data, _TAIL)
+        write_atomic(frames_dir / str(n), head, data, _TAIL)
     _remove_frames_after(frames_dir, len(frames))
     if frames:
         _write_jpegs(directory, ds, transfer_syntax, pixels)
@@ -188,22 +189,6 @@ def _part_head(transfer_syntax: str) -> bytes:
     ).encode("ascii")
 
 
-def _write_atomic(path: Path, *parts: bytes) -> None:
-    """Write ``parts`` to ``path`` through a fsynced temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for part in parts:
-                fh.write(part)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _remove_frames_after(frames_dir: Path, count: int) -> None:
     """Remove frame files numbered above ``count`` (left by an earlier version)."""
     for entry in frames_dir.iterdir():
@@ -213,11 +198,7 @@ def _remove_frames_after(frames_dir: Path, count: int) -> None:
 
 def _fsync_dirs(directories: Iterable[Path]) -> None:
     for directory in directories:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(directory)
 
 
 def _write_jpegs(
@@ -231,8 +212,8 @@ def _write_jpegs(
     else:
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     image = render(ds, pixels, photometric)
-    _write_atomic(directory / RENDERED_NAME, _jpeg(image))
-    _write_atomic(directory / THUMBNAIL_NAME, _jpeg(thumbnail(image, THUMBNAIL_SIZE)))
+    write_atomic(directory / RENDERED_NAME, _jpeg(image))
+    write_atomic(directory / THUMBNAIL_NAME, _jpeg(thumbnail(image, THUMBNAIL_SIZE)))
 
 
 def _decode_first_frame(ds: Dataset, transfer_syntax: str) -> tuple[np.ndarray, str] | None:

@@ -63,7 +63,10 @@ def run(home: Path | None, verbose: bool, **network: object) -> None:
     configure_logging(
         logging.DEBUG if verbose else logging.INFO, settings.home / "logs" / "neuronova.log"
     )
-    click.echo(f"Web:   http://{settings.probe_host}:{settings.http_port}/")
+    click.echo(
+        f"Web:   http://{settings.probe_host}:{settings.http_port}/  and  "
+        f"https://{settings.probe_host}:{settings.https_port}/"
+    )
     click.echo(f"DICOM: AE title {settings.ae_title}, port {settings.dicom_port}")
     run_appliance(settings)
 

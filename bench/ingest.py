@@ -1,0 +1,453 @@
+"""Benchmark ingest: storescu into the appliance vs into Orthanc's own C-STORE server, and
+the pipeline's per-frame HTJ2K cost vs bare encoders.
+
+Usage: ``python bench/ingest.py [--slices 300] [--out bench/results/ingest.json]
+[--codec-json bench/results/codec.json]``
+
+Goal (issue, verbatim): "a 300-slice 512x512 16-bit CT series pushed with storescu (a)
+into the appliance, timing both the C-STORE phase and the moment every instance is stored
+as HTJ2K in Orthanc, (b) straight into Orthanc's own C-STORE server (the reference); and
+the pipeline's per-frame HTJ2K cost vs bare imagecodecs.htj2k_encode, vs ojph_compress
+(Debian openjph-tools) and vs J2K lossless, on the same pixels. Goals: C-STORE phase at
+least 4x faster than Orthanc's own; everything viewable as HTJ2K in at most 0.5x the time
+Orthanc's own server needs to store the raw series; per-frame pipeline cost within 2x of
+the bare encode; size within 6% of J2K lossless. Report every figure and the compression
+ratio."
+
+Order: (b) first (a bench-only Orthanc with its own configuration in a temporary
+directory), then (a) (the real appliance, ``python -m appliance run``, in a fresh
+temporary home), then the per-frame codec figures (``bench/codec.py``'s ``run`` on the
+same pixels: same generator, same seed) with nothing else running. The same Part 10
+files are sent to both servers by dcmtk's storescu, in one association each. Everything
+is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import imagecodecs
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from appliance.gateway import HTJ2K_LOSSLESS
+from bench import codec
+from bench.frames import ACCEPT, split_multipart
+from bench.harness import (
+    DCMTK_STORESCU,
+    LOOPBACK,
+    REPO,
+    Appliance,
+    free_port,
+    http,
+    machine,
+    markdown_table,
+    running,
+    stop_process,
+    verdict,
+    wait_for,
+    write_results,
+)
+from bench.synthetic import Series, make_slices, write_series
+
+ORTHANC = Path("/usr/sbin/Orthanc")
+ORTHANC_AET = "ORTHANC"
+STORE_TIMEOUT = 600.0
+POLL = 0.05
+GOAL_CSTORE_SPEEDUP = 4.0
+GOAL_VIEWABLE_RATIO = 0.5
+QIDO_ACCEPT = "application/dicom+json"
+
+
+class ReferenceOrthanc:
+    """A bench-only Orthanc: its own DICOM server on a free port, storage in ``workdir``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.user, self.password = "bench", secrets.token_urlsafe(18)
+        self.process: subprocess.Popen | None = None
+
+    def config(self) -> dict[str, Any]:
+        """Debian's defaults except what a private, loopback-only instance needs."""
+        return {
+            "Name": "bench-reference",
+            "StorageDirectory": str(self.dir / "storage"),
+            "IndexDirectory": str(self.dir / "index"),
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {self.user: self.password},
+            "DicomServerEnabled": True,
+            "DicomAet": ORTHANC_AET,
+            "DicomPort": self.dicom_port,
+            "DicomModalities": {},
+            "DicomCheckCalledAet": False,
+            "UnknownSopClassAccepted": True,
+            "Plugins": [],
+            "Locale": "C.UTF-8",
+        }
+
+    @property
+    def auth(self) -> dict[str, str]:
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def rest(self, path: str) -> Any:
+        """GET a JSON resource of Orthanc's REST API."""
+        status, _, body = http(f"http://{LOOPBACK}:{self.http_port}{path}", headers=self.auth)
+        if status != 200:
+            raise RuntimeError(f"Orthanc {path}: HTTP {status}")
+        return json.loads(body)
+
+    def start(self) -> ReferenceOrthanc:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "orthanc.json"
+        conf.write_text(json.dumps(self.config(), indent=2))
+        conf.chmod(0o600)
+        with open(self.dir / "orthanc.log", "ab") as log:
+            self.process = subprocess.Popen([str(ORTHANC), str(conf)], stdout=log,
+                                            stderr=subprocess.STDOUT)  # fmt: skip
+        wait_for(self._ready, 60, "the reference Orthanc")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"Orthanc exited; see {self.dir / 'orthanc.log'}")
+        try:
+            return bool(self.rest("/system"))
+        except (OSError, RuntimeError):
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout=20)
+
+
+def storescu_popen(series: Series, port: int, called_ae: str) -> subprocess.Popen:
+    """Start dcmtk's storescu sending every file of ``series`` in one association."""
+    command = [str(DCMTK_STORESCU), "-aet", "BENCHSCU", "-aec", called_ae, "-to", "60",
+               LOOPBACK, str(port), *map(str, series.files)]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_storescu(process: subprocess.Popen) -> None:
+    """Wait for storescu and fail loudly if it reported an error."""
+    _, err = process.communicate(timeout=STORE_TIMEOUT)
+    if process.returncode != 0 or "E:" in err:
+        raise RuntimeError(f"storescu failed ({process.returncode}): {err[-2000:]}")
+
+
+def bench_orthanc(series: Series, workdir: Path) -> dict[str, Any]:
+    """(b): push the series into Orthanc's own C-STORE server; time it; count what it has."""
+    orthanc = ReferenceOrthanc(workdir).start()
+    try:
+        start = time.perf_counter()
+        process = storescu_popen(series, orthanc.dicom_port, ORTHANC_AET)
+        finish_storescu(process)
+        seconds = time.perf_counter() - start
+        stats = orthanc.rest("/statistics")
+        if stats["CountInstances"] != len(series.files):
+            raise RuntimeError(f"Orthanc holds {stats['CountInstances']} instances")
+        version = orthanc.rest("/system")["Version"]
+    finally:
+        orthanc.stop()
+    return {
+        "cstore_s": round(seconds, 3),
+        "instances": stats["CountInstances"],
+        "disk_size_bytes": int(stats["TotalDiskSize"]),
+        "orthanc_version": version,
+        "config": {k: v for k, v in orthanc.config().items() if k != "RegisteredUsers"},
+    }
+
+
+class Clock:
+    """Seconds since the push started, and the first moment each event was seen."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.events: dict[str, float] = {}
+
+    def now(self) -> float:
+        return time.perf_counter() - self.start
+
+    def mark(self, name: str) -> None:
+        self.events.setdefault(name, round(self.now(), 3))
+
+
+def qido_count(appliance: Appliance, series: Series, token: str) -> int:
+    """How many instances of the series the appliance's DICOMweb (Orthanc behind) lists."""
+    url = (f"{appliance.url}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
+           f"{series.series_uid}/instances")  # fmt: skip
+    status, _, body = http(url, headers={"Authorization": f"Bearer {token}",
+                                         "Accept": QIDO_ACCEPT})  # fmt: skip
+    if status == 204:
+        return 0
+    if status != 200:
+        raise RuntimeError(f"QIDO-RS answered HTTP {status}: {body[:200]!r}")
+    return len(json.loads(body)) if body.strip() else 0
+
+
+def _watch_exit(process: subprocess.Popen, clock: Clock) -> threading.Thread:
+    """Mark ``cstore_done`` the moment storescu exits (not at the next poll)."""
+
+    def wait() -> None:
+        process.wait()
+        clock.mark("cstore_done")
+
+    thread = threading.Thread(target=wait, daemon=True, name="storescu-wait")
+    thread.start()
+    return thread
+
+
+def push_and_watch(appliance: Appliance, series: Series, token: str) -> dict[str, Any]:
+    """Push with storescu while polling the journal; then confirm through QIDO-RS."""
+    count, clock = len(series.files), Clock()
+    process = storescu_popen(series, appliance.settings.dicom_port, appliance.settings.ae_title)
+    waiter = _watch_exit(process, clock)
+    backlog = None
+    deadline = time.monotonic() + STORE_TIMEOUT
+    while time.monotonic() < deadline:
+        pushed = not waiter.is_alive()
+        states = appliance.journal_states()
+        if states.get("failed"):
+            raise RuntimeError(f"ingest failed for some instances: {states}")
+        if pushed and backlog is None:
+            finish_storescu(process)
+            backlog = count - states.get("stored", 0)
+        if states.get("stored", 0) == count:
+            clock.mark("journal_all_stored")
+            if pushed:
+                break
+        time.sleep(POLL)
+    else:
+        raise TimeoutError(f"not every instance was stored within {STORE_TIMEOUT:.0f} s")
+    wait_for(lambda: qido_count(appliance, series, token) == count, 60, "QIDO-RS to list all")
+    clock.mark("qido_all_listed")
+    return {**clock.events, "not_yet_stored_when_cstore_done": backlog}
+
+
+def check_journal(appliance: Appliance, count: int) -> dict[str, Any]:
+    """Every instance stored as HTJ2K lossless (ts_out) and transcoded; sizes in and out."""
+    rows = appliance.journal_rows("state, ts_out, action, size_in, size_out")
+    wrong = [r for r in rows if r[0] != "stored" or r[1] != HTJ2K_LOSSLESS or r[2] != "transcoded"]
+    if len(rows) != count or wrong:
+        raise RuntimeError(f"{len(rows)} journal rows, {len(wrong)} not HTJ2K: {wrong[:3]}")
+    size_in, size_out = sum(r[3] for r in rows), sum(r[4] for r in rows)
+    return {
+        "instances_stored_htj2k": len(rows),
+        "ts_out": HTJ2K_LOSSLESS,
+        "size_in_bytes": size_in,
+        "size_out_bytes": size_out,
+        "file_ratio_in_over_out": round(size_in / size_out, 3),
+    }
+
+
+def check_frames(appliance: Appliance, series: Series, slices: list[np.ndarray], token: str):
+    """Frames of the first, middle and last instance decode to exactly the sent pixels."""
+    checked = []
+    for index in sorted({0, len(slices) // 2, len(slices) - 1}):
+        url = (f"{appliance.url}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
+               f"{series.series_uid}/instances/{series.sop_uids[index]}/frames/1")  # fmt: skip
+        status, headers, body = http(url, headers={"Authorization": f"Bearer {token}",
+                                                   "Accept": ACCEPT})  # fmt: skip
+        part_type, frame = split_multipart(headers.get("Content-Type", ""), body)
+        ok = status == 200 and HTJ2K_LOSSLESS in part_type
+        if not ok or not np.array_equal(imagecodecs.htj2k_decode(frame), slices[index]):
+            raise RuntimeError(f"frame of instance {index} is not the pixels sent ({status})")
+        checked.append(index)
+    return {"instances_checked": checked, "pixels_identical": True}
+
+
+def bench_appliance(series: Series, slices: list[np.ndarray], home: Path) -> dict[str, Any]:
+    """(a): push the series into the appliance and time C-STORE and stored-as-HTJ2K."""
+    appliance = Appliance.create(home)
+    with running(appliance):
+        token = appliance.login()
+        times = push_and_watch(appliance, series, token)
+        journal = check_journal(appliance, len(series.files))
+        frames = check_frames(appliance, series, slices, token)
+    return {
+        "cstore_s": times["cstore_done"],
+        "all_stored_htj2k_s": times["journal_all_stored"],
+        "all_listed_by_qido_s": times["qido_all_listed"],
+        "not_yet_stored_when_cstore_done": times["not_yet_stored_when_cstore_done"],
+        "workers": appliance.settings.workers,
+        "journal": journal,
+        "frames": frames,
+    }
+
+
+def codec_figures(count: int, reuse: Path | None) -> dict[str, Any]:
+    """bench/codec.py's figures on the same pixels: run now, or reuse a result file.
+
+    ``codec.run(count)`` makes its slices with bench/synthetic.py's ``phantom`` and the
+    same seed and order as :func:`~bench.synthetic.make_slices`: the pixels sent here.
+    """
+    if reuse is not None and reuse.exists():
+        data = json.loads(reuse.read_text())
+        if data["setup"]["slices"] == count:
+            data["source"] = f"reused {reuse}"
+            return data
+        print(f"{reuse} is for {data['setup']['slices']} slices; measuring again")
+    data = codec.run(count)
+    data["source"] = "measured by bench/ingest.py with bench/codec.py's run()"
+    return data
+
+
+def goals(orthanc: dict, appliance: dict, codec_data: dict) -> dict[str, Any]:
+    """The four goals, with their figures."""
+    speedup = orthanc["cstore_s"] / appliance["cstore_s"]
+    viewable = max(appliance["all_stored_htj2k_s"], appliance["all_listed_by_qido_s"])
+    ratios = codec_data["ratios"]
+    return {
+        "cstore_speedup_vs_orthanc": round(speedup, 2),
+        "cstore_at_least_4x_faster": speedup >= GOAL_CSTORE_SPEEDUP,
+        "viewable_over_orthanc_store": round(viewable / orthanc["cstore_s"], 3),
+        "viewable_within_half_of_orthanc": viewable <= GOAL_VIEWABLE_RATIO * orthanc["cstore_s"],
+        "pipeline_over_bare_encode": ratios["pipeline_over_bare_encode"],
+        "pipeline_within_2x_bare_encode": codec_data["goals"]["pipeline_within_2x_bare_encode"],
+        "size_htj2k_over_j2k": ratios["size_htj2k_over_j2k"],
+        "size_within_6pct_of_j2k": codec_data["goals"]["htj2k_size_within_6pct_of_j2k"],
+    }
+
+
+def _codec_rows(codec_data: dict) -> list[list[object]]:
+    per_frame = codec_data["per_frame"]
+    ojph, ojph_raw = per_frame["c_ojph_compress"], per_frame["c_ojph_compress_signed_raw"]
+    rows = [
+        ("pipeline transcode_to_htj2k (decode+encode+verify+dataset)", per_frame["a_pipeline"]),
+        ("pipeline, multi-frame dataset", per_frame["a_pipeline_multiframe"]),
+        ("bare imagecodecs.htj2k_encode", per_frame["b_htj2k_encode_bare"]),
+        ("ojph_compress (PGM), time it reports", ojph["reported_by_tool"]),
+        ("ojph_compress (PGM), wall minus start-up", ojph["wall_minus_startup"]),
+        ("ojph_compress (signed raw), time it reports", ojph_raw["reported_by_tool"]),
+        ("J2K lossless, OpenJPEG 1 thread", per_frame["d_j2k_lossless_openjpeg"]),
+    ]
+    return [[name, f"{r['median_ms']:.2f}", f"{r['p95_ms']:.2f}"] for name, r in rows]
+
+
+def _size_rows(codec_data: dict, slices: int) -> list[list[object]]:
+    sizes = codec_data["size_bytes"]
+    names = {"htj2k": "HTJ2K (pipeline)", "ojph_compress": "ojph_compress (PGM)",
+             "ojph_compress_signed_raw": "ojph_compress (signed raw)",
+             "j2k_lossless": "J2K lossless (OpenJPEG)"}  # fmt: skip
+    rows = [["raw", f"{sizes['raw'] / slices:.0f}", "1.000"]]
+    for key, name in names.items():
+        rows.append([name, f"{sizes[key] / slices:.0f}", f"{sizes['raw'] / sizes[key]:.3f}"])
+    return rows
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The readable tables."""
+    o, a, g, c = results["orthanc"], results["appliance"], results["goals"], results["codec"]
+    m, n = results["machine"], results["setup"]["slices"]
+    push = markdown_table(["", "seconds", "per instance ms"], [
+        ["(b) storescu -> Orthanc's own C-STORE (raw, stored)", f"{o['cstore_s']:.2f}",
+         f"{1e3 * o['cstore_s'] / n:.1f}"],
+        ["(a) storescu -> appliance, C-STORE phase", f"{a['cstore_s']:.2f}",
+         f"{1e3 * a['cstore_s'] / n:.1f}"],
+        ["(a) every instance stored as HTJ2K in Orthanc (journal)",
+         f"{a['all_stored_htj2k_s']:.2f}", f"{1e3 * a['all_stored_htj2k_s'] / n:.1f}"],
+        ["(a) every instance listed by QIDO-RS through the gateway",
+         f"{a['all_listed_by_qido_s']:.2f}", f"{1e3 * a['all_listed_by_qido_s'] / n:.1f}"],
+    ])  # fmt: skip
+    goal_table = markdown_table(["goal", "figure", "verdict"], [
+        ["C-STORE >= 4x faster than Orthanc's", f"{g['cstore_speedup_vs_orthanc']:.2f}x",
+         verdict(g["cstore_at_least_4x_faster"])],
+        ["viewable as HTJ2K <= 0.5x Orthanc's store time",
+         f"{g['viewable_over_orthanc_store']:.3f}x", verdict(g["viewable_within_half_of_orthanc"])],
+        ["per-frame pipeline <= 2x bare encode", f"{g['pipeline_over_bare_encode']:.3f}x",
+         verdict(g["pipeline_within_2x_bare_encode"])],
+        ["size <= 1.06x J2K lossless", f"{g['size_htj2k_over_j2k']:.4f}x",
+         verdict(g["size_within_6pct_of_j2k"])],
+    ])  # fmt: skip
+    journal = a["journal"]
+    return "\n".join([
+        f"# Ingest benchmark ({n} x 512x512 int16 CT slices, "
+        f"{results['setup']['series_bytes'] / 1e6:.0f} MB of Part 10 files)", "",
+        f"Machine: {m['nproc']} CPUs, {m['cpu_model']}; {o['orthanc_version']} Orthanc; "
+        f"{m['storescu']}. Order: {results['setup']['order']}. Appliance workers: "
+        f"{a['workers']}; {a['not_yet_stored_when_cstore_done']} instances were not yet "
+        "stored when storescu finished.", "",
+        push, "",
+        f"Journal: {journal['instances_stored_htj2k']} instances stored with ts_out "
+        f"{journal['ts_out']}; Part 10 files {journal['size_in_bytes'] / 1e6:.1f} MB in, "
+        f"{journal['size_out_bytes'] / 1e6:.1f} MB stored (x{journal['file_ratio_in_over_out']}). "
+        f"Frames of instances {a['frames']['instances_checked']} fetched through the gateway "
+        "decode to exactly the pixels sent.", "",
+        f"Per frame ({c['source']}):", "",
+        markdown_table(["", "median ms", "p95 ms"], _codec_rows(c)), "",
+        markdown_table(["size", "bytes/frame", "compression ratio"], _size_rows(c, n)), "",
+        goal_table,
+    ])  # fmt: skip
+
+
+def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Run (b), then (a), then the codec figures; return every figure."""
+    slices = make_slices(args.slices)
+    series = write_series(workdir / "series", slices)
+    print(f"wrote {args.slices} files, {series.total_bytes / 1e6:.0f} MB", flush=True)
+    orthanc = bench_orthanc(series, workdir / "orthanc")
+    print(f"(b) Orthanc's own C-STORE: {orthanc['cstore_s']:.2f} s", flush=True)
+    appliance = bench_appliance(series, slices, workdir / "home")
+    print(f"(a) appliance: C-STORE {appliance['cstore_s']:.2f} s, all stored as HTJ2K "
+          f"{appliance['all_stored_htj2k_s']:.2f} s", flush=True)  # fmt: skip
+    codec_data = codec_figures(args.slices, args.codec_json)
+    return {
+        "setup": {
+            "slices": args.slices,
+            "series_bytes": series.total_bytes,
+            "pixels_sha256": series.pixels_sha256,
+            "transfer_syntax_sent": "1.2.840.10008.1.2.1 (Explicit VR Little Endian)",
+            "order": "(b) Orthanc first, then (a) the appliance, then the codec figures",
+        },
+        "machine": machine(),
+        "orthanc": orthanc,
+        "appliance": appliance,
+        "codec": codec_data,
+        "goals": goals(orthanc, appliance, codec_data),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, write the JSON and markdown files and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ingest.json")
+    parser.add_argument(
+        "--codec-json", type=Path, help="reuse bench/codec.py's result file if it has --slices"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if not 2 <= args.slices <= 2000:
+        parser.error("--slices must be between 2 and 2000")
+    workdir = Path(tempfile.mkdtemp(prefix="nn-bench-ingest-"))
+    try:
+        results = bench(args, workdir)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    write_results(args.out, results, render_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

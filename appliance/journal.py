@@ -20,6 +20,7 @@ import sqlite_utils
 from pydicom import Dataset
 
 from appliance.db import open_database
+from appliance.spool import UID_RE
 from appliance.users import now_iso
 
 RECEIVED, PROCESSING, STORED, FAILED = "received", "processing", "stored", "failed"
@@ -48,6 +49,9 @@ def describe(ds: Dataset) -> Received:
     missing = [k for k, v in uids.items() if not v]
     if missing:
         raise ValueError(f"the object has no {', '.join(missing)}")
+    invalid = [k for k, v in uids.items() if len(v) > 64 or not UID_RE.match(v)]
+    if invalid:
+        raise ValueError(f"invalid {', '.join(invalid)} (UIDs are digits and dots, at most 64)")
     meta = getattr(ds, "file_meta", Dataset())
     return Received(
         uids["SOPInstanceUID"],
@@ -101,6 +105,7 @@ class Journal:
                     "ts_in": item.transfer_syntax,
                     "error": None,
                     "size_in": size,
+                    **dict.fromkeys(("action", "ts_out", "reason", "size_out", "frames")),
                 },
                 pk="sop_uid",
             )
@@ -147,6 +152,13 @@ class Journal:
             "WHERE sop_uid = ? AND spool_path = ? AND state = ?",
             [PROCESSING, now_iso(), sop_uid, spool_path, RECEIVED],
         )
+
+    def superseded(self, sop_uid: str, spool_path: str) -> bool:
+        """True when a newer copy of this SOP Instance replaced ``spool_path``."""
+        with self._tx() as db:
+            row = db.execute("SELECT spool_path FROM instances WHERE sop_uid = ?", [sop_uid])
+            found = row.fetchone()
+        return found is not None and found[0] != spool_path
 
     def release(self, sop_uid: str, spool_path: str, error: str) -> int:
         """Give the object back for a retry; returns its attempt count."""

@@ -211,7 +211,7 @@ def tool_version(command: Sequence[str]) -> str:
     except OSError:
         return "unknown"
     lines = (done.stdout + done.stderr).strip().splitlines()
-    return lines[0].strip() if lines else "unknown"
+    return lines[0].strip().strip("$").strip() if lines else "unknown"
 
 
 def machine() -> dict[str, Any]:

@@ -54,7 +54,17 @@ class Pipeline:
     def process(self, sop_uid: str, spool_path: str) -> Outcome:
         """Run every step for one spool file; safe to call twice for the same file."""
         if not self.journal.claim(sop_uid, spool_path):
+            if self.journal.superseded(sop_uid, spool_path):
+                Path(spool_path).unlink(missing_ok=True)  # a newer copy of this SOP won
             return Outcome("skipped")
+        try:
+            return self._process_claimed(sop_uid, spool_path)
+        except Exception as exc:  # a bug must leave a visible failure, not a stuck object
+            log.exception("%s: unexpected error", sop_uid)
+            self.journal.fail(sop_uid, spool_path, f"unexpected error: {exc!r}")
+            return Outcome(FAILED)
+
+    def _process_claimed(self, sop_uid: str, spool_path: str) -> Outcome:
         try:
             data = Path(spool_path).read_bytes()
             ds = pydicom.dcmread(io.BytesIO(data))
@@ -111,13 +121,10 @@ def _transcode(ds: pydicom.Dataset) -> TranscodeResult:
     """HTJ2K if possible; otherwise the object as received, with the reason."""
     try:
         return transcode_to_htj2k(ds)
-    except TranscodeError as exc:
-        log.warning("keeping %s as received: %s", ds.get("SOPInstanceUID", "?"), exc)
-        syntax = str(ds.file_meta.TransferSyntaxUID)
+    except Exception as exc:  # a codec failure must not lose the object: keep it as received
+        if isinstance(exc, TranscodeError):
+            log.warning("keeping %s as received: %s", ds.get("SOPInstanceUID", "?"), exc)
+        else:
+            log.exception("unexpected transcoding error")
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
         return TranscodeResult(ds, False, f"transcoding failed: {exc}", syntax, [])
-    except Exception as exc:  # a codec bug must not lose the object: store it as received
-        log.exception("unexpected transcoding error")
-        syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
-        return TranscodeResult(
-            ds, False, f"transcoding error: {exc.__class__.__name__}", syntax, []
-        )

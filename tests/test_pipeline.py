@@ -1,0 +1,74 @@
+"""The pipeline's failure paths on a real home and journal, with Orthanc really absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import free_port
+from pydicom.data import get_testdata_file
+
+from appliance.config import load_settings
+from appliance.home import init_home
+from appliance.ingest import Ingest
+from appliance.journal import Journal
+from appliance.layout import HomeLayout
+from appliance.transcode import pipeline as pipeline_module
+from appliance.transcode.pipeline import Pipeline
+from appliance.transcode.queue import create_queue
+
+
+@pytest.fixture
+def home(tmp_path):
+    settings = load_settings(tmp_path / "home", {"orthanc_port": free_port()}, environ={})
+    init_home(settings)
+    return settings
+
+
+def accept_ct(settings) -> tuple[str, str]:
+    """Spool and journal CT_small the way the receiver does; (sop_uid, spool_path)."""
+    path = Path(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(path)
+    ingest = Ingest(settings, queue=create_queue(settings, immediate=False))
+    ingest.accept(path.read_bytes(), ds, source="test")
+    row = ingest.journal.db["instances"].get(str(ds.SOPInstanceUID))
+    return row["sop_uid"], row["spool_path"]
+
+
+def test_orthanc_down_means_a_retry_with_backoff(home):
+    sop, spool = accept_ct(home)
+    outcome = Pipeline(home).process(sop, spool)
+    assert outcome.state == "retry" and outcome.retry_in == 2.0
+    row = Journal(HomeLayout(home.home).database_file).db["instances"].get(sop)
+    assert row["state"] == "received" and "unreachable" in row["error"]
+    assert Path(spool).exists()  # nothing is lost while Orthanc is away
+    frames = HomeLayout(home.home).frames_dir
+    assert list(frames.rglob("frames/1"))  # frame files are ready before the store
+
+
+def test_too_many_retries_become_a_visible_failure(home, monkeypatch):
+    monkeypatch.setattr(pipeline_module, "MAX_ATTEMPTS", 2)
+    sop, spool = accept_ct(home)
+    pipeline = Pipeline(home)
+    assert pipeline.process(sop, spool).state == "retry"
+    assert pipeline.process(sop, spool).state == "failed"
+    row = pipeline.journal.db["instances"].get(sop)
+    assert row["state"] == "failed" and row["error"].startswith("gave up after 2 attempts")
+    assert Path(spool).exists()  # kept for `neuronova ingest retry`
+
+
+def test_an_older_copy_is_skipped_and_its_spool_file_removed(home):
+    first_sop, first_spool = accept_ct(home)
+    second_sop, second_spool = accept_ct(home)
+    assert first_sop == second_sop and first_spool != second_spool
+    assert Pipeline(home).process(first_sop, first_spool).state == "skipped"
+    assert not Path(first_spool).exists() and Path(second_spool).exists()
+
+
+def test_a_second_task_for_the_same_file_does_nothing(home):
+    sop, spool = accept_ct(home)
+    pipeline = Pipeline(home)
+    assert pipeline.journal.claim(sop, spool)
+    assert pipeline.process(sop, spool).state == "skipped"
+    assert Path(spool).exists()

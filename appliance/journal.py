@@ -62,6 +62,44 @@ def describe(ds: Dataset) -> Received:
     )
 
 
+# Plain SQL on the receiver's hot path: one statement per table, no schema look-ups.
+UPSERT_INSTANCE = """
+INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class, state, source, spool_path,
+                       received_at, updated_at, attempts, ts_in, size_in)
+VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, 0, ?, ?)
+ON CONFLICT (sop_uid) DO UPDATE SET
+    study_uid = excluded.study_uid, series_uid = excluded.series_uid,
+    sop_class = excluded.sop_class, state = 'received', source = excluded.source,
+    spool_path = excluded.spool_path, received_at = excluded.received_at,
+    updated_at = excluded.updated_at, stored_at = NULL, attempts = 0, ts_in = excluded.ts_in,
+    error = NULL, size_in = excluded.size_in, action = NULL, ts_out = NULL, reason = NULL,
+    size_out = NULL, frames = NULL
+"""
+INSERT_SERIES = """
+INSERT OR IGNORE INTO series (series_uid, study_uid, modality, description, number, first_sop)
+VALUES (?, ?, ?, ?, ?, ?)
+"""
+STUDY_KEYWORDS = ("PatientName", "PatientID", "StudyDate", "StudyTime", "StudyDescription",
+                  "AccessionNumber")  # fmt: skip
+UPSERT_STUDY = """
+INSERT INTO studies (study_uid, patient_name, patient_id, study_date, study_time, description,
+                     accession, modalities, received_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (study_uid) DO UPDATE SET
+    patient_name = excluded.patient_name, patient_id = excluded.patient_id,
+    study_date = excluded.study_date, study_time = excluded.study_time,
+    description = excluded.description, accession = excluded.accession,
+    updated_at = excluded.updated_at,
+    modalities = CASE
+        WHEN excluded.modalities = ''
+          OR instr(',' || coalesce(studies.modalities, '') || ',',
+                   ',' || excluded.modalities || ',') > 0
+        THEN studies.modalities
+        ELSE trim(coalesce(studies.modalities, '') || ',' || excluded.modalities, ',')
+    END
+"""
+
+
 class Journal:
     """The journal tables, safe to share between threads (access is serialized)."""
 
@@ -88,62 +126,16 @@ class Journal:
     ) -> None:
         """Journal a durable spool file (a newer copy of a SOP replaces the older one)."""
         now = now_iso()
-        with self._tx() as db:
-            db["instances"].upsert(
-                {
-                    "sop_uid": item.sop_uid,
-                    "study_uid": item.study_uid,
-                    "series_uid": item.series_uid,
-                    "sop_class": item.sop_class,
-                    "state": RECEIVED,
-                    "source": source,
-                    "spool_path": str(spool_path),
-                    "received_at": now,
-                    "updated_at": now,
-                    "stored_at": None,
-                    "attempts": 0,
-                    "ts_in": item.transfer_syntax,
-                    "error": None,
-                    "size_in": size,
-                    **dict.fromkeys(("action", "ts_out", "reason", "size_out", "frames")),
-                },
-                pk="sop_uid",
-            )
-            self._upsert_series_and_study(db, ds, item, now)
-
-    def _upsert_series_and_study(
-        self, db: sqlite_utils.Database, ds: Dataset, item: Received, now: str
-    ) -> None:
         modality = _text(ds, "Modality")
-        if not db["series"].count_where("series_uid = ?", [item.series_uid]):
-            db["series"].insert(
-                {
-                    "series_uid": item.series_uid,
-                    "study_uid": item.study_uid,
-                    "modality": modality,
-                    "description": _text(ds, "SeriesDescription"),
-                    "number": _text(ds, "SeriesNumber"),
-                    "first_sop": item.sop_uid,
-                },
-            )
-        study = {
-            "study_uid": item.study_uid,
-            "patient_name": _text(ds, "PatientName"),
-            "patient_id": _text(ds, "PatientID"),
-            "study_date": _text(ds, "StudyDate"),
-            "study_time": _text(ds, "StudyTime"),
-            "description": _text(ds, "StudyDescription"),
-            "accession": _text(ds, "AccessionNumber"),
-            "updated_at": now,
-        }
-        existing = list(db["studies"].rows_where("study_uid = ?", [item.study_uid]))
-        modalities = (
-            set(filter(None, (existing[0]["modalities"] or "").split(","))) if existing else set()
-        )
-        study["modalities"] = ",".join(sorted(modalities | ({modality} if modality else set())))
-        if not existing:
-            study["received_at"] = now
-        db["studies"].upsert(study, pk="study_uid")
+        instance = [item.sop_uid, item.study_uid, item.series_uid, item.sop_class, source,
+                    str(spool_path), now, now, item.transfer_syntax, size]  # fmt: skip
+        series = [item.series_uid, item.study_uid, modality, _text(ds, "SeriesDescription"),
+                  _text(ds, "SeriesNumber"), item.sop_uid]  # fmt: skip
+        study = [item.study_uid, *(_text(ds, k) for k in STUDY_KEYWORDS), modality, now, now]
+        with self._tx() as db:
+            db.execute(UPSERT_INSTANCE, instance)
+            db.execute(INSERT_SERIES, series)
+            db.execute(UPSERT_STUDY, study)
 
     def claim(self, sop_uid: str, spool_path: str) -> bool:
         """Take the object for processing; False if another copy or worker has it."""

@@ -133,13 +133,13 @@ class SessionStore:
         return self._issue(row["session_id"], user["username"], user["role"])
 
     def active(self, session_id: str) -> dict | None:
-        """The session's row if it is neither revoked nor expired."""
-        rows = list(
-            self.db["sessions"].rows_where(
-                "id = ? AND revoked_at IS NULL AND expires_at > ?", [session_id, now_iso()]
-            )
+        """The session's row if it is neither revoked nor expired (on every request: raw SQL)."""
+        cursor = self.db.conn.execute(
+            "SELECT * FROM sessions WHERE id = ? AND revoked_at IS NULL AND expires_at > ?",
+            [session_id, now_iso()],
         )
-        return rows[0] if rows else None
+        row = cursor.fetchone()
+        return dict(zip([c[0] for c in cursor.description], row, strict=True)) if row else None
 
     def revoke(self, session_id: str, reason: str) -> None:
         """End one session (its access and refresh tokens stop working at once)."""

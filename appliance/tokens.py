@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -20,6 +21,7 @@ AUDIENCE_SHARE = "neuronova-share"
 ACCESS_TTL = 15 * 60
 REQUIRED = ["exp", "iat", "iss", "aud", "jti", "sub"]
 LEEWAY = 5
+CACHE_SIZE = 10_000
 
 
 class TokenError(Exception):
@@ -66,10 +68,17 @@ _ERRORS: list[tuple[type[Exception], str, str]] = [
 
 
 class TokenService:
-    """Issues and verifies tokens with one signing key."""
+    """Issues and verifies tokens with one signing key.
+
+    Verified tokens are remembered (at most :data:`CACHE_SIZE`): the same bytes always
+    verify the same way, so a viewer's hundreds of frame requests with one token pay for
+    the signature check once; expiry is still checked on every use, and revocation is
+    the caller's check of the session.
+    """
 
     def __init__(self, key: str) -> None:
         self._key = key
+        self._verified: OrderedDict[str, Claims] = OrderedDict()
 
     def _encode(self, claims: dict) -> str:
         now = int(time.time())
@@ -107,6 +116,18 @@ class TokenService:
 
     def verify(self, token: str) -> Claims:
         """Verify signature, algorithm, issuer, audience and times; :class:`TokenError` if not."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify_signed(token)
+            self._verified[token] = claims
+            if len(self._verified) > CACHE_SIZE:
+                self._verified.popitem(last=False)
+        elif time.time() > claims.expires_at + LEEWAY:
+            del self._verified[token]
+            raise TokenError("token_expired", "The token has expired; log in again.")
+        return claims
+
+    def _verify_signed(self, token: str) -> Claims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:

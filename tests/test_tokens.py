@@ -110,3 +110,10 @@ def test_issued_in_the_future(tokens):
 @pytest.mark.parametrize("garbage", ["", "abc", "a.b.c", "eyJ.eyJ.", "\x00\x01"])
 def test_garbage(tokens, garbage):
     assert reason(tokens, garbage) == "malformed_token"
+
+
+def test_a_remembered_token_still_expires(tokens, monkeypatch):
+    token, expires_at = tokens.issue_access("dr.a", "radiologist", "s", ttl=60)
+    assert tokens.verify(token).subject == "dr.a"  # now remembered
+    monkeypatch.setattr(time, "time", lambda: expires_at + 3600)
+    assert reason(tokens, token) == "token_expired"

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 from huey import Huey, RedisHuey, SqliteHuey
 from huey.api import TaskWrapper
+from huey.storage import SqliteStorage
 
 from appliance.config import Settings
 from appliance.layout import HomeLayout
 
 QUEUE_NAME = "neuronova"
+
+
+class QueueStorage(SqliteStorage):
+    """SQLite queue storage in WAL mode with ``synchronous=NORMAL``.
+
+    A lost queue entry costs nothing: every object is durable in the spool and the
+    journal, and the worker re-queues what is pending at start. So enqueueing need not
+    wait for an fsync (FULL costs ~3 ms on the receiver's hot path), while NORMAL still
+    keeps the file safe from corruption.
+    """
+
+    def _create_connection(self) -> sqlite3.Connection:
+        conn = super()._create_connection()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+
+class LocalHuey(SqliteHuey):
+    """Huey on :class:`QueueStorage`."""
+
+    storage_class = QueueStorage
 
 
 @dataclass(frozen=True)
@@ -43,7 +66,7 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> Queue:
     else:
         path = HomeLayout(settings.home).queue_file
         path.parent.mkdir(parents=True, exist_ok=True)
-        huey = SqliteHuey(QUEUE_NAME, filename=str(path), immediate=immediate, timeout=30)
+        huey = LocalHuey(QUEUE_NAME, filename=str(path), immediate=immediate, timeout=30)
     from appliance.transcode.tasks import register_tasks
 
     return register_tasks(huey, settings)

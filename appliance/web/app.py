@@ -21,7 +21,17 @@ from appliance.web import admin, dicomweb, health, login, shares, studies
 from appliance.web.auth import auth_middleware
 from appliance.web.errors import error_middleware
 from appliance.web.ingest import PipelineIngest
-from appliance.web.keys import DB, HTTP, INGEST, QUEUE, SESSIONS, SETTINGS, STARTED_AT, TOKENS
+from appliance.web.keys import (
+    DB,
+    FRAMES_DIR,
+    HTTP,
+    INGEST,
+    QUEUE,
+    SESSIONS,
+    SETTINGS,
+    STARTED_AT,
+    TOKENS,
+)
 
 log = logging.getLogger("neuronova.web")
 ROUTE_TABLES = (
@@ -66,6 +76,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[STARTED_AT] = time.time()
+    app[FRAMES_DIR] = str(HomeLayout(settings.home).frames_dir)
     app.cleanup_ctx.extend([database_ctx, http_client_ctx, queue_ctx])
     for table in ROUTE_TABLES:
         app.add_routes(table)

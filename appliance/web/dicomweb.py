@@ -24,10 +24,9 @@ from appliance.gateway import (
     orthanc_redirect,
     parse_path,
 )
-from appliance.layout import HomeLayout
 from appliance.web.auth import STAFF, Identity, identity, reject, requires
 from appliance.web.errors import ApiError
-from appliance.web.keys import DB, SETTINGS
+from appliance.web.keys import DB, FRAMES_DIR
 from appliance.web.stow import store_instances
 
 routes = web.RouteTableDef()
@@ -69,8 +68,8 @@ def _prepared_file(request: web.Request, target: Target) -> str | None:
         uri = image_file_redirect(target, target.frame_action or target.action)
     else:
         return None
-    frames_dir = HomeLayout(request.app[SETTINGS].home).frames_dir
-    return uri if os.path.exists(frames_dir / uri.removeprefix("/internal-frames/")) else None
+    frames_dir = request.app[FRAMES_DIR]
+    return uri if os.path.exists(frames_dir + uri.removeprefix("/internal-frames")) else None
 
 
 def _first_instance(request: web.Request, series_uid: str) -> str | None:

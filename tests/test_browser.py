@@ -1,0 +1,453 @@
+"""The browser end to end: real headless Chromium against the real appliance.
+
+One synthetic CT series is pushed with dcmtk's storescu and ingested (HTJ2K). Then, in
+Chromium: log in through the React login page, find the study on the worklist, open it
+in OHIF and check the picture on screen against the pixels that were sent; the viewer
+behind nginx's ``auth_request`` (login and back); logout cutting the viewer off; the
+worklist at tablet size; the admin system page.
+
+Screenshots go to ``test-artifacts/browser/`` (repository root, git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import imagecodecs
+import numpy as np
+import pytest
+from conftest import Appliance
+
+from appliance.db import open_database
+from appliance.layout import HomeLayout
+from bench.synthetic import INTERCEPT, make_slices, write_series
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless on a machine whose network reaches only package registries.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
+DCMTK_STORESCU = "/usr/bin/storescu"  # the venv's `storescu` is pynetdicom's
+HTJ2K = "1.2.840.10008.1.2.4.201"
+SLICES = 16
+USER = "rad.browser"
+PASSWORD = "browser test password"
+SESSION_COOKIE = "nn_session"
+JWT_RE = re.compile(r"eyJ[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]{10,}")
+DESKTOP = {"width": 1280, "height": 800}
+TABLET = {"width": 820, "height": 1180}
+# The window the series carries (WindowCenter 40, WindowWidth 400), which OHIF applies.
+WINDOW_CENTER, WINDOW_WIDTH = 40.0, 400.0
+GRID = 64  # compare pictures on a 64x64 grid of block means
+MIN_CORRELATION = 0.9
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def cli(appliance: Appliance, *args: str, stdin: str | None = None):
+    command = [sys.executable, "-m", "appliance", *args, "--home", str(appliance.settings.home)]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True,
+                          env=appliance.env, timeout=120)  # fmt: skip
+
+
+def journal_states(appliance: Appliance, sop_uids: list[str]) -> dict[str, str]:
+    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    marks = ",".join("?" for _ in sop_uids)
+    rows = db.execute(f"SELECT sop_uid, state FROM instances WHERE sop_uid IN ({marks})",
+                      list(sop_uids)).fetchall()  # fmt: skip
+    db.close()
+    return dict(rows)
+
+
+@pytest.fixture(scope="module")
+def study(appliance, tmp_path_factory):
+    """(series, slices): a CT series pushed with storescu and stored as HTJ2K."""
+    added = cli(appliance, "user", "add", USER, "--role", "radiologist", "--password-stdin",
+                stdin=PASSWORD + "\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    slices = make_slices(SLICES)
+    series = write_series(tmp_path_factory.mktemp("browser-ct"), slices)
+    sent = subprocess.run(
+        [DCMTK_STORESCU, "-aet", "BROWSERSCU", "-aec", "NEURONOVA", "127.0.0.1",
+         str(appliance.settings.dicom_port), *map(str, series.files)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        states = journal_states(appliance, series.sop_uids)
+        if len(states) == SLICES and set(states.values()) == {"stored"}:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"ingest did not finish: {journal_states(appliance, series.sop_uids)}")
+    return series, slices
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def new_context(browser) -> Iterator[Callable[..., object]]:
+    """Fresh browser contexts (no cookies, no storage); all closed at teardown."""
+    made = []
+
+    def make(viewport: dict[str, int] = DESKTOP):
+        context = browser.new_context(viewport=viewport, device_scale_factor=1)
+        context.set_default_timeout(30_000)
+        made.append(context)
+        return context
+
+    yield make
+    for context in made:
+        context.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Recorder:
+    """Console messages and DICOMweb frame responses of one page, as they happen."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.console: list[str] = []
+        self.frames: list[object] = []
+        page.on("console", lambda message: self.console.append(message.text))
+        page.on("response", self._response)
+
+    def _response(self, response) -> None:
+        if "/api/pacs/dicom-web/" in response.url and "/frames/" in response.url:
+            self.frames.append(response)
+
+    def timings(self) -> dict[str, float]:
+        """OHIF's console timings (``console.timeEnd``): name -> milliseconds."""
+        found = {}
+        for text in self.console:
+            match = re.fullmatch(r"(\w+): ([0-9.]+) ms", text.strip())
+            if match:
+                found[match[1]] = float(match[2])
+        return found
+
+
+def poll(page, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Like conftest's ``wait_for``, but lets playwright deliver page events meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def sign_in(page, username: str, password: str) -> None:
+    page.get_by_test_id("login-username").fill(username)
+    page.get_by_test_id("login-password").fill(password)
+    page.get_by_test_id("login-submit").click()
+
+
+def viewer_path(study_uid: str) -> str:
+    return f"/pacs-viewer/viewer?StudyInstanceUIDs={study_uid}"
+
+
+def expected_views(slices: list[np.ndarray]) -> list[np.ndarray]:
+    """Each slice as the viewer should show it: windowed to 0..1, on the comparison grid."""
+    views = []
+    for pixels in slices:
+        hu = pixels.astype(np.float64) + INTERCEPT
+        low = WINDOW_CENTER - WINDOW_WIDTH / 2
+        views.append(block_means(np.clip((hu - low) / WINDOW_WIDTH, 0.0, 1.0)))
+    return views
+
+
+def block_means(image: np.ndarray) -> np.ndarray:
+    """Downscale a square-ish image to GRID x GRID by averaging blocks (centre crop)."""
+    size = (min(image.shape[:2]) // GRID) * GRID
+    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    square = image[top : top + size, left : left + size]
+    block = size // GRID
+    return square.reshape(GRID, block, GRID, block).mean(axis=(1, 3))
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalized (Pearson) correlation; 0 for a flat picture."""
+    a, b = a - a.mean(), b - b.mean()
+    norm = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / norm) if norm > 0 else 0.0
+
+
+def viewport_picture(page) -> tuple[bytes, np.ndarray]:
+    """OHIF's image canvas: (PNG screenshot, the image area in gray 0..1).
+
+    Cornerstone fits the square image to the smaller side of the canvas and centres it.
+    """
+    png = page.locator("canvas.cornerstone-canvas").first.screenshot()
+    rgb = imagecodecs.png_decode(png)[..., :3].astype(np.float64) / 255.0
+    gray = rgb.mean(axis=2)
+    side = min(gray.shape)
+    top, left = (gray.shape[0] - side) // 2, (gray.shape[1] - side) // 2
+    return png, gray[top : top + side, left : left + side]
+
+
+def best_match(picture: np.ndarray, views: list[np.ndarray]) -> tuple[int, float]:
+    """(slice index, correlation) of the expected view that matches the picture best."""
+    grid = block_means(picture)
+    scores = [correlation(grid, view) for view in views]
+    index = int(np.argmax(scores))
+    return index, scores[index]
+
+
+def wait_for_image(page, recorder: Recorder, slices, name: str, timeout: float = 45) -> dict:
+    """Wait until OHIF reports its first image and the canvas shows one of the slices.
+
+    Returns facts for the assertions: OHIF's timings, the matching slice and scores.
+    """
+    page.locator("canvas.cornerstone-canvas").first.wait_for(
+        state="visible", timeout=timeout * 1000
+    )
+    poll(page, lambda: "studyToFirstImage" in recorder.timings(), timeout,
+         "OHIF's studyToFirstImage console timing")  # fmt: skip
+    views = expected_views(slices)
+    result: dict = {}
+
+    def shows_a_slice() -> bool:
+        png, picture = viewport_picture(page)
+        index, score = best_match(picture, views)
+        result.update(index=index, score=score, std=float(picture.std()), picture=picture, png=png)
+        return score >= MIN_CORRELATION
+
+    try:
+        poll(page, shows_a_slice, 15, "the viewport to show the pushed image")
+    except AssertionError:
+        page.screenshot(path=ARTIFACTS / f"{name}.png")
+        (ARTIFACTS / f"{name}-viewport.png").write_bytes(result.get("png", b""))
+        raise AssertionError(
+            f"viewport does not match any slice: best slice {result.get('index')} "
+            f"correlation {result.get('score', 0):.3f}, std {result.get('std', 0):.3f}; "
+            f"see {ARTIFACTS / name}.png; console tail: {recorder.console[-15:]}"
+        ) from None
+    (ARTIFACTS / f"{name}-viewport.png").write_bytes(result["png"])
+    page.screenshot(path=ARTIFACTS / f"{name}.png")
+    result["timings"] = recorder.timings()
+    return result
+
+
+def storage_dump(page) -> str:
+    return page.evaluate(
+        """() => JSON.stringify({
+            local: Object.fromEntries(Object.entries(localStorage)),
+            session: Object.fromEntries(Object.entries(sessionStorage)),
+        })"""
+    )
+
+
+def session_cookie(context) -> dict:
+    cookies = {c["name"]: c for c in context.cookies()}
+    assert SESSION_COOKIE in cookies, sorted(cookies)
+    return cookies[SESSION_COOKIE]
+
+
+def fetch_status(page, url: str) -> int:
+    return page.evaluate(
+        "async url => (await fetch(url, {credentials: 'same-origin', cache: 'no-store'})).status",
+        url,
+    )
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_login_worklist_and_viewer_show_the_pushed_study(appliance, study, new_context):
+    series, slices = study
+    context = new_context()
+    page = context.new_page()
+    recorder = Recorder(page)
+
+    page.goto(f"{appliance.url}/login")
+    sign_in(page, USER, PASSWORD)
+    row = page.locator(f'[data-testid="study-row"][data-study-uid="{series.study_uid}"]')
+    row.wait_for()
+    assert page.get_by_test_id("worklist").is_visible()
+    assert urlsplit(page.url).path == "/"
+    page.screenshot(path=ARTIFACTS / "01-worklist.png")
+
+    # The session lives in an HttpOnly cookie; nothing token-like in JS storage.
+    cookie = session_cookie(context)
+    assert cookie["httpOnly"]
+    stored = storage_dump(page)
+    assert cookie["value"] not in stored and not JWT_RE.search(stored), stored
+
+    row.get_by_test_id("open-viewer").click()
+    page.wait_for_url(re.compile(r"/pacs-viewer/viewer\?StudyInstanceUIDs="))
+    assert parse_qs(urlsplit(page.url).query)["StudyInstanceUIDs"] == [series.study_uid]
+    shown = wait_for_image(page, recorder, slices, "02-viewer")
+
+    # OHIF's own timings were logged; the first image came reasonably fast.
+    timings = shown["timings"]
+    for name in ("studyToFirstImage", "displaySetsToFirstImage", "scriptToView"):
+        assert name in timings, timings
+    assert timings["studyToFirstImage"] < 15_000, timings
+
+    # The picture is the phantom, not a black or wrong image: it correlates with the
+    # windowed slice and not with the same slice upside down.
+    views = expected_views(slices)
+    grid = block_means(shown["picture"])
+    flipped = correlation(grid, views[shown["index"]][::-1])
+    assert shown["score"] >= MIN_CORRELATION and shown["score"] - flipped > 0.3, (shown, flipped)
+
+    # Every frame the viewer fetched: 200, multipart/related, part typed as HTJ2K.
+    poll(page, lambda: len({r.url for r in recorder.frames}) >= SLICES, 30,
+         f"the viewer to fetch all {SLICES} frames")  # fmt: skip
+    for response in recorder.frames:
+        assert response.status == 200, (response.status, response.url)
+        assert response.headers["content-type"].startswith("multipart/related"), response.headers
+        head = response.body()[:400].decode("latin-1")
+        assert f"transfer-syntax={HTJ2K}" in head, head
+    fetched = {r.url.split("/instances/")[1].split("/")[0] for r in recorder.frames}
+    assert fetched == set(series.sop_uids)
+
+    stored = storage_dump(page)
+    assert cookie["value"] not in stored and not JWT_RE.search(stored), stored
+    facts = {
+        "ohif_timings_ms": timings,
+        "slice_index": shown["index"],
+        "correlation": round(shown["score"], 4),
+        "flipped_correlation": round(flipped, 4),
+    }
+    (ARTIFACTS / "02-viewer-facts.json").write_text(json.dumps(facts, indent=2) + "\n")
+
+
+def test_viewer_without_session_goes_to_login_and_back(appliance, study, new_context):
+    series, slices = study
+    context = new_context()
+    page = context.new_page()
+    recorder = Recorder(page)
+
+    page.goto(appliance.url + viewer_path(series.study_uid))
+    page.wait_for_url(re.compile(r"/login\?next="))
+    page.get_by_test_id("login-username").wait_for()
+    assert unquote(parse_qs(urlsplit(page.url).query)["next"][0]) == viewer_path(series.study_uid)
+    assert recorder.frames == []
+    page.screenshot(path=ARTIFACTS / "03-viewer-redirected-to-login.png")
+
+    sign_in(page, USER, PASSWORD)
+    page.wait_for_url(re.compile(r"/pacs-viewer/viewer\?StudyInstanceUIDs="))
+    assert parse_qs(urlsplit(page.url).query)["StudyInstanceUIDs"] == [series.study_uid]
+    wait_for_image(page, recorder, slices, "04-viewer-after-login")
+
+
+def test_logout_cuts_the_viewer_off(appliance, study, new_context):
+    series, _ = study
+    context = new_context()
+    page = context.new_page()
+    recorder = Recorder(page)
+    page.goto(f"{appliance.url}/login?next={viewer_path(series.study_uid).replace('?', '%3F')}")
+    sign_in(page, USER, PASSWORD)
+    page.wait_for_url(re.compile(r"/pacs-viewer/viewer\?"))
+    poll(page, lambda: len(recorder.frames) > 0, 45, "the viewer's first frame request")
+    frame_url = recorder.frames[0].url
+    qido = "/api/pacs/dicom-web/studies"
+    assert fetch_status(page, qido) == 200
+    assert fetch_status(page, frame_url) == 200
+
+    # Sign out in another tab of the same browser, as a user would.
+    app = context.new_page()
+    app.goto(appliance.url + "/")
+    app.get_by_test_id("logout").click()
+    app.wait_for_url(re.compile(r"/login"))
+    app.screenshot(path=ARTIFACTS / "05-after-logout.png")
+    assert SESSION_COOKIE not in {c["name"] for c in context.cookies()}
+
+    # The open viewer's DICOMweb requests are refused now, and a reload goes to login.
+    assert fetch_status(page, qido) == 401
+    assert fetch_status(page, frame_url) == 401
+    page.reload()
+    page.wait_for_url(re.compile(r"/login\?next="))
+    page.get_by_test_id("login-username").wait_for()
+    page.screenshot(path=ARTIFACTS / "06-viewer-reload-after-logout.png")
+
+
+def test_worklist_fits_a_tablet(appliance, study, new_context):
+    series, _ = study
+    context = new_context(TABLET)
+    page = context.new_page()
+    page.goto(f"{appliance.url}/login")
+    sign_in(page, USER, PASSWORD)
+    row = page.locator(f'[data-testid="study-row"][data-study-uid="{series.study_uid}"]')
+    row.wait_for()
+    page.screenshot(path=ARTIFACTS / "07-worklist-tablet.png", full_page=True)
+    sizes = page.evaluate(
+        """() => ({
+            inner: window.innerWidth,
+            doc: document.documentElement.scrollWidth,
+            body: document.body.scrollWidth,
+        })"""
+    )
+    assert sizes["doc"] <= sizes["inner"] and sizes["body"] <= sizes["inner"], sizes
+    # The study's "Open" button is on screen without scrolling sideways.
+    button = row.get_by_test_id("open-viewer").bounding_box()
+    assert button is not None, "the Open button is not rendered"
+    assert button["x"] >= 0 and button["x"] + button["width"] <= TABLET["width"], button
+
+
+def test_admin_system_page_shows_every_component_ok(appliance, new_context):
+    context = new_context()
+    page = context.new_page()
+    page.goto(f"{appliance.url}/login")
+    sign_in(page, "admin", appliance.admin_password)
+    page.get_by_test_id("worklist").wait_for()
+    page.get_by_test_id("nav-system").click()
+    page.wait_for_url(re.compile(r"/admin/system$"))
+    page.get_by_test_id("components").wait_for()
+    names = ["nginx", "app", "orthanc", "queue", "receiver"]
+
+    def all_listed() -> bool:
+        found = page.locator('[data-testid="component"]').evaluate_all(
+            "els => els.map(e => [e.dataset.component, e.dataset.status])"
+        )
+        return {name for name, _ in found} >= set(names)
+
+    poll(page, all_listed, 15, "every component on the system page")
+    found = dict(
+        page.locator('[data-testid="component"]').evaluate_all(
+            "els => els.map(e => [e.dataset.component, e.dataset.status])"
+        )
+    )
+    page.screenshot(path=ARTIFACTS / "08-admin-system.png", full_page=True)
+    assert {name: found[name] for name in names} == dict.fromkeys(names, "ok"), found
+    assert "All services are running" in page.get_by_test_id("system-status").inner_text()

@@ -60,6 +60,10 @@ def build_specs(settings: Settings, session: aiohttp.ClientSession) -> list[Chil
     async def nginx_ready() -> bool:
         return (await probe_nginx(settings, session))["status"] == "ok"
 
+    apps = [
+        ChildSpec(name, [*service, "app"], logs / f"{name}.log", app_ready, env=env)
+        for name in ["app", *(f"app{n}" for n in range(2, settings.app_processes + 1))]
+    ]
     return [
         ChildSpec(
             "orthanc",
@@ -69,7 +73,7 @@ def build_specs(settings: Settings, session: aiohttp.ClientSession) -> list[Chil
             env=orthanc_environment(),
         ),
         ChildSpec("worker", [*service, "worker"], logs / "worker.log", worker_ready, env=env),
-        ChildSpec("app", [*service, "app"], logs / "app.log", app_ready, env=env),
+        *apps,
         ChildSpec(
             "receiver", [*service, "receiver"], logs / "receiver.log", receiver_ready, env=env
         ),

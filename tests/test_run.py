@@ -138,7 +138,7 @@ def _alive(pid: int) -> bool:
 def test_sigterm_stops_everything_within_10_seconds(appliance_factory):
     appliance = appliance_factory().start()
     pids = [c["pid"] for c in appliance.state()["children"].values()]
-    assert len(pids) == 5 and all(pids)
+    assert len(pids) == 6 and all(pids)  # orthanc, worker, app, app2, receiver, nginx
     started = time.monotonic()
     appliance.process.send_signal(signal.SIGTERM)
     assert appliance.process.wait(timeout=15) == 0

@@ -84,12 +84,17 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def serve(settings: Settings) -> None:
-    """Serve the app on ``127.0.0.1:app_port`` until SIGTERM or SIGINT."""
+    """Serve the app on ``127.0.0.1:app_port`` until SIGTERM or SIGINT.
+
+    The port is opened with ``SO_REUSEPORT``, so ``app_processes`` copies share it and
+    the kernel spreads nginx's connections over them.
+    """
     log.info("web app listening on 127.0.0.1:%d", settings.app_port)
     web.run_app(
         create_app(settings),
         host="127.0.0.1",
         port=settings.app_port,
+        reuse_port=True,
         access_log=None,
         print=None,
         shutdown_timeout=3,

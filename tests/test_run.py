@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import stat
@@ -204,3 +205,30 @@ def test_secret_files_are_0600_and_never_logged(appliance):
         text = path.read_text(errors="replace")
         for secret in secrets:
             assert secret not in text, f"a secret appears in {path}"
+
+
+def test_https_serves_the_generated_certificate_and_http_redirects(appliance_factory):
+    import ssl
+    import urllib.request
+
+    appliance = appliance_factory(redirect_to_https=True).start(wait=False)
+    port = appliance.settings.https_port
+    unverified = ssl._create_unverified_context()  # the served certificate is compared below
+
+    def https_health() -> int:
+        try:
+            url = f"https://127.0.0.1:{port}/api/health"
+            with urllib.request.urlopen(url, context=unverified) as resp:
+                return resp.status
+        except OSError:
+            return 0
+
+    wait_for(lambda: https_health() == 200, 60, "HTTPS health to be green")
+    served = ssl.get_server_certificate(("127.0.0.1", port))
+    on_disk = (appliance.settings.home / "tls" / "server.crt").read_text()
+    assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(on_disk)
+    plain = http.client.HTTPConnection("127.0.0.1", appliance.settings.http_port, timeout=10)
+    plain.request("GET", "/worklist?x=1")
+    redirect = plain.getresponse()
+    assert redirect.status == 301
+    assert redirect.getheader("Location") == f"https://127.0.0.1:{port}/worklist?x=1"

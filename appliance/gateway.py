@@ -86,10 +86,10 @@ class Target:
 
 def check_raw_path(raw_path: str) -> None:
     """Refuse encodings that could smuggle a different path past the parser."""
-    lowered = raw_path.lower()
-    if "%" in raw_path:
+    path = raw_path.split("?", 1)[0]  # the query is parsed and re-encoded separately
+    if "%" in path:
         raise BadRequest("percent-encoded characters are not allowed in DICOMweb paths")
-    if ".." in raw_path.split("?")[0] or "//" in lowered or "\\" in raw_path:
+    if ".." in path or "//" in path or "\\" in path:
         raise BadRequest("the path contains '..', '//' or '\\'")
 
 

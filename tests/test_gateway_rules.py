@@ -82,6 +82,10 @@ def test_encoding_tricks_are_refused(raw):
         check_raw_path(raw)
 
 
+def test_percent_encoding_in_the_query_is_fine():
+    check_raw_path("/api/pacs/dicom-web/studies?includefield=00081030%2C00080060&limit=25")
+
+
 def test_query_is_validated_and_reencoded():
     query = clean_query(
         [

@@ -54,6 +54,10 @@ class Claims:
     def is_share(self) -> bool:
         return self.audience == AUDIENCE_SHARE
 
+    @property
+    def expired(self) -> bool:
+        return time.time() > self.expires_at + LEEWAY
+
 
 _ERRORS: list[tuple[type[Exception], str, str]] = [
     (jwt.ExpiredSignatureError, "token_expired", "The token has expired; log in again."),
@@ -114,16 +118,20 @@ class TokenService:
             }
         )
 
-    def verify(self, token: str) -> Claims:
-        """Verify signature, algorithm, issuer, audience and times; :class:`TokenError` if not."""
+    def verify(self, token: str, *, allow_expired: bool = False) -> Claims:
+        """Verify signature, algorithm, issuer, audience and times; :class:`TokenError` if not.
+
+        ``allow_expired`` accepts a genuine token past its expiry (the caller then checks
+        its session and issues a fresh one): a viewer open for longer than a token's life
+        keeps working while its session lasts, since OHIF cannot refresh tokens itself.
+        """
         claims = self._verified.get(token)
         if claims is None:
             claims = self._verify_signed(token)
             self._verified[token] = claims
             if len(self._verified) > CACHE_SIZE:
                 self._verified.popitem(last=False)
-        elif time.time() > claims.expires_at + LEEWAY:
-            del self._verified[token]
+        if not allow_expired and claims.expired:
             raise TokenError("token_expired", "The token has expired; log in again.")
         return claims
 
@@ -142,7 +150,7 @@ class TokenService:
                 audience=[AUDIENCE_WEB, AUDIENCE_SHARE],
                 issuer=ISSUER,
                 leeway=LEEWAY,
-                options={"require": REQUIRED},
+                options={"require": REQUIRED, "verify_exp": False},  # checked by verify()
             )
         except jwt.InvalidTokenError as exc:
             raise _token_error(exc) from exc

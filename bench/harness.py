@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import secrets
 import signal
 import socket
@@ -232,6 +233,99 @@ def machine() -> dict[str, Any]:
         "orthanc": tool_version(["/usr/sbin/Orthanc", "--version"]),
         "storescu": tool_version([str(DCMTK_STORESCU), "--version"]),
     }
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, user + system CPU seconds) for every process right now."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return table
+
+
+def tree_cpu_seconds(roots: Sequence[int]) -> float:
+    """CPU seconds used so far by ``roots`` and all their living descendants."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in table:
+            continue
+        seen.add(pid)
+        total += table[pid][1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have been waited for (wrk)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all CPUs), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def background_percent(seconds: float = 1.0) -> float:
+    """Percent of one core used by processes other than this one, over ``seconds``."""
+    busy, own, start = system_busy_seconds(), own_cpu_seconds(), time.perf_counter()
+    time.sleep(seconds)
+    elapsed = time.perf_counter() - start
+    other = system_busy_seconds() - busy - (own_cpu_seconds() - own)
+    return round(100 * max(other, 0.0) / elapsed, 1)
+
+
+class OthersMeter:
+    """CPU used by processes the benchmark did not start, between start() and percent()."""
+
+    def __init__(self, roots: Sequence[int]) -> None:
+        self.roots = list(roots)
+        self.before = (0.0, 0.0, 0.0, 0.0)
+
+    def _sample(self) -> tuple[float, float, float, float]:
+        return (system_busy_seconds(), tree_cpu_seconds(self.roots), own_cpu_seconds(),
+                time.perf_counter())  # fmt: skip
+
+    def start(self) -> OthersMeter:
+        self.before = self._sample()
+        return self
+
+    def percent(self) -> float:
+        """Percent of one core, since :meth:`start`."""
+        after = self._sample()
+        busy, ours, own, wall = (a - b for a, b in zip(after, self.before, strict=True))
+        return round(100 * max(busy - ours - own, 0.0) / wall, 1)
+
+
+def wait_for_quiet(limit: float = 30.0, max_wait: float = 120.0) -> dict[str, Any]:
+    """Wait (bounded) until other processes use less than ``limit`` % of one core.
+
+    Other work on the machine (a test suite, a browser) changes every figure; the wait
+    and what was seen are recorded with the results.
+    """
+    start, seen = time.monotonic(), []
+    while True:
+        seen.append(background_percent(2.0))
+        if seen[-1] < limit or time.monotonic() - start > max_wait:
+            break
+        print(f"waiting for a quieter machine: others use {seen[-1]:.0f}% of a core", flush=True)
+    return {"background_cpu_percent": seen[-1], "waited_s": round(time.monotonic() - start, 1),
+            "quiet": seen[-1] < limit}  # fmt: skip
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

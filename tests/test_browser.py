@@ -22,8 +22,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import imagecodecs
 import numpy as np
+import pydicom
 import pytest
-from conftest import Appliance
+from conftest import Appliance, wait_for
 
 from appliance.db import open_database
 from appliance.layout import HomeLayout
@@ -48,6 +49,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser
 DCMTK_STORESCU = "/usr/bin/storescu"  # the venv's `storescu` is pynetdicom's
 HTJ2K = "1.2.840.10008.1.2.4.201"
 SLICES = 16
+PATIENT_ID, PATIENT_NAME = "NNBROWSER01", "BROWSER^PHANTOM"  # found with the worklist search
 USER = "rad.browser"
 PASSWORD = "browser test password"
 SESSION_COOKIE = "nn_session"
@@ -89,20 +91,22 @@ def study(appliance, tmp_path_factory):
     assert added.returncode == 0, added.stderr
     slices = make_slices(SLICES)
     series = write_series(tmp_path_factory.mktemp("browser-ct"), slices)
+    for path in series.files:  # a patient of its own among the shared appliance's studies
+        ds = pydicom.dcmread(path)
+        ds.PatientID, ds.PatientName = PATIENT_ID, PATIENT_NAME
+        ds.save_as(path, enforce_file_format=True)
     sent = subprocess.run(
         [DCMTK_STORESCU, "-aet", "BROWSERSCU", "-aec", "NEURONOVA", "127.0.0.1",
          str(appliance.settings.dicom_port), *map(str, series.files)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert sent.returncode == 0, sent.stderr
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def all_stored() -> bool:
         states = journal_states(appliance, series.sop_uids)
-        if len(states) == SLICES and set(states.values()) == {"stored"}:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"ingest did not finish: {journal_states(appliance, series.sop_uids)}")
+        return len(states) == SLICES and set(states.values()) == {"stored"}
+
+    wait_for(all_stored, 120, f"{SLICES} pushed objects to be stored")
     return series, slices
 
 
@@ -148,12 +152,32 @@ class Recorder:
         self.page = page
         self.console: list[str] = []
         self.frames: list[object] = []
+        self.refused: list[object] = []
         page.on("console", lambda message: self.console.append(message.text))
         page.on("response", self._response)
 
     def _response(self, response) -> None:
-        if "/api/pacs/dicom-web/" in response.url and "/frames/" in response.url:
+        if "/api/pacs/dicom-web/" not in response.url:
+            return
+        if "/frames/" in response.url:
             self.frames.append(response)
+        if response.status >= 400:
+            self.refused.append(response)
+
+    def fail_fast(self) -> None:
+        """Stop waiting as soon as the viewer cannot succeed: say why."""
+        if self.refused:
+            response = self.refused[0]
+            try:
+                body = response.text()[:300]
+            except Exception:  # the body may be gone already
+                body = "?"
+            raise AssertionError(
+                f"the gateway refused a viewer request: HTTP {response.status} "
+                f"{response.url[:300]} {body}"
+            )
+        if "/pacs-viewer/notfoundstudy" in self.page.url:
+            raise AssertionError(f"OHIF could not load the study; console: {self.console[-10:]}")
 
     def timings(self) -> dict[str, float]:
         """OHIF's console timings (``console.timeEnd``): name -> milliseconds."""
@@ -165,10 +189,13 @@ class Recorder:
         return found
 
 
-def poll(page, condition: Callable[[], bool], timeout: float, what: str) -> None:
+def poll(page, condition: Callable[[], bool], timeout: float, what: str,
+         recorder: Recorder | None = None) -> None:  # fmt: skip
     """Like conftest's ``wait_for``, but lets playwright deliver page events meanwhile."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if recorder is not None:
+            recorder.fail_fast()
         if condition():
             return
         page.wait_for_timeout(100)
@@ -179,6 +206,15 @@ def sign_in(page, username: str, password: str) -> None:
     page.get_by_test_id("login-username").fill(username)
     page.get_by_test_id("login-password").fill(password)
     page.get_by_test_id("login-submit").click()
+
+
+def find_on_worklist(page, study_uid: str):
+    """Search the worklist for the test patient; the study's row once it is listed."""
+    page.get_by_test_id("worklist").wait_for()
+    page.get_by_test_id("worklist-search").fill(PATIENT_ID)
+    row = page.locator(f'[data-testid="study-row"][data-study-uid="{study_uid}"]')
+    row.wait_for()
+    return row
 
 
 def viewer_path(study_uid: str) -> str:
@@ -237,11 +273,8 @@ def wait_for_image(page, recorder: Recorder, slices, name: str, timeout: float =
 
     Returns facts for the assertions: OHIF's timings, the matching slice and scores.
     """
-    page.locator("canvas.cornerstone-canvas").first.wait_for(
-        state="visible", timeout=timeout * 1000
-    )
     poll(page, lambda: "studyToFirstImage" in recorder.timings(), timeout,
-         "OHIF's studyToFirstImage console timing")  # fmt: skip
+         "OHIF's studyToFirstImage console timing", recorder)  # fmt: skip
     views = expected_views(slices)
     result: dict = {}
 
@@ -252,13 +285,13 @@ def wait_for_image(page, recorder: Recorder, slices, name: str, timeout: float =
         return score >= MIN_CORRELATION
 
     try:
-        poll(page, shows_a_slice, 15, "the viewport to show the pushed image")
-    except AssertionError:
+        poll(page, shows_a_slice, 15, "the viewport to show the pushed image", recorder)
+    except AssertionError as exc:
         page.screenshot(path=ARTIFACTS / f"{name}.png")
         (ARTIFACTS / f"{name}-viewport.png").write_bytes(result.get("png", b""))
         raise AssertionError(
-            f"viewport does not match any slice: best slice {result.get('index')} "
-            f"correlation {result.get('score', 0):.3f}, std {result.get('std', 0):.3f}; "
+            f"{exc}; viewport best matches slice {result.get('index')} with correlation "
+            f"{result.get('score', 0):.3f} (std {result.get('std', 0):.3f}); "
             f"see {ARTIFACTS / name}.png; console tail: {recorder.console[-15:]}"
         ) from None
     (ARTIFACTS / f"{name}-viewport.png").write_bytes(result["png"])
@@ -300,10 +333,10 @@ def test_login_worklist_and_viewer_show_the_pushed_study(appliance, study, new_c
 
     page.goto(f"{appliance.url}/login")
     sign_in(page, USER, PASSWORD)
-    row = page.locator(f'[data-testid="study-row"][data-study-uid="{series.study_uid}"]')
-    row.wait_for()
-    assert page.get_by_test_id("worklist").is_visible()
+    row = find_on_worklist(page, series.study_uid)
     assert urlsplit(page.url).path == "/"
+    text = row.inner_text()
+    assert "BROWSER, PHANTOM" in text and f"1 / {SLICES}" in text and "stored" in text, text
     page.screenshot(path=ARTIFACTS / "01-worklist.png")
 
     # The session lives in an HttpOnly cookie; nothing token-like in JS storage.
@@ -329,6 +362,8 @@ def test_login_worklist_and_viewer_show_the_pushed_study(appliance, study, new_c
     grid = block_means(shown["picture"])
     flipped = correlation(grid, views[shown["index"]][::-1])
     assert shown["score"] >= MIN_CORRELATION and shown["score"] - flipped > 0.3, (shown, flipped)
+    black = best_match(np.zeros_like(shown["picture"]), views)[1]
+    assert black < MIN_CORRELATION  # the measure itself tells a black viewport apart
 
     # Every frame the viewer fetched: 200, multipart/related, part typed as HTJ2K.
     poll(page, lambda: len({r.url for r in recorder.frames}) >= SLICES, 30,
@@ -379,7 +414,7 @@ def test_logout_cuts_the_viewer_off(appliance, study, new_context):
     page.goto(f"{appliance.url}/login?next={viewer_path(series.study_uid).replace('?', '%3F')}")
     sign_in(page, USER, PASSWORD)
     page.wait_for_url(re.compile(r"/pacs-viewer/viewer\?"))
-    poll(page, lambda: len(recorder.frames) > 0, 45, "the viewer's first frame request")
+    poll(page, lambda: len(recorder.frames) > 0, 45, "the viewer's first frame request", recorder)
     frame_url = recorder.frames[0].url
     qido = "/api/pacs/dicom-web/studies"
     assert fetch_status(page, qido) == 200
@@ -408,8 +443,7 @@ def test_worklist_fits_a_tablet(appliance, study, new_context):
     page = context.new_page()
     page.goto(f"{appliance.url}/login")
     sign_in(page, USER, PASSWORD)
-    row = page.locator(f'[data-testid="study-row"][data-study-uid="{series.study_uid}"]')
-    row.wait_for()
+    row = find_on_worklist(page, series.study_uid)
     page.screenshot(path=ARTIFACTS / "07-worklist-tablet.png", full_page=True)
     sizes = page.evaluate(
         """() => ({

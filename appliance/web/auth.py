@@ -18,6 +18,7 @@ import sqlite_utils
 from aiohttp import web
 
 from appliance import audit
+from appliance.sessions import SESSION_TTL
 from appliance.tokens import ACCESS_TTL, Claims, TokenError
 from appliance.web.errors import ApiError, Handler
 from appliance.web.inputs import client_address, is_tls
@@ -127,12 +128,15 @@ def find_share(db: sqlite_utils.Database, share_id: str) -> dict[str, Any] | Non
     return rows[0] if rows else None
 
 
-def _verify(request: web.Request, token: str) -> Claims:
+def _verify(request: web.Request, token: str, via_cookie: bool) -> Claims:
+    """A valid token of a live session or share; an expired session cookie is renewed."""
     app = request.app
     try:
-        claims = app[TOKENS].verify(token)
+        claims = app[TOKENS].verify(token, allow_expired=via_cookie)
     except TokenError as exc:
         raise reject(request, 401, exc.reason, exc.message) from None
+    if claims.expired and claims.is_share:
+        raise reject(request, 401, "token_expired", "This share link has expired.")
     if claims.is_share:
         share = find_share(app[DB], claims.subject.removeprefix("share:"))
         if share is None or share["revoked_at"]:
@@ -170,7 +174,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if found is None:
         raise ApiError(401, "missing_token", "Log in first (no session cookie or bearer token).")
     token, via_cookie = found
-    who = Identity(_verify(request, token), via_cookie)
+    who = Identity(_verify(request, token, via_cookie), via_cookie)
     request[IDENTITY] = who
     if who.claims.is_share and not access.shares:
         raise reject(request, 403, "share_not_allowed", "A share link only opens its study.")
@@ -188,7 +192,7 @@ def _renew_if_old(request: web.Request, who: Identity, response: web.StreamRespo
     if who.claims.expires_at - time.time() > ACCESS_TTL / 2 or response.prepared:
         return
     token, _ = request.app[TOKENS].issue_access(who.username, who.role, who.claims.session or "")
-    set_cookie(response, request, SESSION_COOKIE, token, http_only=True)
+    set_cookie(response, request, SESSION_COOKIE, token, http_only=True, max_age=SESSION_TTL)
 
 
 def set_cookie(

@@ -44,6 +44,7 @@ from bench.harness import (
     LOOPBACK,
     REPO,
     Appliance,
+    QuietGate,
     answers,
     free_port,
     http,
@@ -58,7 +59,6 @@ from bench.harness import (
     tree_cpu_seconds,
     verdict,
     wait_for,
-    wait_for_quiet,
     write_results,
 )
 from bench.synthetic import Series, make_slices, write_series
@@ -423,15 +423,15 @@ def timed_run(target: Target, script: Path, connections: int, args: argparse.Nam
 
 
 def undisturbed_run(target: Target, script: Path, connections: int, args: argparse.Namespace,
-                    meter: CpuMeter) -> dict[str, Any]:  # fmt: skip
+                    meter: CpuMeter, gate: QuietGate) -> dict[str, Any]:  # fmt: skip
     """:func:`timed_run`, repeated (at most twice more) while other processes disturbed it."""
     for attempt in range(1, NOISY_RETRIES + 2):
         row = timed_run(target, script, connections, args, meter)
         others = row["cpu_percent_of_one_core"]["other_processes"]
-        if others <= NOISY_PERCENT or attempt > NOISY_RETRIES:
+        if others <= NOISY_PERCENT or attempt > NOISY_RETRIES or gate.exhausted:
             break
         print(f"  others used {others:.0f}% of a core during that run: repeating it", flush=True)
-        wait_for_quiet(max_wait=args.quiet_wait)
+        gate.wait()
     row["attempts"] = attempt
     return row
 
@@ -445,7 +445,7 @@ def median_run(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(targets: list[Target], args: argparse.Namespace, workdir: Path,
-            meter: CpuMeter) -> dict[str, dict[int, dict]]:  # fmt: skip
+            meter: CpuMeter, gate: QuietGate) -> dict[str, dict[int, dict]]:  # fmt: skip
     """For each round, concurrency and target (in that order): warm-up, then timed run."""
     scripts = {t.name: write_lua(t, workdir / f"{t.name}.lua") for t in targets}
     rows: dict[tuple[str, int], list[dict]] = {}
@@ -454,7 +454,7 @@ def measure(targets: list[Target], args: argparse.Namespace, workdir: Path,
             print(f"round {number + 1} of {args.rounds}", flush=True)
         for connections in args.connections:
             for target in targets:
-                row = undisturbed_run(target, scripts[target.name], connections, args, meter)
+                row = undisturbed_run(target, scripts[target.name], connections, args, meter, gate)
                 rows.setdefault((target.name, connections), []).append(row)
     return {t.name: {c: median_run(rows[(t.name, c)]) for c in args.connections} for t in targets}
 
@@ -539,8 +539,9 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             nginx.start(f"{STATIC}/{frame_paths(series)[0]}/frames/1")
             targets = build_targets(appliance, nginx, naive, series, appliance.login())
             checked = check_targets(targets, appliance.layout.frames_dir)
-            quiet = wait_for_quiet(max_wait=args.quiet_wait)
-            runs = measure(targets, args, workdir, cpu_meter(appliance, nginx, naive))
+            gate = QuietGate(args.quiet_wait)
+            quiet = gate.wait()
+            runs = measure(targets, args, workdir, cpu_meter(appliance, nginx, naive), gate)
         finally:
             nginx.stop()
             naive.stop()
@@ -581,8 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat, report the median run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "frames.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument("--quiet-wait", type=float, default=120.0,
-                        help="wait at most this long for other processes to go quiet")  # fmt: skip
+    parser.add_argument(
+        "--quiet-wait", type=float, default=180.0, help="seconds in all to wait for quiet"
+    )
     args = parser.parse_args(argv)
     if args.slices < 2 or not 1 <= args.duration <= 120 or min(args.connections) < args.threads:
         parser.error("need --slices >= 2, 1 <= --duration <= 120, connections >= threads")

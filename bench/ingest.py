@@ -52,6 +52,7 @@ from bench.harness import (
     REPO,
     Appliance,
     OthersMeter,
+    QuietGate,
     free_port,
     http,
     machine,
@@ -60,7 +61,6 @@ from bench.harness import (
     stop_process,
     verdict,
     wait_for,
-    wait_for_quiet,
     write_results,
 )
 from bench.synthetic import Series, make_slices, write_series
@@ -471,15 +471,16 @@ def one_round(series: Series, slices: list[np.ndarray], workdir: Path) -> tuple[
     return orthanc, appliance
 
 
-def run_rounds(args: argparse.Namespace, workdir: Path, series: Series, slices: list[np.ndarray]):
+def run_rounds(args: argparse.Namespace, workdir: Path, series: Series, slices: list[np.ndarray],
+               gate: QuietGate):  # fmt: skip
     """(b) then (a), ``args.rounds`` times, each on fresh servers; their summaries."""
     orthanc_runs, appliance_runs, quiet = [], [], []
     for number in range(args.rounds):
         for attempt in range(1, NOISY_RETRIES + 2):
-            quiet.append(wait_for_quiet(max_wait=args.quiet_wait))
+            quiet.append(gate.wait())
             pair = one_round(series, slices, workdir / f"round-{number}-{attempt}")
             others = max(side["other_processes_cpu_percent"] for side in pair)
-            if others <= NOISY_PERCENT or attempt > NOISY_RETRIES:
+            if others <= NOISY_PERCENT or attempt > NOISY_RETRIES or gate.exhausted:
                 break
             print(f"others used {others:.0f}% of a core during a push: repeating the round")
         orthanc_runs.append(pair[0])
@@ -499,9 +500,10 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     slices = make_slices(args.slices)
     series = write_series(workdir / "series", slices)
     print(f"wrote {args.slices} files, {series.total_bytes / 1e6:.0f} MB", flush=True)
-    orthanc, appliance, quiet = run_rounds(args, workdir, series, slices)
+    gate = QuietGate(args.quiet_wait)
+    orthanc, appliance, quiet = run_rounds(args, workdir, series, slices, gate)
     if args.codec_json is None or not args.codec_json.exists():
-        quiet.append(wait_for_quiet(max_wait=args.quiet_wait))
+        quiet.append(gate.wait())
     codec_data = codec_figures(args.slices, args.codec_json)
     return {
         "setup": {
@@ -532,8 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="(b)-then-(a) rounds (median)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument("--quiet-wait", type=float, default=120.0,
-                        help="wait at most this long for other processes to go quiet")  # fmt: skip
+    parser.add_argument(
+        "--quiet-wait", type=float, default=240.0, help="seconds in all to wait for quiet"
+    )
     args = parser.parse_args(argv)
     if not 2 <= args.slices <= 2000 or not 1 <= args.rounds <= 10:
         parser.error("--slices must be between 2 and 2000, --rounds between 1 and 10")

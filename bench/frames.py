@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -212,29 +213,47 @@ class BenchNginx:
 
 
 class NaiveApp:
-    """``bench/naive_app.py`` as a child process on a free loopback port."""
+    """``bench/naive_app.py``: ``processes`` copies sharing a free loopback port, like the
+    appliance's ``app_processes`` copies of its app (``SO_REUSEPORT``)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, processes: int) -> None:
         self.home = home
         self.port = free_port()
-        self.process: subprocess.Popen | None = None
+        self.count = processes
+        self.processes: list[subprocess.Popen] = []
 
     def start(self, log: Path) -> NaiveApp:
-        command = [sys.executable, str(REPO / "bench" / "naive_app.py"),
-                   "--home", str(self.home), "--port", str(self.port)]  # fmt: skip
+        command = [sys.executable, str(REPO / "bench" / "naive_app.py"), "--home",
+                   str(self.home), "--port", str(self.port), "--reuse-port"]  # fmt: skip
         with open(log, "ab") as out:
-            self.process = subprocess.Popen(command, env=python_env(), stdout=out,
-                                            stderr=subprocess.STDOUT)  # fmt: skip
-        wait_for(lambda: answers(f"{self.url}/naive-health"), 30, "the naive app")
+            for _ in range(self.count):
+                self.processes.append(subprocess.Popen(command, env=python_env(), stdout=out,
+                                                       stderr=subprocess.STDOUT))  # fmt: skip
+        wait_for(self._all_listening, 30, "the naive app")
         return self
+
+    def _all_listening(self) -> bool:
+        if any(p.poll() is not None for p in self.processes):
+            raise RuntimeError("a naive app process exited; see naive_app.log")
+        return answers(f"{self.url}/naive-health") and self._listeners() == self.count
+
+    def _listeners(self) -> int:
+        """How many sockets listen on the port (each process opens its own)."""
+        done = subprocess.run(["ss", "-Hltn", f"sport = :{self.port}"], capture_output=True,
+                              text=True, timeout=10)  # fmt: skip
+        return len(done.stdout.splitlines())
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
     def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process, timeout=10)
+        for process in self.processes:
+            stop_process(process, timeout=10)
 
 
 class CpuMeter:
@@ -395,14 +414,19 @@ def build_targets(
 def cpu_meter(appliance: Appliance, nginx: BenchNginx, naive: NaiveApp) -> CpuMeter:
     """A meter for the app, each nginx, the naive app, wrk and all other processes."""
     state = json.loads(appliance.layout.state_file.read_text())["children"]
-    assert appliance.process and nginx.process and naive.process
+    assert appliance.process and nginx.process
     groups = {
-        "appliance_app": [state["app"]["pid"]],
+        "appliance_app": app_pids(state),
         "appliance_nginx": [state["nginx"]["pid"]],
         "bench_nginx": [nginx.process.pid],
-        "naive_app": [naive.process.pid],
+        "naive_app": naive.pids,
     }
-    return CpuMeter(groups, [appliance.process.pid, nginx.process.pid, naive.process.pid])
+    return CpuMeter(groups, [appliance.process.pid, nginx.process.pid, *naive.pids])
+
+
+def app_pids(children: dict[str, dict]) -> list[int]:
+    """The pids of the appliance's app processes (children ``app``, ``app2``, ...)."""
+    return [c["pid"] for name, c in children.items() if re.fullmatch(r"app[0-9]*", name)]
 
 
 def timed_run(target: Target, script: Path, connections: int, args: argparse.Namespace,
@@ -516,7 +540,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"file {setup['mean_frame_file_bytes'] / 1e3:.0f} kB. MB/s counts wrk's bytes "
         "(headers included), 10^6 bytes. CPU % is of one core, over the timed run; 'others' "
         "is every process not started by the benchmark (a busy machine skews every figure). "
-        f"Rounds: {setup['rounds']} (median run shown).", "",
+        f"Rounds: {setup['rounds']} (median run shown). App processes, appliance and naive "
+        f"alike: {setup['app_processes']}.", "",
         table, "", goal_table, "",
     ]  # fmt: skip
     if p99 is not None:
@@ -533,7 +558,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     with running(appliance):
         ingest_times = ingest(appliance, series)
         print(f"ingested {args.slices} instances: {ingest_times}", flush=True)
-        naive = NaiveApp(appliance.home).start(workdir / "naive_app.log")
+        processes = len(app_pids(json.loads(appliance.layout.state_file.read_text())["children"]))
+        naive = NaiveApp(appliance.home, processes).start(workdir / "naive_app.log")
         nginx = BenchNginx(workdir / "nginx", appliance.layout.frames_dir, naive.port)
         try:
             nginx.start(f"{STATIC}/{frame_paths(series)[0]}/frames/1")
@@ -561,6 +587,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "accept": ACCEPT,
             "ingest": ingest_times,
             "order": "per round, per concurrency: a, b, c via nginx, c direct",
+            "app_processes": processes,
             "rounds": args.rounds,
             "before_timing": quiet,
         },

@@ -1,7 +1,8 @@
 """The reference that X-Accel-Redirect replaces: an aiohttp handler that checks the token
 and sends the frame bytes itself.
 
-Usage: ``python bench/naive_app.py --home HOME --port PORT`` (one process, 127.0.0.1).
+Usage: ``python bench/naive_app.py --home HOME --port PORT [--reuse-port]`` (127.0.0.1;
+frames.py starts as many copies on one port as the appliance runs app processes).
 
 Per request it does the appliance's checks for a frame read: bearer token verified with
 the same :class:`appliance.tokens.TokenService` and the home's signing key, the session
@@ -121,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--reuse-port", action="store_true", help="share the port (SO_REUSEPORT)")
     args = parser.parse_args(argv)
     web.run_app(create_app(args.home.resolve()), host="127.0.0.1", port=args.port,
-                access_log=None, print=None, shutdown_timeout=3)  # fmt: skip
+                reuse_port=args.reuse_port, access_log=None, print=None,
+                shutdown_timeout=3)  # fmt: skip
     return 0
 
 

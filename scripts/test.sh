@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 .venv/bin/ruff check .
+echo "==> Front-end unit tests (Vitest)"
+(cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
+echo "==> Python tests (unit, end to end with the real services, browser)"
 exec .venv/bin/python -m pytest "$@"

@@ -6,7 +6,6 @@ Precedence, lowest to highest: built-in defaults, ``neuronova.toml`` in the data
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -186,8 +185,3 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def replace(settings: Settings, **changes: Any) -> Settings:
-    """A copy of ``settings`` with some values changed."""
-    return dataclasses.replace(settings, **changes)

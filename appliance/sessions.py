@@ -147,9 +147,14 @@ class SessionStore:
 
     def revoke_user(self, username: str, reason: str) -> None:
         """End every open session of a user."""
-        with self.db.conn:
-            self.db.execute(
-                "UPDATE sessions SET revoked_at = ?, revoke_reason = ? "
-                "WHERE username = ? AND revoked_at IS NULL",
-                [now_iso(), reason, username],
-            )
+        revoke_user_sessions(self.db, username, reason)
+
+
+def revoke_user_sessions(db: sqlite_utils.Database, username: str, reason: str) -> None:
+    """End every open session of a user (their tokens stop working at once)."""
+    with db.conn:
+        db.execute(
+            "UPDATE sessions SET revoked_at = ?, revoke_reason = ? "
+            "WHERE username = ? AND revoked_at IS NULL",
+            [now_iso(), reason, username],
+        )

@@ -150,3 +150,18 @@ def test_status_when_not_running(home, runner):
 
 def test_version(runner):
     assert runner.invoke(cli, ["version"]).output.startswith("neuronova 0.")
+
+
+def test_disabling_a_user_ends_their_sessions(home, runner):
+    from appliance.sessions import SessionStore
+    from appliance.tokens import TokenService
+    from appliance.users import create_user
+
+    db = open_database(home / "db" / "appliance.db")
+    create_user(db, "dr.gone", "radiologist", "long enough pw")
+    store = SessionStore(db, TokenService("k" * 32))
+    session = store.start("dr.gone", "radiologist", "127.0.0.1", "test")
+    assert store.active(session.session_id)
+    result = runner.invoke(cli, ["user", "disable", "dr.gone", "--home", str(home)])
+    assert result.exit_code == 0 and "open sessions have ended" in result.output
+    assert store.active(session.session_id) is None

@@ -11,6 +11,7 @@ from appliance import users as accounts
 from appliance.cli.options import home_option, settings_from
 from appliance.db import open_database
 from appliance.home import require_initialized
+from appliance.sessions import revoke_user_sessions
 
 
 def _db(home: Path | None):
@@ -82,7 +83,8 @@ def disable(name: str, home: Path | None) -> None:
     ):
         raise click.ClickException(f"{name} is the last active admin; add another admin first.")
     accounts.update_user(db, name, disabled=True)
-    click.echo(f"Disabled {name}.")
+    revoke_user_sessions(db, name, "disabled with the CLI")
+    click.echo(f"Disabled {name}; their open sessions have ended.")
 
 
 @user.command("enable")
@@ -103,4 +105,5 @@ def passwd(name: str, password_stdin: bool, home: Path | None) -> None:
     db = _db(home)
     accounts.require_user(db, name)
     accounts.update_user(db, name, password=_read_password(password_stdin))
-    click.echo(f"Password changed for {name}.")
+    revoke_user_sessions(db, name, "password changed with the CLI")
+    click.echo(f"Password changed for {name}; their open sessions have ended.")

@@ -25,11 +25,9 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +51,7 @@ from bench.harness import (
     markdown_table,
     own_cpu_seconds,
     python_env,
+    run_in_workdir,
     running,
     stop_process,
     storescu,
@@ -60,7 +59,6 @@ from bench.harness import (
     tree_cpu_seconds,
     verdict,
     wait_for,
-    write_results,
 )
 from bench.synthetic import Series, make_slices, write_series
 
@@ -615,16 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.slices < 2 or not 1 <= args.duration <= 120 or min(args.connections) < args.threads:
         parser.error("need --slices >= 2, 1 <= --duration <= 120, connections >= threads")
-    workdir = Path(tempfile.mkdtemp(prefix="nn-bench-frames-"))
-    try:
-        results = bench(args, workdir)
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    write_results(args.out, results, render_markdown(results))
-    return 0
+    return run_in_workdir("frames", args, bench, render_markdown)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ import os
 import platform
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -369,3 +371,25 @@ def write_results(out: Path, results: dict[str, Any], markdown: str) -> None:
     out.with_suffix(".md").write_text(markdown + "\n")
     print(markdown)
     print(f"\nwritten to {out} and {out.with_suffix('.md')}")
+
+
+def run_in_workdir(
+    name: str,
+    args: Any,
+    bench: Callable[[Any, Path], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+) -> int:
+    """Run ``bench(args, workdir)`` in a fresh temporary folder, then write its results.
+
+    The folder is removed afterwards unless ``args.keep``; results go to ``args.out``.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=f"nn-bench-{name}-"))
+    try:
+        results = bench(args, workdir)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    write_results(args.out, results, render(results))
+    return 0

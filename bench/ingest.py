@@ -32,7 +32,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,11 +56,11 @@ from bench.harness import (
     http,
     machine,
     markdown_table,
+    run_in_workdir,
     running,
     stop_process,
     verdict,
     wait_for,
-    write_results,
 )
 from bench.synthetic import Series, make_slices, write_series
 
@@ -540,16 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 2 <= args.slices <= 2000 or not 1 <= args.rounds <= 10:
         parser.error("--slices must be between 2 and 2000, --rounds between 1 and 10")
-    workdir = Path(tempfile.mkdtemp(prefix="nn-bench-ingest-"))
-    try:
-        results = bench(args, workdir)
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    write_results(args.out, results, render_markdown(results))
-    return 0
+    return run_in_workdir("ingest", args, bench, render_markdown)
 
 
 if __name__ == "__main__":

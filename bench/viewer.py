@@ -29,10 +29,8 @@ import base64
 import functools
 import gzip
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,12 +53,12 @@ from bench.harness import (
     http,
     machine,
     markdown_table,
+    run_in_workdir,
     running,
     storescu,
     tree_cpu_seconds,
     wait_for,
     wait_for_quiet,
-    write_results,
 )
 from bench.synthetic import INTERCEPT, Series, make_slices, pixels_digest, write_series
 
@@ -727,14 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a remark printed with the results")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="nn-bench-viewer-"))
-    try:
-        results = bench(args, workdir)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    write_results(args.out, results, render_markdown(results))
-    return 0
+    return run_in_workdir("viewer", args, bench, render_markdown)
 
 
 if __name__ == "__main__":

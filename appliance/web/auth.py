@@ -40,6 +40,7 @@ class Identity:
 
     claims: Claims
     via_cookie: bool
+    csrf: str | None = None  # the session's CSRF token (None for share links)
 
     @property
     def username(self) -> str:
@@ -128,8 +129,8 @@ def find_share(db: sqlite_utils.Database, share_id: str) -> dict[str, Any] | Non
     return rows[0] if rows else None
 
 
-def _verify(request: web.Request, token: str, via_cookie: bool) -> Claims:
-    """A valid token of a live session or share; an expired session cookie is renewed."""
+def _verify(request: web.Request, token: str, via_cookie: bool) -> Identity:
+    """The caller of a valid token of a live session or share (an expired cookie renews)."""
     app = request.app
     try:
         claims = app[TOKENS].verify(token, allow_expired=via_cookie)
@@ -141,17 +142,18 @@ def _verify(request: web.Request, token: str, via_cookie: bool) -> Claims:
         share = find_share(app[DB], claims.subject.removeprefix("share:"))
         if share is None or share["revoked_at"]:
             raise reject(request, 401, "token_revoked", "This share link has been revoked.")
-    elif app[SESSIONS].active(claims.session or "") is None:
+        return Identity(claims, via_cookie)
+    session = app[SESSIONS].active(claims.session or "")
+    if session is None:
         raise reject(request, 401, "token_revoked", "The session has ended; log in again.")
-    return claims
+    return Identity(claims, via_cookie, session["csrf"])
 
 
 def _check_csrf(request: web.Request, who: Identity) -> None:
     if not who.via_cookie or request.method in SAFE_METHODS or who.claims.is_share:
         return
-    session = request.app[SESSIONS].active(who.claims.session or "")
     sent = request.headers.get(CSRF_HEADER, "")
-    if session is None or not hmac.compare_digest(sent.encode(), session["csrf"].encode()):
+    if not hmac.compare_digest(sent.encode(), (who.csrf or "").encode()) or not who.csrf:
         audit.record(
             request.app[DB],
             audit.CSRF_REJECTED,
@@ -174,7 +176,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if found is None:
         raise ApiError(401, "missing_token", "Log in first (no session cookie or bearer token).")
     token, via_cookie = found
-    who = Identity(_verify(request, token, via_cookie), via_cookie)
+    who = _verify(request, token, via_cookie)
     request[IDENTITY] = who
     if who.claims.is_share and not access.shares:
         raise reject(request, 403, "share_not_allowed", "A share link only opens its study.")

@@ -45,6 +45,7 @@ FIELDS: tuple[Field, ...] = (
     Field("dicom", "ae_title", "ae_title", str, "AE title of the DICOM receiver"),
     Field("dicom", "min_free_mb", "min_free_mb", int, "Refuse new objects below this free space"),
     Field("internal", "app_port", "app_port", int, "Loopback port of the web application"),
+    Field("internal", "gate_port", "gate_port", int, "Loopback port of the app's frame gate"),
     Field("internal", "app_processes", "app_processes", int, "Web app processes sharing its port"),
     Field("internal", "orthanc_port", "orthanc_port", int, "Loopback HTTP port of Orthanc"),
     Field("queue", "redis_url", "redis_url", str, "Redis URL for the task queue (cloud profile)"),
@@ -65,6 +66,7 @@ class Settings:
     ae_title: str = "NEURONOVA"
     min_free_mb: int = 512
     app_port: int = 18081
+    gate_port: int = 18083
     app_processes: int = 2
     orthanc_port: int = 18042
     redis_url: str = ""

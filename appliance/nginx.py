@@ -18,6 +18,14 @@ from spa_dist import spa_root
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 TEMP_SUBDIRS = ("body", "proxy", "fastcgi", "uwsgi", "scgi")
+APP_PROXY = """\
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_read_timeout 300s;"""
 SECURITY_HEADERS = "\n".join(
     f"        add_header {name} {value} always;"
     for name, value in (
@@ -83,6 +91,7 @@ def render_nginx_conf(settings: Settings) -> Path:
         "instance_id": instance_id,
         "frames_boundary": FRAMES_BOUNDARY,
         "security_headers": SECURITY_HEADERS,
+        "app_proxy": APP_PROXY,
         "https_port": str(settings.https_port),
     }
     app_server = bundled_nginx.template_text("server.conf.template")
@@ -108,6 +117,7 @@ def render_nginx_conf(settings: Settings) -> Path:
             "temp_dir": str(temp_dir),
             "mime_types": str(bundled_nginx.mime_types_path()),
             "app_port": str(settings.app_port),
+            "gate_port": str(settings.gate_port),
             "orthanc_port": str(settings.orthanc_port),
             "servers": servers,
         },

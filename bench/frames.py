@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bundled_nginx
 from appliance.gateway import HTJ2K_LOSSLESS
-from appliance.nginx import SECURITY_HEADERS, render_template
+from appliance.nginx import APP_PROXY, SECURITY_HEADERS, render_template
 from appliance.transcode.frames import BOUNDARY
 from bench.harness import (
     LOOPBACK,
@@ -137,13 +137,8 @@ SERVER = """    server {
         # (c): the naive app as the upstream, proxied like the appliance's /api/.
         location /api/ {
             proxy_pass http://neuronova_app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-Forwarded-Proto $scheme;
+%(app_proxy)s
             proxy_request_buffering off;
-            proxy_read_timeout 300s;
         }
     }
 """
@@ -180,12 +175,13 @@ class BenchNginx:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         server = SERVER % {
             "listen": f"{LOOPBACK}:{self.port}", "security": SECURITY_HEADERS, "static": STATIC,
-            "frames_dir": self.frames_dir, "frame_type": FRAME_TYPE,
+            "frames_dir": self.frames_dir, "frame_type": FRAME_TYPE, "app_proxy": APP_PROXY,
         }  # fmt: skip
         text = render_template(bundled_nginx.template_text(), {
             "user_line": _user_line(), "run_dir": str(self.dir), "log_dir": str(self.dir / "logs"),
             "temp_dir": str(self.dir / "temp"), "mime_types": str(bundled_nginx.mime_types_path()),
-            "app_port": str(self.naive_port), "orthanc_port": str(free_port()), "servers": server,
+            "app_port": str(self.naive_port), "gate_port": str(free_port()),
+            "orthanc_port": str(free_port()), "servers": server,
         })  # fmt: skip
         conf = self.dir / "nginx.conf"
         conf.write_text(text)

@@ -110,7 +110,7 @@ class Appliance:
     @classmethod
     def create(cls, home: Path) -> Appliance:
         """Initialize ``home`` (settings, secrets, database) and a radiologist to log in as."""
-        ports = ("http_port", "https_port", "dicom_port", "app_port", "orthanc_port")
+        ports = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
         values: dict[str, object] = {"bind": LOOPBACK, **{p: free_port() for p in ports}}
         settings = load_settings(home, values, environ={})
         init_home(settings)

@@ -131,6 +131,7 @@ def make_appliance(tmp_path: Path, **overrides: object) -> Appliance:
         "https_port": free_port(),
         "dicom_port": free_port(),
         "app_port": free_port(),
+        "gate_port": free_port(),
         "orthanc_port": free_port(),
         **overrides,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -284,6 +285,7 @@ def test_valid_token_with_wrong_role_is_forbidden(appliance, pushed):
         "/internal-orthanc/system",
         "/internal-orthanc/api/pacs/dicom-web/studies",
         "/internal-frames/",
+        "/internal-app/api/auth/me",
         "/%69nternal-orthanc/system",
         "/internal-orthanc/../internal-orthanc/system",
         "/api/../internal-orthanc/system",
@@ -301,3 +303,130 @@ def test_x_accel_redirect_sent_by_a_client_is_ignored(appliance, pushed):
                         headers={"Authorization": f"Bearer {token}",
                                  "X-Accel-Redirect": "/internal-orthanc/system"})  # fmt: skip
     assert resp.status_code == 200 and resp.json()["username"] == "rad.e2e"
+
+
+# The frame gate (appliance/web/frame_gate.py): nginx sends single-frame reads to it.
+
+
+def frame_url(appliance, series, index: int = 0, study: str | None = None) -> str:
+    return (f"{appliance.url}/api/pacs/dicom-web/studies/{study or series.study_uid}/series/"
+            f"{series.series_uid}/instances/{series.sop_uids[index]}/frames/1")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "reason, changes",
+    [
+        ("token_expired", {"exp": int(time.time()) - 60}),
+        ("wrong_algorithm", {"algorithm": "HS384"}),
+        ("wrong_audience", {"aud": "orthanc"}),
+        ("bad_signature", {"key": "not-the-appliance-key" * 3}),
+    ],
+)
+def test_forged_tokens_on_the_frame_path_are_refused_with_an_audit_row(
+    appliance, pushed, reason, changes
+):
+    series, _, token, _ = pushed
+    claims = jwt.decode(token, options={"verify_signature": False})
+    status, body = attack(
+        appliance, forged(appliance, sid=claims["sid"], **changes),
+        frame_url(appliance, series).removeprefix(appliance.url),
+    )  # fmt: skip
+    assert status == 401 and body["error"] == reason
+    assert last_audit(appliance)["reason"] == reason
+
+
+def test_logout_stops_frames_at_once(appliance, pushed):
+    series, _, _, _ = pushed
+    token = login(appliance, "rad.e2e")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert requests.get(frame_url(appliance, series), headers=headers, timeout=10).ok
+    requests.post(f"{appliance.url}/api/auth/logout", headers=headers, timeout=10)
+    after = requests.get(frame_url(appliance, series), headers=headers, timeout=10)
+    assert after.status_code == 401 and after.json()["error"] == "token_revoked"
+
+
+def test_frames_open_with_the_session_cookie_and_an_old_cookie_is_renewed(appliance, pushed):
+    series, _, _, _ = pushed
+    web = requests.Session()
+    web.post(f"{appliance.url}/api/auth/login", timeout=10,
+             json={"username": "rad.e2e", "password": PASSWORD}).raise_for_status()  # fmt: skip
+    fresh = web.get(frame_url(appliance, series), timeout=10)
+    assert fresh.status_code == 200 and "Set-Cookie" not in fresh.headers
+    sid = jwt.decode(web.cookies["nn_session"], options={"verify_signature": False})["sid"]
+    old = forged(appliance, sid=sid, exp=int(time.time()) - 60)
+    resp = requests.get(frame_url(appliance, series), timeout=10,
+                        headers={"Cookie": f"nn_session={old}"})  # fmt: skip
+    assert resp.status_code == 200 and resp.content[:2] == b"--"
+    assert "nn_session=" in resp.headers["Set-Cookie"]
+
+
+def test_a_share_link_reads_frames_of_its_study_only(appliance, pushed):
+    series, _, token, _ = pushed
+    made = requests.post(f"{appliance.url}/api/shares", timeout=10,
+                         headers={"Authorization": f"Bearer {token}"},
+                         json={"study_uid": series.study_uid, "expires_in_hours": 1})  # fmt: skip
+    made.raise_for_status()
+    share = {"Authorization": f"Bearer {made.json()['token']}"}
+    assert requests.get(frame_url(appliance, series), headers=share, timeout=10).ok
+    other = requests.get(frame_url(appliance, series, study="1.2.3.4"), headers=share, timeout=10)
+    assert other.status_code == 403 and other.json()["error"] == "study_not_shared"
+
+
+def test_frames_of_htj2k_in_another_transfer_syntax_are_not_acceptable(appliance, pushed):
+    """The gate hands it over; the app refuses (Orthanc would mislabel HTJ2K bytes)."""
+    series, _, token, _ = pushed
+    accept = (
+        'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
+    )
+    resp = requests.get(frame_url(appliance, series), timeout=30,
+                        headers={"Authorization": f"Bearer {token}", "Accept": accept})  # fmt: skip
+    assert resp.status_code == 406 and resp.json()["error"] == "not_acceptable"
+    as_list = requests.get(frame_url(appliance, series).replace("/frames/1", "/frames/1,2"),
+                           timeout=30, headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert as_list.status_code == 406
+
+
+def gate_exchange(appliance, raw: bytes) -> bytes:
+    """Send raw bytes to the frame gate's loopback port; everything it answers until it closes
+    or goes quiet."""
+    with socket.create_connection(("127.0.0.1", appliance.settings.gate_port), timeout=5) as s:
+        s.sendall(raw)
+        s.settimeout(0.5)
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+    return received
+
+
+def gate_request(path: str, *headers: str, method: str = "GET") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: gate", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_the_gate_says_yes_itself_and_hands_every_doubt_to_the_app(appliance, pushed):
+    series, _, token, _ = pushed
+    path = frame_url(appliance, series).removeprefix(appliance.url)
+    bearer = f"Authorization: Bearer {token}"
+    answers = gate_exchange(appliance, gate_request(path, bearer) * 3)
+    assert answers.count(b"X-Accel-Redirect: /internal-frames/") == 3  # one keep-alive connection
+    for doubtful in (
+        gate_request(path),  # no token
+        gate_request(path, "Authorization: Bearer nonsense"),
+        gate_request(path, bearer, bearer),  # two tokens: let the app judge
+        gate_request(path + "?x=1", bearer),
+        gate_request(path.replace("/frames/1", "/frames/1,2"), bearer),
+        gate_request(path.replace("1.2", "1%2e2", 1), bearer),
+    ):
+        assert b"X-Accel-Redirect: /internal-app/\r\n" in gate_exchange(appliance, doubtful)
+
+
+def test_the_gate_refuses_other_methods_and_malformed_http(appliance):
+    post = gate_exchange(appliance, gate_request("/api/pacs/dicom-web/studies", method="POST"))
+    assert post.startswith(b"HTTP/1.1 405 ") and b'"error": "method_not_allowed"' in post
+    garbage = gate_exchange(appliance, b"\x16\x03\x01 not http\r\n\r\n")
+    assert garbage.startswith(b"HTTP/1.1 400 ")
+    huge = gate_exchange(appliance, gate_request("/x", "X-Pad: " + "a" * 40_000))
+    assert huge.startswith(b"HTTP/1.1 431 ")

@@ -75,9 +75,10 @@ def test_remote_machine_reaches_the_dicom_port(remote):
     assert echo.returncode == 0, echo.stderr
 
 
-def test_remote_machine_cannot_reach_the_app_port(remote):
+@pytest.mark.parametrize("port", ["app_port", "gate_port"])
+def test_remote_machine_cannot_reach_the_app_or_its_frame_gate(remote, port):
     appliance, pair = remote
-    url = f"http://{pair.server_ip}:{appliance.settings.app_port}/api/health/live"
+    url = f"http://{pair.server_ip}:{getattr(appliance.settings, port)}/api/health/live"
     assert _curl_from_client(pair, url) == "000"  # connection refused: loopback only
 
 

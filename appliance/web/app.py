@@ -20,6 +20,7 @@ from appliance.transcode.queue import create_queue
 from appliance.web import admin, dicomweb, health, login, shares, studies
 from appliance.web.auth import auth_middleware
 from appliance.web.errors import error_middleware
+from appliance.web.frame_gate import frame_gate_ctx
 from appliance.web.ingest import PipelineIngest
 from appliance.web.keys import (
     DB,
@@ -77,7 +78,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[STARTED_AT] = time.time()
     app[FRAMES_DIR] = str(HomeLayout(settings.home).frames_dir)
-    app.cleanup_ctx.extend([database_ctx, http_client_ctx, queue_ctx])
+    app.cleanup_ctx.extend([database_ctx, frame_gate_ctx, http_client_ctx, queue_ctx])
     for table in ROUTE_TABLES:
         app.add_routes(table)
     return app

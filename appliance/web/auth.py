@@ -129,24 +129,43 @@ def find_share(db: sqlite_utils.Database, share_id: str) -> dict[str, Any] | Non
     return rows[0] if rows else None
 
 
-def _verify(request: web.Request, token: str, via_cookie: bool) -> Identity:
-    """The caller of a valid token of a live session or share (an expired cookie renews)."""
-    app = request.app
+class Rejected(Exception):
+    """A token that does not admit its bearer: HTTP status, reason code, message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+def check_token(app: web.Application, token: str, via_cookie: bool) -> Identity:
+    """The caller of a valid token of a live session or share; :class:`Rejected` if not.
+
+    An expired cookie token is admitted (the middleware renews it); an expired bearer
+    token or share link is not. Free of request state, so the frame gate uses it too.
+    """
     try:
         claims = app[TOKENS].verify(token, allow_expired=via_cookie)
     except TokenError as exc:
-        raise reject(request, 401, exc.reason, exc.message) from None
+        raise Rejected(401, exc.reason, exc.message) from None
     if claims.expired and claims.is_share:
-        raise reject(request, 401, "token_expired", "This share link has expired.")
+        raise Rejected(401, "token_expired", "This share link has expired.")
     if claims.is_share:
         share = find_share(app[DB], claims.subject.removeprefix("share:"))
         if share is None or share["revoked_at"]:
-            raise reject(request, 401, "token_revoked", "This share link has been revoked.")
+            raise Rejected(401, "token_revoked", "This share link has been revoked.")
         return Identity(claims, via_cookie)
     session = app[SESSIONS].active(claims.session or "")
     if session is None:
-        raise reject(request, 401, "token_revoked", "The session has ended; log in again.")
+        raise Rejected(401, "token_revoked", "The session has ended; log in again.")
     return Identity(claims, via_cookie, session["csrf"])
+
+
+def _verify(request: web.Request, token: str, via_cookie: bool) -> Identity:
+    """:func:`check_token`, with an audit row and an API error for a rejection."""
+    try:
+        return check_token(request.app, token, via_cookie)
+    except Rejected as exc:
+        raise reject(request, exc.status, exc.reason, exc.message) from None
 
 
 def _check_csrf(request: web.Request, who: Identity) -> None:
@@ -189,9 +208,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+def needs_renewal(claims: Claims) -> bool:
+    """Whether a cookie's access token is in the second half of its life, or past it."""
+    return claims.expires_at - time.time() <= ACCESS_TTL / 2
+
+
 def _renew_if_old(request: web.Request, who: Identity, response: web.StreamResponse) -> None:
     """Sliding session: re-issue the access cookie in the second half of its life."""
-    if who.claims.expires_at - time.time() > ACCESS_TTL / 2 or response.prepared:
+    if not needs_renewal(who.claims) or response.prepared:
         return
     token, _ = request.app[TOKENS].issue_access(who.username, who.role, who.claims.session or "")
     set_cookie(response, request, SESSION_COOKIE, token, http_only=True, max_age=SESSION_TTL)

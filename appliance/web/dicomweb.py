@@ -13,6 +13,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from appliance.gateway import (
+    HTJ2K_LOSSLESS,
     BadRequest,
     Target,
     accepts_stored_frames,
@@ -50,26 +51,39 @@ def _share_scope(request: web.Request, who: Identity, target: Target) -> str | N
     return who.claims.study
 
 
+def prepared_frame(frames_dir: str, target: Target, accept: str) -> str | None:
+    """The internal URI of a single frame's prepared file, if it exists and ``accept`` fits."""
+    if target.action != "frames" or len(target.frames) != 1 or target.frame_action is not None:
+        return None
+    if not accepts_stored_frames(accept):
+        return None
+    return _existing(frames_dir, frame_file_redirect(target))
+
+
+def _existing(frames_dir: str, uri: str) -> str | None:
+    return uri if os.path.exists(frames_dir + uri.removeprefix("/internal-frames")) else None
+
+
 def _prepared_file(request: web.Request, target: Target) -> str | None:
     """The internal URI of a file prepared at ingest for this request, if there is one."""
-    if target.action == "frames" and len(target.frames) == 1 and target.frame_action is None:
-        if not accepts_stored_frames(request.headers.get("Accept", "")):
-            return None
-        uri = frame_file_redirect(target)
-    elif target.resource == "series" and target.action in ("rendered", "thumbnail"):
+    frames_dir = request.app[FRAMES_DIR]
+    if target.action == "frames" and target.frame_action is None:
+        return prepared_frame(frames_dir, target, request.headers.get("Accept", ""))
+    if target.resource == "series" and target.action in ("rendered", "thumbnail"):
         sop = _first_instance(request, target.series or "")
         if sop is None:
             return None
-        uri = image_file_redirect(replace(target, instance=sop), target.action)
-    elif target.resource == "instances" and (
+        return _existing(
+            frames_dir, image_file_redirect(replace(target, instance=sop), target.action)
+        )
+    if target.resource == "instances" and (
         target.action in ("rendered", "thumbnail")
         or (target.action == "frames" and target.frames == (1,) and target.frame_action)
     ):
-        uri = image_file_redirect(target, target.frame_action or target.action)
-    else:
-        return None
-    frames_dir = request.app[FRAMES_DIR]
-    return uri if os.path.exists(frames_dir + uri.removeprefix("/internal-frames")) else None
+        return _existing(
+            frames_dir, image_file_redirect(target, target.frame_action or target.action)
+        )
+    return None
 
 
 def _first_instance(request: web.Request, series_uid: str) -> str | None:
@@ -80,6 +94,23 @@ def _first_instance(request: web.Request, series_uid: str) -> str | None:
         .fetchone()
     )
     return rows[0] if rows else None
+
+
+def _refuse_other_syntaxes(request: web.Request, target: Target) -> None:
+    """406 for frames of an HTJ2K instance asked for in another form.
+
+    Orthanc 1.10.1 cannot transcode HTJ2K, and would send the HTJ2K bytes labelled as
+    the syntax asked for; the bytes never pass through Python, so there is no other form.
+    """
+    first = replace(target, frames=target.frames[:1])
+    if _existing(request.app[FRAMES_DIR], frame_file_redirect(first)) is None:
+        return
+    raise ApiError(
+        406,
+        "not_acceptable",
+        f"Frames of this instance are stored as HTJ2K ({HTJ2K_LOSSLESS}) and sent one per "
+        "request: ask for one frame with transfer-syntax=* or that syntax.",
+    )
 
 
 def accel(uri: str, accept: str = "") -> web.Response:
@@ -103,6 +134,8 @@ async def read(request: web.Request) -> web.Response:
     prepared = _prepared_file(request, target)
     if prepared is not None:
         return accel(prepared)
+    if target.action == "frames" and target.frame_action is None:
+        _refuse_other_syntaxes(request, target)
     accept = orthanc_accept(target, request.headers.get("Accept", ""))
     return accel(orthanc_redirect(target, query), accept)
 

@@ -17,10 +17,10 @@ of ``bench/codec.py`` and 1.06-1.09x on pydicom's CT/MR test files. The gap is t
 block coder's (no context-adaptive arithmetic coding), not a setting: measured lossless,
 3, 4, 6 or 7 decompositions (1.0739-1.0799x), 256x256 tiles (1.0779x), and with
 ``ojph_compress`` code-blocks 32x128 or 128x32 (1.0737-1.0740x vs 1.0729x at 64x64),
-128x128 precincts (1.0737x) and a declared bit depth of Bits Stored instead of 16 (less
-than 0.2% smaller) all do no better than the defaults used here. Signed input costs the
-same as the same pixels offset to unsigned. TLM and one tile-part per resolution add
-about 110 bytes a frame (0.06% on 512x512 CT).
+128x128 precincts (1.0737x) do no better than the defaults used here; declaring Bits
+Stored as the bit depth instead of 16 (imagecodecs does not expose it) saves under 0.2%.
+Signed input costs the same as the same pixels offset to unsigned. TLM and one tile-part
+per resolution add about 110 bytes a frame (0.06% on 512x512 CT).
 """
 
 from __future__ import annotations

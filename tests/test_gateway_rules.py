@@ -13,6 +13,7 @@ from appliance.gateway import (
     orthanc_accept,
     orthanc_redirect,
     parse_path,
+    parse_single_frame,
 )
 
 ST, SE, SO = "1.2.840.1", "1.2.840.1.2", "1.2.840.1.2.3"
@@ -65,6 +66,43 @@ def test_known_paths_parse_and_rebuild(tail, resource, action):
 def test_unknown_or_malformed_paths_are_refused(tail):
     with pytest.raises(BadRequest):
         parse_path(tail)
+
+
+FRAME = f"studies/{ST}/series/{SE}/instances/{SO}/frames/"
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        FRAME + "1",
+        FRAME + "999999",
+        FRAME + "1000000",
+        FRAME + "01",
+        FRAME + "1,2",
+        FRAME + "1/",
+        "/" + FRAME + "1",
+        FRAME + "1/rendered",
+        FRAME.replace(SO, SO + ".") + "1",
+        FRAME.replace(SO, SO + "..4") + "1",
+        FRAME.replace(SO, "1." * 32 + "1") + "1",  # 65 characters
+        FRAME.replace(SO, "1." * 31 + "12") + "1",  # 64 characters
+        FRAME.replace("series", "Series") + "1",
+        FRAME + "1\n",
+        FRAME + "٣",  # a non-ASCII digit
+    ],
+)
+def test_the_single_frame_fast_path_agrees_with_the_full_parser(tail):
+    """Whatever the frame gate's one regular expression accepts, parse_path accepts alike."""
+    fast = parse_single_frame(tail)
+    try:
+        full = parse_path(tail)
+    except BadRequest:
+        full = None
+    assert fast is None or fast == full
+    if full is not None and full.action == "frames" and tail == full.path:
+        assert fast == full or len(full.frames) > 1 or full.frame_action
+    if not tail.isascii() or "\n" in tail:
+        assert fast is None
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ GET and HEAD requests here rather than to the aiohttp application. The gate runs
 every app process, on ``127.0.0.1:gate_port`` (``SO_REUSEPORT``, like the app), and uses
 the app's own token service, session store, database and gateway rules:
 
-* the path is checked with :func:`~appliance.gateway.check_raw_path` and parsed with
-  :func:`~appliance.gateway.parse_path`;
+* the path must be exactly one frame of an instance
+  (:func:`~appliance.gateway.parse_single_frame`: UIDs of digits and dots, at most 64
+  characters, no query, nothing encoded);
 * the token (bearer or session cookie) is checked with
   :func:`~appliance.web.auth.check_token`: pinned algorithm, signature, claims, a live
   session or share, read from the database on every request, so a logout or revocation
@@ -39,7 +40,7 @@ from collections.abc import AsyncIterator
 import httptools
 from aiohttp import web
 
-from appliance.gateway import BadRequest, check_raw_path, parse_path
+from appliance.gateway import parse_single_frame
 from appliance.web.auth import (
     SESSION_COOKIE,
     STAFF,
@@ -72,7 +73,7 @@ def _json_error(status: int, phrase: str, error: str, message: str) -> bytes:
 
 def accel_response(uri: str) -> bytes:
     """An empty 200 that has nginx serve ``uri`` (validated, header-safe) internally."""
-    return _response("200 OK", {"X-Accel-Redirect": uri})
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Accel-Redirect: %s\r\n\r\n" % uri.encode()
 
 
 HANDED_TO_APP = accel_response(HAND_TO_APP)
@@ -114,12 +115,8 @@ class FrameGate:
 
     def frame_file(self, url: str, headers: dict[bytes, bytes]) -> str | None:
         """The internal URI of the frame file, if every check passes; else ``None``."""
-        if not url.startswith(_PREFIX) or "?" in url:
-            return None
-        try:
-            check_raw_path(url)
-            target = parse_path(url.removeprefix(_PREFIX))
-        except BadRequest:
+        target = parse_single_frame(url[len(_PREFIX) :]) if url.startswith(_PREFIX) else None
+        if target is None:
             return None
         who = self.caller(headers)
         if who is None or not (

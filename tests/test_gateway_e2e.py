@@ -148,14 +148,18 @@ def test_whole_instance_retrieve_is_htj2k_with_identical_pixels(appliance, pushe
     assert np.array_equal(ds.pixel_array, slices[2])
 
 
-def test_rendered_and_thumbnail_of_htj2k_instances_are_jpegs(appliance, pushed):
+def test_rendered_and_thumbnail_of_htj2k_instances_series_and_studies_are_jpegs(appliance, pushed):
     series, _, token, _ = pushed
     base = (f"{appliance.url}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
             f"{series.series_uid}/instances/{series.sop_uids[0]}")  # fmt: skip
-    for kind in ("rendered", "thumbnail", "frames/1/rendered"):
-        resp = requests.get(f"{base}/{kind}", headers={"Authorization": f"Bearer {token}"},
-                            timeout=10)  # fmt: skip
-        assert resp.status_code == 200, kind
+    series_url = base.rsplit("/instances/", 1)[0]
+    study_url = series_url.rsplit("/series/", 1)[0]
+    urls = [f"{base}/{kind}" for kind in ("rendered", "thumbnail", "frames/1/rendered")]
+    urls += [f"{parent}/{kind}" for parent in (series_url, study_url)
+             for kind in ("rendered", "thumbnail")]  # fmt: skip
+    for url in urls:
+        resp = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert resp.status_code == 200, url
         assert resp.headers["Content-Type"] == "image/jpeg"
         assert resp.content[:2] == b"\xff\xd8"
 

@@ -69,13 +69,9 @@ def _prepared_file(request: web.Request, target: Target) -> str | None:
     frames_dir = request.app[FRAMES_DIR]
     if target.action == "frames" and target.frame_action is None:
         return prepared_frame(frames_dir, target, request.headers.get("Accept", ""))
-    if target.resource == "series" and target.action in ("rendered", "thumbnail"):
-        sop = _first_instance(request, target.series or "")
-        if sop is None:
-            return None
-        return _existing(
-            frames_dir, image_file_redirect(replace(target, instance=sop), target.action)
-        )
+    if target.resource in ("studies", "series") and target.action in ("rendered", "thumbnail"):
+        shown = _representative(request, target)
+        return _existing(frames_dir, image_file_redirect(shown, target.action)) if shown else None
     if target.resource == "instances" and (
         target.action in ("rendered", "thumbnail")
         or (target.action == "frames" and target.frames == (1,) and target.frame_action)
@@ -86,14 +82,17 @@ def _prepared_file(request: web.Request, target: Target) -> str | None:
     return None
 
 
-def _first_instance(request: web.Request, series_uid: str) -> str | None:
-    """The instance whose picture stands for its series (the first one received)."""
-    rows = (
-        request.app[DB]
-        .execute("SELECT first_sop FROM series WHERE series_uid = ?", [series_uid])
-        .fetchone()
-    )
-    return rows[0] if rows else None
+def _representative(request: web.Request, target: Target) -> Target | None:
+    """The instance whose picture stands for a series (its first received instance) or a
+    study (that of its lowest-numbered series)."""
+    query = "SELECT series_uid, first_sop FROM series WHERE study_uid = ? AND first_sop IS NOT NULL"
+    params = [target.study]
+    if target.series:
+        query += " AND series_uid = ?"
+        params.append(target.series)
+    query += " ORDER BY CAST(number AS INTEGER), series_uid LIMIT 1"
+    row = request.app[DB].execute(query, params).fetchone()
+    return replace(target, series=row[0], instance=row[1]) if row else None
 
 
 def _refuse_other_syntaxes(request: web.Request, target: Target) -> None:

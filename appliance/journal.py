@@ -81,6 +81,11 @@ VALUES (?, ?, ?, ?, ?, ?)
 """
 STUDY_KEYWORDS = ("PatientName", "PatientID", "StudyDate", "StudyTime", "StudyDescription",
                   "AccessionNumber")  # fmt: skip
+SERIES_KEYWORDS = ("Modality", "SeriesDescription", "SeriesNumber")
+# Every header element describe() and Journal.record_received() read: the receiver parses
+# only these (appliance.part10.read_header).
+HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                   *SERIES_KEYWORDS, *STUDY_KEYWORDS)  # fmt: skip
 UPSERT_STUDY = """
 INSERT INTO studies (study_uid, patient_name, patient_id, study_date, study_time, description,
                      accession, modalities, received_at, updated_at)

@@ -60,13 +60,20 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> Queue:
         ``redis_url`` selects Redis; otherwise the queue is ``db/queue.db`` in the home.
     immediate
         Run tasks synchronously when enqueued (unit tests).
+
+    Task return values are not stored (``results=False``): nothing reads them (the
+    journal holds every outcome), and Huey would keep one row per task forever.
     """
     if settings.redis_url:
-        huey: Huey = RedisHuey(QUEUE_NAME, url=settings.redis_url, immediate=immediate)
+        huey: Huey = RedisHuey(
+            QUEUE_NAME, url=settings.redis_url, immediate=immediate, results=False
+        )
     else:
         path = HomeLayout(settings.home).queue_file
         path.parent.mkdir(parents=True, exist_ok=True)
-        huey = LocalHuey(QUEUE_NAME, filename=str(path), immediate=immediate, timeout=30)
+        huey = LocalHuey(
+            QUEUE_NAME, filename=str(path), immediate=immediate, timeout=30, results=False
+        )
     from appliance.transcode.tasks import register_tasks
 
     return register_tasks(huey, settings)

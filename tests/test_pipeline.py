@@ -72,3 +72,7 @@ def test_a_second_task_for_the_same_file_does_nothing(home):
     assert pipeline.journal.claim(sop, spool)
     assert pipeline.process(sop, spool).state == "skipped"
     assert Path(spool).exists()
+
+
+def test_codec_warm_up_round_trips_grey_and_colour():
+    pipeline_module.warm_up_codec()  # raises if OpenJPH does not give the pixels back

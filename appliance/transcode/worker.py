@@ -10,6 +10,7 @@ from pathlib import Path
 from appliance.config import Settings
 from appliance.ingest import Ingest
 from appliance.layout import HomeLayout
+from appliance.transcode.pipeline import warm_up_codec
 from appliance.transcode.queue import create_queue
 
 log = logging.getLogger("neuronova.worker")
@@ -38,6 +39,7 @@ def serve(settings: Settings) -> None:
     left (on 2 cores it would otherwise slow the C-STORE phase down by half).
     """
     os.nice(WORKER_NICENESS)
+    warm_up_codec()  # before any worker thread runs the codec (see its docstring)
     queue = create_queue(settings)
     Ingest(settings, queue=queue).recover()
     huey = queue.huey

@@ -92,6 +92,7 @@ SCHEMA: dict[str, dict] = {
             "size_in": int,
             "size_out": int,
             "frames": int,
+            "images_at": str,
         },
         "pk": "sop_uid",
         "not_null": {"study_uid", "series_uid", "state", "received_at"},
@@ -143,6 +144,13 @@ INDEXES: list[tuple[str, list[str]]] = [
 ]
 
 
+# Values for columns added to an existing database: instances stored before images_at
+# existed had their JPEGs written with their frames.
+BACKFILL: dict[tuple[str, str], str] = {
+    ("instances", "images_at"): "UPDATE instances SET images_at = stored_at WHERE state = 'stored'",
+}
+
+
 def open_database(path: Path, *, threads: bool = False) -> sqlite_utils.Database:
     """Open (creating if needed) the app database with WAL journaling and the schema.
 
@@ -158,7 +166,7 @@ def open_database(path: Path, *, threads: bool = False) -> sqlite_utils.Database
 
 
 def migrate(db: sqlite_utils.Database) -> None:
-    """Create the tables that do not exist yet."""
+    """Create the tables that do not exist yet and add columns a newer version added."""
     for name, spec in SCHEMA.items():
         db[name].create(
             spec["columns"],
@@ -167,5 +175,15 @@ def migrate(db: sqlite_utils.Database) -> None:
             defaults=spec.get("defaults"),
             if_not_exists=True,
         )
+        existing = db[name].columns_dict
+        for column, kind in spec["columns"].items():
+            if column not in existing:
+                db[name].add_column(column, kind)
+                if (name, column) in BACKFILL:
+                    db.execute(BACKFILL[name, column])
     for table, columns in INDEXES:
         db[table].create_index(columns, if_not_exists=True)
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_instances_images_pending ON instances (state) "
+        "WHERE images_at IS NULL"
+    )

@@ -49,7 +49,8 @@ class Ingest:
 
         Returns how many were queued. Interrupted claims go back to ``received``; spool
         files the journal never heard of (a crash between fsync and journal) are
-        journaled now; files of objects already stored are removed.
+        journaled now; files of objects already stored are removed. Stored objects
+        whose JPEGs were not written yet get their image task again.
         """
         self.spool.discard_partial()
         self.journal.reset_interrupted()
@@ -60,6 +61,11 @@ class Ingest:
             self.queue.enqueue_ingest(sop_uid, spool_path)
         if pending:
             log.info("re-queued %d object(s) received before the last stop", len(pending))
+        images = self.journal.images_pending()
+        for sop_uid, spool_path in images:
+            self.queue.enqueue_images(sop_uid, spool_path)
+        if images:
+            log.info("re-queued the JPEGs of %d stored object(s)", len(images))
         return len(pending)
 
     def _adopt(self, path: Path) -> None:

@@ -73,7 +73,7 @@ ON CONFLICT (sop_uid) DO UPDATE SET
     spool_path = excluded.spool_path, received_at = excluded.received_at,
     updated_at = excluded.updated_at, stored_at = NULL, attempts = 0, ts_in = excluded.ts_in,
     error = NULL, size_in = excluded.size_in, action = NULL, ts_out = NULL, reason = NULL,
-    size_out = NULL, frames = NULL
+    size_out = NULL, frames = NULL, images_at = NULL
 """
 INSERT_SERIES = """
 INSERT OR IGNORE INTO series (series_uid, study_uid, modality, description, number, first_sop)
@@ -185,6 +185,41 @@ class Journal:
             f"{columns} WHERE sop_uid = ? AND spool_path = ? AND state = ?",
             [STORED, now, now, *facts.values(), sop_uid, spool_path, PROCESSING],
         )
+
+    def first_of_series(self, sop_uid: str, series_uid: str) -> bool:
+        """True when this instance's picture stands for its series (``series.first_sop``)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT first_sop FROM series WHERE series_uid = ?", [series_uid]
+            ).fetchone()
+        return row is not None and row[0] == sop_uid
+
+    def images_written(self, sop_uid: str, spool_path: str) -> bool:
+        """Record that the rendered and thumbnail JPEGs of this stored copy exist."""
+        return self._update(
+            "UPDATE instances SET images_at = ? WHERE sop_uid = ? AND spool_path = ? AND state = ?",
+            [now_iso(), sop_uid, spool_path, STORED],
+        )
+
+    def images_pending_for(self, sop_uid: str) -> list[tuple[str, str]]:
+        """(sop_uid, spool_path) of this instance if it is stored without its JPEGs."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT sop_uid, spool_path FROM instances WHERE sop_uid = ? AND state = ? "
+                "AND images_at IS NULL",
+                [sop_uid, STORED],
+            )
+            return [(r[0], r[1]) for r in rows.fetchall()]
+
+    def images_pending(self) -> list[tuple[str, str]]:
+        """(sop_uid, spool_path) of stored objects whose JPEGs are still to be written."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT sop_uid, spool_path FROM instances WHERE state = ? AND frames > 0 "
+                "AND images_at IS NULL",
+                [STORED],
+            )
+            return [(r[0], r[1]) for r in rows.fetchall()]
 
     def reset_interrupted(self) -> int:
         """After a crash: objects left ``processing`` go back to ``received``."""

@@ -21,23 +21,33 @@ class OrthancRejected(Exception):
 
 
 class OrthancStore:
-    """POST Part 10 files to ``/instances``."""
+    """POST Part 10 files to ``/instances``; read stored ones back."""
 
     def __init__(self, settings: Settings) -> None:
-        self._url = f"{orthanc_url(settings)}/instances"
+        self._base = orthanc_url(settings)
         self._auth = orthanc_auth_header(settings)
 
     def store(self, data: bytes) -> str:
         """Store one object; returns Orthanc's instance id."""
+        return json.loads(self._call("/instances", data, "application/dicom"))["ID"]
+
+    def fetch(self, sop_uid: str) -> bytes | None:
+        """The stored Part 10 file of a SOP Instance UID, or None if Orthanc has none."""
+        found = json.loads(self._call("/tools/lookup", sop_uid.encode(), "text/plain"))
+        ids = [item["ID"] for item in found if item.get("Type") == "Instance"]
+        return self._call(f"/instances/{ids[0]}/file") if ids else None
+
+    def _call(self, path: str, data: bytes | None = None, kind: str = "") -> bytes:
+        headers = {"Authorization": self._auth}
+        if kind:
+            headers["Content-Type"] = kind
         request = urllib.request.Request(
-            self._url,
-            data=data,
-            method="POST",
-            headers={"Authorization": self._auth, "Content-Type": "application/dicom"},
-        )
+            self._base + path, data=data, method="POST" if data is not None else "GET",
+            headers=headers,
+        )  # fmt: skip
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
-                return json.load(resp)["ID"]
+                return resp.read()
         except urllib.error.HTTPError as exc:
             if exc.code >= 500 or exc.code in (401, 403):
                 raise OrthancUnavailable(f"Orthanc answered HTTP {exc.code}") from exc

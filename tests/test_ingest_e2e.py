@@ -278,6 +278,13 @@ def test_kill_9_during_a_push_loses_nothing(appliance_factory, tmp_path):
     rows = wait_settled(appliance, sops)
     assert {rows[s]["state"] for s in sops} == {"stored"}
     assert not list((appliance.settings.home / "spool").glob("*.dcm"))
+    # The JPEGs written after "stored" (a lower-priority task) survive the kill as well.
+    wait_for(lambda: all(journal(appliance)[s]["images_at"] for s in sops), 120, "JPEGs")
+    frames = HomeLayout(appliance.settings.home).frames_dir / series.study_uid / series.series_uid
+    for sop in sops:
+        assert all(
+            (frames / sop / name).stat().st_size for name in ("rendered.jpg", "thumbnail.jpg")
+        )
     token = requests.post(
         f"{appliance.url}/api/auth/login",
         timeout=10,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pydicom
@@ -10,6 +11,7 @@ from conftest import free_port
 from pydicom.data import get_testdata_file
 
 from appliance.config import load_settings
+from appliance.db import open_database
 from appliance.home import init_home
 from appliance.ingest import Ingest
 from appliance.journal import Journal
@@ -76,3 +78,32 @@ def test_a_second_task_for_the_same_file_does_nothing(home):
 
 def test_codec_warm_up_round_trips_grey_and_colour():
     pipeline_module.warm_up_codec()  # raises if OpenJPH does not give the pixels back
+
+
+def test_an_older_database_gets_images_at_and_its_stored_rows_count_as_done(tmp_path):
+    path = tmp_path / "app.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE instances (sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, "
+                "series_uid TEXT NOT NULL, state TEXT NOT NULL, received_at TEXT NOT NULL, "
+                "stored_at TEXT, frames INTEGER)")  # fmt: skip
+    old.execute("INSERT INTO instances VALUES ('1.1', '1', '2', 'stored', 't0', 't1', 1)")
+    old.execute("INSERT INTO instances VALUES ('1.2', '1', '2', 'received', 't0', NULL, NULL)")
+    old.commit()
+    old.close()
+    rows = {r["sop_uid"]: r for r in open_database(path)["instances"].rows}
+    assert rows["1.1"]["images_at"] == "t1" and rows["1.2"]["images_at"] is None
+
+
+def test_recover_queues_the_jpegs_of_stored_instances_that_lack_them(home):
+    sop, spool = accept_ct(home)
+    journal = Journal(HomeLayout(home.home).database_file)
+    journal.db.execute("UPDATE instances SET state = 'stored', frames = 1 WHERE sop_uid = ?", [sop])
+    journal.db.conn.commit()
+    queue = create_queue(home)
+    queue.huey.flush()
+    Ingest(home, queue=queue).recover()
+    assert [task.name for task in queue.huey.pending()] == ["write_images"]
+    assert journal.images_written(sop, spool)
+    queue.huey.flush()
+    Ingest(home, queue=queue).recover()
+    assert queue.huey.pending() == []

@@ -30,19 +30,23 @@ from appliance.transcode.codec import (
     dataset_to_bytes,
     transcode_to_htj2k,
 )
-from appliance.transcode.frames import write_instance_files
+from appliance.transcode.frames import write_images, write_instance_files
+from appliance.users import now_iso
 
 log = logging.getLogger("neuronova.worker")
 MAX_ATTEMPTS = 12
 BACKOFF_CAP = 120.0
+IMAGES_RETRY = 30.0
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened: ``state`` plus, for a transient failure, when to try again."""
+    """What happened: ``state``; for a transient failure, when to try again; whether the
+    rendered and thumbnail JPEGs are still to be written (:meth:`Pipeline.write_images`)."""
 
     state: str
     retry_in: float | None = None
+    images_later: bool = False
 
 
 class Pipeline:
@@ -76,8 +80,11 @@ class Pipeline:
             return Outcome(FAILED)
         result = _transcode(ds)
         payload = _stored_bytes(ds, result) if result.transcoded else data
+        images_now = not result.transcoded or self.journal.first_of_series(
+            sop_uid, str(ds.SeriesInstanceUID)
+        )
         try:
-            self._prepare_frames(result)
+            self._prepare_frames(result, images_now)
             self.orthanc.store(payload)
         except OrthancUnavailable as exc:
             return self._retry(sop_uid, spool_path, str(exc))
@@ -85,10 +92,20 @@ class Pipeline:
             log.error("%s failed permanently: %s", sop_uid, exc)
             self.journal.fail(sop_uid, spool_path, str(exc))
             return Outcome(FAILED)
-        self._finish(sop_uid, spool_path, result, len(payload))
-        return Outcome(STORED)
+        self._finish(sop_uid, spool_path, result, len(payload), images_now)
+        return Outcome(STORED, images_later=bool(result.frames) and not images_now)
 
-    def _prepare_frames(self, result: TranscodeResult) -> None:
+    def _prepare_frames(self, result: TranscodeResult, images: bool) -> None:
+        """Frame files always; the JPEGs too when ``images``.
+
+        The rendered and thumbnail JPEGs of an HTJ2K instance are written with its frames
+        only for the first instance of its series (the series' and study's picture, shown
+        as soon as the series is viewable) and for objects kept as received. For the
+        others they come from a lower-priority task once the instance is stored
+        (:meth:`write_images`): OHIF needs only the frames, and the JPEGs were a quarter
+        of the worker's CPU per CT slice (render 2.3 ms, JPEG 1.4 ms, thumbnail 0.9 ms,
+        two durable writes), time that kept every later slice from being viewable.
+        """
         if result.frames:
             write_instance_files(
                 self.frames_root,
@@ -96,7 +113,30 @@ class Pipeline:
                 result.frames,
                 result.transfer_syntax,
                 result.pixels,
+                images=images,
             )
+
+    def write_images(self, sop_uid: str, spool_path: str) -> Outcome:
+        """Write the JPEGs of a stored HTJ2K instance from its copy in Orthanc (idempotent).
+
+        The journal's ``images_at`` records it, so :meth:`Ingest.recover` queues again
+        what a crash interrupted; a newer copy of the instance makes this a no-op.
+        """
+        if (sop_uid, spool_path) not in self.journal.images_pending_for(sop_uid):
+            return Outcome("skipped")
+        try:
+            data = self.orthanc.fetch(sop_uid)
+        except OrthancUnavailable as exc:
+            log.warning("%s: JPEGs postponed: %s", sop_uid, exc)
+            return Outcome("retry", retry_in=IMAGES_RETRY)
+        except OrthancRejected as exc:
+            log.error("%s: JPEGs not written: %s", sop_uid, exc)
+            data = None
+        if data is not None:
+            ds = pydicom.dcmread(io.BytesIO(data))
+            write_images(self.frames_root, ds, str(ds.file_meta.TransferSyntaxUID))
+        self.journal.images_written(sop_uid, spool_path)
+        return Outcome(STORED)
 
     def _retry(self, sop_uid: str, spool_path: str, error: str) -> Outcome:
         attempts = self.journal.release(sop_uid, spool_path, error)
@@ -107,7 +147,9 @@ class Pipeline:
         log.warning("%s: %s; retrying in %.0f s (attempt %d)", sop_uid, error, delay, attempts)
         return Outcome("retry", retry_in=delay)
 
-    def _finish(self, sop_uid: str, spool_path: str, result: TranscodeResult, size: int) -> None:
+    def _finish(
+        self, sop_uid: str, spool_path: str, result: TranscodeResult, size: int, images: bool
+    ) -> None:
         self.journal.stored(
             sop_uid,
             spool_path,
@@ -116,6 +158,7 @@ class Pipeline:
             reason=result.reason,
             size_out=size,
             frames=len(result.frames),
+            images_at=now_iso() if images else None,
         )
         Path(spool_path).unlink(missing_ok=True)
 

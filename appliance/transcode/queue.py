@@ -42,6 +42,7 @@ class Queue:
 
     huey: Huey
     ingest: TaskWrapper
+    images: TaskWrapper
 
     def enqueue_ingest(self, sop_uid: str, spool_path: str, delay: float | None = None) -> None:
         """Queue the ingest of one spooled object (after ``delay`` seconds, if given)."""
@@ -49,6 +50,10 @@ class Queue:
             self.ingest.schedule((sop_uid, spool_path), delay=delay)
         else:
             self.ingest(sop_uid, spool_path)
+
+    def enqueue_images(self, sop_uid: str, spool_path: str) -> None:
+        """Queue the JPEGs of a stored instance (after every queued ingest)."""
+        self.images(sop_uid, spool_path)
 
 
 def create_queue(settings: Settings, *, immediate: bool = False) -> Queue:

@@ -434,3 +434,20 @@ def test_the_gate_refuses_other_methods_and_malformed_http(appliance):
     assert garbage.startswith(b"HTTP/1.1 400 ")
     huge = gate_exchange(appliance, gate_request("/x", "X-Pad: " + "a" * 40_000))
     assert huge.startswith(b"HTTP/1.1 431 ")
+
+
+def test_a_preview_still_queued_answers_503_with_retry_after(appliance, pushed):
+    """Previews of a series' other instances are made after 'stored'; until then, 503."""
+    series, _, token, _ = pushed
+    sop = series.sop_uids[-1]
+    layout = HomeLayout(appliance.settings.home)
+    db = open_database(layout.database_file)
+    with db.conn:
+        db.execute("UPDATE instances SET images_at = NULL WHERE sop_uid = ?", [sop])
+    db.close()
+    instance_dir = layout.frames_dir / series.study_uid / series.series_uid / sop
+    (instance_dir / "rendered.jpg").unlink(missing_ok=True)
+    resp = requests.get(f"{frame_url(appliance, series, -1).rsplit('/frames/', 1)[0]}/rendered",
+                        headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+    assert resp.status_code == 503 and resp.json()["error"] == "preview_pending"
+    assert int(resp.headers["Retry-After"]) > 0

@@ -25,13 +25,15 @@ from appliance.gateway import (
     orthanc_redirect,
     parse_path,
 )
+from appliance.journal import STORED
 from appliance.web.auth import STAFF, Identity, identity, reject, requires
-from appliance.web.errors import ApiError
+from appliance.web.errors import ApiError, json_error
 from appliance.web.keys import DB, FRAMES_DIR
 from appliance.web.stow import store_instances
 
 routes = web.RouteTableDef()
 ROOT = "/api/pacs/dicom-web"
+PREVIEW_RETRY = 5  # seconds; the preview task runs behind the queued ingests
 
 
 def _parse(request: web.Request) -> Target:
@@ -112,6 +114,38 @@ def _refuse_other_syntaxes(request: web.Request, target: Target) -> None:
     )
 
 
+def _preview_pending(request: web.Request, target: Target) -> web.Response | None:
+    """503 with ``Retry-After`` while a stored instance's JPEGs wait for their task.
+
+    Previews of all but a series' first instance are made after the instance is stored
+    (:meth:`appliance.transcode.pipeline.Pipeline.write_images`); Orthanc 1.10.1 cannot
+    render HTJ2K in the meantime.
+    """
+    if target.resource != "instances" or not (
+        target.action in ("rendered", "thumbnail") or target.frame_action
+    ):
+        return None
+    pending = (
+        request.app[DB]
+        .execute(
+            "SELECT 1 FROM instances WHERE sop_uid = ? AND state = ? AND frames > 0 "
+            "AND images_at IS NULL",
+            [target.instance, STORED],
+        )
+        .fetchone()
+    )
+    if pending is None:
+        return None
+    response = json_error(
+        503,
+        "preview_pending",
+        f"The preview of this instance is being made; try again in {PREVIEW_RETRY} s.",
+        retry_after=PREVIEW_RETRY,
+    )
+    response.headers["Retry-After"] = str(PREVIEW_RETRY)
+    return response
+
+
 def accel(uri: str, accept: str = "") -> web.Response:
     """An empty response that has nginx serve ``uri`` from an internal location."""
     headers = {"X-Accel-Redirect": uri}
@@ -135,6 +169,9 @@ async def read(request: web.Request) -> web.Response:
         return accel(prepared)
     if target.action == "frames" and target.frame_action is None:
         _refuse_other_syntaxes(request, target)
+    pending = _preview_pending(request, target)
+    if pending is not None:
+        return pending
     accept = orthanc_accept(target, request.headers.get("Accept", ""))
     return accel(orthanc_redirect(target, query), accept)
 

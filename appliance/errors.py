@@ -23,3 +23,7 @@ class NotInitializedError(ApplianceError):
 
 class UserError(ApplianceError):
     """An invalid user-management request (unknown user, bad role, weak password)."""
+
+
+class PortInUseError(ApplianceError):
+    """A port the appliance listens on is taken by another program."""

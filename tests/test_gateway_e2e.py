@@ -434,6 +434,8 @@ def test_the_gate_refuses_other_methods_and_malformed_http(appliance):
     assert garbage.startswith(b"HTTP/1.1 400 ")
     huge = gate_exchange(appliance, gate_request("/x", "X-Pad: " + "a" * 40_000))
     assert huge.startswith(b"HTTP/1.1 431 ")
+    long_url = gate_exchange(appliance, gate_request("/x" * 20_000))
+    assert long_url.startswith(b"HTTP/1.1 431 ")
 
 
 def test_a_preview_still_queued_answers_503_with_retry_after(appliance, pushed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -179,6 +180,24 @@ def test_missing_nginx_is_a_clear_error(appliance_factory, tmp_path):
     assert result.returncode == 1
     assert "Error: nginx was not found" in result.stderr
     assert "sudo apt-get install nginx-light" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("port", "what"), [("app_port", "web app"), ("gate_port", "frame gate")])
+def test_a_taken_port_is_a_clear_error(appliance_factory, port, what):
+    appliance = appliance_factory()
+    number = getattr(appliance.settings, port)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", number))
+        squatter.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "appliance", "service", "app",
+             "--home", str(appliance.settings.home)],
+            capture_output=True, text=True, env=appliance.env, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"Error: the {what} cannot listen on 127.0.0.1:{number}" in result.stderr
+    assert f"set [internal] {port}" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from appliance.config import Settings
 from appliance.db import open_database
+from appliance.errors import PortInUseError
 from appliance.ingest import Ingest
 from appliance.keys import read_secret
 from appliance.layout import HomeLayout
@@ -91,12 +93,20 @@ def serve(settings: Settings) -> None:
     the kernel spreads nginx's connections over them.
     """
     log.info("web app listening on 127.0.0.1:%d", settings.app_port)
-    web.run_app(
-        create_app(settings),
-        host="127.0.0.1",
-        port=settings.app_port,
-        reuse_port=True,
-        access_log=None,
-        print=None,
-        shutdown_timeout=3,
-    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host="127.0.0.1",
+            port=settings.app_port,
+            reuse_port=True,
+            access_log=None,
+            print=None,
+            shutdown_timeout=3,
+        )
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise PortInUseError(
+            f"the web app cannot listen on 127.0.0.1:{settings.app_port} (in use); "
+            "set [internal] app_port in the settings to a free port"
+        ) from None

@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator
 import httptools
 from aiohttp import web
 
+from appliance.errors import PortInUseError
 from appliance.gateway import parse_single_frame
 from appliance.web.auth import (
     SESSION_COOKIE,
@@ -148,6 +149,10 @@ class FrameGate:
         return who
 
 
+class TooLarge(Exception):
+    """The request line and headers exceed :data:`MAX_HEADER_BYTES`."""
+
+
 class GateProtocol(asyncio.Protocol):
     """HTTP/1.1 from nginx's keep-alive upstream connections, parsed with httptools."""
 
@@ -170,25 +175,30 @@ class GateProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._send(BAD_REQUEST, close=True)
-        except httptools.HttpParserError:
+        except httptools.HttpParserCallbackError as exc:
+            too_large = isinstance(exc.__context__, TooLarge)
+            self._send(HEADERS_TOO_LARGE if too_large else BAD_REQUEST, close=True)
+        except httptools.HttpParserError:  # includes an Upgrade request
             self._send(BAD_REQUEST, close=True)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value)
+        self._count(len(name) + len(value))
         name = name.lower()
         if name in _WANTED:
             self.ambiguous |= name in self.headers
             self.headers[name] = value
 
-    def on_message_complete(self) -> None:
+    def _count(self, size: int) -> None:
+        """Stop reading a request head larger than nginx would ever send."""
+        self.header_bytes += size
         if self.header_bytes > MAX_HEADER_BYTES:
-            self._send(HEADERS_TOO_LARGE, close=True)
-            return
+            raise TooLarge
+
+    def on_message_complete(self) -> None:
         if self.ambiguous:
             response = HANDED_TO_APP
         else:
@@ -213,9 +223,15 @@ async def frame_gate_ctx(app: web.Application) -> AsyncIterator[None]:
     port = app[SETTINGS].gate_port
     gate = FrameGate(app)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: GateProtocol(gate), "127.0.0.1", port, reuse_port=True
-    )
+    try:
+        server = await loop.create_server(
+            lambda: GateProtocol(gate), "127.0.0.1", port, reuse_port=True
+        )
+    except OSError as exc:
+        raise PortInUseError(
+            f"the frame gate cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+            "set [internal] gate_port in the settings to a free port"
+        ) from None
     log.info("frame gate listening on 127.0.0.1:%d", port)
     yield
     server.close()

@@ -7,6 +7,7 @@ same durability and verification apply to each.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pydicom
@@ -18,6 +19,7 @@ from appliance.spool import Spool
 from appliance.transcode.queue import Queue, create_queue
 
 log = logging.getLogger("neuronova.ingest")
+SETTLE_SECONDS = 60
 
 
 class Ingest:
@@ -72,6 +74,8 @@ class Ingest:
         state = self.journal.knows_spool_file(str(path))
         if state == "stored":
             path.unlink(missing_ok=True)
+        elif state is None and self.journal.superseded(Spool.sop_of(path), str(path)):
+            self._drop_unacknowledged(path)
         elif state is None:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -80,3 +84,17 @@ class Ingest:
                 )
             except (OSError, ValueError, pydicom.errors.InvalidDicomError) as exc:
                 log.error("spool file %s is unreadable (%s); left in place", path.name, exc)
+
+    def _drop_unacknowledged(self, path: Path) -> None:
+        """Remove a spool file whose SOP Instance the journal has in another file.
+
+        Either an older copy that a newer one replaced, or a copy whose journal write a
+        crash interrupted (so its sender never got Success): the journaled copy is the
+        last one acknowledged. Adopting this one instead could let an older copy
+        replace a newer one in the archive. Files younger than :data:`SETTLE_SECONDS`
+        are left alone: a receiver running beside this recovery may be journaling them.
+        """
+        if time.time() - path.stat().st_mtime < SETTLE_SECONDS:
+            return
+        log.info("removed %s from the spool: another copy of it is journaled", path.name)
+        path.unlink(missing_ok=True)

@@ -44,6 +44,11 @@ class Spool:
         fsync_dir(self.root)
         return final
 
+    @staticmethod
+    def sop_of(path: Path) -> str:
+        """The SOP Instance UID a spool file is named after (``<uid>.<tag>.dcm``)."""
+        return path.name.rsplit(".", 2)[0]
+
     def files(self) -> list[Path]:
         """Every complete spool file, oldest first."""
         return sorted(self.root.glob("*.dcm"), key=lambda p: p.stat().st_mtime)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pydicom
@@ -13,7 +15,7 @@ from pydicom.data import get_testdata_file
 from appliance.config import load_settings
 from appliance.db import open_database
 from appliance.home import init_home
-from appliance.ingest import Ingest
+from appliance.ingest import SETTLE_SECONDS, Ingest
 from appliance.journal import Journal
 from appliance.layout import HomeLayout
 from appliance.transcode import pipeline as pipeline_module
@@ -107,3 +109,31 @@ def test_recover_queues_the_jpegs_of_stored_instances_that_lack_them(home):
     queue.huey.flush()
     Ingest(home, queue=queue).recover()
     assert queue.huey.pending() == []
+
+
+def test_recover_drops_an_older_copy_instead_of_letting_it_win(home):
+    """Two copies, a crash before the older was processed: the journaled (newer) one wins,
+    at this restart and every later one."""
+    sop, older = accept_ct(home)
+    _, newer = accept_ct(home)
+    settled = time.time() - 2 * SETTLE_SECONDS
+    os.utime(older, (settled, settled))
+    queue = create_queue(home)
+    for _ in range(2):
+        queue.huey.flush()
+        Ingest(home, queue=queue).recover()
+        row = Journal(HomeLayout(home.home).database_file).db["instances"].get(sop)
+        assert row["spool_path"] == newer and row["state"] == "received"
+        assert not Path(older).exists() and Path(newer).exists()
+        assert len(queue.huey.pending()) == 1
+
+
+def test_recover_leaves_a_fresh_unjournaled_copy_to_the_receiver(home):
+    """A file younger than SETTLE_SECONDS may be a live receiver's, not yet journaled."""
+    sop, journaled = accept_ct(home)
+    fresh = Path(journaled).with_name(f"{sop}.fresh0000000.dcm")
+    fresh.write_bytes(Path(journaled).read_bytes())
+    Ingest(home, queue=create_queue(home, immediate=False)).recover()
+    assert fresh.exists()
+    row = Journal(HomeLayout(home.home).database_file).db["instances"].get(sop)
+    assert row["spool_path"] == journaled

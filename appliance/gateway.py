@@ -22,20 +22,18 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from appliance.orthanc import DICOMWEB_ROOT
+from appliance.uids import MAX_UID_LENGTH, UID_PATTERN, is_valid_uid
 
-UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 FRAMES_RE = re.compile(r"^[1-9][0-9]{0,5}(,[1-9][0-9]{0,5}){0,99}$")
 QUERY_KEY_RE = re.compile(
     r"^([A-Za-z][A-Za-z0-9]{0,63}|[0-9A-Fa-f]{8})(\.([A-Za-z][A-Za-z0-9]{0,63}|[0-9A-Fa-f]{8})){0,3}$"
 )
-_UID = r"[0-9]+(?:\.[0-9]+)*"
 SINGLE_FRAME_RE = re.compile(
-    rf"studies/(?P<study>{_UID})/series/(?P<series>{_UID})"
-    rf"/instances/(?P<instance>{_UID})/frames/(?P<frame>[1-9][0-9]{{0,5}})"
+    rf"studies/(?P<study>{UID_PATTERN})/series/(?P<series>{UID_PATTERN})"
+    rf"/instances/(?P<instance>{UID_PATTERN})/frames/(?P<frame>[1-9][0-9]{{0,5}})"
 )
 BULK_RE = re.compile(r"^[0-9A-Fa-f]{8}(\.[0-9]+(\.[0-9A-Fa-f]{8})?)*$")
 SPECIAL_KEYS = frozenset({"includefield", "limit", "offset", "fuzzymatching"})
-MAX_UID = 64
 MAX_VALUE = 1024
 QIDO_RESOURCES = ("studies", "series", "instances")
 INSTANCE_ACTIONS = ("metadata", "rendered", "thumbnail", "frames", "bulk")
@@ -100,7 +98,7 @@ def check_raw_path(raw_path: str) -> None:
 
 
 def _uid(value: str, what: str) -> str:
-    if len(value) > MAX_UID or not UID_RE.match(value):
+    if not is_valid_uid(value):
         raise BadRequest(f"{what} is not a valid UID (digits and dots, at most 64 characters)")
     return value
 
@@ -138,7 +136,7 @@ def parse_single_frame(tail: str) -> Target | None:
     if match is None:
         return None
     study, series, instance = match.group("study", "series", "instance")
-    if max(len(study), len(series), len(instance)) > MAX_UID:
+    if max(len(study), len(series), len(instance)) > MAX_UID_LENGTH:
         return None
     return Target("instances", "frames", study, series, instance, (int(match["frame"]),))
 

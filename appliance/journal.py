@@ -20,7 +20,7 @@ import sqlite_utils
 from pydicom import Dataset
 
 from appliance.db import open_database
-from appliance.spool import UID_RE
+from appliance.uids import is_valid_uid
 from appliance.users import now_iso
 
 RECEIVED, PROCESSING, STORED, FAILED = "received", "processing", "stored", "failed"
@@ -49,7 +49,7 @@ def describe(ds: Dataset) -> Received:
     missing = [k for k, v in uids.items() if not v]
     if missing:
         raise ValueError(f"the object has no {', '.join(missing)}")
-    invalid = [k for k, v in uids.items() if len(v) > 64 or not UID_RE.match(v)]
+    invalid = [k for k, v in uids.items() if not is_valid_uid(v)]
     if invalid:
         raise ValueError(f"invalid {', '.join(invalid)} (UIDs are digits and dots, at most 64)")
     meta = getattr(ds, "file_meta", Dataset())

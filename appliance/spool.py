@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import uuid
 from pathlib import Path
 
 from appliance.durable import fsync_dir, write_atomic
+from appliance.uids import is_valid_uid
 
-UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MIN_FREE_BYTES = 512 * 1024**2
 
 
@@ -35,7 +34,7 @@ class Spool:
         Raises :class:`SpoolFull` when the write would leave less than ``min_free``
         bytes, and :class:`ValueError` for an invalid UID. A failed write leaves no file.
         """
-        if not UID_RE.match(sop_uid) or len(sop_uid) > 64:
+        if not is_valid_uid(sop_uid):
             raise ValueError(f"invalid SOP Instance UID {sop_uid[:80]!r}")
         if self.free_bytes() - len(data) < self.min_free:
             raise SpoolFull(f"less than {self.min_free // 1024**2} MiB free in {self.root}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import shutil
 from collections.abc import Iterable, Sequence
@@ -27,9 +26,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, get_decoder
+from pydicom.uid import HTJ2K, HTJ2KLossless, HTJ2KLosslessRPCL
 
 from appliance.durable import fsync_dir, write_atomic
 from appliance.transcode.codec import frame_transfer_syntax
+from appliance.uids import is_valid_uid
 
 log = logging.getLogger("neuronova.transcode.frames")
 
@@ -38,14 +39,13 @@ THUMBNAIL_SIZE = 128
 JPEG_QUALITY = 90
 RENDERED_NAME = "rendered.jpg"
 THUMBNAIL_NAME = "thumbnail.jpg"
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _DELIMITER = b"--" + BOUNDARY.encode()
 _TAIL = b"\r\n" + _DELIMITER + b"--\r\n"
-_HTJ2K_SYNTAXES = ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+_HTJ2K_SYNTAXES = (HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K)
 
 
 def _check_uid(uid: str) -> str:
-    if not isinstance(uid, str) or len(uid) > 64 or not _UID.fullmatch(uid):
+    if not is_valid_uid(uid):
         raise ValueError(f"not a valid DICOM UID (digits and dots, at most 64): {uid!r}")
     return uid
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from appliance import audit
-from appliance.gateway import UID_RE
+from appliance.uids import is_valid_uid
 from appliance.users import now_iso
 from appliance.web.auth import (
     SESSION_COOKIE,
@@ -43,7 +43,7 @@ async def create_share(request: web.Request) -> web.Response:
         {"study_uid": str, "expires_in_hours": (int, type(None)), "note": (str, type(None))},
     )
     study = body["study_uid"]
-    if len(study) > 64 or not UID_RE.match(study):
+    if not is_valid_uid(study):
         raise ApiError(400, "invalid_field", "'study_uid' is not a valid UID.", field="study_uid")
     hours = body.get("expires_in_hours") or 72
     if not 1 <= hours <= MAX_HOURS:

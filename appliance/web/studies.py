@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance.gateway import UID_RE
+from appliance.uids import is_valid_uid
 from appliance.web.auth import STAFF, requires
 from appliance.web.errors import ApiError
 from appliance.web.keys import DB
@@ -45,6 +45,6 @@ async def studies(request: web.Request) -> web.Response:
 async def series(request: web.Request) -> web.Response:
     """The series of one study with their ingest progress."""
     study_uid = request.match_info["study_uid"]
-    if len(study_uid) > 64 or not UID_RE.match(study_uid):
+    if not is_valid_uid(study_uid):
         raise ApiError(400, "invalid_query", "Not a valid StudyInstanceUID.")
     return web.json_response({"items": series_progress(request.app[DB], study_uid)})

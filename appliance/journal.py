@@ -201,15 +201,15 @@ class Journal:
             [now_iso(), sop_uid, spool_path, STORED],
         )
 
-    def images_pending_for(self, sop_uid: str) -> list[tuple[str, str]]:
-        """(sop_uid, spool_path) of this instance if it is stored without its JPEGs."""
+    def images_pending_for(self, sop_uid: str, spool_path: str) -> bool:
+        """Whether this stored copy of the instance still lacks its JPEGs."""
         with self._tx() as db:
-            rows = db.execute(
-                "SELECT sop_uid, spool_path FROM instances WHERE sop_uid = ? AND state = ? "
+            row = db.execute(
+                "SELECT 1 FROM instances WHERE sop_uid = ? AND spool_path = ? AND state = ? "
                 "AND images_at IS NULL",
-                [sop_uid, STORED],
-            )
-            return [(r[0], r[1]) for r in rows.fetchall()]
+                [sop_uid, spool_path, STORED],
+            ).fetchone()
+        return row is not None
 
     def images_pending(self) -> list[tuple[str, str]]:
         """(sop_uid, spool_path) of stored objects whose JPEGs are still to be written."""

@@ -122,7 +122,7 @@ class Pipeline:
         The journal's ``images_at`` records it, so :meth:`Ingest.recover` queues again
         what a crash interrupted; a newer copy of the instance makes this a no-op.
         """
-        if (sop_uid, spool_path) not in self.journal.images_pending_for(sop_uid):
+        if not self.journal.images_pending_for(sop_uid, spool_path):
             return Outcome("skipped")
         try:
             data = self.orthanc.fetch(sop_uid)

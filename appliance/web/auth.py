@@ -61,7 +61,6 @@ class Access:
     roles: tuple[str, ...]
     shares: bool = False
     public: bool = False
-    csrf: bool = True
 
 
 def public(fn: F) -> F:
@@ -95,13 +94,19 @@ def _access_of(request: web.Request) -> Access:
     return Access(roles=STAFF)
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; ``None`` if malformed."""
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def _token_from(request: web.Request) -> tuple[str, bool] | None:
     header = request.headers.get("Authorization", "")
     if header:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(header)
+        if token is None:
             raise ApiError(401, "malformed_token", "Use 'Authorization: Bearer <token>'.")
-        return token.strip(), False
+        return token, False
     cookie = request.cookies.get(SESSION_COOKIE)
     return (cookie, True) if cookie else None
 
@@ -147,9 +152,9 @@ def check_token(app: web.Application, token: str, via_cookie: bool) -> Identity:
         claims = app[TOKENS].verify(token, allow_expired=via_cookie)
     except TokenError as exc:
         raise Rejected(401, exc.reason, exc.message) from None
-    if claims.expired and claims.is_share:
-        raise Rejected(401, "token_expired", "This share link has expired.")
     if claims.is_share:
+        if claims.expired:
+            raise Rejected(401, "token_expired", "This share link has expired.")
         share = find_share(app[DB], claims.subject.removeprefix("share:"))
         if share is None or share["revoked_at"]:
             raise Rejected(401, "token_revoked", "This share link has been revoked.")

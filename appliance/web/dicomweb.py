@@ -136,14 +136,12 @@ def _preview_pending(request: web.Request, target: Target) -> web.Response | Non
     )
     if pending is None:
         return None
-    response = json_error(
+    return json_error(
         503,
         "preview_pending",
         f"The preview of this instance is being made; try again in {PREVIEW_RETRY} s.",
         retry_after=PREVIEW_RETRY,
     )
-    response.headers["Retry-After"] = str(PREVIEW_RETRY)
-    return response
 
 
 def accel(uri: str, accept: str = "") -> web.Response:

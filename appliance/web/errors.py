@@ -13,10 +13,21 @@ log = logging.getLogger("neuronova.web")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def json_error(status: int, error: str, message: str, **extra: Any) -> web.Response:
-    """A JSON error response."""
-    body = {"status": status, "error": error, "message": message, **extra}
-    return web.json_response(body, status=status)
+def error_body(status: int, error: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The JSON object of an error (also written by the frame gate without aiohttp)."""
+    return {"status": status, "error": error, "message": message, **extra}
+
+
+def json_error(
+    status: int, error: str, message: str, retry_after: int | None = None, **extra: Any
+) -> web.Response:
+    """A JSON error response; ``retry_after`` (seconds) also sets ``Retry-After``."""
+    if retry_after is not None:
+        extra["retry_after"] = retry_after
+    response = web.json_response(error_body(status, error, message, **extra), status=status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 class ApiError(web.HTTPException):

@@ -47,10 +47,12 @@ from appliance.web.auth import (
     STAFF,
     Identity,
     Rejected,
+    bearer_token,
     check_token,
     needs_renewal,
 )
 from appliance.web.dicomweb import ROOT, prepared_frame
+from appliance.web.errors import error_body
 from appliance.web.keys import FRAMES_DIR, SETTINGS
 
 log = logging.getLogger("neuronova.web")
@@ -68,7 +70,7 @@ def _response(status: str, headers: dict[str, str], body: bytes = b"") -> bytes:
 
 
 def _json_error(status: int, phrase: str, error: str, message: str) -> bytes:
-    body = json.dumps({"status": status, "error": error, "message": message}).encode()
+    body = json.dumps(error_body(status, error, message)).encode()
     return _response(f"{status} {phrase}", {"Content-Type": "application/json"}, body)
 
 
@@ -131,10 +133,9 @@ class FrameGate:
         """Who sent the request, if the app would admit them without more ado."""
         authorization = headers.get(b"authorization")
         if authorization is not None:
-            scheme, _, token = authorization.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            token, via_cookie = bearer_token(authorization.decode("latin-1")), False
+            if token is None:
                 return None
-            token, via_cookie = token.strip(), False
         else:
             cookie = session_cookie(headers.get(b"cookie", b""))
             if not cookie:

@@ -72,14 +72,12 @@ async def login(request: web.Request) -> web.Response:
         request.app[SESSIONS].check_throttle(username, client)
     except LoginThrottled as exc:
         audit.record(db, audit.LOGIN_THROTTLED, username=username, client=client)
-        response = json_error(
+        return json_error(
             429,
             "too_many_attempts",
             f"Too many failed logins. Try again in {exc.retry_after} s.",
             retry_after=exc.retry_after,
         )
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
     user = get_user(db, username)
     if user is None:
         await asyncio.to_thread(dummy_verify, password)

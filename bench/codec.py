@@ -47,7 +47,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.transcode.codec import HTJ2K_ENCODE_OPTIONS, transcode_to_htj2k
-from bench.synthetic import INTERCEPT, NOISE_HU, SIZE, phantom
+from bench.synthetic import INTERCEPT, NOISE_HU, SIZE, make_slices
 
 PIPELINE_GOAL = 2.0
 SIZE_GOAL = 1.06
@@ -225,8 +225,7 @@ def real_image_sizes() -> list[dict[str, object]]:
 
 def run(count: int) -> dict[str, object]:
     """Run every measurement on ``count`` slices and return the results."""
-    rng = np.random.default_rng(20240601)
-    slices = [phantom(i, count, rng) for i in range(count)]
+    slices = make_slices(count)
     study, series = generate_uid(), generate_uid()
     datasets = [ct_dataset(pixels, i, study, series) for i, pixels in enumerate(slices)]
     raw = sum(s.nbytes for s in slices)

@@ -40,6 +40,7 @@ from appliance.gateway import HTJ2K_LOSSLESS
 from appliance.nginx import APP_PROXY, SECURITY_HEADERS, render_template
 from appliance.transcode.frames import BOUNDARY
 from bench.harness import (
+    ACCEPT,
     LOOPBACK,
     REPO,
     Appliance,
@@ -53,8 +54,8 @@ from bench.harness import (
     python_env,
     run_in_workdir,
     running,
+    split_multipart,
     stop_process,
-    storescu,
     system_busy_seconds,
     tree_cpu_seconds,
     verdict,
@@ -62,7 +63,6 @@ from bench.harness import (
 )
 from bench.synthetic import Series, make_slices, write_series
 
-ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 DICOMWEB = "/api/pacs/dicom-web"
 STATIC = "/static-frames"
 COOL_DOWN = 0.5
@@ -325,36 +325,8 @@ def frame_paths(series: Series) -> list[str]:
 
 def ingest(appliance: Appliance, series: Series) -> dict[str, float]:
     """Push the series with storescu; wait until every instance is stored."""
-    start = time.perf_counter()
-    push = storescu(series.files, appliance.settings.dicom_port, appliance.settings.ae_title)
-    count = len(series.files)
-
-    def all_stored() -> bool:
-        states = appliance.journal_states()
-        if states.get("failed"):
-            raise RuntimeError(f"ingest failed for some instances: {states}")
-        return states.get("stored", 0) == count
-
-    wait_for(all_stored, INGEST_TIMEOUT, f"{count} instances to be stored", every=0.2)
-    return {"storescu_s": round(push, 2), "all_stored_s": round(time.perf_counter() - start, 2)}
-
-
-def split_multipart(content_type: str, body: bytes) -> tuple[str, bytes]:
-    """(the part's Content-Type, the part's bytes) of a one-part multipart body."""
-    boundary = content_type.split("boundary=")[1].split(";")[0].strip().strip('"')
-    delimiter = b"--" + boundary.encode()
-    if not body.startswith(delimiter + b"\r\n"):
-        raise AssertionError("the body does not start with the multipart delimiter")
-    head, _, rest = body[len(delimiter) + 2 :].partition(b"\r\n\r\n")
-    part_type = ""
-    for line in head.decode("latin-1").split("\r\n"):
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-type":
-            part_type = value.strip()
-    tail = b"\r\n" + delimiter + b"--\r\n"
-    if not rest.endswith(tail):
-        raise AssertionError("the body does not end with the closing delimiter")
-    return part_type, rest[: -len(tail)]
+    push, stored = appliance.push(series.files, INGEST_TIMEOUT)
+    return {"storescu_s": round(push, 2), "all_stored_s": round(stored, 2)}
 
 
 def check_targets(targets: list[Target], frames_dir: Path) -> dict[str, Any]:

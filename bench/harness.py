@@ -1,5 +1,6 @@
 """What the benchmarks share: free ports, the real appliance in a temporary home, dcmtk's
-storescu, the ingest journal, machine facts, and writing results (JSON + markdown).
+storescu, the ingest journal, multipart frame answers, machine facts, and writing results
+(JSON + markdown).
 
 Everything listens on and talks to 127.0.0.1 only. Every wait is bounded in time.
 """
@@ -36,6 +37,8 @@ LOOPBACK = "127.0.0.1"
 DCMTK_STORESCU = Path("/usr/bin/storescu")  # the venv's `storescu` is pynetdicom's
 START_TIMEOUT = 90.0
 BENCH_USER = "bench"
+# What a viewer asks for a frame with: the stored transfer syntax, as one multipart part.
+ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -46,13 +49,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
-    """Poll ``condition`` until true; :class:`TimeoutError` naming ``what`` otherwise."""
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    every: float = 0.1,
+    sleep: Callable[[float], object] = time.sleep,
+) -> None:
+    """Poll ``condition`` until true; :class:`TimeoutError` naming ``what`` otherwise.
+
+    ``sleep(every)`` runs between polls (playwright's ``page.wait_for_timeout`` lets the
+    browser deliver events meanwhile).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
-        time.sleep(every)
+        sleep(every)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -79,6 +92,24 @@ def answers(url: str) -> bool:
         return http(url, timeout=2.0)[0] == 200
     except OSError:
         return False
+
+
+def split_multipart(content_type: str, body: bytes) -> tuple[str, bytes]:
+    """(the part's Content-Type, the part's bytes) of a one-part multipart body."""
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip().strip('"')
+    delimiter = b"--" + boundary.encode()
+    if not body.startswith(delimiter + b"\r\n"):
+        raise AssertionError("the body does not start with the multipart delimiter")
+    head, _, rest = body[len(delimiter) + 2 :].partition(b"\r\n\r\n")
+    part_type = ""
+    for line in head.decode("latin-1").split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-type":
+            part_type = value.strip()
+    tail = b"\r\n" + delimiter + b"--\r\n"
+    if not rest.endswith(tail):
+        raise AssertionError("the body does not end with the closing delimiter")
+    return part_type, rest[: -len(tail)]
 
 
 def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
@@ -172,18 +203,39 @@ class Appliance:
             raise RuntimeError(f"login failed: HTTP {status} {answer[:200]!r}")
         return json.loads(answer)["access_token"]
 
-    def journal_states(self) -> dict[str, int]:
-        """Count of journal rows per state (read-only connection to the app database)."""
+    def _journal(self, sql: str) -> list[tuple]:
+        """``sql`` on a read-only connection to the app database."""
         uri = f"file:{self.layout.database_file}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-            rows = db.execute("SELECT state, count(*) FROM instances GROUP BY state").fetchall()
-        return dict(rows)
+            return db.execute(sql).fetchall()
+
+    def journal_states(self) -> dict[str, int]:
+        """Count of journal rows per state."""
+        return dict(self._journal("SELECT state, count(*) FROM instances GROUP BY state"))
 
     def journal_rows(self, columns: str) -> list[tuple]:
         """Selected columns of every journal row."""
-        uri = f"file:{self.layout.database_file}?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
-            return db.execute(f"SELECT {columns} FROM instances").fetchall()
+        return self._journal(f"SELECT {columns} FROM instances")
+
+    def push(
+        self, files: Sequence[Path], timeout: float = 600.0, every: float = 0.2
+    ) -> tuple[float, float]:
+        """Send ``files`` with storescu, wait until the journal says every one is stored.
+
+        Returns (storescu's wall seconds, seconds from its start to all stored). A failed
+        instance fails at once.
+        """
+        start = time.perf_counter()
+        pushed = storescu(files, self.settings.dicom_port, self.settings.ae_title)
+
+        def all_stored() -> bool:
+            states = self.journal_states()
+            if states.get("failed"):
+                raise RuntimeError(f"ingest failed for some instances: {states}")
+            return states.get("stored", 0) == len(files)
+
+        wait_for(all_stored, timeout, f"{len(files)} instances to be stored", every)
+        return pushed, time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -195,16 +247,25 @@ def running(appliance: Appliance) -> Iterator[Appliance]:
         appliance.stop()
 
 
-def storescu(files: Sequence[Path], port: int, called_ae: str, calling_ae: str = "BENCHSCU"):
-    """Send ``files`` with dcmtk's storescu in one association; wall seconds."""
-    command = [str(DCMTK_STORESCU), "-aet", calling_ae, "-aec", called_ae, "-to", "60",
+def start_storescu(files: Sequence[Path], port: int, called_ae: str) -> subprocess.Popen:
+    """Start dcmtk's storescu sending ``files`` in one association."""
+    command = [str(DCMTK_STORESCU), "-aet", "BENCHSCU", "-aec", called_ae, "-to", "60",
                LOOPBACK, str(port), *map(str, files)]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_storescu(process: subprocess.Popen, timeout: float = 600.0) -> None:
+    """Wait for storescu and fail loudly if it reported an error."""
+    _, err = process.communicate(timeout=timeout)
+    if process.returncode != 0 or "E:" in err:
+        raise RuntimeError(f"storescu failed ({process.returncode}): {err[-2000:]}")
+
+
+def storescu(files: Sequence[Path], port: int, called_ae: str) -> float:
+    """Send ``files`` with dcmtk's storescu in one association; wall seconds."""
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0 or "E:" in done.stderr:
-        raise RuntimeError(f"storescu failed ({done.returncode}): {done.stderr[-2000:]}")
-    return seconds
+    finish_storescu(start_storescu(files, port, called_ae))
+    return time.perf_counter() - start
 
 
 def tool_version(command: Sequence[str]) -> str:

@@ -44,21 +44,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.gateway import HTJ2K_LOSSLESS
 from bench import codec
-from bench.frames import ACCEPT, split_multipart
 from bench.harness import (
-    DCMTK_STORESCU,
+    ACCEPT,
     LOOPBACK,
     REPO,
     Appliance,
     OthersMeter,
     QuietGate,
+    finish_storescu,
     free_port,
     http,
     machine,
     markdown_table,
     run_in_workdir,
     running,
+    split_multipart,
+    start_storescu,
     stop_process,
+    storescu,
     verdict,
     wait_for,
 )
@@ -143,30 +146,13 @@ class ReferenceOrthanc:
             stop_process(self.process, timeout=20)
 
 
-def storescu_popen(series: Series, port: int, called_ae: str) -> subprocess.Popen:
-    """Start dcmtk's storescu sending every file of ``series`` in one association."""
-    command = [str(DCMTK_STORESCU), "-aet", "BENCHSCU", "-aec", called_ae, "-to", "60",
-               LOOPBACK, str(port), *map(str, series.files)]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish_storescu(process: subprocess.Popen) -> None:
-    """Wait for storescu and fail loudly if it reported an error."""
-    _, err = process.communicate(timeout=STORE_TIMEOUT)
-    if process.returncode != 0 or "E:" in err:
-        raise RuntimeError(f"storescu failed ({process.returncode}): {err[-2000:]}")
-
-
 def bench_orthanc(series: Series, workdir: Path) -> dict[str, Any]:
     """(b): push the series into Orthanc's own C-STORE server; time it; count what it has."""
     orthanc = ReferenceOrthanc(workdir).start()
     assert orthanc.process is not None
     try:
         others = OthersMeter([orthanc.process.pid]).start()
-        start = time.perf_counter()
-        process = storescu_popen(series, orthanc.dicom_port, ORTHANC_AET)
-        finish_storescu(process)
-        seconds = time.perf_counter() - start
+        seconds = storescu(series.files, orthanc.dicom_port, ORTHANC_AET)
         others_percent = others.percent()
         stats = orthanc.rest("/statistics")
         if stats["CountInstances"] != len(series.files):
@@ -228,7 +214,8 @@ def push_and_watch(appliance: Appliance, series: Series, token: str) -> dict[str
     count, clock = len(series.files), Clock()
     assert appliance.process is not None
     others = OthersMeter([appliance.process.pid]).start()
-    process = storescu_popen(series, appliance.settings.dicom_port, appliance.settings.ae_title)
+    settings = appliance.settings
+    process = start_storescu(series.files, settings.dicom_port, settings.ae_title)
     waiter = _watch_exit(process, clock)
     backlog = None
     deadline = time.monotonic() + STORE_TIMEOUT
@@ -333,8 +320,8 @@ def bench_appliance(series: Series, slices: list[np.ndarray], home: Path) -> dic
 def codec_figures(count: int, reuse: Path | None) -> dict[str, Any]:
     """bench/codec.py's figures on the same pixels: run now, or reuse a result file.
 
-    ``codec.run(count)`` makes its slices with bench/synthetic.py's ``phantom`` and the
-    same seed and order as :func:`~bench.synthetic.make_slices`: the pixels sent here.
+    ``codec.run(count)`` makes its slices with :func:`~bench.synthetic.make_slices`, as
+    here: the pixels sent here.
     """
     if reuse is not None and reuse.exists():
         data = json.loads(reuse.read_text())

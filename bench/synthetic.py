@@ -5,8 +5,8 @@ The slices are 512x512 signed 16-bit CT (stored value = HU + 1024, Rescale Inter
 contrast, vertebra) that changes along the series, Gaussian noise (sigma 12 HU), air
 inside the field of view and -2048 HU padding outside it.
 
-:func:`make_slices` gives the same pixels as ``bench/codec.py`` for the same count (same
-seed, same order), so codec figures and appliance figures are measured on one series.
+:func:`make_slices` gives the same pixels for the same count (fixed seed); ``bench/codec.py``
+uses it too, so codec figures and appliance figures are measured on one series.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def phantom(index: int, count: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_slices(count: int, seed: int = SEED) -> list[np.ndarray]:
-    """``count`` phantom slices, exactly as ``bench/codec.py`` makes them."""
+    """``count`` phantom slices; the same pixels for the same ``count`` and ``seed``."""
     rng = np.random.default_rng(seed)
     return [phantom(i, count, rng) for i in range(count)]
 

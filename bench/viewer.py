@@ -41,10 +41,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import imagecodecs
 import pydicom
 
 from appliance.orthanc import orthanc_auth_header, orthanc_url
+from bench.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    MIN_CORRELATION,
+    best_match,
+    canvas_picture,
+    windowed_views,
+)
 from bench.harness import (
     BENCH_USER,
     REPO,
@@ -55,30 +62,13 @@ from bench.harness import (
     markdown_table,
     run_in_workdir,
     running,
-    storescu,
     tree_cpu_seconds,
     wait_for,
     wait_for_quiet,
 )
-from bench.synthetic import INTERCEPT, Series, make_slices, pixels_digest, write_series
+from bench.synthetic import Series, make_slices, pixels_digest, write_series
 
-CHROMIUM = "/usr/bin/chromium"
-# Headless on a machine whose network reaches only package registries.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1280, "height": 800}
-HTJ2K = "1.2.840.10008.1.2.4.201"
-# The window the synthetic series carries, which OHIF applies on first display.
-WINDOW_CENTER, WINDOW_WIDTH = 40.0, 400.0
-GRID = 64
-MIN_CORRELATION = 0.9
 STALL_SECONDS = 10.0
 # A run during which other processes used more than this (% of one core) is repeated.
 OTHERS_LIMIT = 50.0
@@ -95,53 +85,6 @@ TIMER_HOOK = """
   };
 })();
 """
-
-
-# --------------------------------------------------------------------------- pictures
-
-
-def block_means(image: np.ndarray, grid: int = GRID) -> np.ndarray:
-    """Downscale an image to ``grid`` x ``grid`` by averaging blocks (centre square crop)."""
-    size = (min(image.shape[:2]) // grid) * grid
-    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    square = image[top : top + size, left : left + size]
-    block = size // grid
-    return square.reshape(grid, block, grid, block).mean(axis=(1, 3))
-
-
-def windowed_views(slices: list[np.ndarray]) -> list[np.ndarray]:
-    """Each stored slice as a viewer shows it (window 40/400, 0..1) on the comparison grid."""
-    low = WINDOW_CENTER - WINDOW_WIDTH / 2
-    return [
-        block_means(np.clip((s.astype(np.float64) + INTERCEPT - low) / WINDOW_WIDTH, 0.0, 1.0))
-        for s in slices
-    ]
-
-
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Normalized (Pearson) correlation of two pictures; 0 when either is flat."""
-    a, b = a - a.mean(), b - b.mean()
-    norm = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / norm) if norm > 0 else 0.0
-
-
-def canvas_picture(png: bytes) -> np.ndarray:
-    """The image area of a screenshot of Cornerstone's canvas, gray 0..1.
-
-    Cornerstone fits the square image to the canvas's smaller side and centres it.
-    """
-    gray = imagecodecs.png_decode(png)[..., :3].astype(np.float64).mean(axis=2) / 255.0
-    side = min(gray.shape)
-    top, left = (gray.shape[0] - side) // 2, (gray.shape[1] - side) // 2
-    return gray[top : top + side, left : left + side]
-
-
-def best_match(picture: np.ndarray, views: list[np.ndarray]) -> tuple[int, float]:
-    """(index, correlation) of the view that matches ``picture`` best."""
-    grid = block_means(picture)
-    scores = [correlation(grid, view) for view in views]
-    index = int(np.argmax(scores))
-    return index, scores[index]
 
 
 # --------------------------------------------------------------------------- set-up
@@ -300,13 +243,8 @@ def dicomweb_timeline(network: NetworkLog, origin: float) -> list[dict[str, Any]
 
 
 def poll(page, condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` while playwright keeps delivering page and CDP events."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        page.wait_for_timeout(100)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+    """:func:`wait_for` while playwright keeps delivering page and CDP events."""
+    wait_for(condition, timeout, what, sleep=lambda seconds: page.wait_for_timeout(seconds * 1e3))
 
 
 def ohif_timings(console: list[str]) -> dict[str, float]:
@@ -645,20 +583,14 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         htj2k = write_series(workdir / "htj2k", slices)
         reference = write_reference(workdir / "uncompressed", slices)
         print(f"pushing {args.slices} slices with storescu ...", flush=True)
-        start = time.perf_counter()
-        storescu_s = storescu(htj2k.files, appliance.settings.dicom_port, "NEURONOVA")
-        wait_for(lambda: appliance.journal_states().get("stored", 0) >= args.slices, 600,
-                 "every instance to be stored", 0.25)  # fmt: skip
-        ingest_s = time.perf_counter() - start
-        if appliance.journal_states().get("failed"):
-            raise RuntimeError(f"ingest failures: {appliance.journal_states()}")
+        storescu_s, ingest_s = appliance.push(htj2k.files, every=0.25)
         print("posting the uncompressed reference to Orthanc ...", flush=True)
         orthanc_post_s = post_to_orthanc(appliance, reference.files)
 
         runs: list[dict[str, Any]] = []
         discarded: list[dict[str, Any]] = []
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             chromium = f"Chromium {browser.version}"
             # One untimed load first: warms nginx, Orthanc and the page cache for both.
             for label, series in (("htj2k", htj2k), ("uncompressed", reference)):

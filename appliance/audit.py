@@ -21,6 +21,19 @@ REFRESH_REUSED = "refresh_reused"
 ADMIN_CHANGE = "admin_change"
 SHARE_CREATED = "share_created"
 SHARE_REVOKED = "share_revoked"
+EVENTS = (
+    LOGIN_OK,
+    LOGIN_FAILED,
+    LOGIN_THROTTLED,
+    LOGOUT,
+    TOKEN_REJECTED,
+    ROLE_DENIED,
+    CSRF_REJECTED,
+    REFRESH_REUSED,
+    ADMIN_CHANGE,
+    SHARE_CREATED,
+    SHARE_REVOKED,
+)
 
 
 def record(

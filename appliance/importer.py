@@ -72,8 +72,12 @@ class ImportReport:
     objects: int = 0
     stored: int = 0
     transcoded: int = 0
-    kept: int = 0
     pending: int = 0
+
+    @property
+    def kept(self) -> int:
+        """Stored objects kept as received (not transcoded)."""
+        return self.stored - self.transcoded
 
 
 def worker_running(settings: Settings) -> bool:
@@ -319,7 +323,6 @@ class Importer:
             if state == STORED:
                 report.stored += 1
                 report.transcoded += action == "transcoded"
-                report.kept += action != "transcoded"
             elif state == FAILED:
                 self._fail(self._by_sop[sop_uid], f"the pipeline failed: {error}")
             else:

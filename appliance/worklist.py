@@ -68,12 +68,12 @@ def search_studies(db: sqlite_utils.Database, query: WorklistQuery) -> dict[str,
         raise WorklistQueryError(f"limit must be 1-{MAX_LIMIT} and offset at least 0")
     where, args = query.where()
     total = db.execute(f"SELECT count(*) FROM studies WHERE {where}", args).fetchone()[0]
-    rows = db.execute(
-        f"SELECT * FROM studies WHERE {where} ORDER BY {query.order_by()} LIMIT ? OFFSET ?",
-        [*args, query.limit, query.offset],
+    studies = list(
+        db.query(
+            f"SELECT * FROM studies WHERE {where} ORDER BY {query.order_by()} LIMIT ? OFFSET ?",
+            [*args, query.limit, query.offset],
+        )
     )
-    columns = [c[0] for c in rows.description]
-    studies = [dict(zip(columns, row, strict=True)) for row in rows.fetchall()]
     _add_counts(db, studies)
     return {"total": total, "items": [_item(s) for s in studies]}
 
@@ -85,7 +85,7 @@ def _add_counts(db: sqlite_utils.Database, studies: list[dict[str, Any]]) -> Non
     marks = ", ".join("?" for _ in uids)
     by_study = {s["study_uid"]: s for s in studies}
     for s in studies:
-        s["progress"] = {"received": 0, "transcoded": 0, "stored": 0, "failed": 0}
+        s["progress"] = _no_progress()
         s["series_count"] = 0
     states = db.execute(
         f"SELECT study_uid, state, action, count(*) FROM instances WHERE study_uid IN ({marks}) "
@@ -122,16 +122,15 @@ def _item(study: dict[str, Any]) -> dict[str, Any]:
 def series_progress(db: sqlite_utils.Database, study_uid: str) -> list[dict[str, Any]]:
     """Each series of a study with its ingest progress and first/last timestamps."""
     series = {
-        uid: {"series_uid": uid, "modality": modality, "description": description,
-              "number": number, "first_received_at": first, "last_updated_at": last,
-              "progress": {"received": 0, "transcoded": 0, "stored": 0, "failed": 0}}
-        for uid, modality, description, number, first, last in db.execute(
-            "SELECT s.series_uid, s.modality, s.description, s.number, min(i.received_at), "
-            "max(i.updated_at) FROM series s LEFT JOIN instances i USING (series_uid) "
+        row["series_uid"]: {**row, "progress": _no_progress()}
+        for row in db.query(
+            "SELECT s.series_uid, s.modality, s.description, s.number, "
+            "min(i.received_at) AS first_received_at, max(i.updated_at) AS last_updated_at "
+            "FROM series s LEFT JOIN instances i USING (series_uid) "
             "WHERE s.study_uid = ? GROUP BY s.series_uid ORDER BY s.number, s.series_uid",
             [study_uid],
-        ).fetchall()
-    }  # fmt: skip
+        )
+    }
     counts = db.execute(
         "SELECT series_uid, state, action, count(*) FROM instances WHERE study_uid = ? "
         "GROUP BY series_uid, state, action",
@@ -141,6 +140,10 @@ def series_progress(db: sqlite_utils.Database, study_uid: str) -> list[dict[str,
         if uid in series:
             _count(series[uid]["progress"], state, action, count)
     return list(series.values())
+
+
+def _no_progress() -> dict[str, int]:
+    return {"received": 0, "transcoded": 0, "stored": 0, "failed": 0}
 
 
 def _count(progress: dict[str, int], state: str, action: str | None, count: int) -> None:

@@ -11,23 +11,8 @@ from typing import Any
 import click
 
 from appliance import audit as trail
-from appliance.cli.options import home_option, settings_from
-from appliance.db import open_database
-from appliance.home import require_initialized
+from appliance.cli.options import home_database, home_option
 
-EVENTS = (
-    trail.LOGIN_OK,
-    trail.LOGIN_FAILED,
-    trail.LOGIN_THROTTLED,
-    trail.LOGOUT,
-    trail.TOKEN_REJECTED,
-    trail.ROLE_DENIED,
-    trail.CSRF_REJECTED,
-    trail.REFRESH_REUSED,
-    trail.ADMIN_CHANGE,
-    trail.SHARE_CREATED,
-    trail.SHARE_REVOKED,
-)
 DURATION_RE = re.compile(r"^(\d+)([smhd])$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -66,10 +51,10 @@ class Since(click.ParamType):
 )
 @click.option(
     "--event",
-    type=click.Choice(EVENTS),
+    type=click.Choice(trail.EVENTS),
     metavar="NAME",
     default=None,
-    help=f"Only events of this kind: {', '.join(EVENTS)}.",
+    help=f"Only events of this kind: {', '.join(trail.EVENTS)}.",
 )
 @click.option(
     "--limit",
@@ -91,8 +76,7 @@ def audit(
       neuronova audit --event login_failed --since 2d
       neuronova audit --event admin_change --json
     """
-    db = open_database(require_initialized(settings_from(home)).database_file)
-    rows = trail.recent(db, since=since, event=event, limit=limit)
+    rows = trail.recent(home_database(home), since=since, event=event, limit=limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif not rows:

@@ -43,9 +43,7 @@ WHERE state = 'failed' AND {where} ORDER BY updated_at DESC, sop_uid
 
 def _query(db: sqlite_utils.Database, sql: str, study: str | None, *args: Any) -> list[dict]:
     where, where_args = ("i.study_uid = ?", [study]) if study else ("1 = 1", [])
-    cursor = db.execute(sql.format(where=where), [*where_args, *args])
-    columns = [c[0] for c in cursor.description]
-    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    return list(db.query(sql.format(where=where), [*where_args, *args]))
 
 
 def ingest_progress(db: sqlite_utils.Database, study: str | None, limit: int) -> dict[str, Any]:

@@ -10,14 +10,8 @@ import click
 import sqlite_utils
 
 from appliance import audit
-from appliance.cli.options import home_option, settings_from
-from appliance.db import open_database
-from appliance.home import require_initialized
+from appliance.cli.options import home_database, home_option
 from appliance.modalities import add_modality, list_modalities, remove_modality
-
-
-def _db(home: Path | None) -> sqlite_utils.Database:
-    return open_database(require_initialized(settings_from(home)).database_file)
 
 
 def _cli_user() -> str:
@@ -56,7 +50,7 @@ def modality() -> None:
 @home_option
 def add(ae_title: str, host: str | None, description: str, home: Path | None) -> None:
     """Allow the modality with calling AE title AET (1-16 characters) to send images."""
-    db = _db(home)
+    db = home_database(home)
     was_open = not list_modalities(db)
     row = add_modality(db, ae_title, host, description)
     _audit(db, "modality_added", ae_title=row["ae_title"], host=row["host"])
@@ -71,7 +65,7 @@ def add(ae_title: str, host: str | None, description: str, home: Path | None) ->
 @home_option
 def list_(home: Path | None) -> None:
     """List the modalities allowed to send images."""
-    rows = list_modalities(_db(home))
+    rows = list_modalities(home_database(home))
     if not rows:
         click.echo(
             "No modality registered: ANY caller is accepted until the first one is added\n"
@@ -90,7 +84,7 @@ def list_(home: Path | None) -> None:
 @home_option
 def remove(ae_title: str, home: Path | None) -> None:
     """Stop accepting images from the modality with calling AE title AET."""
-    db = _db(home)
+    db = home_database(home)
     remove_modality(db, ae_title)
     _audit(db, "modality_removed", ae_title=ae_title)
     click.echo(f"Removed {ae_title}.")

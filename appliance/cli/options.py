@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import sqlite_utils
 
 from appliance.config import Settings, load_settings
+from appliance.db import open_database
+from appliance.home import require_initialized
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,3 +53,8 @@ def network_options(fn: F) -> F:
 def settings_from(home: Path | None, **overrides: Any) -> Settings:
     """Settings for ``home`` with command-line overrides applied."""
     return load_settings(home, overrides)
+
+
+def home_database(home: Path | None) -> sqlite_utils.Database:
+    """The database of an initialized data home (a clear error if it is not initialized)."""
+    return open_database(require_initialized(settings_from(home)).database_file)

@@ -8,15 +8,8 @@ from pathlib import Path
 import click
 
 from appliance import users as accounts
-from appliance.cli.options import home_option, settings_from
-from appliance.db import open_database
-from appliance.home import require_initialized
+from appliance.cli.options import home_database, home_option
 from appliance.sessions import revoke_user_sessions
-
-
-def _db(home: Path | None):
-    layout = require_initialized(settings_from(home))
-    return open_database(layout.database_file)
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -50,7 +43,7 @@ def user() -> None:
 @home_option
 def add(name: str, role: str, password_stdin: bool, home: Path | None) -> None:
     """Create user NAME with a role; asks for the password (at least 10 characters)."""
-    db = _db(home)
+    db = home_database(home)
     accounts.validate_username(name)
     if accounts.get_user(db, name):
         raise click.ClickException(f"user {name!r} already exists; use `neuronova user passwd`.")
@@ -62,7 +55,7 @@ def add(name: str, role: str, password_stdin: bool, home: Path | None) -> None:
 @home_option
 def list_(home: Path | None) -> None:
     """List users with their role, state and last login."""
-    rows = accounts.list_users(_db(home))
+    rows = accounts.list_users(home_database(home))
     click.echo(f"{'USER':<24} {'ROLE':<13} {'STATE':<9} LAST LOGIN")
     for row in rows:
         state = "disabled" if row["disabled"] else "active"
@@ -74,7 +67,7 @@ def list_(home: Path | None) -> None:
 @home_option
 def disable(name: str, home: Path | None) -> None:
     """Stop NAME from logging in (their sessions end at the next token refresh)."""
-    db = _db(home)
+    db = home_database(home)
     target = accounts.require_user(db, name)
     if (
         target["role"] == "admin"
@@ -92,7 +85,7 @@ def disable(name: str, home: Path | None) -> None:
 @home_option
 def enable(name: str, home: Path | None) -> None:
     """Let a disabled user log in again."""
-    accounts.update_user(_db(home), name, disabled=False)
+    accounts.update_user(home_database(home), name, disabled=False)
     click.echo(f"Enabled {name}.")
 
 
@@ -102,7 +95,7 @@ def enable(name: str, home: Path | None) -> None:
 @home_option
 def passwd(name: str, password_stdin: bool, home: Path | None) -> None:
     """Set a new password for NAME."""
-    db = _db(home)
+    db = home_database(home)
     accounts.require_user(db, name)
     accounts.update_user(db, name, password=_read_password(password_stdin))
     revoke_user_sessions(db, name, "password changed with the CLI")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -164,7 +165,8 @@ async def system(request: web.Request) -> web.Response:
     oldest = db.execute(
         "SELECT min(received_at) FROM instances WHERE state IN ('received', 'processing')"
     ).fetchone()[0]
-    disk = shutil.disk_usage(HomeLayout(settings.home).orthanc_dir)
+    images = HomeLayout(settings.home).orthanc_dir
+    disk = shutil.disk_usage(images)
     return web.json_response(
         {
             "health": health,
@@ -173,7 +175,7 @@ async def system(request: web.Request) -> web.Response:
                 "oldest_task_age_s": _age(oldest),
             },
             "disk": {
-                "path": str(HomeLayout(settings.home).orthanc_dir),
+                "path": str(images),
                 "free_bytes": disk.free,
                 "total_bytes": disk.total,
             },
@@ -187,6 +189,4 @@ async def system(request: web.Request) -> web.Response:
 def _age(iso: str | None) -> float | None:
     if not iso:
         return None
-    from datetime import datetime
-
     return round(time.time() - datetime.fromisoformat(iso).timestamp(), 1)

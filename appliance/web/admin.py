@@ -16,7 +16,7 @@ from appliance.layout import HomeLayout
 from appliance.modalities import add_modality, list_modalities, remove_modality
 from appliance.web.auth import identity, requires
 from appliance.web.errors import ApiError
-from appliance.web.inputs import client_address, read_json
+from appliance.web.inputs import client_address, query_int, read_json
 from appliance.web.keys import DB, HTTP, QUEUE, SESSIONS, SETTINGS, STARTED_AT
 
 routes = web.RouteTableDef()
@@ -141,10 +141,7 @@ async def remove(request: web.Request) -> web.Response:
 @admin_only
 async def audit_log(request: web.Request) -> web.Response:
     """Recent security events, newest first (``limit``, ``since``, ``event``)."""
-    try:
-        limit = min(max(int(request.query.get("limit", 50)), 1), 1000)
-    except ValueError:
-        raise ApiError(400, "invalid_query", "limit must be an integer.") from None
+    limit = min(max(query_int(request, "limit", 50), 1), 1000)
     items = audit.recent(
         request.app[DB],
         since=request.query.get("since"),

@@ -30,6 +30,14 @@ def is_tls(request: web.Request) -> bool:
     return request.headers.get("X-Forwarded-Proto") == "https" or request.secure
 
 
+def query_int(request: web.Request, name: str, default: int) -> int:
+    """An integer query parameter; a 400 JSON error when it is not one."""
+    try:
+        return int(request.query.get(name, default))
+    except ValueError:
+        raise ApiError(400, "invalid_query", f"{name} must be an integer.") from None
+
+
 async def read_json(request: web.Request, fields: dict[str, type]) -> dict[str, Any]:
     """The JSON object body with ``fields`` checked for type; 415/400 JSON errors otherwise.
 

@@ -10,6 +10,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from appliance import audit
+from appliance.tokens import TokenError
 from appliance.uids import is_valid_uid
 from appliance.users import now_iso
 from appliance.web.auth import (
@@ -115,7 +116,7 @@ async def open_share(request: web.Request) -> web.Response:
     app = request.app
     try:
         claims = app[TOKENS].verify(token)
-    except Exception:
+    except TokenError:
         raise reject(
             request, 401, "invalid_share", "This share link is invalid or expired."
         ) from None

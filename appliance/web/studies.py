@@ -7,17 +7,11 @@ from aiohttp import web
 from appliance.uids import is_valid_uid
 from appliance.web.auth import STAFF, requires
 from appliance.web.errors import ApiError
+from appliance.web.inputs import query_int
 from appliance.web.keys import DB
 from appliance.worklist import WorklistQuery, WorklistQueryError, search_studies, series_progress
 
 routes = web.RouteTableDef()
-
-
-def _int(request: web.Request, name: str, default: int) -> int:
-    try:
-        return int(request.query.get(name, default))
-    except ValueError:
-        raise ApiError(400, "invalid_query", f"{name} must be an integer.") from None
 
 
 @routes.get("/api/studies")
@@ -31,8 +25,8 @@ async def studies(request: web.Request) -> web.Response:
         date_from=q.get("date_from", ""),
         date_to=q.get("date_to", ""),
         sort=q.get("sort", "-study_date"),
-        limit=_int(request, "limit", 50),
-        offset=_int(request, "offset", 0),
+        limit=query_int(request, "limit", 50),
+        offset=query_int(request, "offset", 0),
     )
     try:
         return web.json_response(search_studies(request.app[DB], query))

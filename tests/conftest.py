@@ -1,4 +1,8 @@
-"""Fixtures: free ports, temporary homes, and the real appliance started as a subprocess."""
+"""Fixtures: free ports, temporary homes, and the real appliance started as a subprocess.
+
+Also the helpers the end-to-end tests share: the ``neuronova`` command, dcmtk's storescu,
+the ingest journal and a login through the gateway.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import requests
+from click.testing import CliRunner
 
+from appliance.cli import cli as neuronova_cli
 from appliance.config import Settings, load_settings
+from appliance.db import open_database
 from appliance.home import init_home
+from appliance.layout import HomeLayout
 from appliance.runner import settings_environment
 
 START_TIMEOUT = 60.0
+DCMTK_STORESCU = "/usr/bin/storescu"  # the venv's `storescu` is pynetdicom's, other options
 
 
 def free_port() -> int:
@@ -162,3 +172,71 @@ def appliance(tmp_path_factory) -> Iterator[Appliance]:
     running = make_appliance(tmp_path_factory.mktemp("shared")).start()
     yield running
     running.stop()
+
+
+# --------------------------------------------------------------------------- CLI homes
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def home(tmp_path: Path, runner: CliRunner) -> Path:
+    """A home made by ``neuronova init`` (through CliRunner); nothing running."""
+    home = tmp_path / "home"
+    result = runner.invoke(neuronova_cli, ["init", "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    return home
+
+
+# --------------------------------------------------------------- end-to-end helpers
+
+
+def run_cli(
+    appliance: Appliance, *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run a ``neuronova`` command on the appliance's home, in a process of its own."""
+    command = [sys.executable, "-m", "appliance", *args, "--home", str(appliance.settings.home)]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True,
+                          env=appliance.env, timeout=timeout)  # fmt: skip
+
+
+def storescu(
+    appliance: Appliance, files, aet: str = "STORESCU", *extra: str
+) -> subprocess.CompletedProcess:
+    """Send files to the appliance with dcmtk's storescu, as a modality would."""
+    return subprocess.run(
+        [DCMTK_STORESCU, *extra, "-aet", aet, "-aec", "NEURONOVA", "127.0.0.1",
+         str(appliance.settings.dicom_port), *map(str, files)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def journal_states(appliance: Appliance, sop_uids) -> dict[str, str]:
+    """SOP Instance UID -> ingest state, for those of ``sop_uids`` the journal holds."""
+    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    marks = ",".join("?" for _ in sop_uids)
+    rows = db.execute(f"SELECT sop_uid, state FROM instances WHERE sop_uid IN ({marks})",
+                      list(sop_uids)).fetchall()  # fmt: skip
+    db.close()
+    return dict(rows)
+
+
+def wait_stored(appliance: Appliance, sop_uids, timeout: float = 120) -> None:
+    """Wait until every one of ``sop_uids`` is journaled as stored."""
+
+    def all_stored() -> bool:
+        states = journal_states(appliance, sop_uids)
+        return len(states) == len(sop_uids) and set(states.values()) == {"stored"}
+
+    wait_for(all_stored, timeout, f"{len(sop_uids)} objects to be stored")
+
+
+def api_token(appliance: Appliance, username: str, password: str) -> str:
+    """An access token from the gateway's login API."""
+    resp = requests.post(f"{appliance.url}/api/auth/login", timeout=10,
+                         json={"username": username, "password": password})  # fmt: skip
+    resp.raise_for_status()
+    return resp.json()["access_token"]

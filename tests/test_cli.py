@@ -5,25 +5,11 @@ from __future__ import annotations
 import stat
 
 import pytest
-from click.testing import CliRunner
 
 from appliance.cli import cli
 from appliance.config import load_settings
 from appliance.db import open_database
 from appliance.users import get_user, verify_password
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-@pytest.fixture
-def home(tmp_path, runner):
-    home = tmp_path / "home"
-    result = runner.invoke(cli, ["init", "--home", str(home)])
-    assert result.exit_code == 0, result.output
-    return home
 
 
 def test_init_creates_secrets_database_and_prints_admin_password_once(tmp_path, runner):

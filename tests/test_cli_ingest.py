@@ -9,16 +9,16 @@ from __future__ import annotations
 import getpass
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from click.testing import CliRunner
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from conftest import run_cli
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from samples import TEST_FILES, native_dataset, renamed_copy
 
 from appliance import audit
 from appliance.cli import cli
@@ -29,23 +29,9 @@ from appliance.ingest import Ingest
 from appliance.journal import Journal
 from appliance.transcode.queue import create_queue
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 DICOMDIR = TEST_FILES / "dicomdirtests" / "DICOMDIR"
 # Distinct SOP Instance UIDs, three transfer syntaxes.
 SAMPLES = ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm")
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-@pytest.fixture
-def home(tmp_path: Path, runner: CliRunner) -> Path:
-    home = tmp_path / "home"
-    result = runner.invoke(cli, ["init", "--home", str(home)])
-    assert result.exit_code == 0, result.output
-    return home
 
 
 @pytest.fixture
@@ -84,13 +70,10 @@ def test_modality_add_list_remove_and_audit_trail(home: Path, runner: CliRunner)
     assert empty.exit_code == 0
     assert "ANY caller is accepted until the first one is added" in empty.output
 
-    added = runner.invoke(
-        cli,
-        [
-            *("modality", "add", "CT_ROOM2", "--host", "10.0.0.7"),
-            *("--description", "CT room 2", "--home", str(home)),
-        ],
-    )
+    added = invoke(
+        runner, home, "modality", "add", "CT_ROOM2", "--host", "10.0.0.7",
+        "--description", "CT room 2",
+    )  # fmt: skip
     assert added.exit_code == 0, added.output
     assert "Added CT_ROOM2 (from 10.0.0.7)" in added.output
     assert "only listed modalities may send" in added.output
@@ -247,7 +230,7 @@ def test_ingest_retry_puts_failed_objects_back_in_the_queue(
     nothing = invoke(runner, home, "ingest", "retry")
     assert nothing.exit_code == 0 and "No failed object to retry." in nothing.output
     journal.fail(mr, spool_path(home, mr), "boom")
-    partly = runner.invoke(cli, ["ingest", "retry", mr, "1.2.3", "--home", str(home)])
+    partly = invoke(runner, home, "ingest", "retry", mr, "1.2.3")
     assert partly.exit_code == 1
     assert "Queued 1 failed object(s) again" in partly.output
     assert "Error: not failed (or unknown), left alone: 1.2.3." in partly.output
@@ -261,28 +244,11 @@ def ct_slice(study: str, series: str, number: int, size: int = 256) -> Dataset:
     hu = np.full((size, size), -1000, np.int16)
     hu[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 40
     hu[size // 2 :, size // 2 : size // 2 + 10 + number] = 700
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.Modality, ds.PatientName, ds.PatientID = "CT", "IMPORT^TEST", "IMP-1"
-    ds.InstanceNumber = number
-    ds.Rows = ds.Columns = size
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleIntercept, ds.RescaleSlope = 0, 1
-    ds.PixelData = hu.tobytes()
-    return ds
-
-
-def copy_with_new_uids(source: Path, target: Path) -> None:
-    """A pydicom test file under fresh UIDs (its transfer syntax and pixels unchanged)."""
-    ds = pydicom.dcmread(source)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.save_as(target, enforce_file_format=True)
+    return native_dataset(
+        hu, StudyInstanceUID=study, SeriesInstanceUID=series, Modality="CT",
+        PatientName="IMPORT^TEST", PatientID="IMP-1", InstanceNumber=number,
+        RescaleIntercept=0, RescaleSlope=1,
+    )  # fmt: skip
 
 
 def mixed_tree(root: Path) -> Path:
@@ -413,17 +379,14 @@ def test_import_into_the_running_appliance_waits_until_stored(appliance, tmp_pat
     tree = tmp_path / "archive"
     (tree / "series").mkdir(parents=True)
     for name in ("CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm"):
-        copy_with_new_uids(TEST_FILES / name, tree / name)
+        renamed_copy(TEST_FILES / name, tree / name)
     study, series = generate_uid(), generate_uid()
     for n in range(1, 11):
         ct_slice(study, series, n).save_as(
             tree / "series" / f"CT{n:03}.dcm", enforce_file_format=True
         )
     (tree / "notes.txt").write_text("not DICOM")
-    command = [sys.executable, "-m", "appliance", "import", str(tree)]
-    command += ["--home", str(appliance.settings.home)]
-
-    first = subprocess.run(command, env=appliance.env, capture_output=True, text=True, timeout=300)
+    first = run_cli(appliance, "import", str(tree), timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"  {'imported':<20} {14:>6}" in first.stdout
     assert f"  {'skipped, not DICOM':<20} {1:>6}" in first.stdout
@@ -443,7 +406,7 @@ def test_import_into_the_running_appliance_waits_until_stored(appliance, tmp_pat
         in first.stdout
     )
 
-    again = subprocess.run(command, env=appliance.env, capture_output=True, text=True, timeout=300)
+    again = run_cli(appliance, "import", str(tree), timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"  {'already in archive':<20} {14:>6}" in again.stdout
     assert "Stored 14 of 14 object(s)" in again.stdout

@@ -12,15 +12,10 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames, parse_basic_offsets
-from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    HTJ2KLossless,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, HTJ2KLossless
+from samples import TEST_FILES, native_dataset, read
 
 from appliance.transcode import codec
 from appliance.transcode.codec import (
@@ -31,7 +26,6 @@ from appliance.transcode.codec import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:The pixel data is .* excess padding")
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 TRANSCODED = [
     "CT_small.dcm",  # explicit VR little endian, signed 16-bit
     "MR_small.dcm",
@@ -55,10 +49,6 @@ TRANSCODED = [
     "examples_overlay.dcm",  # 12 bits stored of 16
     "examples_rgb_color.dcm",
 ]
-
-
-def read(name: str) -> pydicom.FileDataset:
-    return pydicom.dcmread(TEST_FILES / name)
 
 
 def main_header_markers(codestream: bytes) -> dict[int, bytes]:
@@ -148,24 +138,6 @@ def phantom_ct(dtype: str, shape: tuple[int, int] = (512, 512)) -> np.ndarray:
     hu += rng.normal(0, 15, shape)
     stored = hu + 1024 if dtype == "uint16" else hu
     return np.clip(np.round(stored), np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
-
-
-def native_dataset(pixels: np.ndarray, **attributes: object) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8 * pixels.dtype.itemsize
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = pixels.tobytes()
-    return ds
 
 
 @pytest.mark.parametrize("dtype", ["int16", "uint16"])

@@ -15,8 +15,8 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from samples import native_dataset, read
 
 from appliance.transcode.codec import TranscodeResult, dataset_to_bytes, transcode_to_htj2k
 from appliance.transcode.frames import (
@@ -29,12 +29,7 @@ from appliance.transcode.frames import (
     write_instance_files,
 )
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 CONTENT_TYPE = f'multipart/related; type="application/octet-stream"; boundary={BOUNDARY}'
-
-
-def read(name: str) -> pydicom.FileDataset:
-    return pydicom.dcmread(TEST_FILES / name)
 
 
 def ct_slice() -> Dataset:
@@ -43,19 +38,10 @@ def ct_slice() -> Dataset:
     hu[100:400, 100:400] = 40
     hu[200:260, 200:260] = 700
     hu += np.random.default_rng(3).integers(-5, 6, hu.shape, dtype=np.int16)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = 512, 512, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.WindowCenter, ds.WindowWidth = 40, 400
-    ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
-    return ds
+    stored = (hu + 1024).astype(np.int16)
+    return native_dataset(
+        stored, RescaleIntercept=-1024, RescaleSlope=1, WindowCenter=40, WindowWidth=400
+    )
 
 
 def write(root: Path, result: TranscodeResult, pixels: bool = True) -> Path:

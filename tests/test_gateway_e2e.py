@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import subprocess
-import sys
 import time
 
 import imagecodecs
@@ -19,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from conftest import wait_for
+from conftest import api_token, run_cli, storescu, wait_stored
 from dicomweb_client.api import DICOMwebClient
 
 from appliance.db import open_database
@@ -33,49 +31,15 @@ SLICES = 8
 PASSWORD = "gateway test password"
 
 
-def cli(appliance, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """Run a ``neuronova`` command on the appliance's home."""
-    command = [sys.executable, "-m", "appliance", *args, "--home", str(appliance.settings.home)]
-    return subprocess.run(command, input=stdin, capture_output=True, text=True,
-                          env=appliance.env, timeout=120)  # fmt: skip
-
-
-def storescu(appliance, files, aet: str = "STORESCU") -> subprocess.CompletedProcess:
-    """Send files with dcmtk's storescu, as a modality would."""
-    return subprocess.run(
-        ["storescu", "-aet", aet, "-aec", "NEURONOVA", "127.0.0.1",
-         str(appliance.settings.dicom_port), *map(str, files)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-
-
-def journal_states(appliance, sop_uids) -> dict[str, str]:
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
-    marks = ",".join("?" for _ in sop_uids)
-    rows = db.execute(f"SELECT sop_uid, state FROM instances WHERE sop_uid IN ({marks})",
-                      list(sop_uids)).fetchall()  # fmt: skip
-    db.close()
-    return dict(rows)
-
-
-def wait_stored(appliance, sop_uids, timeout: float = 120) -> None:
-    wait_for(lambda: set(journal_states(appliance, sop_uids).values()) == {"stored"} and
-             len(journal_states(appliance, sop_uids)) == len(sop_uids),
-             timeout, f"{len(sop_uids)} objects to be stored")  # fmt: skip
-
-
 def login(appliance, username: str) -> str:
-    resp = requests.post(f"{appliance.url}/api/auth/login", timeout=10,
-                         json={"username": username, "password": PASSWORD})  # fmt: skip
-    resp.raise_for_status()
-    return resp.json()["access_token"]
+    return api_token(appliance, username, PASSWORD)
 
 
 @pytest.fixture(scope="module")
 def pushed(appliance, tmp_path_factory):
     """(series, original slices, radiologist token, technologist token)."""
     for name, role in (("rad.e2e", "radiologist"), ("tech.e2e", "technologist")):
-        added = cli(appliance, "user", "add", name, "--role", role, "--password-stdin",
+        added = run_cli(appliance, "user", "add", name, "--role", role, "--password-stdin",
                     stdin=PASSWORD + "\n")  # fmt: skip
         assert added.returncode == 0, added.stderr
     slices = make_slices(SLICES)

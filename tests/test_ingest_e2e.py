@@ -12,15 +12,12 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
-import requests
-from conftest import wait_for
+from conftest import DCMTK_STORESCU, api_token, storescu, wait_for
 from dicomweb_client.api import DICOMwebClient
-from pydicom.uid import generate_uid
+from samples import TEST_FILES, renamed_copy
 
 from appliance.db import open_database
 from appliance.layout import HomeLayout
@@ -29,7 +26,6 @@ from bench.synthetic import make_slices, write_series
 
 pytestmark = pytest.mark.slow
 HTJ2K = "1.2.840.10008.1.2.4.201"
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 # storescu proposes only uncompressed syntaxes unless told which compressed one to offer.
 STORESCU_FLAG = {
     "1.2.840.10008.1.2.1.99": "-xd",
@@ -63,25 +59,6 @@ SAMPLES = [
 ]
 
 
-def storescu(port: int, files, aet: str = "STORESCU", *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            "storescu",
-            *extra,
-            "-aet",
-            aet,
-            "-aec",
-            "NEURONOVA",
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def journal(appliance) -> dict[str, dict]:
     db = open_database(HomeLayout(appliance.settings.home).database_file)
     rows = {r["sop_uid"]: r for r in db["instances"].rows}
@@ -98,23 +75,9 @@ def wait_settled(appliance, sop_uids, timeout: float = 180) -> dict[str, dict]:
     return journal(appliance)
 
 
-def renamed_copy(source: Path, target: Path) -> pydicom.Dataset:
-    """``source`` with fresh UIDs (pydicom's files share some), pixel bytes untouched."""
-    ds = pydicom.dcmread(source)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.save_as(target)
-    return ds
-
-
 @pytest.fixture(scope="module")
 def token(appliance) -> str:
-    resp = requests.post(
-        f"{appliance.url}/api/auth/login",
-        timeout=10,
-        json={"username": "admin", "password": appliance.admin_password},
-    )
-    return resp.json()["access_token"]
+    return api_token(appliance, "admin", appliance.admin_password)
 
 
 def dicomweb(appliance, token) -> DICOMwebClient:
@@ -130,7 +93,7 @@ def test_every_transfer_syntax_is_stored_with_identical_pixels(
     ds = renamed_copy(TEST_FILES / name, tmp_path / name)
     syntax = str(ds.file_meta.TransferSyntaxUID)
     flag = [STORESCU_FLAG[syntax]] if syntax in STORESCU_FLAG else []
-    sent = storescu(appliance.settings.dicom_port, [tmp_path / name], "STORESCU", *flag)
+    sent = storescu(appliance, [tmp_path / name], "STORESCU", *flag)
     assert sent.returncode == 0, sent.stderr
     row = wait_settled(appliance, [ds.SOPInstanceUID])[ds.SOPInstanceUID]
     assert row["state"] == "stored", row["error"]
@@ -192,7 +155,7 @@ def test_twenty_modalities_sending_at_once(appliance, tmp_path):
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(
             pool.map(
-                lambda s: storescu(appliance.settings.dicom_port, s[1].files, f"MODALITY{s[0]}"),
+                lambda s: storescu(appliance, s[1].files, f"MODALITY{s[0]}"),
                 enumerate(series),
             )
         )
@@ -207,7 +170,7 @@ def test_twenty_modalities_sending_at_once(appliance, tmp_path):
 def test_the_same_instance_twice_is_stored_once(appliance, token, tmp_path):
     ds = renamed_copy(TEST_FILES / "CT_small.dcm", tmp_path / "dup.dcm")
     for _ in range(2):
-        assert storescu(appliance.settings.dicom_port, [tmp_path / "dup.dcm"]).returncode == 0
+        assert storescu(appliance, [tmp_path / "dup.dcm"]).returncode == 0
     wait_settled(appliance, [ds.SOPInstanceUID])
     time.sleep(1)
     wait_settled(appliance, [ds.SOPInstanceUID])
@@ -219,7 +182,7 @@ def test_the_same_instance_twice_is_stored_once(appliance, token, tmp_path):
 def test_nearly_full_disk_answers_out_of_resources(appliance_factory, tmp_path):
     full = appliance_factory(min_free_mb=10**9).start()  # more than any disk has
     ds = renamed_copy(TEST_FILES / "CT_small.dcm", tmp_path / "a.dcm")
-    sent = storescu(full.settings.dicom_port, [tmp_path / "a.dcm"], "STORESCU", "-v")
+    sent = storescu(full, [tmp_path / "a.dcm"], "STORESCU", "-v")
     assert "Received Store Response (Refused: OutOfResources)" in sent.stderr, sent.stderr
     assert ds.SOPInstanceUID not in journal(full)
     assert not list((full.settings.home / "spool").glob("*.dcm"))
@@ -246,7 +209,7 @@ def test_kill_9_during_a_push_loses_nothing(appliance_factory, tmp_path):
     with open(log, "w") as out:
         push = subprocess.Popen(
             [
-                "storescu",
+                DCMTK_STORESCU,
                 "-v",
                 "-aec",
                 "NEURONOVA",
@@ -285,12 +248,7 @@ def test_kill_9_during_a_push_loses_nothing(appliance_factory, tmp_path):
         assert all(
             (frames / sop / name).stat().st_size for name in ("rendered.jpg", "thumbnail.jpg")
         )
-    token = requests.post(
-        f"{appliance.url}/api/auth/login",
-        timeout=10,
-        json={"username": "admin", "password": appliance.admin_password},
-    ).json()["access_token"]
-    client = dicomweb(appliance, token)
+    client = dicomweb(appliance, api_token(appliance, "admin", appliance.admin_password))
     found = client.search_for_instances(study_instance_uid=series.study_uid)
     uids = [f["00080018"]["Value"][0] for f in found]
     assert len(uids) == len(set(uids)) and set(sops) <= set(uids)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import io
 import zlib
-from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.filewriter import write_dataset
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from samples import TEST_FILES
 
 from appliance.journal import HEADER_KEYWORDS, describe
 from appliance.part10 import PREFIX, file_header, read_header
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 

@@ -6,8 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import free_port, wait_for
-from test_gateway_e2e import storescu, wait_stored
+from conftest import free_port, storescu, wait_for, wait_stored
 
 from bench.synthetic import make_slices, write_series
 

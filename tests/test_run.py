@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import http_get, wait_for
+from conftest import http_get, run_cli, wait_for
 
 from appliance.layout import HomeLayout
 
@@ -190,11 +190,7 @@ def test_a_taken_port_is_a_clear_error(appliance_factory, port, what):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", number))
         squatter.listen()
-        result = subprocess.run(
-            [sys.executable, "-m", "appliance", "service", "app",
-             "--home", str(appliance.settings.home)],
-            capture_output=True, text=True, env=appliance.env, timeout=30,
-        )  # fmt: skip
+        result = run_cli(appliance, "service", "app", timeout=30)
     assert result.returncode == 1
     assert f"Error: the {what} cannot listen on 127.0.0.1:{number}" in result.stderr
     assert f"set [internal] {port}" in result.stderr

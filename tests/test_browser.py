@@ -13,40 +13,33 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import imagecodecs
 import numpy as np
 import pydicom
 import pytest
-from conftest import Appliance, wait_for
+from conftest import run_cli, storescu, wait_stored
 
-from appliance.db import open_database
-from appliance.layout import HomeLayout
-from bench.synthetic import INTERCEPT, make_slices, write_series
+from bench.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    MIN_CORRELATION,
+    best_match,
+    block_means,
+    canvas_picture,
+    correlation,
+    windowed_views,
+)
+from bench.synthetic import make_slices, write_series
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Headless on a machine whose network reaches only package registries.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
-DCMTK_STORESCU = "/usr/bin/storescu"  # the venv's `storescu` is pynetdicom's
 HTJ2K = "1.2.840.10008.1.2.4.201"
 SLICES = 16
 PATIENT_ID, PATIENT_NAME = "NNBROWSER01", "BROWSER^PHANTOM"  # found with the worklist search
@@ -56,10 +49,6 @@ SESSION_COOKIE = "nn_session"
 JWT_RE = re.compile(r"eyJ[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]{10,}")
 DESKTOP = {"width": 1280, "height": 800}
 TABLET = {"width": 820, "height": 1180}
-# The window the series carries (WindowCenter 40, WindowWidth 400), which OHIF applies.
-WINDOW_CENTER, WINDOW_WIDTH = 40.0, 400.0
-GRID = 64  # compare pictures on a 64x64 grid of block means
-MIN_CORRELATION = 0.9
 
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
@@ -68,25 +57,10 @@ if not CHROMIUM.exists():
 # --------------------------------------------------------------------------- fixtures
 
 
-def cli(appliance: Appliance, *args: str, stdin: str | None = None):
-    command = [sys.executable, "-m", "appliance", *args, "--home", str(appliance.settings.home)]
-    return subprocess.run(command, input=stdin, capture_output=True, text=True,
-                          env=appliance.env, timeout=120)  # fmt: skip
-
-
-def journal_states(appliance: Appliance, sop_uids: list[str]) -> dict[str, str]:
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
-    marks = ",".join("?" for _ in sop_uids)
-    rows = db.execute(f"SELECT sop_uid, state FROM instances WHERE sop_uid IN ({marks})",
-                      list(sop_uids)).fetchall()  # fmt: skip
-    db.close()
-    return dict(rows)
-
-
 @pytest.fixture(scope="module")
 def study(appliance, tmp_path_factory):
     """(series, slices): a CT series pushed with storescu and stored as HTJ2K."""
-    added = cli(appliance, "user", "add", USER, "--role", "radiologist", "--password-stdin",
+    added = run_cli(appliance, "user", "add", USER, "--role", "radiologist", "--password-stdin",
                 stdin=PASSWORD + "\n")  # fmt: skip
     assert added.returncode == 0, added.stderr
     slices = make_slices(SLICES)
@@ -95,18 +69,9 @@ def study(appliance, tmp_path_factory):
         ds = pydicom.dcmread(path)
         ds.PatientID, ds.PatientName = PATIENT_ID, PATIENT_NAME
         ds.save_as(path, enforce_file_format=True)
-    sent = subprocess.run(
-        [DCMTK_STORESCU, "-aet", "BROWSERSCU", "-aec", "NEURONOVA", "127.0.0.1",
-         str(appliance.settings.dicom_port), *map(str, series.files)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    sent = storescu(appliance, series.files, "BROWSERSCU")
     assert sent.returncode == 0, sent.stderr
-
-    def all_stored() -> bool:
-        states = journal_states(appliance, series.sop_uids)
-        return len(states) == SLICES and set(states.values()) == {"stored"}
-
-    wait_for(all_stored, 120, f"{SLICES} pushed objects to be stored")
+    wait_stored(appliance, series.sop_uids)
     return series, slices
 
 
@@ -221,51 +186,10 @@ def viewer_path(study_uid: str) -> str:
     return f"/pacs-viewer/viewer?StudyInstanceUIDs={study_uid}"
 
 
-def expected_views(slices: list[np.ndarray]) -> list[np.ndarray]:
-    """Each slice as the viewer should show it: windowed to 0..1, on the comparison grid."""
-    views = []
-    for pixels in slices:
-        hu = pixels.astype(np.float64) + INTERCEPT
-        low = WINDOW_CENTER - WINDOW_WIDTH / 2
-        views.append(block_means(np.clip((hu - low) / WINDOW_WIDTH, 0.0, 1.0)))
-    return views
-
-
-def block_means(image: np.ndarray) -> np.ndarray:
-    """Downscale a square-ish image to GRID x GRID by averaging blocks (centre crop)."""
-    size = (min(image.shape[:2]) // GRID) * GRID
-    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    square = image[top : top + size, left : left + size]
-    block = size // GRID
-    return square.reshape(GRID, block, GRID, block).mean(axis=(1, 3))
-
-
-def correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Normalized (Pearson) correlation; 0 for a flat picture."""
-    a, b = a - a.mean(), b - b.mean()
-    norm = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / norm) if norm > 0 else 0.0
-
-
 def viewport_picture(page) -> tuple[bytes, np.ndarray]:
-    """OHIF's image canvas: (PNG screenshot, the image area in gray 0..1).
-
-    Cornerstone fits the square image to the smaller side of the canvas and centres it.
-    """
+    """OHIF's image canvas: (PNG screenshot, the image area in gray 0..1)."""
     png = page.locator("canvas.cornerstone-canvas").first.screenshot()
-    rgb = imagecodecs.png_decode(png)[..., :3].astype(np.float64) / 255.0
-    gray = rgb.mean(axis=2)
-    side = min(gray.shape)
-    top, left = (gray.shape[0] - side) // 2, (gray.shape[1] - side) // 2
-    return png, gray[top : top + side, left : left + side]
-
-
-def best_match(picture: np.ndarray, views: list[np.ndarray]) -> tuple[int, float]:
-    """(slice index, correlation) of the expected view that matches the picture best."""
-    grid = block_means(picture)
-    scores = [correlation(grid, view) for view in views]
-    index = int(np.argmax(scores))
-    return index, scores[index]
+    return png, canvas_picture(png)
 
 
 def wait_for_image(page, recorder: Recorder, slices, name: str, timeout: float = 45) -> dict:
@@ -275,7 +199,7 @@ def wait_for_image(page, recorder: Recorder, slices, name: str, timeout: float =
     """
     poll(page, lambda: "studyToFirstImage" in recorder.timings(), timeout,
          "OHIF's studyToFirstImage console timing", recorder)  # fmt: skip
-    views = expected_views(slices)
+    views = windowed_views(slices)
     result: dict = {}
 
     def shows_a_slice() -> bool:
@@ -358,7 +282,7 @@ def test_login_worklist_and_viewer_show_the_pushed_study(appliance, study, new_c
 
     # The picture is the phantom, not a black or wrong image: it correlates with the
     # windowed slice and not with the same slice upside down.
-    views = expected_views(slices)
+    views = windowed_views(slices)
     grid = block_means(shown["picture"])
     flipped = correlation(grid, views[shown["index"]][::-1])
     assert shown["score"] >= MIN_CORRELATION and shown["score"] - flipped > 0.3, (shown, flipped)

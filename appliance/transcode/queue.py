@@ -1,9 +1,17 @@
-"""The task queue: Huey on a SQLite file in the data home, or on Redis (cloud profile)."""
+"""The task queue: Huey on a SQLite file in the data home, or on Redis (cloud profile).
+
+Every process that enqueues (receiver, web app, CLI) and the worker that runs the tasks
+build the same queue with :func:`create_queue`. Only the worker passes the code that does
+the work (the transcode pipeline), so enqueueing never loads the codec.
+"""
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from huey import Huey, RedisHuey, SqliteHuey
 from huey.api import TaskWrapper
@@ -13,6 +21,31 @@ from appliance.config import Settings
 from appliance.layout import HomeLayout
 
 QUEUE_NAME = "neuronova"
+INGEST_PRIORITY = 10
+
+
+class TaskOutcome(Protocol):
+    """What a task's work reports: its final state, and whether to run again later."""
+
+    state: str
+    retry_in: float | None
+    images_later: bool
+
+
+class TaskWork(Protocol):
+    """The work behind the queue's tasks (the transcode pipeline, in the worker)."""
+
+    def process(self, sop_uid: str, spool_path: str) -> TaskOutcome:
+        """Transcode, verify, store and prepare one spooled object."""
+        ...
+
+    def write_images(self, sop_uid: str, spool_path: str) -> TaskOutcome:
+        """Write the rendered and thumbnail JPEGs of a stored instance."""
+        ...
+
+
+class EnqueueOnly(RuntimeError):
+    """A task ran in a process that only enqueues (no work was given to the queue)."""
 
 
 class QueueStorage(SqliteStorage):
@@ -56,13 +89,21 @@ class Queue:
         self.images(sop_uid, spool_path)
 
 
-def create_queue(settings: Settings, *, immediate: bool = False) -> Queue:
+def create_queue(
+    settings: Settings,
+    *,
+    work: Callable[[], TaskWork] | None = None,
+    immediate: bool = False,
+) -> Queue:
     """The queue for ``settings``, with the appliance's tasks registered.
 
     Parameters
     ----------
     settings
         ``redis_url`` selects Redis; otherwise the queue is ``db/queue.db`` in the home.
+    work
+        Builds the work behind the tasks, on the first task run (the worker passes the
+        transcode pipeline). Without it the queue only enqueues.
     immediate
         Run tasks synchronously when enqueued (unit tests).
 
@@ -79,6 +120,34 @@ def create_queue(settings: Settings, *, immediate: bool = False) -> Queue:
         huey = LocalHuey(
             QUEUE_NAME, filename=str(path), immediate=immediate, timeout=30, results=False
         )
-    from appliance.transcode.tasks import register_tasks
+    return _register_tasks(huey, functools.cache(work or _enqueue_only))
 
-    return register_tasks(huey, settings)
+
+def _enqueue_only() -> TaskWork:
+    raise EnqueueOnly("this process only enqueues; tasks run in the queue worker")
+
+
+def _register_tasks(huey: Huey, work: Callable[[], TaskWork]) -> Queue:
+    """Register the appliance's tasks on ``huey``; ``work()`` does what they ask."""
+    # Ingest before JPEGs where the storage orders by priority (SQLite; Redis is FIFO).
+    first = INGEST_PRIORITY if huey.storage.priority else None
+
+    @huey.task(name="ingest_instance", priority=first)
+    def ingest_instance(sop_uid: str, spool_path: str) -> str:
+        """Transcode, verify, store and prepare one spooled object (idempotent)."""
+        outcome = work().process(sop_uid, spool_path)
+        if outcome.retry_in is not None:
+            ingest_instance.schedule((sop_uid, spool_path), delay=outcome.retry_in)
+        if outcome.images_later:
+            write_images(sop_uid, spool_path)
+        return outcome.state
+
+    @huey.task(name="write_images")
+    def write_images(sop_uid: str, spool_path: str) -> str:
+        """Write the rendered and thumbnail JPEGs of a stored instance (idempotent)."""
+        outcome = work().write_images(sop_uid, spool_path)
+        if outcome.retry_in is not None:
+            write_images.schedule((sop_uid, spool_path), delay=outcome.retry_in)
+        return outcome.state
+
+    return Queue(huey, ingest_instance, write_images)

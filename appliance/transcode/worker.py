@@ -10,7 +10,7 @@ from pathlib import Path
 from appliance.config import Settings
 from appliance.ingest import Ingest
 from appliance.layout import HomeLayout
-from appliance.transcode.pipeline import warm_up_codec
+from appliance.transcode.pipeline import Pipeline, warm_up_codec
 from appliance.transcode.queue import create_queue
 
 log = logging.getLogger("neuronova.worker")
@@ -40,7 +40,7 @@ def serve(settings: Settings) -> None:
     """
     os.nice(WORKER_NICENESS)
     warm_up_codec()  # before any worker thread runs the codec (see its docstring)
-    queue = create_queue(settings)
+    queue = create_queue(settings, work=lambda: Pipeline(settings))
     Ingest(settings, queue=queue).recover()
     huey = queue.huey
     consumer = huey.create_consumer(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +33,20 @@ from appliance.runner import settings_environment
 
 START_TIMEOUT = 60.0
 DCMTK_STORESCU = "/usr/bin/storescu"  # the venv's `storescu` is pynetdicom's, other options
+
+
+def require_tool(program: str, package: str) -> str:
+    """The path of ``program``; fail the test (never skip) naming the Debian package.
+
+    A test that skipped for a missing program would pass unseen in CI; ``bash
+    scripts/setup.sh --test`` installs every package the suite needs.
+    """
+    path = shutil.which(program)
+    if path is None:
+        pytest.fail(f"{program} is not installed: apt-get install {package} "
+                    "(bash scripts/setup.sh --test installs what the tests need)",
+                    pytrace=False)  # fmt: skip
+    return path
 
 
 def free_port() -> int:
@@ -207,8 +222,9 @@ def storescu(
     appliance: Appliance, files, aet: str = "STORESCU", *extra: str
 ) -> subprocess.CompletedProcess:
     """Send files to the appliance with dcmtk's storescu, as a modality would."""
+    program = require_tool(DCMTK_STORESCU, "dcmtk")
     return subprocess.run(
-        [DCMTK_STORESCU, *extra, "-aet", aet, "-aec", "NEURONOVA", "127.0.0.1",
+        [program, *extra, "-aet", aet, "-aec", "NEURONOVA", "127.0.0.1",
          str(appliance.settings.dicom_port), *map(str, files)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -8,12 +8,14 @@ without sending a packet to any real address of this one.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+import pytest
+from conftest import require_tool
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,12 @@ class HostPair:
         )
 
 
-def netns_available() -> bool:
-    """True when this process may create network namespaces."""
-    return os.geteuid() == 0 and shutil.which("ip") is not None
+def require_netns() -> None:
+    """Fail the test (never skip) unless this process may create network namespaces."""
+    if os.geteuid() != 0:
+        pytest.fail("network namespaces need root: run the tests as root, as CI does",
+                    pytrace=False)  # fmt: skip
+    require_tool("ip", "iproute2")
 
 
 def _ip(*args: str) -> None:

@@ -19,9 +19,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
+import playwright.sync_api as playwright_api
 import pydicom
 import pytest
-from conftest import run_cli, storescu, wait_stored
+from conftest import require_tool, run_cli, storescu, wait_stored
 
 from bench.browser import (
     CHROMIUM,
@@ -37,8 +38,6 @@ from bench.synthetic import make_slices, write_series
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 HTJ2K = "1.2.840.10008.1.2.4.201"
 SLICES = 16
@@ -49,9 +48,6 @@ SESSION_COOKIE = "nn_session"
 JWT_RE = re.compile(r"eyJ[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]{10,}")
 DESKTOP = {"width": 1280, "height": 800}
 TABLET = {"width": 820, "height": 1180}
-
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -77,10 +73,9 @@ def study(appliance, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    executable = require_tool(str(CHROMIUM), "chromium")
     with playwright_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+        chromium = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
         yield chromium
         chromium.close()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import imagecodecs
 import numpy as np
 import pydicom
 import pytest
+from conftest import require_tool
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames, parse_basic_offsets
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, HTJ2KLossless
@@ -170,13 +170,12 @@ def test_high_bits_above_bits_stored_are_not_kept() -> None:
 @pytest.fixture(scope="module")
 def dcmtk_lossless(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """CT_small compressed by DCMTK to lossless JPEG (SV1 and predictor 7) and JPEG-LS."""
-    if not (shutil.which("dcmcjpeg") and shutil.which("dcmcjpls")):
-        pytest.skip("DCMTK (dcmcjpeg, dcmcjpls) is not installed")
+    dcmcjpeg, dcmcjpls = require_tool("dcmcjpeg", "dcmtk"), require_tool("dcmcjpls", "dcmtk")
     folder = tmp_path_factory.mktemp("dcmtk")
     commands = {
-        "jpeg_sv1": ["dcmcjpeg", "+e1"],
-        "jpeg_p14_sv7": ["dcmcjpeg", "+el", "+sv", "7"],
-        "jpeg_ls": ["dcmcjpls"],
+        "jpeg_sv1": [dcmcjpeg, "+e1"],
+        "jpeg_p14_sv7": [dcmcjpeg, "+el", "+sv", "7"],
+        "jpeg_ls": [dcmcjpls],
     }
     files = {}
     for name, command in commands.items():

@@ -11,7 +11,6 @@ import importlib.util
 import io
 import json
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import require_tool
 
 SCRIPT = Path(__file__).resolve().parent.parent / "packaging" / "fetch_ohif.py"
 
@@ -210,7 +210,6 @@ def test_app_config_sets_roots_and_basename() -> None:
     assert "'@ohif/extension-default.dataSourcesModule.dicomweb'" in text
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
 def test_app_config_evaluates_in_javascript() -> None:
     script = fetch_ohif.render_app_config() + (
         "\nconst c = window.config;"
@@ -218,7 +217,7 @@ def test_app_config_evaluates_in_javascript() -> None:
         "\nprocess.stdout.write(JSON.stringify(out));"
     )
     result = subprocess.run(
-        ["node", "-e", "const window = {};\n" + script],
+        [require_tool("node", "nodejs"), "-e", "const window = {};\n" + script],
         capture_output=True,
         text=True,
         check=True,

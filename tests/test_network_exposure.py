@@ -7,18 +7,18 @@ interfaces as in a clinic; a second namespace plays the other machine.
 from __future__ import annotations
 
 import pytest
-from conftest import make_appliance, wait_for
-from netns import host_pair, netns_available
+from conftest import make_appliance, require_tool, wait_for
+from netns import host_pair, require_netns
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not netns_available(), reason="needs root and iproute2 for namespaces"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
     """(appliance in the server namespace, the host pair)."""
+    require_netns()
+    for program, package in (("curl", "curl"), ("echoscu", "dcmtk")):
+        require_tool(program, package)
     with host_pair() as pair:
         appliance = make_appliance(tmp_path_factory.mktemp("netns"), bind="0.0.0.0")
         appliance.prefix = pair.exec_prefix(pair.server)

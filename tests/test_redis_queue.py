@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
-from conftest import free_port, storescu, wait_for, wait_stored
+from conftest import free_port, require_tool, storescu, wait_for, wait_stored
 
 from bench.synthetic import make_slices, write_series
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def redis_url(tmp_path):
     port = free_port()
+    server_program = require_tool("redis-server", "redis-server")
+    redis_cli = require_tool("redis-cli", "redis-tools")
     server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        [server_program, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    ping = ["redis-cli", "-p", str(port), "ping"]
+    ping = [redis_cli, "-p", str(port), "ping"]
     wait_for(lambda: subprocess.run(ping, capture_output=True, text=True).stdout.strip() == "PONG",
              10, "redis to answer")  # fmt: skip
     yield f"redis://127.0.0.1:{port}/0"

@@ -29,9 +29,15 @@ SCHEMA: dict[str, dict] = {
             "username": str,
             "client": str,
             "detail": str,
+            "last_ts": str,
+            "count": int,
+            "study_uid": str,
+            "patient_id": str,
+            "dedupe": str,
         },
         "pk": "id",
         "not_null": {"ts", "event"},
+        "defaults": {"count": 1},
     },
     "sessions": {
         "columns": {
@@ -139,6 +145,9 @@ INDEXES: list[tuple[str, list[str]]] = [
     ("audit", ["event", "username", "ts"]),
     ("audit", ["event", "client", "ts"]),
     ("audit", ["ts"]),
+    ("audit", ["study_uid"]),
+    ("audit", ["patient_id"]),
+    ("audit", ["username"]),
     ("refresh_tokens", ["session_id"]),
     ("sessions", ["username"]),
 ]
@@ -148,6 +157,8 @@ INDEXES: list[tuple[str, list[str]]] = [
 # existed had their JPEGs written with their frames.
 BACKFILL: dict[tuple[str, str], str] = {
     ("instances", "images_at"): "UPDATE instances SET images_at = stored_at WHERE state = 'stored'",
+    ("audit", "last_ts"): "UPDATE audit SET last_ts = ts",
+    ("audit", "count"): "UPDATE audit SET count = 1",
 }
 
 
@@ -187,3 +198,5 @@ def migrate(db: sqlite_utils.Database) -> None:
         "CREATE INDEX IF NOT EXISTS idx_instances_images_pending ON instances (state) "
         "WHERE images_at IS NULL"
     )
+    # Aggregated audit rows (appliance.audit.record): one row per key; NULL keys repeat.
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_audit_dedupe ON audit (dedupe)")

@@ -41,6 +41,13 @@ FIELDS: tuple[Field, ...] = (
     Field("web", "http_port", "http_port", int, "HTTP port of the web interface (nginx)"),
     Field("web", "https_port", "https_port", int, "HTTPS port of the web interface (nginx)"),
     Field("web", "redirect_to_https", "redirect_to_https", bool, "Redirect plain HTTP to HTTPS"),
+    Field(
+        "web",
+        "public_url",
+        "public_url",
+        str,
+        "Address users reach the web interface at, if a proxy is in front (share links)",
+    ),
     Field("dicom", "port", "dicom_port", int, "DICOM port modalities send to"),
     Field("dicom", "ae_title", "ae_title", str, "AE title of the DICOM receiver"),
     Field("dicom", "min_free_mb", "min_free_mb", int, "Refuse new objects below this free space"),
@@ -62,6 +69,7 @@ class Settings:
     http_port: int = 8080
     https_port: int = 8443
     redirect_to_https: bool = False
+    public_url: str = ""
     dicom_port: int = 11112
     ae_title: str = "NEURONOVA"
     min_free_mb: int = 512
@@ -71,6 +79,13 @@ class Settings:
     orthanc_port: int = 18042
     redis_url: str = ""
     workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.public_url and not self.public_url.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"[web] public_url must start with https:// (got {self.public_url!r}), "
+                "for example https://pacs.clinic.example"
+            )
 
     @property
     def config_file(self) -> Path:

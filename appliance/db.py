@@ -59,6 +59,11 @@ SCHEMA: dict[str, dict] = {
         "pk": "token_hash",
         "not_null": {"session_id", "created_at"},
     },
+    "login_attempts": {
+        "columns": {"id": int, "username": str, "client": str, "started_at": str},
+        "pk": "id",
+        "not_null": {"username", "client", "started_at"},
+    },
     "shares": {
         "columns": {
             "id": str,
@@ -150,6 +155,9 @@ INDEXES: list[tuple[str, list[str]]] = [
     ("audit", ["username"]),
     ("refresh_tokens", ["session_id"]),
     ("sessions", ["username"]),
+    ("login_attempts", ["username", "started_at"]),
+    ("login_attempts", ["client", "started_at"]),
+    ("login_attempts", ["started_at"]),
 ]
 
 

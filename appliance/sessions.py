@@ -65,20 +65,51 @@ class SessionStore:
         self.db = db
         self.tokens = tokens
 
-    def check_throttle(self, username: str, client: str) -> None:
-        """Raise :class:`LoginThrottled` if this user or client failed too often lately."""
-        since = audit.iso_ago(FAILURE_WINDOW)
-        for column, value, limit in (
-            ("username", username, MAX_FAILURES_PER_USER),
-            ("client", client, MAX_FAILURES_PER_CLIENT),
-        ):
-            failures = audit.failures_since(self.db, column, value, since)
-            if len(failures) >= limit:
-                unblock = datetime.fromisoformat(failures[-limit]) + timedelta(
-                    seconds=FAILURE_WINDOW
-                )
-                wait = int((unblock - datetime.now(UTC)).total_seconds()) + 1
-                raise LoginThrottled(max(wait, 1))
+    def begin_login(self, username: str, client: str) -> int:
+        """Reserve one password check for this user and client; returns the attempt's id.
+
+        Atomic across the app's processes (one ``BEGIN IMMEDIATE`` transaction): failed
+        and still-running attempts in the window are counted and the new one recorded
+        together, so parallel guesses cannot all pass the count before any has failed.
+        Raises :class:`LoginThrottled` when the user or the client is at its limit.
+        """
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            since = audit.iso_ago(FAILURE_WINDOW)
+            conn.execute("DELETE FROM login_attempts WHERE started_at < ?", [since])
+            for column, value, limit in (
+                ("username", username, MAX_FAILURES_PER_USER),
+                ("client", client, MAX_FAILURES_PER_CLIENT),
+            ):
+                self._check_limit(column, value, limit)
+            cursor = conn.execute(
+                "INSERT INTO login_attempts (username, client, started_at) VALUES (?, ?, ?)",
+                [username, client, now_iso()],
+            )
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        return int(cursor.lastrowid or 0)
+
+    def _check_limit(self, column: str, value: str, limit: int) -> None:
+        starts = [
+            row[0]
+            for row in self.db.conn.execute(
+                f"SELECT started_at FROM login_attempts WHERE {column} = ? ORDER BY started_at",
+                [value],
+            )
+        ]
+        if len(starts) >= limit:
+            unblock = datetime.fromisoformat(starts[-limit]) + timedelta(seconds=FAILURE_WINDOW)
+            wait = int((unblock - datetime.now(UTC)).total_seconds()) + 1
+            raise LoginThrottled(max(wait, 1))
+
+    def login_succeeded(self, attempt_id: int) -> None:
+        """Stop counting a reserved attempt whose password was right (failures count on)."""
+        with self.db.conn:
+            self.db.execute("DELETE FROM login_attempts WHERE id = ?", [attempt_id])
 
     def start(self, username: str, role: str, client: str, user_agent: str) -> IssuedSession:
         """Open a session after a successful login."""

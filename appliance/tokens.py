@@ -118,12 +118,11 @@ class TokenService:
             }
         )
 
-    def verify(self, token: str, *, allow_expired: bool = False) -> Claims:
+    def verify(self, token: str) -> Claims:
         """Verify signature, algorithm, issuer, audience and times; :class:`TokenError` if not.
 
-        ``allow_expired`` accepts a genuine token past its expiry (the caller then checks
-        its session and issues a fresh one): a viewer open for longer than a token's life
-        keeps working while its session lasts, since OHIF cannot refresh tokens itself.
+        An expired token is refused however it is sent (header, cookie, share link): a
+        leaked token is good for :data:`ACCESS_TTL` at most, not for its whole session.
         """
         claims = self._verified.get(token)
         if claims is None:
@@ -131,7 +130,7 @@ class TokenService:
             self._verified[token] = claims
             if len(self._verified) > CACHE_SIZE:
                 self._verified.popitem(last=False)
-        if not allow_expired and claims.expired:
+        if claims.expired:
             raise TokenError("token_expired", "The token has expired; log in again.")
         return claims
 

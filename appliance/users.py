@@ -1,4 +1,4 @@
-"""User accounts and passwords (scrypt, a memory-hard KDF from the standard library)."""
+"""User accounts and passwords (Argon2id; older scrypt hashes are still verified)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlite_utils
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 
 from appliance.errors import UserError
 
 ROLES = ("admin", "radiologist", "technologist")
+SHARERS = ("admin", "radiologist")  # the roles that may create share links
 MIN_PASSWORD_LENGTH = 10
 USERNAME_MAX = 64
 
-# scrypt cost: 16 MiB of memory and ~50 ms per hash on the reference machine.
-_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+# Argon2id with OWASP's minimum: 19 MiB, 2 passes, 1 lane (~60 ms to hash here).
+_ARGON2 = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+_DUMMY_HASH = _ARGON2.hash("not a password of anyone")
 
 
 def now_iso() -> str:
@@ -27,29 +31,28 @@ def now_iso() -> str:
 
 
 def hash_password(password: str) -> str:
-    """Hash ``password`` as ``scrypt$N$r$p$salt$hash`` (base64 fields)."""
-    salt = secrets.token_bytes(16)
-    digest = _scrypt(password, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
-    return "$".join(
-        ["scrypt", str(_SCRYPT_N), str(_SCRYPT_R), str(_SCRYPT_P), _b64(salt), _b64(digest)]
-    )
+    """Hash ``password`` with Argon2id (PHC string ``$argon2id$v=19$m=...``)."""
+    return _ARGON2.hash(password)
 
 
 def verify_password(password: str, encoded: str) -> bool:
-    """Check ``password`` against a hash made by :func:`hash_password`."""
+    """Check ``password`` against an Argon2id hash or a legacy ``scrypt$N$r$p$salt$hash``."""
+    if encoded.startswith("scrypt$"):
+        return _verify_scrypt(password, encoded)
     try:
-        scheme, n, r, p, salt, digest = encoded.split("$")
-    except ValueError:
+        return _ARGON2.verify(encoded, password)
+    except (VerificationError, InvalidHashError):
         return False
-    if scheme != "scrypt":
-        return False
-    actual = _scrypt(password, _unb64(salt), int(n), int(r), int(p))
-    return hmac.compare_digest(actual, _unb64(digest))
+
+
+def needs_rehash(encoded: str) -> bool:
+    """Whether a verified hash is of an older scheme or cost (rehash it at login)."""
+    return encoded.startswith("scrypt$") or _ARGON2.check_needs_rehash(encoded)
 
 
 def dummy_verify(password: str) -> None:
     """Spend the time of one verification, so unknown users cannot be told apart by timing."""
-    _scrypt(password, b"\0" * 16, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P)
+    verify_password(password, _DUMMY_HASH)
 
 
 def generate_password() -> str:
@@ -58,18 +61,22 @@ def generate_password() -> str:
     return "-".join("".join(secrets.choice(alphabet) for _ in range(4)) for _ in range(4))
 
 
-def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=r, p=p, maxmem=256 * 1024 * 1024, dklen=32
-    )
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
+def _verify_scrypt(password: str, encoded: str) -> bool:
+    """Hashes made before Argon2id: ``scrypt$N$r$p$salt$hash`` (base64 fields)."""
+    try:
+        _, n, r, p, salt, digest = encoded.split("$")
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=256 * 1024 * 1024,
+            dklen=32,
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(actual, base64.b64decode(digest))
 
 
 def validate_username(username: str) -> None:
@@ -143,7 +150,10 @@ def update_user(
     disabled: bool | None = None,
     password: str | None = None,
 ) -> None:
-    """Change a user's role, disabled flag or password."""
+    """Change a user's role, disabled flag or password.
+
+    Disabling a user, or giving them a role that may not share, revokes their share links.
+    """
     require_user(db, username)
     changes: dict[str, Any] = {}
     if role is not None:
@@ -155,7 +165,19 @@ def update_user(
         validate_password(password)
         changes["password_hash"] = hash_password(password)
     if changes:
-        db["users"].update(username, changes)
+        with db.conn:
+            db["users"].update(username, changes)
+            if disabled or (role is not None and role not in SHARERS):
+                revoke_user_shares(db, username)
+
+
+def revoke_user_shares(db: sqlite_utils.Database, username: str) -> int:
+    """Revoke every live share link a user created; returns how many."""
+    cursor = db.execute(
+        "UPDATE shares SET revoked_at = ? WHERE created_by = ? AND revoked_at IS NULL",
+        [now_iso(), username],
+    )
+    return cursor.rowcount
 
 
 def count_active_admins(db: sqlite_utils.Database) -> int:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from appliance.audit import ReadLedger
 from appliance.config import Settings
 from appliance.db import open_database
 from appliance.errors import PortInUseError
@@ -30,6 +31,7 @@ from appliance.web.keys import (
     HTTP,
     INGEST,
     QUEUE,
+    READS,
     SESSIONS,
     SETTINGS,
     STARTED_AT,
@@ -53,6 +55,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB] = open_database(layout.database_file)
     app[TOKENS] = TokenService(read_secret(layout.jwt_key_file))
     app[SESSIONS] = SessionStore(app[DB], app[TOKENS])
+    app[READS] = ReadLedger(app[DB])
     yield
     app[DB].close()
 

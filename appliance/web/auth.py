@@ -20,6 +20,7 @@ from aiohttp import web
 from appliance import audit
 from appliance.sessions import SESSION_TTL
 from appliance.tokens import ACCESS_TTL, Claims, TokenError
+from appliance.users import SHARERS
 from appliance.web.errors import ApiError, Handler
 from appliance.web.inputs import client_address, is_tls
 from appliance.web.keys import DB, SESSIONS, TOKENS
@@ -134,6 +135,17 @@ def find_share(db: sqlite_utils.Database, share_id: str) -> dict[str, Any] | Non
     return rows[0] if rows else None
 
 
+def share_is_live(db: sqlite_utils.Database, claims: Claims) -> bool:
+    """Whether a share token's share is unrevoked and its creator may still share."""
+    row = db.execute(
+        "SELECT 1 FROM shares s JOIN users u ON u.username = s.created_by "
+        "WHERE s.id = ? AND s.revoked_at IS NULL AND u.disabled = 0 "
+        f"AND u.role IN ({', '.join('?' for _ in SHARERS)})",
+        [claims.subject.removeprefix("share:"), *SHARERS],
+    ).fetchone()
+    return row is not None
+
+
 class Rejected(Exception):
     """A token that does not admit its bearer: HTTP status, reason code, message."""
 
@@ -145,18 +157,15 @@ class Rejected(Exception):
 def check_token(app: web.Application, token: str, via_cookie: bool) -> Identity:
     """The caller of a valid token of a live session or share; :class:`Rejected` if not.
 
-    An expired cookie token is admitted (the middleware renews it); an expired bearer
-    token or share link is not. Free of request state, so the frame gate uses it too.
+    An expired token is refused in every form (bearer, cookie, share link). Free of
+    request state, so the frame gate uses it too.
     """
     try:
-        claims = app[TOKENS].verify(token, allow_expired=via_cookie)
+        claims = app[TOKENS].verify(token)
     except TokenError as exc:
         raise Rejected(401, exc.reason, exc.message) from None
     if claims.is_share:
-        if claims.expired:
-            raise Rejected(401, "token_expired", "This share link has expired.")
-        share = find_share(app[DB], claims.subject.removeprefix("share:"))
-        if share is None or share["revoked_at"]:
+        if not share_is_live(app[DB], claims):
             raise Rejected(401, "token_revoked", "This share link has been revoked.")
         return Identity(claims, via_cookie)
     session = app[SESSIONS].active(claims.session or "")
@@ -214,7 +223,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def needs_renewal(claims: Claims) -> bool:
-    """Whether a cookie's access token is in the second half of its life, or past it."""
+    """Whether a cookie's access token is in the second half of its life."""
     return claims.expires_at - time.time() <= ACCESS_TTL / 2
 
 

@@ -6,6 +6,7 @@ import aiohttp
 import sqlite_utils
 from aiohttp import web
 
+from appliance.audit import ReadLedger
 from appliance.config import Settings
 from appliance.sessions import SessionStore
 from appliance.tokens import TokenService
@@ -21,3 +22,4 @@ TOKENS = web.AppKey("tokens", TokenService)
 SESSIONS = web.AppKey("sessions", SessionStore)
 INGEST = web.AppKey("ingest", PipelineIngest)
 FRAMES_DIR = web.AppKey("frames_dir", str)
+READS = web.AppKey("reads", ReadLedger)

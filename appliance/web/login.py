@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from urllib.parse import quote
 
@@ -10,7 +11,13 @@ from aiohttp import web
 
 from appliance import audit
 from appliance.sessions import SESSION_TTL, IssuedSession, LoginThrottled, RefreshRejected
-from appliance.users import dummy_verify, get_user, verify_password
+from appliance.users import (
+    dummy_verify,
+    get_user,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
 from appliance.web.auth import (
     CSRF_COOKIE,
     CSRF_HEADER,
@@ -28,6 +35,8 @@ from appliance.web.keys import DB, SESSIONS
 
 routes = web.RouteTableDef()
 INVALID = "Invalid user name or password."
+# At logout the browser drops cached pages (PHI), cookies and storage of this origin.
+CLEAR_SITE_DATA = '"cache", "cookies", "storage"'
 
 
 def _session_response(request: web.Request, issued: IssuedSession) -> web.Response:
@@ -67,9 +76,9 @@ async def login(request: web.Request) -> web.Response:
     """Check a user name and password; open a session (JSON token + cookies)."""
     body = await read_json(request, {"username": str, "password": str})
     username, password = body["username"][:64], body["password"][:1024]
-    db, client = request.app[DB], client_address(request)
+    db, client, sessions = request.app[DB], client_address(request), request.app[SESSIONS]
     try:
-        request.app[SESSIONS].check_throttle(username, client)
+        attempt = sessions.begin_login(username, client)
     except LoginThrottled as exc:
         audit.record(db, audit.LOGIN_THROTTLED, username=username, client=client)
         return json_error(
@@ -87,7 +96,11 @@ async def login(request: web.Request) -> web.Response:
     elif user["disabled"]:
         reason = "account_disabled"
     else:
-        issued = request.app[SESSIONS].start(
+        sessions.login_succeeded(attempt)
+        if needs_rehash(user["password_hash"]):
+            fresh = await asyncio.to_thread(hash_password, password)
+            db["users"].update(username, {"password_hash": fresh})
+        issued = sessions.start(
             username, user["role"], client, request.headers.get("User-Agent", "")
         )
         audit.record(db, audit.LOGIN_OK, username=username, client=client)
@@ -103,7 +116,8 @@ async def refresh(request: web.Request) -> web.Response:
     token = request.cookies.get(REFRESH_COOKIE)
     if not token:
         raise ApiError(401, "missing_token", "No refresh cookie; log in again.")
-    if request.headers.get(CSRF_HEADER) != request.cookies.get(CSRF_COOKIE):
+    sent, expected = request.headers.get(CSRF_HEADER, ""), request.cookies.get(CSRF_COOKIE, "")
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise ApiError(
             403, "csrf_rejected", f"Send the {CSRF_COOKIE} cookie's value in {CSRF_HEADER}."
         )
@@ -132,7 +146,7 @@ async def logout(request: web.Request) -> web.Response:
     audit.record(
         request.app[DB], audit.LOGOUT, username=who.username, client=client_address(request)
     )
-    response = web.Response(status=204)
+    response = web.Response(status=204, headers={"Clear-Site-Data": CLEAR_SITE_DATA})
     _clear_cookies(response)
     return response
 

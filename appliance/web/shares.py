@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from aiohttp import web
+from yarl import URL
 
 from appliance import audit
 from appliance.tokens import TokenError
 from appliance.uids import is_valid_uid
-from appliance.users import now_iso
+from appliance.users import SHARERS, now_iso
 from appliance.web.auth import (
     SESSION_COOKIE,
     find_share,
@@ -21,18 +22,26 @@ from appliance.web.auth import (
     reject,
     requires,
     set_cookie,
+    share_is_live,
 )
 from appliance.web.errors import ApiError
 from appliance.web.inputs import client_address, read_json
-from appliance.web.keys import DB, TOKENS
+from appliance.web.keys import DB, SETTINGS, TOKENS
 
 routes = web.RouteTableDef()
 MAX_HOURS = 24 * 30
-SHARERS = ("admin", "radiologist")
 
 
 def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+def public_origin(request: web.Request) -> str:
+    """Where users reach the appliance: ``[web] public_url``, else HTTPS on this host."""
+    settings = request.app[SETTINGS]
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    return str(URL.build(scheme="https", host=request.url.host, port=settings.https_port))
 
 
 @routes.post("/api/shares")
@@ -71,7 +80,7 @@ async def create_share(request: web.Request) -> web.Response:
         study=study,
         hours=hours,
     )
-    url = f"{request.url.origin()}/api/shares/open?token={quote(token)}"
+    url = f"{public_origin(request)}/api/shares/open?token={quote(token)}"
     return web.json_response({**row, "revoked": False, "url": url, "token": token}, status=201)
 
 
@@ -120,8 +129,7 @@ async def open_share(request: web.Request) -> web.Response:
         raise reject(
             request, 401, "invalid_share", "This share link is invalid or expired."
         ) from None
-    share = find_share(app[DB], claims.subject.removeprefix("share:")) if claims.is_share else None
-    if share is None or share["revoked_at"]:
+    if not claims.is_share or not share_is_live(app[DB], claims):
         raise reject(request, 401, "token_revoked", "This share link has been revoked.")
     response = web.HTTPFound(f"/pacs-viewer/viewer?StudyInstanceUIDs={claims.study}")
     set_cookie(

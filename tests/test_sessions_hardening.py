@@ -1,0 +1,197 @@
+"""Sessions, tokens and share links under attack (hardening issue, part 3).
+
+Unit level: aiohttp's test client on a real temporary home (the fixtures of
+``test_web_api``). The nginx side (redirect, Host check, headers, access log) runs the
+real appliance at the end of the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+
+import jwt as pyjwt
+from click.testing import CliRunner
+
+from appliance import audit
+from appliance.cli import cli
+from appliance.db import open_database
+from appliance.layout import HomeLayout
+from appliance.sessions import MAX_FAILURES_PER_USER
+from appliance.users import get_user, verify_password
+from appliance.web.app import create_app
+from appliance.web.keys import TOKENS
+from tests import test_web_api as web_api
+from tests.test_web_api import PASSWORD, audit_events, bearer, login
+
+settings = web_api.settings
+client = web_api.client
+
+
+def _session_of(response) -> str:
+    token = response.cookies["nn_session"].value
+    return pyjwt.decode(token, options={"verify_signature": False})["sid"]
+
+
+# -- expired tokens -----------------------------------------------------------------------
+
+
+async def test_an_expired_access_token_is_refused_as_cookie_and_as_bearer(client):
+    first = await login(client)
+    tokens = client.server.app[TOKENS]
+    expired, _ = tokens.issue_access("rad", "radiologist", _session_of(first), ttl=-60)
+    client.session.cookie_jar.clear()
+    for headers in ({"Cookie": f"nn_session={expired}"}, {"Authorization": f"Bearer {expired}"}):
+        resp = await client.get("/api/auth/me", headers=headers)
+        assert resp.status == 401 and (await resp.json())["error"] == "token_expired"
+        frame = "/api/pacs/dicom-web/studies/1.2/series/1.3/instances/1.4/frames/1"
+        assert (await client.get(frame, headers=headers)).status == 401
+
+
+async def test_a_live_cookie_in_the_second_half_of_its_life_is_renewed(client):
+    first = await login(client)
+    tokens = client.server.app[TOKENS]
+    old, _ = tokens.issue_access("rad", "radiologist", _session_of(first), ttl=60)
+    client.session.cookie_jar.clear()
+    resp = await client.get("/api/auth/me", headers={"Cookie": f"nn_session={old}"})
+    assert resp.status == 200
+    assert (
+        tokens.verify(resp.cookies["nn_session"].value).expires_at > tokens.verify(old).expires_at
+    )
+
+
+# -- refresh CSRF -------------------------------------------------------------------------
+
+
+async def test_refresh_without_csrf_cookie_and_header_is_refused(client):
+    first = await login(client)
+    refresh = first.cookies["nn_refresh"].value
+    client.session.cookie_jar.clear()
+    resp = await client.post("/api/auth/refresh", headers={"Cookie": f"nn_refresh={refresh}"})
+    assert resp.status == 403 and (await resp.json())["error"] == "csrf_rejected"
+
+
+# -- login throttling and password hashing --------------------------------------------------
+
+
+async def test_parallel_wrong_passwords_check_at_most_the_limit(client, settings):
+    """50 guesses at once: before, all 50 were checked (401); now 5 are, 45 get 429."""
+    answers = await asyncio.gather(
+        *(login(client, password=f"wrong password {n}") for n in range(50))
+    )
+    statuses = sorted(r.status for r in answers)
+    checked = audit_events(settings, audit.LOGIN_FAILED)
+    assert len(checked) == MAX_FAILURES_PER_USER
+    assert statuses == [401] * MAX_FAILURES_PER_USER + [429] * (50 - MAX_FAILURES_PER_USER)
+
+
+async def test_a_successful_login_does_not_count_as_a_failure(client):
+    for _ in range(MAX_FAILURES_PER_USER + 2):
+        assert (await login(client)).status == 200
+
+
+async def test_passwords_are_hashed_with_argon2id(client, settings):
+    db = open_database(HomeLayout(settings.home).database_file)
+    assert get_user(db, "rad")["password_hash"].startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+
+
+def _scrypt_hash(password: str) -> str:
+    """A hash as the appliance wrote them before Argon2id."""
+    salt = b"0123456789abcdef"
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    fields = ["scrypt", "16384", "8", "1", base64.b64encode(salt), base64.b64encode(digest)]
+    return "$".join(f if isinstance(f, str) else f.decode() for f in fields)
+
+
+async def test_an_old_scrypt_hash_is_replaced_at_the_next_login(client, settings):
+    db = open_database(HomeLayout(settings.home).database_file)
+    db["users"].update("rad", {"password_hash": _scrypt_hash(PASSWORD)})
+    assert (await login(client, password="wrong password!")).status == 401
+    assert get_user(db, "rad")["password_hash"].startswith("scrypt$")
+    assert (await login(client)).status == 200
+    fresh = get_user(db, "rad")["password_hash"]
+    assert fresh.startswith("$argon2id$") and verify_password(PASSWORD, fresh)
+    assert (await login(client)).status == 200
+
+
+# -- share links --------------------------------------------------------------------------
+
+
+async def _share(client, username: str = "rad") -> dict:
+    created = await client.post(
+        "/api/shares", json={"study_uid": "1.2.3"}, headers=await bearer(client, username)
+    )
+    assert created.status == 201
+    return await created.json()
+
+
+async def _share_works(client, share: dict) -> bool:
+    client.session.cookie_jar.clear()
+    resp = await client.get(
+        "/api/pacs/dicom-web/studies/1.2.3/metadata",
+        headers={"Authorization": f"Bearer {share['token']}"},
+    )
+    return resp.status == 200
+
+
+async def test_disabling_a_user_ends_their_share_links(client):
+    share = await _share(client)
+    assert await _share_works(client, share)
+    admin = await bearer(client, "boss")
+    await client.patch("/api/admin/users/rad", json={"disabled": True}, headers=admin)
+    assert not await _share_works(client, share)
+    opened = await client.get(f"/api/shares/open?token={share['token']}", allow_redirects=False)
+    assert opened.status == 401
+    listed = await (await client.get("/api/shares", headers=admin)).json()
+    assert [s["revoked"] for s in listed["items"]] == [True]
+
+
+async def test_demoting_a_user_to_a_role_that_cannot_share_ends_their_links(client):
+    share, kept = await _share(client, "rad"), await _share(client, "boss")
+    admin = await bearer(client, "boss")
+    patched = await client.patch(
+        "/api/admin/users/rad", json={"role": "technologist"}, headers=admin
+    )
+    assert patched.status == 200
+    assert not await _share_works(client, share)
+    assert await _share_works(client, kept)
+
+
+async def test_a_share_of_a_user_disabled_before_the_upgrade_is_refused(client, settings):
+    share = await _share(client)
+    db = open_database(HomeLayout(settings.home).database_file)
+    db["users"].update("rad", {"disabled": 1})  # as an older version left it: share unrevoked
+    assert not await _share_works(client, share)
+
+
+async def test_disabling_with_the_cli_ends_share_links(client, settings):
+    share = await _share(client)
+    result = CliRunner().invoke(cli, ["user", "disable", "rad", "--home", str(settings.home)])
+    assert result.exit_code == 0, result.output
+    assert not await _share_works(client, share)
+
+
+async def test_share_links_use_https_on_the_host_users_reached(client, settings):
+    share = await _share(client)
+    host = client.server.host
+    assert share["url"].startswith(f"https://{host}:{settings.https_port}/api/shares/open?")
+
+
+async def test_share_links_use_the_configured_public_url(aiohttp_client, settings):
+    from dataclasses import replace
+
+    proxied = await aiohttp_client(
+        create_app(replace(settings, public_url="https://pacs.clinic.example/"))
+    )
+    share = await _share(proxied)
+    assert share["url"].startswith("https://pacs.clinic.example/api/shares/open?token=")
+
+
+# -- logout -------------------------------------------------------------------------------
+
+
+async def test_logout_clears_the_site_data(client):
+    resp = await client.post("/api/auth/logout", headers=await bearer(client))
+    assert resp.status == 204
+    assert resp.headers["Clear-Site-Data"] == '"cache", "cookies", "storage"'

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from appliance import audit
 from appliance.gateway import (
     HTJ2K_LOSSLESS,
     BadRequest,
@@ -28,12 +29,14 @@ from appliance.gateway import (
 from appliance.journal import STORED
 from appliance.web.auth import STAFF, Identity, identity, reject, requires
 from appliance.web.errors import ApiError, json_error
-from appliance.web.keys import DB, FRAMES_DIR
+from appliance.web.inputs import client_address
+from appliance.web.keys import DB, FRAMES_DIR, READS
 from appliance.web.stow import store_instances
 
 routes = web.RouteTableDef()
 ROOT = "/api/pacs/dicom-web"
 PREVIEW_RETRY = 5  # seconds; the preview task runs behind the queued ingests
+NOT_FILTERS = frozenset({"includefield", "limit", "offset"})
 
 
 def _parse(request: web.Request) -> Target:
@@ -164,14 +167,63 @@ async def read(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_dicomweb_request", str(exc)) from None
     prepared = _prepared_file(request, target)
     if prepared is not None:
-        return accel(prepared)
+        return _granted(request, target, accel(prepared))
     if target.action == "frames" and target.frame_action is None:
         _refuse_other_syntaxes(request, target)
     pending = _preview_pending(request, target)
     if pending is not None:
         return pending
     accept = orthanc_accept(target, request.headers.get("Accept", ""))
-    return accel(orthanc_redirect(target, query), accept)
+    return _granted(request, target, accel(orthanc_redirect(target, query), accept))
+
+
+def _granted(request: web.Request, target: Target, response: web.Response) -> web.Response:
+    """``response``, once the read it grants is in the audit trail."""
+    who, client = identity(request), client_address(request)
+    if target.action == "search":
+        _audit_query(request, who, target, client)
+    else:
+        audit_read(request.app[READS], who, target, client)
+    return response
+
+
+def audit_read(ledger: audit.ReadLedger, who: Identity, target: Target, client: str) -> None:
+    """Record the caller's session's (or share's) first view or download of the study."""
+    assert target.study is not None  # only searches have no study
+    ledger.read(
+        reader_of(who),
+        target.study,
+        "download" if target.action == "retrieve" else "view",
+        username=who.username,
+        client=client,
+        first=target.action,
+    )
+
+
+def _audit_query(request: web.Request, who: Identity, target: Target, client: str) -> None:
+    """One ``study_query`` row per session (or share), level and filters per hour."""
+    pairs = sorted((k, v) for k, v in request.query.items() if k.lower() not in NOT_FILTERS)
+    filters = "&".join(f"{key}={value}" for key, value in pairs)[: audit.MAX_TEXT]
+    asked = dict(pairs)
+    study = target.study or who.claims.study or asked.get("StudyInstanceUID", asked.get("0020000D"))
+    reader = reader_of(who)
+    audit.record(
+        request.app[DB],
+        audit.STUDY_QUERY,
+        username=who.username,
+        client=client,
+        study_uid=study[:64] if study else None,
+        patient_id=asked.get("PatientID", asked.get("00100020", ""))[:64] or None,
+        key=audit.window_key(audit.QUERY_WINDOW, audit.STUDY_QUERY, reader, target.path, filters),
+        level=target.path,
+        filters=filters,
+        session=reader,
+    )
+
+
+def reader_of(who: Identity) -> str:
+    """Whose reads are counted together: a login session's id, or ``share:ID``."""
+    return who.claims.session or who.claims.subject
 
 
 @routes.post(ROOT + "/studies")

@@ -16,7 +16,9 @@ the app's own token service, session store, database and gateway rules:
 * the role must be a staff role, and a share link must name the requested study;
 * ``Accept`` must be satisfied by the prepared HTJ2K frame file, and that file must exist.
 
-Then the answer is an empty 200 with ``X-Accel-Redirect`` to the file, as from the app.
+Then the answer is an empty 200 with ``X-Accel-Redirect`` to the file, as from the app,
+and the session's first read of the study is audited as by the app (one dict lookup per
+frame after that; :class:`~appliance.audit.ReadLedger`).
 
 Anything off that path (a rejection, which needs an audit row and a JSON error; a
 cookie token due for renewal; a frame with no prepared file; another ``Accept``) is
@@ -51,15 +53,15 @@ from appliance.web.auth import (
     check_token,
     needs_renewal,
 )
-from appliance.web.dicomweb import ROOT, prepared_frame
+from appliance.web.dicomweb import ROOT, audit_read, prepared_frame
 from appliance.web.errors import error_body
-from appliance.web.keys import FRAMES_DIR, SETTINGS
+from appliance.web.keys import FRAMES_DIR, READS, SETTINGS
 
 log = logging.getLogger("neuronova.web")
 
 HAND_TO_APP = "/internal-app/"
 MAX_HEADER_BYTES = 32 * 1024
-_WANTED = frozenset({b"authorization", b"cookie", b"accept"})
+_WANTED = frozenset({b"authorization", b"cookie", b"accept", b"x-forwarded-for"})
 _PREFIX = ROOT + "/"
 
 
@@ -108,6 +110,7 @@ class FrameGate:
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.frames_dir = app[FRAMES_DIR]
+        self.reads = app[READS]
 
     def answer(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> bytes:
         """The raw HTTP response for a request nginx forwarded."""
@@ -127,7 +130,11 @@ class FrameGate:
         ):
             return None
         accept = headers.get(b"accept", b"").decode("latin-1")
-        return prepared_frame(self.frames_dir, target, accept)
+        uri = prepared_frame(self.frames_dir, target, accept)
+        if uri is not None:  # nginx's address header (the gate listens on loopback only)
+            client = headers.get(b"x-forwarded-for", b"").decode("latin-1")
+            audit_read(self.reads, who, target, client)
+        return uri
 
     def caller(self, headers: dict[bytes, bytes]) -> Identity | None:
         """Who sent the request, if the app would admit them without more ado."""

@@ -11,7 +11,7 @@ from aiohttp import web
 from yarl import URL
 
 from appliance import audit
-from appliance.tokens import TokenError
+from appliance.tokens import Claims, TokenError
 from appliance.uids import is_valid_uid
 from appliance.users import SHARERS, now_iso
 from appliance.web.auth import (
@@ -117,6 +117,24 @@ async def revoke_share(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _audit_open(request: web.Request, claims: Claims) -> None:
+    """One ``share_opened`` row per share link and client address per hour, with a count."""
+    db, client, study = request.app[DB], client_address(request), claims.study or ""
+    share_id = claims.subject.removeprefix("share:")
+    patient_id, patient_name = audit.patient_of(db, study)
+    audit.record(
+        db,
+        audit.SHARE_OPENED,
+        username=claims.subject,
+        client=client,
+        study_uid=study,
+        patient_id=patient_id,
+        key=audit.window_key(audit.SHARE_OPEN_WINDOW, audit.SHARE_OPENED, share_id, client),
+        share=share_id,
+        patient_name=patient_name,
+    )
+
+
 @routes.get("/api/shares/open")
 @public
 async def open_share(request: web.Request) -> web.Response:
@@ -131,6 +149,7 @@ async def open_share(request: web.Request) -> web.Response:
         ) from None
     if not claims.is_share or not share_is_live(app[DB], claims):
         raise reject(request, 401, "token_revoked", "This share link has been revoked.")
+    _audit_open(request, claims)
     response = web.HTTPFound(f"/pacs-viewer/viewer?StudyInstanceUIDs={claims.study}")
     set_cookie(
         response,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from datetime import datetime
@@ -21,6 +22,8 @@ from appliance.web.keys import DB, HTTP, QUEUE, SESSIONS, SETTINGS, STARTED_AT
 
 routes = web.RouteTableDef()
 admin_only = requires("admin")
+MAX_AUDIT_PAGE = 1000
+MAX_AUDIT_EXPORT = 10_000
 
 
 def _audit_change(request: web.Request, action: str, **detail: Any) -> None:
@@ -140,15 +143,46 @@ async def remove(request: web.Request) -> web.Response:
 @routes.get("/api/admin/audit")
 @admin_only
 async def audit_log(request: web.Request) -> web.Response:
-    """Recent security events, newest first (``limit``, ``since``, ``event``)."""
-    limit = min(max(query_int(request, "limit", 50), 1), 1000)
-    items = audit.recent(
-        request.app[DB],
-        since=request.query.get("since"),
-        event=request.query.get("event"),
-        limit=limit,
+    """Audit events, latest activity first, filtered (see :func:`_audit_rows`)."""
+    return web.json_response({"items": _audit_rows(request, MAX_AUDIT_PAGE)})
+
+
+@routes.get("/api/admin/audit/export")
+@admin_only
+async def audit_export(request: web.Request) -> web.Response:
+    """The filtered audit trail as a file: ``format=csv`` (default) or ``json``."""
+    kind = request.query.get("format", "csv")
+    if kind not in ("csv", "json"):
+        raise ApiError(400, "invalid_query", "format must be csv or json.")
+    rows = _audit_rows(request, MAX_AUDIT_EXPORT)
+    text = audit.to_csv(rows) if kind == "csv" else json.dumps(rows, indent=2)
+    return web.Response(
+        text=text,
+        content_type="text/csv" if kind == "csv" else "application/json",
+        headers={"Content-Disposition": f'attachment; filename="neuronova-audit.{kind}"'},
     )
-    return web.json_response({"items": items})
+
+
+def _audit_rows(request: web.Request, most: int) -> list[dict[str, Any]]:
+    """Events matching ``since`` (30m, 2d or an ISO time), ``event``, ``user``, ``study``,
+    ``patient`` (a patient ID), at most ``limit`` (default 50, at most ``most``)."""
+    query = request.query
+    event = query.get("event") or None
+    if event is not None and event not in audit.EVENTS:
+        raise ApiError(400, "invalid_query", f"event must be one of {', '.join(audit.EVENTS)}.")
+    try:
+        since = audit.since_iso(query["since"]) if query.get("since") else None
+    except ValueError as exc:
+        raise ApiError(400, "invalid_query", f"since: {exc}.") from None
+    return audit.recent(
+        request.app[DB],
+        since=since,
+        event=event,
+        username=query.get("user") or None,
+        study_uid=query.get("study") or None,
+        patient_id=query.get("patient") or None,
+        limit=min(max(query_int(request, "limit", 50), 1), most),
+    )
 
 
 @routes.get("/api/admin/system")

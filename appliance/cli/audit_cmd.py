@@ -1,10 +1,8 @@
-"""``audit``: the security audit trail, newest first."""
+"""``audit``: the audit trail (security events and reads of patient data), latest first."""
 
 from __future__ import annotations
 
 import json
-import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +10,6 @@ import click
 
 from appliance import audit as trail
 from appliance.cli.options import home_database, home_option
-
-DURATION_RE = re.compile(r"^(\d+)([smhd])$")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class Since(click.ParamType):
@@ -24,21 +19,10 @@ class Since(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         """The ISO time (UTC, seconds) that audit timestamps are compared with."""
-        text = str(value).strip()
-        if match := DURATION_RE.match(text):
-            return trail.iso_ago(int(match[1]) * UNIT_SECONDS[match[2]])
         try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(
-                f"{text!r} is neither a duration (45s, 30m, 1h, 2d) nor an ISO time "
-                "(2026-01-31 or 2026-01-31T08:00, UTC unless an offset is given)",
-                param,
-                ctx,
-            )
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).isoformat(timespec="seconds")
+            return trail.since_iso(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 @click.command()
@@ -56,6 +40,9 @@ class Since(click.ParamType):
     default=None,
     help=f"Only events of this kind: {', '.join(trail.EVENTS)}.",
 )
+@click.option("--user", metavar="NAME", default=None, help="Only events of this user name.")
+@click.option("--study", metavar="UID", default=None, help="Only events about this study.")
+@click.option("--patient", metavar="ID", default=None, help="Only events about this patient ID.")
 @click.option(
     "--limit",
     type=click.IntRange(1, 10000),
@@ -64,21 +51,52 @@ class Since(click.ParamType):
     show_default=True,
     help="At most this many events.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="Output: a table, JSON or CSV (for export).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 def audit(
-    home: Path | None, since: str | None, event: str | None, limit: int, as_json: bool
+    home: Path | None,
+    since: str | None,
+    event: str | None,
+    user: str | None,
+    study: str | None,
+    patient: str | None,
+    limit: int,
+    output: str,
+    as_json: bool,
 ) -> None:
-    """Show the audit trail: logins, refused requests, admin changes, shares.
+    """Show the audit trail: logins, refused requests, admin changes, shares, and who
+    read which patient's studies (first read per session, searches with their filters).
+
+    Repeated events are counted on one row (COUNT). Text is printed with control
+    characters escaped (\\n, \\u0085), so no value can break a line.
 
     \b
     Examples:
       neuronova audit --since 1h
       neuronova audit --event login_failed --since 2d
-      neuronova audit --event admin_change --json
+      neuronova audit --patient PID0042 --since 30d
+      neuronova audit --event study_read --format csv > reads.csv
     """
-    rows = trail.recent(home_database(home), since=since, event=event, limit=limit)
-    if as_json:
+    rows = trail.recent(
+        home_database(home),
+        since=since,
+        event=event,
+        username=user,
+        study_uid=study,
+        patient_id=patient,
+        limit=limit,
+    )
+    if as_json or output == "json":
         click.echo(json.dumps(rows, indent=2))
+    elif output == "csv":
+        click.echo(trail.to_csv(rows), nl=False)
     elif not rows:
         click.echo("No audit events" + (f" since {since}" if since else "") + ".")
     else:
@@ -86,11 +104,19 @@ def audit(
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    click.echo(f"{'TIME (UTC)':<20} {'EVENT':<16} {'USER':<20} {'CLIENT':<16} DETAIL")
+    click.echo(f"{'TIME (UTC)':<20} {'EVENT':<16} {'COUNT':>5} {'USER':<20} {'CLIENT':<16} DETAIL")
     for row in rows:
-        when = row["ts"][:19].replace("T", " ")
-        detail = " ".join(f"{key}={value}" for key, value in sorted(row["detail"].items()))
-        click.echo(
-            f"{when:<20} {row['event']:<16} {row['username'] or '-':<20} "
-            f"{row['client'] or '-':<16} {detail}"
+        when = row["last_ts"][:19].replace("T", " ")
+        fields = {"study": row["study_uid"], "patient": row["patient_id"], **row["detail"]}
+        detail = " ".join(
+            f"{key}={_text(value)}" for key, value in sorted(fields.items()) if value is not None
         )
+        click.echo(
+            f"{when:<20} {_text(row['event']):<16} {row['count']:>5} "
+            f"{_text(row['username'] or '-'):<20} {_text(row['client'] or '-'):<16} {detail}"
+        )
+
+
+def _text(value: Any) -> str:
+    """One value on one line: strings escaped, anything else as compact JSON."""
+    return trail.escape(value if isinstance(value, str) else json.dumps(value))

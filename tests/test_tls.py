@@ -26,6 +26,7 @@ from appliance.cli.tls_cmd import tls as tls_group
 from appliance.config import load_settings
 from appliance.home import init_home
 from appliance.layout import HomeLayout
+from appliance.tls import describe, files, machine
 
 HOST, FQDN = "pacs", "pacs.clinic.lan"
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -41,7 +42,7 @@ def fixed_host(monkeypatch):
     """A fixed host name and clock; no DNS lookups."""
     monkeypatch.setattr(socket, "gethostname", lambda: HOST)
     monkeypatch.setattr(socket, "getfqdn", lambda name="": FQDN)
-    monkeypatch.setattr(tls, "_utcnow", lambda: NOW)
+    monkeypatch.setattr(files, "utcnow", lambda: NOW)
 
 
 @pytest.fixture
@@ -178,7 +179,7 @@ def test_real_host_name_is_in_the_generated_certificate(layout, monkeypatch):
     monkeypatch.undo()
     real = socket.gethostname().lower()
     monkeypatch.setattr(socket, "getfqdn", lambda name="": real)
-    expected = [] if real in tls._LOOPBACK_NAMES else [real]
+    expected = [] if real in machine._LOOPBACK_NAMES else [real]
     assert tls.host_names() == expected
     tls.ensure_certificate(layout)
     assert set(expected) <= set(tls.certificate_info(layout).names)
@@ -209,7 +210,7 @@ def test_ensure_is_idempotent(layout):
 def test_ensure_replaces_an_expired_generated_certificate(layout, monkeypatch):
     tls.ensure_certificate(layout)
     before = tls.cert_file(layout).read_bytes()
-    monkeypatch.setattr(tls, "_utcnow", lambda: NOW + 900 * DAY)
+    monkeypatch.setattr(files, "utcnow", lambda: NOW + 900 * DAY)
     assert tls.ensure_certificate(layout) is True
     assert tls.cert_file(layout).read_bytes() != before
 
@@ -285,8 +286,8 @@ fe8000000000000000fc00fffe000001 04 40 20 80     eth0
 
 
 def test_interface_addresses_are_read_from_proc(monkeypatch, tmp_path):
-    monkeypatch.setattr(tls, "_FIB_TRIE", write(tmp_path, "fib_trie", FIB_TRIE.encode()))
-    monkeypatch.setattr(tls, "_IF_INET6", write(tmp_path, "if_inet6", IF_INET6.encode()))
+    monkeypatch.setattr(machine, "_FIB_TRIE", write(tmp_path, "fib_trie", FIB_TRIE.encode()))
+    monkeypatch.setattr(machine, "_IF_INET6", write(tmp_path, "if_inet6", IF_INET6.encode()))
     assert [str(a) for a in tls.interface_addresses()] == [
         "127.0.0.1",
         "192.0.2.2",
@@ -352,8 +353,8 @@ def test_wildcard_names_match_one_label(layout, pki, tmp_path):
         write(tmp_path, "k.pem", key_pem(wild.key)),
     )
     assert info.warnings == []
-    assert not tls._name_matches("*.clinic.lan", "a.b.clinic.lan")
-    assert not tls._name_matches("*.clinic.lan", "clinic.lan")
+    assert not describe._name_matches("*.clinic.lan", "a.b.clinic.lan")
+    assert not describe._name_matches("*.clinic.lan", "clinic.lan")
 
 
 def _refusal_cases(pki: dict[str, Issued]) -> dict[str, tuple[bytes, bytes, str]]:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -14,6 +15,7 @@ from huey import Huey
 
 from appliance import __version__
 from appliance.config import Settings
+from appliance.keys import read_secret
 from appliance.layout import HomeLayout
 from appliance.probes import (
     Report,
@@ -26,6 +28,14 @@ from appliance.probes import (
 )
 
 COMPONENTS = ("nginx", "app", "orthanc", "queue", "receiver")
+PROBE_INTERVAL = 2.0
+STATUS_KEY_HEADER = "X-NeuroNova-Status-Key"
+
+
+def status_key(settings: Settings) -> str:
+    """The home's status key: sent in :data:`STATUS_KEY_HEADER` from loopback, it shows
+    the full report to whoever can read the home's secrets (``neuronova status``)."""
+    return read_secret(HomeLayout(settings.home).status_key_file)
 
 
 def queue_report(settings: Settings, huey: Huey) -> Report:
@@ -85,3 +95,28 @@ def warnings(settings: Settings, db: sqlite_utils.Database) -> list[str]:
     if failed:
         found.append(f"{failed} object(s) failed to ingest (see `neuronova ingest status`)")
     return found
+
+
+class CachedHealth:
+    """The health report, probed at most once per ``interval`` seconds.
+
+    Every probe opens connections (a DICOM association to the receiver among them), so a
+    caller polling ``/api/health`` in a loop must not multiply them: callers within
+    ``interval`` of the last probe get its report, and concurrent callers share one probe.
+    """
+
+    def __init__(
+        self, probe: Callable[[], Awaitable[dict[str, Any]]], interval: float = PROBE_INTERVAL
+    ) -> None:
+        self._probe = probe
+        self._interval = interval
+        self._started = -interval
+        self._task: asyncio.Future[dict[str, Any]] | None = None
+
+    async def report(self) -> dict[str, Any]:
+        """The latest report, probing again only when the last probe is old and finished."""
+        now = time.monotonic()
+        if self._task is None or (self._task.done() and now - self._started >= self._interval):
+            self._started = now
+            self._task = asyncio.ensure_future(self._probe())
+        return await asyncio.shield(self._task)

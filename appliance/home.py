@@ -33,6 +33,7 @@ def init_home(settings: Settings) -> InitResult:
         settings.config_file.write_text(render_toml(settings))
     load_or_create_secret(layout.jwt_key_file, 48)
     load_or_create_secret(layout.orthanc_password_file, 24)
+    load_or_create_secret(layout.status_key_file, 32)
     ensure_certificate(layout)
     db = open_database(layout.database_file)
     admin_password = None

@@ -25,6 +25,11 @@ class HomeLayout:
         return self.secrets_dir / "orthanc-password"
 
     @property
+    def status_key_file(self) -> Path:
+        """The key local tools (``neuronova status``) show to read the full health report."""
+        return self.secrets_dir / "status-key"
+
+    @property
     def database_file(self) -> Path:
         return self.home / "db" / "appliance.db"
 

@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 
+from appliance import loopback
 from appliance.config import Settings
 from appliance.orthanc import orthanc_auth_header, orthanc_url
 
@@ -46,7 +47,7 @@ class OrthancStore:
             headers=headers,
         )  # fmt: skip
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+            with loopback.urlopen(request, timeout=TIMEOUT) as resp:
                 return resp.read()
         except urllib.error.HTTPError as exc:
             if exc.code >= 500 or exc.code in (401, 403):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance import loopback
 from appliance.config import Settings, load_settings
 from appliance.home import init_home
 from appliance.layout import HomeLayout
@@ -80,7 +81,7 @@ def http(
         raise ValueError(f"benchmarks only talk to {LOOPBACK}: {url}")
     request = urllib.request.Request(url, data=data, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with loopback.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
@@ -142,7 +143,8 @@ class Appliance:
     def create(cls, home: Path) -> Appliance:
         """Initialize ``home`` (settings, secrets, database) and a radiologist to log in as."""
         ports = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
-        values: dict[str, object] = {"bind": LOOPBACK, **{p: free_port() for p in ports}}
+        values: dict[str, object] = {"bind": LOOPBACK, "redirect_to_https": False}
+        values.update({p: free_port() for p in ports})
         settings = load_settings(home, values, environ={})
         init_home(settings)
         appliance = cls(settings)

@@ -24,9 +24,11 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from appliance import loopback
 from appliance.cli import cli as neuronova_cli
 from appliance.config import Settings, load_settings
 from appliance.db import open_database
+from appliance.health import STATUS_KEY_HEADER, status_key
 from appliance.home import init_home
 from appliance.layout import HomeLayout
 from appliance.runner import settings_environment
@@ -70,7 +72,7 @@ def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 1
     """GET ``url``; returns (status, headers, body) also for 4xx/5xx answers."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with loopback.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
@@ -114,7 +116,9 @@ class Appliance:
         return self
 
     def health(self) -> tuple[int, dict]:
-        status, _, body = http_get(f"{self.url}/api/health")
+        """The full health report, as ``neuronova status`` reads it (with the status key)."""
+        key = {STATUS_KEY_HEADER: status_key(self.settings)}
+        status, _, body = http_get(f"{self.url}/api/health", headers=key)
         return status, json.loads(body)
 
     def healthy(self) -> bool:
@@ -152,6 +156,7 @@ def make_appliance(tmp_path: Path, **overrides: object) -> Appliance:
     home = tmp_path / "home"
     values = {
         "bind": "127.0.0.1",
+        "redirect_to_https": False,  # tests talk plain HTTP; the default is checked apart
         "http_port": free_port(),
         "https_port": free_port(),
         "dicom_port": free_port(),

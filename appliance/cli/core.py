@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 
-from appliance import __version__
+from appliance import __version__, loopback
 from appliance.cli.options import home_option, network_options, settings_from
 from appliance.config import Settings
+from appliance.health import STATUS_KEY_HEADER, status_key
 from appliance.home import InitResult, init_home, require_initialized
 from appliance.logs import configure_logging
 from appliance.runner import run_appliance
@@ -72,10 +73,11 @@ def run(home: Path | None, verbose: bool, **network: object) -> None:
 
 
 def fetch_health(settings: Settings, timeout: float = 10.0) -> tuple[int, dict] | None:
-    """GET /api/health through nginx; ``None`` when nothing answers."""
+    """GET /api/health through nginx, with the status key; ``None`` when nothing answers."""
     url = f"http://{settings.probe_host}:{settings.http_port}/api/health"
+    request = urllib.request.Request(url, headers={STATUS_KEY_HEADER: status_key(settings)})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with loopback.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.load(resp)
     except urllib.error.HTTPError as exc:
         try:

@@ -12,13 +12,12 @@ from aiohttp import web
 
 from appliance import __version__, audit, users
 from appliance.errors import ApplianceError
-from appliance.health import check_health
 from appliance.layout import HomeLayout
 from appliance.modalities import add_modality, list_modalities, remove_modality
 from appliance.web.auth import identity, requires
 from appliance.web.errors import ApiError
 from appliance.web.inputs import client_address, query_int, read_json
-from appliance.web.keys import DB, HTTP, QUEUE, SESSIONS, SETTINGS, STARTED_AT
+from appliance.web.keys import DB, HEALTH, SESSIONS, SETTINGS
 
 routes = web.RouteTableDef()
 admin_only = requires("admin")
@@ -191,7 +190,7 @@ async def system(request: web.Request) -> web.Response:
     """Health, queue depth and oldest waiting object, free disk, failed ingests."""
     app = request.app
     settings = app[SETTINGS]
-    health = await check_health(settings, app[HTTP], app[QUEUE].huey, app[DB], app[STARTED_AT])
+    health = await app[HEALTH].report()
     db = app[DB]
     oldest = db.execute(
         "SELECT min(received_at) FROM instances WHERE state IN ('received', 'processing')"

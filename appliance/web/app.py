@@ -28,6 +28,7 @@ from appliance.web.ingest import PipelineIngest
 from appliance.web.keys import (
     DB,
     FRAMES_DIR,
+    HEALTH,
     HTTP,
     INGEST,
     QUEUE,
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[STARTED_AT] = time.time()
     app[FRAMES_DIR] = str(HomeLayout(settings.home).frames_dir)
+    app[HEALTH] = health.cached_health(app)
     app.cleanup_ctx.extend([database_ctx, frame_gate_ctx, http_client_ctx, queue_ctx])
     for table in ROUTE_TABLES:
         app.add_routes(table)

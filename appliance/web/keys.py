@@ -8,6 +8,7 @@ from aiohttp import web
 
 from appliance.audit import ReadLedger
 from appliance.config import Settings
+from appliance.health import CachedHealth
 from appliance.sessions import SessionStore
 from appliance.tokens import TokenService
 from appliance.transcode.queue import Queue
@@ -23,3 +24,4 @@ SESSIONS = web.AppKey("sessions", SessionStore)
 INGEST = web.AppKey("ingest", PipelineIngest)
 FRAMES_DIR = web.AppKey("frames_dir", str)
 READS = web.AppKey("reads", ReadLedger)
+HEALTH = web.AppKey("health", CachedHealth)

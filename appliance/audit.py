@@ -39,6 +39,7 @@ SHARE_REVOKED = "share_revoked"
 SHARE_OPENED = "share_opened"
 STUDY_READ = "study_read"
 STUDY_QUERY = "study_query"
+OBJECT_HELD = "object_held"  # the DICOM receiver's overwrite policy refused an object
 EVENTS = (
     LOGIN_OK,
     LOGIN_FAILED,
@@ -54,6 +55,7 @@ EVENTS = (
     SHARE_OPENED,
     STUDY_READ,
     STUDY_QUERY,
+    OBJECT_HELD,
 )
 # Rejections anyone can send in bulk: one row per (event, reason, user, client) and window.
 # Failed logins stay one row each: the login throttle counts them, and stops a flood.

@@ -18,6 +18,8 @@ import platformdirs
 from appliance.errors import ConfigError
 
 CONFIG_FILENAME = "neuronova.toml"
+# What may replace an archived instance (dcm4chee's overwrite policies, appliance.journal).
+OVERWRITE_POLICIES = ("never", "same-source", "always")
 HOME_ENV = "NEURONOVA_HOME"
 
 
@@ -51,6 +53,14 @@ FIELDS: tuple[Field, ...] = (
     Field("dicom", "port", "dicom_port", int, "DICOM port modalities send to"),
     Field("dicom", "ae_title", "ae_title", str, "AE title of the DICOM receiver"),
     Field("dicom", "min_free_mb", "min_free_mb", int, "Refuse new objects below this free space"),
+    Field("dicom", "max_object_mb", "max_object_mb", int, "Largest object accepted (inflated)"),
+    Field(
+        "dicom",
+        "overwrite",
+        "overwrite",
+        str,
+        "Who may replace an archived instance: never, same-source (its sender) or always",
+    ),
     Field("internal", "app_port", "app_port", int, "Loopback port of the web application"),
     Field("internal", "gate_port", "gate_port", int, "Loopback port of the app's frame gate"),
     Field("internal", "app_processes", "app_processes", int, "Web app processes sharing its port"),
@@ -73,6 +83,8 @@ class Settings:
     dicom_port: int = 11112
     ae_title: str = "NEURONOVA"
     min_free_mb: int = 512
+    max_object_mb: int = 2048  # e.g. 4,000 frames of 512x512 16-bit in one object
+    overwrite: str = "same-source"
     app_port: int = 18081
     gate_port: int = 18083
     app_processes: int = 2
@@ -81,6 +93,11 @@ class Settings:
     workers: int = 2
 
     def __post_init__(self) -> None:
+        if self.overwrite not in OVERWRITE_POLICIES:
+            raise ConfigError(
+                f"[dicom] overwrite must be one of {', '.join(OVERWRITE_POLICIES)} "
+                f"(got {self.overwrite!r})"
+            )
         if self.public_url and not self.public_url.startswith(("https://", "http://")):
             raise ConfigError(
                 f"[web] public_url must start with https:// (got {self.public_url!r}), "

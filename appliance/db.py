@@ -1,4 +1,5 @@
-"""The app database (SQLite via sqlite-utils): users, audit trail, ingest journal."""
+"""The app database (SQLite via sqlite-utils): users, audit trail, ingest journal (with
+the objects held back by the overwrite policy)."""
 
 from __future__ import annotations
 
@@ -108,6 +109,22 @@ SCHEMA: dict[str, dict] = {
         "pk": "sop_uid",
         "not_null": {"study_uid", "series_uid", "state", "received_at"},
         "defaults": {"attempts": 0},
+    },
+    "held": {
+        "columns": {
+            "id": int,
+            "sop_uid": str,
+            "study_uid": str,
+            "source": str,
+            "spool_path": str,
+            "reason": str,
+            "patient_name": str,
+            "patient_id": str,
+            "size": int,
+            "received_at": str,
+        },
+        "pk": "id",
+        "not_null": {"sop_uid", "study_uid", "spool_path", "reason", "received_at"},
     },
     "series": {
         "columns": {

@@ -13,13 +13,18 @@ from pathlib import Path
 import pydicom
 
 from appliance.config import Settings
-from appliance.journal import Journal, Received, describe
+from appliance.errors import ApplianceError
+from appliance.journal import Journal, Received, Refusal, describe
 from appliance.layout import HomeLayout
 from appliance.spool import Spool
 from appliance.transcode.queue import Queue, create_queue
 
 log = logging.getLogger("neuronova.ingest")
 SETTLE_SECONDS = 60
+
+
+class HeldError(ApplianceError):
+    """No such held object, or its file is gone."""
 
 
 class Ingest:
@@ -45,6 +50,51 @@ class Ingest:
         self.journal.record_received(ds, item, path, source, len(data))
         self.queue.enqueue_ingest(item.sop_uid, str(path))
         return item
+
+    def receive(
+        self, received: Path, ds: pydicom.Dataset, source: str, policy: str
+    ) -> Refusal | None:
+        """The receiver's :meth:`accept`: a whole file in the spool's ``incoming/`` is moved
+        into the spool (no copy), then journaled and queued, or held under ``policy``.
+
+        Returns the refusal when the object is held (kept for an admin, not queued).
+        """
+        item = describe(ds)
+        path = self.spool.adopt(item.sop_uid, received)
+        size = path.stat().st_size
+        refusal = self.journal.record_received(ds, item, path, source, size, policy)
+        if refusal is None:
+            self.queue.enqueue_ingest(item.sop_uid, str(path))
+        return refusal
+
+    def release_held(self, held_id: int) -> Received:
+        """Journal and queue a held object as an admin accepted it (whatever the policy).
+
+        Raises :class:`HeldError` when there is no such held object or its file is gone.
+        """
+        row = self._held(held_id)
+        path = Path(row["spool_path"])
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        item = describe(ds)
+        self.journal.record_received(ds, item, path, row["source"], row["size"] or 0)
+        self.journal.forget_held(held_id)
+        self.queue.enqueue_ingest(item.sop_uid, str(path))
+        return item
+
+    def discard_held(self, held_id: int) -> dict:
+        """Delete a held object (its spool file, then its row); returns the row."""
+        row = self._held(held_id)
+        Path(row["spool_path"]).unlink()
+        self.journal.forget_held(held_id)
+        return row
+
+    def _held(self, held_id: int) -> dict:
+        row = self.journal.held_object(held_id)
+        if row is None:
+            raise HeldError(f"no held object {held_id} (see `neuronova held list`)")
+        if not Path(row["spool_path"]).exists():
+            raise HeldError(f"the file of held object {held_id} is gone: {row['spool_path']}")
+        return row
 
     def recover(self) -> int:
         """After a crash: re-queue every object that is durable but not yet stored.

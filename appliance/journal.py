@@ -4,7 +4,9 @@ States: ``received`` (durable in the spool, waiting for the queue), ``processing
 (claimed by a worker), ``stored`` (in Orthanc, frames prepared, spool file removed),
 ``failed`` (a permanent error; the reason is kept and ``neuronova ingest retry`` re-runs
 it). Each task names the spool file it was created for, so a newer copy of the same SOP
-Instance UID always wins and an older task finishing late changes nothing.
+Instance UID always wins and an older task finishing late changes nothing. Objects the
+overwrite policy refuses are ``held`` (their own table, their spool file kept) until an
+admin accepts or discards them.
 """
 
 from __future__ import annotations
@@ -19,11 +21,16 @@ from typing import Any, TypeVar
 import sqlite_utils
 from pydicom import Dataset
 
+from appliance.config import OVERWRITE_POLICIES
 from appliance.db import open_database
 from appliance.uids import is_valid_uid
 from appliance.users import now_iso
 
 RECEIVED, PROCESSING, STORED, FAILED = "received", "processing", "stored", "failed"
+# What may replace an archived object: ``never``, ``same-source`` (only the source that
+# sent the archived copy, the default) or ``always``. Under the first two an object that
+# would change the patient of an archived study is held as well.
+NEVER, SAME_SOURCE, ALWAYS = OVERWRITE_POLICIES
 T = TypeVar("T")
 
 
@@ -83,7 +90,7 @@ STUDY_KEYWORDS = ("PatientName", "PatientID", "StudyDate", "StudyTime", "StudyDe
                   "AccessionNumber")  # fmt: skip
 SERIES_KEYWORDS = ("Modality", "SeriesDescription", "SeriesNumber")
 # Every header element describe() and Journal.record_received() read: the receiver parses
-# only these (appliance.part10.read_header).
+# only these (appliance.part10.scan).
 HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
                    *SERIES_KEYWORDS, *STUDY_KEYWORDS)  # fmt: skip
 UPSERT_STUDY = """
@@ -103,6 +110,48 @@ ON CONFLICT (study_uid) DO UPDATE SET
         ELSE trim(coalesce(studies.modalities, '') || ',' || excluded.modalities, ',')
     END
 """
+
+
+INSERT_HELD = """
+INSERT INTO held (sop_uid, study_uid, source, spool_path, reason, patient_name, patient_id,
+                  size, received_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the overwrite policy holds an object back: a short ``comment`` for the sender
+    (a DICOM ErrorComment holds 64 characters) and the full ``reason`` for the admin."""
+
+    comment: str
+    reason: str
+
+
+def _refusal(
+    db: sqlite_utils.Database, ds: Dataset, item: Received, source: str, policy: str
+) -> Refusal | None:
+    """What ``policy`` says against journaling this object, or None."""
+    if policy == ALWAYS:
+        return None
+    row = db.execute("SELECT source FROM instances WHERE sop_uid = ?", [item.sop_uid]).fetchone()
+    if row is not None and (policy == NEVER or row[0] != source):
+        return Refusal(
+            "Refused: the instance is archived from another source",
+            f"SOP Instance {item.sop_uid} is archived from {row[0]}; overwrite policy "
+            f"{policy} keeps it from being replaced by {source}",
+        )
+    study = db.execute(
+        "SELECT patient_id, patient_name FROM studies WHERE study_uid = ?", [item.study_uid]
+    ).fetchone()
+    patient = (_text(ds, "PatientID"), _text(ds, "PatientName"))
+    if study is not None and tuple(study) != patient:
+        return Refusal(
+            "Refused: patient differs from the archived study's",
+            f"study {item.study_uid} is archived for patient ID {study[0]!r}, name "
+            f"{study[1]!r}; this object names ID {patient[0]!r}, name {patient[1]!r}",
+        )
+    return None
 
 
 class Journal:
@@ -127,9 +176,20 @@ class Journal:
             return db.execute(sql, args).rowcount == 1
 
     def record_received(
-        self, ds: Dataset, item: Received, spool_path: Path, source: str, size: int
-    ) -> None:
-        """Journal a durable spool file (a newer copy of a SOP replaces the older one)."""
+        self,
+        ds: Dataset,
+        item: Received,
+        spool_path: Path,
+        source: str,
+        size: int,
+        policy: str = ALWAYS,
+    ) -> Refusal | None:
+        """Journal a durable spool file (a newer copy of a SOP replaces the older one).
+
+        Under ``policy`` (see :data:`OVERWRITE_POLICIES`) an object that may not replace
+        the archived copy, or would change an archived study's patient, is journaled as
+        held instead, in the same transaction as the check, and the refusal returned.
+        """
         now = now_iso()
         modality = _text(ds, "Modality")
         instance = [item.sop_uid, item.study_uid, item.series_uid, item.sop_class, source,
@@ -138,9 +198,32 @@ class Journal:
                   _text(ds, "SeriesNumber"), item.sop_uid]  # fmt: skip
         study = [item.study_uid, *(_text(ds, k) for k in STUDY_KEYWORDS), modality, now, now]
         with self._tx() as db:
+            refusal = _refusal(db, ds, item, source, policy)
+            if refusal is not None:
+                held = [item.sop_uid, item.study_uid, source, str(spool_path), refusal.reason,
+                        study[1], study[2], size, now]  # fmt: skip
+                db.execute(INSERT_HELD, held)
+                return refusal
             db.execute(UPSERT_INSTANCE, instance)
             db.execute(INSERT_SERIES, series)
             db.execute(UPSERT_STUDY, study)
+        return None
+
+    def held(self) -> list[dict[str, Any]]:
+        """The objects the overwrite policy held back, oldest first."""
+        with self._tx() as db:
+            return list(db["held"].rows_where(order_by="id"))
+
+    def held_object(self, held_id: int) -> dict[str, Any] | None:
+        """One held object's row, or None."""
+        with self._tx() as db:
+            rows = list(db["held"].rows_where("id = ?", [held_id]))
+        return rows[0] if rows else None
+
+    def forget_held(self, held_id: int) -> None:
+        """Remove a held object's row (accepted or discarded)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM held WHERE id = ?", [held_id])
 
     def claim(self, sop_uid: str, spool_path: str) -> bool:
         """Take the object for processing; False if another copy or worker has it."""
@@ -251,9 +334,11 @@ class Journal:
             return [(r[0], r[1]) for r in rows.fetchall()]
 
     def knows_spool_file(self, spool_path: str) -> str | None:
-        """The state of the journal row for this spool file, if any."""
+        """The state of the journal row for this spool file (``held`` too), if any."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT state FROM instances WHERE spool_path = ?", [spool_path]
+                "SELECT state FROM instances WHERE spool_path = ? "
+                "UNION ALL SELECT 'held' FROM held WHERE spool_path = ?",
+                [spool_path, spool_path],
             ).fetchone()
         return row[0] if row else None

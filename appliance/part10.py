@@ -1,96 +1,227 @@
-"""A received C-STORE data set as a Part 10 file, and the few header elements the journal
-needs, without decoding the whole data set.
+"""A received C-STORE data set, checked to be whole before it is acknowledged, and the few
+header elements the journal needs, without decoding the data set.
 
 The receiver runs this for every object while the modality waits for the answer, so it
-avoids pydicom's general machinery where a fixed encoding will do: the File Meta
-Information group (PS3.10 section 7.1) is always Explicit VR Little Endian with the same
-six elements, and only the header elements named by the caller are parsed.
+walks the encoding itself instead of building pydicom elements: every element's tag and
+length is read (values are skipped, pixel data is never read), sequences and
+encapsulated pixel data are followed item by item, and the walk must end exactly at the
+end of the data set (PS3.5 section 7). Only the top-level elements the caller names are
+kept, and decoded by pydicom. A Deflated data set (PS3.5 A.5) is inflated as it is
+walked, a chunk at a time, and refused once it inflates beyond a limit.
 """
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO, Protocol
 
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-PREFIX = b"\x00" * 128 + b"DICM"
-_LONG_VRS = (b"OB",)  # VRs with a reserved field and a 4-byte length (PS3.5 7.1.2)
+PREAMBLE = 128 + 4  # the preamble and "DICM" (PS3.10 7.1)
+_META_GROUP_LENGTH = struct.Struct("<HH2sHI")  # (0002,0000) UL, Explicit VR Little Endian
+# VRs with a reserved field and a 4-byte length in Explicit VR (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_CHARACTER_SET = 0x00080005
+_MAX_DEPTH = 32
+_CHUNK = 256 * 1024
 
 
-def file_header(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
-    """Preamble, ``DICM`` and File Meta Information for a received data set.
+class _Truncated(Exception):
+    """The data set ends inside an element."""
 
-    The same bytes as pynetdicom's ``encode_file_meta(create_file_meta(...))`` (which the
-    receiver used before): version 00 01, the Media Storage SOP Class and Instance UIDs,
-    the Transfer Syntax UID, pynetdicom's Implementation Class UID and Version Name.
+
+class _Source(Protocol):
+    """The encoded data set, read forwards."""
+
+    def take(self, size: int) -> bytes:
+        """Exactly ``size`` bytes; :class:`_Truncated` when fewer remain."""
+
+    def skip(self, size: int) -> None:
+        """Pass over ``size`` bytes; :class:`_Truncated` when fewer remain."""
+
+    def at_end(self) -> bool:
+        """Whether every byte was read."""
+
+
+class _FileSource:
+    """A data set in a file, from the current position to ``end``; values are seeked over."""
+
+    def __init__(self, fp: BinaryIO, end: int) -> None:
+        self._fp = fp
+        self._left = end - fp.tell()
+
+    def take(self, size: int) -> bytes:
+        self._use(size)
+        return self._fp.read(size)
+
+    def skip(self, size: int) -> None:
+        self._use(size)
+        self._fp.seek(size, 1)
+
+    def at_end(self) -> bool:
+        return self._left == 0
+
+    def _use(self, size: int) -> None:
+        if size > self._left:
+            raise _Truncated
+        self._left -= size
+
+
+class _InflatingSource:
+    """A Deflated data set, inflated a chunk at a time; at most ``limit`` bytes in all."""
+
+    def __init__(self, fp: BinaryIO, limit: int) -> None:
+        self._fp = fp
+        self._limit = limit
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._buffer = b""
+        self._inflated = 0
+
+    def take(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            if not self._inflate():
+                raise _Truncated
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def skip(self, size: int) -> None:
+        while size > len(self._buffer):
+            size -= len(self._buffer)
+            self._buffer = b""
+            if not self._inflate():
+                raise _Truncated
+        self._buffer = self._buffer[size:]
+
+    def at_end(self) -> bool:
+        return not self._buffer and not self._inflate()
+
+    def _inflate(self) -> bool:
+        """Inflate the next chunk into the buffer; False at the end of the stream."""
+        while not self._inflater.eof:
+            data = self._inflater.unconsumed_tail or self._fp.read(_CHUNK)
+            try:
+                out = self._inflater.decompress(data, _CHUNK) if data else self._inflater.flush()
+            except zlib.error as exc:
+                raise ValueError(f"the deflated data set does not inflate: {exc}") from None
+            self._inflated += len(out)
+            if self._inflated > self._limit:
+                raise ValueError(f"the deflated data set inflates beyond {_mb(self._limit)}")
+            if out:
+                self._buffer += out
+                return True
+            if not data:
+                raise ValueError("the deflated data set ends before its end marker")
+        return False
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1024**2:.0f} MB"
+
+
+class _Walker:
+    """Follows every element of one data set; keeps the wanted top-level ones."""
+
+    def __init__(self, source: _Source, implicit: bool, little: bool, wanted: set[int]) -> None:
+        self.source = source
+        self.implicit = implicit
+        self._endian = "<" if little else ">"
+        self._wanted = wanted
+        self.found: dict[BaseTag, RawDataElement] = {}
+        self.little = little
+        self.tag = 0  # the element being read, for the error message
+
+    def walk(self, depth: int = 0) -> None:
+        """Elements up to the end of the data set (``depth`` 0) or an Item Delimiter."""
+        if depth > _MAX_DEPTH:
+            raise ValueError(f"sequences are nested more than {_MAX_DEPTH} deep")
+        while not (depth == 0 and self.source.at_end()):
+            tag, vr, length = self._element_header()
+            self.tag = tag
+            if tag == _ITEM_END and depth:
+                return
+            if tag >> 16 == 0xFFFE:
+                raise ValueError(f"unexpected delimiter {_tag_text(tag)} in the data set")
+            if length == _UNDEFINED:
+                self._items(depth, implicit=self.implicit or vr == b"UN")
+            elif depth == 0 and tag in self._wanted:
+                value = self.source.take(length)
+                vr_text = None if vr is None else vr.decode("ascii", "replace")
+                self.found[BaseTag(tag)] = RawDataElement(
+                    BaseTag(tag), vr_text, length, value, 0, self.implicit, self.little, True
+                )
+            else:
+                self.source.skip(length)
+
+    def _element_header(self) -> tuple[int, bytes | None, int]:
+        group, element = struct.unpack(self._endian + "HH", self.source.take(4))
+        tag = group << 16 | element
+        if self.implicit or group == 0xFFFE:
+            return tag, None, struct.unpack(self._endian + "L", self.source.take(4))[0]
+        vr = self.source.take(2)
+        if not (vr.isalpha() and vr.isupper()):
+            raise ValueError(
+                f"element {_tag_text(tag)} has no VR: the data set is not in Explicit VR"
+            )
+        if vr in _LONG_VRS:
+            return tag, vr, struct.unpack(self._endian + "2xL", self.source.take(6))[0]
+        return tag, vr, struct.unpack(self._endian + "H", self.source.take(2))[0]
+
+    def _items(self, depth: int, implicit: bool) -> None:
+        """The items of an undefined-length sequence or encapsulated pixel data."""
+        saved, self.implicit = self.implicit, implicit
+        try:
+            while True:
+                group, element, length = struct.unpack(
+                    self._endian + "HHL", self.source.take(8)
+                )
+                tag = group << 16 | element
+                if tag == _SEQUENCE_END:
+                    return
+                if tag != _ITEM:
+                    raise ValueError(f"expected an item, found {_tag_text(tag)}")
+                if length == _UNDEFINED:
+                    self.walk(depth + 1)
+                else:
+                    self.source.skip(length)
+        finally:
+            self.implicit = saved
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def scan(
+    fp: BinaryIO, end: int, transfer_syntax: str, keywords: Sequence[str], limit: int
+) -> Dataset:
+    """Check that an encoded data set is whole and return the elements named by ``keywords``.
+
+    Every element is walked (values are skipped, not decoded); Specific Character Set is
+    always kept so that names decode correctly.
 
     Parameters
     ----------
-    sop_class, sop_instance
-        Affected SOP Class and Instance UIDs of the C-STORE request.
-    transfer_syntax
-        The presentation context's transfer syntax UID.
-
-    Returns
-    -------
-    bytes
-        What goes before the data set in a Part 10 file.
-
-    Raises
-    ------
-    ValueError
-        A UID is not ASCII (``UnicodeEncodeError``) or a value is too long.
-    """
-    group = b"".join(
-        [
-            _element(0x0001, b"OB", b"\x00\x01"),
-            _element(0x0002, b"UI", _uid(sop_class)),
-            _element(0x0003, b"UI", _uid(sop_instance)),
-            _element(0x0010, b"UI", _uid(transfer_syntax)),
-            _element(0x0012, b"UI", _uid(PYNETDICOM_IMPLEMENTATION_UID)),
-            _element(0x0013, b"SH", _even(PYNETDICOM_IMPLEMENTATION_VERSION.encode(), b" ")),
-        ]
-    )
-    return PREFIX + _element(0x0000, b"UL", struct.pack("<I", len(group))) + group
-
-
-def _uid(value: str) -> bytes:
-    return _even(value.encode("ascii"), b"\x00")
-
-
-def _even(value: bytes, pad: bytes) -> bytes:
-    return value + pad if len(value) % 2 else value
-
-
-def _element(element: int, vr: bytes, value: bytes) -> bytes:
-    if vr in _LONG_VRS:
-        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
-    if len(value) > 0xFFFF:
-        raise ValueError(f"file meta element (0002,{element:04X}) is too long")
-    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
-
-
-def read_header(stream: bytes, transfer_syntax: str, keywords: Sequence[str]) -> Dataset:
-    """The elements named by ``keywords`` of an encoded data set (no file meta).
-
-    Parsing stops after the highest of those tags, so the pixel data is never read;
-    Specific Character Set is always kept so that names decode correctly.
-
-    Parameters
-    ----------
-    stream
-        The data set as received (deflated for the Deflated transfer syntax).
+    fp
+        A binary file positioned at the start of the data set (after any file meta).
+    end
+        The offset in ``fp`` at which the data set ends (the file's size).
     transfer_syntax
         The transfer syntax UID it is encoded in.
     keywords
-        DICOM keywords of the elements wanted (top-level elements).
+        DICOM keywords of the top-level elements wanted.
+    limit
+        The most bytes a Deflated data set may inflate to.
 
     Returns
     -------
@@ -100,23 +231,38 @@ def read_header(stream: bytes, transfer_syntax: str, keywords: Sequence[str]) ->
     Raises
     ------
     ValueError
-        The data set cannot be parsed (e.g. a deflated stream that does not inflate).
+        The data set is not whole (it ends inside an element), is malformed, or does
+        not inflate (or inflates beyond ``limit``); the message says which.
     """
     syntax = UID(transfer_syntax)
-    if syntax.is_deflated:
-        try:
-            stream = zlib.decompress(stream, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise ValueError(f"the deflated data set does not inflate: {exc}") from None
-    tags: list[BaseTag | int] = sorted(Tag(k) for k in keywords)
-    last = tags[-1]
-    ds = read_dataset(
-        io.BytesIO(stream),
-        syntax.is_implicit_VR,
-        syntax.is_little_endian,
-        stop_when=lambda tag, _vr, _length: tag > last,
-        specific_tags=tags,
-    )
+    source: _Source = _InflatingSource(fp, limit) if syntax.is_deflated else _FileSource(fp, end)
+    wanted = {int(Tag(k)) for k in keywords} | {_CHARACTER_SET}
+    walker = _Walker(source, syntax.is_implicit_VR, syntax.is_little_endian, wanted)
+    try:
+        walker.walk()
+    except _Truncated:
+        raise ValueError(
+            f"the data set is truncated: it ends inside element {_tag_text(walker.tag)}"
+        ) from None
+    ds = Dataset(walker.found)
+    charset = convert_encodings(ds.get("SpecificCharacterSet") or default_encoding)
+    ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian, charset)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = syntax
     return ds
+
+
+def scan_file(path: Path, transfer_syntax: str, keywords: Sequence[str], limit: int) -> Dataset:
+    """:func:`scan` the data set of a Part 10 file with preamble and File Meta Information.
+
+    Raises :class:`ValueError` also for a file whose File Meta Information is not there.
+    """
+    with open(path, "rb") as fp:
+        head = fp.read(PREAMBLE + _META_GROUP_LENGTH.size)
+        if len(head) < PREAMBLE + _META_GROUP_LENGTH.size or head[128:132] != b"DICM":
+            raise ValueError("the file has no DICOM preamble")
+        group, element, vr, _, length = _META_GROUP_LENGTH.unpack_from(head, PREAMBLE)
+        if (group, element, vr) != (0x0002, 0x0000, b"UL"):
+            raise ValueError("the file meta has no group length")
+        fp.seek(length, 1)
+        return scan(fp, path.stat().st_size, transfer_syntax, keywords, limit)

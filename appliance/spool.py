@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -22,7 +23,8 @@ class Spool:
     def __init__(self, root: Path, min_free: int = MIN_FREE_BYTES) -> None:
         self.root = root
         self.min_free = min_free
-        (root / "incoming").mkdir(parents=True, exist_ok=True)
+        self.incoming = root / "incoming"
+        self.incoming.mkdir(parents=True, exist_ok=True)
 
     def free_bytes(self) -> int:
         """Free space on the spool's file system."""
@@ -34,14 +36,34 @@ class Spool:
         Raises :class:`SpoolFull` when the write would leave less than ``min_free``
         bytes, and :class:`ValueError` for an invalid UID. A failed write leaves no file.
         """
-        if not is_valid_uid(sop_uid):
-            raise ValueError(f"invalid SOP Instance UID {sop_uid[:80]!r}")
-        if self.free_bytes() - len(data) < self.min_free:
-            raise SpoolFull(f"less than {self.min_free // 1024**2} MiB free in {self.root}")
-        final = self.root / f"{sop_uid}.{uuid.uuid4().hex[:12]}.dcm"
-        write_atomic(final, data, temp_dir=self.root / "incoming")
+        final = self._name(sop_uid, len(data))
+        write_atomic(final, data, temp_dir=self.incoming)
         fsync_dir(self.root)
         return final
+
+    def adopt(self, sop_uid: str, received: Path) -> Path:
+        """Make a file received into :attr:`incoming` durable under its spool name.
+
+        The receiver writes each data set there as it arrives (pynetdicom's chunked
+        receive), so it is fsynced and renamed, never copied. Raises as :meth:`write`.
+        """
+        final = self._name(sop_uid, received.stat().st_size)
+        fd = os.open(received, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(received, final)
+        fsync_dir(self.root)
+        return final
+
+    def _name(self, sop_uid: str, size: int) -> Path:
+        """A new spool file name for ``sop_uid``, if ``size`` more bytes leave enough room."""
+        if not is_valid_uid(sop_uid):
+            raise ValueError(f"invalid SOP Instance UID {sop_uid[:80]!r}")
+        if self.free_bytes() - size < self.min_free:
+            raise SpoolFull(f"less than {self.min_free // 1024**2} MiB free in {self.root}")
+        return self.root / f"{sop_uid}.{uuid.uuid4().hex[:12]}.dcm"
 
     @staticmethod
     def sop_of(path: Path) -> str:
@@ -54,7 +76,7 @@ class Spool:
 
     def discard_partial(self) -> int:
         """Remove writes interrupted by a crash (never acknowledged); return how many."""
-        partial = list((self.root / "incoming").iterdir())
+        partial = list(self.incoming.iterdir())
         for path in partial:
             path.unlink(missing_ok=True)
         return len(partial)

@@ -1,42 +1,33 @@
-"""The receiver's Part 10 header and header parsing match what pydicom and pynetdicom make."""
+"""The receiver's check that a data set is whole, and the header it reads for the journal,
+match what pydicom reads; truncated, malformed and over-inflating data sets are refused."""
 
 from __future__ import annotations
 
 import io
+import itertools
+import re
 import zlib
+from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.filewriter import write_dataset
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from samples import TEST_FILES
 
 from appliance.journal import HEADER_KEYWORDS, describe
-from appliance.part10 import PREFIX, file_header, read_header
+from appliance.part10 import scan, scan_file
 
-CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
-
-
-@pytest.mark.parametrize("sop", ["1.2.3.4", "1.2.840.113619.2.55.3.604688119.969.1268071029.3"])
-@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.4.201"])
-def test_file_header_is_what_pynetdicom_encodes(sop: str, syntax: str) -> None:
-    meta = create_file_meta(sop_class_uid=CT_IMAGE, sop_instance_uid=sop, transfer_syntax=syntax)
-    assert file_header(CT_IMAGE, sop, syntax) == PREFIX + encode_file_meta(meta)
+LIMIT = 64 * 1024**2
+DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
-def test_a_file_with_that_header_reads_back() -> None:
-    source = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
-    data = file_header(CT_IMAGE, source.SOPInstanceUID, "1.2.840.10008.1.2.1") + _encode(
-        source, implicit=False, little=True
-    )
-    back = pydicom.dcmread(io.BytesIO(data))
-    assert back.file_meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
-    assert back.PixelData == source.PixelData
+def _scan(stream: bytes, syntax: str, limit: int = LIMIT) -> pydicom.Dataset:
+    return scan(io.BytesIO(stream), len(stream), syntax, HEADER_KEYWORDS, limit)
 
 
-def test_a_non_ascii_uid_is_refused() -> None:
-    with pytest.raises(ValueError):
-        file_header(CT_IMAGE, "1.2.é", "1.2.840.10008.1.2")
+def _deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
 
 
 @pytest.mark.parametrize(
@@ -45,18 +36,15 @@ def test_a_non_ascii_uid_is_refused() -> None:
         ("1.2.840.10008.1.2", True, True),
         ("1.2.840.10008.1.2.1", False, True),
         ("1.2.840.10008.1.2.2", False, False),
-        ("1.2.840.10008.1.2.1.99", False, True),
+        (DEFLATED, False, True),
     ],
 )
-def test_read_header_gives_the_journal_the_same_values(syntax, implicit, little) -> None:
+def test_scan_gives_the_journal_the_same_values(syntax, implicit, little) -> None:
     source = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
     source.PatientName = "Müller^Jörg"
     source.SpecificCharacterSet = "ISO_IR 100"
     stream = _encode(source, implicit, little)
-    if syntax.endswith(".99"):
-        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-        stream = packer.compress(stream) + packer.flush()
-    header = read_header(stream, syntax, HEADER_KEYWORDS)
+    header = _scan(_deflate(stream) if syntax == DEFLATED else stream, syntax)
     assert "PixelData" not in header
     assert header.file_meta.TransferSyntaxUID == syntax
     assert str(header.PatientName) == "Müller^Jörg"
@@ -66,9 +54,76 @@ def test_read_header_gives_the_journal_the_same_values(syntax, implicit, little)
     assert describe(header) == describe(source)
 
 
-def test_a_deflated_stream_that_does_not_inflate_is_a_value_error() -> None:
+def _part10_samples() -> list[tuple[Path, str]]:
+    """pydicom's Part 10 files with a meta group length (the receiver's pynetdicom files
+    always have one), except the deliberately broken ones, with their transfer syntax."""
+    broken = {"MR_truncated.dcm", "rtplan_truncated.dcm", "SC_rgb_jpeg.dcm"}
+    found = []
+    for path in sorted(TEST_FILES.glob("*.dcm")):
+        head = path.read_bytes()[:136]
+        if path.name not in broken and head[128:136] == b"DICM\x02\x00\x00\x00":
+            meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+            if "TransferSyntaxUID" in meta:
+                found.append((path, str(meta.TransferSyntaxUID)))
+    return found
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(("path", "syntax"), _part10_samples(), ids=str)
+def test_every_whole_sample_file_scans_to_its_end(path: Path, syntax: str) -> None:
+    """Sequences, encapsulated pixel data, big endian, deflated: all of pydicom's files."""
+    header = scan_file(path, syntax, HEADER_KEYWORDS, LIMIT)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert header.get("SOPInstanceUID") == ds.get("SOPInstanceUID")
+
+
+@pytest.mark.parametrize(
+    ("name", "element"),
+    [("rtplan_truncated.dcm", "(300A,00B0)"), ("MR_truncated.dcm", "(7FE0,0010)")],
+)
+def test_a_truncated_file_is_refused_naming_the_element(name: str, element: str) -> None:
+    syntax = str(pydicom.dcmread(TEST_FILES / name).file_meta.TransferSyntaxUID)
+    with pytest.raises(ValueError, match=re.escape(f"truncated: it ends inside element {element}")):
+        scan_file(TEST_FILES / name, syntax, HEADER_KEYWORDS, LIMIT)
+
+
+def test_every_cut_inside_an_element_is_refused() -> None:
+    """Cut anywhere but between two top-level elements (a cut there leaves a whole, shorter
+    data set), including inside the plan's nested sequences: always refused."""
+    plan = pydicom.dcmread(TEST_FILES / "rtplan.dcm")
+    stream = _encode(plan, implicit=True, little=True)
+    sizes = [len(_encode(pydicom.Dataset({e.tag: e}), True, True)) for e in plan]
+    boundaries = set(itertools.accumulate(sizes))
+    assert max(boundaries) == len(stream)
+    for cut in sorted(set(range(1, len(stream))) - boundaries):
+        with pytest.raises(ValueError, match="truncated"):
+            _scan(stream[:cut], "1.2.840.10008.1.2")
+
+
+def test_a_data_set_not_in_its_transfer_syntax_is_refused() -> None:
+    stream = _encode(pydicom.dcmread(TEST_FILES / "CT_small.dcm"), implicit=True, little=True)
+    with pytest.raises(ValueError, match="not in Explicit VR"):
+        _scan(stream, "1.2.840.10008.1.2.1")
+
+
+def test_a_deflated_stream_that_does_not_inflate_is_refused() -> None:
     with pytest.raises(ValueError, match="does not inflate"):
-        read_header(b"not deflate data", "1.2.840.10008.1.2.1.99", HEADER_KEYWORDS)
+        _scan(b"not deflate data", DEFLATED)
+
+
+def test_a_deflate_bomb_is_refused_once_past_the_limit() -> None:
+    """100 MB of zeros in a 100 KB stream: refused after inflating just past 1 MB."""
+    ct = _encode(pydicom.dcmread(TEST_FILES / "CT_small.dcm", stop_before_pixels=True),
+                 implicit=False, little=True)  # fmt: skip
+    pixels = b"\xe0\x7f\x10\x00OW\x00\x00" + (100 * 1024**2).to_bytes(4, "little")
+    packer = zlib.compressobj(9, wbits=-zlib.MAX_WBITS)
+    bomb = packer.compress(ct + pixels)
+    zeros = bytes(1024**2)
+    bomb += b"".join(packer.compress(zeros) for _ in range(100)) + packer.flush()
+    assert len(bomb) < 200 * 1024
+    with pytest.raises(ValueError, match="inflates beyond 1 MB"):
+        _scan(bomb, DEFLATED, limit=1024**2)
+    assert _scan(bomb, DEFLATED, limit=128 * 1024**2).SOPInstanceUID  # within a larger limit
 
 
 def _encode(ds: pydicom.Dataset, implicit: bool, little: bool) -> bytes:

@@ -7,6 +7,7 @@ Precedence, lowest to highest: built-in defaults, ``neuronova.toml`` in the data
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,13 @@ FIELDS: tuple[Field, ...] = (
         str,
         "Address users reach the web interface at, if a proxy is in front (share links)",
     ),
+    Field(
+        "web",
+        "server_names",
+        "server_names",
+        str,
+        "Extra host names users type (comma-separated); other Host headers get 421",
+    ),
     Field("dicom", "port", "dicom_port", int, "DICOM port modalities send to"),
     Field("dicom", "ae_title", "ae_title", str, "AE title of the DICOM receiver"),
     Field("dicom", "min_free_mb", "min_free_mb", int, "Refuse new objects below this free space"),
@@ -70,6 +78,15 @@ FIELDS: tuple[Field, ...] = (
 )
 
 
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}$")
+
+
+def is_host_name(text: str) -> bool:
+    """Whether ``text`` is a DNS host name (or ``*.`` wildcard), safe in nginx's config."""
+    return len(text) <= 253 and bool(_HOST_NAME.match(text.lower()))
+
+
 @dataclass(frozen=True)
 class Settings:
     """The appliance's settings; every path derives from ``home``."""
@@ -78,8 +95,9 @@ class Settings:
     bind: str = "0.0.0.0"
     http_port: int = 8080
     https_port: int = 8443
-    redirect_to_https: bool = False
+    redirect_to_https: bool = True
     public_url: str = ""
+    server_names: str = ""
     dicom_port: int = 11112
     ae_title: str = "NEURONOVA"
     min_free_mb: int = 512
@@ -103,6 +121,17 @@ class Settings:
                 f"[web] public_url must start with https:// (got {self.public_url!r}), "
                 "for example https://pacs.clinic.example"
             )
+        for name in self.server_name_list:
+            if not is_host_name(name):
+                raise ConfigError(
+                    f"[web] server_names: {name!r} is not a host name "
+                    "(letters, digits, '-' and '.', optionally starting with '*.')"
+                )
+
+    @property
+    def server_name_list(self) -> list[str]:
+        """``[web] server_names`` as a list."""
+        return [n.strip() for n in self.server_names.replace(",", " ").split() if n.strip()]
 
     @property
     def config_file(self) -> Path:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import os
 import re
 import secrets
 from pathlib import Path
 
+from yarl import URL
+
 import bundled_nginx
-from appliance.config import Settings
+from appliance.config import Settings, is_host_name
 from appliance.keys import write_private_file
 from appliance.layout import HomeLayout
 from appliance.orthanc import orthanc_auth_header
-from appliance.tls import cert_file, key_file
+from appliance.tls import TLSError, cert_file, certificate_info, host_names, key_file
 from appliance.transcode.frames import BOUNDARY as FRAMES_BOUNDARY
 from spa_dist import spa_root
 
@@ -26,14 +31,24 @@ APP_PROXY = """\
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Original-URI $request_uri;
             proxy_read_timeout 300s;"""
-SECURITY_HEADERS = "\n".join(
-    f"        add_header {name} {value} always;"
-    for name, value in (
-        ("X-Content-Type-Options", "nosniff"),
-        ("Referrer-Policy", "same-origin"),
-        ("X-Frame-Options", "SAMEORIGIN"),
-    )
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("X-Frame-Options", "SAMEORIGIN"),
 )
+HSTS = ("Strict-Transport-Security", "max-age=31536000")
+# OHIF compiles its WASM decoders ('wasm-unsafe-eval') and starts workers from blob: URLs.
+CSP = (
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'{scripts}; "
+    "worker-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self' data: blob:; "
+    "media-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'self'"
+)
+# Host headers that are IP literals cannot come from DNS rebinding: always accepted.
+IP_HOSTS = ("~^[0-9.]+$", "~^\\[[0-9a-fA-F:.]+\\]$")
+_INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S | re.I)
+UNKNOWN_HOST = "This host name is not one of the appliance names; add it to [web] server_names."
 
 
 def render_template(text: str, values: dict[str, str]) -> str:
@@ -58,9 +73,52 @@ TLS_SETTINGS = """
 """
 
 
-def _listen(settings: Settings, port: int, tls: bool = False) -> str:
-    suffix = " ssl" if tls else ""
+def _listen(settings: Settings, port: int, tls: bool = False, default: bool = False) -> str:
+    suffix = (" ssl" if tls else "") + (" default_server" if default else "")
     return f"        listen {settings.bind}:{port}{suffix};"
+
+
+def server_names(settings: Settings, layout: HomeLayout) -> list[str]:
+    """The Host names nginx answers to; any other name gets 421 (DNS rebinding).
+
+    The names the self-signed certificate is made for (this machine's host names and
+    ``localhost``), the DNS names of an installed certificate, the host of ``[web]
+    public_url``, ``[web] server_names``, and any IP address.
+    """
+    names = ["localhost", *host_names(), *settings.server_name_list]
+    if settings.public_url:
+        names.append(URL(settings.public_url).host or "")
+    with contextlib.suppress(TLSError):
+        names += certificate_info(layout).names
+    valid = [n.lower() for n in names if is_host_name(n) and not n.replace(".", "").isdigit()]
+    return list(dict.fromkeys(valid)) + list(IP_HOSTS)
+
+
+def security_headers(https: bool, hsts: bool) -> str:
+    """``add_header`` lines for every response: CSP, no sniffing, framing, HSTS."""
+    headers = [*SECURITY_HEADERS, ("Content-Security-Policy", content_security_policy())]
+    if https and hsts:
+        headers.append(HSTS)
+    return "\n".join(f'        add_header {name} "{value}" always;' for name, value in headers)
+
+
+def content_security_policy() -> str:
+    """The CSP of both apps, allowing the inline scripts of their ``index.html`` by hash."""
+    hashes: list[str] = []
+    for index in (spa_root() / "main" / "index.html", spa_root() / "pacs-viewer" / "index.html"):
+        text = index.read_text(encoding="utf-8") if index.exists() else ""
+        for script in _INLINE_SCRIPT.findall(text):
+            digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+            hashes.append(f" 'sha256-{digest}'")
+    return CSP.format(scripts="".join(dict.fromkeys(hashes)))
+
+
+def _clinic_certificate(layout: HomeLayout) -> bool:
+    """Whether nginx serves a certificate the clinic installed (then HSTS is safe)."""
+    try:
+        return not certificate_info(layout).generated
+    except TLSError:
+        return False
 
 
 def _user_line() -> str:
@@ -90,24 +148,44 @@ def render_nginx_conf(settings: Settings) -> Path:
         "frames_dir": str(layout.frames_dir),
         "instance_id": instance_id,
         "frames_boundary": FRAMES_BOUNDARY,
-        "security_headers": SECURITY_HEADERS,
         "app_proxy": APP_PROXY,
         "https_port": str(settings.https_port),
+        "server_names": " ".join(server_names(settings, layout)),
     }
     app_server = bundled_nginx.template_text("server.conf.template")
     tls = TLS_SETTINGS.format(cert=cert_file(layout), key=key_file(layout))
     https = render_template(
         app_server,
-        {**common, "listen": _listen(settings, settings.https_port, tls=True), "server_extra": tls},
+        {
+            **common,
+            "listen": _listen(settings, settings.https_port, tls=True),
+            "server_extra": tls,
+            "security_headers": security_headers(True, _clinic_certificate(layout)),
+        },
     )
     plain_template = (
         "redirect.conf.template" if settings.redirect_to_https else "server.conf.template"
     )
     plain = render_template(
         bundled_nginx.template_text(plain_template),
-        {**common, "listen": _listen(settings, settings.http_port), "server_extra": ""},
+        {
+            **common,
+            "listen": _listen(settings, settings.http_port),
+            "server_extra": "",
+            "security_headers": security_headers(False, False),
+        },
     )
-    servers = plain + "\n" + https
+    unknown = render_template(
+        bundled_nginx.template_text("unknown-host.conf.template"),
+        {
+            "listen": _listen(settings, settings.http_port, default=True)
+            + "\n"
+            + _listen(settings, settings.https_port, tls=True, default=True),
+            "server_extra": tls,
+            "message": UNKNOWN_HOST,
+        },
+    )
+    servers = "\n".join((unknown, plain, https))
     text = render_template(
         bundled_nginx.template_text(),
         {

@@ -10,23 +10,36 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import http.client
+import json
+import re
+import ssl
+from collections.abc import Iterator
 
+import aiohttp
 import jwt as pyjwt
+import pytest
 from click.testing import CliRunner
+from conftest import Appliance, make_appliance, wait_for
 
-from appliance import audit
+from appliance import audit, tls
 from appliance.cli import cli
+from appliance.config import load_settings
 from appliance.db import open_database
+from appliance.home import init_home
 from appliance.layout import HomeLayout
+from appliance.nginx import render_nginx_conf
 from appliance.sessions import MAX_FAILURES_PER_USER
 from appliance.users import get_user, verify_password
 from appliance.web.app import create_app
 from appliance.web.keys import TOKENS
 from tests import test_web_api as web_api
+from tests.test_tls import issue, key_pem, pem
 from tests.test_web_api import PASSWORD, audit_events, bearer, login
 
 settings = web_api.settings
 client = web_api.client
+UNVERIFIED = ssl._create_unverified_context()  # the certificate is tested in test_tls
 
 
 def _session_of(response) -> str:
@@ -195,3 +208,119 @@ async def test_logout_clears_the_site_data(client):
     resp = await client.post("/api/auth/logout", headers=await bearer(client))
     assert resp.status == 204
     assert resp.headers["Clear-Site-Data"] == '"cache", "cookies", "storage"'
+
+
+# -- nginx: HTTPS by default, Host check, headers, access log (the real appliance) -----------
+
+
+def test_plain_http_redirects_by_default(tmp_path):
+    assert load_settings(tmp_path, environ={}).redirect_to_https is True
+
+
+def test_hsts_is_sent_only_with_a_clinic_certificate(tmp_path):
+    settings = load_settings(tmp_path / "home", environ={})
+    init_home(settings)
+    layout = HomeLayout(settings.home)
+    assert "Strict-Transport-Security" not in render_nginx_conf(settings).read_text()
+    clinic = issue("pacs.clinic.example", names=("pacs.clinic.example",))
+    tls.cert_file(layout).write_bytes(pem(clinic.cert))
+    tls.key_file(layout).write_bytes(key_pem(clinic.key))
+    text = render_nginx_conf(settings).read_text()
+    https = text[text.index("ssl;\n") :]
+    assert https.count("Strict-Transport-Security") == text.count("Strict-Transport-Security")
+    assert 'add_header Strict-Transport-Security "max-age=31536000" always;' in https
+    unknown, plain, secure = re.findall(r"server_name (.*);", text)
+    assert unknown == "_" and "pacs.clinic.example" in secure.split() == plain.split()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[Appliance]:
+    """The appliance as installed: plain HTTP redirects, names checked."""
+    running = make_appliance(tmp_path_factory.mktemp("https"), redirect_to_https=True)
+    running.start()
+    yield running
+    running.stop()
+
+
+def _https(appliance: Appliance, method: str, path: str, host: str = "127.0.0.1", **kw):
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", appliance.settings.https_port, context=UNVERIFIED, timeout=10
+    )
+    conn.request(method, path, headers={"Host": host, **kw.pop("headers", {})}, **kw)
+    resp = conn.getresponse()
+    return resp.status, resp.headers, resp.read()
+
+
+@pytest.mark.slow
+def test_plain_http_answers_only_with_a_redirect(served):
+    conn = http.client.HTTPConnection("127.0.0.1", served.settings.http_port, timeout=10)
+    for path in ("/", "/api/auth/login", "/pacs-viewer/"):
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 301
+        assert resp.headers["Location"] == f"https://127.0.0.1:{served.settings.https_port}{path}"
+    assert served.health()[0] == 200  # `neuronova status` from this machine still works
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("host", ["evil.example", "rebind.attacker.test:8443"])
+def test_a_foreign_host_name_gets_421(served, host):
+    status, _, body = _https(served, "GET", "/api/health", host=host)
+    assert status == 421 and json.loads(body)["error"] == "unknown_host"
+    plain = http.client.HTTPConnection("127.0.0.1", served.settings.http_port, timeout=10)
+    plain.request("GET", "/", headers={"Host": host})
+    assert plain.getresponse().status == 421
+
+
+@pytest.mark.slow
+def test_the_appliance_names_are_accepted(served):
+    for host in ["localhost", "127.0.0.1", "[::1]", *tls.host_names()]:
+        assert _https(served, "GET", "/api/health", host=host)[0] == 200, host
+
+
+@pytest.mark.slow
+def test_every_page_carries_the_security_headers(served):
+    for path in ("/", "/login", "/api/health", "/api/auth/login-redirect"):
+        _, headers, _ = _https(served, "GET", path)
+        csp = headers["Content-Security-Policy"]
+        assert "'wasm-unsafe-eval'" in csp and "worker-src 'self' blob:" in csp, path
+        assert "'unsafe-eval'" not in csp and "frame-ancestors 'self'" in csp
+        assert "Strict-Transport-Security" not in headers  # self-signed: no HSTS yet
+
+
+@pytest.mark.slow
+def test_the_access_log_has_no_query_strings(served):
+    secret = "SHARETOKEN" + "x" * 20
+    _https(served, "GET", f"/api/shares/open?token={secret}")
+    _https(served, "GET", "/api/pacs/dicom-web/studies?PatientName=DOE%5EJANE")
+    log = HomeLayout(served.settings.home).log_dir / "nginx-access.log"
+
+    def logged() -> bool:
+        text = log.read_text() if log.exists() else ""
+        return '"GET /api/pacs/dicom-web/studies HTTP/1.1" 401' in text
+
+    wait_for(logged, 15, "nginx to write its access log")
+    text = log.read_text()
+    assert '"GET /api/shares/open HTTP/1.1" 401' in text
+    assert secret not in text and "PatientName" not in text and "DOE" not in text
+
+
+@pytest.mark.slow
+def test_parallel_wrong_passwords_through_nginx_are_throttled(served):
+    """Both app processes share the count: 50 guesses at once, 5 checked, 45 refused."""
+
+    async def guess(session: aiohttp.ClientSession, n: int) -> int:
+        url = f"https://127.0.0.1:{served.settings.https_port}/api/auth/login"
+        body = {"username": "admin", "password": f"wrong password {n}"}
+        async with session.post(url, json=body, ssl=False) as resp:
+            return resp.status
+
+    async def all_guesses() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            return await asyncio.gather(*(guess(session, n) for n in range(50)))
+
+    statuses = asyncio.run(all_guesses())
+    assert sorted(statuses) == [401] * MAX_FAILURES_PER_USER + [429] * 45
+    db = open_database(HomeLayout(served.settings.home).database_file)
+    assert len(audit.recent(db, event=audit.LOGIN_FAILED)) == MAX_FAILURES_PER_USER

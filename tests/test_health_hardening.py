@@ -4,13 +4,18 @@ and proxies, and log rotation."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
-from conftest import api_token, http_get, run_cli
+from conftest import api_token, http_get, run_cli, storescu, wait_stored
+from samples import native_dataset
 
 from appliance.health import PROBE_INTERVAL, STATUS_KEY_HEADER
 
@@ -69,3 +74,54 @@ def test_health_polled_in_a_loop_opens_few_dicom_associations(appliance_factory)
     processes = appliance.settings.app_processes
     assert calls >= 50
     assert opened <= processes * (elapsed // PROBE_INTERVAL + 1)
+
+
+class ProxyTrap:
+    """A listening socket on loopback standing in for a clinic's proxy; it records what
+    anyone sends it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.received: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                with contextlib.suppress(OSError):
+                    self.received.append(conn.recv(65536) or b"(connected)")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def test_loopback_calls_never_go_through_a_proxy(appliance_factory, monkeypatch, tmp_path):
+    trap = ProxyTrap()
+    try:
+        for name in ("http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(name, trap.url)
+            monkeypatch.setenv(name.upper(), trap.url)
+        appliance = appliance_factory().start()  # the children inherit the proxy settings
+        ds = native_dataset(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+        ds.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+        assert storescu(appliance, [tmp_path / "ct.dcm"]).returncode == 0
+        wait_stored(appliance, [ds.SOPInstanceUID])  # the worker stored it in Orthanc
+        status = run_cli(appliance, "status")
+        assert status.returncode == 0 and "orthanc" in status.stdout, status.stdout
+    finally:
+        trap.close()
+    assert trap.received == []

@@ -223,3 +223,39 @@ describe('logout', () => {
     document.cookie = 'nn_csrf=; expires=Thu, 01 Jan 1970 00:00:00 GMT; path=/';
   });
 });
+
+describe('audit trail', () => {
+  it('shows who read which patient, filters through the URL, and exports with the same filters', async () => {
+    const READ = {
+      id: 7,
+      ts: '2026-11-29T10:00:00+00:00',
+      last_ts: '2026-11-29T10:05:00+00:00',
+      count: 3,
+      event: 'study_read',
+      username: 'rad',
+      client: '10.0.0.5',
+      study_uid: '1.2.3',
+      patient_id: 'PID-001',
+      detail: { access: 'view', first: 'frames', patient_name: 'DOE^JANE', session: 's1' },
+    };
+    installFetch((url) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'boss', role: 'admin' });
+      if (url.pathname === '/api/admin/audit') return json(200, { items: [READ] });
+    });
+    await render('/admin/audit');
+    const row = await waitFor(() => byTestId('audit-trail-row'));
+    expect(row.textContent).toContain('PID-001 (DOE^JANE)');
+    expect(row.textContent).toContain('1.2.3');
+    expect(row.textContent).toContain('frames');
+    expect(row.textContent).not.toContain('DOE^JANE · ');
+    expect(requests.filter((r) => r.startsWith('GET /api/admin/audit'))).toEqual(['GET /api/admin/audit?since=24h&limit=200']);
+
+    await act(async () => type(byTestId('audit-patient') as HTMLInputElement, ' PID-001 '));
+    await act(async () => byTestId('audit-apply')!.click());
+    await waitFor(() => requests.some((r) => r.includes('patient=PID-001')));
+    expect(new URLSearchParams(window.location.search).get('patient')).toBe('PID-001');
+    const csv = byTestId('audit-export-csv') as HTMLAnchorElement;
+    expect(csv.getAttribute('href')).toBe('/api/admin/audit/export?patient=PID-001&since=24h&limit=10000&format=csv');
+    expect(byTestId('nav-audit')).not.toBeNull();
+  });
+});

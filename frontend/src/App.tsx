@@ -3,6 +3,7 @@ import { Layout } from './components/Layout';
 import { Spinner } from './components/ui';
 import { AuthProvider, canShare, isAdmin, useAuth } from './lib/auth';
 import { Link, loginUrlForCurrentPage, navigate, useLocation } from './lib/router';
+import { AdminAuditPage } from './pages/AdminAudit';
 import { AdminModalitiesPage } from './pages/AdminModalities';
 import { AdminSystemPage } from './pages/AdminSystem';
 import { AdminUsersPage } from './pages/AdminUsers';
@@ -23,6 +24,7 @@ const ROUTES: Record<string, RouteDef> = {
   '/admin/users': { title: 'Users', allowed: isAdmin, render: () => <AdminUsersPage /> },
   '/admin/modalities': { title: 'Modalities', allowed: isAdmin, render: () => <AdminModalitiesPage /> },
   '/admin/system': { title: 'System', allowed: isAdmin, render: () => <AdminSystemPage /> },
+  '/admin/audit': { title: 'Audit trail', allowed: isAdmin, render: () => <AdminAuditPage /> },
 };
 
 function Router() {

@@ -6,6 +6,7 @@ export const APP_ROUTES = [
   '/admin/users',
   '/admin/modalities',
   '/admin/system',
+  '/admin/audit',
 ] as const;
 
 export function isAppRoute(pathname: string): boolean {

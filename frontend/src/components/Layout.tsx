@@ -27,6 +27,7 @@ export function Layout({ children }: { children: ReactNode }) {
     { to: '/admin/users', label: 'Users', show: isAdmin(role) },
     { to: '/admin/modalities', label: 'Modalities', show: isAdmin(role) },
     { to: '/admin/system', label: 'System', show: isAdmin(role) },
+    { to: '/admin/audit', label: 'Audit', show: isAdmin(role) },
   ];
   return (
     <div className="app">

@@ -138,11 +138,28 @@ export interface SystemInfo {
 }
 
 export interface AuditEvent {
+  id?: number;
   ts: string | number;
+  /** The latest occurrence of a counted (aggregated) event. */
+  last_ts?: string | null;
+  count?: number;
   event: string;
   username: string | null;
   client: string | null;
+  study_uid?: string | null;
+  patient_id?: string | null;
   detail: unknown;
+}
+
+/** Filters of the audit trail (GET /api/admin/audit and its export). */
+export interface AuditQuery {
+  event?: string;
+  user?: string;
+  study?: string;
+  patient?: string;
+  /** 30m, 24h, 7d or an ISO time. */
+  since?: string;
+  limit?: number;
 }
 
 type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -340,7 +357,14 @@ export const endpoints = {
   system: (signal?: AbortSignal) => api.get<SystemInfo>('/api/admin/system', { signal }),
   audit: (limit: number, signal?: AbortSignal) =>
     api.get<{ items: AuditEvent[] }>(`/api/admin/audit${query({ limit })}`, { signal }),
+  auditSearch: (q: AuditQuery, signal?: AbortSignal) =>
+    api.get<{ items: AuditEvent[] }>(`/api/admin/audit${query({ ...q })}`, { signal }),
 };
+
+/** Where the browser downloads the filtered audit trail as a file (the session cookie authorizes it). */
+export function auditExportUrl(q: AuditQuery, format: 'csv' | 'json'): string {
+  return `/api/admin/audit/export${query({ ...q, format })}`;
+}
 
 export function viewerUrl(studyUid: string): string {
   return `/pacs-viewer/viewer?StudyInstanceUIDs=${enc(studyUid)}`;

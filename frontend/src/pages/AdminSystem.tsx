@@ -1,5 +1,6 @@
 import { endpoints, type AuditEvent, type ComponentHealth } from '../lib/api';
 import { formatBytes, formatCount, formatDateTime, formatDuration } from '../lib/format';
+import { Link } from '../lib/router';
 import { useFetch } from '../lib/useFetch';
 import { Badge, EmptyRow, ErrorBanner, PageHeader, Spinner, type Tone } from '../components/ui';
 
@@ -33,7 +34,7 @@ function statusTone(status: string | undefined): Tone {
   return 'bad';
 }
 
-function eventTone(event: string): Tone {
+export function eventTone(event: string): Tone {
   if (/fail|denied|throttl|invalid|locked|reject|forbidden|error|revok/i.test(event)) return 'bad';
   if (/login|logout|refresh/i.test(event)) return 'info';
   return 'neutral';
@@ -137,7 +138,12 @@ export function AdminSystemPage() {
       )}
 
       <section className="section">
-        <h2 className="section-title">Recent security events</h2>
+        <h2 className="section-title">
+          Recent security events{' '}
+          <Link to="/admin/audit" className="small" data-testid="audit-trail-link">
+            Full audit trail
+          </Link>
+        </h2>
         <ErrorBanner error={audit.error} onRetry={audit.reload} />
         <div className="table-wrap">
           <table className="table" data-testid="audit-table">

@@ -176,6 +176,7 @@ class ReadLedger:
             once=True,
             access=access,
             patient_name=patient_name,
+            session=reader,
             **detail,
         )
         self._seen[seen] = None

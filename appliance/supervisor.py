@@ -27,6 +27,7 @@ from appliance.keys import write_private_file
 
 log = logging.getLogger("neuronova.supervisor")
 
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 MAX_FAST_FAILURES = 5
 STABLE_AFTER = 10.0
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
@@ -100,6 +101,7 @@ class Child:
         self.restarts = 0
         self.last_error: str | None = None
         self.process: asyncio.subprocess.Process | None = None
+        self.start_ticks: int | None = None  # when the process started, in clock ticks
         self._launcher = launcher
         self._on_change = on_change
         self._stop_requested = asyncio.Event()
@@ -129,6 +131,7 @@ class Child:
         return {
             "state": self.state.value,
             "pid": self.process.pid if self.process and self.state is State.RUNNING else None,
+            "start_ticks": self.start_ticks,
             "restarts": self.restarts,
             "last_error": self.last_error,
         }
@@ -163,6 +166,7 @@ class Child:
             self.process = await self._launcher.spawn(self.spec)
         except OSError as exc:
             return f"could not start {self.spec.command[0]}: {exc.strerror or exc}"
+        self.start_ticks = process_start_ticks(self.process.pid)
         if not await self._wait_ready():
             if self.process.returncode is None and not self._stop_requested.is_set():
                 self._launcher.signal(self.process, signal.SIGKILL)
@@ -210,31 +214,67 @@ def _last_line(log_file: Path) -> str:
     return f"\n  last log line: {lines[-1][:300]}" if lines else ""
 
 
+def boot_id() -> str:
+    """This boot's random id: pids and start times from another boot mean nothing now."""
+    return BOOT_ID_FILE.read_text().strip()
+
+
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` from field 3 on (after the command name)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (field 22 of ``/proc/PID/stat``)."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
 def reap_leftovers(state_file: Path) -> int:
     """Kill processes left by a run that died without stopping its children.
 
     Children run in sessions of their own whose ids are their pids, as recorded in the
-    state file; grandchildren (nginx's workers) keep that session id after their parent
-    dies. A state file present at start means the last run did not stop cleanly.
+    state file with their start times and the boot id; grandchildren (nginx's workers)
+    keep that session id after their parent dies. A state file present at start means
+    the last run did not stop cleanly. Pids are reused, so a process is killed only when
+    the boot is the same, the session's leader (if alive) is the recorded process (same
+    start time), and the process started no earlier than that leader.
     """
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
         return 0
-    sessions = {c["pid"] for c in state.get("children", {}).values() if c.get("pid")}
+    if state.get("boot_id") != boot_id():
+        log.info("the last run's state is from another boot (or unverifiable): nothing to reap")
+        return 0
+    leaders = {
+        c["pid"]: c["start_ticks"]
+        for c in state.get("children", {}).values()
+        if c.get("pid") and c.get("start_ticks") is not None
+    }
     killed = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) in sessions:  # field 6 of /proc/PID/stat: the session id
+        fields = _proc_stat(stat.parent.name)
+        if fields and _left_by_last_run(int(fields[3]), int(fields[19]), leaders):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(stat.parent.name), signal.SIGKILL)
                 killed += 1
     if killed:
         log.warning("killed %d process(es) left by a run that did not stop cleanly", killed)
     return killed
+
+
+def _left_by_last_run(session: int, started: int, leaders: dict[int, int]) -> bool:
+    """Whether a process of ``session`` started at ``started`` belongs to a recorded child."""
+    if session not in leaders:
+        return False
+    leader_now = process_start_ticks(session)
+    if leader_now is not None and leader_now != leaders[session]:
+        return False  # the pid is another process now: the session is not ours
+    return started >= leaders[session]
 
 
 def _describe_exit(code: int) -> str:
@@ -254,10 +294,12 @@ class Supervisor:
         self.children = [Child(s, launcher or Launcher(), self._write_state) for s in specs]
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.time()
+        self._boot_id = boot_id()
 
     def _write_state(self) -> None:
         state = {
             "pid": os.getpid(),
+            "boot_id": self._boot_id,
             "started_at": self._started_at,
             "children": {c.spec.name: c.snapshot() for c in self.children},
         }

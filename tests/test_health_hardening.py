@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +22,8 @@ from conftest import api_token, http_get, run_cli, storescu, wait_stored
 from samples import native_dataset
 
 from appliance.health import PROBE_INTERVAL, STATUS_KEY_HEADER
+from appliance.supervisor import boot_id, process_start_ticks, reap_leftovers
 
-pytestmark = pytest.mark.slow
 PASSWORD = "a long enough password 1"
 
 
@@ -28,6 +32,7 @@ def _health_as(appliance, headers: dict[str, str]) -> tuple[int, dict]:
     return status, json.loads(body)
 
 
+@pytest.mark.slow
 def test_health_shows_only_the_status_to_anyone_but_admins(appliance):
     result = run_cli(appliance, "user", "add", "dr.quinn", "--role", "radiologist",
                      "--password-stdin", stdin=f"{PASSWORD}\n")  # fmt: skip
@@ -59,6 +64,7 @@ def _dicom_connections(appliance) -> int:
     return len(out.splitlines())
 
 
+@pytest.mark.slow
 def test_health_polled_in_a_loop_opens_few_dicom_associations(appliance_factory):
     appliance = appliance_factory().start()
     before = _dicom_connections(appliance)
@@ -109,6 +115,7 @@ class ProxyTrap:
         self.sock.close()
 
 
+@pytest.mark.slow
 def test_loopback_calls_never_go_through_a_proxy(appliance_factory, monkeypatch, tmp_path):
     trap = ProxyTrap()
     try:
@@ -125,3 +132,61 @@ def test_loopback_calls_never_go_through_a_proxy(appliance_factory, monkeypatch,
     finally:
         trap.close()
     assert trap.received == []
+
+
+@pytest.fixture
+def left_session() -> Iterator[subprocess.Popen]:
+    """A session leader with a child of its own, as a crashed run leaves nginx behind."""
+    leader = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
+    wait_until_members(leader.pid, 2)
+    yield leader
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait()
+
+
+def session_members(session: int) -> list[int]:
+    """Live (not zombie) processes whose session id is ``session``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == session and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+    return members
+
+
+def wait_until_members(session: int, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(session_members(session)) != count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(session_members(session)) == count
+
+
+def write_state(path: Path, pid: int, start_ticks: int | None, boot: str) -> Path:
+    children = {"nginx": {"state": "RUNNING", "pid": pid, "start_ticks": start_ticks}}
+    path.write_text(json.dumps({"pid": 1, "boot_id": boot, "children": children}))
+    return path
+
+
+def test_leftovers_of_this_boot_are_reaped(left_session, tmp_path):
+    pid = left_session.pid
+    state = write_state(tmp_path / "s.json", pid, process_start_ticks(pid), boot_id())
+    assert reap_leftovers(state) == 2
+    wait_until_members(pid, 0)
+
+
+@pytest.mark.parametrize(
+    "boot, ticks_offset",
+    [("another-boot", 0), (None, 1)],
+    ids=["state-from-before-a-reboot", "pid-reused-by-another-process"],
+)
+def test_processes_that_are_not_leftovers_are_left_alone(
+    left_session, tmp_path, boot, ticks_offset
+):
+    pid = left_session.pid
+    started = process_start_ticks(pid)
+    assert started is not None
+    state = write_state(tmp_path / "s.json", pid, started - ticks_offset, boot or boot_id())
+    assert reap_leftovers(state) == 0
+    assert len(session_members(pid)) == 2

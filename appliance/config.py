@@ -61,7 +61,8 @@ FIELDS: tuple[Field, ...] = (
     Field("dicom", "port", "dicom_port", int, "DICOM port modalities send to"),
     Field("dicom", "ae_title", "ae_title", str, "AE title of the DICOM receiver"),
     Field("dicom", "min_free_mb", "min_free_mb", int, "Refuse new objects below this free space"),
-    Field("dicom", "max_object_mb", "max_object_mb", int, "Largest object accepted (inflated)"),
+    Field("dicom", "max_object_mb", "max_object_mb", int, "Largest object accepted, in MB"),
+    Field("dicom", "max_inflated_mb", "max_inflated_mb", int, "Largest Deflated object, inflated"),
     Field(
         "dicom",
         "overwrite",
@@ -102,6 +103,7 @@ class Settings:
     ae_title: str = "NEURONOVA"
     min_free_mb: int = 512
     max_object_mb: int = 2048  # e.g. 4,000 frames of 512x512 16-bit in one object
+    max_inflated_mb: int = 256  # the worker inflates a Deflated object in memory
     overwrite: str = "same-source"
     app_port: int = 18081
     gate_port: int = 18083

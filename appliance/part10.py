@@ -241,9 +241,7 @@ def scan(
     try:
         walker.walk()
     except _Truncated:
-        raise ValueError(
-            f"the data set is truncated: it ends inside element {_tag_text(walker.tag)}"
-        ) from None
+        raise ValueError(f"data set truncated inside element {_tag_text(walker.tag)}") from None
     ds = Dataset(walker.found)
     charset = convert_encodings(ds.get("SpecificCharacterSet") or default_encoding)
     ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian, charset)

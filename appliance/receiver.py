@@ -132,10 +132,10 @@ def handle_echo(event: evt.Event) -> int:
 
 @dataclass(frozen=True)
 class StorePolicy:
-    """What the C-STORE handler enforces: the largest object (also once inflated) and
-    the overwrite policy (:data:`appliance.journal.OVERWRITE_POLICIES`)."""
+    """What the C-STORE handler enforces: the most a Deflated data set may inflate to,
+    and the overwrite policy (:data:`appliance.journal.OVERWRITE_POLICIES`)."""
 
-    max_bytes: int
+    max_inflated: int
     overwrite: str
 
 
@@ -149,7 +149,7 @@ def handle_store(event: evt.Event, ingest: Ingest, policy: StorePolicy) -> int |
     source = f"dicom:{ae_title}"
     try:
         path = event.dataset_path
-        ds = scan_file(path, event.context.transfer_syntax, HEADER_KEYWORDS, policy.max_bytes)
+        ds = scan_file(path, event.context.transfer_syntax, HEADER_KEYWORDS, policy.max_inflated)
         refusal = ingest.receive(path, ds, source, policy.overwrite)
     except SpoolFull as exc:
         log.error("refused an object from %s: %s", ae_title, exc)
@@ -255,12 +255,12 @@ def build_ae(settings: Settings) -> AE:
 def handlers(ingest: Ingest, settings: Settings) -> list[tuple]:
     """The event handlers bound when the server starts."""
     allow = AllowList(ingest)
-    policy = StorePolicy(settings.max_object_mb * 1024**2, settings.overwrite)
+    policy = StorePolicy(settings.max_inflated_mb * 1024**2, settings.overwrite)
     return [
         (evt.EVT_REQUESTED, handle_requested, [allow]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ingest, policy]),
-        (evt.EVT_PDU_RECV, ObjectSizeCap(policy.max_bytes).on_pdu),
+        (evt.EVT_PDU_RECV, ObjectSizeCap(settings.max_object_mb * 1024**2).on_pdu),
     ]
 
 

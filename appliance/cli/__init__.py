@@ -38,6 +38,7 @@ def _register() -> None:
         audit_cmd,
         config_cmd,
         core,
+        held_cmd,
         import_cmd,
         ingest_cmd,
         modality_cmd,
@@ -58,6 +59,7 @@ def _register() -> None:
         modality_cmd.modality,
         import_cmd.import_,
         ingest_cmd.ingest,
+        held_cmd.held,
         audit_cmd.audit,
     ):
         cli.add_command(command)

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
-import os
 from pathlib import Path
 
 import click
-import sqlite_utils
 
-from appliance import audit
-from appliance.cli.options import home_database, home_option
+from appliance.cli.options import audit_admin_change, home_database, home_option
 from appliance.modalities import add_modality, list_modalities, remove_modality
-
-
-def _cli_user() -> str:
-    """Who made a change from the command line, for the audit trail."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry for this uid (e.g. in a container)
-        return f"cli:uid{os.getuid()}"
-
-
-def _audit(db: sqlite_utils.Database, action: str, **detail: object) -> None:
-    audit.record(db, audit.ADMIN_CHANGE, username=_cli_user(), action=action, **detail)
 
 
 @click.group()
@@ -33,8 +17,8 @@ def modality() -> None:
     \b
     While the list is empty ANY caller is accepted, so a fresh install works at once.
     Once the first modality is added, only listed AE titles (from their address, if
-    one is given) may send. Changes apply within 2 seconds, without a restart, and
-    are recorded in the audit trail.
+    one is given) may send. Changes apply to the next association at once, without a
+    restart, and are recorded in the audit trail.
     """
 
 
@@ -53,7 +37,7 @@ def add(ae_title: str, host: str | None, description: str, home: Path | None) ->
     db = home_database(home)
     was_open = not list_modalities(db)
     row = add_modality(db, ae_title, host, description)
-    _audit(db, "modality_added", ae_title=row["ae_title"], host=row["host"])
+    audit_admin_change(db, "modality_added", ae_title=row["ae_title"], host=row["host"])
     click.echo(f"Added {row['ae_title']} (from {row['host'] or 'any address'}).")
     if was_open:
         click.echo(
@@ -86,7 +70,7 @@ def remove(ae_title: str, home: Path | None) -> None:
     """Stop accepting images from the modality with calling AE title AET."""
     db = home_database(home)
     remove_modality(db, ae_title)
-    _audit(db, "modality_removed", ae_title=ae_title)
+    audit_admin_change(db, "modality_removed", ae_title=ae_title)
     click.echo(f"Removed {ae_title}.")
     if not list_modalities(db):
         click.secho(

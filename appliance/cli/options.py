@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -9,6 +11,7 @@ from typing import Any, TypeVar
 import click
 import sqlite_utils
 
+from appliance import audit
 from appliance.config import Settings, load_settings
 from appliance.db import open_database
 from appliance.home import require_initialized
@@ -58,3 +61,16 @@ def settings_from(home: Path | None, **overrides: Any) -> Settings:
 def home_database(home: Path | None) -> sqlite_utils.Database:
     """The database of an initialized data home (a clear error if it is not initialized)."""
     return open_database(require_initialized(settings_from(home)).database_file)
+
+
+def cli_user() -> str:
+    """Who made a change from the command line, for the audit trail."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry for this uid (e.g. in a container)
+        return f"cli:uid{os.getuid()}"
+
+
+def audit_admin_change(db: sqlite_utils.Database, action: str, **detail: object) -> None:
+    """Record an admin's change made from the command line in the audit trail."""
+    audit.record(db, audit.ADMIN_CHANGE, username=cli_user(), action=action, **detail)

@@ -1,0 +1,77 @@
+"""A short, seeded fuzz run against the real appliance (``bench/fuzz.py``).
+
+Mutated Part 10 objects by C-STORE and STOW-RS, mutated paths and queries through nginx,
+raw request heads to the frame gate. ``bench/fuzz.py`` with its defaults (10 minutes)
+writes ``bench/results/robustness.md``; this runs the same inputs for about a minute
+(``NEURONOVA_FUZZ_SECONDS``, ``NEURONOVA_FUZZ_INPUTS`` change the bounds).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+from conftest import make_appliance
+
+from bench.fuzz import Budget, Figures, fuzz, technologist_token
+
+pytestmark = pytest.mark.slow
+
+SECONDS = float(os.environ.get("NEURONOVA_FUZZ_SECONDS", "75"))
+INPUTS = int(os.environ.get("NEURONOVA_FUZZ_INPUTS", "600"))
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory) -> Figures:
+    """The figures of one bounded run on an appliance of its own."""
+    appliance = make_appliance(tmp_path_factory.mktemp("fuzz")).start()
+    try:
+        token = technologist_token(appliance.settings, secrets.token_urlsafe(18))
+        return fuzz(appliance.settings, token, Budget(INPUTS, SECONDS), SEED)
+    finally:
+        appliance.stop()
+
+
+def examples(figures: Figures, kind: str) -> str:
+    return "\n".join(figures.findings.get(kind, []))
+
+
+def test_the_run_tried_every_kind_of_input(figures):
+    for kind in ("objects by C-STORE", "objects by STOW-RS", "requests through nginx",
+                 "raw requests to the frame gate"):  # fmt: skip
+        assert figures.inputs[kind] > 0, kind
+    assert figures.objects["acknowledged"] > 0
+
+
+def test_no_answer_is_a_server_error(figures):
+    assert figures.server_errors == 0, examples(figures, "5xx")
+
+
+def test_every_request_gets_an_answer(figures):
+    silent = {k: v for k, v in figures.findings.items() if "answer" in k}
+    assert not silent, silent
+
+
+def test_no_supervised_process_restarted(figures):
+    assert figures.restarts == []
+
+
+def test_every_acknowledged_object_is_stored_or_visibly_failed(figures):
+    assert figures.lost == 0, examples(figures, "acknowledged object lost")
+    assert figures.objects["stored"] + figures.objects["failed, reason shown"] == (
+        figures.objects["acknowledged"]
+    )
+
+
+def test_receiver_maps_every_error_to_a_status_with_a_comment(figures):
+    assert not figures.finding_counts["C-STORE 0xC211 (unhandled error)"], examples(
+        figures, "C-STORE 0xC211 (unhandled error)"
+    )
+    assert not figures.finding_counts["C-STORE refusal without ErrorComment"]
+
+
+def test_frame_gate_grants_no_frame_without_a_token(figures):
+    kind = "frame gate granted a frame without a token"
+    assert not figures.finding_counts[kind], examples(figures, kind)

@@ -37,14 +37,16 @@ SECURITY_HEADERS = (
     ("X-Frame-Options", "SAMEORIGIN"),
 )
 HSTS = ("Strict-Transport-Security", "max-age=31536000")
-# OHIF compiles its WASM decoders ('wasm-unsafe-eval') and starts workers from blob: URLs.
 CSP = (
-    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'{scripts}; "
+    "default-src 'self'; script-src 'self'{scripts}; "
     "worker-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self' data: blob:; "
     "media-src 'self' blob:; object-src 'none'; base-uri 'self'; form-action 'self'; "
     "frame-ancestors 'self'"
 )
+# OHIF compiles its WASM decoders, and their emscripten glue builds functions from
+# strings in the decode worker (createNamedFunction): the viewer alone needs both.
+VIEWER_SCRIPTS = " 'wasm-unsafe-eval' 'unsafe-eval'"
 # Host headers that are IP literals cannot come from DNS rebinding: always accepted.
 IP_HOSTS = ("~^[0-9.]+$", "~^\\[[0-9a-fA-F:.]+\\]$")
 _INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S | re.I)
@@ -94,23 +96,30 @@ def server_names(settings: Settings, layout: HomeLayout) -> list[str]:
     return list(dict.fromkeys(valid)) + list(IP_HOSTS)
 
 
-def security_headers(https: bool, hsts: bool) -> str:
-    """``add_header`` lines for every response: CSP, no sniffing, framing, HSTS."""
-    headers = [*SECURITY_HEADERS, ("Content-Security-Policy", content_security_policy())]
-    if https and hsts:
+def security_headers(app: str, hsts: bool) -> str:
+    """``add_header`` lines for the responses of ``app`` (``main`` or ``pacs-viewer``)."""
+    headers = [*SECURITY_HEADERS, ("Content-Security-Policy", content_security_policy(app))]
+    if hsts:
         headers.append(HSTS)
     return "\n".join(f'        add_header {name} "{value}" always;' for name, value in headers)
 
 
-def content_security_policy() -> str:
-    """The CSP of both apps, allowing the inline scripts of their ``index.html`` by hash."""
-    hashes: list[str] = []
-    for index in (spa_root() / "main" / "index.html", spa_root() / "pacs-viewer" / "index.html"):
-        text = index.read_text(encoding="utf-8") if index.exists() else ""
-        for script in _INLINE_SCRIPT.findall(text):
-            digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-            hashes.append(f" 'sha256-{digest}'")
-    return CSP.format(scripts="".join(dict.fromkeys(hashes)))
+def content_security_policy(app: str) -> str:
+    """The CSP of one app, allowing the inline scripts of its ``index.html`` by hash."""
+    index = spa_root() / app / "index.html"
+    text = index.read_text(encoding="utf-8") if index.exists() else ""
+    scripts = VIEWER_SCRIPTS if app == "pacs-viewer" else ""
+    for script in dict.fromkeys(_INLINE_SCRIPT.findall(text)):
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        scripts += f" 'sha256-{digest}'"
+    return CSP.format(scripts=scripts)
+
+
+def _headers(hsts: bool) -> dict[str, str]:
+    return {
+        "security_headers": security_headers("main", hsts),
+        "viewer_security_headers": security_headers("pacs-viewer", hsts),
+    }
 
 
 def _clinic_certificate(layout: HomeLayout) -> bool:
@@ -160,7 +169,7 @@ def render_nginx_conf(settings: Settings) -> Path:
             **common,
             "listen": _listen(settings, settings.https_port, tls=True),
             "server_extra": tls,
-            "security_headers": security_headers(True, _clinic_certificate(layout)),
+            **_headers(hsts=_clinic_certificate(layout)),
         },
     )
     plain_template = (
@@ -172,7 +181,7 @@ def render_nginx_conf(settings: Settings) -> Path:
             **common,
             "listen": _listen(settings, settings.http_port),
             "server_extra": "",
-            "security_headers": security_headers(False, False),
+            **_headers(hsts=False),
         },
     )
     unknown = render_template(

@@ -76,6 +76,8 @@ FIELDS: tuple[Field, ...] = (
     Field("internal", "orthanc_port", "orthanc_port", int, "Loopback HTTP port of Orthanc"),
     Field("queue", "redis_url", "redis_url", str, "Redis URL for the task queue (cloud profile)"),
     Field("queue", "workers", "workers", int, "Parallel transcoding workers"),
+    Field("logs", "max_mb", "log_max_mb", int, "Size in MiB at which a log file is rotated"),
+    Field("logs", "keep", "log_keep", int, "Rotated files kept of each log (at least 1)"),
 )
 
 
@@ -111,8 +113,15 @@ class Settings:
     orthanc_port: int = 18042
     redis_url: str = ""
     workers: int = 2
+    log_max_mb: int = 50
+    log_keep: int = 5
 
     def __post_init__(self) -> None:
+        if self.log_max_mb < 1 or self.log_keep < 1:
+            raise ConfigError(
+                f"[logs] max_mb and keep must be at least 1 "
+                f"(got max_mb = {self.log_max_mb}, keep = {self.log_keep})"
+            )
         if self.overwrite not in OVERWRITE_POLICIES:
             raise ConfigError(
                 f"[dicom] overwrite must be one of {', '.join(OVERWRITE_POLICIES)} "

@@ -14,10 +14,11 @@ from appliance.config import FIELDS, HOME_ENV, Settings
 from appliance.home import require_initialized
 from appliance.layout import HomeLayout
 from appliance.lock import HomeLock
+from appliance.logs import MIB
 from appliance.nginx import nginx_command, render_nginx_conf
 from appliance.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
 from appliance.probes import probe_http, probe_nginx, probe_orthanc, probe_receiver, probe_worker
-from appliance.supervisor import ChildSpec, Supervisor, reap_leftovers
+from appliance.supervisor import ChildSpec, LogLimits, Supervisor, reap_leftovers
 
 log = logging.getLogger("neuronova.supervisor")
 
@@ -36,6 +37,11 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         value = getattr(settings, field.attr)
         env[field.env_var] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
+
+
+def log_limits(settings: Settings) -> LogLimits:
+    """The ``[logs]`` settings: rotate at ``max_mb`` MiB, keep ``keep`` old files."""
+    return LogLimits(max_bytes=settings.log_max_mb * MIB, keep=settings.log_keep)
 
 
 def build_specs(settings: Settings, session: aiohttp.ClientSession) -> list[ChildSpec]:
@@ -83,6 +89,8 @@ def build_specs(settings: Settings, session: aiohttp.ClientSession) -> list[Chil
             logs / "nginx.log",
             nginx_ready,
             stop_signal=signal.SIGQUIT,
+            own_logs=(logs / "nginx-access.log", logs / "nginx-error.log"),
+            reopen_signal=signal.SIGUSR1,
         ),
     ]
 
@@ -95,7 +103,9 @@ async def _supervise(settings: Settings) -> None:
     timeout = aiohttp.ClientTimeout(total=3)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         supervisor = Supervisor(
-            build_specs(settings, session), HomeLayout(settings.home).state_file
+            build_specs(settings, session),
+            HomeLayout(settings.home).state_file,
+            limits=log_limits(settings),
         )
         await supervisor.run_until(stop)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from appliance.errors import ApplianceError
 from appliance.keys import write_private_file
+from appliance.logs import MIB, RotatingOutput, rotate
 
 log = logging.getLogger("neuronova.supervisor")
 
@@ -32,6 +33,8 @@ MAX_FAST_FAILURES = 5
 STABLE_AFTER = 10.0
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 STOP_BUDGET = 9.0
+LOG_CHECK_INTERVAL = 5.0
+OUTPUT_CHUNK = 64 * 1024
 
 
 class State(enum.Enum):
@@ -52,7 +55,11 @@ class StartupError(ApplianceError):
 
 @dataclass
 class ChildSpec:
-    """How to run one child: its command, its log, and how to tell it is ready."""
+    """How to run one child: its command, its log, and how to tell it is ready.
+
+    ``log_file`` receives the child's output. ``own_logs`` are files the child writes
+    itself; when one is full the supervisor renames it and sends ``reopen_signal``.
+    """
 
     name: str
     command: list[str]
@@ -61,6 +68,16 @@ class ChildSpec:
     env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 60.0
     stop_signal: signal.Signals = signal.SIGTERM
+    own_logs: tuple[Path, ...] = ()
+    reopen_signal: signal.Signals | None = None
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """Size-based rotation of every log: rotate at ``max_bytes``, keep ``keep`` old files."""
+
+    max_bytes: int = 50 * MIB
+    keep: int = 5
 
 
 def _die_with_parent() -> None:
@@ -73,18 +90,16 @@ class Launcher:
     """The OS calls the supervisor makes, in one object so tests can replace them."""
 
     async def spawn(self, spec: ChildSpec) -> asyncio.subprocess.Process:
-        """Start ``spec``'s command in its own session, output appended to its log."""
-        spec.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(spec.log_file, "ab") as out:
-            return await asyncio.create_subprocess_exec(
-                *spec.command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                env={**os.environ, **spec.env},
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        """Start ``spec``'s command in its own session, its output on a pipe."""
+        return await asyncio.create_subprocess_exec(
+            *spec.command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **spec.env},
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
     def signal(self, process: asyncio.subprocess.Process, sig: int) -> None:
         """Send ``sig`` to the child, ignoring one that already exited."""
@@ -95,8 +110,16 @@ class Launcher:
 class Child:
     """One supervised process and its state machine."""
 
-    def __init__(self, spec: ChildSpec, launcher: Launcher, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        spec: ChildSpec,
+        launcher: Launcher,
+        on_change: Callable[[], None],
+        limits: LogLimits = LogLimits(),
+    ) -> None:
         self.spec = spec
+        self.limits = limits
+        self.output = RotatingOutput(spec.log_file, limits.max_bytes, limits.keep)
         self.state = State.STOPPED
         self.restarts = 0
         self.last_error: str | None = None
@@ -160,13 +183,30 @@ class Child:
         self._transition(State.STOPPED)
 
     async def _run_once(self) -> str:
-        """Spawn, wait until ready, then until exit; return why it ended."""
+        """Spawn, copy its output to its log, wait until ready, then until exit; return why
+        it ended."""
         self._transition(State.STARTING)
         try:
             self.process = await self._launcher.spawn(self.spec)
         except OSError as exc:
             return f"could not start {self.spec.command[0]}: {exc.strerror or exc}"
         self.start_ticks = process_start_ticks(self.process.pid)
+        copying = asyncio.create_task(self._copy_output(self.process))
+        try:
+            return await self._watch()
+        finally:
+            # Grandchildren (nginx's workers) may hold the pipe a little longer.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(copying), 2.0)
+            copying.cancel()
+
+    async def _copy_output(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while chunk := await process.stdout.read(OUTPUT_CHUNK):
+            self.output.write(chunk)
+
+    async def _watch(self) -> str:
+        assert self.process is not None
         if not await self._wait_ready():
             if self.process.returncode is None and not self._stop_requested.is_set():
                 self._launcher.signal(self.process, signal.SIGKILL)
@@ -189,6 +229,18 @@ class Child:
             await asyncio.sleep(0.1)
         return False
 
+    def rotate_own_logs(self) -> list[Path]:
+        """Rotate the full logs the child writes itself, then ask it to reopen them."""
+        full = [p for p in self.spec.own_logs if _size(p) >= self.limits.max_bytes]
+        if not full or self.spec.reopen_signal is None:
+            return []
+        for path in full:
+            rotate(path, self.limits.keep)
+        if self.process is not None and self.process.returncode is None:
+            self._launcher.signal(self.process, self.spec.reopen_signal)
+        log.info("%s: rotated %s", self.spec.name, ", ".join(p.name for p in full))
+        return full
+
     async def stop(self, timeout: float) -> None:
         """Ask the child to stop; SIGKILL it if it is still alive after ``timeout``."""
         self._stop_requested.set()
@@ -203,6 +255,13 @@ class Child:
             log.warning("%s: did not stop within %.1f s, killing it", self.spec.name, timeout)
             self._launcher.signal(process, signal.SIGKILL)
             await process.wait()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _last_line(log_file: Path) -> str:
@@ -289,9 +348,16 @@ def _describe_exit(code: int) -> str:
 class Supervisor:
     """Starts children in order, restarts crashed ones, stops them in reverse order."""
 
-    def __init__(self, specs: list[ChildSpec], state_file: Path, launcher: Launcher | None = None):
+    def __init__(
+        self,
+        specs: list[ChildSpec],
+        state_file: Path,
+        launcher: Launcher | None = None,
+        limits: LogLimits = LogLimits(),
+    ) -> None:
         self._state_file = state_file
-        self.children = [Child(s, launcher or Launcher(), self._write_state) for s in specs]
+        launcher = launcher or Launcher()
+        self.children = [Child(s, launcher, self._write_state, limits) for s in specs]
         self._tasks: list[asyncio.Task[None]] = []
         self._started_at = time.time()
         self._boot_id = boot_id()
@@ -323,6 +389,8 @@ class Supervisor:
             remaining = deadline - time.monotonic()
             await child.stop(min(remaining, 4.0))
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for child in self.children:
+            child.output.close()
         with contextlib.suppress(FileNotFoundError):
             self._state_file.unlink()
 
@@ -333,6 +401,7 @@ class Supervisor:
         """
         starting = asyncio.create_task(self.start())
         stopping = asyncio.create_task(stop_event.wait())
+        rotating = asyncio.create_task(self._rotate_own_logs())
         try:
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if starting.done():
@@ -343,4 +412,12 @@ class Supervisor:
         finally:
             starting.cancel()
             stopping.cancel()
+            rotating.cancel()
             await self.stop()
+
+    async def _rotate_own_logs(self) -> None:
+        """Every few seconds, rotate the full logs children write themselves."""
+        while True:
+            await asyncio.sleep(LOG_CHECK_INTERVAL)
+            for child in self.children:
+                child.rotate_own_logs()

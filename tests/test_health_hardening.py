@@ -4,25 +4,36 @@ and proxies, and log rotation."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import api_token, http_get, run_cli, storescu, wait_stored
+from conftest import api_token, http_get, run_cli, storescu, wait_for, wait_stored
 from samples import native_dataset
 
 from appliance.health import PROBE_INTERVAL, STATUS_KEY_HEADER
-from appliance.supervisor import boot_id, process_start_ticks, reap_leftovers
+from appliance.layout import HomeLayout
+from appliance.logs import MIB
+from appliance.supervisor import (
+    ChildSpec,
+    LogLimits,
+    Supervisor,
+    boot_id,
+    process_start_ticks,
+    reap_leftovers,
+)
 
 PASSWORD = "a long enough password 1"
 
@@ -190,3 +201,75 @@ def test_processes_that_are_not_leftovers_are_left_alone(
     state = write_state(tmp_path / "s.json", pid, started - ticks_offset, boot or boot_id())
     assert reap_leftovers(state) == 0
     assert len(session_members(pid)) == 2
+
+
+LIMITS = LogLimits(max_bytes=1 * MIB, keep=2)
+WRITE_10_MIB = (
+    "import sys\n"
+    "for n in range(10 * 1024):\n"
+    "    sys.stdout.write(f'{n:07d} ' + 'x' * 1015 + '\\n')\n"
+    "print('DONE', flush=True)\n"
+)
+
+
+def log_sizes(path: Path) -> dict[str, int]:
+    """Sizes of ``path`` and its rotated copies."""
+    return {p.name: p.stat().st_size for p in path.parent.glob(path.name + "*")}
+
+
+async def _supervise_briefly(spec: ChildSpec, state_file: Path, until: Callable[[], bool]) -> None:
+    supervisor = Supervisor([spec], state_file, limits=LIMITS)
+    await supervisor.start()
+    deadline = time.monotonic() + 30
+    while not until() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await supervisor.stop()
+
+
+def test_a_childs_output_is_rotated(tmp_path):
+    log_file = tmp_path / "logs" / "child.log"
+
+    async def ready() -> bool:
+        return True
+
+    command = [sys.executable, "-c", WRITE_10_MIB + "import time; time.sleep(30)"]
+    spec = ChildSpec("chatty", command, log_file, ready)
+    done = lambda: log_file.exists() and b"DONE" in log_file.read_bytes()  # noqa: E731
+    asyncio.run(_supervise_briefly(spec, tmp_path / "state.json", done))
+    sizes = log_sizes(log_file)
+    print(f"10 MiB of output, rotation at 1 MiB keeping 2: {sizes}")
+    assert done() and set(sizes) == {"child.log", "child.log.1", "child.log.2"}
+    assert all(size <= MIB for size in sizes.values())
+
+
+def test_the_appliances_own_log_is_rotated(tmp_path):
+    log_file = tmp_path / "neuronova.log"
+    script = (
+        "import logging, pathlib, sys\n"
+        "from appliance.logs import configure_logging\n"
+        f"configure_logging(log_file=pathlib.Path(sys.argv[1]), max_bytes={MIB}, keep=2)\n"
+        "for n in range(10 * 1024):\n"
+        "    logging.getLogger('t').info('%07d %s', n, 'x' * 950)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(log_file)], check=True,
+                   stderr=subprocess.DEVNULL)  # fmt: skip
+    sizes = log_sizes(log_file)
+    print(f"10 MiB logged, rotation at 1 MiB keeping 2: {sizes}")
+    assert set(sizes) == {"neuronova.log", "neuronova.log.1", "neuronova.log.2"}
+    assert all(size <= MIB for size in sizes.values())
+    assert b"0010239 " in log_file.read_bytes()
+
+
+@pytest.mark.slow
+def test_nginx_logs_are_rotated_and_reopened(appliance_factory):
+    appliance = appliance_factory(log_max_mb=1, log_keep=2).start()
+    access = HomeLayout(appliance.settings.home).log_dir / "nginx-access.log"
+    with access.open("ab") as out:  # as if a busy day had filled it
+        out.write(b"filler\n" * (3 * MIB // 7))
+    wait_for(lambda: access.with_name("nginx-access.log.1").exists(), 15, "the rotation")
+    http_get(f"{appliance.url}/api/health/live")
+    wait_for(lambda: b"/api/health/live" in access.read_bytes(), 10, "nginx to reopen its log")
+    sizes = log_sizes(access)
+    print(f"3 MiB access log, rotation at 1 MiB keeping 2: {sizes}")
+    assert set(sizes) == {"nginx-access.log", "nginx-access.log.1"}
+    assert sizes["nginx-access.log"] < 10_000

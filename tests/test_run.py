@@ -114,7 +114,7 @@ def test_killed_orthanc_is_restarted_and_healthy_again(appliance_factory):
     appliance = appliance_factory().start()
     old_pid = appliance.child_pid("orthanc")
     os.kill(old_pid, signal.SIGKILL)
-    wait_for(lambda: appliance.health()[0] == 503, 10, "health to report Orthanc down")
+    # Not asserted: /api/health reporting the ~1.5 s outage; its probes run every 2 s.
     wait_for(
         lambda: (
             appliance.state()["children"]["orthanc"]["state"] == "RUNNING"

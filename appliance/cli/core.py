@@ -17,7 +17,7 @@ from appliance.config import Settings
 from appliance.health import STATUS_KEY_HEADER, status_key
 from appliance.home import InitResult, init_home, require_initialized
 from appliance.logs import configure_logging
-from appliance.runner import run_appliance
+from appliance.runner import log_limits, run_appliance
 
 
 def _report_init(settings: Settings, result: InitResult) -> None:
@@ -61,8 +61,12 @@ def run(home: Path | None, verbose: bool, **network: object) -> None:
     """
     settings = settings_from(home, **network)
     _report_init(settings, init_home(settings))
+    limits = log_limits(settings)
     configure_logging(
-        logging.DEBUG if verbose else logging.INFO, settings.home / "logs" / "neuronova.log"
+        logging.DEBUG if verbose else logging.INFO,
+        settings.home / "logs" / "neuronova.log",
+        max_bytes=limits.max_bytes,
+        keep=limits.keep,
     )
     click.echo(
         f"Web:   http://{settings.probe_host}:{settings.http_port}/  and  "

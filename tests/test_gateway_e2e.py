@@ -321,11 +321,15 @@ def test_frames_open_with_the_session_cookie_and_an_old_cookie_is_renewed(applia
     fresh = web.get(frame_url(appliance, series), timeout=10)
     assert fresh.status_code == 200 and "Set-Cookie" not in fresh.headers
     sid = jwt.decode(web.cookies["nn_session"], options={"verify_signature": False})["sid"]
-    old = forged(appliance, sid=sid, exp=int(time.time()) - 60)
+    old = forged(appliance, sid=sid, exp=int(time.time()) + 60)  # second half of its life
     resp = requests.get(frame_url(appliance, series), timeout=10,
                         headers={"Cookie": f"nn_session={old}"})  # fmt: skip
     assert resp.status_code == 200 and resp.content[:2] == b"--"
     assert "nn_session=" in resp.headers["Set-Cookie"]
+    expired = forged(appliance, sid=sid, exp=int(time.time()) - 60)
+    resp = requests.get(frame_url(appliance, series), timeout=10,
+                        headers={"Cookie": f"nn_session={expired}"})  # fmt: skip
+    assert resp.status_code == 401 and resp.json()["error"] == "token_expired"
 
 
 def test_a_share_link_reads_frames_of_its_study_only(appliance, pushed):

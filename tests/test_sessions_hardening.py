@@ -14,6 +14,7 @@ import http.client
 import json
 import re
 import ssl
+import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -34,6 +35,7 @@ from appliance.users import get_user, verify_password
 from appliance.web.app import create_app
 from appliance.web.keys import TOKENS
 from tests import test_web_api as web_api
+from tests.test_gateway_e2e import forged
 from tests.test_tls import issue, key_pem, pem
 from tests.test_web_api import PASSWORD, audit_events, bearer, login
 
@@ -288,13 +290,18 @@ def test_every_page_carries_the_security_headers(served):
         assert "Strict-Transport-Security" not in headers  # self-signed: no HSTS yet
 
 
+def _admin_login(appliance: Appliance) -> tuple[str, str]:
+    """Log in as the first admin over HTTPS: (session cookie, access token)."""
+    body = json.dumps({"username": "admin", "password": appliance.admin_password})
+    headers = {"Content-Type": "application/json"}
+    status, answer, text = _https(appliance, "POST", "/api/auth/login", body=body, headers=headers)
+    assert status == 200
+    return answer["Set-Cookie"].split(";")[0], json.loads(text)["access_token"]
+
+
 @pytest.mark.slow
 def test_the_viewer_may_compile_its_wasm_decoders_and_start_workers(served):
-    body = json.dumps({"username": "admin", "password": served.admin_password})
-    headers = {"Content-Type": "application/json"}
-    status, answer, _ = _https(served, "POST", "/api/auth/login", body=body, headers=headers)
-    assert status == 200
-    cookie = answer["Set-Cookie"].split(";")[0]
+    cookie, _ = _admin_login(served)
     status, headers, _ = _https(served, "GET", "/pacs-viewer/", headers={"Cookie": cookie})
     assert status == 200
     csp = headers["Content-Security-Policy"]
@@ -337,3 +344,14 @@ def test_parallel_wrong_passwords_through_nginx_are_throttled(served):
     assert sorted(statuses) == [401] * MAX_FAILURES_PER_USER + [429] * 45
     db = open_database(HomeLayout(served.settings.home).database_file)
     assert len(audit.recent(db, event=audit.LOGIN_FAILED)) == MAX_FAILURES_PER_USER
+
+
+@pytest.mark.slow
+def test_an_expired_cookie_is_refused_by_the_frame_gate_and_the_app(served):
+    _, token = _admin_login(served)
+    sid = pyjwt.decode(token, options={"verify_signature": False})["sid"]
+    cookie = {"Cookie": f"nn_session={forged(served, sid=sid, exp=int(time.time()) - 60)}"}
+    frame = "/api/pacs/dicom-web/studies/1.2/series/1.3/instances/1.4/frames/1"
+    for path in (frame, "/api/pacs/dicom-web/studies", "/api/auth/check"):
+        status, _, text = _https(served, "GET", path, headers=cookie)
+        assert status == 401 and json.loads(text)["error"] == "token_expired", path

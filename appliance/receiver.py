@@ -16,7 +16,6 @@ import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlite_utils
@@ -46,6 +45,7 @@ MAX_ASSOCIATIONS = 64
 MAX_PER_ADDRESS = 32  # one caller (address) may hold at most half the slots
 ARTIM_TIMEOUT = 10  # seconds from connecting to the association request (PS3.8 9.1.5)
 IDLE_TIMEOUT = 30  # seconds without a PDU before an association is aborted
+STALE_PARTIAL = 2 * IDLE_TIMEOUT  # a file being received is written more often than this
 
 # Transfer syntaxes accepted for storage (PS3.5 Annex A): uncompressed, deflated,
 # JPEG, JPEG-LS, JPEG 2000, HTJ2K and RLE.
@@ -213,17 +213,18 @@ class ObjectSizeCap:
             "aborted the association from %s at %s: an object exceeds %d MB",
             requestor.ae_title.strip(), requestor.address, self.max_bytes // 1024**2,
         )  # fmt: skip
-        # The half-received file is pynetdicom's, in the spool's incoming/ folder, and
-        # nothing else would remove it before the next start (Spool.discard_partial).
-        partial = getattr(getattr(assoc.dimse, "message", None), "_data_set_path", None)
         abort = A_ABORT_RQ()
         abort.source, abort.reason_diagnostic = 0x02, 0x00  # service-provider
         socket = assoc.dul.socket
         if socket is not None:
             socket.send(abort.encode())
             socket.close()  # the reader sees the transport close and ends the association
-        if isinstance(partial, Path):
-            partial.unlink(missing_ok=True)
+
+
+def handle_connection(event: evt.Event, spool: Spool) -> None:
+    """A new connection: remove the partial files of associations that ended mid-object
+    (aborted, timed out), which nothing writes to any more."""
+    spool.discard_partial(older_than=STALE_PARTIAL)
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -261,6 +262,7 @@ def handlers(ingest: Ingest, settings: Settings) -> list[tuple]:
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ingest, policy]),
         (evt.EVT_PDU_RECV, ObjectSizeCap(settings.max_object_mb * 1024**2).on_pdu),
+        (evt.EVT_CONN_OPEN, handle_connection, [ingest.spool]),
     ]
 
 

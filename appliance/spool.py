@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -74,9 +75,16 @@ class Spool:
         """Every complete spool file, oldest first."""
         return sorted(self.root.glob("*.dcm"), key=lambda p: p.stat().st_mtime)
 
-    def discard_partial(self) -> int:
-        """Remove writes interrupted by a crash (never acknowledged); return how many."""
-        partial = list(self.incoming.iterdir())
+    def discard_partial(self, older_than: float = 0.0) -> int:
+        """Remove writes that were never acknowledged; return how many.
+
+        At start every file in :attr:`incoming` is one a crash interrupted. While the
+        receiver runs, a file not written for ``older_than`` seconds belongs to an
+        association that ended mid-object (aborted, timed out): pynetdicom removes its
+        file only after the C-STORE handler ran.
+        """
+        limit = time.time() - older_than
+        partial = [p for p in self.incoming.iterdir() if p.stat().st_mtime <= limit]
         for path in partial:
             path.unlink(missing_ok=True)
         return len(partial)

@@ -117,7 +117,6 @@ def test_unregistered_caller_is_rejected_at_association(appliance):
     db = open_database(HomeLayout(appliance.settings.home).database_file)
     add_modality(db, "CT_ROOM_1", "127.0.0.1")
     try:
-        time.sleep(2.5)  # the receiver re-reads the allow-list every 2 s
         port = str(appliance.settings.dicom_port)
         stranger = subprocess.run(
             ["echoscu", "-aet", "INTRUDER", "-aec", "NEURONOVA", "127.0.0.1", port],

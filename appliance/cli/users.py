@@ -66,7 +66,7 @@ def list_(home: Path | None) -> None:
 @click.argument("name")
 @home_option
 def disable(name: str, home: Path | None) -> None:
-    """Stop NAME from logging in (their sessions end at the next token refresh)."""
+    """Stop NAME from logging in; their open sessions and share links end at once."""
     db = home_database(home)
     target = accounts.require_user(db, name)
     if (
@@ -77,7 +77,7 @@ def disable(name: str, home: Path | None) -> None:
         raise click.ClickException(f"{name} is the last active admin; add another admin first.")
     accounts.update_user(db, name, disabled=True)
     revoke_user_sessions(db, name, "disabled with the CLI")
-    click.echo(f"Disabled {name}; their open sessions have ended.")
+    click.echo(f"Disabled {name}; their open sessions have ended and share links are revoked.")
 
 
 @user.command("enable")

@@ -234,6 +234,8 @@ QUERY_KEYS = ["limit", "offset", "includefield", "fuzzymatching", "PatientID", "
 QUERY_VALUES = ["", "0", "-1", "1e99", "999999999999999999999", "nan", "true", "all",
                 "*", "?*", "\\", "%", "%00", "a" * 2000, "1" * 70, "19990101-", "'; --",
                 "A." * 500 + "!", "é"]  # fmt: skip
+
+
 def mutate_url(rng: random.Random, url: str) -> tuple[str, str]:
     """``url`` with 1-3 edits: inserted, replaced or deleted tokens, query parameters."""
     labels = []

@@ -62,9 +62,8 @@ def test_no_supervised_process_restarted(figures):
 
 def test_every_acknowledged_object_is_stored_or_visibly_failed(figures):
     assert figures.lost == 0, examples(figures, "acknowledged object lost")
-    assert figures.objects["stored"] + figures.objects["failed, reason shown"] == (
-        figures.objects["acknowledged"]
-    )
+    settled = figures.objects["stored"] + figures.objects["failed, reason shown"]
+    assert settled == figures.objects["acknowledged"]
 
 
 def test_receiver_maps_every_error_to_a_status_with_a_comment(figures):

@@ -386,6 +386,9 @@ def patch_tree(root: Path) -> PatchReport:
 
 # --------------------------------------------------------------------------- app config
 
+# How often an open viewer renews its session cookie: under half of the access token's
+# 15 minutes, so every renewal comes before the cookie expires.
+KEEPALIVE_SECONDS = 5 * 60
 APP_CONFIG_TEMPLATE = """\
 /** @type {{AppTypes.Config}} */
 // NeuroNova viewer configuration, written by packaging/fetch_ohif.py for
@@ -455,6 +458,17 @@ window.config = {{
     console.warn('NeuroNova viewer: DICOMweb request failed', error && error.status);
   }},
 }};
+
+// An access cookie lasts 15 minutes and is refused once expired; the app renews it when
+// a request comes in the second half of its life. OHIF makes no request while it sits
+// idle, so the viewer asks the session check every 5 minutes: it still shows images
+// when the radiologist comes back. The session still ends at logout or after 12 hours.
+if (typeof window.fetch === 'function') {{
+  window.setInterval(() => {{
+    window.fetch('/api/auth/check', {{ credentials: 'same-origin', cache: 'no-store' }})
+      .catch(() => undefined);
+  }}, {keepalive_ms});
+}}
 """
 
 
@@ -476,6 +490,7 @@ def render_app_config(
         dicomweb_root_js=js_string(dicomweb_root),
         router_basename=js_string(router_basename),
         source_name=js_string(source_name),
+        keepalive_ms=KEEPALIVE_SECONDS * 1000,
     )
 
 

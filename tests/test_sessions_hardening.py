@@ -14,6 +14,7 @@ import http.client
 import json
 import re
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ import aiohttp
 import jwt as pyjwt
 import pytest
 from click.testing import CliRunner
-from conftest import Appliance, make_appliance, wait_for
+from conftest import Appliance, make_appliance, require_tool, wait_for
 
 from appliance import audit, tls
 from appliance.cli import cli
@@ -31,10 +32,12 @@ from appliance.home import init_home
 from appliance.layout import HomeLayout
 from appliance.nginx import render_nginx_conf
 from appliance.sessions import MAX_FAILURES_PER_USER
+from appliance.tokens import ACCESS_TTL
 from appliance.users import get_user, verify_password
 from appliance.web.app import create_app
 from appliance.web.keys import TOKENS
 from tests import test_web_api as web_api
+from tests.test_fetch_ohif import fetch_ohif
 from tests.test_gateway_e2e import forged
 from tests.test_tls import issue, key_pem, pem
 from tests.test_web_api import PASSWORD, audit_events, bearer, login
@@ -201,6 +204,34 @@ async def test_share_links_use_the_configured_public_url(aiohttp_client, setting
     )
     share = await _share(proxied)
     assert share["url"].startswith("https://pacs.clinic.example/api/shares/open?token=")
+
+
+# -- an idle viewer ----------------------------------------------------------------------
+
+
+def test_an_open_viewer_renews_its_cookie_before_it_expires():
+    """OHIF's config pings the session check more often than half a token's life."""
+    stubs = (
+        "const calls = [];\n"
+        "const window = {fetch: (url, options) => { calls.push([url, options]);"
+        " return Promise.resolve(); }, setInterval: (fn, ms) => { calls.push(ms); fn(); }};\n"
+    )
+    script = stubs + fetch_ohif.render_app_config() + "\nconsole.log(JSON.stringify(calls));"
+    run = subprocess.run([require_tool("node", "nodejs"), "-e", script],
+                         capture_output=True, text=True, check=True, timeout=30)  # fmt: skip
+    every, (url, options) = json.loads(run.stdout)
+    assert every < ACCESS_TTL * 1000 / 2 and url == "/api/auth/check"
+    assert options == {"credentials": "same-origin", "cache": "no-store"}
+
+
+async def test_the_session_check_renews_a_cookie_in_the_second_half_of_its_life(client):
+    first = await login(client)
+    tokens = client.server.app[TOKENS]
+    old, _ = tokens.issue_access("rad", "radiologist", _session_of(first), ttl=60)
+    client.session.cookie_jar.clear()
+    resp = await client.get("/api/auth/check", headers={"Cookie": f"nn_session={old}"})
+    assert resp.status == 204
+    assert tokens.verify(resp.cookies["nn_session"].value).expires_at > time.time() + 600
 
 
 # -- logout -------------------------------------------------------------------------------

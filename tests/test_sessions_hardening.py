@@ -28,7 +28,6 @@ from appliance import audit, tls
 from appliance.cli import cli
 from appliance.config import load_settings
 from appliance.db import open_database
-from appliance.home import init_home
 from appliance.layout import HomeLayout
 from appliance.nginx import render_nginx_conf
 from appliance.sessions import MAX_FAILURES_PER_USER
@@ -251,8 +250,7 @@ def test_plain_http_redirects_by_default(tmp_path):
 
 
 def test_hsts_is_sent_only_with_a_clinic_certificate(tmp_path):
-    settings = load_settings(tmp_path / "home", environ={})
-    init_home(settings)
+    settings = make_appliance(tmp_path).settings
     layout = HomeLayout(settings.home)
     assert "Strict-Transport-Security" not in render_nginx_conf(settings).read_text()
     clinic = issue("pacs.clinic.example", names=("pacs.clinic.example",))

@@ -74,6 +74,7 @@ FIELDS: tuple[Field, ...] = (
     Field("internal", "gate_port", "gate_port", int, "Loopback port of the app's frame gate"),
     Field("internal", "app_processes", "app_processes", int, "Web app processes sharing its port"),
     Field("internal", "orthanc_port", "orthanc_port", int, "Loopback HTTP port of Orthanc"),
+    Field("internal", "nginx_user", "nginx_user", str, "User nginx's workers run as under root"),
     Field("queue", "redis_url", "redis_url", str, "Redis URL for the task queue (cloud profile)"),
     Field("queue", "workers", "workers", int, "Parallel transcoding workers"),
     Field("logs", "max_mb", "log_max_mb", int, "Size in MiB at which a log file is rotated"),
@@ -111,6 +112,7 @@ class Settings:
     gate_port: int = 18083
     app_processes: int = 2
     orthanc_port: int = 18042
+    nginx_user: str = "nobody"
     redis_url: str = ""
     workers: int = 2
     log_max_mb: int = 50

@@ -56,8 +56,9 @@ def require_initialized(settings: Settings) -> HomeLayout:
 
 
 def _make_dirs(layout: HomeLayout) -> None:
-    for path in layout.private_dirs():
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
+    for paths, mode in ((layout.entry_dirs(), 0o710), (layout.private_dirs(), 0o700)):
+        for path in paths:
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, mode)
     for path in layout.shared_dirs():
         path.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,16 @@ class HomeLayout:
 
     def private_dirs(self) -> list[Path]:
         """Folders created with mode 0700."""
-        return [self.home, self.secrets_dir, self.database_file.parent, self.run_dir, self.tls_dir]
+        return [self.secrets_dir, self.database_file.parent, self.tls_dir]
+
+    def entry_dirs(self) -> list[Path]:
+        """Folders with mode 0710: their group may enter, not list; others nothing.
+
+        ``run`` gives them the group of nginx's workers when those run as another user
+        (:mod:`appliance.nginx_user`): they pass through to the frames, logs and
+        temporary files.
+        """
+        return [self.home, self.run_dir]
 
     def shared_dirs(self) -> list[Path]:
         """Folders created with mode 0755 (nginx's workers read some of them)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import re
 import secrets
 from pathlib import Path
@@ -16,6 +15,7 @@ import bundled_nginx
 from appliance.config import Settings, is_host_name
 from appliance.keys import write_private_file
 from appliance.layout import HomeLayout
+from appliance.nginx_user import let_workers_reach, user_directive, worker_user
 from appliance.orthanc import orthanc_auth_header
 from appliance.tls import TLSError, cert_file, certificate_info, host_names, key_file
 from appliance.transcode.frames import BOUNDARY as FRAMES_BOUNDARY
@@ -130,24 +130,16 @@ def _clinic_certificate(layout: HomeLayout) -> bool:
         return False
 
 
-def _user_line() -> str:
-    """Workers run as the appliance's own user when started as root (design.md fact 7)."""
-    if os.geteuid() != 0:
-        return ""
-    import grp
-    import pwd
-
-    user = pwd.getpwuid(os.geteuid()).pw_name
-    group = grp.getgrgid(os.getegid()).gr_name
-    return f"user {user} {group};"
-
-
 def render_nginx_conf(settings: Settings) -> Path:
     """Write ``nginx.conf`` (mode 0600: it holds Orthanc's credentials) and its folders."""
     layout = HomeLayout(settings.home)
     temp_dir = layout.run_dir / "nginx" / "temp"
     for sub in TEMP_SUBDIRS:
         (temp_dir / sub).mkdir(parents=True, exist_ok=True)
+    workers = worker_user(settings)
+    let_workers_reach(
+        workers, layout.home, [layout.frames_dir, spa_root(), layout.log_dir, temp_dir]
+    )
     basic = orthanc_auth_header(settings).removeprefix("Basic ")
     instance_id = secrets.token_hex(8)
     layout.nginx_instance_file.write_text(instance_id)
@@ -198,7 +190,7 @@ def render_nginx_conf(settings: Settings) -> Path:
     text = render_template(
         bundled_nginx.template_text(),
         {
-            "user_line": _user_line(),
+            "user_line": user_directive(workers),
             "run_dir": str(layout.nginx_conf.parent),
             "log_dir": str(layout.log_dir),
             "temp_dir": str(temp_dir),

@@ -32,6 +32,7 @@ from appliance import loopback
 from appliance.config import Settings, load_settings
 from appliance.home import init_home
 from appliance.layout import HomeLayout
+from appliance.nginx_user import let_workers_reach, worker_user
 from appliance.runner import settings_environment
 
 LOOPBACK = "127.0.0.1"
@@ -147,6 +148,8 @@ class Appliance:
         values.update({p: free_port() for p in ports})
         settings = load_settings(home, values, environ={})
         init_home(settings)
+        # mkdtemp's folders are 0700; nginx's workers run as [internal] nginx_user as root.
+        let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [home])
         appliance = cls(settings)
         appliance.cli("user", "add", BENCH_USER, "--role", "radiologist", "--password-stdin",
                       stdin=appliance.password + "\n")  # fmt: skip

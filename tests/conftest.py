@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +32,7 @@ from appliance.db import open_database
 from appliance.health import STATUS_KEY_HEADER, status_key
 from appliance.home import init_home
 from appliance.layout import HomeLayout
+from appliance.nginx_user import let_workers_reach, worker_user
 from appliance.runner import settings_environment
 
 START_TIMEOUT = 60.0
@@ -168,6 +170,9 @@ def make_appliance(tmp_path: Path, **overrides: object) -> Appliance:
     settings = load_settings(home, values, environ={})
     result = init_home(settings)
     assert result.admin_password
+    # As an administrator would open the folders above a home: pytest's are 0700, and
+    # nginx's workers run as [internal] nginx_user when the tests run as root.
+    let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [home])
     return Appliance(settings, result.admin_password, output=tmp_path / "run.out")
 
 

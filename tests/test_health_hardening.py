@@ -8,10 +8,13 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,12 +23,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from conftest import api_token, http_get, run_cli, storescu, wait_for, wait_stored
 from samples import native_dataset
 
+from appliance.config import load_settings
+from appliance.errors import ConfigError
 from appliance.health import PROBE_INTERVAL, STATUS_KEY_HEADER
+from appliance.home import init_home
 from appliance.layout import HomeLayout
 from appliance.logs import MIB
+from appliance.nginx import render_nginx_conf
+from appliance.nginx_user import let_workers_reach, worker_user
 from appliance.supervisor import (
     ChildSpec,
     LogLimits,
@@ -156,15 +165,16 @@ def left_session() -> Iterator[subprocess.Popen]:
     leader.wait()
 
 
-def session_members(session: int) -> list[int]:
-    """Live (not zombie) processes whose session id is ``session``."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of ``/proc/PID/stat`` from field 3 on) of every process."""
+    for entry in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == session and fields[0] != "Z":
-                members.append(int(stat.parent.name))
-    return members
+            yield int(entry.parent.name), entry.read_text().rsplit(")", 1)[1].split()
+
+
+def session_members(session: int) -> list[int]:
+    """Live (not zombie) processes whose session id (field 6) is ``session``."""
+    return [pid for pid, f in processes() if int(f[3]) == session and f[0] != "Z"]
 
 
 def wait_until_members(session: int, count: int) -> None:
@@ -273,3 +283,62 @@ def test_nginx_logs_are_rotated_and_reopened(appliance_factory):
     print(f"3 MiB access log, rotation at 1 MiB keeping 2: {sizes}")
     assert set(sizes) == {"nginx-access.log", "nginx-access.log.1"}
     assert sizes["nginx-access.log"] < 10_000
+
+
+def children_of(parent: int) -> list[int]:
+    """Pids whose parent (field 4 of ``/proc/PID/stat``) is ``parent``."""
+    return [pid for pid, fields in processes() if int(fields[1]) == parent]
+
+
+def effective_uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[2])
+
+
+@pytest.mark.slow
+def test_nginx_workers_are_not_root_and_still_serve_frames_and_the_viewer(appliance, tmp_path):
+    assert os.geteuid() == 0, "this test checks what happens when the appliance runs as root"
+    master = appliance.child_pid("nginx")
+    workers = children_of(master)
+    assert workers and effective_uid(master) == 0
+    assert {effective_uid(pid) for pid in workers} == {pwd.getpwnam("nobody").pw_uid}
+    home_mode = stat.S_IMODE(appliance.settings.home.stat().st_mode)
+    assert home_mode & 0o007 == 0, f"others may enter the home ({home_mode:04o})"
+
+    ds = native_dataset(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    ds.save_as(tmp_path / "ct.dcm", enforce_file_format=True)
+    assert storescu(appliance, [tmp_path / "ct.dcm"]).returncode == 0
+    wait_stored(appliance, [ds.SOPInstanceUID])
+    frame = (f"{appliance.url}/api/pacs/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+             f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/frames/1")  # fmt: skip
+    token = api_token(appliance, "admin", appliance.admin_password)
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    status, headers, body = http_get(
+        frame, headers={"Authorization": f"Bearer {token}", "Accept": accept}
+    )
+    assert status == 200 and headers["Content-Type"].startswith("multipart/related")
+    assert b"transfer-syntax=1.2.840.10008.1.2.4.201" in body[:300]
+
+    browser = requests.Session()
+    credentials = {"username": "admin", "password": appliance.admin_password}
+    login = browser.post(f"{appliance.url}/api/auth/login", json=credentials, timeout=10)
+    assert login.status_code == 200
+    viewer = browser.get(f"{appliance.url}/pacs-viewer/", timeout=10)
+    assert viewer.status_code == 200 and "app-config.js" in viewer.text
+    assert browser.get(f"{appliance.url}/", timeout=10).status_code == 200
+
+
+def test_a_folder_that_keeps_nginx_workers_out_is_a_clear_error(tmp_path):
+    assert os.geteuid() == 0, "this test checks what happens when the appliance runs as root"
+    settings = load_settings(tmp_path / "locked" / "home", {"bind": "127.0.0.1"}, environ={})
+    init_home(settings)
+    let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [tmp_path])
+    (tmp_path / "locked").chmod(0o700)
+    with pytest.raises(ConfigError) as refused:
+        render_nginx_conf(settings)
+    assert str(refused.value) == (
+        f"nginx's worker processes run as 'nobody' ([internal] nginx_user) and cannot enter "
+        f"{tmp_path / 'locked'} (mode 0700) on the way to {settings.home / 'frames'}. Let "
+        f"them in with `chmod o+x {tmp_path / 'locked'}` (enter only, not list), or put the "
+        "data home where they can reach it (--home)."
+    )

@@ -22,6 +22,7 @@ CONFIG_FILENAME = "neuronova.toml"
 # What may replace an archived instance (dcm4chee's overwrite policies, appliance.journal).
 OVERWRITE_POLICIES = ("never", "same-source", "always")
 HOME_ENV = "NEURONOVA_HOME"
+SYSTEM_HOME = Path("/var/lib/neuronova")
 
 
 @dataclass(frozen=True)
@@ -164,11 +165,19 @@ class Settings:
 
 
 def default_home() -> Path:
-    """The data home: ``$NEURONOVA_HOME`` or the platform's user data directory."""
+    """The data home: ``$NEURONOVA_HOME``, else the platform's user data directory.
+
+    For root it is :data:`SYSTEM_HOME` instead (unless a home already exists in root's
+    data directory): nginx's workers then run as another user (``[internal]
+    nginx_user``), who cannot enter ``/root``.
+    """
     env = os.environ.get(HOME_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(platformdirs.user_data_dir("neuronova", appauthor=False))
+    user_home = Path(platformdirs.user_data_dir("neuronova", appauthor=False))
+    if os.geteuid() == 0 and not (user_home / CONFIG_FILENAME).exists():
+        return SYSTEM_HOME
+    return user_home
 
 
 def _coerce(field: Field, value: Any, origin: str) -> Any:

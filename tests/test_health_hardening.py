@@ -27,7 +27,7 @@ import requests
 from conftest import api_token, http_get, run_cli, storescu, wait_for, wait_stored
 from samples import native_dataset
 
-from appliance.config import load_settings
+from appliance.config import default_home, load_settings
 from appliance.errors import ConfigError
 from appliance.health import PROBE_INTERVAL, STATUS_KEY_HEADER
 from appliance.home import init_home
@@ -342,3 +342,15 @@ def test_a_folder_that_keeps_nginx_workers_out_is_a_clear_error(tmp_path):
         f"them in with `chmod o+x {tmp_path / 'locked'}` (enter only, not list), or put the "
         "data home where they can reach it (--home)."
     )
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "already-in-root-data-dir"])
+def test_roots_default_home_is_one_nginx_workers_can_reach(monkeypatch, tmp_path, existing):
+    assert os.geteuid() == 0, "this test checks what happens when the appliance runs as root"
+    monkeypatch.delenv("NEURONOVA_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    if existing:
+        (tmp_path / "neuronova").mkdir()
+        (tmp_path / "neuronova" / "neuronova.toml").write_text("")
+    expected = tmp_path / "neuronova" if existing else Path("/var/lib/neuronova")
+    assert default_home() == expected

@@ -26,7 +26,7 @@ def home_option(fn: F) -> F:
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
         help="Data home holding settings, secrets, database and images "
-        "[default: $NEURONOVA_HOME or ~/.local/share/neuronova].",
+        "[default: $NEURONOVA_HOME, or ~/.local/share/neuronova; /var/lib/neuronova for root].",
     )(fn)
 
 

@@ -54,6 +54,7 @@ from pynetdicom import _config as pynetdicom_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from appliance import loopback
 from appliance.config import Settings
 from appliance.layout import HomeLayout
 from appliance.orthanc import orthanc_auth_header, orthanc_url
@@ -502,7 +503,7 @@ def in_orthanc(settings: Settings, sop_uid: str) -> bool:
         orthanc_url(settings) + "/tools/lookup", data=sop_uid.encode(), method="POST",
         headers={"Authorization": orthanc_auth_header(settings), "Content-Type": "text/plain"},
     )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=30) as resp:
+    with loopback.urlopen(request, timeout=30) as resp:
         return any(item.get("Type") == "Instance" for item in json.loads(resp.read()))
 
 

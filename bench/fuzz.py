@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import shutil
 import socket
 import sqlite3
@@ -78,6 +79,7 @@ ANSWER_TIMEOUT = 20.0
 EXAMPLES = 12  # findings listed per kind in the report
 STORAGE_CLASSES = frozenset(c.abstract_syntax for c in StoragePresentationContexts)
 DICOMWEB = "/api/pacs/dicom-web"
+QUOTED_BYTES = re.compile(r"b'[^']*'")  # varies per input; one example per kind is enough
 SUCCESS_STATUSES = frozenset({0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007})
 
 
@@ -571,12 +573,13 @@ def new_tracebacks(settings: Settings, since: dict[Path, int]) -> list[str]:
     found = []
     for path in sorted(HomeLayout(settings.home).log_dir.glob("*.log")):
         with path.open("rb") as log:
-            log.seek(since.get(path, 0))
+            start = since.get(path, 0)
+            log.seek(start if start <= path.stat().st_size else 0)  # 0: rotated meanwhile
             lines = log.read().decode(errors="replace").splitlines()
         for index, line in enumerate(lines):
             if line.startswith("Traceback (most recent call last)"):
                 last = next((ln for ln in lines[index + 1 :] if not ln.startswith(" ")), "?")
-                found.append(f"{path.name}: {last}")
+                found.append(f"{path.name}: " + QUOTED_BYTES.sub("b'...'", last))
     return found
 
 
@@ -696,7 +699,7 @@ def report(figures: Figures, budget: Budget, revision: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--max-inputs", type=int, default=20000)
+    parser.add_argument("--max-inputs", type=int, default=60000)
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "robustness.md")
     parser.add_argument("--keep", action="store_true", help="keep the appliance's home")

@@ -117,6 +117,7 @@ class Figures:
     finding_counts: Counter = field(default_factory=Counter)
     objects: Counter = field(default_factory=Counter)  # acknowledged, stored, failed, lost
     restarts: list[str] = field(default_factory=list)
+    after: dict[str, int] = field(default_factory=dict)  # check after the run -> HTTP status
     seconds: float = 0.0
 
     def answer(self, channel: str, what: str) -> None:
@@ -619,10 +620,23 @@ def fuzz(settings: Settings, token: str, budget: Budget, seed: int = 7) -> Figur
     after = supervisor_children(settings)
     figures.restarts = [f"{name}: {before[name]} -> {after.get(name)}"
                         for name in before if after.get(name) != before[name]]  # fmt: skip
+    figures.after = still_serving(settings, token, known)
     for line in new_tracebacks(settings, logs):
         figures.finding("traceback in the logs", line)
     figures.seconds = round(time.monotonic() - budget.start, 1)
     return figures
+
+
+def still_serving(settings: Settings, token: str, known: Known) -> dict[str, int]:
+    """After the run: ``/api/health`` and the known object's first frame through nginx."""
+    base = f"http://{LOOPBACK}:{settings.http_port}"
+    frame = (f"{DICOMWEB}/studies/{known.study}/series/{known.series}"
+             f"/instances/{known.instance}/frames/1")  # fmt: skip
+    return {
+        "/api/health": http(base + "/api/health")[0],
+        "the known object's frame 1": http(base + frame, None,
+                                            {"Authorization": f"Bearer {token}"})[0],
+    }  # fmt: skip
 
 
 def technologist_token(settings: Settings, password: str) -> str:
@@ -669,6 +683,7 @@ def report(figures: Figures, budget: Budget, revision: str) -> str:
         *[f"| - {kind} | {n} |" for kind, n in sorted(figures.inputs.items())],
         f"| HTTP answers 5xx | {figures.server_errors} |",
         f"| crashes (supervised processes restarted) | {len(figures.restarts)} |",
+        *[f"| after the run: {what} | HTTP {status} |" for what, status in figures.after.items()],
         f"| objects acknowledged | {figures.objects['acknowledged']} |",
         f"| - stored (journal and Orthanc) | {figures.objects['stored']} |",
         f"| - failed, reason shown by `neuronova ingest status` | "

@@ -60,6 +60,10 @@ def test_no_supervised_process_restarted(figures):
     assert figures.restarts == []
 
 
+def test_the_appliance_still_serves_after_the_run(figures):
+    assert figures.after == {"/api/health": 200, "the known object's frame 1": 200}
+
+
 def test_every_acknowledged_object_is_stored_or_visibly_failed(figures):
     assert figures.lost == 0, examples(figures, "acknowledged object lost")
     settled = figures.objects["stored"] + figures.objects["failed, reason shown"]

@@ -136,6 +136,11 @@ class Figures:
         return sum(n for kind, n in self.finding_counts.items() if kind.startswith("5xx"))
 
     @property
+    def tracebacks(self) -> int:
+        """Tracebacks in the appliance's logs, every kind."""
+        return sum(n for kind, n in self.finding_counts.items() if kind.startswith("traceback"))
+
+    @property
     def lost(self) -> int:
         return self.objects["lost"]
 
@@ -569,8 +574,8 @@ def log_sizes(settings: Settings) -> dict[Path, int]:
     return {path: path.stat().st_size for path in HomeLayout(settings.home).log_dir.glob("*.log")}
 
 
-def new_tracebacks(settings: Settings, since: dict[Path, int]) -> list[str]:
-    """'log: exception line' of each traceback logged after ``since`` (see :func:`log_sizes`)."""
+def new_tracebacks(settings: Settings, since: dict[Path, int]) -> list[tuple[str, str]]:
+    """(log file, exception line) of each traceback logged after ``since`` (:func:`log_sizes`)."""
     found = []
     for path in sorted(HomeLayout(settings.home).log_dir.glob("*.log")):
         with path.open("rb") as log:
@@ -580,7 +585,7 @@ def new_tracebacks(settings: Settings, since: dict[Path, int]) -> list[str]:
         for index, line in enumerate(lines):
             if line.startswith("Traceback (most recent call last)"):
                 last = next((ln for ln in lines[index + 1 :] if not ln.startswith(" ")), "?")
-                found.append(f"{path.name}: " + QUOTED_BYTES.sub("b'...'", last))
+                found.append((path.name, QUOTED_BYTES.sub("b'...'", last)))
     return found
 
 
@@ -621,8 +626,8 @@ def fuzz(settings: Settings, token: str, budget: Budget, seed: int = 7) -> Figur
     figures.restarts = [f"{name}: {before[name]} -> {after.get(name)}"
                         for name in before if after.get(name) != before[name]]  # fmt: skip
     figures.after = still_serving(settings, token, known)
-    for line in new_tracebacks(settings, logs):
-        figures.finding("traceback in the logs", line)
+    for log, line in new_tracebacks(settings, logs):
+        figures.finding(f"traceback in {log}: {line.split(':')[0]}", line)
     figures.seconds = round(time.monotonic() - budget.start, 1)
     return figures
 
@@ -689,8 +694,7 @@ def report(figures: Figures, budget: Budget, revision: str) -> str:
         f"| - failed, reason shown by `neuronova ingest status` | "
         f"{figures.objects['failed, reason shown']} |",
         f"| objects acknowledged but lost | {figures.lost} |",
-        f"| tracebacks in the appliance's logs | "
-        f"{figures.finding_counts['traceback in the logs']} |",
+        f"| tracebacks in the appliance's logs | {figures.tracebacks} |",
         "",
         "## Answers",
         "",

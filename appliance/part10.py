@@ -12,6 +12,7 @@ walked, a chunk at a time, and refused once it inflates beyond a limit.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from collections.abc import Sequence
@@ -132,10 +133,15 @@ def _mb(size: int) -> str:
 class _Walker:
     """Follows every element of one data set; keeps the wanted top-level ones."""
 
-    def __init__(self, source: _Source, implicit: bool, little: bool, wanted: set[int]) -> None:
+    def __init__(
+        self, source: _Source, implicit: bool, little: bool, wanted: frozenset[int]
+    ) -> None:
         self.source = source
         self.implicit = implicit
-        self._endian = "<" if little else ">"
+        endian = "<" if little else ">"
+        self._implicit = struct.Struct(endian + "HHL")  # also items and delimiters
+        self._explicit = struct.Struct(endian + "HH2sH")
+        self._length = struct.Struct(endian + "L")
         self._wanted = wanted
         self.found: dict[BaseTag, RawDataElement] = {}
         self.little = little
@@ -164,27 +170,29 @@ class _Walker:
                 self.source.skip(length)
 
     def _element_header(self) -> tuple[int, bytes | None, int]:
-        group, element = struct.unpack(self._endian + "HH", self.source.take(4))
+        """Tag, VR (None in Implicit VR and for items and delimiters) and value length."""
+        head = self.source.take(8)
+        if self.implicit:
+            group, element, length = self._implicit.unpack(head)
+            return group << 16 | element, None, length
+        group, element, vr, length = self._explicit.unpack(head)
         tag = group << 16 | element
-        if self.implicit or group == 0xFFFE:
-            return tag, None, struct.unpack(self._endian + "L", self.source.take(4))[0]
-        vr = self.source.take(2)
+        if group == 0xFFFE:
+            return tag, None, self._implicit.unpack(head)[2]
+        if vr in _LONG_VRS:
+            return tag, vr, self._length.unpack(self.source.take(4))[0]
         if not (vr.isalpha() and vr.isupper()):
             raise ValueError(
                 f"element {_tag_text(tag)} has no VR: the data set is not in Explicit VR"
             )
-        if vr in _LONG_VRS:
-            return tag, vr, struct.unpack(self._endian + "2xL", self.source.take(6))[0]
-        return tag, vr, struct.unpack(self._endian + "H", self.source.take(2))[0]
+        return tag, vr, length
 
     def _items(self, depth: int, implicit: bool) -> None:
         """The items of an undefined-length sequence or encapsulated pixel data."""
         saved, self.implicit = self.implicit, implicit
         try:
             while True:
-                group, element, length = struct.unpack(
-                    self._endian + "HHL", self.source.take(8)
-                )
+                group, element, length = self._implicit.unpack(self.source.take(8))
                 tag = group << 16 | element
                 if tag == _SEQUENCE_END:
                     return
@@ -200,6 +208,12 @@ class _Walker:
 
 def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+@functools.lru_cache(maxsize=8)
+def _tags(keywords: tuple[str, ...]) -> frozenset[int]:
+    """The tags of ``keywords``, and Specific Character Set's."""
+    return frozenset({int(Tag(k)) for k in keywords} | {_CHARACTER_SET})
 
 
 def scan(
@@ -236,7 +250,7 @@ def scan(
     """
     syntax = UID(transfer_syntax)
     source: _Source = _InflatingSource(fp, limit) if syntax.is_deflated else _FileSource(fp, end)
-    wanted = {int(Tag(k)) for k in keywords} | {_CHARACTER_SET}
+    wanted = _tags(tuple(keywords))
     walker = _Walker(source, syntax.is_implicit_VR, syntax.is_little_endian, wanted)
     try:
         walker.walk()

@@ -360,6 +360,12 @@ class Known:
     series: str
     instance: str
 
+    @property
+    def frame_url(self) -> str:
+        """The gateway path of its first frame."""
+        return (f"{DICOMWEB}/studies/{self.study}/series/{self.series}"
+                f"/instances/{self.instance}/frames/1")  # fmt: skip
+
 
 def seed_urls(known: Known) -> list[str]:
     """Valid requests of every shape the gateway knows."""
@@ -433,20 +439,41 @@ def fuzz_gateway(
             break
         request, label = gateway_request(rng, urls, token)
         figures.inputs["requests through nginx"] += 1
-        _check(raw_http(settings.http_port, request), "nginx", label, figures)
+        _exchange(settings.http_port, request, "nginx", label, figures)
 
 
-def _check(answer: Answer, channel: str, label: str, figures: Figures) -> None:
-    if answer.status is None:
+def _exchange(
+    port: int, request: bytes, channel: str, label: str, figures: Figures
+) -> Answer | None:
+    """Send one raw request and count its answer; None if the connection failed.
+
+    The frame gate gets a half-closed connection (it may be waiting for more of a
+    malformed request); closing without an answer is then counted, not a finding.
+    """
+    gate = channel == "frame gate"
+    try:
+        answer = raw_http(port, request, half_close=gate)
+    except OSError as exc:
+        figures.finding(f"{channel}: connection failed", f"{exc!r}: {label}")
+        return None
+    if answer.status is not None:
+        _count(answer.status, answer, channel, label, figures)
+    elif gate and not answer.body:
+        figures.answer(channel, "closed without answer")
+    else:
         figures.answer(channel, "no answer")
         figures.finding(f"{channel}: no HTTP answer", f"{label} -> {answer.body[:80]!r}")
-        return
+    return answer
+
+
+def _count(status: int, answer: Answer, channel: str, label: str, figures: Figures) -> None:
+    """Count the answer by status class (and JSON body or not); a 5xx is a finding."""
     json_body = answer.headers.get("content-type", "").startswith(
         ("application/json", "application/dicom+json")
     )
-    figures.answer(channel, f"{answer.status // 100}xx" + (" (JSON body)" if json_body else ""))
-    if answer.status >= 500:
-        figures.finding(f"5xx from {channel}", f"{answer.status}: {label} -> {answer.body[:120]!r}")
+    figures.answer(channel, f"{status // 100}xx" + (" (JSON body)" if json_body else ""))
+    if status >= 500:
+        figures.finding(f"5xx from {channel}", f"{status}: {label} -> {answer.body[:120]!r}")
 
 
 def gate_request(rng: random.Random, frame_url: str, token: str) -> tuple[bytes, str, bool]:
@@ -472,23 +499,15 @@ def fuzz_frame_gate(
 ) -> None:
     """Raw request heads straight to the frame gate: never 5xx, never a frame without a token."""
     rng = random.Random(seed + 2)
-    frame_url = (f"{DICOMWEB}/studies/{known.study}/series/{known.series}"
-                 f"/instances/{known.instance}/frames/1")  # fmt: skip
     deadline, count = budget.deadline(0.85), budget.count(0.15)
     for _ in range(count):
         if time.monotonic() > deadline:
             break
-        request, label, authorized = gate_request(rng, frame_url, token)
+        request, label, authorized = gate_request(rng, known.frame_url, token)
         figures.inputs["raw requests to the frame gate"] += 1
-        try:
-            answer = raw_http(settings.gate_port, request, half_close=True)
-        except OSError as exc:
-            figures.finding("frame gate: connection refused", f"{exc!r}: {label}")
+        answer = _exchange(settings.gate_port, request, "frame gate", label, figures)
+        if answer is None or answer.status is None:
             continue
-        if answer.status is None and not answer.body:
-            figures.answer("frame gate", "closed without answer")
-            continue
-        _check(answer, "frame gate", label, figures)
         redirect = answer.headers.get("x-accel-redirect", "")
         if redirect.startswith("/internal-frames/") and not authorized:
             figures.finding("frame gate granted a frame without a token", label)
@@ -635,13 +654,11 @@ def fuzz(settings: Settings, token: str, budget: Budget, seed: int = 7) -> Figur
 def still_serving(settings: Settings, token: str, known: Known) -> dict[str, int]:
     """After the run: ``/api/health`` and the known object's first frame through nginx."""
     base = f"http://{LOOPBACK}:{settings.http_port}"
-    frame = (f"{DICOMWEB}/studies/{known.study}/series/{known.series}"
-             f"/instances/{known.instance}/frames/1")  # fmt: skip
+    bearer = {"Authorization": f"Bearer {token}"}
     return {
         "/api/health": http(base + "/api/health")[0],
-        "the known object's frame 1": http(base + frame, None,
-                                            {"Authorization": f"Bearer {token}"})[0],
-    }  # fmt: skip
+        "the known object's frame 1": http(base + known.frame_url, None, bearer)[0],
+    }
 
 
 def technologist_token(settings: Settings, password: str) -> str:

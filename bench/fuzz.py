@@ -80,6 +80,12 @@ EXAMPLES = 12  # findings listed per kind in the report
 STORAGE_CLASSES = frozenset(c.abstract_syntax for c in StoragePresentationContexts)
 DICOMWEB = "/api/pacs/dicom-web"
 QUOTED_BYTES = re.compile(r"b'[^']*'")  # varies per input; one example per kind is enough
+# The receiver's catch-all and pynetdicom's answer when a handler raised: a bad object
+# should get a specific status (0xC000 and its reason, 0xA700, ...).
+UNEXPECTED_STATUSES = {
+    0x0110: "C-STORE 0x0110 (the receiver's catch-all for unexpected errors)",
+    0xC211: "C-STORE 0xC211 (unhandled error in the receiver)",
+}
 SUCCESS_STATUSES = frozenset({0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007})
 
 
@@ -205,13 +211,13 @@ def _cstore_one(assoc, mutant: Mutant, sop_uid: str, folder: Path, figures: Figu
         figures.answer("c-store", "no answer")
         figures.finding("C-STORE without an answer", mutant.label)
         return None
-    code = int(status.Status)
+    code, comment = int(status.Status), str(status.get("ErrorComment", "")).strip()
     figures.answer("c-store", f"{code:#06x}")
-    if code == 0xC211:  # pynetdicom's answer when a handler raised
-        figures.finding("C-STORE 0xC211 (unhandled error)", mutant.label)
+    if code in UNEXPECTED_STATUSES:
+        figures.finding(UNEXPECTED_STATUSES[code], f"{comment!r}: {mutant.label}")
     if code in SUCCESS_STATUSES:
         return Sent("c-store", mutant.label, journal_keys(mutant, sop_uid))
-    if not str(status.get("ErrorComment", "")).strip():
+    if not comment:
         figures.finding("C-STORE refusal without ErrorComment", f"{code:#06x} {mutant.label}")
     return None
 

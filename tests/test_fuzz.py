@@ -14,7 +14,7 @@ import secrets
 import pytest
 from conftest import make_appliance
 
-from bench.fuzz import Budget, Figures, fuzz, technologist_token
+from bench.fuzz import UNEXPECTED_STATUSES, Budget, Figures, fuzz, technologist_token
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +71,8 @@ def test_every_acknowledged_object_is_stored_or_visibly_failed(figures):
 
 
 def test_receiver_maps_every_error_to_a_status_with_a_comment(figures):
-    assert not figures.finding_counts["C-STORE 0xC211 (unhandled error)"], examples(
-        figures, "C-STORE 0xC211 (unhandled error)"
-    )
+    kind = UNEXPECTED_STATUSES[0xC211]
+    assert not figures.finding_counts[kind], examples(figures, kind)
     assert not figures.finding_counts["C-STORE refusal without ErrorComment"]
 
 

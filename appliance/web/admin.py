@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from appliance import __version__, audit, users
 from appliance.errors import ApplianceError
+from appliance.ingest import HeldError, Ingest
 from appliance.layout import HomeLayout
 from appliance.modalities import add_modality, list_modalities, remove_modality
 from appliance.web.auth import identity, requires
 from appliance.web.errors import ApiError
 from appliance.web.inputs import client_address, query_int, read_json
-from appliance.web.keys import DB, HEALTH, SESSIONS, SETTINGS
+from appliance.web.keys import DB, HEALTH, INGEST, SESSIONS, SETTINGS
 
 routes = web.RouteTableDef()
 admin_only = requires("admin")
+T = TypeVar("T")
 MAX_AUDIT_PAGE = 1000
 MAX_AUDIT_EXPORT = 10_000
 
@@ -137,6 +141,41 @@ async def remove(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", str(exc)) from None
     _audit_change(request, "modality_removed", ae_title=ae_title)
     return web.Response(status=204)
+
+
+@routes.get("/api/admin/held")
+@admin_only
+async def held_objects(request: web.Request) -> web.Response:
+    """Objects the receiver's overwrite policy held back, oldest first, with the reason."""
+    return web.json_response({"items": list(request.app[DB]["held"].rows_where(order_by="id"))})
+
+
+@routes.post(r"/api/admin/held/{held_id:\d+}/accept")
+@admin_only
+async def accept_held(request: web.Request) -> web.Response:
+    """Archive a held object as if the policy allowed it (it may change the patient)."""
+    held_id = int(request.match_info["held_id"])
+    item = await _on_held(request, Ingest.release_held, held_id)
+    _audit_change(request, "held_accepted", held_id=held_id, sop_uid=item.sop_uid)
+    return web.json_response({"id": held_id, "sop_uid": item.sop_uid, "state": "received"})
+
+
+@routes.delete(r"/api/admin/held/{held_id:\d+}")
+@admin_only
+async def discard_held(request: web.Request) -> web.Response:
+    """Delete a held object and its file; the archive stays as it is."""
+    held_id = int(request.match_info["held_id"])
+    row = await _on_held(request, Ingest.discard_held, held_id)
+    _audit_change(request, "held_discarded", held_id=held_id, sop_uid=row["sop_uid"])
+    return web.Response(status=204)
+
+
+async def _on_held(request: web.Request, action: Callable[[Ingest, int], T], held_id: int) -> T:
+    """Run ``action`` off the event loop (file and database work); 404 if nothing is held."""
+    try:
+        return await asyncio.to_thread(action, request.app[INGEST].ingest, held_id)
+    except HeldError as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
 
 
 @routes.get("/api/admin/audit")

@@ -15,12 +15,12 @@ class PipelineIngest:
     """Spool, journal and queue each upload, off the event loop (fsync blocks)."""
 
     def __init__(self, ingest: Ingest) -> None:
-        self._ingest = ingest
+        self.ingest = ingest
 
     def _accept(self, data: bytes, source: str) -> str | None:
         try:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            self._ingest.accept(data, ds, source)
+            self.ingest.accept(data, ds, source)
         except SpoolFull as exc:
             return f"the appliance is out of disk space ({exc})"
         except (ValueError, pydicom.errors.InvalidDicomError) as exc:

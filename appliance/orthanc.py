@@ -53,6 +53,8 @@ def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str,
             "StudiesMetadata": "Full",
             "SeriesMetadata": "Full",
         },
+        # The receiver's overwrite policy decides what may replace an instance before it
+        # answers the modality (appliance.journal); what reaches Orthanc was allowed.
         "OverwriteInstances": True,
         "SaveJobs": False,
         "StableAge": 30,

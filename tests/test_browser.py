@@ -11,6 +11,8 @@ Screenshots go to ``test-artifacts/browser/`` (repository root, git-ignored).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import time
@@ -22,7 +24,8 @@ import numpy as np
 import playwright.sync_api as playwright_api
 import pydicom
 import pytest
-from conftest import require_tool, run_cli, storescu, wait_stored
+import requests
+from conftest import api_token, require_tool, run_cli, storescu, wait_stored
 
 from bench.browser import (
     CHROMIUM,
@@ -404,3 +407,32 @@ def test_admin_system_page_shows_every_component_ok(appliance, new_context):
     page.screenshot(path=ARTIFACTS / "08-admin-system.png", full_page=True)
     assert {name: found[name] for name in names} == dict.fromkeys(names, "ok"), found
     assert "All services are running" in page.get_by_test_id("system-status").inner_text()
+
+
+def test_admin_audit_page_shows_who_read_the_patient_and_exports_it(appliance, study, new_context):
+    series, _ = study
+    token = api_token(appliance, USER, PASSWORD)
+    metadata = requests.get(
+        f"{appliance.url}/api/pacs/dicom-web/studies/{series.study_uid}/metadata",
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"},
+        timeout=30,
+    )
+    assert metadata.status_code == 200
+    page = new_context().new_page()
+    page.goto(f"{appliance.url}/login")
+    sign_in(page, "admin", appliance.admin_password)
+    page.get_by_test_id("worklist").wait_for()
+    page.get_by_test_id("nav-audit").click()
+    page.wait_for_url(re.compile(r"/admin/audit$"))
+    page.get_by_test_id("audit-patient").fill(PATIENT_ID)
+    page.get_by_test_id("audit-apply").click()
+    row = page.get_by_test_id("audit-trail-row").filter(has_text="study_read").first
+    row.wait_for()
+    text = row.inner_text()
+    assert USER in text and PATIENT_ID in text and series.study_uid in text
+    page.screenshot(path=ARTIFACTS / "09-admin-audit.png", full_page=True)
+    with page.expect_download() as download:
+        page.get_by_test_id("audit-export-csv").click()
+    exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert exported and {r["patient_id"] for r in exported} == {PATIENT_ID}
+    assert any(r["event"] == "study_read" and r["username"] == USER for r in exported)

@@ -22,6 +22,7 @@ import requests
 from conftest import api_token, run_cli, storescu, wait_stored
 
 from appliance import audit
+from appliance.cli import cli
 from appliance.db import open_database
 from appliance.layout import HomeLayout
 from bench.synthetic import make_slices, write_series
@@ -101,6 +102,25 @@ def test_csv_cells_are_never_formulas(db) -> None:
     (row,) = csv.DictReader(io.StringIO(audit.to_csv(audit.recent(db))))
     assert row["username"] == "'=HYPERLINK(1)" and row["client"] == "'+1"
     assert json.loads(row["detail"]) == {"reason": "-x"}
+
+
+def test_cli_filters_by_user_study_and_patient_and_exports_csv(home: Path, runner) -> None:
+    db = open_database(home / "db" / "appliance.db")
+    db["studies"].insert({"study_uid": "1.2.3", "patient_id": "P1", "patient_name": "DOE^J"})
+    audit.ReadLedger(db).read("s1", "1.2.3", "view", username="rad", client="10.0.0.5")
+    audit.record(db, audit.LOGIN_FAILED, username="evil\nFAKE ROW", client="10.0.0.9")
+    db.close()
+    table = runner.invoke(cli, ["audit", "--home", str(home)])
+    assert table.exit_code == 0 and not any(
+        line.startswith("FAKE ROW") for line in table.output.splitlines()
+    )
+    assert "evil\\nFAKE ROW" in table.output
+    for option in (["--user", "rad"], ["--study", "1.2.3"], ["--patient", "P1"]):
+        out = runner.invoke(cli, ["audit", "--home", str(home), "--format", "csv", *option])
+        (row,) = csv.DictReader(io.StringIO(out.output))
+        assert (row["event"], row["patient_id"], row["count"]) == ("study_read", "P1", "1")
+    none = runner.invoke(cli, ["audit", "--home", str(home), "--patient", "P2", "--json"])
+    assert json.loads(none.output) == []
 
 
 # --- end to end: the real appliance through nginx --------------------------------------
@@ -330,8 +350,9 @@ def test_csv_and_json_exports_parse_back_alike(appliance, study):
     )
     assert reads.status_code == 200 and reads.json()["items"]
     assert {r["study_uid"] for r in reads.json()["items"]} >= {series.study_uid}
-    bad = requests.get(export, params={"format": "xml"}, headers=headers, timeout=10)
-    assert bad.status_code == 400 and bad.json()["error"] == "invalid_query"
+    for wrong in ({"format": "xml"}, {"since": "yesterday"}, {"event": "nope"}):
+        bad = requests.get(export, params=wrong, headers=headers, timeout=10)
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid_query", wrong
 
 
 @pytest.mark.slow

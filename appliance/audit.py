@@ -58,7 +58,7 @@ EVENTS = (
     OBJECT_HELD,
 )
 # Rejections anyone can send in bulk: one row per (event, reason, user, client) and window.
-# Failed logins stay one row each: the login throttle counts them, and stops a flood.
+# Failed logins stay one row each: the login throttle (appliance.sessions) bounds them.
 RATE_AGGREGATED = frozenset({TOKEN_REJECTED, ROLE_DENIED, CSRF_REJECTED, LOGIN_THROTTLED})
 RATE_WINDOW = 60  # seconds
 QUERY_WINDOW = 3600  # seconds: one row per session, QIDO level and filters
@@ -280,12 +280,3 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer.writerows([_cell(row[column]) for column in EXPORT_COLUMNS] for row in rows)
     return out.getvalue()
 
-
-def failures_since(db: sqlite_utils.Database, column: str, value: str, since: str) -> list[str]:
-    """Timestamps of failed logins by ``username`` or ``client`` since ``since``, oldest first."""
-    assert column in ("username", "client")
-    rows = db.execute(
-        f"SELECT ts FROM audit WHERE event = ? AND {column} = ? AND ts >= ? ORDER BY ts",
-        [LOGIN_FAILED, value, since],
-    ).fetchall()
-    return [row[0] for row in rows]

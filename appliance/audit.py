@@ -279,4 +279,3 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer.writerow(EXPORT_COLUMNS)
     writer.writerows([_cell(row[column]) for column in EXPORT_COLUMNS] for row in rows)
     return out.getvalue()
-

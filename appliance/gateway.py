@@ -32,7 +32,7 @@ SINGLE_FRAME_RE = re.compile(
     rf"studies/(?P<study>{UID_PATTERN})/series/(?P<series>{UID_PATTERN})"
     rf"/instances/(?P<instance>{UID_PATTERN})/frames/(?P<frame>[1-9][0-9]{{0,5}})"
 )
-BULK_RE = re.compile(r"^[0-9A-Fa-f]{8}(\.[0-9]+(\.[0-9A-Fa-f]{8})?)*$")
+TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")
 SPECIAL_KEYS = frozenset({"includefield", "limit", "offset", "fuzzymatching"})
 MAX_VALUE = 1024
 QIDO_RESOURCES = ("studies", "series", "instances")
@@ -164,9 +164,30 @@ def _instance_target(rest: list[str], study: str, series: str, instance: str) ->
             raise BadRequest("unknown DICOMweb path")
         frames = tuple(int(n) for n in rest[1].split(","))
         return Target("instances", "frames", **uids, frames=frames, frame_action=frame_action)
-    if action == "bulk" and len(rest) == 2 and BULK_RE.match(rest[1]):
+    if action == "bulk" and len(rest) == 2 and is_bulk_path(rest[1]):
         return Target("instances", "bulk", **uids, bulk=rest[1])
     raise BadRequest("unknown DICOMweb path")
+
+
+def is_bulk_path(value: str) -> bool:
+    """Whether ``value`` names bulk data: a tag, then ``.index`` or ``.index.tag`` steps.
+
+    For example ``7FE00010`` or ``00081140.1.00081150``. One pass over the dot-separated
+    steps (a regular expression with nested repeats backtracked exponentially here); an
+    all-digit step is an index whenever it can be one, which accepts the most.
+    """
+    steps = value.split(".")
+    if not TAG_RE.fullmatch(steps[0]):
+        return False
+    after_index = False
+    for step in steps[1:]:
+        if step.isascii() and step.isdigit():
+            after_index = True
+        elif after_index and TAG_RE.fullmatch(step):
+            after_index = False
+        else:
+            return False
+    return True
 
 
 def clean_query(pairs: list[tuple[str, str]], study_only: str | None = None) -> str:
@@ -240,7 +261,7 @@ def accepts_stored_frames(accept: str) -> bool:
             if "application/octet-stream" in option or "multipart/related" in option:
                 return True
             continue
-        syntax = option.split("transfer-syntax=")[1].split(";")[0].strip().strip('"')
+        syntax = option.partition("transfer-syntax=")[2].split(";")[0].strip().strip('"')
         if syntax in ("*", HTJ2K_LOSSLESS):
             return True
     return False

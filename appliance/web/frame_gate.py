@@ -207,12 +207,18 @@ class GateProtocol(asyncio.Protocol):
             raise TooLarge
 
     def on_message_complete(self) -> None:
-        if self.ambiguous:
-            response = HANDED_TO_APP
-        else:
-            response = self.gate.answer(self.parser.get_method(), self.url, self.headers)
+        response = HANDED_TO_APP if self.ambiguous else self._answer()
         self._send(response, close=not self.parser.should_keep_alive())
         self._reset()
+
+    def _answer(self) -> bytes:
+        """The gate's answer; when one of its checks fails, logged and handed to the app."""
+        try:
+            return self.gate.answer(self.parser.get_method(), self.url, self.headers)
+        except Exception:
+            url = self.url[:200].decode("latin-1")
+            log.exception("frame gate: a check failed on %s; handed to the app", url)
+            return HANDED_TO_APP
 
     def _send(self, response: bytes, close: bool) -> None:
         if self.transport is None or self.transport.is_closing():

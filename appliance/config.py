@@ -45,6 +45,7 @@ FIELDS: tuple[Field, ...] = (
     Field("web", "http_port", "http_port", int, "HTTP port of the web interface (nginx)"),
     Field("web", "https_port", "https_port", int, "HTTPS port of the web interface (nginx)"),
     Field("web", "redirect_to_https", "redirect_to_https", bool, "Redirect plain HTTP to HTTPS"),
+    Field("web", "max_upload_mb", "max_upload_mb", int, "Largest STOW-RS upload, in MB"),
     Field(
         "web",
         "public_url",
@@ -101,6 +102,7 @@ class Settings:
     http_port: int = 8080
     https_port: int = 8443
     redirect_to_https: bool = True
+    max_upload_mb: int = 4096  # one STOW-RS request, all its parts
     public_url: str = ""
     server_names: str = ""
     dicom_port: int = 11112

@@ -152,6 +152,7 @@ def render_nginx_conf(settings: Settings) -> Path:
         "app_proxy": APP_PROXY,
         "https_port": str(settings.https_port),
         "server_names": " ".join(server_names(settings, layout)),
+        "max_upload": f"{settings.max_upload_mb}m",
     }
     app_server = bundled_nginx.template_text("server.conf.template")
     tls = TLS_SETTINGS.format(cert=cert_file(layout), key=key_file(layout))

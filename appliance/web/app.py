@@ -25,6 +25,7 @@ from appliance.web.auth import auth_middleware
 from appliance.web.errors import error_middleware
 from appliance.web.frame_gate import frame_gate_ctx
 from appliance.web.ingest import PipelineIngest
+from appliance.web.inputs import MAX_JSON_BODY, SERVER_OPTIONS
 from appliance.web.keys import (
     DB,
     FRAMES_DIR,
@@ -79,7 +80,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Build the web application for ``settings``."""
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=4 * 1024**3
+        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_JSON_BODY
     )
     app[SETTINGS] = settings
     app[STARTED_AT] = time.time()
@@ -107,6 +108,7 @@ def serve(settings: Settings) -> None:
             access_log=None,
             print=None,
             shutdown_timeout=3,
+            **SERVER_OPTIONS,
         )
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import io
+from pathlib import Path
 
-import pydicom
+from pydicom import Dataset
 
 from appliance.ingest import Ingest
+from appliance.journal import ALWAYS
 from appliance.spool import SpoolFull
 
 
@@ -17,16 +18,21 @@ class PipelineIngest:
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
 
-    def _accept(self, data: bytes, source: str) -> str | None:
+    def _receive(self, received: Path, ds: Dataset, source: str) -> str | None:
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-            self.ingest.accept(data, ds, source)
+            self.ingest.receive(received, ds, source, ALWAYS)
         except SpoolFull as exc:
             return f"the appliance is out of disk space ({exc})"
-        except (ValueError, pydicom.errors.InvalidDicomError) as exc:
+        except (OSError, ValueError) as exc:
             return f"the object cannot be ingested: {exc}"
         return None
 
-    async def submit(self, data: bytes, source: str) -> str | None:
-        """Accept one Part 10 object; ``None`` or the reason it was refused."""
-        return await asyncio.to_thread(self._accept, data, source)
+    async def submit(self, received: Path, ds: Dataset, source: str) -> str | None:
+        """Move a checked Part 10 file from the spool's ``incoming/`` into the pipeline.
+
+        ``ds`` holds its header elements (:data:`appliance.journal.HEADER_KEYWORDS`).
+        Returns ``None``, or the reason it was refused. An upload replaces an archived
+        copy of the same instance, as it always has (the overwrite policy is the
+        receiver's).
+        """
+        return await asyncio.to_thread(self._receive, received, ds, source)

@@ -3,11 +3,65 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import zlib
 from typing import Any
 
 from aiohttp import web
 
 from appliance.web.errors import ApiError
+
+MAX_JSON_BODY = 64 * 1024  # the most a JSON body may hold, decoded
+# The server leaves bodies as sent (aiohttp's auto_decompress off): read_body inflates
+# them itself, only as far as the route's limit, and lingering on a refused body reads
+# it without inflating the rest.
+SERVER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
+_WBITS = {"": None, "identity": None, "gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_READ_CHUNK = 16 * 1024
+
+
+def body_too_large(limit: int) -> ApiError:
+    """The 413 JSON error for a body beyond ``limit`` bytes (decoded)."""
+    return ApiError(
+        413, "body_too_large", f"The request body may hold at most {limit // 1024} KB decoded."
+    )
+
+
+def content_encoding(request: web.Request) -> int | None:
+    """The ``wbits`` that inflate the body's ``Content-Encoding`` (``None``: as is); 415
+    for an encoding other than gzip or deflate."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in _WBITS:
+        raise ApiError(
+            415, "unsupported_encoding", "Send the body uncompressed, or as gzip or deflate."
+        )
+    return _WBITS[encoding]
+
+
+async def read_body(request: web.Request, limit: int = MAX_JSON_BODY) -> bytes:
+    """The body, decoded: 413 as soon as it holds more than ``limit`` bytes, sent or inflated.
+
+    A compressed body is inflated a chunk at a time, never beyond ``limit`` + 1 bytes,
+    so a small body that would inflate to gigabytes costs no more than ``limit``.
+    """
+    wbits = content_encoding(request)
+    if request.content_length is not None and request.content_length > limit:
+        raise body_too_large(limit)
+    inflater = zlib.decompressobj(wbits) if wbits is not None else None
+    body, sent = bytearray(), 0
+    try:
+        async for chunk in request.content.iter_chunked(_READ_CHUNK):
+            sent += len(chunk)
+            if inflater is not None:
+                chunk = inflater.decompress(chunk, limit + 1 - len(body))
+            body += chunk
+            if sent > limit or len(body) > limit:
+                raise body_too_large(limit)
+        if inflater is not None and not inflater.eof:
+            raise zlib.error("the compressed body ends early")
+    except zlib.error as exc:
+        raise ApiError(400, "invalid_body", f"The body does not inflate ({exc}).") from None
+    return bytes(body)
 
 
 def client_address(request: web.Request) -> str:
@@ -45,8 +99,9 @@ async def read_json(request: web.Request, fields: dict[str, type]) -> dict[str, 
     """
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "Send a JSON body (application/json).")
+    raw = await read_body(request)
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except ValueError:
         raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
     if not isinstance(body, dict):

@@ -1,23 +1,50 @@
-"""STOW-RS (PS3.18 10.5): read a ``multipart/related`` upload part by part and ingest each."""
+"""STOW-RS (PS3.18 10.5): stream a ``multipart/related`` upload, part by part, into the
+spool and ingest each part.
+
+No part is held in memory: each is written to a file in the spool's ``incoming/`` a
+chunk at a time, checked there (:func:`appliance.part10.scan_file`, as the receiver
+checks a C-STORE data set) and moved into the spool. The whole upload may hold at most
+``[web] max_upload_mb``, one object at most ``[dicom] max_object_mb``.
+"""
 
 from __future__ import annotations
 
-import io
+import asyncio
 import json
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
-import pydicom
 from aiohttp import BodyPartReader, web
+from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from appliance.journal import HEADER_KEYWORDS
+from appliance.part10 import scan_file
+from appliance.spool import Spool
 from appliance.web.errors import ApiError
-from appliance.web.keys import INGEST
+from appliance.web.inputs import content_encoding
+from appliance.web.keys import INGEST, SETTINGS
 
-MAX_PART = 2 * 1024**3
+MB = 1024**2
+CHUNK = MB
+MAX_PARTS = 10_000
+# What pydicom's dcmwrite leaves out for a data set built in memory (design.md fact 13):
+# the preamble and "DICM" before the File Meta Information (whose group, 0002, then comes
+# first), and the meta's group length. Orthanc accepts such parts, and so do we,
+# completing them as they are written to the spool.
+PREAMBLE = bytes(128) + b"DICM"
+META_GROUP = b"\x02\x00"
+GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
+MAX_HEAD = 64 * 1024  # File Meta Information beyond this is not completed
 # PS3.18 Table 10.5.3-1 / PS3.7 Annex C failure reasons.
 PROCESSING_FAILURE = 0x0110
-CANNOT_UNDERSTAND = 0xC000
+OUT_OF_RESOURCES = 0xA700
 STUDY_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
 
 
 @dataclass(frozen=True)
@@ -60,48 +87,169 @@ def _response(outcomes: list[PartOutcome], url_root: str) -> web.Response:
     )
 
 
-async def _read_part(part: BodyPartReader) -> bytes:
-    buffer = io.BytesIO()
-    while chunk := await part.read_chunk(1024 * 1024):
-        buffer.write(chunk)
-        if buffer.tell() > MAX_PART:
-            raise ApiError(413, "part_too_large", "One uploaded object exceeds 2 GiB.")
-    return buffer.getvalue()
+class Upload:
+    """One STOW-RS request's limits, and what it has used of them so far."""
+
+    def __init__(self, max_upload: int, max_object: int, spool: Spool) -> None:
+        self.max_upload, self.max_object, self.spool = max_upload, max_object, spool
+        self.received = self.parts = self.stored = 0
+
+    def check_length(self, length: int | None) -> None:
+        """Refuse at once an upload whose declared length is over the limit."""
+        if length is not None and length > self.max_upload:
+            raise self._too_large()
+
+    def count(self, size: int) -> None:
+        """Count ``size`` more bytes received; 413 past ``max_upload``."""
+        self.received += size
+        if self.received > self.max_upload:
+            raise self._too_large()
+
+    def next_part(self) -> None:
+        """Count one more part; 413 past :data:`MAX_PARTS`."""
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise ApiError(413, "too_many_parts", f"Send at most {MAX_PARTS} objects per upload.",
+                           stored=self.stored)  # fmt: skip
+
+    def _too_large(self) -> ApiError:
+        return ApiError(
+            413,
+            "upload_too_large",
+            f"One upload may hold at most {self.max_upload // MB} MB ([web] max_upload_mb); "
+            "send the objects in smaller uploads.",
+            stored=self.stored,
+        )
 
 
-def _identify(data: bytes, study: str | None) -> PartOutcome:
+def _meta_end(head: bytes) -> int | None:
+    """Where the File Meta Information at the start of ``head`` ends (Explicit VR Little
+    Endian, PS3.10 7.1); ``None`` if ``head`` ends first."""
+    offset = 0
+    while len(head) >= offset + 8:
+        if head[offset : offset + 2] != META_GROUP:
+            return offset
+        if head[offset + 4 : offset + 6].decode("latin-1") in EXPLICIT_VR_LENGTH_32:
+            if len(head) < offset + 12:
+                return None
+            offset += 12 + int.from_bytes(head[offset + 8 : offset + 12], "little")
+        else:
+            offset += 8 + int.from_bytes(head[offset + 6 : offset + 8], "little")
+    return None
+
+
+def _part10_start(head: bytes, ended: bool) -> bytes | None:
+    """A part's first bytes as a Part 10 file starts; ``None`` until enough have come.
+
+    A part that starts with its File Meta Information gets the preamble, "DICM" and the
+    meta's group length in front; anything else is left as it is (and checked later).
+    """
+    if len(head) < len(PREAMBLE) and not ended:
+        return None
+    if head[128:132] == b"DICM" or not head.startswith(META_GROUP):
+        return head
+    end = _meta_end(head)
+    if end is None and not ended and len(head) < MAX_HEAD:
+        return None
+    if end is None or head.startswith(GROUP_LENGTH[:4]):
+        return PREAMBLE + head
+    return PREAMBLE + GROUP_LENGTH + end.to_bytes(4, "little") + head
+
+
+async def _write_part(part: BodyPartReader, out: BinaryIO, upload: Upload) -> PartOutcome | None:
+    """Copy one part into ``out`` a chunk at a time; the failure if it cannot be kept.
+
+    A part larger than an object may be, or one that would leave the spool's disk short,
+    is read to its end (the next part follows it) but not written further.
+    """
+    size, head, failure = 0, b"", None
+    while chunk := await part.read_chunk(CHUNK):
+        upload.count(len(chunk))
+        size += len(chunk)
+        if failure is None:
+            failure = _refusal(size, upload)
+        if failure is not None:
+            continue
+        if head is not None:
+            start = _part10_start(head + chunk, ended=False)
+            head = None if start is not None else head + chunk
+            if start is None:
+                continue
+            chunk = start
+        await asyncio.to_thread(out.write, chunk)
+    if head and failure is None:  # the part ended before its start was complete
+        await asyncio.to_thread(out.write, _part10_start(head, ended=True))
+    return failure
+
+
+def _refusal(size: int, upload: Upload) -> PartOutcome | None:
+    if size > upload.max_object:
+        reason = f"an object is larger than {upload.max_object // MB} MB ([dicom] max_object_mb)"
+    elif upload.spool.free_bytes() < upload.spool.min_free:
+        reason = f"the appliance is out of disk space (less than {upload.spool.min_free // MB} MiB)"
+    else:
+        return None
+    return PartOutcome(None, None, OUT_OF_RESOURCES, reason)
+
+
+def _identify(path: Path, study: str | None, max_inflated: int) -> tuple[PartOutcome, Dataset]:
+    """Check that a spooled part is a whole Part 10 object (of ``study``, if given)."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        meta = read_file_meta_info(path)
+        ds = scan_file(path, meta.TransferSyntaxUID, HEADER_KEYWORDS, max_inflated)
         sop_class, sop_instance = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
     except (InvalidDicomError, AttributeError, ValueError, EOFError, TypeError) as exc:
-        return PartOutcome(None, None, CANNOT_UNDERSTAND, f"not a DICOM Part 10 object ({exc})")
+        outcome = PartOutcome(None, None, CANNOT_UNDERSTAND, f"not a DICOM Part 10 object ({exc})")
+        return outcome, Dataset()
     if study is not None and str(ds.get("StudyInstanceUID", "")) != study:
-        return PartOutcome(
-            sop_class, sop_instance, STUDY_MISMATCH, f"{sop_instance} belongs to another study"
-        )
-    return PartOutcome(sop_class, sop_instance)
+        reason = f"{sop_instance} belongs to another study"
+        return PartOutcome(sop_class, sop_instance, STUDY_MISMATCH, reason), ds
+    return PartOutcome(sop_class, sop_instance), ds
+
+
+async def _store_part(
+    request: web.Request, part: BodyPartReader, study: str | None, upload: Upload
+) -> PartOutcome:
+    """Spool one part, check it, and hand it to the ingest pipeline."""
+    ingest = request.app[INGEST]
+    partial = upload.spool.incoming / f"stow.{uuid.uuid4().hex}.part"
+    try:
+        with open(partial, "xb") as out:
+            failure = await _write_part(part, out, upload)
+        if failure is not None:
+            return failure
+        max_inflated = request.app[SETTINGS].max_inflated_mb * MB
+        outcome, ds = await asyncio.to_thread(_identify, partial, study, max_inflated)
+        if outcome.failure is not None:
+            return outcome
+        error = await ingest.submit(partial, ds, source="stow")
+        if error:
+            return PartOutcome(outcome.sop_class, outcome.sop_instance, PROCESSING_FAILURE, error)
+        upload.stored += 1
+        return outcome
+    finally:
+        partial.unlink(missing_ok=True)  # gone already once moved into the spool
 
 
 async def store_instances(request: web.Request, study: str | None) -> web.Response:
-    """Read every ``application/dicom`` part, ingest it, and answer with the STOW result."""
+    """Store every ``application/dicom`` part and answer with the STOW result."""
     if request.content_type != "multipart/related":
         raise ApiError(
             415, "unsupported_media_type", 'Send multipart/related; type="application/dicom".'
         )
+    if content_encoding(request) is not None:
+        raise ApiError(415, "unsupported_encoding", "Send STOW-RS uploads uncompressed.")
+    settings = request.app[SETTINGS]
+    upload = Upload(settings.max_upload_mb * MB, settings.max_object_mb * MB,
+                    request.app[INGEST].ingest.spool)  # fmt: skip
+    upload.check_length(request.content_length)
     reader = await request.multipart()
     outcomes: list[PartOutcome] = []
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise ApiError(400, "bad_multipart", "Nested multipart bodies are not supported.")
-        data = await _read_part(part)
-        outcome = _identify(data, study)
-        if outcome.failure is None:
-            error = await request.app[INGEST].submit(data, source="stow")
-            if error:
-                outcome = PartOutcome(
-                    outcome.sop_class, outcome.sop_instance, PROCESSING_FAILURE, error
-                )
-        outcomes.append(outcome)
+        upload.next_part()
+        outcomes.append(await _store_part(request, part, study, upload))
     if not outcomes:
         raise ApiError(400, "empty_upload", "The upload holds no DICOM part.")
     return _response(outcomes, f"{request.url.origin()}/api/pacs/dicom-web/studies")

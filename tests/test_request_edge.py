@@ -85,11 +85,15 @@ ADVERSARIAL: list[tuple[str, Callable[[str], object], str]] = [
 
 @pytest.mark.parametrize(("what", "check", "value"), ADVERSARIAL, ids=[a[0] for a in ADVERSARIAL])
 def test_every_request_pattern_runs_in_linear_time(what, check, value):
+    elapsed = min(timed(check, value) for _ in range(3))  # the best of 3: a busy machine
+    assert elapsed < SLOW, f"{what}: {elapsed * 1000:.1f} ms on an adversarial input"
+
+
+def timed(check: Callable[[str], object], value: str) -> float:
     started = time.perf_counter()
     with contextlib.suppress(BadRequest, ModalityError):
         check(value)
-    elapsed = time.perf_counter() - started
-    assert elapsed < SLOW, f"{what}: {elapsed * 1000:.1f} ms on an adversarial input"
+    return time.perf_counter() - started
 
 
 def test_bulk_data_paths_keep_their_meaning():
@@ -159,8 +163,9 @@ async def client(aiohttp_client, home):
 
 
 async def test_a_gzip_bomb_to_a_json_route_is_refused_while_inflating(client):
+    bomb = gzip_bomb(200 * MiB)
     started = time.monotonic()
-    resp = await client.post("/api/auth/login", data=gzip_bomb(200 * MiB), headers=GZIP_JSON)
+    resp = await client.post("/api/auth/login", data=bomb, headers=GZIP_JSON)
     assert resp.status == 413
     assert (await resp.json())["error"] == "body_too_large"
     assert time.monotonic() - started < 1.0
@@ -204,6 +209,20 @@ async def test_a_compressed_upload_is_refused_with_415(client, home):
     resp = await client.post("/api/pacs/dicom-web/studies", data=gzip_bomb(10 * MiB),
                              headers=headers)  # fmt: skip
     assert resp.status == 415 and (await resp.json())["error"] == "unsupported_encoding"
+
+
+async def test_a_part_with_a_huge_file_meta_element_is_refused_unread(client, home):
+    login = await client.post("/api/auth/login", json={"username": "admin", "password": home[1]})
+    token = (await login.json())["access_token"]
+    ds = native_dataset(np.zeros((4, 4), np.uint8))
+    ds.file_meta.PrivateInformationCreatorUID = "1.2.3"
+    ds.file_meta.PrivateInformation = bytes(512 * 1024)
+    resp = await client.post("/api/pacs/dicom-web/studies", data=stow_body(_part10(ds)),
+                             headers={"Authorization": f"Bearer {token}",
+                                      "Content-Type": STOW_TYPE})  # fmt: skip
+    assert resp.status == 409
+    reason = (await resp.json())["00091001"]["Value"][0]
+    assert "File Meta Information does not end within 64 KB" in reason
 
 
 def stow_body(*parts: bytes) -> bytes:

@@ -192,9 +192,19 @@ def _refusal(size: int, upload: Upload) -> PartOutcome | None:
     return PartOutcome(None, None, OUT_OF_RESOURCES, reason)
 
 
+def _check_meta_size(path: Path) -> None:
+    """Refuse File Meta Information that does not end within :data:`MAX_HEAD` bytes
+    (pydicom would read all of a huge meta element into memory)."""
+    with open(path, "rb") as fp:
+        head = fp.read(len(PREAMBLE) + MAX_HEAD)
+    if head[128:132] == b"DICM" and _meta_end(head[len(PREAMBLE) :]) is None:
+        raise ValueError(f"its File Meta Information does not end within {MAX_HEAD // 1024} KB")
+
+
 def _identify(path: Path, study: str | None, max_inflated: int) -> tuple[PartOutcome, Dataset]:
     """Check that a spooled part is a whole Part 10 object (of ``study``, if given)."""
     try:
+        _check_meta_size(path)
         meta = read_file_meta_info(path)
         ds = scan_file(path, meta.TransferSyntaxUID, HEADER_KEYWORDS, max_inflated)
         sop_class, sop_instance = str(ds.SOPClassUID), str(ds.SOPInstanceUID)

@@ -26,6 +26,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 from samples import native_dataset
 
+from appliance import audit
 from appliance.config import load_settings
 from appliance.gateway import (
     BadRequest,
@@ -80,6 +81,8 @@ ADVERSARIAL: list[tuple[str, Callable[[str], object], str]] = [
     ("AE title", validate_ae_title, "A" + " " * 5000 + "\\"),
     ("Accept", accepts_stored_frames, "multipart/related; " * 2000 + "transfer-syntax"),
     ("session cookie", lambda v: session_cookie(v.encode()), "nn_session=a; " * 3000 + "=" * 3),
+    ("audit since", audit.since_iso, "1" * 4000 + "x"),
+    ("audit escape", audit.escape, "\\\u200b" * 5000),
 ]  # fmt: skip
 
 
@@ -91,7 +94,7 @@ def test_every_request_pattern_runs_in_linear_time(what, check, value):
 
 def timed(check: Callable[[str], object], value: str) -> float:
     started = time.perf_counter()
-    with contextlib.suppress(BadRequest, ModalityError):
+    with contextlib.suppress(BadRequest, ModalityError, ValueError):
         check(value)
     return time.perf_counter() - started
 

@@ -171,11 +171,11 @@ async def _write_part(part: BodyPartReader, out: BinaryIO, upload: Upload) -> Pa
         if failure is not None:
             continue
         if head is not None:
-            start = _part10_start(head + chunk, ended=False)
-            head = None if start is not None else head + chunk
+            head += chunk
+            start = _part10_start(head, ended=False)
             if start is None:
                 continue
-            chunk = start
+            chunk, head = start, None
         await asyncio.to_thread(out.write, chunk)
     if head and failure is None:  # the part ended before its start was complete
         await asyncio.to_thread(out.write, _part10_start(head, ended=True))

@@ -61,11 +61,14 @@ def test_no_supervised_process_restarted(figures):
 
 
 def test_the_appliance_still_serves_after_the_run(figures):
-    assert figures.after == {"/api/health": 200, "the known object's frame 1": 200}
+    expected = {"/api/health": 200, "the known object's frame 1": 200}
+    assert figures.after == expected, examples(figures, "not serving after the run")
 
 
 def test_every_acknowledged_object_is_stored_or_visibly_failed(figures):
     assert figures.lost == 0, examples(figures, "acknowledged object lost")
+    unsettled = "acknowledged object still in the pipeline at the end"
+    assert not figures.objects["unsettled"], examples(figures, unsettled)
     settled = figures.objects["stored"] + figures.objects["failed, reason shown"]
     assert settled == figures.objects["acknowledged"]
 

@@ -228,6 +228,19 @@ async def test_a_part_with_a_huge_file_meta_element_is_refused_unread(client, ho
     assert "File Meta Information does not end within 64 KB" in reason
 
 
+@pytest.mark.parametrize("cut", ["no closing boundary", "wrong boundary", "empty"])
+async def test_a_malformed_multipart_upload_is_a_400(client, home, cut):
+    login = await client.post("/api/auth/login", json={"username": "admin", "password": home[1]})
+    token = (await login.json())["access_token"]
+    body = {"no closing boundary": stow_body(b"x" * 100)[:-20],
+            "wrong boundary": stow_body(b"x" * 100).replace(BOUNDARY.encode(), b"other"),
+            "empty": b""}[cut]  # fmt: skip
+    resp = await client.post("/api/pacs/dicom-web/studies", data=body,
+                             headers={"Authorization": f"Bearer {token}",
+                                      "Content-Type": STOW_TYPE})  # fmt: skip
+    assert resp.status == 400 and (await resp.json())["error"] == "bad_multipart"
+
+
 def stow_body(*parts: bytes) -> bytes:
     body = b"".join(
         b"--%s\r\nContent-Type: application/dicom\r\n\r\n%s\r\n" % (BOUNDARY.encode(), part)

@@ -241,6 +241,20 @@ async def _store_part(
         partial.unlink(missing_ok=True)  # gone already once moved into the spool
 
 
+async def _store_parts(
+    request: web.Request, study: str | None, upload: Upload
+) -> list[PartOutcome]:
+    """Store each part in turn; :class:`ValueError` from a malformed multipart body."""
+    reader = await request.multipart()
+    outcomes: list[PartOutcome] = []
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise ApiError(400, "bad_multipart", "Nested multipart bodies are not supported.")
+        upload.next_part()
+        outcomes.append(await _store_part(request, part, study, upload))
+    return outcomes
+
+
 async def store_instances(request: web.Request, study: str | None) -> web.Response:
     """Store every ``application/dicom`` part and answer with the STOW result."""
     if request.content_type != "multipart/related":
@@ -253,13 +267,11 @@ async def store_instances(request: web.Request, study: str | None) -> web.Respon
     upload = Upload(settings.max_upload_mb * MB, settings.max_object_mb * MB,
                     request.app[INGEST].ingest.spool)  # fmt: skip
     upload.check_length(request.content_length)
-    reader = await request.multipart()
-    outcomes: list[PartOutcome] = []
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            raise ApiError(400, "bad_multipart", "Nested multipart bodies are not supported.")
-        upload.next_part()
-        outcomes.append(await _store_part(request, part, study, upload))
+    try:
+        outcomes = await _store_parts(request, study, upload)
+    except ValueError as exc:  # aiohttp's multipart reader: no boundary, body ends early
+        raise ApiError(400, "bad_multipart", f"The multipart body is malformed: {exc}.",
+                       stored=upload.stored) from None  # fmt: skip
     if not outcomes:
         raise ApiError(400, "empty_upload", "The upload holds no DICOM part.")
     return _response(outcomes, f"{request.url.origin()}/api/pacs/dicom-web/studies")

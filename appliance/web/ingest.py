@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from pydicom import Dataset
@@ -10,6 +11,8 @@ from pydicom import Dataset
 from appliance.ingest import Ingest
 from appliance.journal import ALWAYS
 from appliance.spool import SpoolFull
+
+log = logging.getLogger("neuronova.web")
 
 
 class PipelineIngest:
@@ -25,6 +28,9 @@ class PipelineIngest:
             return f"the appliance is out of disk space ({exc})"
         except (OSError, ValueError) as exc:
             return f"the object cannot be ingested: {exc}"
+        except Exception as exc:  # one bad object never fails the rest of the upload
+            log.exception("could not ingest an uploaded object")
+            return f"processing failure ({exc.__class__.__name__}); the details are in the app log"
         return None
 
     async def submit(self, received: Path, ds: Dataset, source: str) -> str | None:

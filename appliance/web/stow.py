@@ -40,6 +40,9 @@ PREAMBLE = bytes(128) + b"DICM"
 META_GROUP = b"\x02\x00"
 GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, 4 bytes
 MAX_HEAD = 64 * 1024  # File Meta Information beyond this is not completed
+# What reading a malformed object may raise (pydicom decodes values lazily).
+UNREADABLE = (InvalidDicomError, AttributeError, ValueError, EOFError, TypeError, KeyError,
+              NotImplementedError)  # fmt: skip
 # PS3.18 Table 10.5.3-1 / PS3.7 Annex C failure reasons.
 PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
@@ -207,8 +210,9 @@ def _identify(path: Path, study: str | None, max_inflated: int) -> tuple[PartOut
         _check_meta_size(path)
         meta = read_file_meta_info(path)
         ds = scan_file(path, meta.TransferSyntaxUID, HEADER_KEYWORDS, max_inflated)
+        _ = list(ds)  # decode the kept elements now: a bad one is this part's failure
         sop_class, sop_instance = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
-    except (InvalidDicomError, AttributeError, ValueError, EOFError, TypeError) as exc:
+    except UNREADABLE as exc:
         outcome = PartOutcome(None, None, CANNOT_UNDERSTAND, f"not a DICOM Part 10 object ({exc})")
         return outcome, Dataset()
     if study is not None and str(ds.get("StudyInstanceUID", "")) != study:

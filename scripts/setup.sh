@@ -17,6 +17,8 @@ packages=(nginx-light orthanc orthanc-dicomweb dcmtk python3-venv python3-dev cu
 command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$with_tests" = 1 ]; then
   packages+=(openjph-tools chromium chromium-driver redis-server iproute2 wrk)
+  # packaging/build.sh and its bare-system test (tests/test_packaging.py)
+  packages+=(debootstrap dpkg-dev lintian patchelf binutils)
 fi
 
 missing=()
@@ -49,7 +51,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> Installing NeuroNova into .venv"
 extras=""
-[ "$with_tests" = 1 ] && extras="[test]"
+[ "$with_tests" = 1 ] && extras="[test,bundle]"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".${extras}"
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bundled_nginx
 from appliance.gateway import HTJ2K_LOSSLESS
-from appliance.nginx import APP_PROXY, SECURITY_HEADERS, render_template
+from appliance.nginx import APP_PROXY, render_template, security_headers
 from appliance.transcode.frames import BOUNDARY
 from bench.harness import (
     ACCEPT,
@@ -174,7 +174,8 @@ class BenchNginx:
         for sub in ("logs", "temp/body", "temp/proxy", "temp/fastcgi", "temp/uwsgi", "temp/scgi"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         server = SERVER % {
-            "listen": f"{LOOPBACK}:{self.port}", "security": SECURITY_HEADERS, "static": STATIC,
+            "listen": f"{LOOPBACK}:{self.port}", "security": security_headers("main", hsts=False),
+            "static": STATIC,
             "frames_dir": self.frames_dir, "frame_type": FRAME_TYPE, "app_proxy": APP_PROXY,
         }  # fmt: skip
         text = render_template(bundled_nginx.template_text(), {

@@ -35,6 +35,9 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _CHARACTER_SET = 0x00080005
 _MAX_DEPTH = 32
+# The header elements kept (UIDs, names, dates, descriptions) are short by definition;
+# a larger declared length is refused before its value is read into memory.
+MAX_HEADER_VALUE = 64 * 1024
 _CHUNK = 256 * 1024
 
 
@@ -161,6 +164,11 @@ class _Walker:
             if length == _UNDEFINED:
                 self._items(depth, implicit=self.implicit or vr == b"UN")
             elif depth == 0 and tag in self._wanted:
+                if length > MAX_HEADER_VALUE:
+                    raise ValueError(
+                        f"{_tag_text(tag)} declares {length} bytes; "
+                        f"at most {MAX_HEADER_VALUE // 1024} KB is accepted"
+                    )
                 value = self.source.take(length)
                 vr_text = None if vr is None else vr.decode("ascii", "replace")
                 self.found[BaseTag(tag)] = RawDataElement(

@@ -131,3 +131,11 @@ def _encode(ds: pydicom.Dataset, implicit: bool, little: bool) -> bytes:
     buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
     write_dataset(buffer, ds)
     return buffer.getvalue()
+
+
+def test_a_header_element_declaring_a_huge_value_is_refused_unread() -> None:
+    """Implicit VR: a Study Description (0008,1030) declaring 2 GB is refused before any of
+    it is read into memory (the stream holds only the 8-byte element header)."""
+    stream = b"\x08\x00\x30\x10" + (2 * 1024**3).to_bytes(4, "little")
+    with pytest.raises(ValueError, match=r"\(0008,1030\) declares 2147483648 bytes"):
+        _scan(stream, "1.2.840.10008.1.2", limit=4 * 1024**3)

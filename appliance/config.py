@@ -19,7 +19,7 @@ import platformdirs
 from appliance.errors import ConfigError
 
 CONFIG_FILENAME = "neuronova.toml"
-# What may replace an archived instance (dcm4chee's overwrite policies, appliance.journal).
+# What may replace an archived instance (dcm4chee's overwrite policies, appliance.ingest.journal).
 OVERWRITE_POLICIES = ("never", "same-source", "always")
 HOME_ENV = "NEURONOVA_HOME"
 SYSTEM_HOME = Path("/var/lib/neuronova")

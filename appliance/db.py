@@ -4,6 +4,7 @@ the objects held back by the overwrite policy)."""
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -223,5 +224,10 @@ def migrate(db: sqlite_utils.Database) -> None:
         "CREATE INDEX IF NOT EXISTS idx_instances_images_pending ON instances (state) "
         "WHERE images_at IS NULL"
     )
-    # Aggregated audit rows (appliance.audit.record): one row per key; NULL keys repeat.
+    # Aggregated audit rows (appliance.security.audit.record): one row per key; NULL keys repeat.
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_audit_dedupe ON audit (dedupe)")
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with seconds."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from appliance import users
 from appliance.config import Settings, render_toml
 from appliance.db import open_database
 from appliance.errors import NotInitializedError
-from appliance.keys import load_or_create_secret
 from appliance.layout import HomeLayout
-from appliance.tls import ensure_certificate
+from appliance.security import users
+from appliance.security.keys import load_or_create_secret
+from appliance.security.tls import ensure_certificate
 
 FIRST_ADMIN = "admin"
 

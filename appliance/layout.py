@@ -94,7 +94,7 @@ class HomeLayout:
         """Folders with mode 0710: their group may enter, not list; others nothing.
 
         ``run`` gives them the group of nginx's workers when those run as another user
-        (:mod:`appliance.nginx_user`): they pass through to the frames, logs and
+        (:mod:`appliance.supervise.nginx_user`): they pass through to the frames, logs and
         temporary files.
         """
         return [self.home, self.run_dir]

@@ -36,9 +36,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bundled_nginx
-from appliance.gateway import HTJ2K_LOSSLESS
-from appliance.nginx import APP_PROXY, render_template, security_headers
-from appliance.transcode.frames import BOUNDARY
+from appliance.store.frame_files import BOUNDARY
+from appliance.supervise.nginx import APP_PROXY, render_template, security_headers
+from appliance.web.gateway import HTJ2K_LOSSLESS
 from bench.harness import (
     ACCEPT,
     LOOPBACK,

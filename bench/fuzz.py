@@ -57,10 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance import loopback
 from appliance.config import Settings
+from appliance.ingest.receiver import TRANSFER_SYNTAXES
 from appliance.layout import HomeLayout
-from appliance.orthanc import orthanc_auth_header, orthanc_url
-from appliance.receiver import TRANSFER_SYNTAXES
-from appliance.runner import settings_environment
+from appliance.store.orthanc import orthanc_auth_header, orthanc_url
+from appliance.supervise.runner import settings_environment
 from bench.harness import LOOPBACK, REPO, Appliance, http, python_env, running
 from bench.mutations import (
     Mutant,

@@ -32,8 +32,8 @@ from appliance import loopback
 from appliance.config import Settings, load_settings
 from appliance.home import init_home
 from appliance.layout import HomeLayout
-from appliance.nginx_user import let_workers_reach, worker_user
-from appliance.runner import settings_environment
+from appliance.supervise.nginx_user import let_workers_reach, worker_user
+from appliance.supervise.runner import settings_environment
 
 LOOPBACK = "127.0.0.1"
 DCMTK_STORESCU = Path("/usr/bin/storescu")  # the venv's `storescu` is pynetdicom's

@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.gateway import HTJ2K_LOSSLESS
+from appliance.web.gateway import HTJ2K_LOSSLESS
 from bench import codec
 from bench.harness import (
     ACCEPT,

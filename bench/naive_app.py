@@ -5,8 +5,8 @@ Usage: ``python bench/naive_app.py --home HOME --port PORT [--reuse-port]`` (127
 frames.py starts as many copies on one port as the appliance runs app processes).
 
 Per request it does the appliance's checks for a frame read: bearer token verified with
-the same :class:`appliance.tokens.TokenService` and the home's signing key, the session
-checked with the same :meth:`appliance.sessions.SessionStore.active` against the home's
+the same :class:`appliance.security.tokens.TokenService` and the home's signing key, the session
+checked with the same :meth:`appliance.security.sessions.SessionStore.active` against the home's
 database, role checked, path validated with the gateway's parser, ``Accept`` checked.
 Then it reads the prepared frame file and answers with its bytes
 (``web.Response(body=...)``, no sendfile). It leaves out the appliance's error middleware
@@ -25,19 +25,19 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.db import open_database
-from appliance.gateway import (
+from appliance.layout import HomeLayout
+from appliance.security.keys import read_secret
+from appliance.security.sessions import SessionStore
+from appliance.security.tokens import TokenError, TokenService
+from appliance.store.frame_files import BOUNDARY
+from appliance.web.auth import STAFF
+from appliance.web.gateway import (
     BadRequest,
     accepts_stored_frames,
     check_raw_path,
     frame_file_redirect,
     parse_path,
 )
-from appliance.keys import read_secret
-from appliance.layout import HomeLayout
-from appliance.sessions import SessionStore
-from appliance.tokens import TokenError, TokenService
-from appliance.transcode.frames import BOUNDARY
-from appliance.web.auth import STAFF
 
 ROOT = "/api/pacs/dicom-web/"
 CONTENT_TYPE = f'multipart/related; type="application/octet-stream"; boundary={BOUNDARY}'

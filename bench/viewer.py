@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pydicom
 
-from appliance.orthanc import orthanc_auth_header, orthanc_url
+from appliance.store.orthanc import orthanc_auth_header, orthanc_url
 from bench.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 .venv/bin/ruff check .
+echo "==> Architecture contracts (import-linter)"
+.venv/bin/lint-imports --no-cache
 echo "==> Front-end unit tests (Vitest)"
 (cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
 echo "==> Python tests (unit, end to end with the real services, browser)"

@@ -18,16 +18,9 @@ import pytest
 from pydicom.dataset import Dataset
 from samples import native_dataset, read
 
+from appliance.store.frame_files import BOUNDARY, instance_dir
 from appliance.transcode.codec import TranscodeResult, dataset_to_bytes, transcode_to_htj2k
-from appliance.transcode.frames import (
-    BOUNDARY,
-    frame_path,
-    instance_dir,
-    remove_instance_files,
-    render,
-    thumbnail,
-    write_instance_files,
-)
+from appliance.transcode.frames import render, thumbnail, write_instance_files
 
 CONTENT_TYPE = f'multipart/related; type="application/octet-stream"; boundary={BOUNDARY}'
 
@@ -83,7 +76,8 @@ def test_frame_file_is_a_multipart_body_holding_the_codestream(tmp_path: Path) -
     result = transcode_to_htj2k(ds)
     directory = write(tmp_path, result)
     assert directory == tmp_path / ds.StudyInstanceUID / ds.SeriesInstanceUID / ds.SOPInstanceUID
-    path = frame_path(tmp_path, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, 1)
+    path = instance_dir(tmp_path, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    path = path / "frames" / "1"
     content_type, data = parse_frame_file(path)
     assert content_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.201"
     assert data == result.frames[0]
@@ -212,12 +206,9 @@ def test_frame_containing_the_boundary_is_refused(tmp_path: Path) -> None:
     "uid", ["", "..", "../etc", "1.2/3", "1..2", ".1.2", "1.2.", "1.2.a", "1" * 65, None, 12]
 )
 def test_bad_uids_raise(tmp_path: Path, uid: object) -> None:
-    with pytest.raises(ValueError):
-        instance_dir(tmp_path, "1.2", "1.3", uid)
-    with pytest.raises(ValueError):
-        frame_path(tmp_path, uid, "1.3", "1.4", 1)
-    with pytest.raises(ValueError):
-        remove_instance_files(tmp_path, "1.2", uid, "1.4")
+    for uids in [("1.2", "1.3", uid), (uid, "1.3", "1.4"), ("1.2", uid, "1.4")]:
+        with pytest.raises(ValueError):
+            instance_dir(tmp_path, *uids)
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
@@ -230,33 +221,7 @@ def test_bad_uid_in_dataset_raises_before_writing(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("n", [0, -1, True, "1", 1.0])
-def test_bad_frame_numbers_raise(tmp_path: Path, n: object) -> None:
-    with pytest.raises(ValueError):
-        frame_path(tmp_path, "1.2", "1.3", "1.4", n)
-
-
 def test_valid_uid_paths(tmp_path: Path) -> None:
     uid = "1.2.840.10008.5.1.4.1.1.2." + "9" * 38
     assert len(uid) == 64
-    assert (
-        frame_path(tmp_path, "1.2", "1.3", uid, 7)
-        == tmp_path / "1.2" / "1.3" / uid / "frames" / "7"
-    )
-
-
-def test_remove_instance_files(tmp_path: Path) -> None:
-    first, second = ct_slice(), ct_slice()
-    second.StudyInstanceUID, second.SeriesInstanceUID = (
-        first.StudyInstanceUID,
-        first.SeriesInstanceUID,
-    )
-    for ds in (first, second):
-        write(tmp_path, transcode_to_htj2k(ds))
-    uids = (first.StudyInstanceUID, first.SeriesInstanceUID)
-    remove_instance_files(tmp_path, *uids, first.SOPInstanceUID)
-    assert not instance_dir(tmp_path, *uids, first.SOPInstanceUID).exists()
-    assert (instance_dir(tmp_path, *uids, second.SOPInstanceUID) / "frames" / "1").exists()
-    remove_instance_files(tmp_path, *uids, first.SOPInstanceUID)  # again: nothing to do
-    remove_instance_files(tmp_path, *uids, second.SOPInstanceUID)
-    assert list(tmp_path.iterdir()) == []
+    assert instance_dir(tmp_path, "1.2", "1.3", uid) == tmp_path / "1.2" / "1.3" / uid

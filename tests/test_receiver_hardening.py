@@ -33,11 +33,11 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, RTPlanStorage, Verification
 from samples import TEST_FILES, renamed_copy
 
-from appliance import audit
 from appliance.db import open_database
+from appliance.ingest.modalities import add_modality, remove_modality
+from appliance.ingest.receiver import HEALTH_AE_TITLE
 from appliance.layout import HomeLayout
-from appliance.modalities import add_modality, remove_modality
-from appliance.probes import HEALTH_AE_TITLE
+from appliance.security import audit
 
 pytestmark = pytest.mark.slow
 NOT_AUTHORISED = 0x0124

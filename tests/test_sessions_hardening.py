@@ -24,15 +24,15 @@ import pytest
 from click.testing import CliRunner
 from conftest import Appliance, make_appliance, require_tool, wait_for
 
-from appliance import audit, tls
 from appliance.cli import cli
 from appliance.config import load_settings
 from appliance.db import open_database
 from appliance.layout import HomeLayout
-from appliance.nginx import render_nginx_conf
-from appliance.sessions import MAX_FAILURES_PER_USER
-from appliance.tokens import ACCESS_TTL
-from appliance.users import get_user, verify_password
+from appliance.security import audit, tls
+from appliance.security.sessions import MAX_FAILURES_PER_USER
+from appliance.security.tokens import ACCESS_TTL
+from appliance.security.users import get_user, verify_password
+from appliance.supervise.nginx import render_nginx_conf
 from appliance.web.app import create_app
 from appliance.web.keys import TOKENS
 from tests import test_web_api as web_api

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from appliance import audit as trail
 from appliance.cli.options import home_database, home_option
+from appliance.security import audit as trail
 
 
 class Since(click.ParamType):

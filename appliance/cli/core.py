@@ -14,10 +14,10 @@ import click
 from appliance import __version__, loopback
 from appliance.cli.options import home_option, network_options, settings_from
 from appliance.config import Settings
-from appliance.health import STATUS_KEY_HEADER, status_key
+from appliance.health.report import STATUS_KEY_HEADER, status_key
 from appliance.home import InitResult, init_home, require_initialized
-from appliance.logs import configure_logging
-from appliance.runner import log_limits, run_appliance
+from appliance.supervise.logs import configure_logging
+from appliance.supervise.runner import log_limits, run_appliance
 
 
 def _report_init(settings: Settings, result: InitResult) -> None:

@@ -15,8 +15,8 @@ import click
 from appliance.cli.options import audit_admin_change, home_option, settings_from
 from appliance.config import Settings
 from appliance.home import require_initialized
-from appliance.importer import worker_running
-from appliance.ingest import Ingest
+from appliance.ingest.importer import worker_running
+from appliance.ingest.intake import Ingest
 
 
 def _open(home: Path | None) -> tuple[Settings, Ingest]:

@@ -9,7 +9,7 @@ import click
 from appliance.cli.options import home_option, settings_from
 from appliance.config import Settings
 from appliance.home import require_initialized
-from appliance.importer import Importer, ImportReport, worker_running
+from appliance.ingest.importer import Importer, ImportReport, worker_running
 
 MAX_FAILURE_LINES = 50
 

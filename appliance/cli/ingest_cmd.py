@@ -12,8 +12,8 @@ import sqlite_utils
 from appliance.cli.options import home_option, settings_from
 from appliance.db import open_database
 from appliance.home import require_initialized
-from appliance.importer import worker_running
-from appliance.journal import Journal
+from appliance.ingest.importer import worker_running
+from appliance.ingest.journal import Journal
 from appliance.transcode.queue import create_queue
 
 FAILED_SHOWN = 20

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from appliance.cli.options import audit_admin_change, home_database, home_option
-from appliance.modalities import add_modality, list_modalities, remove_modality
+from appliance.ingest.modalities import add_modality, list_modalities, remove_modality
 
 
 @click.group()

@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 import click
 import sqlite_utils
 
-from appliance import audit
 from appliance.config import Settings, load_settings
 from appliance.db import open_database
 from appliance.home import require_initialized
+from appliance.security import audit
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -11,7 +11,7 @@ import click
 from appliance.cli.options import home_option, settings_from
 from appliance.config import Settings
 from appliance.home import require_initialized
-from appliance.logs import configure_logging
+from appliance.supervise.logs import configure_logging
 
 
 @click.group()
@@ -48,6 +48,6 @@ def worker(home: Path | None) -> None:
 @home_option
 def receiver(home: Path | None) -> None:
     """The DICOM receiver (C-ECHO, C-STORE) on the DICOM port."""
-    from appliance.receiver import serve
+    from appliance.ingest.receiver import serve
 
     serve(_settings(home, dicom_level=logging.WARNING))

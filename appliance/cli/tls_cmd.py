@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from appliance import tls as certs
 from appliance.cli.options import home_option, settings_from
 from appliance.home import require_initialized
+from appliance.security import tls as certs
 
 RESTART_HINT = (
     "Restart NeuroNova (or it picks the certificate up at its next start) for nginx to serve it."

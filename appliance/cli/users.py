@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from appliance import users as accounts
 from appliance.cli.options import home_database, home_option
-from appliance.sessions import revoke_user_sessions
+from appliance.security import users as accounts
+from appliance.security.sessions import revoke_user_sessions
 
 
 def _read_password(from_stdin: bool) -> str:

@@ -1,14 +1,6 @@
-"""Files nginx serves directly for DICOMweb frames, rendered and thumbnail requests.
+"""Writing the files nginx serves directly for DICOMweb frames, rendered and thumbnail
+requests, in the layout of :mod:`appliance.store.frame_files`.
 
-Layout, below a root directory::
-
-    <StudyUID>/<SeriesUID>/<SOPUID>/frames/<n>      n = 1, 2, ...
-    <StudyUID>/<SeriesUID>/<SOPUID>/rendered.jpg
-    <StudyUID>/<SeriesUID>/<SOPUID>/thumbnail.jpg
-
-Each frame file is a complete ``multipart/related`` body with a single part (the frame
-bytes), so nginx can send it as is with
-``default_type 'multipart/related; type="application/octet-stream"; boundary=BOUNDARY'``.
 Every file is written atomically (temporary file in the same directory, fsync, rename).
 """
 
@@ -16,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -29,75 +19,16 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_sp
 from pydicom.uid import HTJ2K, HTJ2KLossless, HTJ2KLosslessRPCL
 
 from appliance.durable import fsync_dir, write_atomic
+from appliance.store.frame_files import BOUNDARY, IMAGE_NAMES, instance_dir
 from appliance.transcode.codec import frame_transfer_syntax
-from appliance.uids import is_valid_uid
 
 log = logging.getLogger("neuronova.transcode.frames")
 
-BOUNDARY = "neuronova-frame-3f9c1a7e52d84b06"
 THUMBNAIL_SIZE = 128
 JPEG_QUALITY = 90
-RENDERED_NAME = "rendered.jpg"
-THUMBNAIL_NAME = "thumbnail.jpg"
 _DELIMITER = b"--" + BOUNDARY.encode()
 _TAIL = b"\r\n" + _DELIMITER + b"--\r\n"
 _HTJ2K_SYNTAXES = (HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K)
-
-
-def _check_uid(uid: str) -> str:
-    if not is_valid_uid(uid):
-        raise ValueError(f"not a valid DICOM UID (digits and dots, at most 64): {uid!r}")
-    return uid
-
-
-def instance_dir(root: str | os.PathLike[str], study: str, series: str, sop: str) -> Path:
-    """Directory holding the files of one instance.
-
-    Parameters
-    ----------
-    root
-        Root of the frame tree.
-    study, series, sop
-        Study, Series and SOP Instance UIDs.
-
-    Returns
-    -------
-    Path
-        ``<root>/<study>/<series>/<sop>``.
-
-    Raises
-    ------
-    ValueError
-        A UID is not digits and dots or is longer than 64 characters.
-    """
-    return Path(root, _check_uid(study), _check_uid(series), _check_uid(sop))
-
-
-def frame_path(root: str | os.PathLike[str], study: str, series: str, sop: str, n: int) -> Path:
-    """Path of the multipart file of frame ``n`` (from 1) of an instance.
-
-    Parameters
-    ----------
-    root
-        Root of the frame tree.
-    study, series, sop
-        Study, Series and SOP Instance UIDs.
-    n
-        Frame number, from 1.
-
-    Returns
-    -------
-    Path
-        ``<root>/<study>/<series>/<sop>/frames/<n>``.
-
-    Raises
-    ------
-    ValueError
-        A UID is invalid or ``n`` is not a positive integer.
-    """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"frame number must be an integer from 1: {n!r}")
-    return instance_dir(root, study, series, sop) / "frames" / str(n)
 
 
 def write_instance_files(
@@ -143,7 +74,7 @@ def write_instance_files(
     directory = instance_dir(root, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     frames_dir = directory / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
-    head = _part_head(frame_transfer_syntax(_check_uid(str(transfer_syntax))))
+    head = _part_head(frame_transfer_syntax(str(transfer_syntax)))
     for n, data in enumerate(frames, start=1):
         if _DELIMITER in data:
             raise ValueError(f"{ds.SOPInstanceUID}: frame {n} contains the multipart boundary")
@@ -202,39 +133,6 @@ def _first_htj2k_frame(ds: Dataset, transfer_syntax: str) -> np.ndarray | None:
         return None
 
 
-def remove_instance_files(root: str | os.PathLike[str], study: str, series: str, sop: str) -> None:
-    """Remove every file of an instance (no error if there is none).
-
-    The directory is first renamed away, so nginx never serves a half-removed instance;
-    empty series and study directories are removed too.
-
-    Parameters
-    ----------
-    root
-        Root of the frame tree.
-    study, series, sop
-        Study, Series and SOP Instance UIDs.
-
-    Raises
-    ------
-    ValueError
-        A UID is invalid.
-    """
-    directory = instance_dir(root, study, series, sop)
-    trash = directory.with_name(f".{sop}.removing-{secrets.token_hex(4)}")
-    try:
-        directory.rename(trash)
-    except FileNotFoundError:
-        return
-    shutil.rmtree(trash)
-    for parent in (directory.parent, directory.parent.parent):
-        try:
-            parent.rmdir()
-        except OSError:  # not empty: other instances remain
-            break
-    _fsync_dirs(p for p in (directory.parent, directory.parent.parent, Path(root)) if p.exists())
-
-
 def _part_head(transfer_syntax: str) -> bytes:
     return (
         f"--{BOUNDARY}\r\n"
@@ -265,8 +163,8 @@ def _write_jpegs(
     else:
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     image = render(ds, pixels, photometric)
-    write_atomic(directory / RENDERED_NAME, _jpeg(image))
-    write_atomic(directory / THUMBNAIL_NAME, _jpeg(thumbnail(image, THUMBNAIL_SIZE)))
+    write_atomic(directory / IMAGE_NAMES["rendered"], _jpeg(image))
+    write_atomic(directory / IMAGE_NAMES["thumbnail"], _jpeg(thumbnail(image, THUMBNAIL_SIZE)))
 
 
 def _decode_first_frame(ds: Dataset, transfer_syntax: str) -> tuple[np.ndarray, str] | None:

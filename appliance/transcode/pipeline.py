@@ -20,9 +20,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from appliance.config import Settings
-from appliance.journal import FAILED, STORED, Journal
+from appliance.db import now_iso
+from appliance.ingest.journal import FAILED, STORED, Journal
 from appliance.layout import HomeLayout
-from appliance.orthanc_store import OrthancRejected, OrthancStore, OrthancUnavailable
+from appliance.store.orthanc import OrthancRejected, OrthancStore, OrthancUnavailable
 from appliance.transcode.codec import (
     HTJ2K_ENCODE_OPTIONS,
     TranscodeError,
@@ -31,7 +32,6 @@ from appliance.transcode.codec import (
     transcode_to_htj2k,
 )
 from appliance.transcode.frames import write_images, write_instance_files
-from appliance.users import now_iso
 
 log = logging.getLogger("neuronova.worker")
 MAX_ATTEMPTS = 12

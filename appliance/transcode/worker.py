@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from appliance.config import Settings
-from appliance.ingest import Ingest
+from appliance.ingest.intake import Ingest
 from appliance.layout import HomeLayout
 from appliance.transcode.pipeline import Pipeline, warm_up_codec
 from appliance.transcode.queue import create_queue

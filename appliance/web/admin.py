@@ -12,11 +12,12 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from appliance import __version__, audit, users
+from appliance import __version__
 from appliance.errors import ApplianceError
-from appliance.ingest import HeldError, Ingest
+from appliance.ingest.intake import HeldError, Ingest
+from appliance.ingest.modalities import add_modality, list_modalities, remove_modality
 from appliance.layout import HomeLayout
-from appliance.modalities import add_modality, list_modalities, remove_modality
+from appliance.security import audit, users
 from appliance.web.auth import identity, requires
 from appliance.web.errors import ApiError
 from appliance.web.inputs import client_address, query_int, read_json

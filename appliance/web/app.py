@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from appliance.audit import ReadLedger
 from appliance.config import Settings
 from appliance.db import open_database
 from appliance.errors import PortInUseError
-from appliance.ingest import Ingest
-from appliance.keys import read_secret
+from appliance.ingest.intake import Ingest
 from appliance.layout import HomeLayout
-from appliance.sessions import SessionStore
-from appliance.tokens import TokenService
+from appliance.security.audit import ReadLedger
+from appliance.security.keys import read_secret
+from appliance.security.sessions import SessionStore
+from appliance.security.tokens import TokenService
 from appliance.transcode.queue import create_queue
 from appliance.web import admin, dicomweb, health, login, shares, studies
 from appliance.web.auth import auth_middleware

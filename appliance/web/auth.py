@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import sqlite_utils
 from aiohttp import web
 
-from appliance import audit
-from appliance.sessions import SESSION_TTL
-from appliance.tokens import ACCESS_TTL, Claims, TokenError
-from appliance.users import SHARERS
+from appliance.security import audit
+from appliance.security.sessions import SESSION_TTL
+from appliance.security.tokens import ACCESS_TTL, Claims, TokenError
+from appliance.security.users import SHARERS
 from appliance.web.errors import ApiError, Handler
 from appliance.web.inputs import client_address, is_tls
 from appliance.web.keys import DB, SESSIONS, TOKENS

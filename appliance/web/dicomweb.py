@@ -1,7 +1,7 @@
 """``/api/pacs/dicom-web/``: QIDO-RS, WADO-RS and STOW-RS behind the token check.
 
 Reads are answered with an empty body and ``X-Accel-Redirect``; nginx then sends the
-bytes (see :mod:`appliance.gateway`). STOW-RS uploads are read here and handed to the
+bytes (see :mod:`appliance.web.gateway`). STOW-RS uploads are read here and handed to the
 ingest pipeline.
 """
 
@@ -12,8 +12,12 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from appliance import audit
-from appliance.gateway import (
+from appliance.ingest.journal import STORED
+from appliance.security import audit
+from appliance.store import frame_files
+from appliance.web.auth import STAFF, Identity, identity, reject, requires
+from appliance.web.errors import ApiError, json_error
+from appliance.web.gateway import (
     HTJ2K_LOSSLESS,
     BadRequest,
     Target,
@@ -26,9 +30,6 @@ from appliance.gateway import (
     orthanc_redirect,
     parse_path,
 )
-from appliance.journal import STORED
-from appliance.web.auth import STAFF, Identity, identity, reject, requires
-from appliance.web.errors import ApiError, json_error
 from appliance.web.inputs import client_address
 from appliance.web.keys import DB, FRAMES_DIR, READS
 from appliance.web.stow import store_instances
@@ -66,7 +67,7 @@ def prepared_frame(frames_dir: str, target: Target, accept: str) -> str | None:
 
 
 def _existing(frames_dir: str, uri: str) -> str | None:
-    return uri if os.path.exists(frames_dir + uri.removeprefix("/internal-frames")) else None
+    return uri if os.path.exists(frames_dir + uri.removeprefix(frame_files.LOCATION)) else None
 
 
 def _prepared_file(request: web.Request, target: Target) -> str | None:

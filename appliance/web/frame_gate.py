@@ -7,7 +7,7 @@ every app process, on ``127.0.0.1:gate_port`` (``SO_REUSEPORT``, like the app), 
 the app's own token service, session store, database and gateway rules:
 
 * the path must be exactly one frame of an instance
-  (:func:`~appliance.gateway.parse_single_frame`: UIDs of digits and dots, at most 64
+  (:func:`~appliance.web.gateway.parse_single_frame`: UIDs of digits and dots, at most 64
   characters, no query, nothing encoded);
 * the token (bearer or session cookie) is checked with
   :func:`~appliance.web.auth.check_token`: pinned algorithm, signature, claims, a live
@@ -18,7 +18,7 @@ the app's own token service, session store, database and gateway rules:
 
 Then the answer is an empty 200 with ``X-Accel-Redirect`` to the file, as from the app,
 and the session's first read of the study is audited as by the app (one dict lookup per
-frame after that; :class:`~appliance.audit.ReadLedger`).
+frame after that; :class:`~appliance.security.audit.ReadLedger`).
 
 Anything off that path (a rejection, which needs an audit row and a JSON error; a
 cookie token due for renewal; a frame with no prepared file; another ``Accept``) is
@@ -43,7 +43,6 @@ import httptools
 from aiohttp import web
 
 from appliance.errors import PortInUseError
-from appliance.gateway import parse_single_frame
 from appliance.web.auth import (
     SESSION_COOKIE,
     STAFF,
@@ -55,6 +54,7 @@ from appliance.web.auth import (
 )
 from appliance.web.dicomweb import ROOT, audit_read, prepared_frame
 from appliance.web.errors import error_body
+from appliance.web.gateway import parse_single_frame
 from appliance.web.keys import FRAMES_DIR, READS, SETTINGS
 
 log = logging.getLogger("neuronova.web")

@@ -3,7 +3,8 @@
 Anyone may ask whether the appliance is healthy; only administrators (an admin session,
 or the home's status key sent from loopback by ``neuronova status``) see the details:
 versions, pids, ports, the AE title. Probes run at most once per
-:data:`~appliance.health.PROBE_INTERVAL` seconds (:class:`~appliance.health.CachedHealth`).
+:data:`~appliance.health.report.PROBE_INTERVAL` seconds
+(:class:`~appliance.health.report.CachedHealth`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.health import STATUS_KEY_HEADER, CachedHealth, check_health, status_key
+from appliance.health.report import STATUS_KEY_HEADER, CachedHealth, check_health, status_key
 from appliance.web.auth import SESSION_COOKIE, Rejected, bearer_token, check_token, public
 from appliance.web.inputs import client_address
 from appliance.web.keys import DB, HEALTH, HTTP, QUEUE, SETTINGS, STARTED_AT

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pydicom import Dataset
 
-from appliance.ingest import Ingest
-from appliance.journal import ALWAYS
-from appliance.spool import SpoolFull
+from appliance.ingest.intake import Ingest
+from appliance.ingest.journal import ALWAYS
+from appliance.ingest.spool import SpoolFull
 
 log = logging.getLogger("neuronova.web")
 
@@ -36,7 +36,7 @@ class PipelineIngest:
     async def submit(self, received: Path, ds: Dataset, source: str) -> str | None:
         """Move a checked Part 10 file from the spool's ``incoming/`` into the pipeline.
 
-        ``ds`` holds its header elements (:data:`appliance.journal.HEADER_KEYWORDS`).
+        ``ds`` holds its header elements (:data:`appliance.ingest.journal.HEADER_KEYWORDS`).
         Returns ``None``, or the reason it was refused. An upload replaces an archived
         copy of the same instance, as it always has (the overwrite policy is the
         receiver's).

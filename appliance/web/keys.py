@@ -6,11 +6,11 @@ import aiohttp
 import sqlite_utils
 from aiohttp import web
 
-from appliance.audit import ReadLedger
 from appliance.config import Settings
-from appliance.health import CachedHealth
-from appliance.sessions import SessionStore
-from appliance.tokens import TokenService
+from appliance.health.report import CachedHealth
+from appliance.security.audit import ReadLedger
+from appliance.security.sessions import SessionStore
+from appliance.security.tokens import TokenService
 from appliance.transcode.queue import Queue
 from appliance.web.ingest import PipelineIngest
 

@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from appliance import audit
-from appliance.sessions import SESSION_TTL, IssuedSession, LoginThrottled, RefreshRejected
-from appliance.users import (
+from appliance.security import audit
+from appliance.security.sessions import SESSION_TTL, IssuedSession, LoginThrottled, RefreshRejected
+from appliance.security.users import (
     dummy_verify,
     get_user,
     hash_password,

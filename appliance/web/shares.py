@@ -10,10 +10,11 @@ from urllib.parse import quote
 from aiohttp import web
 from yarl import URL
 
-from appliance import audit
-from appliance.tokens import Claims, TokenError
+from appliance.db import now_iso
+from appliance.security import audit
+from appliance.security.tokens import Claims, TokenError
+from appliance.security.users import SHARERS
 from appliance.uids import is_valid_uid
-from appliance.users import SHARERS, now_iso
 from appliance.web.auth import (
     SESSION_COOKIE,
     find_share,

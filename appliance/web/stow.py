@@ -2,7 +2,7 @@
 spool and ingest each part.
 
 No part is held in memory: each is written to a file in the spool's ``incoming/`` a
-chunk at a time, checked there (:func:`appliance.part10.scan_file`, as the receiver
+chunk at a time, checked there (:func:`appliance.ingest.part10.scan_file`, as the receiver
 checks a C-STORE data set) and moved into the spool. The whole upload may hold at most
 ``[web] max_upload_mb``, one object at most ``[dicom] max_object_mb``.
 """
@@ -22,9 +22,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-from appliance.journal import HEADER_KEYWORDS
-from appliance.part10 import scan_file
-from appliance.spool import Spool
+from appliance.ingest.journal import HEADER_KEYWORDS
+from appliance.ingest.part10 import scan_file
+from appliance.ingest.spool import Spool
 from appliance.web.errors import ApiError
 from appliance.web.inputs import content_encoding
 from appliance.web.keys import INGEST, SETTINGS

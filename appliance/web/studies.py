@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from appliance.store.worklist import (
+    WorklistQuery,
+    WorklistQueryError,
+    search_studies,
+    series_progress,
+)
 from appliance.uids import is_valid_uid
 from appliance.web.auth import STAFF, requires
 from appliance.web.errors import ApiError
 from appliance.web.inputs import query_int
 from appliance.web.keys import DB
-from appliance.worklist import WorklistQuery, WorklistQueryError, search_studies, series_progress
 
 routes = web.RouteTableDef()
 

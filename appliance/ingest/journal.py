@@ -22,9 +22,8 @@ import sqlite_utils
 from pydicom import Dataset
 
 from appliance.config import OVERWRITE_POLICIES
-from appliance.db import open_database
+from appliance.db import now_iso, open_database
 from appliance.uids import is_valid_uid
-from appliance.users import now_iso
 
 RECEIVED, PROCESSING, STORED, FAILED = "received", "processing", "stored", "failed"
 # What may replace an archived object: ``never``, ``same-source`` (only the source that
@@ -90,7 +89,7 @@ STUDY_KEYWORDS = ("PatientName", "PatientID", "StudyDate", "StudyTime", "StudyDe
                   "AccessionNumber")  # fmt: skip
 SERIES_KEYWORDS = ("Modality", "SeriesDescription", "SeriesNumber")
 # Every header element describe() and Journal.record_received() read: the receiver parses
-# only these (appliance.part10.scan).
+# only these (appliance.ingest.part10.scan).
 HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
                    *SERIES_KEYWORDS, *STUDY_KEYWORDS)  # fmt: skip
 UPSERT_STUDY = """

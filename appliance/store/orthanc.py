@@ -1,16 +1,34 @@
-"""Storing objects in Orthanc over its REST API (used by the queue's workers)."""
+"""Orthanc as the archive's store: where its REST API is, its credentials, and storing
+objects in it over that API (used by the queue's workers)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
 
 from appliance import loopback
 from appliance.config import Settings
-from appliance.orthanc import orthanc_auth_header, orthanc_url
+from appliance.layout import HomeLayout
+from appliance.security.keys import read_secret
 
 TIMEOUT = 60
+ORTHANC_USER = "neuronova"
+# Orthanc serves DICOMweb under the public path, so the BulkDataURIs it writes into
+# metadata (built from the Forwarded header nginx sends) point back through the gateway.
+DICOMWEB_ROOT = "/api/pacs/dicom-web"
+
+
+def orthanc_auth_header(settings: Settings) -> str:
+    """The ``Authorization`` header value for Orthanc's REST API."""
+    password = read_secret(HomeLayout(settings.home).orthanc_password_file)
+    return "Basic " + base64.b64encode(f"{ORTHANC_USER}:{password}".encode()).decode()
+
+
+def orthanc_url(settings: Settings) -> str:
+    """Base URL of Orthanc's REST API on loopback."""
+    return f"http://127.0.0.1:{settings.orthanc_port}"
 
 
 class OrthancUnavailable(Exception):

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ApplianceError
-from appliance.keys import write_private_file
-from appliance.logs import MIB, RotatingOutput, rotate
+from appliance.security.keys import write_private_file
+from appliance.supervise.logs import MIB, RotatingOutput, rotate
 
 log = logging.getLogger("neuronova.supervisor")
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import sqlite_utils
 
+from appliance.db import now_iso
 from appliance.errors import ApplianceError
-from appliance.users import now_iso
 
 AE_TITLE_RE = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
 

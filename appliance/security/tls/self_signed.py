@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance.layout import HomeLayout
-from appliance.tls import files
-from appliance.tls.files import TLSError, cert_file, key_file, key_to_pem, write_pair
-from appliance.tls.machine import IPAddress, host_names, interface_addresses, unique
+from appliance.security.tls import files
+from appliance.security.tls.files import TLSError, cert_file, key_file, key_to_pem, write_pair
+from appliance.security.tls.machine import IPAddress, host_names, interface_addresses, unique
 
 GENERATED_MARK = "NeuroNova self-signed"
 VALIDITY_DAYS = 825

@@ -6,13 +6,13 @@ import base64
 import hashlib
 import hmac
 import secrets
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlite_utils
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from appliance.db import now_iso
 from appliance.errors import UserError
 
 ROLES = ("admin", "radiologist", "technologist")
@@ -23,11 +23,6 @@ USERNAME_MAX = 64
 # Argon2id with OWASP's minimum: 19 MiB, 2 passes, 1 lane (~60 ms to hash here).
 _ARGON2 = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 _DUMMY_HASH = _ARGON2.hash("not a password of anyone")
-
-
-def now_iso() -> str:
-    """The current UTC time as ISO 8601 with seconds."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def hash_password(password: str) -> str:

@@ -9,19 +9,19 @@ Nothing here sends a packet: the machine's addresses are read from ``/proc``.
 
 Modules, each importing only those above it:
 
-- :mod:`~appliance.tls.files`: where the pair lives, reading it as PEM, writing it
+- :mod:`~appliance.security.tls.files`: where the pair lives, reading it as PEM, writing it
   atomically, backups; :class:`TLSError` and the package's clock.
-- :mod:`~appliance.tls.machine`: this machine's host names and interface addresses.
-- :mod:`~appliance.tls.self_signed`: generating the self-signed certificate.
-- :mod:`~appliance.tls.describe`: what a certificate says, and its warnings.
-- :mod:`~appliance.tls.install`: checking and installing a clinic's chain and key.
+- :mod:`~appliance.security.tls.machine`: this machine's host names and interface addresses.
+- :mod:`~appliance.security.tls.self_signed`: generating the self-signed certificate.
+- :mod:`~appliance.security.tls.describe`: what a certificate says, and its warnings.
+- :mod:`~appliance.security.tls.install`: checking and installing a clinic's chain and key.
 """
 
-from appliance.tls.describe import EXPIRY_WARNING_DAYS, CertificateInfo, certificate_info
-from appliance.tls.files import CERT_MODE, TLSError, cert_file, key_file
-from appliance.tls.install import MIN_RSA_BITS, install_certificate
-from appliance.tls.machine import IPAddress, host_names, interface_addresses
-from appliance.tls.self_signed import (
+from appliance.security.tls.describe import EXPIRY_WARNING_DAYS, CertificateInfo, certificate_info
+from appliance.security.tls.files import CERT_MODE, TLSError, cert_file, key_file
+from appliance.security.tls.install import MIN_RSA_BITS, install_certificate
+from appliance.security.tls.machine import IPAddress, host_names, interface_addresses
+from appliance.security.tls.self_signed import (
     GENERATED_MARK,
     VALIDITY_DAYS,
     ensure_certificate,

@@ -25,17 +25,19 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.sop_class import Verification
 
-from appliance import audit
 from appliance.config import Settings
-from appliance.ingest import Ingest
-from appliance.journal import HEADER_KEYWORDS, Refusal
-from appliance.modalities import caller_allowed, list_modalities
-from appliance.part10 import scan_file
-from appliance.probes import HEALTH_AE_TITLE
-from appliance.spool import Spool, SpoolFull
+from appliance.ingest.intake import Ingest
+from appliance.ingest.journal import HEADER_KEYWORDS, Refusal
+from appliance.ingest.modalities import caller_allowed, list_modalities
+from appliance.ingest.part10 import scan_file
+from appliance.ingest.spool import Spool, SpoolFull
+from appliance.security import audit
 
 log = logging.getLogger("neuronova.receiver")
 
+# The AE title the appliance's own health probe calls with: allowed from loopback, for
+# C-ECHO only.
+HEALTH_AE_TITLE = "NEURONOVA-HEALTH"
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
@@ -133,7 +135,7 @@ def handle_echo(event: evt.Event) -> int:
 @dataclass(frozen=True)
 class StorePolicy:
     """What the C-STORE handler enforces: the most a Deflated data set may inflate to,
-    and the overwrite policy (:data:`appliance.journal.OVERWRITE_POLICIES`)."""
+    and the overwrite policy (:data:`appliance.ingest.journal.OVERWRITE_POLICIES`)."""
 
     max_inflated: int
     overwrite: str

@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlite_utils
 
-from appliance.users import now_iso
+from appliance.db import now_iso
 
 LOGIN_OK = "login_ok"
 LOGIN_FAILED = "login_failed"
@@ -58,7 +58,7 @@ EVENTS = (
     OBJECT_HELD,
 )
 # Rejections anyone can send in bulk: one row per (event, reason, user, client) and window.
-# Failed logins stay one row each: the login throttle (appliance.sessions) bounds them.
+# Failed logins stay one row each: the login throttle (appliance.security.sessions) bounds them.
 RATE_AGGREGATED = frozenset({TOKEN_REJECTED, ROLE_DENIED, CSRF_REJECTED, LOGIN_THROTTLED})
 RATE_WINDOW = 60  # seconds
 QUERY_WINDOW = 3600  # seconds: one row per session, QIDO level and filters

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from appliance.errors import ApplianceError
-from appliance.keys import write_private_file
 from appliance.layout import HomeLayout
+from appliance.security.keys import write_private_file
 
 CERT_MODE = 0o644
 

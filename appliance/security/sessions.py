@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 import sqlite_utils
 
-from appliance import audit
-from appliance.tokens import TokenService
-from appliance.users import now_iso
+from appliance.db import now_iso
+from appliance.security import audit
+from appliance.security.tokens import TokenService
 
 SESSION_TTL = 12 * 3600
 FAILURE_WINDOW = 15 * 60

@@ -1,6 +1,6 @@
 """Importing an existing archive (a folder tree of DICOM files) through the ingest pipeline.
 
-Each file goes through :meth:`appliance.ingest.Ingest.accept`, exactly like an object a
+Each file goes through :meth:`appliance.ingest.intake.Ingest.accept`, exactly like an object a
 modality sends: durable spool file, journal row, queued task. The importer only decides
 which files to offer, checks each one first (a DICOM Part 10 file, not a DICOMDIR, with
 its UIDs, not cut short) and reports what happened to every file.
@@ -26,10 +26,10 @@ from pydicom.filereader import data_element_generator
 from pydicom.uid import DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 from appliance.config import Settings
-from appliance.ingest import Ingest
-from appliance.journal import FAILED, STORED, Received, describe
-from appliance.probes import probe_worker
-from appliance.spool import SpoolFull
+from appliance.health.probes import probe_worker
+from appliance.ingest.intake import Ingest
+from appliance.ingest.journal import FAILED, STORED, Received, describe
+from appliance.ingest.spool import SpoolFull
 
 SOURCE = "import"
 PREAMBLE = 128

@@ -14,9 +14,9 @@ import pydicom
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
-from appliance.journal import Journal, Received, Refusal, describe
+from appliance.ingest.journal import Journal, Received, Refusal, describe
+from appliance.ingest.spool import Spool
 from appliance.layout import HomeLayout
-from appliance.spool import Spool
 from appliance.transcode.queue import Queue, create_queue
 
 log = logging.getLogger("neuronova.ingest")
@@ -42,7 +42,7 @@ class Ingest:
         """Make ``data`` durable, journal it and queue it; return what it is.
 
         ``ds`` is the parsed header of ``data``. Raises :class:`ValueError` for an
-        object without its UIDs and :class:`~appliance.spool.SpoolFull` when the disk
+        object without its UIDs and :class:`~appliance.ingest.spool.SpoolFull` when the disk
         is nearly full; nothing is kept in either case.
         """
         item = describe(ds)

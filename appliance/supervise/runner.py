@@ -9,16 +9,22 @@ import sys
 
 import aiohttp
 
-from appliance.binaries import NGINX, find_program
 from appliance.config import FIELDS, HOME_ENV, Settings
+from appliance.health.probes import (
+    probe_http,
+    probe_nginx,
+    probe_orthanc,
+    probe_receiver,
+    probe_worker,
+)
 from appliance.home import require_initialized
 from appliance.layout import HomeLayout
-from appliance.lock import HomeLock
-from appliance.logs import MIB
-from appliance.nginx import nginx_command, render_nginx_conf
-from appliance.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
-from appliance.probes import probe_http, probe_nginx, probe_orthanc, probe_receiver, probe_worker
-from appliance.supervisor import ChildSpec, LogLimits, Supervisor, reap_leftovers
+from appliance.supervise.binaries import NGINX, find_program
+from appliance.supervise.lock import HomeLock
+from appliance.supervise.logs import MIB
+from appliance.supervise.nginx import nginx_command, render_nginx_conf
+from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
+from appliance.supervise.supervisor import ChildSpec, LogLimits, Supervisor, reap_leftovers
 
 log = logging.getLogger("neuronova.supervisor")
 

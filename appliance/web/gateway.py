@@ -21,7 +21,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
-from appliance.orthanc import DICOMWEB_ROOT
+from appliance.store import frame_files
+from appliance.store.frame_files import frame_relpath, image_relpath
+from appliance.store.orthanc import DICOMWEB_ROOT
 from appliance.uids import MAX_UID_LENGTH, UID_PATTERN, is_valid_uid
 
 FRAMES_RE = re.compile(r"^[1-9][0-9]{0,5}(,[1-9][0-9]{0,5}){0,99}$")
@@ -235,15 +237,14 @@ def orthanc_accept(target: Target, accept: str) -> str:
 
 def frame_file_redirect(target: Target) -> str:
     """The ``X-Accel-Redirect`` URI of a prepared frame file (a one-part multipart body)."""
-    return (
-        f"/internal-frames/{target.study}/{target.series}/{target.instance}/frames/"
-        f"{target.frames[0]}"
-    )
+    path = frame_relpath(target.study, target.series, target.instance, target.frames[0])
+    return f"{frame_files.LOCATION}/{path}"
 
 
 def image_file_redirect(target: Target, kind: str) -> str:
     """The ``X-Accel-Redirect`` URI of a prepared ``rendered`` or ``thumbnail`` JPEG."""
-    return f"/internal-frames/{target.study}/{target.series}/{target.instance}/{kind}.jpg"
+    path = image_relpath(target.study, target.series, target.instance, kind)
+    return f"{frame_files.LOCATION}/{path}"
 
 
 @functools.lru_cache(maxsize=256)

@@ -15,9 +15,7 @@ from huey import Huey
 
 from appliance import __version__
 from appliance.config import Settings
-from appliance.keys import read_secret
-from appliance.layout import HomeLayout
-from appliance.probes import (
+from appliance.health.probes import (
     Report,
     error,
     ok,
@@ -26,6 +24,8 @@ from appliance.probes import (
     probe_receiver,
     probe_worker,
 )
+from appliance.layout import HomeLayout
+from appliance.security.keys import read_secret
 
 COMPONENTS = ("nginx", "app", "orthanc", "queue", "receiver")
 PROBE_INTERVAL = 2.0

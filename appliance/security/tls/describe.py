@@ -10,10 +10,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
 from appliance.layout import HomeLayout
-from appliance.tls import files
-from appliance.tls.files import TLSError, cert_file, day, load_chain
-from appliance.tls.machine import host_names
-from appliance.tls.self_signed import is_generated
+from appliance.security.tls import files
+from appliance.security.tls.files import TLSError, cert_file, day, load_chain
+from appliance.security.tls.machine import host_names
+from appliance.security.tls.self_signed import is_generated
 
 EXPIRY_WARNING_DAYS = 30
 

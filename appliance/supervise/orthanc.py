@@ -1,4 +1,4 @@
-"""Orthanc: its generated configuration, its command, and a small REST client.
+"""Orthanc as a supervised service: its generated configuration and its command.
 
 Debian's Orthanc 1.10.1 cannot choose its listening address (design.md fact 10), so it is
 closed by configuration: remote access refused, HTTP authentication on with credentials
@@ -8,21 +8,16 @@ entry point).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from appliance.binaries import ORTHANC, bundle_dir, find_dicomweb_plugin, find_program
 from appliance.config import Settings
-from appliance.keys import read_secret, write_private_file
 from appliance.layout import HomeLayout
-
-ORTHANC_USER = "neuronova"
-# Orthanc serves DICOMweb under the public path, so the BulkDataURIs it writes into
-# metadata (built from the Forwarded header nginx sends) point back through the gateway.
-DICOMWEB_ROOT = "/api/pacs/dicom-web"
+from appliance.security.keys import read_secret, write_private_file
+from appliance.store.orthanc import DICOMWEB_ROOT, ORTHANC_USER
+from appliance.supervise.binaries import ORTHANC, bundle_dir, find_dicomweb_plugin, find_program
 
 
 def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str, Any]:
@@ -54,7 +49,7 @@ def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str,
             "SeriesMetadata": "Full",
         },
         # The receiver's overwrite policy decides what may replace an instance before it
-        # answers the modality (appliance.journal); what reaches Orthanc was allowed.
+        # answers the modality (appliance.ingest.journal); what reaches Orthanc was allowed.
         "OverwriteInstances": True,
         "SaveJobs": False,
         "StableAge": 30,
@@ -88,14 +83,3 @@ def orthanc_environment() -> dict[str, str]:
         dicts = bundle / "dcmtk"
         env["DCMDICTPATH"] = os.pathsep.join(str(dicts / n) for n in ("dicom.dic", "private.dic"))
     return env
-
-
-def orthanc_auth_header(settings: Settings) -> str:
-    """The ``Authorization`` header value for Orthanc's REST API."""
-    password = read_secret(HomeLayout(settings.home).orthanc_password_file)
-    return "Basic " + base64.b64encode(f"{ORTHANC_USER}:{password}".encode()).decode()
-
-
-def orthanc_url(settings: Settings) -> str:
-    """Base URL of Orthanc's REST API on loopback."""
-    return f"http://127.0.0.1:{settings.orthanc_port}"

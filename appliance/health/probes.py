@@ -12,10 +12,10 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from appliance.config import Settings
+from appliance.ingest.receiver import HEALTH_AE_TITLE
 from appliance.layout import HomeLayout
-from appliance.orthanc import orthanc_auth_header, orthanc_url
+from appliance.store.orthanc import orthanc_auth_header, orthanc_url
 
-HEALTH_AE_TITLE = "NEURONOVA-HEALTH"
 WORKER_HEARTBEAT_MAX_AGE = 15.0
 Report = dict[str, Any]
 

@@ -13,12 +13,12 @@ from yarl import URL
 
 import bundled_nginx
 from appliance.config import Settings, is_host_name
-from appliance.keys import write_private_file
 from appliance.layout import HomeLayout
-from appliance.nginx_user import let_workers_reach, user_directive, worker_user
-from appliance.orthanc import orthanc_auth_header
-from appliance.tls import TLSError, cert_file, certificate_info, host_names, key_file
-from appliance.transcode.frames import BOUNDARY as FRAMES_BOUNDARY
+from appliance.security.keys import write_private_file
+from appliance.security.tls import TLSError, cert_file, certificate_info, host_names, key_file
+from appliance.store.frame_files import BOUNDARY as FRAMES_BOUNDARY
+from appliance.store.orthanc import orthanc_auth_header
+from appliance.supervise.nginx_user import let_workers_reach, user_directive, worker_user
 from spa_dist import spa_root
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")

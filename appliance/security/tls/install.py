@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.layout import HomeLayout
-from appliance.tls import files
-from appliance.tls.describe import CertificateInfo, describe, issued_by
-from appliance.tls.files import (
+from appliance.security.tls import files
+from appliance.security.tls.describe import CertificateInfo, describe, issued_by
+from appliance.security.tls.files import (
     TLSError,
     backup_pair,
     day,

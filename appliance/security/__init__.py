@@ -1,0 +1,1 @@
+"""Accounts, sessions, tokens, secrets, the audit trail and the HTTPS certificate."""

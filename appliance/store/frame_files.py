@@ -1,0 +1,54 @@
+"""The prepared frame files: where they live and how nginx sends them.
+
+Layout, below the home's ``frames/`` folder (served by nginx's internal location
+:data:`LOCATION`)::
+
+    <StudyUID>/<SeriesUID>/<SOPUID>/frames/<n>      n = 1, 2, ...
+    <StudyUID>/<SeriesUID>/<SOPUID>/rendered.jpg
+    <StudyUID>/<SeriesUID>/<SOPUID>/thumbnail.jpg
+
+Each frame file is a complete ``multipart/related`` body with a single part (the frame
+bytes) delimited by :data:`BOUNDARY`, so nginx can send it as is with
+``default_type 'multipart/related; type="application/octet-stream"; boundary=BOUNDARY'``.
+
+The transcode writes these files (:mod:`appliance.transcode.frames`), the gateway names
+them in ``X-Accel-Redirect`` and nginx's configuration serves them: all three take the
+layout from here, and none of them needs the others.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from appliance.uids import is_valid_uid
+
+BOUNDARY = "neuronova-frame-3f9c1a7e52d84b06"
+LOCATION = "/internal-frames"
+IMAGE_NAMES = {"rendered": "rendered.jpg", "thumbnail": "thumbnail.jpg"}
+
+
+def frame_relpath(study: str, series: str, sop: str, n: int | str) -> str:
+    """``<study>/<series>/<sop>/frames/<n>``, for UIDs the caller has already checked."""
+    return f"{study}/{series}/{sop}/frames/{n}"
+
+
+def image_relpath(study: str, series: str, sop: str, kind: str) -> str:
+    """``<study>/<series>/<sop>/<kind>.jpg`` (``kind``: ``rendered`` or ``thumbnail``), for
+    UIDs the caller has already checked."""
+    return f"{study}/{series}/{sop}/{IMAGE_NAMES[kind]}"
+
+
+def instance_dir(root: str | os.PathLike[str], study: str, series: str, sop: str) -> Path:
+    """Directory holding the files of one instance: ``<root>/<study>/<series>/<sop>``.
+
+    Raises
+    ------
+    ValueError
+        A UID is not digits and dots or is longer than 64 characters.
+    """
+    for uid in (study, series, sop):
+        if not is_valid_uid(uid):
+            raise ValueError(f"not a valid DICOM UID (digits and dots, at most 64): {uid!r}")
+    return Path(root, study, series, sop)
+

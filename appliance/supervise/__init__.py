@@ -1,0 +1,1 @@
+"""Starting and supervising the appliance's processes: nginx, Orthanc, app, worker, receiver."""

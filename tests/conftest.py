@@ -29,11 +29,11 @@ from appliance import loopback
 from appliance.cli import cli as neuronova_cli
 from appliance.config import Settings, load_settings
 from appliance.db import open_database
-from appliance.health import STATUS_KEY_HEADER, status_key
+from appliance.health.report import STATUS_KEY_HEADER, status_key
 from appliance.home import init_home
 from appliance.layout import HomeLayout
-from appliance.nginx_user import let_workers_reach, worker_user
-from appliance.runner import settings_environment
+from appliance.supervise.nginx_user import let_workers_reach, worker_user
+from appliance.supervise.runner import settings_environment
 
 START_TIMEOUT = 60.0
 DCMTK_STORESCU = "/usr/bin/storescu"  # the venv's `storescu` is pynetdicom's, other options

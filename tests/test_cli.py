@@ -9,7 +9,7 @@ import pytest
 from appliance.cli import cli
 from appliance.config import load_settings
 from appliance.db import open_database
-from appliance.users import get_user, verify_password
+from appliance.security.users import get_user, verify_password
 
 
 def test_init_creates_secrets_database_and_prints_admin_password_once(tmp_path, runner):
@@ -139,9 +139,9 @@ def test_version(runner):
 
 
 def test_disabling_a_user_ends_their_sessions(home, runner):
-    from appliance.sessions import SessionStore
-    from appliance.tokens import TokenService
-    from appliance.users import create_user
+    from appliance.security.sessions import SessionStore
+    from appliance.security.tokens import TokenService
+    from appliance.security.users import create_user
 
     db = open_database(home / "db" / "appliance.db")
     create_user(db, "dr.gone", "radiologist", "long enough pw")

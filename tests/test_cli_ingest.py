@@ -20,13 +20,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from samples import TEST_FILES, native_dataset, renamed_copy
 
-from appliance import audit
 from appliance.cli import cli
 from appliance.config import Settings, load_settings
 from appliance.db import open_database
-from appliance.importer import UnusableFile, read_object
-from appliance.ingest import Ingest
-from appliance.journal import Journal
+from appliance.ingest.importer import UnusableFile, read_object
+from appliance.ingest.intake import Ingest
+from appliance.ingest.journal import Journal
+from appliance.security import audit
 from appliance.transcode.queue import create_queue
 
 DICOMDIR = TEST_FILES / "dicomdirtests" / "DICOMDIR"

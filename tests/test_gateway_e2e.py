@@ -22,7 +22,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from appliance.db import open_database
 from appliance.layout import HomeLayout
-from appliance.tokens import AUDIENCE_WEB, ISSUER
+from appliance.security.tokens import AUDIENCE_WEB, ISSUER
 from bench.synthetic import make_slices, write_series
 
 pytestmark = pytest.mark.slow

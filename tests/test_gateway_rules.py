@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.gateway import (
+from appliance.web.gateway import (
     BadRequest,
     accepts_stored_frames,
     check_raw_path,

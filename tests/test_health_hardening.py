@@ -29,13 +29,13 @@ from samples import native_dataset
 
 from appliance.config import default_home, load_settings
 from appliance.errors import ConfigError
-from appliance.health import PROBE_INTERVAL, STATUS_KEY_HEADER
+from appliance.health.report import PROBE_INTERVAL, STATUS_KEY_HEADER
 from appliance.home import init_home
 from appliance.layout import HomeLayout
-from appliance.logs import MIB
-from appliance.nginx import render_nginx_conf
-from appliance.nginx_user import let_workers_reach, worker_user
-from appliance.supervisor import (
+from appliance.supervise.logs import MIB
+from appliance.supervise.nginx import render_nginx_conf
+from appliance.supervise.nginx_user import let_workers_reach, worker_user
+from appliance.supervise.supervisor import (
     ChildSpec,
     LogLimits,
     Supervisor,
@@ -70,7 +70,7 @@ def test_health_shows_only_the_status_to_anyone_but_admins(appliance):
     _, report = _health_as(appliance, {"Authorization": f"Bearer {admin}"})
     assert report["components"]["receiver"]["ae_title"] == "NEURONOVA"
     assert report["components"]["app"]["pid"] > 0
-    _, report = appliance.health()  # the status key, as `neuronova status` sends it
+    _, report = appliance.health.report()  # the status key, as `neuronova status` sends it
     assert set(report["components"]) == {"nginx", "app", "orthanc", "queue", "receiver"}
 
 
@@ -256,7 +256,7 @@ def test_the_appliances_own_log_is_rotated(tmp_path):
     log_file = tmp_path / "neuronova.log"
     script = (
         "import logging, pathlib, sys\n"
-        "from appliance.logs import configure_logging\n"
+        "from appliance.supervise.logs import configure_logging\n"
         f"configure_logging(log_file=pathlib.Path(sys.argv[1]), max_bytes={MIB}, keep=2)\n"
         "for n in range(10 * 1024):\n"
         "    logging.getLogger('t').info('%07d %s', n, 'x' * 950)\n"

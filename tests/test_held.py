@@ -13,9 +13,9 @@ from samples import TEST_FILES
 from appliance.config import ConfigError, load_settings
 from appliance.db import open_database
 from appliance.home import init_home
-from appliance.ingest import HeldError, Ingest
+from appliance.ingest.intake import HeldError, Ingest
 from appliance.layout import HomeLayout
-from appliance.users import create_user
+from appliance.security.users import create_user
 from appliance.web.app import create_app
 
 PASSWORD = "correct horse battery"

@@ -20,8 +20,8 @@ from dicomweb_client.api import DICOMwebClient
 from samples import TEST_FILES, renamed_copy
 
 from appliance.db import open_database
+from appliance.ingest.modalities import add_modality, remove_modality
 from appliance.layout import HomeLayout
-from appliance.modalities import add_modality, remove_modality
 from bench.synthetic import make_slices, write_series
 
 pytestmark = pytest.mark.slow

@@ -83,7 +83,7 @@ def test_remote_machine_cannot_reach_the_app_or_its_frame_gate(remote, port):
 
 
 def test_orthanc_refuses_a_remote_client_even_with_its_credentials(remote):
-    from appliance.orthanc import orthanc_auth_header
+    from appliance.store.orthanc import orthanc_auth_header
 
     appliance, pair = remote
     auth = orthanc_auth_header(appliance.settings)

@@ -14,8 +14,8 @@ import pytest
 from pydicom.filewriter import write_dataset
 from samples import TEST_FILES
 
-from appliance.journal import HEADER_KEYWORDS, describe
-from appliance.part10 import scan, scan_file
+from appliance.ingest.journal import HEADER_KEYWORDS, describe
+from appliance.ingest.part10 import scan, scan_file
 
 LIMIT = 64 * 1024**2
 DEFLATED = "1.2.840.10008.1.2.1.99"

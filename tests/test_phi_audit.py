@@ -21,10 +21,10 @@ import pytest
 import requests
 from conftest import api_token, run_cli, storescu, wait_stored
 
-from appliance import audit
 from appliance.cli import cli
 from appliance.db import open_database
 from appliance.layout import HomeLayout
+from appliance.security import audit
 from bench.synthetic import make_slices, write_series
 
 PASSWORD = "phi audit test password"

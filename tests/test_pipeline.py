@@ -15,8 +15,8 @@ from pydicom.data import get_testdata_file
 from appliance.config import load_settings
 from appliance.db import open_database
 from appliance.home import init_home
-from appliance.ingest import SETTLE_SECONDS, Ingest
-from appliance.journal import Journal
+from appliance.ingest.intake import SETTLE_SECONDS, Ingest
+from appliance.ingest.journal import Journal
 from appliance.layout import HomeLayout
 from appliance.transcode import pipeline as pipeline_module
 from appliance.transcode.pipeline import Pipeline

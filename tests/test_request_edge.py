@@ -26,22 +26,22 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 from samples import native_dataset
 
-from appliance import audit
 from appliance.config import load_settings
-from appliance.gateway import (
+from appliance.home import init_home
+from appliance.ingest.modalities import ModalityError, validate_ae_title
+from appliance.layout import HomeLayout
+from appliance.security import audit
+from appliance.supervise.nginx import render_nginx_conf
+from appliance.uids import is_valid_uid
+from appliance.web.app import create_app
+from appliance.web.frame_gate import HANDED_TO_APP, GateProtocol, session_cookie
+from appliance.web.gateway import (
     BadRequest,
     accepts_stored_frames,
     clean_query,
     parse_path,
     parse_single_frame,
 )
-from appliance.home import init_home
-from appliance.layout import HomeLayout
-from appliance.modalities import ModalityError, validate_ae_title
-from appliance.nginx import render_nginx_conf
-from appliance.uids import is_valid_uid
-from appliance.web.app import create_app
-from appliance.web.frame_gate import HANDED_TO_APP, GateProtocol, session_cookie
 from appliance.web.inputs import SERVER_OPTIONS
 
 MiB = 1024**2

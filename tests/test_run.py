@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_health_is_green_through_nginx(appliance):
-    status, report = appliance.health()
+    status, report = appliance.health.report()
     assert status == 200, report
     assert report["status"] == "ok"
     assert set(report["components"]) == {"nginx", "app", "orthanc", "queue", "receiver"}
@@ -68,7 +68,7 @@ def test_orthanc_requires_its_credentials(appliance):
 
 
 def test_orthanc_refuses_a_client_not_on_127_0_0_1_even_with_credentials(appliance):
-    from appliance.orthanc import orthanc_auth_header
+    from appliance.store.orthanc import orthanc_auth_header
 
     auth = orthanc_auth_header(appliance.settings)
     port = appliance.settings.orthanc_port

@@ -19,14 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from appliance import tls
 from appliance.cli import ApplianceGroup
 from appliance.cli.tls_cmd import RESTART_HINT
 from appliance.cli.tls_cmd import tls as tls_group
 from appliance.config import load_settings
 from appliance.home import init_home
 from appliance.layout import HomeLayout
-from appliance.tls import describe, files, machine
+from appliance.security import tls
+from appliance.security.tls import describe, files, machine
 
 HOST, FQDN = "pacs", "pacs.clinic.lan"
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -9,7 +9,7 @@ import time
 import jwt
 import pytest
 
-from appliance.tokens import AUDIENCE_WEB, ISSUER, TokenError, TokenService
+from appliance.security.tokens import AUDIENCE_WEB, ISSUER, TokenError, TokenService
 
 KEY = "k" * 64
 

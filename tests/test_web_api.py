@@ -13,13 +13,13 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from appliance import audit
 from appliance.config import load_settings
 from appliance.db import open_database
 from appliance.home import init_home
-from appliance.ingest import Ingest
+from appliance.ingest.intake import Ingest
 from appliance.layout import HomeLayout
-from appliance.users import create_user
+from appliance.security import audit
+from appliance.security.users import create_user
 from appliance.web.app import create_app
 
 PASSWORD = "correct horse battery"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import click
@@ -10,6 +9,7 @@ import click
 from appliance.cli.options import home_option, settings_from
 from appliance.home import require_initialized
 from appliance.security import tls as certs
+from appliance.security.tls.files import day
 
 RESTART_HINT = (
     "Restart NeuroNova (or it picks the certificate up at its next start) for nginx to serve it."
@@ -91,13 +91,9 @@ def _echo_info(info: certs.CertificateInfo) -> None:
     click.echo(f"Subject:   {info.subject}")
     click.echo(f"Issuer:    {info.issuer}")
     click.echo(f"Names:     {', '.join(info.names) or '(none)'}")
-    click.echo(f"Valid:     {_day(info.not_before)} to {_day(info.not_after)}")
+    click.echo(f"Valid:     {day(info.not_before)} to {day(info.not_after)}")
     click.echo(f"Days left: {info.days_left}")
     click.echo(f"Chain:     server certificate {chain}")
     click.echo(f"SHA-256:   {info.sha256}")
     for warning in info.warnings:
         click.echo(f"Warning: {warning}")
-
-
-def _day(moment: dt.datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M UTC")

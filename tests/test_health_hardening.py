@@ -70,7 +70,7 @@ def test_health_shows_only_the_status_to_anyone_but_admins(appliance):
     _, report = _health_as(appliance, {"Authorization": f"Bearer {admin}"})
     assert report["components"]["receiver"]["ae_title"] == "NEURONOVA"
     assert report["components"]["app"]["pid"] > 0
-    _, report = appliance.health.report()  # the status key, as `neuronova status` sends it
+    _, report = appliance.health()  # the status key, as `neuronova status` sends it
     assert set(report["components"]) == {"nginx", "app", "orthanc", "queue", "receiver"}
 
 

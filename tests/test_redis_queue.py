@@ -32,7 +32,7 @@ def redis_url(tmp_path):
 
 def test_ingest_runs_on_a_redis_queue(appliance_factory, redis_url, tmp_path):
     appliance = appliance_factory(redis_url=redis_url).start()
-    _, report = appliance.health.report()
+    _, report = appliance.health()
     assert report["components"]["queue"]["backend"] == "redis"
     series = write_series(tmp_path / "ct", make_slices(4))
     assert storescu(appliance, series.files).returncode == 0

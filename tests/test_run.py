@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_health_is_green_through_nginx(appliance):
-    status, report = appliance.health.report()
+    status, report = appliance.health()
     assert status == 200, report
     assert report["status"] == "ok"
     assert set(report["components"]) == {"nginx", "app", "orthanc", "queue", "receiver"}

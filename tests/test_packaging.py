@@ -211,6 +211,7 @@ def built(tmp_path_factory) -> Iterator[tuple[object, Path]]:
     except build.BuildError as exc:
         pytest.fail(f"packaging/build.py: {exc}", pytrace=False)
     yield report, out
+    shutil.rmtree(out, ignore_errors=True)  # about 800 MB
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +235,7 @@ def installed(built, tmp_path_factory) -> Iterator[Installed]:
     appliance.first_start = appliance.start()
     yield appliance
     appliance.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

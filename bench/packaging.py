@@ -170,9 +170,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         "by `python bench/packaging.py` (see bench/README.md).",
         markdown_table(("output", "size", "goal"), rows),
         "Build steps (`bash packaging/build.sh`; lintian errors: "
-        f"{len(results['lintian_errors'])}):",
+        f"{len(results['lintian_errors'])}). The bundle step is PyInstaller with its per-user "
+        "cache (`~/.cache/pyinstaller`) as this machine had it; the first build on a machine "
+        "takes longer:",
         markdown_table(("step", "time"), steps),
-        "Starting the bundle (`env -i`, nothing of the host but the kernel and glibc):",
+        "Starting the unpacked tarball with `env -i` (no PATH: no Python, nginx or Orthanc "
+        "of the host is found; tests/test_packaging.py proves it on a bare root):",
         markdown_table(("what", "time", "goal / outcome"), starts),
     ])  # fmt: skip
 

@@ -60,6 +60,13 @@ FIELDS: tuple[Field, ...] = (
         str,
         "Extra host names users type (comma-separated); other Host headers get 421",
     ),
+    Field(
+        "web",
+        "cloudflare",
+        "cloudflare",
+        bool,
+        "Take the client address from CF-Connecting-IP on requests from Cloudflare's ranges",
+    ),
     Field("dicom", "port", "dicom_port", int, "DICOM port modalities send to"),
     Field("dicom", "ae_title", "ae_title", str, "AE title of the DICOM receiver"),
     Field("dicom", "min_free_mb", "min_free_mb", int, "Refuse new objects below this free space"),
@@ -76,6 +83,21 @@ FIELDS: tuple[Field, ...] = (
     Field("internal", "gate_port", "gate_port", int, "Loopback port of the app's frame gate"),
     Field("internal", "app_processes", "app_processes", int, "Web app processes sharing its port"),
     Field("internal", "orthanc_port", "orthanc_port", int, "Loopback HTTP port of Orthanc"),
+    Field(
+        "internal",
+        "listen",
+        "internal_listen",
+        str,
+        "Address the web app and its frame gate listen on (0.0.0.0 only in a container)",
+    ),
+    Field("internal", "app_host", "app_host", str, "Host nginx reaches the web app at"),
+    Field(
+        "internal",
+        "orthanc_host",
+        "orthanc_host",
+        str,
+        "Host the services reach Orthanc at; not loopback lets Orthanc take remote clients",
+    ),
     Field("internal", "nginx_user", "nginx_user", str, "User nginx's workers run as under root"),
     Field("queue", "redis_url", "redis_url", str, "Redis URL for the task queue (cloud profile)"),
     Field("queue", "workers", "workers", int, "Parallel transcoding workers"),
@@ -115,6 +137,10 @@ class Settings:
     gate_port: int = 18083
     app_processes: int = 2
     orthanc_port: int = 18042
+    internal_listen: str = "127.0.0.1"
+    app_host: str = "127.0.0.1"
+    orthanc_host: str = "127.0.0.1"
+    cloudflare: bool = False
     nginx_user: str = "nobody"
     redis_url: str = ""
     workers: int = 2
@@ -137,6 +163,12 @@ class Settings:
                 f"[web] public_url must start with https:// (got {self.public_url!r}), "
                 "for example https://pacs.clinic.example"
             )
+        for key in ("internal_listen", "app_host", "orthanc_host"):
+            if not is_host_name(getattr(self, key)):
+                raise ConfigError(
+                    f"[internal] {key.removeprefix('internal_')}: {getattr(self, key)!r} is not "
+                    "a host name or IPv4 address"
+                )
         for name in self.server_name_list:
             if not is_host_name(name):
                 raise ConfigError(
@@ -148,6 +180,11 @@ class Settings:
     def server_name_list(self) -> list[str]:
         """``[web] server_names`` as a list."""
         return [n.strip() for n in self.server_names.replace(",", " ").split() if n.strip()]
+
+    @property
+    def orthanc_remote(self) -> bool:
+        """Whether Orthanc runs apart (its own container) and must take remote clients."""
+        return not is_loopback_host(self.orthanc_host)
 
     @property
     def config_file(self) -> Path:
@@ -164,6 +201,11 @@ class Settings:
         for field in FIELDS:
             out.setdefault(field.section, {})[field.key] = getattr(self, field.attr)
         return out
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback (``localhost`` or 127.0.0.0/8)."""
+    return host == "localhost" or host.startswith("127.")
 
 
 def default_home() -> Path:

@@ -19,6 +19,10 @@ if [ "$with_tests" = 1 ]; then
   packages+=(openjph-tools chromium chromium-driver redis-server iproute2 wrk)
   # packaging/build.sh and its bare-system test (tests/test_packaging.py)
   packages+=(debootstrap dpkg-dev lintian patchelf binutils)
+  # The cloud profile on a real container engine (tests/test_cloud_profile.py, design.md
+  # fact 12): podman with runc, netavark + aardvark-dns (service names resolve on the
+  # profile's internal network, which CNI's dnsname plugin leaves without DNS).
+  packages+=(podman podman-compose runc netavark aardvark-dns)
 fi
 
 missing=()
@@ -37,6 +41,26 @@ if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   for unit in orthanc nginx; do
     $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
   done
+fi
+
+# podman here: crun refuses this kernel's hybrid cgroups (runc works), the default ulimits
+# exceed the machine's hard limits, and netavark gives internal networks DNS. Rewritten
+# only when it differs, so running setup again changes nothing.
+if [ "$with_tests" = 1 ]; then
+  conf='# Written by NeuroNova'"'"'s scripts/setup.sh --test (design.md fact 12).
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
+
+[engine]
+runtime = "runc"
+
+[network]
+network_backend = "netavark"'
+  if [ "$(cat /etc/containers/containers.conf 2>/dev/null)" != "$conf" ]; then
+    echo "==> Writing /etc/containers/containers.conf (runc, ulimits, netavark)"
+    $SUDO mkdir -p /etc/containers
+    printf '%s\n' "$conf" | $SUDO tee /etc/containers/containers.conf >/dev/null
+  fi
 fi
 
 python=python3

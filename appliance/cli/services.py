@@ -1,27 +1,81 @@
-"""``service app|worker|receiver``: one service in the foreground (what `run` supervises,
-and what each container runs in the cloud profile)."""
+"""``service app|worker|receiver|orthanc|nginx``: one service in the foreground (what
+`run` supervises, and what each container runs in the cloud profile, compose.yaml), and
+``service check NAME``, a container's health check."""
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import json
 import logging
+import os
+import sys
 from pathlib import Path
 
+import aiohttp
 import click
 
 from appliance.cli.options import home_option, settings_from
 from appliance.config import Settings
-from appliance.home import require_initialized
+from appliance.health.probes import (
+    Report,
+    probe_http,
+    probe_nginx,
+    probe_orthanc,
+    probe_receiver,
+    probe_worker,
+)
+from appliance.home import init_home, require_initialized
+from appliance.layout import HomeLayout
+from appliance.security.keys import write_private_file
+from appliance.supervise.binaries import NGINX, find_program
 from appliance.supervise.logs import configure_logging
+from appliance.supervise.nginx import nginx_command, render_nginx_conf
+from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
+
+log = logging.getLogger("neuronova.service")
+SERVICES = ("app", "worker", "receiver", "orthanc", "nginx")
 
 
 @click.group()
-def service() -> None:
+@click.option(
+    "--init",
+    "init_first",
+    is_flag=True,
+    help="Set up the home first if it is new (containers that share one home volume).",
+)
+@click.pass_context
+def service(ctx: click.Context, init_first: bool) -> None:
     """Run one service alone (`neuronova run` starts all of them for you)."""
+    ctx.meta["neuronova.service.init"] = init_first
+
+
+def first_admin_password_file(settings: Settings) -> Path:
+    """Where ``service --init`` leaves the first admin's password (mode 0600)."""
+    return HomeLayout(settings.home).secrets_dir / "first-admin-password"
+
+
+def prepare_home(settings: Settings) -> None:
+    """``init`` the home once, whichever container comes first (a blocking file lock);
+    the first admin's password goes to :func:`first_admin_password_file`, never a log."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.home / ".init.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        result = init_home(settings)
+    finally:
+        os.close(fd)
+    if result.admin_password is not None:
+        path = first_admin_password_file(settings)
+        write_private_file(path, result.admin_password.encode() + b"\n")
+        log.info("created the home; the first admin password (user admin) is in %s", path)
 
 
 def _settings(home: Path | None, dicom_level: int = logging.CRITICAL) -> Settings:
     configure_logging(dicom_level=dicom_level)
     settings = settings_from(home)
+    if click.get_current_context().meta.get("neuronova.service.init"):
+        prepare_home(settings)
     require_initialized(settings)
     return settings
 
@@ -51,3 +105,51 @@ def receiver(home: Path | None) -> None:
     from appliance.ingest.receiver import serve
 
     serve(_settings(home, dicom_level=logging.WARNING))
+
+
+@service.command("orthanc")
+@home_option
+def orthanc(home: Path | None) -> None:
+    """Orthanc with its generated configuration (replaces this process)."""
+    settings = _settings(home)
+    render_orthanc_conf(settings)
+    command = orthanc_command(settings)
+    sys.stdout.flush()
+    os.execve(command[0], command, {**os.environ, **orthanc_environment()})
+
+
+@service.command("nginx")
+@home_option
+def nginx(home: Path | None) -> None:
+    """nginx with its generated configuration, logging to stdout (replaces this process)."""
+    settings = _settings(home)
+    render_nginx_conf(settings, stdout_logs=True)
+    command = nginx_command(find_program(NGINX), settings, stdout_logs=True)
+    sys.stdout.flush()
+    os.execv(command[0], command)
+
+
+async def probe_service(name: str, settings: Settings) -> Report:
+    """The health probe of one service, as ``neuronova run`` uses it for readiness."""
+    if name == "worker":
+        return probe_worker(settings)
+    if name == "receiver":
+        return await probe_receiver(settings)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+        if name == "orthanc":
+            return await probe_orthanc(settings, session)
+        if name == "nginx":
+            return await probe_nginx(settings, session)
+        return await probe_http(session, f"http://127.0.0.1:{settings.app_port}/api/health/live")
+
+
+@service.command("check")
+@click.argument("name", type=click.Choice(SERVICES))
+@home_option
+def check(name: str, home: Path | None) -> None:
+    """Probe one service (a container's health check); exit 1 when it is not healthy."""
+    settings = settings_from(home)
+    report = asyncio.run(probe_service(name, settings))
+    click.echo(json.dumps({name: report}))
+    if report["status"] != "ok":
+        sys.exit(1)

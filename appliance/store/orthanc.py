@@ -27,8 +27,8 @@ def orthanc_auth_header(settings: Settings) -> str:
 
 
 def orthanc_url(settings: Settings) -> str:
-    """Base URL of Orthanc's REST API on loopback."""
-    return f"http://127.0.0.1:{settings.orthanc_port}"
+    """Base URL of Orthanc's REST API (loopback, or ``[internal] orthanc_host``)."""
+    return f"http://{settings.orthanc_host}:{settings.orthanc_port}"
 
 
 class OrthancUnavailable(Exception):

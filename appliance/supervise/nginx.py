@@ -130,8 +130,24 @@ def _clinic_certificate(layout: HomeLayout) -> bool:
         return False
 
 
-def render_nginx_conf(settings: Settings) -> Path:
-    """Write ``nginx.conf`` (mode 0600: it holds Orthanc's credentials) and its folders."""
+def nginx_logs(layout: HomeLayout, stdout_logs: bool) -> tuple[str, str]:
+    """nginx's error and access log destinations: ``HOME/logs`` or stderr and stdout."""
+    if stdout_logs:
+        return "stderr", "/dev/stdout"
+    return str(layout.log_dir / "nginx-error.log"), str(layout.log_dir / "nginx-access.log")
+
+
+def real_ip_settings(settings: Settings) -> str:
+    """With ``[web] cloudflare``, the realip lines trusting Cloudflare's ranges only."""
+    return bundled_nginx.template_text("cloudflare.conf.template") if settings.cloudflare else ""
+
+
+def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
+    """Write ``nginx.conf`` (mode 0600: it holds Orthanc's credentials) and its folders.
+
+    ``stdout_logs`` sends nginx's logs to its stdout and stderr (in a container) instead
+    of ``HOME/logs``.
+    """
     layout = HomeLayout(settings.home)
     temp_dir = layout.run_dir / "nginx" / "temp"
     for sub in TEMP_SUBDIRS:
@@ -188,14 +204,19 @@ def render_nginx_conf(settings: Settings) -> Path:
         },
     )
     servers = "\n".join((unknown, plain, https))
+    error_log, access_log = nginx_logs(layout, stdout_logs)
     text = render_template(
         bundled_nginx.template_text(),
         {
             "user_line": user_directive(workers),
             "run_dir": str(layout.nginx_conf.parent),
-            "log_dir": str(layout.log_dir),
+            "error_log": error_log,
+            "access_log": access_log,
             "temp_dir": str(temp_dir),
             "mime_types": str(bundled_nginx.mime_types_path()),
+            "app_host": settings.app_host,
+            "orthanc_host": settings.orthanc_host,
+            "real_ip": real_ip_settings(settings),
             "app_port": str(settings.app_port),
             "gate_port": str(settings.gate_port),
             "orthanc_port": str(settings.orthanc_port),
@@ -206,9 +227,10 @@ def render_nginx_conf(settings: Settings) -> Path:
     return layout.nginx_conf
 
 
-def nginx_command(nginx: Path, settings: Settings) -> list[str]:
+def nginx_command(nginx: Path, settings: Settings, stdout_logs: bool = False) -> list[str]:
     """The argv that starts nginx in the foreground with every compiled-in path overridden."""
     layout = HomeLayout(settings.home)
+    error_log = nginx_logs(layout, stdout_logs)[0]
     prefix = layout.nginx_conf.parent
     return [
         str(nginx),
@@ -217,5 +239,5 @@ def nginx_command(nginx: Path, settings: Settings) -> list[str]:
         "-c",
         str(layout.nginx_conf),
         "-e",
-        str(layout.log_dir / "nginx-error.log"),
+        error_log,
     ]

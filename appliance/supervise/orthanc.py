@@ -30,7 +30,9 @@ def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str,
         "StorageCompression": False,
         "HttpServerEnabled": True,
         "HttpPort": settings.orthanc_port,
-        "RemoteAccessAllowed": False,
+        # Only when Orthanc runs in its own container (cloud profile), reached over the
+        # profile's internal network; credentials stay on and no port of it is published.
+        "RemoteAccessAllowed": settings.orthanc_remote,
         "AuthenticationEnabled": True,
         "RegisteredUsers": {ORTHANC_USER: password},
         "SslEnabled": False,

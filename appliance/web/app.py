@@ -93,16 +93,17 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def serve(settings: Settings) -> None:
-    """Serve the app on ``127.0.0.1:app_port`` until SIGTERM or SIGINT.
+    """Serve the app on ``[internal] listen:app_port`` until SIGTERM or SIGINT.
 
     The port is opened with ``SO_REUSEPORT``, so ``app_processes`` copies share it and
     the kernel spreads nginx's connections over them.
     """
-    log.info("web app listening on 127.0.0.1:%d", settings.app_port)
+    host = settings.internal_listen
+    log.info("web app listening on %s:%d", host, settings.app_port)
     try:
         web.run_app(
             create_app(settings),
-            host="127.0.0.1",
+            host=host,
             port=settings.app_port,
             reuse_port=True,
             access_log=None,
@@ -114,6 +115,6 @@ def serve(settings: Settings) -> None:
         if exc.errno != errno.EADDRINUSE:
             raise
         raise PortInUseError(
-            f"the web app cannot listen on 127.0.0.1:{settings.app_port} (in use); "
+            f"the web app cannot listen on {host}:{settings.app_port} (in use); "
             "set [internal] app_port in the settings to a free port"
         ) from None

@@ -229,24 +229,24 @@ class GateProtocol(asyncio.Protocol):
 
 
 async def frame_gate_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Serve the frame gate on ``127.0.0.1:gate_port`` for the app's lifetime.
+    """Serve the frame gate on ``[internal] listen:gate_port`` for the app's lifetime.
 
     Needs the app's database, token and session stores (a later cleanup context than
     the one that opens them).
     """
-    port = app[SETTINGS].gate_port
+    host, port = app[SETTINGS].internal_listen, app[SETTINGS].gate_port
     gate = FrameGate(app)
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(
-            lambda: GateProtocol(gate), "127.0.0.1", port, reuse_port=True
+            lambda: GateProtocol(gate), host, port, reuse_port=True
         )
     except OSError as exc:
         raise PortInUseError(
-            f"the frame gate cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+            f"the frame gate cannot listen on {host}:{port} ({exc.strerror}); "
             "set [internal] gate_port in the settings to a free port"
         ) from None
-    log.info("frame gate listening on 127.0.0.1:%d", port)
+    log.info("frame gate listening on %s:%d", host, port)
     yield
     server.close()
     await server.wait_closed()

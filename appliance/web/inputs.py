@@ -9,7 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
+from appliance.config import is_loopback_host
 from appliance.web.errors import ApiError
+from appliance.web.keys import SETTINGS
 
 MAX_JSON_BODY = 64 * 1024  # the most a JSON body may hold, decoded
 # The server leaves bodies as sent (aiohttp's auto_decompress off): read_body inflates
@@ -65,18 +67,21 @@ async def read_body(request: web.Request, limit: int = MAX_JSON_BODY) -> bytes:
 
 
 def client_address(request: web.Request) -> str:
-    """The browser's address: nginx's ``X-Forwarded-For`` when the peer is loopback.
+    """The browser's address: nginx's ``X-Forwarded-For`` when the peer is nginx.
 
-    nginx sets the header to ``$remote_addr`` (replacing any value the client sent), and
-    only loopback peers are trusted to set it.
+    nginx sets the header to ``$remote_addr`` (replacing any value the client sent). Only
+    loopback peers are trusted to set it, or any peer when the app listens beyond loopback
+    (``[internal] listen``, the cloud profile: only the profile's internal network, with
+    nginx on it, reaches the app's port then).
     """
     peer = request.remote or ""
     try:
-        loopback = ipaddress.ip_address(peer).is_loopback
+        trusted = ipaddress.ip_address(peer).is_loopback
     except ValueError:
-        loopback = False
+        trusted = False
+    trusted = trusted or not is_loopback_host(request.app[SETTINGS].internal_listen)
     forwarded = request.headers.get("X-Forwarded-For", "")
-    return forwarded.split(",")[0].strip() if loopback and forwarded else peer
+    return forwarded.split(",")[0].strip() if trusted and forwarded else peer
 
 
 def is_tls(request: web.Request) -> bool:

@@ -1,0 +1,200 @@
+"""The cloud profile for real: packaging/Dockerfile and compose.yaml on Debian's podman.
+
+The base images are made locally (no registry: bench/cloud.py), the bundle is built from
+this checkout and the appliance image from it; compose.yaml is brought up with
+podman-compose on free 127.0.0.1 ports with two worker containers. Then, from outside:
+a CT series pushed with dcmtk's storescu to the published DICOM port, login through nginx
+over HTTPS, a QIDO query, one frame read pixel-identical; only nginx and the DICOM port
+published, Orthanc, the app and Redis unreachable from another container network; no
+object processed twice; ``down`` and ``up`` again keep the study and the users. Every
+container, volume and network of the project is removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+
+import imagecodecs
+import numpy as np
+import pytest
+import requests
+from conftest import DCMTK_STORESCU, require_tool, wait_for
+
+from bench.cloud import Profile, build_bundle, build_image, ensure_base_images, podman
+from bench.harness import ACCEPT, split_multipart
+from bench.synthetic import make_slices, write_series
+
+pytestmark = pytest.mark.slow
+
+SLICES = 12
+HTJ2K = "1.2.840.10008.1.2.4.201"
+INTERNAL = {"orthanc": 18042, "app": 18081, "redis": 6379}
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Iterator[str]:
+    """The appliance image, built from a fresh bundle of this checkout."""
+    for program, package in (("podman", "podman"), ("podman-compose", "podman-compose"),
+                             ("debootstrap", "debootstrap")):  # fmt: skip
+        require_tool(program, package)
+    ensure_base_images()
+    tag = f"localhost/neuronova-test/appliance:{os.getpid()}"
+    build_image(build_bundle(tmp_path_factory.mktemp("dist")), tag)
+    yield tag
+    podman("rmi", "-f", tag, check=False)
+
+
+@pytest.fixture(scope="module")
+def profile(image, tmp_path_factory) -> Iterator[Profile]:
+    """compose.yaml up and healthy, with two worker containers; removed entirely after."""
+    env = {"WORKER_REPLICAS": "2"}
+    up = Profile(f"nntest{os.getpid()}", tmp_path_factory.mktemp("compose"), image, env)
+    try:
+        up.up()
+        yield up
+    finally:
+        up.down(volumes=True)
+
+
+class Client:
+    """HTTPS through the published nginx port, trusting the profile's own certificate."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.base = f"https://127.0.0.1:{profile.ports['HTTPS_PORT']}"
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.verify = str(profile.volume_path() / "tls" / "server.crt")
+
+    def login(self, username: str, password: str) -> str:
+        resp = self.session.post(f"{self.base}/api/auth/login", timeout=10,
+                                 json={"username": username, "password": password})  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        return resp.json()["access_token"]
+
+    def instances(self, token: str, series) -> list[dict]:
+        url = (f"{self.base}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
+               f"{series.series_uid}/instances")  # fmt: skip
+        resp = self.session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert resp.status_code in (200, 204), resp.text
+        return resp.json() if resp.status_code == 200 else []
+
+
+def admin_password(profile: Profile) -> str:
+    """The first admin's password, left in the home volume at first start (mode 0600)."""
+    path = profile.volume_path() / "secrets" / "first-admin-password"
+    assert path.stat().st_mode & 0o777 == 0o600
+    return path.read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def pushed(profile, tmp_path_factory):
+    """A CT series sent with storescu to the published DICOM port, listed by QIDO."""
+    slices = make_slices(SLICES)
+    series = write_series(tmp_path_factory.mktemp("series"), slices)
+    storescu = require_tool(DCMTK_STORESCU, "dcmtk")
+    sent = subprocess.run([storescu, "-aet", "CT_SCANNER", "-aec", "NEURONOVA", "127.0.0.1",
+                           str(profile.ports["DICOM_PORT"]), *map(str, series.files)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    client = Client(profile)
+    token = client.login("admin", admin_password(profile))
+    wait_for(lambda: len(client.instances(token, series)) == SLICES, 120,
+             f"{SLICES} instances listed by QIDO")  # fmt: skip
+    return series, slices
+
+
+def test_a_pushed_series_is_found_and_its_frames_read(profile, pushed):
+    series, slices = pushed
+    client = Client(profile)
+    token = client.login("admin", admin_password(profile))
+    found = client.instances(token, series)
+    assert {i["00080018"]["Value"][0] for i in found} == set(series.sop_uids)
+    url = (f"{client.base}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
+           f"{series.series_uid}/instances/{series.sop_uids[3]}/frames/1")  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
+    resp = client.session.get(url, timeout=10, headers=headers)
+    assert resp.status_code == 200, resp.text
+    part_type, codestream = split_multipart(resp.headers["Content-Type"], resp.content)
+    assert f"transfer-syntax={HTJ2K}" in part_type
+    assert np.array_equal(imagecodecs.htj2k_decode(codestream).astype(np.int16), slices[3])
+
+
+def test_only_nginx_and_the_dicom_port_are_published(profile):
+    published = {}
+    for container in profile.containers():
+        lines = podman("port", container).split()
+        published[container.split("_")[-2]] = sorted(line for line in lines if ":" in line)
+    ports = profile.ports
+    assert published == {
+        "redis": [], "orthanc": [], "app": [], "worker": [],
+        "receiver": [f"127.0.0.1:{ports['DICOM_PORT']}"],
+        "nginx": sorted([f"127.0.0.1:{ports['HTTP_PORT']}", f"127.0.0.1:{ports['HTTPS_PORT']}"]),
+    }  # fmt: skip
+
+
+def internal_address(profile: Profile, service: str) -> str:
+    """A service container's address on the profile's internal network."""
+    fmt = f'{{{{(index .NetworkSettings.Networks "{profile.name}_internal").IPAddress}}}}'
+    return podman("inspect", "--format", fmt, profile.containers(service)[0]).strip()
+
+
+def test_orthanc_the_app_and_redis_are_on_the_internal_network_only(profile):
+    """Attached to the internal network alone (no route out, none in), and closed to a
+    client on the profile's public network, where nginx answers (the control)."""
+    for service in INTERNAL:
+        fmt = "{{range $name, $n := .NetworkSettings.Networks}}{{$name}} {{end}}"
+        networks = podman("inspect", "--format", fmt, profile.containers(service)[0]).split()
+        assert networks == [f"{profile.name}_internal"], (service, networks)
+    assert '"internal": true' in podman("network", "inspect", f"{profile.name}_internal")
+    nginx_public = podman(
+        "inspect", "--format",
+        f'{{{{(index .NetworkSettings.Networks "{profile.name}_public").IPAddress}}}}',
+        profile.containers("nginx")[0],
+    ).strip()  # fmt: skip
+    targets = [f"{internal_address(profile, s)}/{port}" for s, port in INTERNAL.items()]
+    probe = " ".join(
+        f'timeout 3 bash -c "</dev/tcp/{t}" 2>/dev/null && echo {t}=open || echo {t}=closed;'
+        for t in [*targets, f"{nginx_public}/80"]
+    )
+    seen = podman("run", "--rm", "--network", f"{profile.name}_public", "--entrypoint",
+                  "/bin/bash", profile.image, "-c", probe, timeout=60).split()  # fmt: skip
+    assert seen == [f"{t}=closed" for t in targets] + [f"{nginx_public}/80=open"]
+
+
+def test_two_workers_share_the_queue_and_process_each_object_once(profile, pushed):
+    series, _ = pushed
+    workers = profile.containers("worker")
+    assert len(workers) == 2 and all(profile.healthy(w) for w in workers)
+    database = profile.volume_path() / "db" / "appliance.db"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        marks = ",".join("?" * SLICES)
+        query = f"SELECT state, attempts FROM instances WHERE sop_uid IN ({marks})"
+        rows = db.execute(query, series.sop_uids).fetchall()
+    logs = {worker: profile.logs(worker) for worker in workers}
+    assert sorted(rows) == [("stored", 1)] * SLICES, logs
+
+
+def test_down_and_up_keep_the_study_and_the_users(profile, pushed):
+    series, _ = pushed
+    app = profile.containers("app")[0]
+    added = subprocess.run(
+        ["podman", "exec", "-i", app, "neuronova", "user", "add", "reader",
+         "--role", "radiologist", "--password-stdin"],
+        input="reader-pass-1234\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    profile.down()
+    assert profile.containers() == []
+    profile.up()
+    client = Client(profile)
+    token = client.login("reader", "reader-pass-1234")
+    assert len(client.instances(token, series)) == SLICES
+    client.login("admin", admin_password(profile))
+
+
+def test_logs_go_to_the_engine(profile):
+    logs = profile.compose("logs", "app")
+    assert "web app listening on 0.0.0.0:" in logs

@@ -47,7 +47,6 @@ SLICES = 6
 # Shared objects a bundled program may take from the system: glibc's (and libcrypt).
 GLIBC = {"libc", "libm", "libdl", "librt", "libpthread", "libresolv", "libutil",
          "ld-linux-x86-64", "libnss_files", "libnss_dns", "libcrypt", "libgcc_s"}  # fmt: skip
-FIRST, SECOND = "0.1.0", "0.1.0+rebuild1"
 
 
 def load_build() -> ModuleType:
@@ -58,6 +57,10 @@ def load_build() -> ModuleType:
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+FIRST = load_build().source_version()  # the app's; the second package wraps the same bundle
+SECOND = f"{FIRST}+rebuild1"
 
 
 def in_root(root: Path, *command: str, stdin: str | None = None) -> str:
@@ -295,7 +298,7 @@ def test_install_makes_the_user_home_unit_and_command(installed):
     for line in ("User=neuronova", "NoNewPrivileges=yes", "ProtectSystem=strict",
                  "ReadWritePaths=/var/lib/neuronova", "PrivateTmp=yes"):  # fmt: skip
         assert line in unit.splitlines()
-    assert "neuronova 0.1.0" in in_root(root, "neuronova", "version")  # as root, via setpriv
+    assert f"neuronova {FIRST}" in in_root(root, "neuronova", "version")  # as root, via setpriv
 
 
 def test_the_services_use_only_the_bundle_and_glibc(installed):
@@ -317,6 +320,20 @@ def test_the_services_use_only_the_bundle_and_glibc(installed):
             if not lib.startswith(bundle):
                 assert Path(lib).name.split(".so")[0] in GLIBC, f"{exe} maps {lib}"
     assert {"neuronova", "nginx", "Orthanc"} <= names
+
+
+def test_the_unit_verifies_and_is_hardened(tmp_path):
+    """systemd's own checks (systemd is not PID 1 here, so the unit is not run)."""
+    analyze = require_tool("systemd-analyze", "systemd")
+    unit = (REPO / "packaging" / "deb" / "neuronova.service").read_text()
+    check = tmp_path / "neuronova.service"  # verify wants ExecStart= to exist
+    check.write_text(unit.replace("/opt/neuronova/neuronova", "/bin/true"))
+    verify = subprocess.run([analyze, "verify", str(check)], capture_output=True, text=True)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    security = subprocess.run([analyze, "security", "--offline=yes", str(check)],
+                              capture_output=True, text=True)  # fmt: skip
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert exposure and float(exposure.group(1)) <= 3.5, security.stdout[-2000:]
 
 
 def test_c_echo_is_answered(installed):

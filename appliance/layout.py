@@ -74,6 +74,11 @@ class HomeLayout:
         return self.run_dir / "worker.heartbeat"
 
     @property
+    def backup_status_file(self) -> Path:
+        """The last backup's result (JSON: finished, ok, dest, bytes, error); see appliance.backup."""
+        return self.run_dir / "backup-status.json"
+
+    @property
     def nginx_conf(self) -> Path:
         return self.run_dir / "nginx" / "nginx.conf"
 

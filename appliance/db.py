@@ -139,6 +139,10 @@ SCHEMA: dict[str, dict] = {
         "pk": "series_uid",
         "not_null": {"study_uid"},
     },
+    "deleting": {
+        "columns": {"study_uid": str, "username": str, "started_at": str},
+        "pk": "study_uid",
+    },
     "studies": {
         "columns": {
             "study_uid": str,

@@ -43,6 +43,7 @@ def _register() -> None:
         ingest_cmd,
         modality_cmd,
         services,
+        study_cmd,
         tls_cmd,
         users,
     )
@@ -61,6 +62,7 @@ def _register() -> None:
         ingest_cmd.ingest,
         held_cmd.held,
         audit_cmd.audit,
+        study_cmd.study,
     ):
         cli.add_command(command)
 

@@ -130,7 +130,13 @@ class Refusal:
 def _refusal(
     db: sqlite_utils.Database, ds: Dataset, item: Received, source: str, policy: str
 ) -> Refusal | None:
-    """What ``policy`` says against journaling this object, or None."""
+    """What ``policy`` says against journaling this object, or None (an object of a study
+    an admin is deleting is always held, so it cannot bring back half of the study)."""
+    if db.execute("SELECT 1 FROM deleting WHERE study_uid = ?", [item.study_uid]).fetchone():
+        return Refusal(
+            "Refused: an admin is deleting this study",
+            f"study {item.study_uid} was being deleted by an admin when this object arrived",
+        )
     if policy == ALWAYS:
         return None
     row = db.execute("SELECT source FROM instances WHERE sop_uid = ?", [item.sop_uid]).fetchone()
@@ -225,10 +231,12 @@ class Journal:
             db.execute("DELETE FROM held WHERE id = ?", [held_id])
 
     def claim(self, sop_uid: str, spool_path: str) -> bool:
-        """Take the object for processing; False if another copy or worker has it."""
+        """Take the object for processing; False if another copy or worker has it, or its
+        study is being deleted."""
         return self._update(
             "UPDATE instances SET state = ?, updated_at = ?, attempts = attempts + 1 "
-            "WHERE sop_uid = ? AND spool_path = ? AND state = ?",
+            "WHERE sop_uid = ? AND spool_path = ? AND state = ? "
+            "AND study_uid NOT IN (SELECT study_uid FROM deleting)",
             [PROCESSING, now_iso(), sop_uid, spool_path, RECEIVED],
         )
 

@@ -40,6 +40,7 @@ SHARE_OPENED = "share_opened"
 STUDY_READ = "study_read"
 STUDY_QUERY = "study_query"
 OBJECT_HELD = "object_held"  # the DICOM receiver's overwrite policy refused an object
+STUDY_DELETED = "study_deleted"  # an admin deleted a study (or a retention rule did)
 EVENTS = (
     LOGIN_OK,
     LOGIN_FAILED,
@@ -56,6 +57,7 @@ EVENTS = (
     STUDY_READ,
     STUDY_QUERY,
     OBJECT_HELD,
+    STUDY_DELETED,
 )
 # Rejections anyone can send in bulk: one row per (event, reason, user, client) and window.
 # Failed logins stay one row each: the login throttle (appliance.security.sessions) bounds them.

@@ -19,6 +19,8 @@ layout from here, and none of them needs the others.
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 from pathlib import Path
 
 from appliance.uids import is_valid_uid
@@ -52,3 +54,27 @@ def instance_dir(root: str | os.PathLike[str], study: str, series: str, sop: str
             raise ValueError(f"not a valid DICOM UID (digits and dots, at most 64): {uid!r}")
     return Path(root, study, series, sop)
 
+
+
+def remove_study_files(root: str | os.PathLike[str], study: str) -> int:
+    """Remove every frame file and JPEG of a study; returns the bytes freed (0 if none).
+
+    The study's directory is first renamed away, so nginx never serves a half-removed
+    study and a writer that recreates it later starts from an empty directory.
+
+    Raises
+    ------
+    ValueError
+        ``study`` is not a valid UID (no path is built from it then).
+    """
+    if not is_valid_uid(study):
+        raise ValueError(f"not a valid DICOM UID (digits and dots, at most 64): {study!r}")
+    directory = Path(root, study)
+    trash = directory.with_name(f".{study}.removing-{secrets.token_hex(4)}")
+    try:
+        directory.rename(trash)
+    except FileNotFoundError:
+        return 0
+    freed = sum(f.stat().st_size for f in trash.rglob("*") if f.is_file())
+    shutil.rmtree(trash)
+    return freed

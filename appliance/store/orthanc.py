@@ -40,7 +40,7 @@ class OrthancRejected(Exception):
 
 
 class OrthancStore:
-    """POST Part 10 files to ``/instances``; read stored ones back."""
+    """POST Part 10 files to ``/instances``; read stored ones back; delete studies."""
 
     def __init__(self, settings: Settings) -> None:
         self._base = orthanc_url(settings)
@@ -56,13 +56,23 @@ class OrthancStore:
         ids = [item["ID"] for item in found if item.get("Type") == "Instance"]
         return self._call(f"/instances/{ids[0]}/file") if ids else None
 
-    def _call(self, path: str, data: bytes | None = None, kind: str = "") -> bytes:
+    def delete_study(self, study_uid: str) -> bool:
+        """Delete a study (every series and instance) from Orthanc; False if it has none."""
+        found = json.loads(self._call("/tools/lookup", study_uid.encode(), "text/plain"))
+        ids = [item["ID"] for item in found if item.get("Type") == "Study"]
+        for orthanc_id in ids:
+            self._call(f"/studies/{orthanc_id}", method="DELETE")
+        return bool(ids)
+
+    def _call(
+        self, path: str, data: bytes | None = None, kind: str = "", method: str = ""
+    ) -> bytes:
         headers = {"Authorization": self._auth}
         if kind:
             headers["Content-Type"] = kind
         request = urllib.request.Request(
-            self._base + path, data=data, method="POST" if data is not None else "GET",
-            headers=headers,
+            self._base + path, data=data, headers=headers,
+            method=method or ("POST" if data is not None else "GET"),
         )  # fmt: skip
         try:
             with loopback.urlopen(request, timeout=TIMEOUT) as resp:

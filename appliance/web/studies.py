@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+
 from aiohttp import web
 
+from appliance.store.deletion import StudyDeletionError, StudyNotFound, delete_study
 from appliance.store.worklist import (
     WorklistQuery,
     WorklistQueryError,
@@ -11,10 +15,10 @@ from appliance.store.worklist import (
     series_progress,
 )
 from appliance.uids import is_valid_uid
-from appliance.web.auth import STAFF, requires
+from appliance.web.auth import STAFF, identity, requires
 from appliance.web.errors import ApiError
-from appliance.web.inputs import query_int
-from appliance.web.keys import DB
+from appliance.web.inputs import client_address, query_int
+from appliance.web.keys import DB, INGEST, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -43,7 +47,31 @@ async def studies(request: web.Request) -> web.Response:
 @requires(*STAFF)
 async def series(request: web.Request) -> web.Response:
     """The series of one study with their ingest progress."""
+    study_uid = _study_uid(request)
+    return web.json_response({"items": series_progress(request.app[DB], study_uid)})
+
+
+@routes.delete("/api/studies/{study_uid}")
+@requires("admin")
+async def delete(request: web.Request) -> web.Response:
+    """Delete a study from Orthanc, the worklist and the disk (audited); 404 if unknown,
+    409 if it cannot be deleted now (the message says why)."""
+    study_uid = _study_uid(request)
+    journal = request.app[INGEST].ingest.journal
+    who, client = identity(request).username, client_address(request)
+    try:
+        done = await asyncio.to_thread(
+            delete_study, request.app[SETTINGS], journal, study_uid, who, client
+        )
+    except StudyNotFound as exc:
+        raise ApiError(404, "not_found", str(exc)) from None
+    except StudyDeletionError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return web.json_response(dataclasses.asdict(done))
+
+
+def _study_uid(request: web.Request) -> str:
     study_uid = request.match_info["study_uid"]
     if not is_valid_uid(study_uid):
         raise ApiError(400, "invalid_query", "Not a valid StudyInstanceUID.")
-    return web.json_response({"items": series_progress(request.app[DB], study_uid)})
+    return study_uid

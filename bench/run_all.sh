@@ -34,4 +34,6 @@ if [ -f bench/viewer.py ]; then
   echo "==> viewer: OHIF first image and all frames, HTJ2K vs uncompressed"
   "$PYTHON" bench/viewer.py --slices "$SLICES" --out "$RESULTS/viewer.json"
 fi
+echo "==> packaging: bundle, tarball and .deb sizes, build time, first start from the bundle"
+"$PYTHON" bench/packaging.py --out "$RESULTS/packaging.json"
 echo "==> done: $RESULTS/"

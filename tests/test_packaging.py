@@ -300,6 +300,10 @@ def test_install_makes_the_user_home_unit_and_command(installed):
                  "ReadWritePaths=/var/lib/neuronova", "PrivateTmp=yes"):  # fmt: skip
         assert line in unit.splitlines()
     assert f"neuronova {FIRST}" in in_root(root, "neuronova", "version")  # as root, via setpriv
+    other = subprocess.run(["chroot", "--userspec=65534:65534", str(root), "neuronova", "user",
+                            "list"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert other.stderr.startswith("Error: /var/lib/neuronova belongs to the neuronova user")
 
 
 def test_the_services_use_only_the_bundle_and_glibc(installed):

@@ -39,7 +39,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT_CACHE = Path("/var/cache/neuronova-test/bookworm-minbase")
-MIRROR = "http://deb.debian.org/debian"
 DATA = "var/lib/neuronova"
 UNIT = "lib/systemd/system/neuronova.service"
 HTJ2K = "1.2.840.10008.1.2.4.201"
@@ -79,7 +78,7 @@ def pristine_root() -> Path:
     partial = ROOT_CACHE.with_suffix(".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    made = subprocess.run([debootstrap, "--variant=minbase", "bookworm", str(partial), MIRROR],
+    made = subprocess.run([debootstrap, "--variant=minbase", "bookworm", str(partial)],
                           capture_output=True, text=True, timeout=900)  # fmt: skip
     assert made.returncode == 0, f"debootstrap failed: {made.stdout[-2000:]}{made.stderr[-2000:]}"
     partial.rename(ROOT_CACHE)

@@ -38,6 +38,7 @@ def _register() -> None:
         audit_cmd,
         config_cmd,
         core,
+        doctor_cmd,
         held_cmd,
         import_cmd,
         ingest_cmd,
@@ -62,6 +63,7 @@ def _register() -> None:
         ingest_cmd.ingest,
         held_cmd.held,
         audit_cmd.audit,
+        doctor_cmd.doctor,
         study_cmd.study,
     ):
         cli.add_command(command)

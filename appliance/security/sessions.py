@@ -128,6 +128,23 @@ class SessionStore:
         self.db["users"].update(username, {"last_login": now_iso()})
         return self._issue(session_id, username, role)
 
+    def start_probe(self, username: str, role: str, ttl: int) -> tuple[str, str]:
+        """A session of ``ttl`` seconds for a self-test (``neuronova doctor``), without a
+        user row or refresh token; returns ``(session_id, access_token)``. Revoke it after."""
+        session_id = secrets.token_urlsafe(18)
+        self.db["sessions"].insert(
+            {
+                "id": session_id,
+                "username": username,
+                "csrf": secrets.token_urlsafe(24),
+                "created_at": now_iso(),
+                "expires_at": _in(ttl),
+                "client": "127.0.0.1",
+                "user_agent": "neuronova doctor",
+            }
+        )
+        return session_id, self.tokens.issue_access(username, role, session_id, ttl=ttl)[0]
+
     def _issue(self, session_id: str, username: str, role: str) -> IssuedSession:
         refresh = secrets.token_urlsafe(32)
         self.db["refresh_tokens"].insert(

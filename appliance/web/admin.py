@@ -14,6 +14,7 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.errors import ApplianceError
+from appliance.health.doctor import report, run_doctor
 from appliance.ingest.intake import HeldError, Ingest
 from appliance.ingest.modalities import add_modality, list_modalities, remove_modality
 from appliance.layout import HomeLayout
@@ -21,7 +22,7 @@ from appliance.security import audit, users
 from appliance.web.auth import identity, requires
 from appliance.web.errors import ApiError
 from appliance.web.inputs import client_address, query_int, read_json
-from appliance.web.keys import DB, HEALTH, INGEST, SESSIONS, SETTINGS
+from appliance.web.keys import DB, HEALTH, HTTP, INGEST, QUEUE, SESSIONS, SETTINGS
 
 routes = web.RouteTableDef()
 admin_only = requires("admin")
@@ -254,6 +255,16 @@ async def system(request: web.Request) -> web.Response:
             "version": __version__,
         }
     )
+
+
+@routes.get("/api/admin/doctor")
+@admin_only
+async def doctor(request: web.Request) -> web.Response:
+    """The checks of ``neuronova doctor`` (appliance.health.doctor), run now."""
+    app = request.app
+    started = time.monotonic()
+    checks = await run_doctor(app[SETTINGS], app[DB], app[HTTP], app[QUEUE].huey, app[SESSIONS])
+    return web.json_response(report(checks, time.monotonic() - started))
 
 
 def _age(iso: str | None) -> float | None:

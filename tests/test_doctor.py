@@ -1,0 +1,101 @@
+"""``neuronova doctor`` and ``/api/admin/doctor`` against the real appliance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+
+import pytest
+import requests
+from conftest import api_token, run_cli, storescu, wait_stored
+
+from appliance.health.doctor import CHECKS
+from appliance.health.sockets import listeners
+from bench.synthetic import make_slices, write_series
+
+PASSWORD = "doctor-test-pass-1"
+KNOWN_WARNINGS = {"backup"}  # a new home has no backup yet
+NAMES = {fn.__name__.removeprefix("check_") for fn in CHECKS}
+
+
+def _doctor_json(appliance) -> tuple[int, dict]:
+    done = run_cli(appliance, "doctor", "--json", timeout=60)
+    return done.returncode, json.loads(done.stdout)
+
+
+def _by_name(report: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in report["checks"]}
+
+
+def test_listeners_tell_loopback_from_beyond():
+    with socket.socket() as inner, socket.socket() as outer:
+        inner.bind(("127.0.0.1", 0))
+        outer.bind(("0.0.0.0", 0))
+        inner.listen()
+        outer.listen()
+        found = {x.port: x for x in listeners()}
+        assert found[inner.getsockname()[1]].loopback
+        assert not found[outer.getsockname()[1]].loopback
+
+
+def test_stopped_appliance_fails_with_fixes(appliance_factory):
+    stopped = appliance_factory()  # initialized, never started
+    done = run_cli(stopped, "doctor")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "FAIL services" in done.stdout and "not listening" in done.stdout
+    assert "fix: see" in done.stdout
+    assert "FAIL worker" in done.stdout and "the worker has not started" in done.stdout
+
+
+@pytest.mark.slow
+def test_healthy_appliance_is_ok_but_for_the_backup(appliance, tmp_path):
+    series = write_series(tmp_path / "ct", make_slices(2))
+    assert storescu(appliance, series.files).returncode == 0
+    wait_stored(appliance, series.sop_uids)
+    code, report = _doctor_json(appliance)
+    checks = _by_name(report)
+    assert set(checks) == NAMES
+    bad = {n: c for n, c in checks.items() if c["status"] != "OK"}
+    assert set(bad) <= KNOWN_WARNINGS, bad
+    assert checks["backup"]["fix"] == "run `neuronova backup DEST`"
+    assert code == (1 if bad else 0)
+    assert "frame 1 of the newest stored image" in checks["token_frame"]["message"]
+    print(f"doctor --json took {report['took_ms']} ms")
+
+
+@pytest.mark.slow
+def test_system_page_api_runs_the_same_checks_for_admins_only(appliance):
+    admin = api_token(appliance, "admin", appliance.admin_password)
+    resp = requests.get(f"{appliance.url}/api/admin/doctor", timeout=60,
+                        headers={"Authorization": f"Bearer {admin}"})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    assert set(_by_name(resp.json())) == NAMES
+    assert resp.json()["status"] in ("OK", "WARN")
+    added = run_cli(appliance, "user", "add", "rad.doctor", "--role", "radiologist",
+                    "--password-stdin", stdin=PASSWORD + "\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    reader = api_token(appliance, "rad.doctor", PASSWORD)
+    denied = requests.get(f"{appliance.url}/api/admin/doctor", timeout=10,
+                          headers={"Authorization": f"Bearer {reader}"})  # fmt: skip
+    assert denied.status_code == 403
+    assert denied.json()["error"] == "role_denied"
+
+
+@pytest.mark.slow
+def test_frozen_orthanc_fails_with_the_fix(appliance_factory):
+    running = appliance_factory().start()
+    orthanc = running.child_pid("orthanc")
+    os.kill(orthanc, signal.SIGSTOP)  # up but not answering: the supervisor keeps it
+    try:
+        code, report = _doctor_json(running)
+    finally:
+        os.kill(orthanc, signal.SIGCONT)
+    checks = _by_name(report)
+    print(f"doctor --json with Orthanc frozen took {report['took_ms']} ms")
+    assert code == 2
+    assert checks["orthanc_via_nginx"]["status"] == "FAIL"
+    assert "orthanc.log" in checks["orthanc_via_nginx"]["fix"]
+    assert checks["services"]["status"] == "OK"  # still listening, just not answering

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,8 +12,11 @@ import pytest
 import requests
 from conftest import api_token, run_cli, storescu, wait_stored
 
-from appliance.health.doctor import CHECKS
+from appliance.backup.status import write_status
+from appliance.config import load_settings
+from appliance.health.doctor import CHECKS, Context, check_backup
 from appliance.health.sockets import listeners
+from appliance.layout import HomeLayout
 from bench.synthetic import make_slices, write_series
 
 PASSWORD = "doctor-test-pass-1"
@@ -38,6 +42,17 @@ def test_listeners_tell_loopback_from_beyond():
         found = {x.port: x for x in listeners()}
         assert found[inner.getsockname()[1]].loopback
         assert not found[outer.getsockname()[1]].loopback
+
+
+def test_backup_check_reads_the_backup_status(home):
+    ctx = Context(load_settings(home, {}, environ={}), db=None, http=None, huey=None)
+    first = asyncio.run(check_backup(ctx))
+    assert (first.status, first.fix) == ("WARN", "run `neuronova backup DEST`")
+    write_status(HomeLayout(home), ok=False, dest="/mnt/nas", error="No space left on device")
+    failed = asyncio.run(check_backup(ctx))
+    assert failed.status == "FAIL" and "No space left on device" in failed.message
+    write_status(HomeLayout(home), ok=True, dest="/mnt/nas")
+    assert asyncio.run(check_backup(ctx)).status == "OK"
 
 
 def test_stopped_appliance_fails_with_fixes(appliance_factory):

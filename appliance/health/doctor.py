@@ -10,7 +10,6 @@ app, Orthanc behind nginx's internal location) with a session of its own that la
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import ssl
 import time
@@ -24,6 +23,7 @@ import aiohttp
 import sqlite_utils
 from huey import Huey
 
+from appliance.backup.status import read_status
 from appliance.config import Settings, is_loopback_host
 from appliance.health.probes import probe_receiver, probe_worker
 from appliance.health.sockets import listeners, owned_inodes
@@ -431,27 +431,12 @@ async def check_certificate(ctx: Context) -> Check:
     return Check("certificate", OK, f"{info.kind}, valid until {until} ({info.days_left} days)")
 
 
-def _finished_at(value: Any) -> float:
-    if isinstance(value, int | float):
-        return float(value)
-    moment = datetime.fromisoformat(str(value))
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
 async def check_backup(ctx: Context) -> Check:
-    """The last backup's result and age (``run/backup-status.json``)."""
-    try:
-        status = json.loads(ctx.layout.backup_status_file.read_text())
-        age = time.time() - _finished_at(status["finished"])
-    except FileNotFoundError:
+    """The last backup's result and age (appliance.backup.status)."""
+    status = read_status(ctx.layout)
+    if status is None:
         return Check("backup", WARN, "no backup yet", "run `neuronova backup DEST`")
-    except (ValueError, KeyError, TypeError):
-        return Check(
-            "backup",
-            WARN,
-            f"{ctx.layout.backup_status_file} is unreadable",
-            "run `neuronova backup DEST` to write it again",
-        )
+    age = time.time() - float(status.get("finished_unix", 0))
     hours = f"{age / 3600:.1f} h ago"
     if not status.get("ok"):
         return Check(

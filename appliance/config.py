@@ -21,6 +21,7 @@ from appliance.errors import ConfigError
 CONFIG_FILENAME = "neuronova.toml"
 # What may replace an archived instance (dcm4chee's overwrite policies, appliance.ingest.journal).
 OVERWRITE_POLICIES = ("never", "same-source", "always")
+RETENTION_BY = ("study_date", "received")
 HOME_ENV = "NEURONOVA_HOME"
 SYSTEM_HOME = Path("/var/lib/neuronova")
 
@@ -70,6 +71,13 @@ FIELDS: tuple[Field, ...] = (
     Field("dicom", "port", "dicom_port", int, "DICOM port modalities send to"),
     Field("dicom", "ae_title", "ae_title", str, "AE title of the DICOM receiver"),
     Field("dicom", "min_free_mb", "min_free_mb", int, "Refuse new objects below this free space"),
+    Field(
+        "dicom",
+        "warn_free_mb",
+        "warn_free_mb",
+        int,
+        "Warn (health report, log once) below this free space (at least 2 x min_free_mb)",
+    ),
     Field("dicom", "max_object_mb", "max_object_mb", int, "Largest object accepted, in MB"),
     Field("dicom", "max_inflated_mb", "max_inflated_mb", int, "Largest Deflated object, inflated"),
     Field(
@@ -102,6 +110,14 @@ FIELDS: tuple[Field, ...] = (
     Field("queue", "redis_url", "redis_url", str, "Redis URL for the task queue (cloud profile)"),
     Field("queue", "workers", "workers", int, "Parallel transcoding workers"),
     Field("logs", "max_mb", "log_max_mb", int, "Size in MiB at which a log file is rotated"),
+    Field(
+        "retention",
+        "years",
+        "retention_years",
+        int,
+        "Delete studies older than this many years, hourly (0: keep everything)",
+    ),
+    Field("retention", "by", "retention_by", str, "Age from study_date or received (date)"),
     Field("logs", "keep", "log_keep", int, "Rotated files kept of each log (at least 1)"),
 )
 
@@ -130,6 +146,7 @@ class Settings:
     dicom_port: int = 11112
     ae_title: str = "NEURONOVA"
     min_free_mb: int = 512
+    warn_free_mb: int = 2048
     max_object_mb: int = 2048  # e.g. 4,000 frames of 512x512 16-bit in one object
     max_inflated_mb: int = 256  # the worker inflates a Deflated object in memory
     overwrite: str = "same-source"
@@ -146,12 +163,19 @@ class Settings:
     workers: int = 2
     log_max_mb: int = 50
     log_keep: int = 5
+    retention_years: int = 0
+    retention_by: str = "study_date"
 
     def __post_init__(self) -> None:
         if self.log_max_mb < 1 or self.log_keep < 1:
             raise ConfigError(
                 f"[logs] max_mb and keep must be at least 1 "
                 f"(got max_mb = {self.log_max_mb}, keep = {self.log_keep})"
+            )
+        if self.retention_years < 0 or self.retention_by not in RETENTION_BY:
+            raise ConfigError(
+                f"[retention] years must be 0 (off) or more and by one of "
+                f"{', '.join(RETENTION_BY)} (got {self.retention_years}, {self.retention_by!r})"
             )
         if self.overwrite not in OVERWRITE_POLICIES:
             raise ConfigError(
@@ -194,6 +218,12 @@ class Settings:
     def probe_host(self) -> str:
         """The address local health checks use to reach the public listeners."""
         return "127.0.0.1" if self.bind in ("0.0.0.0", "", "::", "*") else self.bind
+
+    @property
+    def warn_free_bytes(self) -> int:
+        """Free space below which the appliance warns: ``warn_free_mb``, or twice
+        ``min_free_mb`` when that is more, so the warning always precedes refusals."""
+        return max(self.warn_free_mb, 2 * self.min_free_mb) * 1024**2
 
     def as_toml_dict(self) -> dict[str, dict[str, Any]]:
         """The settings grouped by TOML section, as ``config show`` prints them."""

@@ -4,7 +4,11 @@ is gone from Orthanc, QIDO, the worklist and the disk, with an audit row."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +26,9 @@ from appliance.layout import HomeLayout
 from appliance.store.deletion import StudyDeletionError, delete_study
 from appliance.store.frame_files import remove_study_files
 from appliance.store.orthanc import OrthancStore
+from appliance.store.retention import cutoff, expired_studies
+from appliance.transcode.pipeline import Pipeline
+from appliance.transcode.queue import create_queue
 from bench.synthetic import make_slices, write_series
 
 STUDY, OTHER = "1.2.3.4", "1.2.3.5"
@@ -85,6 +92,40 @@ def test_with_orthanc_down_nothing_is_removed(settings, ingest):
     assert ingest.journal.read(lambda db: db["studies"].count_where("study_uid = ?", [study]))
     assert ingest.journal.read(lambda db: db["deleting"].count) == 0
     assert Path(ingest.journal.pending()[0][1]).exists()
+
+
+def test_retention_is_off_by_default_and_expires_by_study_date_or_received(tmp_path):
+    def home(name: str, **values: object):
+        settings = load_settings(tmp_path / name, values, environ={})
+        init_home(settings)
+        ingest = Ingest(settings)
+        for date in ("19990101", "20250101", ""):
+            ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+            ds.StudyInstanceUID, ds.SOPInstanceUID = f"1.2.{date or 0}", f"1.2.{date or 0}.1"
+            ds.StudyDate = date
+            receive(ingest, ds)
+        return settings, ingest.journal
+
+    today = dt.date(2026, 6, 1)
+    assert expired_studies(*home("off"), today) == []
+    by_date = expired_studies(*home("date", retention_years=10), today)
+    assert [s["study_uid"] for s in by_date] == ["1.2.19990101"]
+    settings, journal = home("received", retention_years=1, retention_by="received")
+    journal.read(lambda db: db.execute("UPDATE studies SET received_at = '2020-01-01T00:00:00' "
+                                       "WHERE study_uid = '1.2.0'"))  # fmt: skip
+    assert [s["study_uid"] for s in expired_studies(settings, journal, today)] == ["1.2.0"]
+    assert cutoff(1, dt.date(2024, 2, 29)) == dt.date(2023, 2, 28)
+
+
+def test_the_worker_runs_retention_hourly_and_keeps_what_orthanc_cannot_delete(settings, ingest):
+    queue = create_queue(settings)
+    assert queue.retention.task_class().validate_datetime(dt.datetime(2026, 1, 1, 5, 17))
+    assert not queue.retention.task_class().validate_datetime(dt.datetime(2026, 1, 1, 5, 18))
+    receive(ingest, pydicom.dcmread(TEST_FILES / "CT_small.dcm"))  # StudyDate 20040119
+    on = dataclasses.replace(settings, retention_years=1)
+    pipeline = Pipeline(on, ingest.journal)
+    assert create_queue(on, work=lambda: pipeline).retention.call_local() == 0  # Orthanc down
+    assert ingest.journal.read(lambda db: db["studies"].count) == 1
 
 
 # --- end to end ------------------------------------------------------------------------
@@ -191,3 +232,37 @@ def test_the_cli_asks_before_deleting_a_study(appliance, tokens, tmp_path):
     missing = run_cli(appliance, "study", "delete", series.study_uid, "--yes")
     assert missing.returncode == 1
     assert f"Error: no study {series.study_uid} in the archive" in missing.stderr
+
+
+def retention_cli(appliance, *args: str) -> subprocess.CompletedProcess:
+    """``neuronova retention`` on the appliance's home with a 100-year rule by StudyDate
+    (studies of other test modules, pydicom's samples among them, are younger)."""
+    env = {**appliance.env, "NEURONOVA_RETENTION_YEARS": "100"}
+    command = [sys.executable, "-m", "appliance", "retention", *args,
+               "--home", str(appliance.settings.home)]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.slow
+def test_retention_dry_run_lists_exactly_the_old_study_and_the_real_run_deletes_it(
+    appliance, tokens, tmp_path
+):
+    old, young = push(appliance, tmp_path / "old"), push(appliance, tmp_path / "young")
+    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    with db.conn:  # as if it had been sent with StudyDate 1901-01-01
+        db.execute("UPDATE studies SET study_date = '19010101' WHERE study_uid = ?",
+                   [old.study_uid])  # fmt: skip
+    db.close()
+    off = run_cli(appliance, "retention", "--dry-run")
+    assert off.returncode == 1 and "Error: retention is off" in off.stderr
+    dry = retention_cli(appliance, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("1 studies older than 100 years by study_date:")
+    assert old.study_uid in dry.stdout and young.study_uid not in dry.stdout
+    assert OrthancStore(appliance.settings).fetch(old.sop_uids[0]) is not None
+    real = retention_cli(appliance, "--yes")
+    assert real.returncode == 0 and "Deleted 1 of 1 studies." in real.stdout, real.stderr
+    assert_gone(appliance, tokens["admin"], old)
+    assert OrthancStore(appliance.settings).fetch(young.sop_uids[0]) is not None
+    [row] = deletion_audit(appliance, old.study_uid)
+    assert row["username"] == "retention"

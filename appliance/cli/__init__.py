@@ -65,6 +65,7 @@ def _register() -> None:
         audit_cmd.audit,
         doctor_cmd.doctor,
         study_cmd.study,
+        study_cmd.retention,
     ):
         cli.add_command(command)
 

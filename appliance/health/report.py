@@ -81,9 +81,10 @@ def warnings(settings: Settings, db: sqlite_utils.Database) -> list[str]:
     found = []
     layout = HomeLayout(settings.home)
     free = shutil.disk_usage(layout.spool_dir).free
-    if free < 2 * settings.min_free_mb * 1024**2:
+    if free < settings.warn_free_bytes:
         found.append(
-            f"disk nearly full: {free // 1024**2} MiB free in {layout.home}; new DICOM "
+            f"disk nearly full: {free // 1024**2} MiB free in {layout.home} (warning below "
+            f"[dicom] warn_free_mb = {settings.warn_free_bytes // 1024**2}); new DICOM "
             f"objects are refused below {settings.min_free_mb} MiB (status 0xA700)"
         )
     if not db["modalities"].count:

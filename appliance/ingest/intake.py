@@ -34,7 +34,8 @@ class Ingest:
         self, settings: Settings, journal: Journal | None = None, queue: Queue | None = None
     ) -> None:
         layout = HomeLayout(settings.home)
-        self.spool = Spool(layout.spool_dir, min_free=settings.min_free_mb * 1024**2)
+        self.spool = Spool(layout.spool_dir, min_free=settings.min_free_mb * 1024**2,
+                           warn_free=settings.warn_free_bytes)  # fmt: skip
         self.journal = journal or Journal(layout.database_file)
         self.queue = queue or create_queue(settings)
 

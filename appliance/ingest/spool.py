@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -12,6 +13,7 @@ from appliance.durable import fsync_dir, write_atomic
 from appliance.uids import is_valid_uid
 
 MIN_FREE_BYTES = 512 * 1024**2
+log = logging.getLogger("neuronova.spool")
 
 
 class SpoolFull(Exception):
@@ -21,9 +23,11 @@ class SpoolFull(Exception):
 class Spool:
     """Durable files, one per received object, named after its SOP Instance UID."""
 
-    def __init__(self, root: Path, min_free: int = MIN_FREE_BYTES) -> None:
+    def __init__(self, root: Path, min_free: int = MIN_FREE_BYTES, warn_free: int = 0) -> None:
         self.root = root
         self.min_free = min_free
+        self.warn_free = warn_free
+        self._low = False
         self.incoming = root / "incoming"
         self.incoming.mkdir(parents=True, exist_ok=True)
 
@@ -62,9 +66,22 @@ class Spool:
         """A new spool file name for ``sop_uid``, if ``size`` more bytes leave enough room."""
         if not is_valid_uid(sop_uid):
             raise ValueError(f"invalid SOP Instance UID {sop_uid[:80]!r}")
-        if self.free_bytes() - size < self.min_free:
+        free = self.free_bytes()
+        self._watch(free)
+        if free - size < self.min_free:
             raise SpoolFull(f"less than {self.min_free // 1024**2} MiB free in {self.root}")
         return self.root / f"{sop_uid}.{uuid.uuid4().hex[:12]}.dcm"
+
+    def _watch(self, free: int) -> None:
+        """Log once each time free space crosses ``warn_free`` (down, and back up)."""
+        if (free < self.warn_free) == self._low:
+            return
+        self._low = not self._low
+        if self._low:
+            log.warning("disk space low: %d MiB free in %s; new objects are refused below "
+                        "%d MiB", free // 1024**2, self.root, self.min_free // 1024**2)  # fmt: skip
+        else:
+            log.info("disk space back above %d MiB in %s", self.warn_free // 1024**2, self.root)
 
     @staticmethod
     def sop_of(path: Path) -> str:

@@ -27,7 +27,6 @@ import sqlite_utils
 from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.errors import ApplianceError
-from appliance.ingest.importer import worker_running
 from appliance.ingest.journal import PROCESSING, Journal
 from appliance.layout import HomeLayout
 from appliance.security import audit
@@ -77,7 +76,7 @@ def delete_study(
     started = time.monotonic()
     _mark(journal, study_uid, username)
     try:
-        _drain(settings, journal, study_uid)
+        _drain(journal, study_uid)
         in_orthanc = _delete_in_orthanc(settings, study_uid)
         patient, spool_files, instances = _forget(journal, study_uid)
         freed = remove_study_files(HomeLayout(settings.home).frames_dir, study_uid)
@@ -104,7 +103,7 @@ def _mark(journal: Journal, study_uid: str, username: str) -> None:
         raise StudyDeletionError(f"study {study_uid} is being deleted already")
 
 
-def _drain(settings: Settings, journal: Journal, study_uid: str) -> None:
+def _drain(journal: Journal, study_uid: str) -> None:
     """Wait until no worker is storing an object of the study (none can start now)."""
 
     def busy() -> int:
@@ -117,11 +116,10 @@ def _drain(settings: Settings, journal: Journal, study_uid: str) -> None:
 
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while busy():
-        if not worker_running(settings):  # left "processing" by a crash: nobody is storing
-            return
         if time.monotonic() > deadline:
             raise StudyDeletionError(
-                f"a worker is still storing objects of study {study_uid}; try again in a minute"
+                f"a worker is still storing objects of study {study_uid}; try again in a "
+                "minute (if the appliance is stopped, start it once: it recovers them)"
             )
         time.sleep(0.1)
 

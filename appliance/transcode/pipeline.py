@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.ingest.journal import FAILED, STORED, Journal
+from appliance.store.retention import apply_retention
 from appliance.layout import HomeLayout
 from appliance.store.orthanc import OrthancRejected, OrthancStore, OrthancUnavailable
 from appliance.transcode.codec import (
@@ -54,6 +55,7 @@ class Pipeline:
 
     def __init__(self, settings: Settings, journal: Journal | None = None) -> None:
         layout = HomeLayout(settings.home)
+        self.settings = settings
         self.journal = journal or Journal(layout.database_file)
         self.frames_root = layout.frames_dir
         self.orthanc = OrthancStore(settings)
@@ -137,6 +139,10 @@ class Pipeline:
             write_images(self.frames_root, ds, str(ds.file_meta.TransferSyntaxUID))
         self.journal.images_written(sop_uid, spool_path)
         return Outcome(STORED)
+
+    def apply_retention(self) -> int:
+        """Delete the studies ``[retention]`` expires; returns how many went."""
+        return len(apply_retention(self.settings, self.journal))
 
     def _retry(self, sop_uid: str, spool_path: str, error: str) -> Outcome:
         attempts = self.journal.release(sop_uid, spool_path, error)

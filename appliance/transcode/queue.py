@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from huey import Huey, RedisHuey, SqliteHuey
+from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.api import TaskWrapper
 from huey.storage import SqliteStorage
 
@@ -22,6 +22,7 @@ from appliance.layout import HomeLayout
 
 QUEUE_NAME = "neuronova"
 INGEST_PRIORITY = 10
+RETENTION_SCHEDULE = crontab(minute="17")  # hourly; the work does nothing when it is off
 
 
 class TaskOutcome(Protocol):
@@ -41,6 +42,10 @@ class TaskWork(Protocol):
 
     def write_images(self, sop_uid: str, spool_path: str) -> TaskOutcome:
         """Write the rendered and thumbnail JPEGs of a stored instance."""
+        ...
+
+    def apply_retention(self) -> int:
+        """Delete the studies the retention rule expires (none when it is off)."""
         ...
 
 
@@ -76,6 +81,7 @@ class Queue:
     huey: Huey
     ingest: TaskWrapper
     images: TaskWrapper
+    retention: TaskWrapper
 
     def enqueue_ingest(self, sop_uid: str, spool_path: str, delay: float | None = None) -> None:
         """Queue the ingest of one spooled object (after ``delay`` seconds, if given)."""
@@ -150,4 +156,9 @@ def _register_tasks(huey: Huey, work: Callable[[], TaskWork]) -> Queue:
             write_images.schedule((sop_uid, spool_path), delay=outcome.retry_in)
         return outcome.state
 
-    return Queue(huey, ingest_instance, write_images)
+    @huey.periodic_task(RETENTION_SCHEDULE, name="retention")
+    def retention() -> int:
+        """Apply ``[retention]`` (the worker's consumer runs it; off by default)."""
+        return work().apply_retention()
+
+    return Queue(huey, ingest_instance, write_images, retention)

@@ -143,6 +143,11 @@ SCHEMA: dict[str, dict] = {
         "columns": {"study_uid": str, "username": str, "started_at": str},
         "pk": "study_uid",
     },
+    "metrics": {  # counters every process adds to (appliance.metrics)
+        "columns": {"name": str, "labels": str, "value": float},
+        "pk": ("name", "labels"),
+        "not_null": {"value"},
+    },
     "studies": {
         "columns": {
             "study_uid": str,

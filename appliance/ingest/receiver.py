@@ -25,6 +25,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.sop_class import Verification
 
+from appliance import metrics
 from appliance.config import Settings
 from appliance.ingest.intake import Ingest
 from appliance.ingest.journal import HEADER_KEYWORDS, Refusal
@@ -143,7 +144,21 @@ class StorePolicy:
 
 def handle_store(event: evt.Event, ingest: Ingest, policy: StorePolicy) -> int | Dataset:
     """C-STORE: check the data set is whole, spool it durably, journal, queue; then (and
-    only then) Success. Held and refused objects get a failure status with the reason."""
+    only then) Success. Held and refused objects get a failure status with the reason.
+
+    Every answer is counted by status and calling AE title (``/api/metrics``)."""
+    status = _store(event, ingest, policy)
+    code = status if isinstance(status, int) else int(status.Status)
+    ae_title = event.assoc.requestor.ae_title.strip()
+    counted = {metrics.key("cstore_total", status=f"0x{code:04X}", calling_ae=ae_title): 1}
+    try:
+        ingest.journal.read(lambda db: metrics.add(db, counted))
+    except Exception:  # a count must never change the answer
+        log.exception("could not count a C-STORE")
+    return status
+
+
+def _store(event: evt.Event, ingest: Ingest, policy: StorePolicy) -> int | Dataset:
     requestor = event.assoc.requestor
     ae_title = requestor.ae_title.strip()
     if _is_health_probe(ae_title, requestor.address):

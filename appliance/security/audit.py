@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlite_utils
 
+from appliance import metrics
 from appliance.db import now_iso
 
 LOGIN_OK = "login_ok"
@@ -63,6 +64,10 @@ EVENTS = (
 # Failed logins stay one row each: the login throttle (appliance.security.sessions) bounds them.
 RATE_AGGREGATED = frozenset({TOKEN_REJECTED, ROLE_DENIED, CSRF_REJECTED, LOGIN_THROTTLED})
 RATE_WINDOW = 60  # seconds
+# Events counted in /api/metrics as authentication failures, by event and reason.
+AUTH_FAILURES = frozenset(
+    {LOGIN_FAILED, LOGIN_THROTTLED, TOKEN_REJECTED, ROLE_DENIED, CSRF_REJECTED, REFRESH_REUSED}
+)
 QUERY_WINDOW = 3600  # seconds: one row per session, QIDO level and filters
 SHARE_OPEN_WINDOW = 3600  # seconds: one row per share link and client address
 MAX_REMEMBERED = 100_000  # (reader, study, access) keys a process keeps in memory
@@ -118,6 +123,9 @@ def record(
             _KEEP_FIRST if once else _ADD_TO_COUNT,
             [now, now, event, username, client, study_uid, patient_id, text, key],
         )
+    if event in AUTH_FAILURES:
+        reason = str(detail.get("reason") or event)[:64]
+        metrics.add(db, {metrics.key("auth_failures_total", event=event, reason=reason): 1})
 
 
 def window_key(seconds: int, *parts: str | None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from appliance import metrics
 from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.ingest.journal import FAILED, STORED, Journal
@@ -66,12 +68,19 @@ class Pipeline:
             if self.journal.superseded(sop_uid, spool_path):
                 Path(spool_path).unlink(missing_ok=True)  # a newer copy of this SOP won
             return Outcome("skipped")
+        started = time.perf_counter()
         try:
-            return self._process_claimed(sop_uid, spool_path)
+            outcome = self._process_claimed(sop_uid, spool_path)
         except Exception as exc:  # a bug must leave a visible failure, not a stuck object
             log.exception("%s: unexpected error", sop_uid)
             self.journal.fail(sop_uid, spool_path, f"unexpected error: {exc!r}")
             return Outcome(FAILED)
+        if outcome.state == STORED:  # the transcode time histogram of /api/metrics
+            took = metrics.observation(
+                "transcode_seconds", time.perf_counter() - started, metrics.TRANSCODE_BUCKETS
+            )
+            self.journal.read(lambda db: metrics.add(db, took))
+        return outcome
 
     def _process_claimed(self, sop_uid: str, spool_path: str) -> Outcome:
         try:

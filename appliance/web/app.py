@@ -15,12 +15,13 @@ from appliance.db import open_database
 from appliance.errors import PortInUseError
 from appliance.ingest.intake import Ingest
 from appliance.layout import HomeLayout
+from appliance.metrics import Tally
 from appliance.security.audit import ReadLedger
 from appliance.security.keys import read_secret
 from appliance.security.sessions import SessionStore
 from appliance.security.tokens import TokenService
 from appliance.transcode.queue import create_queue
-from appliance.web import admin, dicomweb, health, login, shares, studies
+from appliance.web import admin, dicomweb, health, login, metrics, shares, studies
 from appliance.web.auth import auth_middleware
 from appliance.web.errors import error_middleware
 from appliance.web.frame_gate import frame_gate_ctx
@@ -32,6 +33,7 @@ from appliance.web.keys import (
     HEALTH,
     HTTP,
     INGEST,
+    METRICS,
     QUEUE,
     READS,
     SESSIONS,
@@ -48,6 +50,7 @@ ROUTE_TABLES = (
     studies.routes,
     shares.routes,
     admin.routes,
+    metrics.routes,
 )
 
 
@@ -80,13 +83,17 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     """Build the web application for ``settings``."""
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_JSON_BODY
+        middlewares=[metrics.metrics_middleware, error_middleware, auth_middleware],
+        client_max_size=MAX_JSON_BODY,
     )
     app[SETTINGS] = settings
     app[STARTED_AT] = time.time()
     app[FRAMES_DIR] = str(HomeLayout(settings.home).frames_dir)
     app[HEALTH] = health.cached_health(app)
-    app.cleanup_ctx.extend([database_ctx, frame_gate_ctx, http_client_ctx, queue_ctx])
+    app[METRICS] = Tally()
+    app.cleanup_ctx.extend(
+        [database_ctx, metrics.metrics_ctx, frame_gate_ctx, http_client_ctx, queue_ctx]
+    )
     for table in ROUTE_TABLES:
         app.add_routes(table)
     return app

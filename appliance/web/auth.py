@@ -9,6 +9,7 @@ Rejections are 401 (bad token), 403 (role, CSRF) with a JSON reason and an audit
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Access:
     roles: tuple[str, ...]
     shares: bool = False
     public: bool = False
+    loopback: bool = False  # also open, without a token, to callers on this machine
 
 
 def public(fn: F) -> F:
@@ -70,11 +72,14 @@ def public(fn: F) -> F:
     return fn
 
 
-def requires(*roles: str, shares: bool = False) -> Callable[[F], F]:
-    """Restrict a route to ``roles``; ``shares`` also admits study share tokens."""
+def requires(*roles: str, shares: bool = False, loopback: bool = False) -> Callable[[F], F]:
+    """Restrict a route to ``roles``; ``shares`` also admits study share tokens,
+    ``loopback`` any caller whose address (behind nginx, the browser's) is loopback."""
 
     def mark(fn: F) -> F:
-        fn.__access__ = Access(roles=roles, shares=shares)  # type: ignore[attr-defined]
+        fn.__access__ = Access(  # type: ignore[attr-defined]
+            roles=roles, shares=shares, loopback=loopback
+        )
         return fn
 
     return mark
@@ -203,7 +208,7 @@ def _check_csrf(request: web.Request, who: Identity) -> None:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate, authorize and CSRF-check every request before its handler runs."""
     access = _access_of(request)
-    if access.public:
+    if access.public or (access.loopback and from_loopback(request)):
         return await handler(request)
     found = _token_from(request)
     if found is None:
@@ -220,6 +225,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if via_cookie and not who.claims.is_share:
         _renew_if_old(request, who, response)
     return response
+
+
+def from_loopback(request: web.Request) -> bool:
+    """Whether the caller is on this machine: its address as nginx saw it
+    (:func:`~appliance.web.inputs.client_address`), not nginx's own loopback peer."""
+    try:
+        return ipaddress.ip_address(client_address(request)).is_loopback
+    except ValueError:
+        return False
 
 
 def needs_renewal(claims: Claims) -> bool:

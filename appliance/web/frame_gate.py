@@ -55,7 +55,7 @@ from appliance.web.auth import (
 from appliance.web.dicomweb import ROOT, audit_read, prepared_frame
 from appliance.web.errors import error_body
 from appliance.web.gateway import parse_single_frame
-from appliance.web.keys import FRAMES_DIR, READS, SETTINGS
+from appliance.web.keys import FRAMES_DIR, METRICS, READS, SETTINGS
 
 log = logging.getLogger("neuronova.web")
 
@@ -105,19 +105,29 @@ def session_cookie(header: bytes) -> str | None:
 
 
 class FrameGate:
-    """The decision for one request: where nginx should take it."""
+    """The decision for one request: where nginx should take it.
+
+    ``served`` and ``handed`` count the answers: plain ints, which ``/api/metrics`` reads
+    (:meth:`appliance.metrics.Tally.watch`), so counting costs the hot path next to nothing.
+    """
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.frames_dir = app[FRAMES_DIR]
         self.reads = app[READS]
+        self.served = 0
+        self.handed = 0
 
     def answer(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> bytes:
         """The raw HTTP response for a request nginx forwarded."""
         if method not in (b"GET", b"HEAD"):
             return METHOD_NOT_ALLOWED
         uri = self.frame_file(url.decode("latin-1"), headers)
-        return accel_response(uri) if uri else HANDED_TO_APP
+        if uri:
+            self.served += 1
+            return accel_response(uri)
+        self.handed += 1
+        return HANDED_TO_APP
 
     def frame_file(self, url: str, headers: dict[bytes, bytes]) -> str | None:
         """The internal URI of the frame file, if every check passes; else ``None``."""
@@ -236,6 +246,10 @@ async def frame_gate_ctx(app: web.Application) -> AsyncIterator[None]:
     """
     host, port = app[SETTINGS].internal_listen, app[SETTINGS].gate_port
     gate = FrameGate(app)
+    tally = app[METRICS]
+    approved = {"route": "frame_gate", "status": "200"}
+    tally.watch("http_requests_total", approved, lambda: gate.served)
+    tally.watch("frame_gate_handed_to_app_total", {}, lambda: gate.handed)
     loop = asyncio.get_running_loop()
     try:
         server = await loop.create_server(

@@ -10,14 +10,19 @@ versions, pids, ports, the AE title. Probes run at most once per
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from typing import Any
 
 from aiohttp import web
 
 from appliance.health.report import STATUS_KEY_HEADER, CachedHealth, check_health, status_key
-from appliance.web.auth import SESSION_COOKIE, Rejected, bearer_token, check_token, public
-from appliance.web.inputs import client_address
+from appliance.web.auth import (
+    SESSION_COOKIE,
+    Rejected,
+    bearer_token,
+    check_token,
+    from_loopback,
+    public,
+)
 from appliance.web.keys import DB, HEALTH, HTTP, QUEUE, SETTINGS, STARTED_AT
 
 routes = web.RouteTableDef()
@@ -57,7 +62,7 @@ def may_see_details(request: web.Request) -> bool:
     key = request.headers.get(STATUS_KEY_HEADER)
     if key is not None:
         expected = status_key(request.app[SETTINGS])
-        return _from_loopback(request) and hmac.compare_digest(key.encode(), expected.encode())
+        return from_loopback(request) and hmac.compare_digest(key.encode(), expected.encode())
     header = request.headers.get("Authorization")
     token = bearer_token(header) if header else request.cookies.get(SESSION_COOKIE)
     if not token:
@@ -67,10 +72,3 @@ def may_see_details(request: web.Request) -> bool:
     except Rejected:
         return False
     return who.role == "admin" and not who.claims.is_share
-
-
-def _from_loopback(request: web.Request) -> bool:
-    try:
-        return ipaddress.ip_address(client_address(request)).is_loopback
-    except ValueError:
-        return False

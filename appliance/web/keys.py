@@ -8,6 +8,7 @@ from aiohttp import web
 
 from appliance.config import Settings
 from appliance.health.report import CachedHealth
+from appliance.metrics import Tally
 from appliance.security.audit import ReadLedger
 from appliance.security.sessions import SessionStore
 from appliance.security.tokens import TokenService
@@ -25,3 +26,4 @@ INGEST = web.AppKey("ingest", PipelineIngest)
 FRAMES_DIR = web.AppKey("frames_dir", str)
 READS = web.AppKey("reads", ReadLedger)
 HEALTH = web.AppKey("health", CachedHealth)
+METRICS = web.AppKey("metrics", Tally)

@@ -1,0 +1,191 @@
+"""``/api/metrics``: the appliance's numbers in Prometheus' text format (prometheus-client).
+
+Counters come from the shared ``metrics`` table (:mod:`appliance.metrics`: every app
+process, the worker and the receiver add to it), so a scrape answers the same whichever
+app process nginx picks; gauges (queue, ingest backlog, free disk, backup age) are read
+at scrape time. Open to administrators, and without a token to callers on this machine
+(the address nginx passes, so a browser elsewhere still needs an admin token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from appliance import metrics
+from appliance.backup.status import backup_age
+from appliance.layout import HomeLayout
+from appliance.web.auth import requires
+from appliance.web.errors import Handler
+from appliance.web.keys import DB, METRICS, QUEUE, SETTINGS
+
+routes = web.RouteTableDef()
+PREFIX = "neuronova_"
+# Counters of the metrics table: name -> (help, label names).
+COUNTERS = {
+    "http_requests_total": (
+        "Requests answered, by route and status: the app's routes (their patterns), and "
+        "the frames the frame gate approved (route frame_gate).",
+        ("route", "status"),
+    ),
+    "frame_gate_handed_to_app_total": (
+        "Frame requests the frame gate handed to the app, which counts them again by route.",
+        (),
+    ),
+    "auth_failures_total": (
+        "Failed logins and refused tokens, roles, CSRF headers and refresh tokens, by "
+        "audit event and reason.",
+        ("event", "reason"),
+    ),
+    "cstore_total": (
+        "C-STORE requests answered by the DICOM receiver, by status and calling AE title.",
+        ("status", "calling_ae"),
+    ),
+}
+WAITING = ("received", "processing")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer of the app by route pattern and status (a dict increment)."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status_code
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        labels = (("route", route), ("status", str(status)))
+        request.app[METRICS].count("http_requests_total", labels)
+
+
+async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Add this process's counts to the shared table every few seconds and at shutdown."""
+
+    async def flush_now_and_then() -> None:
+        while True:
+            await asyncio.sleep(metrics.FLUSH_INTERVAL)
+            app[METRICS].flush(app[DB])
+
+    task = asyncio.create_task(flush_now_and_then())
+    yield
+    task.cancel()
+    app[METRICS].flush(app[DB])
+
+
+@routes.get("/api/metrics")
+@requires("admin", loopback=True)
+async def scrape(request: web.Request) -> web.Response:
+    """Every metric in the Prometheus text format."""
+    app = request.app
+    app[METRICS].flush(app[DB])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(app))
+    response = web.Response(body=generate_latest(registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+class Collector:
+    """The families of one scrape, read from the app's database, queue and disk."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        """Counters and the transcode histogram from the table, then the gauges."""
+        found = metrics.read(self.app[DB])
+        for name, (text, labels) in COUNTERS.items():
+            family = CounterMetricFamily(PREFIX + name, text, labels=labels)
+            for values, value in found.get(name, []):
+                family.add_metric([values.get(label, "") for label in labels], value)
+            yield family
+        yield _histogram(found)
+        yield from self._queue()
+        yield from self._disk()
+        age = backup_age(HomeLayout(self.app[SETTINGS].home))
+        yield GaugeMetricFamily(
+            PREFIX + "backup_age_seconds",
+            "Seconds since the last successful backup finished; NaN when there was none.",
+            value=math.nan if age is None else age,
+        )
+
+    def _queue(self) -> Iterator[Metric]:
+        db = self.app[DB]
+        yield GaugeMetricFamily(
+            PREFIX + "queue_pending_tasks",
+            "Tasks waiting in the queue (ingest and JPEG previews).",
+            value=self.app[QUEUE].huey.pending_count(),
+        )
+        states = GaugeMetricFamily(
+            PREFIX + "ingest_objects",
+            "Received objects not yet stored (received, processing) or failed, by state.",
+            labels=("state",),
+        )
+        counts = dict(
+            db.execute(
+                "SELECT state, count(*) FROM instances WHERE state IN (?, ?, 'failed') "
+                "GROUP BY state",
+                WAITING,
+            ).fetchall()
+        )
+        for state in (*WAITING, "failed"):
+            states.add_metric([state], counts.get(state, 0))
+        yield states
+        oldest = db.execute(
+            "SELECT min(received_at) FROM instances WHERE state IN (?, ?)", WAITING
+        ).fetchone()[0]
+        age = time.time() - datetime.fromisoformat(oldest).timestamp() if oldest else 0.0
+        yield GaugeMetricFamily(
+            PREFIX + "ingest_oldest_waiting_seconds",
+            "Age of the oldest object received but not yet stored (0 when none waits).",
+            value=max(age, 0.0),
+        )
+
+    def _disk(self) -> Iterator[Metric]:
+        layout = HomeLayout(self.app[SETTINGS].home)
+        free = GaugeMetricFamily(
+            PREFIX + "disk_free_bytes",
+            "Free bytes on the file systems of the image store and the receiver's spool.",
+            labels=("path",),
+        )
+        for name, path in (("images", layout.orthanc_dir), ("spool", layout.spool_dir)):
+            free.add_metric([name], shutil.disk_usage(path).free)
+        yield free
+
+
+def _histogram(found: dict[str, list[tuple[dict[str, str], float]]]) -> Metric:
+    """The transcode time histogram: per-bucket counts of the table made cumulative."""
+    per_bucket = {
+        float(labels["le"]): value for labels, value in found.get("transcode_seconds_bucket", [])
+    }
+    total, buckets = 0.0, []
+    for le in (*metrics.TRANSCODE_BUCKETS, math.inf):
+        total += per_bucket.get(float(le), 0.0)
+        buckets.append(("+Inf" if le == math.inf else repr(float(le)), total))
+    sums = found.get("transcode_seconds_sum", [])
+    return HistogramMetricFamily(
+        PREFIX + "transcode_seconds",
+        "Time the worker took per stored object: read, transcode to HTJ2K, verify, store "
+        "in Orthanc, prepare frames.",
+        buckets=buckets,
+        sum_value=sums[0][1] if sums else 0.0,
+    )

@@ -33,7 +33,7 @@ from appliance.store.frame_files import BOUNDARY
 from appliance.web.auth import STAFF
 from appliance.web.gateway import (
     BadRequest,
-    accepts_stored_frames,
+    accepts_stored_htj2k,
     check_raw_path,
     frame_file_redirect,
     parse_path,
@@ -83,7 +83,7 @@ def _frame_file(request: web.Request) -> Path:
         raise _fail(400, str(exc)) from None
     if target.action != "frames" or len(target.frames) != 1 or target.frame_action:
         raise _fail(404, "only single frames are served here")
-    if not accepts_stored_frames(request.headers.get("Accept", "")):
+    if not accepts_stored_htj2k(request.headers.get("Accept", "")):
         raise _fail(406, "not acceptable")
     return request.app[FRAMES] / frame_file_redirect(target).removeprefix("/internal-frames/")
 

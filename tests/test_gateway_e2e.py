@@ -112,6 +112,33 @@ def test_whole_instance_retrieve_is_htj2k_with_identical_pixels(appliance, pushe
     assert np.array_equal(ds.pixel_array, slices[2])
 
 
+@pytest.mark.parametrize("accept", [None, "*/*", 'multipart/related; type="application/dicom"'])
+def test_a_series_retrieve_naming_no_syntax_gets_the_objects_as_stored(appliance, pushed, accept):
+    """Orthanc 1.10.1 answered 500 (it tried to transcode HTJ2K) for these (the fuzz run)."""
+    series, slices, token, _ = pushed
+    url = (f"{appliance.url}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
+           f"{series.series_uid}")  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"} | ({"Accept": accept} if accept else {})
+    resp = requests.get(url, headers=headers, timeout=30)
+    assert resp.status_code == 200, resp.text[:300]
+    assert 'type="application/dicom"' in resp.headers["Content-Type"]
+    datasets = client_for(appliance, token).retrieve_series(series.study_uid, series.series_uid)
+    assert {ds.file_meta.TransferSyntaxUID for ds in datasets} == {HTJ2K}
+    by_sop = {ds.SOPInstanceUID: ds for ds in datasets}
+    assert np.array_equal(by_sop[series.sop_uids[1]].pixel_array, slices[1])
+
+
+def test_a_retrieve_in_another_syntax_of_htj2k_objects_is_a_406(appliance, pushed):
+    series, _, token, _ = pushed
+    url = f"{appliance.url}/api/pacs/dicom-web/studies/{series.study_uid}"
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'
+    resp = requests.get(url, headers={"Authorization": f"Bearer {token}", "Accept": accept},
+                        timeout=10)  # fmt: skip
+    assert resp.status_code == 406
+    assert resp.json()["error"] == "not_acceptable"
+    assert "transfer-syntax=*" in resp.json()["message"]
+
+
 def test_rendered_and_thumbnail_of_htj2k_instances_series_and_studies_are_jpegs(appliance, pushed):
     series, _, token, _ = pushed
     base = (f"{appliance.url}/api/pacs/dicom-web/studies/{series.study_uid}/series/"

@@ -6,7 +6,7 @@ import pytest
 
 from appliance.web.gateway import (
     BadRequest,
-    accepts_stored_frames,
+    accepts_stored_htj2k,
     check_raw_path,
     clean_query,
     frame_file_redirect,
@@ -175,7 +175,7 @@ def test_redirects_stay_inside_internal_locations():
     ],
 )
 def test_which_accept_headers_prepared_frames_satisfy(accept, stored):
-    assert accepts_stored_frames(accept) is stored
+    assert accepts_stored_htj2k(accept) is stored
 
 
 def test_generic_frame_accept_is_made_explicit_for_orthanc():

@@ -37,7 +37,7 @@ from appliance.web.app import create_app
 from appliance.web.frame_gate import HANDED_TO_APP, GateProtocol, session_cookie
 from appliance.web.gateway import (
     BadRequest,
-    accepts_stored_frames,
+    accepts_stored_htj2k,
     clean_query,
     parse_path,
     parse_single_frame,
@@ -79,7 +79,7 @@ ADVERSARIAL: list[tuple[str, Callable[[str], object], str]] = [
      "ABCDEF01." * 3 + "A" * 64 + "." + "a" * 5000 + "!"),
     ("query key, ambiguous", lambda key: clean_query([(key, "1")]), "ABCDEF01." * 2000 + "!"),
     ("AE title", validate_ae_title, "A" + " " * 5000 + "\\"),
-    ("Accept", accepts_stored_frames, "multipart/related; " * 2000 + "transfer-syntax"),
+    ("Accept", accepts_stored_htj2k, "multipart/related; " * 2000 + "transfer-syntax"),
     ("session cookie", lambda v: session_cookie(v.encode()), "nn_session=a; " * 3000 + "=" * 3),
     ("audit since", audit.since_iso, "1" * 4000 + "x"),
     ("audit escape", audit.escape, "\\\u200b" * 5000),
@@ -111,7 +111,7 @@ def test_bulk_data_paths_keep_their_meaning():
 
 
 def test_an_accept_header_with_a_bare_transfer_syntax_does_not_raise():
-    assert accepts_stored_frames("multipart/related; transfer-syntax") is False
+    assert accepts_stored_htj2k("multipart/related; transfer-syntax") is False
 
 
 # ------------------------------------------------------------------- the frame gate

@@ -21,7 +21,7 @@ from appliance.web.gateway import (
     HTJ2K_LOSSLESS,
     BadRequest,
     Target,
-    accepts_stored_frames,
+    accepts_stored_htj2k,
     check_raw_path,
     clean_query,
     frame_file_redirect,
@@ -61,7 +61,7 @@ def prepared_frame(frames_dir: str, target: Target, accept: str) -> str | None:
     """The internal URI of a single frame's prepared file, if it exists and ``accept`` fits."""
     if target.action != "frames" or len(target.frames) != 1 or target.frame_action is not None:
         return None
-    if not accepts_stored_frames(accept):
+    if not accepts_stored_htj2k(accept):
         return None
     return _existing(frames_dir, frame_file_redirect(target))
 
@@ -118,6 +118,25 @@ def _refuse_other_syntaxes(request: web.Request, target: Target) -> None:
     )
 
 
+def _refuse_other_retrieve_syntaxes(request: web.Request, target: Target) -> None:
+    """406 for a retrieve in a named transfer syntax of objects stored as HTJ2K.
+
+    Orthanc 1.10.1 cannot transcode HTJ2K (it would answer 500); whether the study,
+    series or instance holds HTJ2K objects is told by its prepared frame files.
+    """
+    if accepts_stored_htj2k(request.headers.get("Accept", "")):
+        return
+    uids = [uid for uid in (target.study, target.series, target.instance) if uid]
+    if not os.path.isdir(os.path.join(request.app[FRAMES_DIR], *uids)):
+        return
+    raise ApiError(
+        406,
+        "not_acceptable",
+        f"These objects are stored as HTJ2K ({HTJ2K_LOSSLESS}), which this archive cannot "
+        "convert: ask with transfer-syntax=* or that syntax.",
+    )
+
+
 def _preview_pending(request: web.Request, target: Target) -> web.Response | None:
     """503 with ``Retry-After`` while a stored instance's JPEGs wait for their task.
 
@@ -171,6 +190,8 @@ async def read(request: web.Request) -> web.Response:
         return _granted(request, target, accel(prepared))
     if target.action == "frames" and target.frame_action is None:
         _refuse_other_syntaxes(request, target)
+    if target.action == "retrieve":
+        _refuse_other_retrieve_syntaxes(request, target)
     pending = _preview_pending(request, target)
     if pending is not None:
         return pending

@@ -221,18 +221,25 @@ def orthanc_redirect(target: Target, query: str) -> str:
 
 
 def orthanc_accept(target: Target, accept: str) -> str:
-    """The ``Accept`` header nginx sends Orthanc: a generic one made explicit for frames.
+    """The ``Accept`` header nginx sends Orthanc: a generic one made explicit.
 
     Orthanc's DICOMweb plugin refuses frame requests whose media type is ``*/*`` (some
-    clients' default); they mean "any transfer syntax".
+    clients' default); they mean "any transfer syntax". A retrieve that names no transfer
+    syntax (no Accept, ``*/*``, or ``application/dicom`` alone, dicomweb-client's default)
+    gets the objects as stored: Orthanc 1.10.1 would try to transcode HTJ2K to Explicit VR
+    Little Endian, fail and answer 500. Each part's transfer syntax is in its file meta.
     """
-    if (
-        target.action == "frames"
-        and target.frame_action is None
-        and (not accept or '"*/*"' in accept or accept.strip() == "*/*")
-    ):
+    if target.action == "frames" and target.frame_action is None and _any_type(accept):
         return 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    if target.action == "retrieve" and (
+        _any_type(accept) or ("application/dicom" in accept and "transfer-syntax" not in accept)
+    ):
+        return 'multipart/related; type="application/dicom"; transfer-syntax=*'
     return accept
+
+
+def _any_type(accept: str) -> bool:
+    return not accept or '"*/*"' in accept or accept.strip() == "*/*"
 
 
 def frame_file_redirect(target: Target) -> str:
@@ -248,8 +255,8 @@ def image_file_redirect(target: Target, kind: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def accepts_stored_frames(accept: str) -> bool:
-    """Whether prepared HTJ2K frame files satisfy this ``Accept`` header.
+def accepts_stored_htj2k(accept: str) -> bool:
+    """Whether objects or frames as stored (HTJ2K) satisfy this ``Accept`` header.
 
     True for ``transfer-syntax=*``, an explicit HTJ2K request, a bare
     ``multipart/related; type="application/octet-stream"`` or any-type: the part's

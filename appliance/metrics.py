@@ -70,12 +70,12 @@ class Tally:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[Key, float] = {}
+        self._pending: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
         self._watched: list[tuple[Key, Callable[[], int], list[int]]] = []
 
     def count(self, name: str, labels: tuple[tuple[str, str], ...]) -> None:
-        """Add one to ``name`` with ``labels`` ((name, value) pairs)."""
-        k = (name, json.dumps(dict(labels), sort_keys=True))
+        """Add one to ``name`` with ``labels`` ((name, value) pairs); encoded at flush."""
+        k = (name, labels)
         with self._lock:
             self._pending[k] = self._pending.get(k, 0) + 1
 
@@ -86,7 +86,11 @@ class Tally:
     def flush(self, db: sqlite_utils.Database) -> None:
         """Add everything counted since the last flush."""
         with self._lock:
-            pending, self._pending = self._pending, {}
+            counted, self._pending = self._pending, {}
+            pending: dict[Key, float] = {}
+            for (name, labels), n in counted.items():
+                k = key(name, **dict(labels))
+                pending[k] = pending.get(k, 0) + n
             for k, total, seen in self._watched:
                 now = total()
                 if now != seen[0]:

@@ -147,6 +147,25 @@ def test_an_exception_in_the_gate_is_logged_and_the_request_goes_to_the_app(capl
     assert "frame gate" in caplog.text and "IndexError" in caplog.text
 
 
+class CleanGate:
+    def answer(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> bytes:
+        return HANDED_TO_APP
+
+
+def test_an_upgrade_request_is_answered_then_the_connection_closed():
+    """httptools raises HttpParserUpgrade (not an HttpParserError) after the message: it
+    escaped data_received and asyncio logged a fatal error (the fuzz run: ~1,000 times)."""
+    protocol = GateProtocol(CleanGate())  # type: ignore[arg-type]
+    transport = Transport()
+    closed: list[bool] = []
+    transport.close = lambda: closed.append(True)  # type: ignore[method-assign]
+    protocol.transport = transport  # type: ignore[assignment]
+    protocol.data_received(
+        b"GET /x HTTP/1.1\r\nHost: g\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    assert transport.written == HANDED_TO_APP and closed == [True]
+
+
 # ------------------------------------------------------------- the app: body limits
 
 

@@ -196,8 +196,13 @@ class GateProtocol(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             too_large = isinstance(exc.__context__, TooLarge)
             self._send(HEADERS_TOO_LARGE if too_large else BAD_REQUEST, close=True)
-        except httptools.HttpParserError:  # includes an Upgrade request
+        except httptools.HttpParserError:
             self._send(BAD_REQUEST, close=True)
+        except httptools.HttpParserUpgrade:
+            # The request was answered (on_message_complete); what follows an Upgrade is
+            # not HTTP/1.1, so the connection ends here.
+            if self.transport is not None:
+                self.transport.close()
 
     def on_url(self, url: bytes) -> None:
         self.url += url

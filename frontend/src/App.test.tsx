@@ -160,6 +160,7 @@ describe('worklist', () => {
     expect(byTestId('page-range')!.textContent).toContain('1–50 of 1,234');
     // Radiologists share but do not see admin pages.
     expect(row.querySelector('[data-testid="share-study"]')).not.toBeNull();
+    expect(row.querySelector('[data-testid="delete-study"]')).toBeNull();
     expect(byTestId('nav-users')).toBeNull();
     expect(byTestId('nav-shares')).not.toBeNull();
     const q = requests.find((r) => r.startsWith('GET /api/studies'))!;
@@ -190,6 +191,26 @@ describe('worklist', () => {
     const studies = requests.filter((r) => r.startsWith('GET /api/studies'));
     expect(studies).toHaveLength(2);
     expect(studies[1]).toBe('GET /api/studies?q=doe&sort=-study_date&limit=50&offset=0');
+  });
+
+  it('lets an admin delete a study after a confirmation naming the patient', async () => {
+    const path = `/api/studies/${STUDY.study_uid}`;
+    installFetch((url, init) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'boss', role: 'admin' });
+      if (url.pathname === '/api/studies') return json(200, { total: 1, items: [STUDY] });
+      if (url.pathname === path && init.method === 'DELETE') return json(200, { study_uid: STUDY.study_uid });
+    });
+    await render('/');
+    const row = await waitFor(() => byTestId('study-row'));
+    await act(async () => row.querySelector<HTMLButtonElement>('[data-testid="delete-study"]')!.click());
+    const message = byTestId('delete-study-message')!.textContent!;
+    expect(message).toContain('Doe, Jane Q');
+    expect(message).toContain('PID-001');
+    expect(requests).not.toContain(`DELETE ${path}`);
+    await act(async () => byTestId('confirm-ok')!.click());
+    await settle(50);
+    expect(requests).toContain(`DELETE ${path}`);
+    expect(requests.filter((r) => r.startsWith('GET /api/studies'))).toHaveLength(2);
   });
 });
 

@@ -341,6 +341,7 @@ export const endpoints = {
     api.post<CreatedShare>('/api/shares', { study_uid, expires_in_hours, note }),
   shares: (signal?: AbortSignal) => api.get<{ items: Share[] }>('/api/shares', { signal }),
   revokeShare: (id: string) => api.del(`/api/shares/${enc(id)}`),
+  deleteStudy: (uid: string) => api.del(`/api/studies/${enc(uid)}`),
 
   users: (signal?: AbortSignal) => api.get<{ items: AdminUser[] }>('/api/admin/users', { signal }),
   createUser: (username: string, role: Role, password: string) =>

@@ -1,6 +1,6 @@
 import { useEffect, useState } from 'react';
 import { endpoints, viewerUrl, type Study } from '../lib/api';
-import { canShare, useAuth } from '../lib/auth';
+import { canShare, isAdmin, useAuth } from '../lib/auth';
 import {
   dateToDicom,
   dicomDateToIso,
@@ -12,7 +12,7 @@ import {
 } from '../lib/format';
 import { setSearchParams, useLocation } from '../lib/router';
 import { useDebounced, useFetch } from '../lib/useFetch';
-import { EmptyRow, ErrorBanner, Spinner } from '../components/ui';
+import { ConfirmDialog, EmptyRow, ErrorBanner, Spinner } from '../components/ui';
 import { Pagination } from '../components/Pagination';
 import { ShareDialog } from '../components/ShareDialog';
 
@@ -73,6 +73,7 @@ export function WorklistPage() {
   const [search, setSearch] = useState(filters.q);
   const debounced = useDebounced(search, 300);
   const [shareStudy, setShareStudy] = useState<Study | null>(null);
+  const [deleting, setDeleting] = useState<Study | null>(null);
 
   // Debounced search box -> URL (first page).
   useEffect(() => {
@@ -135,6 +136,7 @@ export function WorklistPage() {
   };
 
   const sharing = canShare(user?.role);
+  const admin = isAdmin(user?.role);
 
   return (
     <div className="page page-wide">
@@ -278,7 +280,12 @@ export function WorklistPage() {
               </EmptyRow>
             )}
             {data?.items.map((s) => (
-              <StudyRow key={s.study_uid} study={s} onShare={sharing ? () => setShareStudy(s) : undefined} />
+              <StudyRow
+                key={s.study_uid}
+                study={s}
+                onShare={sharing ? () => setShareStudy(s) : undefined}
+                onDelete={admin ? () => setDeleting(s) : undefined}
+              />
             ))}
           </tbody>
         </table>
@@ -298,6 +305,25 @@ export function WorklistPage() {
       )}
 
       {shareStudy && <ShareDialog study={shareStudy} onClose={() => setShareStudy(null)} />}
+      <ConfirmDialog
+        open={!!deleting}
+        title="Delete study"
+        message={
+          <p data-testid="delete-study-message">
+            Delete the {deleting?.study_date ? `${formatDicomDate(deleting.study_date)} ` : ''}study of{' '}
+            <strong>{formatPersonName(deleting?.patient_name ?? '') || 'an unnamed patient'}</strong>
+            {deleting?.patient_id ? ` (ID ${deleting.patient_id})` : ''}: its images, previews and worklist entry are
+            removed from the archive and the disk. This cannot be undone.
+          </p>
+        }
+        confirmLabel="Delete study"
+        danger
+        onConfirm={async () => {
+          if (deleting) await endpoints.deleteStudy(deleting.study_uid);
+          reload();
+        }}
+        onClose={() => setDeleting(null)}
+      />
     </div>
   );
 }
@@ -327,7 +353,7 @@ function SortHeader({
   );
 }
 
-function StudyRow({ study, onShare }: { study: Study; onShare?: () => void }) {
+function StudyRow({ study, onShare, onDelete }: { study: Study; onShare?: () => void; onDelete?: () => void }) {
   const name = formatPersonName(study.patient_name);
   const href = viewerUrl(study.study_uid);
   return (
@@ -371,6 +397,11 @@ function StudyRow({ study, onShare }: { study: Study; onShare?: () => void }) {
           {onShare && (
             <button type="button" className="btn btn-sm" onClick={onShare} data-testid="share-study">
               Share
+            </button>
+          )}
+          {onDelete && (
+            <button type="button" className="btn btn-sm btn-danger-outline" onClick={onDelete} data-testid="delete-study">
+              Delete
             </button>
           )}
         </div>

@@ -446,3 +446,11 @@ def test_stow_of_a_part_that_is_no_part_10_object_still_fails(appliance, admin_t
                                               "Content-Type": STOW_TYPE})  # fmt: skip
     assert resp.status_code == 409
     assert "not a DICOM Part 10 object" in resp.json()["00091001"]["Value"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["POST", "PATCH", "DELETE"])
+def test_other_methods_on_the_viewer_are_a_405(appliance, method):
+    """Passed to the session check by auth_request, they got nginx's 500 (the fuzz run)."""
+    resp = requests.request(method, f"{appliance.url}/pacs-viewer/", data=b"x", timeout=10)
+    assert resp.status_code == 405

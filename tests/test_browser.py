@@ -27,6 +27,7 @@ import pytest
 import requests
 from conftest import api_token, require_tool, run_cli, storescu, wait_stored
 
+from appliance.health.doctor import CHECKS
 from bench.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -404,7 +405,14 @@ def test_admin_system_page_shows_every_component_ok(appliance, new_context):
             "els => els.map(e => [e.dataset.component, e.dataset.status])"
         )
     )
+    page.get_by_test_id("doctor-row").first.wait_for(timeout=15_000)
+    checks = dict(
+        page.locator('[data-testid="doctor-row"]').evaluate_all(
+            "els => els.map(e => [e.querySelector('td').textContent, e.dataset.status])"
+        )
+    )
     page.screenshot(path=ARTIFACTS / "08-admin-system.png", full_page=True)
+    assert len(checks) == len(CHECKS) and "FAIL" not in checks.values(), checks
     assert {name: found[name] for name in names} == dict.fromkeys(names, "ok"), found
     assert "All services are running" in page.get_by_test_id("system-status").inner_text()
 

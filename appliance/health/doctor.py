@@ -207,7 +207,8 @@ async def check_exposure(ctx: Context) -> Check:
             "set [internal] listen = 127.0.0.1 in neuronova.toml (or stop that "
             "process) and restart `neuronova run`",
         )
-    return Check("exposure", OK, "only nginx and the DICOM port listen beyond loopback")
+    beyond = "beyond loopback only nginx, DICOM and Orthanc (which refuses remote clients)"
+    return Check("exposure", OK, beyond)
 
 
 async def check_dicom(ctx: Context) -> Check:

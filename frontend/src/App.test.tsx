@@ -280,3 +280,31 @@ describe('audit trail', () => {
     expect(byTestId('nav-audit')).not.toBeNull();
   });
 });
+
+describe('system checks', () => {
+  it('shows each doctor check with its fix, and runs them again on demand', async () => {
+    const REPORT = {
+      status: 'WARN',
+      took_ms: 140,
+      checks: [
+        { name: 'services', status: 'OK', message: 'all listening', fix: '' },
+        { name: 'backup', status: 'WARN', message: 'no backup yet', fix: 'run `neuronova backup DEST`' },
+      ],
+    };
+    installFetch((url) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'boss', role: 'admin' });
+      if (url.pathname === '/api/admin/doctor') return json(200, REPORT);
+      if (url.pathname === '/api/admin/audit') return json(200, { items: [] });
+    });
+    await render('/admin/system');
+    await waitFor(() => container.querySelectorAll('[data-testid="doctor-row"]').length === 2);
+    const warn = container.querySelector<HTMLElement>('[data-testid="doctor-row"][data-status="WARN"]')!;
+    expect(warn.textContent).toContain('no backup yet');
+    expect(warn.textContent).toContain('run `neuronova backup DEST`');
+    const runs = () => requests.filter((r) => r === 'GET /api/admin/doctor').length;
+    expect(runs()).toBe(1);
+    await waitFor(() => !(byTestId('doctor-run') as HTMLButtonElement).disabled);
+    await act(async () => byTestId('doctor-run')!.click());
+    await waitFor(() => runs() === 2);
+  });
+});

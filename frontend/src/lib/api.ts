@@ -137,6 +137,20 @@ export interface SystemInfo {
   version: string;
 }
 
+/** One check of `neuronova doctor` (GET /api/admin/doctor). */
+export interface DoctorCheck {
+  name: string;
+  status: 'OK' | 'WARN' | 'FAIL';
+  message: string;
+  fix: string;
+}
+
+export interface DoctorReport {
+  status: 'OK' | 'WARN' | 'FAIL';
+  checks: DoctorCheck[];
+  took_ms: number;
+}
+
 export interface AuditEvent {
   id?: number;
   ts: string | number;
@@ -356,6 +370,7 @@ export const endpoints = {
   deleteModality: (ae: string) => api.del(`/api/admin/modalities/${enc(ae)}`),
 
   system: (signal?: AbortSignal) => api.get<SystemInfo>('/api/admin/system', { signal }),
+  doctor: (signal?: AbortSignal) => api.get<DoctorReport>('/api/admin/doctor', { signal }),
   audit: (limit: number, signal?: AbortSignal) =>
     api.get<{ items: AuditEvent[] }>(`/api/admin/audit${query({ limit })}`, { signal }),
   auditSearch: (q: AuditQuery, signal?: AbortSignal) =>

@@ -1,4 +1,4 @@
-import { endpoints, type AuditEvent, type ComponentHealth } from '../lib/api';
+import { endpoints, type AuditEvent, type ComponentHealth, type DoctorCheck } from '../lib/api';
 import { formatBytes, formatCount, formatDateTime, formatDuration } from '../lib/format';
 import { Link } from '../lib/router';
 import { useFetch } from '../lib/useFetch';
@@ -38,6 +38,55 @@ export function eventTone(event: string): Tone {
   if (/fail|denied|throttl|invalid|locked|reject|forbidden|error|revok/i.test(event)) return 'bad';
   if (/login|logout|refresh/i.test(event)) return 'info';
   return 'neutral';
+}
+
+const CHECK_TONES: Record<DoctorCheck['status'], Tone> = { OK: 'ok', WARN: 'warn', FAIL: 'bad' };
+
+/** The checks of `neuronova doctor`, run on opening the page and on demand (not polled:
+ * each run opens a probe session and a DICOM association). */
+function DoctorSection() {
+  const doc = useFetch((signal) => endpoints.doctor(signal), 'doctor');
+  return (
+    <section className="section">
+      <h2 className="section-title">
+        Checks{' '}
+        <button type="button" className="btn btn-sm" onClick={doc.reload} disabled={doc.busy} data-testid="doctor-run">
+          {doc.busy ? <Spinner /> : null} Run checks
+        </button>
+        {doc.data && <span className="muted small"> took {doc.data.took_ms} ms, same as `neuronova doctor`</span>}
+      </h2>
+      <ErrorBanner error={doc.error} onRetry={doc.reload} />
+      <div className="table-wrap">
+        <table className="table" data-testid="doctor-table">
+          <thead>
+            <tr>
+              <th scope="col">Check</th>
+              <th scope="col">Result</th>
+              <th scope="col">Finding</th>
+              <th scope="col">Fix</th>
+            </tr>
+          </thead>
+          <tbody>
+            {doc.loading && !doc.data && (
+              <EmptyRow colSpan={4}>
+                <Spinner /> Running checks…
+              </EmptyRow>
+            )}
+            {doc.data?.checks.map((c) => (
+              <tr key={c.name} data-testid="doctor-row" data-status={c.status}>
+                <td className="mono small">{c.name}</td>
+                <td>
+                  <Badge tone={CHECK_TONES[c.status] ?? 'bad'}>{c.status}</Badge>
+                </td>
+                <td className="small">{c.message}</td>
+                <td className="small">{c.fix || <span className="muted">—</span>}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </div>
+    </section>
+  );
 }
 
 export function AdminSystemPage() {
@@ -136,6 +185,8 @@ export function AdminSystemPage() {
           </section>
         </>
       )}
+
+      <DoctorSection />
 
       <section className="section">
         <h2 className="section-title">

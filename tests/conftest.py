@@ -53,6 +53,25 @@ def require_tool(program: str, package: str) -> str:
     return path
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary homes under a folder of this run's own.
+
+    nginx's workers reach the homes through group permissions set on the way
+    (:func:`let_workers_reach`); pytest resets its shared ``/tmp/pytest-of-USER`` to 0700
+    whenever another pytest run starts, which cut a running appliance's nginx off its
+    frame files (403). Kept after a failed run, for its logs.
+    """
+    if config.option.basetemp is None:
+        config.option.basetemp = str(Path(tempfile.gettempdir()) / f"neuronova-tests-{os.getpid()}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove this run's temporary homes when every test passed."""
+    basetemp = session.config.option.basetemp
+    if exitstatus == 0 and basetemp and Path(basetemp).name.startswith("neuronova-tests-"):
+        shutil.rmtree(basetemp, ignore_errors=True)
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now (bind to port 0)."""
     with socket.socket() as sock:

@@ -45,18 +45,10 @@ def test_the_run_tried_every_kind_of_input(figures):
     assert figures.objects["acknowledged"] > 0
 
 
-NGINX_500 = (
-    "Orthanc 1.10.1 answers 500 to a WADO-RS retrieve of a study, series or instance stored "
-    "as HTJ2K unless Accept asks for transfer-syntax=* (the gateway rewrites Accept for "
-    "frames only); POST or PATCH /pacs-viewer/ is a 500 from nginx (its auth_request "
-    "subrequest gets the app's 405)"
-)
-
-
 @pytest.mark.parametrize(
     "channel",
     [
-        pytest.param("nginx", marks=pytest.mark.xfail(strict=True, reason=NGINX_500)),
+        "nginx",
         "frame gate",
         "stow",
     ],
@@ -79,11 +71,6 @@ def test_health_answers_200_after_the_run(figures):
     assert figures.after["/api/health"] == 200, examples(figures, "not serving after the run")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: in 3 of about 14 short runs nginx answered its own 403 page for "
-    "the known object's frame 1 after the run (200 in the others and in the 600 s run)",
-)
 def test_a_stored_frame_is_served_after_the_run(figures):
     status = figures.after["the known object's frame 1"]
     assert status == 200, examples(figures, "not serving after the run")

@@ -139,3 +139,14 @@ def test_a_header_element_declaring_a_huge_value_is_refused_unread() -> None:
     stream = b"\x08\x00\x30\x10" + (2 * 1024**3).to_bytes(4, "little")
     with pytest.raises(ValueError, match=r"\(0008,1030\) declares 2147483648 bytes"):
         _scan(stream, "1.2.840.10008.1.2", limit=4 * 1024**3)
+
+
+def test_a_header_element_with_an_unknown_vr_is_refused() -> None:
+    """(0008,0060) Modality sent as 'CW' got 0x0110 "Processing failure: NotImplementedError"
+    (the fuzz run): the receiver's reason is now the element and its VR."""
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm", stop_before_pixels=True)
+    stream = _encode(ds, implicit=False, little=True)
+    at = stream.index(b"\x08\x00\x60\x00CS")
+    stream = stream[: at + 4] + b"CW" + stream[at + 6 :]
+    with pytest.raises(ValueError, match=r"\(0008,0060\) has an unknown VR 'CW'"):
+        _scan(stream, "1.2.840.10008.1.2.1")

@@ -24,6 +24,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
+from pydicom.valuerep import VR
 
 PREAMBLE = 128 + 4  # the preamble and "DICM" (PS3.10 7.1)
 _META_GROUP_LENGTH = struct.Struct("<HH2sHI")  # (0002,0000) UL, Explicit VR Little Endian
@@ -38,6 +39,7 @@ _MAX_DEPTH = 32
 # The header elements kept (UIDs, names, dates, descriptions) are short by definition;
 # a larger declared length is refused before its value is read into memory.
 MAX_HEADER_VALUE = 64 * 1024
+_KNOWN_VRS = frozenset(vr.value for vr in VR)
 _CHUNK = 256 * 1024
 
 
@@ -169,8 +171,10 @@ class _Walker:
                         f"{_tag_text(tag)} declares {length} bytes; "
                         f"at most {MAX_HEADER_VALUE // 1024} KB is accepted"
                     )
-                value = self.source.take(length)
                 vr_text = None if vr is None else vr.decode("ascii", "replace")
+                if vr_text is not None and vr_text not in _KNOWN_VRS:
+                    raise ValueError(f"{_tag_text(tag)} has an unknown VR {vr_text!r}")
+                value = self.source.take(length)
                 self.found[BaseTag(tag)] = RawDataElement(
                     BaseTag(tag), vr_text, length, value, 0, self.implicit, self.little, True
                 )

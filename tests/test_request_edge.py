@@ -7,6 +7,7 @@ app processes' resident memory from ``/proc``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -20,6 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import api_token, free_port, make_appliance, wait_stored
 from dicomweb_client.api import DICOMwebClient
@@ -34,6 +36,7 @@ from appliance.security import audit
 from appliance.supervise.nginx import render_nginx_conf
 from appliance.uids import is_valid_uid
 from appliance.web.app import create_app
+from appliance.web.errors import MALFORMED_REQUEST_LOG
 from appliance.web.frame_gate import HANDED_TO_APP, GateProtocol, session_cookie
 from appliance.web.gateway import (
     BadRequest,
@@ -454,3 +457,26 @@ def test_other_methods_on_the_viewer_are_a_405(appliance, method):
     """Passed to the session check by auth_request, they got nginx's 500 (the fuzz run)."""
     resp = requests.request(method, f"{appliance.url}/pacs-viewer/", data=b"x", timeout=10)
     assert resp.status_code == 405
+
+
+async def test_a_malformed_request_is_one_warning_line_not_a_traceback(caplog):
+    """aiohttp answered 400 and logged the parser's traceback at ERROR (~840 in the fuzz
+    run); with the filter serve() attaches, one WARNING line."""
+    server = TestServer(web.Application())
+    await server.start_server()
+    logging.getLogger("aiohttp.server").addFilter(MALFORMED_REQUEST_LOG)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(b"GET /\xff\xfe HTTP/1.1\r\nHost: a\r\n\r\n")
+            status = await reader.readline()
+            writer.close()
+            await asyncio.sleep(0.05)
+    finally:
+        logging.getLogger("aiohttp.server").removeFilter(MALFORMED_REQUEST_LOG)
+        await server.close()
+    assert status.split()[1] == b"400"
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records and all(r.levelno == logging.WARNING and not r.exc_info for r in records)
+    assert "refused a malformed request with 400" in caplog.text
+    assert "Traceback" not in caplog.text

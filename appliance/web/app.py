@@ -23,7 +23,7 @@ from appliance.security.tokens import TokenService
 from appliance.transcode.queue import create_queue
 from appliance.web import admin, dicomweb, health, login, metrics, shares, studies
 from appliance.web.auth import auth_middleware
-from appliance.web.errors import error_middleware
+from appliance.web.errors import MALFORMED_REQUEST_LOG, error_middleware
 from appliance.web.frame_gate import frame_gate_ctx
 from appliance.web.ingest import PipelineIngest
 from appliance.web.inputs import MAX_JSON_BODY, SERVER_OPTIONS
@@ -106,6 +106,7 @@ def serve(settings: Settings) -> None:
     the kernel spreads nginx's connections over them.
     """
     host = settings.internal_listen
+    logging.getLogger("aiohttp.server").addFilter(MALFORMED_REQUEST_LOG)
     log.info("web app listening on %s:%d", host, settings.app_port)
     try:
         web.run_app(

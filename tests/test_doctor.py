@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import time
 
 import pytest
 import requests
@@ -14,7 +15,8 @@ from conftest import api_token, run_cli, storescu, wait_stored
 
 from appliance.backup.status import write_status
 from appliance.config import load_settings
-from appliance.health.doctor import CHECKS, Context, check_backup
+from appliance.health.doctor import CHECKS, Context, check_backup, check_exposure
+from appliance.health.probes import WORKER_HEARTBEAT_MAX_AGE
 from appliance.health.sockets import listeners
 from appliance.layout import HomeLayout
 from bench.synthetic import make_slices, write_series
@@ -53,6 +55,23 @@ def test_backup_check_reads_the_backup_status(home):
     assert failed.status == "FAIL" and "No space left on device" in failed.message
     write_status(HomeLayout(home), ok=True, dest="/mnt/nas")
     assert asyncio.run(check_backup(ctx)).status == "OK"
+
+
+def test_a_socket_of_ours_beyond_loopback_fails(home):
+    settings = load_settings(home, {}, environ={})
+    state = HomeLayout(home).state_file
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"children": {"stray": {"pid": os.getpid()}}}))
+    ctx = Context(settings, db=None, http=None, huey=None)
+    with socket.socket() as stray:
+        stray.bind(("0.0.0.0", 0))
+        stray.listen()
+        found = asyncio.run(check_exposure(ctx))
+        port = stray.getsockname()[1]
+    assert found.status == "FAIL"
+    assert f"another process of ours on 0.0.0.0:{port}" in found.message
+    assert "[internal] listen = 127.0.0.1" in found.fix
+    assert asyncio.run(check_exposure(ctx)).status == "OK"
 
 
 def test_stopped_appliance_fails_with_fixes(appliance_factory):
@@ -100,15 +119,20 @@ def test_system_page_api_runs_the_same_checks_for_admins_only(appliance):
 
 
 @pytest.mark.slow
-def test_frozen_orthanc_fails_with_the_fix(appliance_factory):
+def test_frozen_orthanc_and_worker_fail_with_the_fix(appliance_factory):
     running = appliance_factory().start()
-    orthanc = running.child_pid("orthanc")
-    os.kill(orthanc, signal.SIGSTOP)  # up but not answering: the supervisor keeps it
+    frozen = [running.child_pid("orthanc"), running.child_pid("worker")]
+    for pid in frozen:  # up but not answering: the supervisor keeps them
+        os.kill(pid, signal.SIGSTOP)
     try:
+        time.sleep(WORKER_HEARTBEAT_MAX_AGE + 1)
         code, report = _doctor_json(running)
     finally:
-        os.kill(orthanc, signal.SIGCONT)
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
     checks = _by_name(report)
+    assert checks["worker"]["status"] == "FAIL", checks["worker"]
+    assert "worker.log" in checks["worker"]["fix"]
     print(f"doctor --json with Orthanc frozen took {report['took_ms']} ms")
     assert code == 2
     assert checks["orthanc_via_nginx"]["status"] == "FAIL"

@@ -70,6 +70,11 @@ class HomeLayout:
         return self.run_dir / "supervisor.json"
 
     @property
+    def workers_lock_file(self) -> Path:
+        """Every running worker holds a shared lock on it (appliance.transcode.worker)."""
+        return self.run_dir / "workers.lock"
+
+    @property
     def worker_heartbeat_file(self) -> Path:
         return self.run_dir / "worker.heartbeat"
 

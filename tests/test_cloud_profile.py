@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 
 import imagecodecs
@@ -164,17 +165,55 @@ def test_orthanc_the_app_and_redis_are_on_the_internal_network_only(profile):
     assert seen == [f"{t}=closed" for t in targets] + [f"{nginx_public}/80=open"]
 
 
+def claims(profile: Profile, series) -> list[tuple[str, int]]:
+    """(state, times claimed by a worker) of each object of ``series``, from the journal."""
+    database = profile.volume_path() / "db" / "appliance.db"
+    marks = ",".join("?" * len(series.sop_uids))
+    query = f"SELECT state, attempts FROM instances WHERE sop_uid IN ({marks})"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        return sorted(db.execute(query, series.sop_uids).fetchall())
+
+
 def test_two_workers_share_the_queue_and_process_each_object_once(profile, pushed):
     series, _ = pushed
     workers = profile.containers("worker")
     assert len(workers) == 2 and all(profile.healthy(w) for w in workers)
-    database = profile.volume_path() / "db" / "appliance.db"
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        marks = ",".join("?" * SLICES)
-        query = f"SELECT state, attempts FROM instances WHERE sop_uid IN ({marks})"
-        rows = db.execute(query, series.sop_uids).fetchall()
     logs = {worker: profile.logs(worker) for worker in workers}
-    assert sorted(rows) == [("stored", 1)] * SLICES, logs
+    assert claims(profile, series) == [("stored", 1)] * SLICES, logs
+
+
+def test_a_worker_starting_beside_a_busy_one_takes_none_of_its_objects(profile, tmp_path):
+    """A worker (re)starting must not take back the claims of a worker still running:
+    its start-up recovery used to reset every 'processing' object to 'received', so an
+    object the busy worker held was processed a second time. The busy worker is frozen
+    (``podman pause``) while it holds a claim, and the other one started beside it."""
+    series = write_series(tmp_path, make_slices(SLICES * 2))
+    busy, starting = profile.containers("worker")
+    podman("stop", "-t", "5", starting, timeout=60)
+    storescu = require_tool(DCMTK_STORESCU, "dcmtk")
+    sending = subprocess.Popen([storescu, "-aet", "CT_SCANNER", "-aec", "NEURONOVA",
+                                "127.0.0.1", str(profile.ports["DICOM_PORT"]),
+                                *map(str, series.files)])  # fmt: skip
+    try:
+        for _ in range(50):
+            wait_for(lambda: ("processing", 1) in claims(profile, series), 60, "a claim")
+            podman("pause", busy)
+            if ("processing", 1) in claims(profile, series):
+                break
+            podman("unpause", busy)
+        podman("start", starting, timeout=60)
+        assert sending.wait(timeout=120) == 0
+        wait_for(lambda: profile.healthy(starting), 60, "the second worker")
+        time.sleep(3)  # the second worker's recovery and the queue's tasks have run
+    finally:
+        podman("unpause", busy, check=False)
+
+    def all_stored() -> bool:
+        return [state for state, _ in claims(profile, series)] == ["stored"] * len(series.files)
+
+    wait_for(all_stored, 120, "the series stored")
+    logs = {worker: profile.logs(worker) for worker in (busy, starting)}
+    assert claims(profile, series) == [("stored", 1)] * len(series.files), logs
 
 
 def test_down_and_up_keep_the_study_and_the_users(profile, pushed):

@@ -97,16 +97,18 @@ class Ingest:
             raise HeldError(f"the file of held object {held_id} is gone: {row['spool_path']}")
         return row
 
-    def recover(self) -> int:
+    def recover(self, reset_claims: bool = True) -> int:
         """After a crash: re-queue every object that is durable but not yet stored.
 
-        Returns how many were queued. Interrupted claims go back to ``received``; spool
+        Returns how many were queued. Interrupted claims go back to ``received`` (only
+        with ``reset_claims``: not while another worker runs, whose claims they may be); spool
         files the journal never heard of (a crash between fsync and journal) are
         journaled now; files of objects already stored are removed. Stored objects
         whose JPEGs were not written yet get their image task again.
         """
         self.spool.discard_partial()
-        self.journal.reset_interrupted()
+        if reset_claims:
+            self.journal.reset_interrupted()
         for path in self.spool.files():
             self._adopt(path)
         pending = self.journal.pending()

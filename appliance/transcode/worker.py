@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -11,7 +12,7 @@ from appliance.config import Settings
 from appliance.ingest.intake import Ingest
 from appliance.layout import HomeLayout
 from appliance.transcode.pipeline import Pipeline, warm_up_codec
-from appliance.transcode.queue import create_queue
+from appliance.transcode.queue import Queue, create_queue
 
 log = logging.getLogger("neuronova.worker")
 HEARTBEAT_INTERVAL = 2.0
@@ -21,6 +22,28 @@ def _beat(path: Path, stop: threading.Event) -> None:
     while not stop.is_set():
         path.touch()
         stop.wait(HEARTBEAT_INTERVAL)
+
+
+def recover_beside_others(settings: Settings, queue: Queue) -> int:
+    """Re-queue what an earlier stop left over, then join the running workers.
+
+    Several workers may share a home (worker containers of the cloud profile). Each holds
+    a shared lock on ``run/workers.lock`` while it runs; a worker that can take the lock
+    exclusively is alone, so objects left ``processing`` were interrupted and go back to
+    the queue. Beside running workers they are theirs and stay claimed. The lock is
+    downgraded only after recovery, so a worker starting meanwhile waits for it. Returns
+    the lock's descriptor (held until the process ends).
+    """
+    fd = os.open(HomeLayout(settings.home).workers_lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        alone = True
+    except BlockingIOError:
+        alone = False
+        log.info("other workers are running: their claimed objects stay theirs")
+    Ingest(settings, queue=queue).recover(reset_claims=alone)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
 
 
 WORKER_NICENESS = 10
@@ -41,7 +64,7 @@ def serve(settings: Settings) -> None:
     os.nice(WORKER_NICENESS)
     warm_up_codec()  # before any worker thread runs the codec (see its docstring)
     queue = create_queue(settings, work=lambda: Pipeline(settings))
-    Ingest(settings, queue=queue).recover()
+    recover_beside_others(settings, queue)
     huey = queue.huey
     consumer = huey.create_consumer(
         workers=settings.workers,

@@ -138,3 +138,12 @@ def test_frozen_orthanc_and_worker_fail_with_the_fix(appliance_factory):
     assert checks["orthanc_via_nginx"]["status"] == "FAIL"
     assert "orthanc.log" in checks["orthanc_via_nginx"]["fix"]
     assert checks["services"]["status"] == "OK"  # still listening, just not answering
+
+
+@pytest.mark.slow
+def test_doctor_goes_through_https_when_plain_http_only_redirects(appliance_factory):
+    running = appliance_factory(redirect_to_https=True).start()
+    code, report = _doctor_json(running)
+    bad = {c["name"]: c for c in report["checks"] if c["status"] != "OK"}
+    assert set(bad) <= KNOWN_WARNINGS, bad
+    assert code == 1

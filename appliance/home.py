@@ -28,7 +28,7 @@ def init_home(settings: Settings) -> InitResult:
     """Create whatever the data home lacks; safe to run again (it changes nothing then)."""
     layout = HomeLayout(settings.home)
     created = not settings.config_file.exists()
-    _make_dirs(layout)
+    make_home_dirs(layout)
     if created:
         settings.config_file.write_text(render_toml(settings))
     load_or_create_secret(layout.jwt_key_file, 48)
@@ -55,7 +55,8 @@ def require_initialized(settings: Settings) -> HomeLayout:
     return layout
 
 
-def _make_dirs(layout: HomeLayout) -> None:
+def make_home_dirs(layout: HomeLayout) -> None:
+    """Create the home's folders with their modes (0710 entry, 0700 private, 0755 shared)."""
     for paths, mode in ((layout.entry_dirs(), 0o710), (layout.private_dirs(), 0o700)):
         for path in paths:
             path.mkdir(parents=True, exist_ok=True)

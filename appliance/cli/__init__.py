@@ -36,6 +36,7 @@ def cli() -> None:
 def _register() -> None:
     from appliance.cli import (
         audit_cmd,
+        backup_cmd,
         config_cmd,
         core,
         doctor_cmd,
@@ -63,6 +64,8 @@ def _register() -> None:
         ingest_cmd.ingest,
         held_cmd.held,
         audit_cmd.audit,
+        backup_cmd.backup,
+        backup_cmd.restore,
         doctor_cmd.doctor,
         study_cmd.study,
         study_cmd.retention,

@@ -56,6 +56,18 @@ class OrthancStore:
         ids = [item["ID"] for item in found if item.get("Type") == "Instance"]
         return self._call(f"/instances/{ids[0]}/file") if ids else None
 
+    def instance_ids(self) -> list[str]:
+        """Orthanc's ids of every instance it holds."""
+        return json.loads(self._call("/instances"))
+
+    def attachment_uuid(self, instance_id: str) -> str | None:
+        """The storage file name of an instance's DICOM file; None if the instance is gone."""
+        try:
+            info = self._call(f"/instances/{instance_id}/attachments/dicom/info")
+        except OrthancRejected:
+            return None
+        return json.loads(info)["Uuid"]
+
     def delete_study(self, study_uid: str) -> bool:
         """Delete a study (every series and instance) from Orthanc; False if it has none."""
         found = json.loads(self._call("/tools/lookup", study_uid.encode(), "text/plain"))

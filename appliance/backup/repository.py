@@ -1,0 +1,136 @@
+"""A backup repository: files stored once by SHA-256, and one manifest per snapshot.
+
+``DEST/objects/ab/abcdef...`` holds each distinct content once (a second backup writes
+only contents it does not hold yet); ``DEST/snapshots/<UTC time>.json`` lists, for one
+snapshot, every path with its checksum. The repository is as sensitive as the home it
+copies (it holds the secrets): folders 0700, files 0600.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ApplianceError
+from appliance.security.keys import write_private_file
+
+CHUNK = 1 << 20
+FORMAT = 1
+
+
+class BackupError(ApplianceError):
+    """A backup, verify or restore that cannot go on; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One file put into the repository."""
+
+    sha256: str
+    size: int
+    copied: int  # bytes written to the repository (0 when the content was there)
+
+
+class Repository:
+    """The objects and snapshot manifests under one destination folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.snapshots = root / "snapshots"
+
+    def create(self) -> None:
+        """Make the folders (0700), refusing a folder that is something else."""
+        if self.root.exists() and any(self.root.iterdir()) and not self.snapshots.is_dir():
+            raise BackupError(
+                f"{self.root} is not empty and holds no NeuroNova backup. "
+                "Choose an empty folder or an earlier backup's folder."
+            )
+        for folder in (self.root, self.objects, self.snapshots):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+
+    def object_path(self, sha256: str) -> Path:
+        return self.objects / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.object_path(sha256).is_file()
+
+    def put(self, source: Path) -> Stored:
+        """Copy ``source`` in, hashing as it goes; the content is kept once."""
+        with open(source, "rb") as src, tempfile.NamedTemporaryFile(
+            dir=self.objects, prefix=".incoming-", delete=False
+        ) as tmp:
+            digest, size = hashlib.sha256(), 0
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                tmp.write(chunk)
+                size += len(chunk)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        sha256 = digest.hexdigest()
+        target = self.object_path(sha256)
+        if target.exists():
+            os.unlink(tmp.name)
+            return Stored(sha256, size, 0)
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(tmp.name, 0o600)
+        os.replace(tmp.name, target)
+        return Stored(sha256, size, size)
+
+    def check(self, sha256: str) -> str | None:
+        """None if the object is there with that checksum; otherwise what is wrong."""
+        path = self.object_path(sha256)
+        try:
+            return None if file_sha256(path) == sha256 else f"{path}: checksum mismatch"
+        except FileNotFoundError:
+            return f"{path}: missing"
+
+    def copy_out(self, sha256: str, target: Path, mode: int) -> None:
+        """Write an object's content to ``target`` with ``mode``."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.object_path(sha256), "rb") as src, open(
+            os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb"
+        ) as dst:
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+        os.chmod(target, mode)
+
+    def snapshot_names(self) -> list[str]:
+        """Names of the snapshots, oldest first."""
+        if not self.snapshots.is_dir():
+            return []
+        return sorted(p.stem for p in self.snapshots.glob("*.json"))
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest snapshot's manifest, or None for a new repository."""
+        names = self.snapshot_names()
+        return self.manifest(names[-1]) if names else None
+
+    def manifest(self, name: str) -> dict[str, Any]:
+        """One snapshot's manifest."""
+        try:
+            data = json.loads((self.snapshots / f"{name}.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise BackupError(f"cannot read snapshot {name} in {self.root}: {exc}") from exc
+        if data.get("format") != FORMAT:
+            raise BackupError(f"snapshot {name} has format {data.get('format')}, not {FORMAT}")
+        return data
+
+    def save(self, name: str, manifest: dict[str, Any]) -> None:
+        """Write a snapshot's manifest last, so a snapshot exists only once complete."""
+        write_private_file(self.snapshots / f"{name}.json", json.dumps(manifest).encode())
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's content, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

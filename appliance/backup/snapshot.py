@@ -1,0 +1,220 @@
+"""Taking a snapshot of a running home, checking one, and restoring one into a new home.
+
+Consistent while modalities keep sending:
+
+- the app's and the queue's SQLite databases are copied with SQLite's online backup API;
+- Orthanc 1.10.1 holds its SQLite index under an exclusive lock, so its index is read
+  through its REST API instead: the list of instances first, then each instance's file
+  (``storage/ab/cd/<uuid>``). An instance deleted or replaced in between is looked up
+  once more and left out if gone, so every instance the manifest names has its file.
+  Restore stores those files into a fresh Orthanc, which rebuilds its index from them;
+- settings, secrets, TLS files, frame files and the spool are copied as files; a second
+  snapshot reads again only files whose (size, mtime) changed.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from appliance.backup.repository import FORMAT, BackupError, Repository
+from appliance.config import Settings
+from appliance.home import make_home_dirs
+from appliance.layout import HomeLayout
+from appliance.store.orthanc import OrthancStore, OrthancUnavailable
+
+Progress = Callable[[int, int], None]
+"""Called with (items done, items in all) as a snapshot or restore goes."""
+
+SKIPPED = ("run", "logs", "db", "orthanc")  # regenerated, or taken by their own means
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    """What one backup did."""
+
+    name: str
+    files: int
+    instances: int
+    bytes_copied: int
+    seconds: float
+
+
+def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> SnapshotResult:
+    """Back the running home up into ``dest`` (a new or an earlier backup's folder)."""
+    started = time.monotonic()
+    layout = HomeLayout(settings.home)
+    orthanc = OrthancStore(settings)
+    instances = _orthanc_instances(orthanc)
+    repo = Repository(dest)
+    repo.create()
+    previous = repo.latest() or {}
+    files = list(_home_files(layout.home))
+    total, done, copied = len(instances) + len(files) + 2, 0, 0
+    manifest: dict[str, Any] = {"format": FORMAT, "files": {}, "databases": {}, "orthanc": {}}
+    databases = (("db/appliance.db", layout.database_file), ("db/queue.db", layout.queue_file))
+    for name, path in databases:
+        if path.exists():
+            manifest["databases"][name], n = _put_database(repo, path)
+            copied += n
+        done += 1
+        progress(done, total)
+    for rel, path in files:
+        entry, n = _put_file(repo, path, previous.get("files", {}).get(rel))
+        if entry is not None:
+            manifest["files"][rel] = entry
+        copied += n
+        done += 1
+        progress(done, total)
+    storage = layout.orthanc_dir / "storage"
+    for instance_id in instances:
+        entry, n = _put_instance(repo, orthanc, storage, instance_id, previous.get("orthanc", {}))
+        if entry is not None:
+            manifest["orthanc"][instance_id] = entry
+        copied += n
+        done += 1
+        progress(done, total)
+    name = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    manifest.update(name=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
+                    home=str(layout.home), bytes_copied=copied)  # fmt: skip
+    repo.save(name, manifest)
+    return SnapshotResult(name, len(manifest["files"]), len(manifest["orthanc"]), copied,
+                          time.monotonic() - started)  # fmt: skip
+
+
+def verify(dest: Path, progress: Progress) -> list[str]:
+    """Re-check every object every snapshot names; the problems found (empty: all good)."""
+    repo = Repository(dest)
+    names = repo.snapshot_names()
+    if not names:
+        raise BackupError(f"{dest} holds no NeuroNova backup (no snapshots/*.json).")
+    wanted: set[str] = set()
+    problems: list[str] = []
+    for name in names:
+        manifest = repo.manifest(name)
+        for section in ("files", "databases", "orthanc"):
+            wanted.update(entry["sha256"] for entry in manifest[section].values())
+        problems += [
+            f"snapshot {name}: Orthanc instance {i} has no file in the backup"
+            for i, e in manifest["orthanc"].items()
+            if not repo.has(e["sha256"])
+        ]
+    for done, sha256 in enumerate(sorted(wanted), start=1):
+        if (problem := repo.check(sha256)) is not None:
+            problems.append(problem)
+        progress(done, len(wanted))
+    return problems
+
+
+def restore_files(src: Path, home: Path) -> dict[str, Any]:
+    """Write the newest snapshot's files and databases into ``home`` (absent or empty).
+
+    Returns the manifest; its Orthanc instances go in with :func:`restore_instances`.
+    """
+    if home.exists() and (not home.is_dir() or any(home.iterdir())):
+        raise BackupError(
+            f"{home} is not empty. Restore into a new folder: --home NEW_FOLDER."
+        )
+    repo = Repository(src)
+    manifest = repo.latest()
+    if manifest is None:
+        raise BackupError(f"{src} holds no NeuroNova backup (no snapshots/*.json).")
+    make_home_dirs(HomeLayout(home))
+    for rel, entry in manifest["databases"].items():
+        repo.copy_out(entry["sha256"], home / rel, 0o600)
+    for rel, entry in manifest["files"].items():
+        repo.copy_out(entry["sha256"], home / rel, entry["mode"])
+    return manifest
+
+
+def restore_instances(
+    src: Path, manifest: dict[str, Any], store: Callable[[bytes], str], progress: Progress
+) -> int:
+    """Store every Orthanc instance of ``manifest`` through ``store``; returns the count."""
+    repo = Repository(src)
+    entries = list(manifest["orthanc"].values())
+    for done, entry in enumerate(entries, start=1):
+        store(repo.object_path(entry["sha256"]).read_bytes())
+        progress(done, len(entries))
+    return len(entries)
+
+
+def _home_files(home: Path) -> Iterator[tuple[str, Path]]:
+    for top in sorted(home.iterdir()):
+        if top.name in SKIPPED:
+            continue
+        if top.is_file():
+            yield top.name, top
+            continue
+        for root, _dirs, names in os.walk(top):
+            for name in sorted(names):
+                path = Path(root) / name
+                yield str(path.relative_to(home)), path
+
+
+def _put_file(repo: Repository, path: Path, before: dict[str, Any] | None):
+    """(manifest entry, bytes copied); (None, 0) if the file went away meanwhile."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return None, 0
+        same = (before and before["size"] == info.st_size and before["mtime_ns"] == info.st_mtime_ns
+                and repo.has(before["sha256"]))  # fmt: skip
+        stored = None if same else repo.put(path)
+    except FileNotFoundError:
+        return None, 0
+    entry = {"sha256": before["sha256"] if same else stored.sha256, "size": info.st_size,
+             "mtime_ns": info.st_mtime_ns, "mode": stat.S_IMODE(info.st_mode)}  # fmt: skip
+    return entry, 0 if same else stored.copied
+
+
+def _put_database(repo: Repository, path: Path) -> tuple[dict[str, Any], int]:
+    with tempfile.TemporaryDirectory(dir=repo.objects) as scratch:
+        copy = Path(scratch) / "copy.db"
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        stored = repo.put(copy)
+    return {"sha256": stored.sha256, "size": stored.size}, stored.copied
+
+
+def _orthanc_instances(orthanc: OrthancStore) -> list[str]:
+    try:
+        return orthanc.instance_ids()
+    except OrthancUnavailable as exc:
+        raise BackupError(
+            f"cannot list Orthanc's instances ({exc}). Is NeuroNova running? "
+            "Start it with `neuronova run`; backups are taken while it runs."
+        ) from exc
+
+
+def _put_instance(
+    repo: Repository, orthanc: OrthancStore, storage: Path, instance_id: str,
+    previous: dict[str, Any],
+) -> tuple[dict[str, Any] | None, int]:  # fmt: skip
+    """(manifest entry, bytes copied); (None, 0) for an instance deleted meanwhile."""
+    for _attempt in range(2):
+        uuid = orthanc.attachment_uuid(instance_id)
+        if uuid is None:
+            return None, 0
+        before = previous.get(instance_id)
+        if before and before["uuid"] == uuid and repo.has(before["sha256"]):
+            return before, 0
+        try:
+            stored = repo.put(storage / uuid[:2] / uuid[2:4] / uuid)
+        except FileNotFoundError:
+            continue  # replaced or deleted since we asked: ask again
+        return {"uuid": uuid, "sha256": stored.sha256, "size": stored.size}, stored.copied
+    return None, 0

@@ -172,6 +172,33 @@ def test_stow_by_a_technologist_goes_through_the_pipeline(appliance, pushed, tmp
     assert ds.file_meta.TransferSyntaxUID == HTJ2K
 
 
+def stow(appliance, token: str, path) -> requests.Response:
+    body = (b"--xx\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes()
+            + b"\r\n--xx--\r\n")  # fmt: skip
+    return requests.post(
+        f"{appliance.url}/api/pacs/dicom-web/studies", data=body, timeout=30,
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/dicom+json",
+                 "Content-Type": 'multipart/related; type="application/dicom"; boundary=xx'},
+    )  # fmt: skip
+
+
+def test_stow_follows_the_overwrite_policy(appliance, pushed, tmp_path):
+    """An upload replaced any archived copy (same-source applied to C-STORE only): now an
+    instance another source sent is held for an admin (0x0124), as the receiver does."""
+    series, _, _, tech_token = pushed
+    sent_by_modality = series.files[0]
+    resp = stow(appliance, tech_token, sent_by_modality)
+    assert resp.status_code == 409, resp.text[:300]
+    failed = resp.json()["00081198"]["Value"][0]
+    assert failed["00081197"]["Value"] == [0x0124]
+    held = run_cli(appliance, "held", "list")
+    assert series.sop_uids[0] in held.stdout and "stow:tech.e2e" in held.stdout
+    own = write_series(tmp_path / "own", make_slices(1))
+    assert stow(appliance, tech_token, own.files[0]).status_code == 200
+    wait_stored(appliance, own.sop_uids)
+    assert stow(appliance, tech_token, own.files[0]).status_code == 200  # the same source
+
+
 def test_stow_of_garbage_reports_a_failure(appliance, pushed):
     _, _, _, tech_token = pushed
     body = b"--xx\r\nContent-Type: application/dicom\r\n\r\nnot dicom\r\n--xx--\r\n"

@@ -76,7 +76,8 @@ async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
 async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     """The task queue the app enqueues work on."""
     app[QUEUE] = create_queue(app[SETTINGS])
-    app[INGEST] = PipelineIngest(Ingest(app[SETTINGS], queue=app[QUEUE]))
+    settings = app[SETTINGS]
+    app[INGEST] = PipelineIngest(Ingest(settings, queue=app[QUEUE]), settings.overwrite)
     yield
 
 

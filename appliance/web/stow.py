@@ -25,7 +25,9 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 from appliance.ingest.journal import HEADER_KEYWORDS
 from appliance.ingest.part10 import scan_file
 from appliance.ingest.spool import Spool
+from appliance.web.auth import identity
 from appliance.web.errors import ApiError
+from appliance.web.ingest import OUT_OF_RESOURCES
 from appliance.web.inputs import content_encoding
 from appliance.web.keys import INGEST, SETTINGS
 
@@ -44,8 +46,6 @@ MAX_HEAD = 64 * 1024  # File Meta Information beyond this is not completed
 UNREADABLE = (InvalidDicomError, AttributeError, ValueError, EOFError, TypeError, KeyError,
               NotImplementedError)  # fmt: skip
 # PS3.18 Table 10.5.3-1 / PS3.7 Annex C failure reasons.
-PROCESSING_FAILURE = 0x0110
-OUT_OF_RESOURCES = 0xA700
 STUDY_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
@@ -236,9 +236,9 @@ async def _store_part(
         outcome, ds = await asyncio.to_thread(_identify, partial, study, max_inflated)
         if outcome.failure is not None:
             return outcome
-        error = await ingest.submit(partial, ds, source="stow")
-        if error:
-            return PartOutcome(outcome.sop_class, outcome.sop_instance, PROCESSING_FAILURE, error)
+        refused = await ingest.submit(partial, ds, source=f"stow:{identity(request).username}")
+        if refused:
+            return PartOutcome(outcome.sop_class, outcome.sop_instance, *refused)
         upload.stored += 1
         return outcome
     finally:

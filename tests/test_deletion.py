@@ -266,3 +266,25 @@ def test_retention_dry_run_lists_exactly_the_old_study_and_the_real_run_deletes_
     assert OrthancStore(appliance.settings).fetch(young.sop_uids[0]) is not None
     [row] = deletion_audit(appliance, old.study_uid)
     assert row["username"] == "retention"
+
+
+@pytest.mark.slow
+def test_a_jpeg_task_racing_a_deletion_writes_nothing_back(appliance, tokens, tmp_path):
+    """The worst moment: a JPEG task fetched the instance from Orthanc, then the study is
+    deleted (its files removed), then the task writes the JPEGs."""
+    series = push(appliance, tmp_path, slices=2)
+    sop = series.sop_uids[1]
+    pipeline = Pipeline(appliance.settings)
+    spool = pipeline.journal.read(lambda db: db.execute(
+        "UPDATE instances SET images_at = NULL WHERE sop_uid = ? RETURNING spool_path", [sop]
+    ).fetchone()[0])  # fmt: skip
+    fetch = pipeline.orthanc.fetch
+
+    def fetch_then_delete(uid: str) -> bytes | None:
+        data = fetch(uid)
+        delete_study(appliance.settings, pipeline.journal, series.study_uid, "admin")
+        return data
+
+    pipeline.orthanc.fetch = fetch_then_delete
+    assert pipeline.write_images(sop, spool).state == "stored"
+    assert not (HomeLayout(appliance.settings.home).frames_dir / series.study_uid).exists()

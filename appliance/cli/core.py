@@ -67,6 +67,7 @@ def run(home: Path | None, verbose: bool, **network: object) -> None:
         settings.home / "logs" / "neuronova.log",
         max_bytes=limits.max_bytes,
         keep=limits.keep,
+        component="supervisor",
     )
     click.echo(
         f"Web:   http://{settings.probe_host}:{settings.http_port}/  and  "

@@ -72,7 +72,10 @@ def prepare_home(settings: Settings) -> None:
 
 
 def _settings(home: Path | None, dicom_level: int = logging.CRITICAL) -> Settings:
-    configure_logging(dicom_level=dicom_level)
+    """The settings of a service, after sending its log to stdout as JSON lines (the
+    supervisor keeps them in ``HOME/logs/NAME.log``; a container engine collects them)."""
+    component = click.get_current_context().info_name or "service"
+    configure_logging(dicom_level=dicom_level, component=component, stream=sys.stdout)
     settings = settings_from(home)
     if click.get_current_context().meta.get("neuronova.service.init"):
         prepare_home(settings)

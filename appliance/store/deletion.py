@@ -12,8 +12,9 @@ Order, chosen so that a failure leaves either the whole study or none of it:
 5. the mark is removed: a study sent again afterwards is a new arrival.
 
 A queued task of a deleted object finds no journal row and does nothing. A JPEG task
-already running when the study's files are removed may write its two JPEGs back (the
-only leftover; a later deletion of the same UID removes them).
+already running writes only into an existing instance directory (``write_images``), and
+the study's directory is renamed away in one step, so it cannot bring files back
+(``test_a_jpeg_task_racing_a_deletion_writes_nothing_back``).
 """
 
 from __future__ import annotations

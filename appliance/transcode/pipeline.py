@@ -24,9 +24,9 @@ from appliance import metrics
 from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.ingest.journal import FAILED, STORED, Journal
-from appliance.store.retention import apply_retention
 from appliance.layout import HomeLayout
 from appliance.store.orthanc import OrthancRejected, OrthancStore, OrthancUnavailable
+from appliance.store.retention import apply_retention
 from appliance.transcode.codec import (
     HTJ2K_ENCODE_OPTIONS,
     TranscodeError,

@@ -1,0 +1,115 @@
+"""Structured logs in HOME/logs and ``neuronova logs``: rotated files in order, merged by
+time, ``--since``, bounded follow mode, and the logs of a real running appliance."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from appliance.cli import cli as neuronova_cli
+from appliance.layout import HomeLayout
+from appliance.supervise.logs import JsonFormatter
+
+
+def entry(minutes_ago: float, message: str, logger: str = "neuronova.web") -> str:
+    stamp = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    fields = {"time": stamp.isoformat(timespec="milliseconds"), "severity": "INFO",
+              "component": "app", "pid": 7, "logger": logger, "message": message}  # fmt: skip
+    return json.dumps(fields)
+
+
+def write_logs(home: Path, files: dict[str, list[str]]) -> Path:
+    logs = HomeLayout(home).log_dir
+    logs.mkdir(parents=True, exist_ok=True)
+    for name, lines in files.items():
+        (logs / name).write_text("".join(line + "\n" for line in lines))
+    return logs
+
+
+def messages(output: str) -> list[str]:
+    return [line.split(": ", 1)[1] for line in output.splitlines() if ": " in line]
+
+
+def test_rotated_files_come_oldest_first_and_components_merge_by_time(home, runner):
+    write_logs(home, {
+        "app.log.2": [entry(50, "a1")], "app.log.1": [entry(40, "a2")],
+        "app.log": [entry(10, "a4")], "app2.log": [entry(30, "a3")],
+        "worker.log": [entry(20, "w1")],
+        "nginx-access.log": ['127.0.0.1 [29/Nov/2026:18:04:47 +0000] "GET / HTTP/1.1" 200'],
+    })  # fmt: skip
+    result = runner.invoke(neuronova_cli, ["logs", "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    assert messages(result.output) == ["a1", "a2", "a3", "w1", "a4"]  # access log not by default
+    assert result.output.splitlines()[0].startswith("app          | ")
+    only = runner.invoke(neuronova_cli, ["logs", "app", "--since", "35m", "--home", str(home)])
+    assert messages(only.output) == ["a3", "a4"]
+
+
+def test_a_traceback_is_shown_under_its_line(home, runner):
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("neuronova.worker", logging.ERROR, __file__, 1, "failed %s",
+                                   ("x",), exc_info=__import__("sys").exc_info())  # fmt: skip
+    line = JsonFormatter("worker").format(record)
+    assert "\n" not in line and json.loads(line)["component"] == "worker"
+    write_logs(home, {"worker.log": [line]})
+    result = runner.invoke(neuronova_cli, ["logs", "worker", "--home", str(home)])
+    shown = result.output.splitlines()
+    assert "ERROR   neuronova.worker[" in shown[0] and shown[0].endswith("failed x")
+    assert shown[-1] == "worker       | ValueError: boom"
+
+
+def test_an_unknown_component_is_an_error_naming_the_components(home, runner):
+    result = runner.invoke(neuronova_cli, ["logs", "web", "--home", str(home)])
+    assert result.exit_code == 2
+    assert "Error: Invalid value for '[COMPONENT]': 'web' is not one of 'supervisor', 'app'," in (
+        result.output
+    )
+
+
+def test_follow_shows_new_lines_also_across_a_rotation_and_stops_when_told(home, runner):
+    logs = write_logs(home, {"receiver.log": [entry(5, "old")]})
+    path = logs / "receiver.log"
+
+    def later() -> None:
+        time.sleep(0.8)
+        with open(path, "a") as out:
+            out.write(entry(0, "new") + "\n")
+        time.sleep(1.0)
+        path.rename(logs / "receiver.log.1")
+        path.write_text(entry(0, "after rotation") + "\n")
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    started = time.monotonic()
+    result = runner.invoke(neuronova_cli, ["logs", "-f", "receiver", "--for", "3",
+                                           "--home", str(home)])  # fmt: skip
+    writer.join()
+    assert result.exit_code == 0, result.output
+    assert messages(result.output) == ["old", "new", "after rotation"]
+    assert 3 <= time.monotonic() - started < 6
+
+
+@pytest.mark.slow
+def test_logs_of_a_running_appliance(appliance):
+    app_log = HomeLayout(appliance.settings.home).log_dir / "app.log"
+    first = json.loads(app_log.read_text().splitlines()[0])  # structured: JSON lines
+    assert {"time", "severity", "component", "pid", "logger", "message"} <= first.keys()
+    assert first["component"] == "app"
+    shown = run_cli(appliance, "logs", "app", "--since", "1h")
+    assert shown.returncode == 0, shown.stderr
+    assert "INFO    neuronova.web[" in shown.stdout and "web app listening on" in shown.stdout
+    supervisor = run_cli(appliance, "logs", "supervisor")
+    assert "all services are running" in supervisor.stdout
+    started = time.monotonic()
+    followed = run_cli(appliance, "logs", "-f", "--for", "1")
+    assert followed.returncode == 0 and time.monotonic() - started < 10
+    assert "orthanc      | " in followed.stdout and "receiver     | " in followed.stdout

@@ -115,7 +115,8 @@ class Collector:
         found = metrics.read(self.app[DB])
         for name, (text, labels) in COUNTERS.items():
             family = CounterMetricFamily(PREFIX + name, text, labels=labels)
-            for values, value in found.get(name, []):
+            rows = found.get(name) or ([] if labels else [({}, 0.0)])  # unlabelled: 0 at first
+            for values, value in rows:
                 family.add_metric([values.get(label, "") for label in labels], value)
             yield family
         yield _histogram(found)

@@ -11,14 +11,15 @@ import time
 
 import pytest
 import requests
-from conftest import api_token, run_cli, storescu, wait_stored
+from conftest import api_token, free_port, run_cli, storescu, wait_stored
 
 from appliance.backup.status import write_status
 from appliance.config import load_settings
-from appliance.health.doctor import CHECKS, Context, check_backup, check_exposure
+from appliance.health.doctor import CHECKS, Context, check_backup, check_exposure, check_queue
 from appliance.health.probes import WORKER_HEARTBEAT_MAX_AGE
 from appliance.health.sockets import listeners
 from appliance.layout import HomeLayout
+from appliance.transcode.queue import create_queue
 from bench.synthetic import make_slices, write_series
 
 PASSWORD = "doctor-test-pass-1"
@@ -72,6 +73,15 @@ def test_a_socket_of_ours_beyond_loopback_fails(home):
     assert f"another process of ours on 0.0.0.0:{port}" in found.message
     assert "[internal] listen = 127.0.0.1" in found.fix
     assert asyncio.run(check_exposure(ctx)).status == "OK"
+
+
+def test_an_unreachable_queue_fails(home):
+    nothing_there = f"redis://127.0.0.1:{free_port()}/0"
+    settings = load_settings(home, {"redis_url": nothing_there}, environ={})
+    ctx = Context(settings, db=None, http=None, huey=create_queue(settings).huey)
+    found = asyncio.run(check_queue(ctx))
+    assert found.status == "FAIL" and "queue storage unreachable" in found.message
+    assert found.fix == "check [queue] redis_url"
 
 
 def test_stopped_appliance_fails_with_fixes(appliance_factory):

@@ -26,6 +26,7 @@ from huey import Huey
 from appliance.backup.status import read_status
 from appliance.config import Settings, is_loopback_host
 from appliance.health.probes import probe_receiver, probe_worker
+from appliance.health.report import queue_report
 from appliance.health.sockets import listeners, owned_inodes
 from appliance.layout import HomeLayout
 from appliance.security import audit
@@ -317,7 +318,11 @@ def _oldest_waiting_age(db: sqlite_utils.Database) -> float | None:
 
 async def check_queue(ctx: Context) -> Check:
     """The queue's backlog and its oldest waiting object."""
-    pending = await asyncio.to_thread(ctx.huey.pending_count)
+    queue = await asyncio.to_thread(queue_report, ctx.settings, ctx.huey)
+    if "pending" not in queue:  # the SQLite file or Redis did not answer
+        backend = "[queue] redis_url" if ctx.settings.redis_url else str(ctx.layout.queue_file)
+        return Check("queue", FAIL, queue["error"], f"check {backend}")
+    pending = queue["pending"]
     age = _oldest_waiting_age(ctx.db)
     text = f"{pending} task(s) waiting" + (f", oldest object waiting {age:.0f} s" if age else "")
     fix = f"is the worker alive? see {ctx.layout.log_dir}/worker.log and `neuronova ingest status`"

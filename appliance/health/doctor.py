@@ -144,6 +144,13 @@ async def _guarded(fn: CheckFn, ctx: Context) -> Check:
             f"not reachable: {exc.__class__.__name__}: {exc}",
             f"check `neuronova status` and the logs in {ctx.layout.log_dir}",
         )
+    except Exception as exc:  # one broken check must not hide the others' findings
+        return Check(
+            name,
+            FAIL,
+            f"the check could not run: {exc.__class__.__name__}: {exc}",
+            "run `neuronova doctor` again; if it persists, report it with this line",
+        )
 
 
 # ------------------------------------------------------------------ services and network

@@ -10,8 +10,10 @@ at scrape time. Open to administrators, and without a token to callers on this m
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import shutil
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -33,6 +35,7 @@ from appliance.web.auth import requires
 from appliance.web.errors import Handler
 from appliance.web.keys import DB, METRICS, QUEUE, SETTINGS
 
+log = logging.getLogger("neuronova.web")
 routes = web.RouteTableDef()
 PREFIX = "neuronova_"
 # Counters of the metrics table: name -> (help, label names).
@@ -83,7 +86,10 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     async def flush_now_and_then() -> None:
         while True:
             await asyncio.sleep(metrics.FLUSH_INTERVAL)
-            app[METRICS].flush(app[DB])
+            try:
+                app[METRICS].flush(app[DB])
+            except sqlite3.Error:  # the database busy past its timeout: these counts are lost
+                log.exception("could not add the request counts to the metrics table")
 
     task = asyncio.create_task(flush_now_and_then())
     yield

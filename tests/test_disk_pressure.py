@@ -6,6 +6,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
+import requests
+from conftest import api_token
+
 from appliance.config import load_settings
 from appliance.db import open_database
 from appliance.health.report import warnings
@@ -39,3 +43,15 @@ def test_the_spool_logs_each_crossing_once(tmp_path: Path, caplog) -> None:
         spool.write(f"1.2.{n}", b"x")
     assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
     assert "disk space back above" in caplog.records[1].getMessage()
+
+
+@pytest.mark.slow
+def test_the_system_api_gives_the_thresholds_and_the_warnings(appliance) -> None:
+    token = api_token(appliance, "admin", appliance.admin_password)
+    resp = requests.get(f"{appliance.url}/api/admin/system", timeout=30,
+                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["disk"]["warn_free_bytes"] == 2048 * 1024**2
+    assert body["disk"]["refuse_free_bytes"] == 512 * 1024**2
+    assert body["warnings"] == body["health"]["warnings"]

@@ -307,4 +307,24 @@ describe('system checks', () => {
     await act(async () => byTestId('doctor-run')!.click());
     await waitFor(() => runs() === 2);
   });
+
+  it('shows the health warnings and colours free disk by the warning threshold', async () => {
+    const SYSTEM = {
+      health: { status: 'ok', components: {} },
+      queue: { pending: 0, oldest_task_age_s: null },
+      disk: { path: '/h', free_bytes: 1.5e9, total_bytes: 1e12, warn_free_bytes: 2e9, refuse_free_bytes: 5e8 },
+      ingest: { failed: 0 },
+      warnings: ['disk nearly full: 1430 MiB free'],
+      version: '1',
+    };
+    installFetch((url) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'boss', role: 'admin' });
+      if (url.pathname === '/api/admin/system') return json(200, SYSTEM);
+      if (url.pathname === '/api/admin/audit') return json(200, { items: [] });
+    });
+    await render('/admin/system');
+    const warnings = await waitFor(() => byTestId('system-warnings'));
+    expect(warnings.textContent).toContain('disk nearly full: 1430 MiB free');
+    expect(byTestId('metric-disk')!.className).toContain('metric-warn');
+  });
 });

@@ -132,8 +132,10 @@ export interface ComponentHealth {
 export interface SystemInfo {
   health: { status: 'ok' | 'degraded' | string; components: Record<string, ComponentHealth> };
   queue: { pending: number; oldest_task_age_s: number | null };
-  disk: { path: string; free_bytes: number; total_bytes: number };
+  /** warn_free_bytes: [dicom] warn_free_mb; refuse_free_bytes: the receiver refuses below. */
+  disk: { path: string; free_bytes: number; total_bytes: number; warn_free_bytes?: number; refuse_free_bytes?: number };
   ingest: { failed: number };
+  warnings?: string[];
   version: string;
 }
 

@@ -99,7 +99,19 @@ export function AdminSystemPage() {
       (COMPONENT_ORDER.indexOf(a) + 1 || 99) - (COMPONENT_ORDER.indexOf(b) + 1 || 99) || a.localeCompare(b),
   );
   const diskFreePct = d && d.disk?.total_bytes ? (d.disk.free_bytes / d.disk.total_bytes) * 100 : null;
-  const diskTone: Tone = diskFreePct == null ? 'neutral' : diskFreePct < 5 ? 'bad' : diskFreePct < 15 ? 'warn' : 'ok';
+  const diskTone: Tone = d?.disk?.warn_free_bytes
+    ? d.disk.free_bytes < (d.disk.refuse_free_bytes ?? 0)
+      ? 'bad'
+      : d.disk.free_bytes < d.disk.warn_free_bytes
+        ? 'warn'
+        : 'ok'
+    : diskFreePct == null
+      ? 'neutral'
+      : diskFreePct < 5
+        ? 'bad'
+        : diskFreePct < 15
+          ? 'warn'
+          : 'ok';
   const overallOk = d?.health?.status === 'ok';
 
   return (
@@ -136,6 +148,15 @@ export function AdminSystemPage() {
       )}
       {d && (
         <>
+          {!!d.warnings?.length && (
+            <div className="alert alert-warn" role="status" data-testid="system-warnings">
+              <ul>
+                {d.warnings.map((w) => (
+                  <li key={w}>{w}</li>
+                ))}
+              </ul>
+            </div>
+          )}
           <div className={`status-banner ${overallOk ? 'is-ok' : 'is-bad'}`} data-testid="system-status">
             <span className={`dot dot-${overallOk ? 'ok' : 'bad'}`} aria-hidden="true" />
             <strong>{overallOk ? 'All services are running' : 'Service degraded'}</strong>

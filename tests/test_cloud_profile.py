@@ -177,7 +177,8 @@ def claims(profile: Profile, series) -> list[tuple[str, int]]:
 def test_two_workers_share_the_queue_and_process_each_object_once(profile, pushed):
     series, _ = pushed
     workers = profile.containers("worker")
-    assert len(workers) == 2 and all(profile.healthy(w) for w in workers)
+    assert len(workers) == 2
+    wait_for(lambda: all(profile.healthy(w) for w in workers), 60, "both workers healthy")
     logs = {worker: profile.logs(worker) for worker in workers}
     assert claims(profile, series) == [("stored", 1)] * SLICES, logs
 

@@ -28,6 +28,7 @@ import requests
 from conftest import api_token, require_tool, run_cli, storescu, wait_stored
 
 from appliance.health.doctor import CHECKS
+from appliance.store.orthanc import OrthancStore
 from bench.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -360,14 +361,17 @@ def test_logout_cuts_the_viewer_off(appliance, study, new_context):
     page.screenshot(path=ARTIFACTS / "06-viewer-reload-after-logout.png")
 
 
-def test_worklist_fits_a_tablet(appliance, study, new_context):
+@pytest.mark.parametrize("admin", [False, True], ids=["radiologist", "admin"])
+def test_worklist_fits_a_tablet(appliance, study, new_context, admin):
+    """Admins have one more button per row (Delete): it fits as well."""
     series, _ = study
     context = new_context(TABLET)
     page = context.new_page()
     page.goto(f"{appliance.url}/login")
-    sign_in(page, USER, PASSWORD)
+    sign_in(page, "admin" if admin else USER, appliance.admin_password if admin else PASSWORD)
     row = find_on_worklist(page, series.study_uid)
-    page.screenshot(path=ARTIFACTS / "07-worklist-tablet.png", full_page=True)
+    shot = f"07-worklist-tablet{'-admin' if admin else ''}.png"
+    page.screenshot(path=ARTIFACTS / shot, full_page=True)
     sizes = page.evaluate(
         """() => ({
             inner: window.innerWidth,
@@ -444,3 +448,27 @@ def test_admin_audit_page_shows_who_read_the_patient_and_exports_it(appliance, s
     exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert exported and {r["patient_id"] for r in exported} == {PATIENT_ID}
     assert any(r["event"] == "study_read" and r["username"] == USER for r in exported)
+
+
+def test_an_admin_deletes_a_study_from_the_worklist(appliance, study, new_context, tmp_path):
+    series = write_series(tmp_path, make_slices(2))
+    for path in series.files:
+        ds = pydicom.dcmread(path)
+        ds.PatientID, ds.PatientName = PATIENT_ID, "DOOMED^PHANTOM"
+        ds.save_as(path, enforce_file_format=True)
+    assert storescu(appliance, series.files, "BROWSERSCU").returncode == 0
+    wait_stored(appliance, series.sop_uids)
+    page = new_context().new_page()
+    page.goto(f"{appliance.url}/login")
+    sign_in(page, "admin", appliance.admin_password)
+    row = find_on_worklist(page, series.study_uid)
+    row.get_by_test_id("delete-study").click()
+    message = page.get_by_test_id("delete-study-message")
+    message.wait_for()
+    assert "DOOMED, PHANTOM" in message.inner_text() and PATIENT_ID in message.inner_text()
+    page.screenshot(path=ARTIFACTS / "10-delete-study-confirmation.png")
+    page.get_by_test_id("confirm-ok").click()
+    row.wait_for(state="detached")
+    assert OrthancStore(appliance.settings).fetch(series.sop_uids[0]) is None
+    other = page.locator(f'[data-testid="study-row"][data-study-uid="{study[0].study_uid}"]')
+    assert other.count() == 1  # the module's study stays

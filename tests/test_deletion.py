@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 import time
@@ -288,3 +289,27 @@ def test_a_jpeg_task_racing_a_deletion_writes_nothing_back(appliance, tokens, tm
     pipeline.orthanc.fetch = fetch_then_delete
     assert pipeline.write_images(sop, spool).state == "stored"
     assert not (HomeLayout(appliance.settings.home).frames_dir / series.study_uid).exists()
+
+
+@pytest.mark.slow
+def test_an_object_arriving_while_its_study_is_deleted_is_held_not_archived(appliance, tmp_path):
+    series = write_series(tmp_path, make_slices(1))
+    sop = series.sop_uids[0]
+    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    with db.conn:  # what delete_study holds while it runs
+        db.execute("INSERT INTO deleting (study_uid, username, started_at) VALUES (?, ?, ?)",
+                   [series.study_uid, "admin", now_iso()])  # fmt: skip
+    try:
+        sent = storescu(appliance, series.files, "STORESCU", "-d")
+    finally:
+        with db.conn:
+            db.execute("DELETE FROM deleting WHERE study_uid = ?", [series.study_uid])
+    assert re.findall(r"DIMSE Status\s+: (0x[0-9A-F]{4})", sent.stderr) == ["0x0124"]
+    assert "Refused: an admin is deleting this study" in sent.stderr
+    [held] = list(db.query("SELECT id, reason FROM held WHERE sop_uid = ?", [sop]))
+    assert "was being deleted by an admin" in held["reason"]
+    assert not db["instances"].count_where("sop_uid = ?", [sop])
+    db.close()
+    assert OrthancStore(appliance.settings).fetch(sop) is None
+    discarded = run_cli(appliance, "held", "discard", str(held["id"]))
+    assert discarded.returncode == 0, discarded.stderr

@@ -22,6 +22,7 @@ export const AUDIT_EVENTS = [
   'admin_change',
   'share_created',
   'share_revoked',
+  'study_deleted',
 ];
 const PERIODS: [string, string][] = [
   ['1h', 'Last hour'],

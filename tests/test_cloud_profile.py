@@ -69,6 +69,13 @@ class Client:
         self.session.trust_env = False
         self.session.verify = str(profile.volume_path() / "tls" / "server.crt")
 
+    def serving(self) -> bool:
+        """Whether the app answers through nginx now (401: no session yet)."""
+        try:
+            return self.session.get(f"{self.base}/api/auth/check", timeout=5).status_code == 401
+        except requests.RequestException:
+            return False
+
     def login(self, username: str, password: str) -> str:
         resp = self.session.post(f"{self.base}/api/auth/login", timeout=10,
                                  json={"username": username, "password": password})  # fmt: skip
@@ -217,6 +224,27 @@ def test_a_worker_starting_beside_a_busy_one_takes_none_of_its_objects(profile, 
     assert claims(profile, series) == [("stored", 1)] * len(series.files), logs
 
 
+def test_nginx_follows_the_app_to_a_new_address(profile, pushed):
+    """A restarted container may get another address (here: another container took the
+    old one meanwhile); nginx resolved the app's name once, so it is told to reload."""
+    series, _ = pushed
+    app = profile.containers("app")[0]
+    before = internal_address(profile, "app")
+    podman("stop", "-t", "5", app, timeout=60)
+    squatter = f"{profile.name}_squatter"
+    podman("run", "-d", "--name", squatter, "--network", f"{profile.name}_internal",
+           "--entrypoint", "/usr/bin/sleep", profile.image, "300")  # fmt: skip
+    try:
+        podman("start", app, timeout=60)
+        assert internal_address(profile, "app") != before
+        client = Client(profile)
+        wait_for(client.serving, 60, "the app answering through nginx again")
+        token = client.login("admin", admin_password(profile))
+        assert len(client.instances(token, series)) == SLICES
+    finally:
+        podman("rm", "-f", "-t", "0", squatter, check=False)
+
+
 def test_down_and_up_keep_the_study_and_the_users(profile, pushed):
     series, _ = pushed
     app = profile.containers("app")[0]
@@ -233,6 +261,14 @@ def test_down_and_up_keep_the_study_and_the_users(profile, pushed):
     token = client.login("reader", "reader-pass-1234")
     assert len(client.instances(token, series)) == SLICES
     client.login("admin", admin_password(profile))
+
+
+def test_the_public_health_check_is_ok(profile):
+    """/api/health (what a load balancer or Cloudflare polls) through nginx: the app
+    leaves nginx and the receiver to their containers' checks."""
+    client = Client(profile)
+    resp = client.session.get(f"{client.base}/api/health", timeout=10)
+    assert (resp.status_code, resp.json()) == (200, {"status": "ok"})
 
 
 def test_logs_go_to_the_engine(profile):

@@ -9,6 +9,9 @@ import fcntl
 import json
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -124,12 +127,46 @@ def orthanc(home: Path | None) -> None:
 @service.command("nginx")
 @home_option
 def nginx(home: Path | None) -> None:
-    """nginx with its generated configuration, logging to stdout (replaces this process)."""
+    """nginx with its generated configuration, logging to stdout.
+
+    nginx resolves the app's and Orthanc's host names only when it reads its
+    configuration; a container that restarts may come back at another address. So nginx
+    runs as a child, told to reload (SIGHUP) whenever those names resolve differently.
+    """
     settings = _settings(home)
     render_nginx_conf(settings, stdout_logs=True)
     command = nginx_command(find_program(NGINX), settings, stdout_logs=True)
-    sys.stdout.flush()
-    os.execv(command[0], command)
+    sys.exit(run_following(command, [settings.app_host, settings.orthanc_host]))
+
+
+def resolve(hosts: list[str]) -> list[list[str]]:
+    """The addresses each host name resolves to now (empty when it does not)."""
+    found = []
+    for host in hosts:
+        try:
+            infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            infos = []
+        found.append(sorted({info[4][0] for info in infos}))
+    return found
+
+
+def run_following(command: list[str], hosts: list[str], every: float = 2.0) -> int:
+    """Run nginx until it exits, reloading it when ``hosts`` resolve to new addresses;
+    SIGTERM and SIGINT stop it gracefully (SIGQUIT). Returns its exit status."""
+    child = subprocess.Popen(command)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: child.send_signal(signal.SIGQUIT))
+    known = resolve(hosts)
+    while True:
+        try:
+            return child.wait(timeout=every)
+        except subprocess.TimeoutExpired:
+            now = resolve(hosts)
+            if now != known and all(now):
+                log.info("%s now at %s: reloading nginx", ", ".join(hosts), now)
+                child.send_signal(signal.SIGHUP)
+                known = now
 
 
 async def probe_service(name: str, settings: Settings) -> Report:

@@ -14,7 +14,7 @@ import sqlite_utils
 from huey import Huey
 
 from appliance import __version__
-from appliance.config import Settings
+from appliance.config import Settings, is_loopback_host
 from appliance.health.probes import (
     Report,
     error,
@@ -49,6 +49,10 @@ def queue_report(settings: Settings, huey: Huey) -> Report:
     return report
 
 
+async def _own_container() -> Report:
+    return ok(checked="by its own container's health check")
+
+
 async def check_health(
     settings: Settings,
     session: aiohttp.ClientSession,
@@ -56,11 +60,17 @@ async def check_health(
     db: sqlite_utils.Database,
     started_at: float,
 ) -> dict[str, Any]:
-    """Probe every component concurrently; ``status`` is ``ok`` only if all of them are."""
+    """Probe every component concurrently; ``status`` is ``ok`` only if all of them are.
+
+    In the cloud profile (the app listening beyond loopback, each service in its own
+    container) nginx and the receiver take probes from loopback only: their containers'
+    health checks probe them, and the report says so.
+    """
+    apart = not is_loopback_host(settings.internal_listen)
     nginx, orthanc, receiver, queue = await asyncio.gather(
-        probe_nginx(settings, session),
+        _own_container() if apart else probe_nginx(settings, session),
         probe_orthanc(settings, session),
-        probe_receiver(settings),
+        _own_container() if apart else probe_receiver(settings),
         asyncio.to_thread(queue_report, settings, huey),
     )
     components = {

@@ -178,9 +178,12 @@ class BenchNginx:
             "static": STATIC,
             "frames_dir": self.frames_dir, "frame_type": FRAME_TYPE, "app_proxy": APP_PROXY,
         }  # fmt: skip
+        logs = self.dir / "logs"
         text = render_template(bundled_nginx.template_text(), {
-            "user_line": _user_line(), "run_dir": str(self.dir), "log_dir": str(self.dir / "logs"),
+            "user_line": _user_line(), "run_dir": str(self.dir),
+            "error_log": str(logs / "nginx-error.log"), "access_log": str(logs / "access.log"),
             "temp_dir": str(self.dir / "temp"), "mime_types": str(bundled_nginx.mime_types_path()),
+            "app_host": LOOPBACK, "orthanc_host": LOOPBACK, "real_ip": "",
             "app_port": str(self.naive_port), "gate_port": str(free_port()),
             "orthanc_port": str(free_port()), "servers": server,
         })  # fmt: skip

@@ -162,7 +162,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         f"Measured on {m['nproc']} cores ({m['cpu_model']}), kernel {m['kernel']}, by "
         "`python bench/operations.py` (see bench/README.md). Each backup is "
-        "`neuronova backup DEST` in a process of its own, into one repository.",
+        "`neuronova backup DEST` in a process of its own, into one repository. Every "
+        "backup copies the app and queue databases whole (SQLite's online backup); files "
+        "and Orthanc instances it already holds are not copied again.",
         "",
         markdown_table(["step", "time", "what"], rows),
     ])  # fmt: skip

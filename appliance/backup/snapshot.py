@@ -75,8 +75,15 @@ def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> Snapsho
         done += 1
         progress(done, total)
     storage = layout.orthanc_dir / "storage"
+    known = previous.get("orthanc", {})
     for instance_id in instances:
-        entry, n = _put_instance(repo, orthanc, storage, instance_id, previous.get("orthanc", {}))
+        try:
+            entry, n = _put_instance(repo, orthanc, storage, instance_id, known)
+        except OrthancUnavailable as exc:
+            raise BackupError(
+                f"Orthanc stopped answering during the backup ({exc}); "
+                "no snapshot was written. Run the backup again."
+            ) from exc
         if entry is not None:
             manifest["orthanc"][instance_id] = entry
         copied += n

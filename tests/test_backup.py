@@ -133,6 +133,10 @@ def test_backup_while_sending_then_restore(appliance_factory, tmp_path: Path) ->
     assert run_cli(original, "backup", str(dest)).returncode == 0
     idle = read_status(HomeLayout(original.settings.home))
     assert idle["bytes_copied"] < 1_000_000  # nothing new but the databases
+    shown = run_cli(original, "status")
+    assert f"last backup: ok, 0.0 h ago, into {dest}" in shown.stdout, shown.stdout
+    reported = json.loads(run_cli(original, "status", "--json").stdout)["last_backup"]
+    assert reported["ok"] is True and reported["snapshot"] == idle["snapshot"]
 
     # Restore refuses a home that is not empty, then restores into a new one.
     busy = neuronova("restore", str(dest), "--home", str(original.settings.home))

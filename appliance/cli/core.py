@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import click
 
 from appliance import __version__, loopback
+from appliance.backup.status import read_status
 from appliance.cli.options import home_option, network_options, settings_from
 from appliance.config import Settings
 from appliance.health.report import STATUS_KEY_HEADER, status_key
@@ -102,7 +104,7 @@ def status(home: Path | None, as_json: bool) -> None:
     Exits 0 when everything is healthy, 1 otherwise.
     """
     settings = settings_from(home)
-    require_initialized(settings)
+    layout = require_initialized(settings)
     answer = fetch_health(settings)
     if answer is None:
         raise click.ClickException(
@@ -110,11 +112,24 @@ def status(home: Path | None, as_json: bool) -> None:
             "Start it with `neuronova run`."
         )
     code, report = answer
+    report["last_backup"] = read_status(layout)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         _print_health(report)
+        _print_backup(report["last_backup"])
     sys.exit(0 if code == 200 else 1)
+
+
+def _print_backup(record: dict | None) -> None:
+    if record is None:
+        click.secho("  last backup: none yet (`neuronova backup DEST`)", fg="yellow")
+        return
+    age = f"{(time.time() - float(record['finished_unix'])) / 3600:.1f} h ago"
+    if record.get("ok"):
+        click.echo(f"  last backup: ok, {age}, into {record['dest']}")
+    else:
+        click.secho(f"  last backup: FAILED {age}: {record['error']}", fg="red")
 
 
 def _print_health(report: dict) -> None:

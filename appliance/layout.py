@@ -80,7 +80,7 @@ class HomeLayout:
 
     @property
     def backup_status_file(self) -> Path:
-        """The last backup's result (JSON: finished, ok, dest, bytes, error); see appliance.backup."""
+        """The last backup's result (JSON: finished, ok, dest, bytes, error): appliance.backup."""
         return self.run_dir / "backup-status.json"
 
     @property

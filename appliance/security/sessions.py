@@ -113,24 +113,18 @@ class SessionStore:
 
     def start(self, username: str, role: str, client: str, user_agent: str) -> IssuedSession:
         """Open a session after a successful login."""
-        session_id = secrets.token_urlsafe(18)
-        self.db["sessions"].insert(
-            {
-                "id": session_id,
-                "username": username,
-                "csrf": secrets.token_urlsafe(24),
-                "created_at": now_iso(),
-                "expires_at": _in(SESSION_TTL),
-                "client": client,
-                "user_agent": user_agent[:200],
-            }
-        )
+        session_id = self._open(username, SESSION_TTL, client, user_agent)
         self.db["users"].update(username, {"last_login": now_iso()})
         return self._issue(session_id, username, role)
 
     def start_probe(self, username: str, role: str, ttl: int) -> tuple[str, str]:
         """A session of ``ttl`` seconds for a self-test (``neuronova doctor``), without a
         user row or refresh token; returns ``(session_id, access_token)``. Revoke it after."""
+        session_id = self._open(username, ttl, "127.0.0.1", "neuronova doctor")
+        return session_id, self.tokens.issue_access(username, role, session_id, ttl=ttl)[0]
+
+    def _open(self, username: str, ttl: int, client: str, user_agent: str) -> str:
+        """Insert a session row lasting ``ttl`` seconds; returns its id."""
         session_id = secrets.token_urlsafe(18)
         self.db["sessions"].insert(
             {
@@ -139,11 +133,11 @@ class SessionStore:
                 "csrf": secrets.token_urlsafe(24),
                 "created_at": now_iso(),
                 "expires_at": _in(ttl),
-                "client": "127.0.0.1",
-                "user_agent": "neuronova doctor",
+                "client": client,
+                "user_agent": user_agent[:200],
             }
         )
-        return session_id, self.tokens.issue_access(username, role, session_id, ttl=ttl)[0]
+        return session_id
 
     def _issue(self, session_id: str, username: str, role: str) -> IssuedSession:
         refresh = secrets.token_urlsafe(32)

@@ -101,6 +101,9 @@ def test_frame_part_names_the_htj2k_transfer_syntax(appliance, pushed):
     assert resp.headers["Content-Type"].startswith("multipart/related")
     assert f"transfer-syntax={HTJ2K}" in resp.content[:300].decode("latin-1")
     assert "X-Accel-Redirect" not in resp.headers and "X-Orthanc-Accept" not in resp.headers
+    # A frame is data, never a page: the short headers, not the apps' script policy.
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Content-Security-Policy" not in resp.headers
 
 
 def test_whole_instance_retrieve_is_htj2k_with_identical_pixels(appliance, pushed):

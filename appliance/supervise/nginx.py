@@ -96,9 +96,12 @@ def server_names(settings: Settings, layout: HomeLayout) -> list[str]:
     return list(dict.fromkeys(valid)) + list(IP_HOSTS)
 
 
-def security_headers(app: str, hsts: bool) -> str:
-    """``add_header`` lines for the responses of ``app`` (``main`` or ``pacs-viewer``)."""
-    headers = [*SECURITY_HEADERS, ("Content-Security-Policy", content_security_policy(app))]
+def security_headers(app: str | None, hsts: bool) -> str:
+    """``add_header`` lines for the responses of ``app`` (``main`` or ``pacs-viewer``), or
+    for data that is never a page (``None``: frames and images, no policy for scripts)."""
+    headers = list(SECURITY_HEADERS)
+    if app is not None:
+        headers.append(("Content-Security-Policy", content_security_policy(app)))
     if hsts:
         headers.append(HSTS)
     return "\n".join(f'        add_header {name} "{value}" always;' for name, value in headers)
@@ -119,6 +122,8 @@ def _headers(hsts: bool) -> dict[str, str]:
     return {
         "security_headers": security_headers("main", hsts),
         "viewer_security_headers": security_headers("pacs-viewer", hsts),
+        # The viewer's hot path: every frame would carry the apps' ~600-byte policy.
+        "data_security_headers": security_headers(None, hsts),
     }
 
 

@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -58,17 +60,28 @@ def test_backup_check_reads_the_backup_status(home):
     assert asyncio.run(check_backup(ctx)).status == "OK"
 
 
+STRAY = (
+    "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 0)); s.listen(); "
+    "print(s.getsockname()[1], flush=True); time.sleep(60)"
+)
+
+
 def test_a_socket_of_ours_beyond_loopback_fails(home):
+    """A recorded child of the supervisor listening beyond loopback (a process of its own:
+    the test process and its other children may hold sockets of their own)."""
     settings = load_settings(home, {}, environ={})
     state = HomeLayout(home).state_file
     state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"children": {"stray": {"pid": os.getpid()}}}))
     ctx = Context(settings, db=None, http=None, huey=None)
-    with socket.socket() as stray:
-        stray.bind(("0.0.0.0", 0))
-        stray.listen()
+    stray = subprocess.Popen([sys.executable, "-c", STRAY], stdout=subprocess.PIPE, text=True)
+    try:
+        assert stray.stdout is not None
+        port = int(stray.stdout.readline())
+        state.write_text(json.dumps({"children": {"stray": {"pid": stray.pid}}}))
         found = asyncio.run(check_exposure(ctx))
-        port = stray.getsockname()[1]
+    finally:
+        stray.kill()
+        stray.wait()
     assert found.status == "FAIL"
     assert f"another process of ours on 0.0.0.0:{port}" in found.message
     assert "[internal] listen = 127.0.0.1" in found.fix

@@ -274,7 +274,7 @@ async def test_a_part_with_an_unknown_value_representation_fails_alone(client, h
                              headers={"Authorization": f"Bearer {token}",
                                       "Content-Type": STOW_TYPE})  # fmt: skip
     assert resp.status == 202
-    assert "Unknown Value Representation 'YN'" in (await resp.json())["00091001"]["Value"][0]
+    assert "(0008,1030) has an unknown VR 'YN'" in (await resp.json())["00091001"]["Value"][0]
 
 
 def stow_body(*parts: bytes) -> bytes:

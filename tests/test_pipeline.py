@@ -17,6 +17,7 @@ from appliance.db import open_database
 from appliance.home import init_home
 from appliance.ingest.intake import SETTLE_SECONDS, Ingest
 from appliance.ingest.journal import Journal
+from appliance.ingest.spool import STALE_PARTIAL
 from appliance.layout import HomeLayout
 from appliance.transcode import pipeline as pipeline_module
 from appliance.transcode.pipeline import Pipeline
@@ -137,3 +138,18 @@ def test_recover_leaves_a_fresh_unjournaled_copy_to_the_receiver(home):
     assert fresh.exists()
     row = Journal(HomeLayout(home.home).database_file).db["instances"].get(sop)
     assert row["spool_path"] == journaled
+
+
+def test_recover_leaves_an_object_still_arriving_to_the_receiver(home):
+    """A worker (re)starting while a modality sends must not delete the file pynetdicom
+    is writing in ``incoming/`` (the C-STORE would then fail); a file nothing wrote to
+    for longer than an association may stay idle was interrupted and goes."""
+    incoming = HomeLayout(home.home).spool_dir / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    arriving, interrupted = incoming / "arriving.dcm", incoming / "interrupted.dcm"
+    for path in (arriving, interrupted):
+        path.write_bytes(b"\0" * 1024)
+    stale = time.time() - 2 * STALE_PARTIAL
+    os.utime(interrupted, (stale, stale))
+    Ingest(home, queue=create_queue(home, immediate=False)).recover()
+    assert arriving.exists() and not interrupted.exists()

@@ -47,8 +47,7 @@ NOT_AUTHORISED = 0x0124  # Refused: Not Authorized (PS3.7 C.5)
 MAX_ASSOCIATIONS = 64
 MAX_PER_ADDRESS = 32  # one caller (address) may hold at most half the slots
 ARTIM_TIMEOUT = 10  # seconds from connecting to the association request (PS3.8 9.1.5)
-IDLE_TIMEOUT = 30  # seconds without a PDU before an association is aborted
-STALE_PARTIAL = 2 * IDLE_TIMEOUT  # a file being received is written more often than this
+IDLE_TIMEOUT = 30  # seconds without a PDU before an association is aborted (< STALE_PARTIAL)
 
 # Transfer syntaxes accepted for storage (PS3.5 Annex A): uncompressed, deflated,
 # JPEG, JPEG-LS, JPEG 2000, HTJ2K and RLE.
@@ -241,7 +240,7 @@ class ObjectSizeCap:
 def handle_connection(event: evt.Event, spool: Spool) -> None:
     """A new connection: remove the partial files of associations that ended mid-object
     (aborted, timed out), which nothing writes to any more."""
-    spool.discard_partial(older_than=STALE_PARTIAL)
+    spool.discard_partial()
 
 
 def _status(code: int, comment: str) -> Dataset:

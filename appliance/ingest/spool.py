@@ -13,6 +13,9 @@ from appliance.durable import fsync_dir, write_atomic
 from appliance.uids import is_valid_uid
 
 MIN_FREE_BYTES = 512 * 1024**2
+# A file being received (C-STORE, STOW) is written more often than this: twice the
+# receiver's idle timeout, and nginx gives up on a silent STOW client sooner.
+STALE_PARTIAL = 60.0
 log = logging.getLogger("neuronova.spool")
 
 
@@ -92,13 +95,14 @@ class Spool:
         """Every complete spool file, oldest first."""
         return sorted(self.root.glob("*.dcm"), key=lambda p: p.stat().st_mtime)
 
-    def discard_partial(self, older_than: float = 0.0) -> int:
+    def discard_partial(self, older_than: float = STALE_PARTIAL) -> int:
         """Remove writes that were never acknowledged; return how many.
 
-        At start every file in :attr:`incoming` is one a crash interrupted. While the
-        receiver runs, a file not written for ``older_than`` seconds belongs to an
-        association that ended mid-object (aborted, timed out): pynetdicom removes its
-        file only after the C-STORE handler ran.
+        A file in :attr:`incoming` not written for ``older_than`` seconds belongs to an
+        association or upload that ended mid-object (aborted, timed out, or a crash):
+        pynetdicom removes its file only after the C-STORE handler ran. A younger one
+        may be an object arriving now (the receiver and the app keep running while a
+        worker restarts), so it is left for a later call.
         """
         limit = time.time() - older_than
         partial = [p for p in self.incoming.iterdir() if p.stat().st_mtime <= limit]

@@ -27,6 +27,11 @@ FLUSH_INTERVAL = 5.0
 # object seconds.
 TRANSCODE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 Key = tuple[str, str]  # (name, labels as canonical JSON)
+# Distinct values a label taken from what a client sends (a calling AE title) may have
+# in one counter; later ones are counted under OTHER, so the table and a scrape stay
+# bounded whatever callers send.
+MAX_CLIENT_LABELS = 50
+OTHER = "other"
 
 _ADD = (
     "INSERT INTO metrics (name, labels, value) VALUES (?, ?, ?) "
@@ -37,6 +42,23 @@ _ADD = (
 def key(name: str, **labels: str) -> Key:
     """The table key of counter ``name`` with ``labels``."""
     return name, json.dumps(labels, sort_keys=True)
+
+
+def client_label(db: sqlite_utils.Database, name: str, label: str, value: str) -> str:
+    """``value`` as counter ``name``'s ``label``, or :data:`OTHER` once the counter has
+    :data:`MAX_CLIENT_LABELS` distinct values of it and ``value`` is not among them."""
+    path = f"$.{label}"
+    known = db.execute(
+        "SELECT 1 FROM metrics WHERE name = ? AND json_extract(labels, ?) = ? LIMIT 1",
+        [name, path, value],
+    ).fetchone()
+    if known:
+        return value
+    distinct = db.execute(
+        "SELECT COUNT(DISTINCT json_extract(labels, ?)) FROM metrics WHERE name = ?",
+        [path, name],
+    ).fetchone()[0]
+    return value if distinct < MAX_CLIENT_LABELS else OTHER
 
 
 def add(db: sqlite_utils.Database, amounts: Mapping[Key, float]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +18,14 @@ from conftest import api_token, free_port, run_cli, storescu, wait_stored
 
 from appliance.backup.status import write_status
 from appliance.config import load_settings
-from appliance.health.doctor import CHECKS, Context, check_backup, check_exposure, check_queue
+from appliance.health.doctor import (
+    CHECKS,
+    Context,
+    check_backup,
+    check_disk,
+    check_exposure,
+    check_queue,
+)
 from appliance.health.probes import WORKER_HEARTBEAT_MAX_AGE
 from appliance.health.sockets import listeners
 from appliance.layout import HomeLayout
@@ -50,7 +58,7 @@ def test_listeners_tell_loopback_from_beyond():
 
 
 def test_backup_check_reads_the_backup_status(home):
-    ctx = Context(load_settings(home, {}, environ={}), db=None, http=None, huey=None)
+    ctx = Context(load_settings(home, {}, environ={}), db=None, http=None, queue=None)
     first = asyncio.run(check_backup(ctx))
     assert (first.status, first.fix) == ("WARN", "run `neuronova backup DEST`")
     write_status(HomeLayout(home), ok=False, dest="/mnt/nas", error="No space left on device")
@@ -58,6 +66,21 @@ def test_backup_check_reads_the_backup_status(home):
     assert failed.status == "FAIL" and "No space left on device" in failed.message
     write_status(HomeLayout(home), ok=True, dest="/mnt/nas")
     assert asyncio.run(check_backup(ctx)).status == "OK"
+
+
+def test_disk_check_warns_where_status_does_and_fails_where_objects_are_refused(home):
+    """WARN below ``[dicom] warn_free_mb`` (the health report's margin), FAIL below
+    ``min_free_mb``, where the receiver refuses new objects."""
+    HomeLayout(home).orthanc_dir.mkdir(parents=True, exist_ok=True)
+    free_mb = shutil.disk_usage(HomeLayout(home).orthanc_dir).free // 1024**2
+
+    def disk(**settings: int) -> str:
+        ctx = Context(load_settings(home, settings, environ={}), db=None, http=None, queue=None)
+        return asyncio.run(check_disk(ctx)).status
+
+    assert disk(min_free_mb=1, warn_free_mb=2) == "OK"
+    assert disk(min_free_mb=1, warn_free_mb=free_mb + 1024) == "WARN"
+    assert disk(min_free_mb=free_mb + 1024) == "FAIL"
 
 
 STRAY = (
@@ -72,7 +95,7 @@ def test_a_socket_of_ours_beyond_loopback_fails(home):
     settings = load_settings(home, {}, environ={})
     state = HomeLayout(home).state_file
     state.parent.mkdir(parents=True, exist_ok=True)
-    ctx = Context(settings, db=None, http=None, huey=None)
+    ctx = Context(settings, db=None, http=None, queue=None)
     stray = subprocess.Popen([sys.executable, "-c", STRAY], stdout=subprocess.PIPE, text=True)
     try:
         assert stray.stdout is not None
@@ -91,7 +114,7 @@ def test_a_socket_of_ours_beyond_loopback_fails(home):
 def test_an_unreachable_queue_fails(home):
     nothing_there = f"redis://127.0.0.1:{free_port()}/0"
     settings = load_settings(home, {"redis_url": nothing_there}, environ={})
-    ctx = Context(settings, db=None, http=None, huey=create_queue(settings).huey)
+    ctx = Context(settings, db=None, http=None, queue=create_queue(settings))
     found = asyncio.run(check_queue(ctx))
     assert found.status == "FAIL" and "queue storage unreachable" in found.message
     assert found.fix == "check [queue] redis_url"

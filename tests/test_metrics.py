@@ -36,6 +36,20 @@ def test_a_tally_adds_its_counts_and_watched_ints_to_the_table(tmp_path):
     }
 
 
+def test_labels_a_client_chooses_stay_bounded_whatever_it_sends(tmp_path):
+    """A caller inventing a new calling AE title per C-STORE must not grow the table (or
+    a scrape) without bound: past MAX_CLIENT_LABELS titles, new ones count as "other"."""
+    db = open_database(tmp_path / "a.db")
+    for n in range(metrics.MAX_CLIENT_LABELS + 30):
+        label = metrics.client_label(db, "cstore_total", "calling_ae", f"AE{n}")
+        metrics.add(db, {metrics.key("cstore_total", calling_ae=label): 1})
+    counted = {labels["calling_ae"]: value for labels, value in metrics.read(db)["cstore_total"]}
+    assert len(counted) == metrics.MAX_CLIENT_LABELS + 1  # and "other"
+    assert counted["AE0"] == 1 and "AE50" not in counted
+    assert counted[metrics.OTHER] == 30
+    assert metrics.client_label(db, "cstore_total", "calling_ae", "AE3") == "AE3"  # known
+
+
 # ------------------------------------------------------------------ the real appliance
 
 

@@ -21,18 +21,18 @@ from typing import Any
 
 import aiohttp
 import sqlite_utils
-from huey import Huey
 
 from appliance.backup.status import read_status
 from appliance.config import Settings, is_loopback_host
 from appliance.health.probes import probe_receiver, probe_worker
-from appliance.health.report import queue_report
 from appliance.health.sockets import listeners, owned_inodes
 from appliance.layout import HomeLayout
 from appliance.security import audit
 from appliance.security.sessions import SessionStore
 from appliance.security.tls.describe import EXPIRY_WARNING_DAYS, certificate_info
 from appliance.security.tls.files import TLSError
+from appliance.transcode.monitor import QueueMonitor
+from appliance.transcode.queue import Queue
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}
@@ -43,9 +43,6 @@ PROBE_TTL = 60
 # an hour that it is stuck.
 QUEUE_WARN_AGE_S = 600
 QUEUE_FAIL_AGE_S = 3600
-# The receiver refuses objects below [dicom] min_free_mb; warn while twice that is left
-# (the same margin as `neuronova status`).
-DISK_WARN_FACTOR = 2
 TOKEN_FAILURE_WINDOW_S = 3600
 TOKEN_FAILURES_WARN = 20  # a viewer left open on an expired session makes a few, not dozens
 CLOCK_SKEW_MAX_S = 300
@@ -73,7 +70,7 @@ class Context:
     settings: Settings
     db: sqlite_utils.Database
     http: aiohttp.ClientSession
-    huey: Huey
+    queue: Queue
     token: str = ""
 
     @property
@@ -121,11 +118,11 @@ async def run_doctor(
     settings: Settings,
     db: sqlite_utils.Database,
     http: aiohttp.ClientSession,
-    huey: Huey,
+    queue: Queue,
     sessions: SessionStore,
 ) -> list[Check]:
     """Run every check concurrently, with a probe session revoked at the end."""
-    ctx = Context(settings, db, http, huey)
+    ctx = Context(settings, db, http, queue)
     session_id, ctx.token = sessions.start_probe(PROBE_USER, PROBE_ROLE, PROBE_TTL)
     try:
         return list(await asyncio.gather(*(_guarded(fn, ctx) for fn in CHECKS)))
@@ -316,22 +313,20 @@ async def check_token_frame(ctx: Context) -> Check:
 # ------------------------------------------------------------------------ queue and disk
 
 
-def _oldest_waiting_age(db: sqlite_utils.Database) -> float | None:
-    oldest = db.execute(
-        "SELECT min(received_at) FROM instances WHERE state IN ('received', 'processing')"
-    ).fetchone()[0]
-    return time.time() - datetime.fromisoformat(oldest).timestamp() if oldest else None
-
-
 async def check_queue(ctx: Context) -> Check:
-    """The queue's backlog and its oldest waiting object."""
-    queue = await asyncio.to_thread(queue_report, ctx.settings, ctx.huey)
-    if "pending" not in queue:  # the SQLite file or Redis did not answer
+    """The queue's backlog and its oldest waiting object (the queue monitor's figures)."""
+    monitor = QueueMonitor(ctx.settings, ctx.queue)
+    queued = await asyncio.to_thread(monitor.queued)
+    if queued.error:  # the SQLite file or Redis did not answer
         backend = "[queue] redis_url" if ctx.settings.redis_url else str(ctx.layout.queue_file)
-        return Check("queue", FAIL, queue["error"], f"check {backend}")
-    pending = queue["pending"]
-    age = _oldest_waiting_age(ctx.db)
-    text = f"{pending} task(s) waiting" + (f", oldest object waiting {age:.0f} s" if age else "")
+        return Check("queue", FAIL, queued.error, f"check {backend}")
+    state = monitor.combine(ctx.db, queued, failed_limit=0)
+    age = state.oldest_pending_age_s
+    text = f"{state.pending} task(s) waiting"
+    if age:
+        text += f", oldest object waiting {age:.0f} s"
+    if state.failed_total:
+        text += f"; {state.failed_total} failed object(s) (`neuronova ingest status`)"
     fix = f"is the worker alive? see {ctx.layout.log_dir}/worker.log and `neuronova ingest status`"
     if age is not None and age > QUEUE_FAIL_AGE_S:
         return Check("queue", FAIL, text, fix)
@@ -365,7 +360,7 @@ async def check_disk(ctx: Context) -> Check:
     )
     if free_mb < limit:
         return Check("disk", FAIL, text + " (new objects are refused)", fix)
-    if free_mb < DISK_WARN_FACTOR * limit:
+    if free_mb * 1024**2 < ctx.settings.warn_free_bytes:  # the margin `status` warns at
         return Check("disk", WARN, text, fix)
     return Check("disk", OK, text)
 

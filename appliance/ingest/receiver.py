@@ -149,12 +149,16 @@ def handle_store(event: evt.Event, ingest: Ingest, policy: StorePolicy) -> int |
     status = _store(event, ingest, policy)
     code = status if isinstance(status, int) else int(status.Status)
     ae_title = event.assoc.requestor.ae_title.strip()
-    counted = {metrics.key("cstore_total", status=f"0x{code:04X}", calling_ae=ae_title): 1}
     try:
-        ingest.journal.read(lambda db: metrics.add(db, counted))
+        ingest.journal.read(lambda db: _count_store(db, f"0x{code:04X}", ae_title))
     except Exception:  # a count must never change the answer
         log.exception("could not count a C-STORE")
     return status
+
+
+def _count_store(db: sqlite_utils.Database, status: str, ae_title: str) -> None:
+    calling_ae = metrics.client_label(db, "cstore_total", "calling_ae", ae_title)
+    metrics.add(db, {metrics.key("cstore_total", status=status, calling_ae=calling_ae): 1})
 
 
 def _store(event: evt.Event, ingest: Ingest, policy: StorePolicy) -> int | Dataset:

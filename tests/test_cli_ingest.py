@@ -54,7 +54,8 @@ def accept(settings: Settings, *names: str) -> list[str]:
     for name in names:
         data = (TEST_FILES / name).read_bytes()
         ds = pydicom.dcmread(TEST_FILES / name, stop_before_pixels=True)
-        uids.append(ingest.accept(data, ds, source="test").sop_uid)
+        assert ingest.accept(data, ds, source="test") is None  # journaled and queued
+        uids.append(str(ds.SOPInstanceUID))
     return uids
 
 

@@ -3,13 +3,16 @@ what each policy holds back, and the admin API that lists, accepts and discards 
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pydicom
 import pytest
+from click.testing import CliRunner
 from samples import TEST_FILES
 
+from appliance.cli import cli as neuronova
 from appliance.config import ConfigError, load_settings
 from appliance.db import open_database
 from appliance.home import init_home
@@ -122,3 +125,31 @@ def test_a_held_object_whose_file_is_gone_is_a_clear_error(settings):
     shutil.move(row["spool_path"], settings.home / "elsewhere.dcm")
     with pytest.raises(HeldError, match=f"the file of held object {row['id']} is gone"):
         ingest.release_held(row["id"])
+
+
+def test_an_import_is_held_by_the_policy_like_a_modality(settings, tmp_path):
+    """`neuronova import` goes through the same overwrite policy as C-STORE and STOW: a
+    CD cannot replace what a modality sent, nor rename an archived study's patient; an
+    import run again over its own objects still goes through (same source)."""
+    cli = CliRunner()
+    ingest = Ingest(settings)
+    receive(ingest, ct(), "dicom:CT_A", "same-source")
+    cd = tmp_path / "cd"
+    cd.mkdir()
+    ct().save_as(cd / "same.dcm", enforce_file_format=True)
+    renamed = ct(SOPInstanceUID=pydicom.uid.generate_uid(), PatientID="SOMEONE-ELSE")
+    renamed.save_as(cd / "renamed.dcm", enforce_file_format=True)
+    own = ct(SOPInstanceUID=pydicom.uid.generate_uid())
+    own.save_as(cd / "own.dcm", enforce_file_format=True)
+    home = ["--home", str(settings.home), "--no-wait"]
+
+    first = cli.invoke(neuronova, ["import", str(cd), *home])
+    assert first.exit_code == 1, first.output
+    assert re.search(r"held for an admin +2 ", first.output), first.output
+    assert "same.dcm: SOP Instance" in first.output and "archived from dicom:CT_A" in first.output
+    assert "renamed.dcm: study" in first.output and "neuronova held list" in first.output
+    held = {row["sop_uid"] for row in ingest.journal.held()}
+    assert held == {str(ct().SOPInstanceUID), str(renamed.SOPInstanceUID)}
+    again = cli.invoke(neuronova, ["import", str(cd / "own.dcm"), *home])
+    assert again.exit_code == 0, again.output
+    assert ingest.journal.db["instances"].get(str(own.SOPInstanceUID))["source"] == "import"

@@ -9,7 +9,7 @@ import click
 from appliance.cli.options import home_option, settings_from
 from appliance.config import Settings
 from appliance.home import require_initialized
-from appliance.ingest.importer import Importer, ImportReport, worker_running
+from appliance.ingest.importer import Importer, ImportFailure, ImportReport, worker_running
 
 MAX_FAILURE_LINES = 50
 
@@ -37,9 +37,11 @@ def import_(path: Path, home: Path | None, wait: bool, timeout: int) -> None:
     Every DICOM file goes through the same pipeline as objects sent by modalities:
     made durable in the spool, journaled, transcoded to HTJ2K lossless where possible
     and stored in the archive. Files that are not DICOM (no 128-byte preamble + "DICM")
-    and DICOMDIR index files are skipped and counted. Objects already in the archive
+    and DICOMDIR index files are skipped and counted. Objects an earlier import brought
     are imported again harmlessly (the newest copy wins), so an interrupted import can
-    simply be run again.
+    simply be run again. The overwrite policy ([dicom] overwrite) applies as to
+    modalities: an object that would replace an instance a modality sent, or change an
+    archived study's patient, is held for an admin (`neuronova held list`).
 
     \b
     If the appliance is running for this home, the command waits (--wait) until every
@@ -69,7 +71,8 @@ def import_(path: Path, home: Path | None, wait: bool, timeout: int) -> None:
     report = importer.finish()
     _print_summary(report)
     _print_next_step(settings, report, running, wait)
-    _print_failures(report)
+    _print_files("Failed:", report.failures, report.root)
+    _print_files("Held by the overwrite policy:", report.held, report.root)
     _exit_status(settings, report, waited, timeout)
 
 
@@ -86,6 +89,7 @@ def _print_summary(report: ImportReport) -> None:
         ("skipped, not DICOM", report.not_dicom, ""),
         ("skipped, DICOMDIR", report.dicomdir, ""),
         ("failed", len(report.failures), ""),
+        ("held for an admin", len(report.held), "see `neuronova held list`"),
         ("not attempted", report.not_attempted, ""),
     ]
     for label, count, note in rows:
@@ -112,14 +116,14 @@ def _print_next_step(settings: Settings, report: ImportReport, running: bool, wa
         )
 
 
-def _print_failures(report: ImportReport) -> None:
-    if not report.failures:
+def _print_files(title: str, files: list[ImportFailure], root: Path) -> None:
+    if not files:
         return
-    click.echo("Failed:")
-    for failure in report.failures[:MAX_FAILURE_LINES]:
-        click.echo(f"  {_relative(report.root, failure.path)}: {failure.reason}")
-    if len(report.failures) > MAX_FAILURE_LINES:
-        click.echo(f"  ... and {len(report.failures) - MAX_FAILURE_LINES} more")
+    click.echo(title)
+    for failure in files[:MAX_FAILURE_LINES]:
+        click.echo(f"  {_relative(root, failure.path)}: {failure.reason}")
+    if len(files) > MAX_FAILURE_LINES:
+        click.echo(f"  ... and {len(files) - MAX_FAILURE_LINES} more")
 
 
 def _relative(root: Path, path: Path) -> str:
@@ -141,6 +145,12 @@ def _exit_status(settings: Settings, report: ImportReport, waited: bool, timeout
             f"{len(report.failures)} file(s) were not imported (listed above). Fix or remove "
             "them, then run the same import again, or retry pipeline failures with "
             "`neuronova ingest retry`."
+        )
+    if report.held:
+        raise click.ClickException(
+            f"{len(report.held)} object(s) were held by the overwrite policy ([dicom] "
+            f"overwrite = {settings.overwrite}; listed above). Review them with `neuronova "
+            "held list`, then `neuronova held accept ID` or `neuronova held discard ID`."
         )
     if waited and report.pending:
         raise click.ClickException(

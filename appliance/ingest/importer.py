@@ -67,6 +67,9 @@ class ImportReport:
     already_archived: int = 0
     duplicates: int = 0
     failures: list[ImportFailure] = field(default_factory=list)
+    # Files the overwrite policy ([dicom] overwrite) held back for an admin: they would
+    # replace an instance archived from another source or change a study's patient.
+    held: list[ImportFailure] = field(default_factory=list)
     stopped: str | None = None
     not_attempted: int = 0
     objects: int = 0
@@ -237,6 +240,7 @@ class Importer:
 
     def __init__(self, settings: Settings, root: Path, ingest: Ingest | None = None) -> None:
         self.ingest = ingest or Ingest(settings)
+        self.policy = settings.overwrite
         self.report = ImportReport(root)
         self._by_sop: dict[str, Path] = {}
         self._processed = 0
@@ -275,14 +279,17 @@ class Importer:
     def _accept(self, path: Path, data: bytes, ds: Dataset, item: Received) -> bool:
         archived = self._state(item.sop_uid) == STORED
         try:
-            self.ingest.accept(data, ds, source=SOURCE)
+            refusal = self.ingest.accept(data, ds, SOURCE, self.policy)
         except (SpoolFull, OSError, sqlite3.Error) as exc:
             self.report.stopped = f"could not write to the data home: {exc}"
             return False
         except ValueError as exc:
             self._fail(path, str(exc))
         else:
-            self._count(path, item.sop_uid, archived)
+            if refusal is None:
+                self._count(path, item.sop_uid, archived)
+            else:
+                self.report.held.append(ImportFailure(path, refusal.reason))
         return True
 
     def _count(self, path: Path, sop_uid: str, archived: bool) -> None:

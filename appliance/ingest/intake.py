@@ -14,7 +14,7 @@ import pydicom
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
-from appliance.ingest.journal import Journal, Received, Refusal, describe
+from appliance.ingest.journal import ALWAYS, Journal, Received, Refusal, describe
 from appliance.ingest.spool import Spool
 from appliance.layout import HomeLayout
 from appliance.transcode.queue import Queue, create_queue
@@ -39,18 +39,19 @@ class Ingest:
         self.journal = journal or Journal(layout.database_file)
         self.queue = queue or create_queue(settings)
 
-    def accept(self, data: bytes, ds: pydicom.Dataset, source: str) -> Received:
-        """Make ``data`` durable, journal it and queue it; return what it is.
+    def accept(
+        self, data: bytes, ds: pydicom.Dataset, source: str, policy: str = ALWAYS
+    ) -> Refusal | None:
+        """Make ``data`` durable, then journal and queue it, or hold it under ``policy``.
 
-        ``ds`` is the parsed header of ``data``. Raises :class:`ValueError` for an
-        object without its UIDs and :class:`~appliance.ingest.spool.SpoolFull` when the disk
-        is nearly full; nothing is kept in either case.
+        ``ds`` is the parsed header of ``data``. Returns the refusal when the object is
+        held (kept for an admin, not queued). Raises :class:`ValueError` for an object
+        without its UIDs and :class:`~appliance.ingest.spool.SpoolFull` when the disk is
+        nearly full; nothing is kept in either case.
         """
         item = describe(ds)
         path = self.spool.write(item.sop_uid, data)
-        self.journal.record_received(ds, item, path, source, len(data))
-        self.queue.enqueue_ingest(item.sop_uid, str(path))
-        return item
+        return self._journal(ds, item, path, source, len(data), policy)
 
     def receive(
         self, received: Path, ds: pydicom.Dataset, source: str, policy: str
@@ -62,7 +63,11 @@ class Ingest:
         """
         item = describe(ds)
         path = self.spool.adopt(item.sop_uid, received)
-        size = path.stat().st_size
+        return self._journal(ds, item, path, source, path.stat().st_size, policy)
+
+    def _journal(
+        self, ds: pydicom.Dataset, item: Received, path: Path, source: str, size: int, policy: str
+    ) -> Refusal | None:
         refusal = self.journal.record_received(ds, item, path, source, size, policy)
         if refusal is None:
             self.queue.enqueue_ingest(item.sop_uid, str(path))

@@ -32,7 +32,7 @@ async def _run(home: Path | None) -> list[Check]:
     try:
         timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            return await run_doctor(settings, db, http, create_queue(settings).huey, sessions)
+            return await run_doctor(settings, db, http, create_queue(settings), sessions)
     finally:
         db.close()
 

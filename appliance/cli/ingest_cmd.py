@@ -9,11 +9,12 @@ from typing import Any
 import click
 import sqlite_utils
 
-from appliance.cli.options import home_option, settings_from
+from appliance.cli.options import audit_admin_change, home_option, settings_from
 from appliance.db import open_database
 from appliance.home import require_initialized
 from appliance.ingest.importer import worker_running
-from appliance.ingest.journal import Journal
+from appliance.ingest.intake import Ingest
+from appliance.transcode.monitor import AUDITED_UIDS, QueueMonitor, QueueState, failed_objects, on
 from appliance.transcode.queue import create_queue
 
 FAILED_SHOWN = 20
@@ -35,10 +36,6 @@ SELECT count(DISTINCT study_uid) AS studies, count(*) AS received,
        coalesce(sum(state = 'failed'), 0) AS failed
 FROM instances i WHERE {where}
 """
-FAILED_SQL = """
-SELECT sop_uid, study_uid, source, updated_at, error FROM instances i
-WHERE state = 'failed' AND {where} ORDER BY updated_at DESC, sop_uid
-"""
 
 
 def _query(db: sqlite_utils.Database, sql: str, study: str | None, *args: Any) -> list[dict]:
@@ -57,7 +54,7 @@ def ingest_progress(db: sqlite_utils.Database, study: str | None, limit: int) ->
     return {
         "totals": totals,
         "studies": _query(db, STUDIES_SQL, study, limit),
-        "failed": _query(db, FAILED_SQL, study),
+        "failed": failed_objects(db, limit=None, study=study),
     }
 
 
@@ -93,14 +90,18 @@ def status(home: Path | None, study: str | None, limit: int, as_json: bool) -> N
     settings = settings_from(home)
     db = open_database(require_initialized(settings).database_file)
     progress = ingest_progress(db, study, limit)
+    state = QueueMonitor(settings, create_queue(settings)).snapshot(on(db), failed_limit=0)
     if as_json:
-        click.echo(json.dumps(progress, indent=2))
-    elif not progress["totals"]["received"]:
+        queue = {k: v for k, v in state.to_json().items() if k != "failed"}
+        click.echo(json.dumps({**progress, "queue": queue}, indent=2))
+        return
+    if not progress["totals"]["received"]:
         _print_nothing(study, settings.ae_title, settings.dicom_port)
     else:
         _print_studies(progress["studies"])
         _print_totals(progress["totals"])
-        _print_failed(progress["failed"])
+    _print_queue(state)
+    _print_failed(progress["failed"])
 
 
 def _print_nothing(study: str | None, ae_title: str, port: int) -> None:
@@ -137,6 +138,45 @@ def _print_totals(t: dict) -> None:
     )
 
 
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _last(last: dict | None) -> str:
+    if not last:
+        return "no run recorded"
+    outcome = "ok" if last["ok"] else f"FAILED: {last['error']}"
+    return f"{_time(last['finished'])} {outcome}"
+
+
+def _print_queue(state: QueueState) -> None:
+    """The queue monitor's table: tasks by kind."""
+    workers = f"{state.workers} worker(s) running" if state.workers else "no worker running"
+    click.echo(f"Queue ({state.backend}, {workers}):")
+    if state.error:
+        click.secho(f"  {state.error}", fg="red")
+    click.echo(
+        f"  {'KIND':<10} {'PENDING':>7} {'SCHEDULED':>9} {'RUNNING':>7} {'WAITING':>7} "
+        f"{'OLDEST':>7} {'FAILED':>6}  LAST RUN (UTC)"
+    )
+    for k in state.kinds:
+        click.echo(
+            f"  {k.kind:<10} {_count(k.pending):>7} {_count(k.scheduled):>9} {k.running:>7} "
+            f"{_count(k.waiting):>7} {_age(k.oldest_pending_age_s):>7} {_count(k.failed):>6}  "
+            f"{_last(k.last) if k.periodic else ''}".rstrip()
+        )
+    if state.unclassified:
+        click.echo(f"  ... and {state.unclassified} more task(s) not read by kind")
+
+
 def _print_failed(failed: list[dict]) -> None:
     if not failed:
         return
@@ -159,13 +199,16 @@ def retry(sop_uids: tuple[str, ...], home: Path | None) -> None:
     running appliance's worker picks them up (or the next `neuronova run` does).
     """
     settings = settings_from(home)
-    journal = Journal(require_initialized(settings).database_file)
-    again = journal.retry_failed(list(sop_uids) or None)
-    queue = create_queue(settings)
-    for sop_uid, spool_path in again:
-        queue.enqueue_ingest(sop_uid, spool_path)
+    require_initialized(settings)
+    ingest = Ingest(settings)
+    again = ingest.retry_failed(list(sop_uids) or None)
+    if again:
+        ingest.journal.read(
+            lambda db: audit_admin_change(db, "ingest_retried", all=not sop_uids,
+                                          count=len(again), sop_uids=again[:AUDITED_UIDS])
+        )  # fmt: skip
     _report_retry(len(again), worker_running(settings))
-    missing = sorted(set(sop_uids) - {sop_uid for sop_uid, _ in again})
+    missing = sorted(set(sop_uids) - set(again))
     if missing:
         raise click.ClickException(
             f"not failed (or unknown), left alone: {', '.join(missing)}. "

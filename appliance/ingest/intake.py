@@ -87,6 +87,17 @@ class Ingest:
         self.queue.enqueue_ingest(item.sop_uid, str(path))
         return item
 
+    def retry_failed(self, sop_uids: list[str] | None = None) -> list[str]:
+        """Queue failed objects again: all of them (``None``), or those of ``sop_uids``
+        that failed. Their spool files were kept when they failed. Returns the SOP
+        Instance UIDs queued."""
+        if sop_uids is not None and not sop_uids:
+            return []
+        again = self.journal.retry_failed(sop_uids)
+        for sop_uid, spool_path in again:
+            self.queue.enqueue_ingest(sop_uid, spool_path)
+        return [sop_uid for sop_uid, _ in again]
+
     def discard_held(self, held_id: int) -> dict:
         """Delete a held object (its spool file, then its row); returns the row."""
         row = self._held(held_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 from huey import Huey, RedisHuey, SqliteHuey, crontab
@@ -93,6 +93,11 @@ class Queue:
     def enqueue_images(self, sop_uid: str, spool_path: str) -> None:
         """Queue the JPEGs of a stored instance (after every queued ingest)."""
         self.images(sop_uid, spool_path)
+
+    def tasks(self) -> list[TaskWrapper]:
+        """Every task registered on the queue, in the order of the fields above."""
+        found = (getattr(self, f.name) for f in fields(self))
+        return [task for task in found if isinstance(task, TaskWrapper)]
 
 
 def create_queue(

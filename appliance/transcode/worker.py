@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 from appliance.config import Settings
 from appliance.ingest.intake import Ingest
 from appliance.layout import HomeLayout
+from appliance.transcode.activity import TaskActivity
 from appliance.transcode.pipeline import Pipeline, warm_up_codec
 from appliance.transcode.queue import Queue, create_queue
 
@@ -18,9 +20,11 @@ log = logging.getLogger("neuronova.worker")
 HEARTBEAT_INTERVAL = 2.0
 
 
-def _beat(path: Path, stop: threading.Event) -> None:
+def _beat(path: Path, activity: TaskActivity, stop: threading.Event) -> None:
     while not stop.is_set():
         path.touch()
+        with contextlib.suppress(OSError):  # the counts are a display; the heartbeat matters
+            activity.write()
         stop.wait(HEARTBEAT_INTERVAL)
 
 
@@ -74,11 +78,17 @@ def serve(settings: Settings) -> None:
         **IDLE_POLLING,
     )
     stop = threading.Event()
-    heartbeat = HomeLayout(settings.home).worker_heartbeat_file
-    threading.Thread(target=_beat, args=(heartbeat, stop), daemon=True, name="heartbeat").start()
+    layout = HomeLayout(settings.home)
+    activity = TaskActivity.for_this_process(layout)
+    activity.attach(huey)
+    beat = (layout.worker_heartbeat_file, activity, stop)
+    beating = threading.Thread(target=_beat, args=beat, daemon=True, name="heartbeat")
+    beating.start()
     backend = "Redis" if settings.redis_url else "SQLite"
     log.info("queue worker started: %d workers, %s backend", settings.workers, backend)
     try:
         consumer.run()
     finally:
         stop.set()
+        beating.join(HEARTBEAT_INTERVAL)
+        activity.remove()

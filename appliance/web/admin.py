@@ -7,7 +7,6 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -23,6 +22,7 @@ from appliance.web.auth import identity, requires
 from appliance.web.errors import ApiError
 from appliance.web.inputs import client_address, query_int, read_json
 from appliance.web.keys import DB, HEALTH, HTTP, INGEST, QUEUE, SESSIONS, SETTINGS
+from appliance.web.queue import queue_state
 
 routes = web.RouteTableDef()
 admin_only = requires("admin")
@@ -231,20 +231,14 @@ async def system(request: web.Request) -> web.Response:
     """Health, queue depth and oldest waiting object, free disk, failed ingests."""
     app = request.app
     settings = app[SETTINGS]
-    health = await app[HEALTH].report()
+    health, queue = await asyncio.gather(app[HEALTH].report(), queue_state(app, 0))
     db = app[DB]
-    oldest = db.execute(
-        "SELECT min(received_at) FROM instances WHERE state IN ('received', 'processing')"
-    ).fetchone()[0]
     images = HomeLayout(settings.home).orthanc_dir
     disk = shutil.disk_usage(images)
     return web.json_response(
         {
             "health": health,
-            "queue": {
-                "pending": health["components"]["queue"].get("pending"),
-                "oldest_task_age_s": _age(oldest),
-            },
+            "queue": {"pending": queue.pending, "oldest_task_age_s": queue.oldest_pending_age_s},
             "disk": {
                 "path": str(images),
                 "free_bytes": disk.free,
@@ -253,7 +247,7 @@ async def system(request: web.Request) -> web.Response:
                 "refuse_free_bytes": settings.min_free_mb * 1024**2,
             },
             "warnings": health.get("warnings", []),
-            "ingest": {"failed": db["instances"].count_where("state = 'failed'")},
+            "ingest": {"failed": queue.failed_total},
             "modalities_open": not db["modalities"].count,
             "version": __version__,
         }
@@ -266,11 +260,5 @@ async def doctor(request: web.Request) -> web.Response:
     """The checks of ``neuronova doctor`` (appliance.health.doctor), run now."""
     app = request.app
     started = time.monotonic()
-    checks = await run_doctor(app[SETTINGS], app[DB], app[HTTP], app[QUEUE].huey, app[SESSIONS])
+    checks = await run_doctor(app[SETTINGS], app[DB], app[HTTP], app[QUEUE], app[SESSIONS])
     return web.json_response(report(checks, time.monotonic() - started))
-
-
-def _age(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    return round(time.time() - datetime.fromisoformat(iso).timestamp(), 1)

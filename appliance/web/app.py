@@ -21,7 +21,7 @@ from appliance.security.keys import read_secret
 from appliance.security.sessions import SessionStore
 from appliance.security.tokens import TokenService
 from appliance.transcode.queue import create_queue
-from appliance.web import admin, dicomweb, health, login, metrics, shares, studies
+from appliance.web import admin, dicomweb, health, login, metrics, queue, shares, studies
 from appliance.web.auth import auth_middleware
 from appliance.web.errors import MALFORMED_REQUEST_LOG, error_middleware
 from appliance.web.frame_gate import frame_gate_ctx
@@ -50,6 +50,7 @@ ROUTE_TABLES = (
     studies.routes,
     shares.routes,
     admin.routes,
+    queue.routes,
     metrics.routes,
 )
 

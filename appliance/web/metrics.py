@@ -14,9 +14,7 @@ import logging
 import math
 import shutil
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -31,9 +29,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from appliance import metrics
 from appliance.backup.status import backup_age
 from appliance.layout import HomeLayout
+from appliance.transcode.monitor import INGEST, QueueState
 from appliance.web.auth import requires
 from appliance.web.errors import Handler
-from appliance.web.keys import DB, METRICS, QUEUE, SETTINGS
+from appliance.web.keys import DB, METRICS, SETTINGS
+from appliance.web.queue import queue_state
 
 log = logging.getLogger("neuronova.web")
 routes = web.RouteTableDef()
@@ -59,7 +59,6 @@ COUNTERS = {
         ("status", "calling_ae"),
     ),
 }
-WAITING = ("received", "processing")
 
 
 @web.middleware
@@ -104,17 +103,19 @@ async def scrape(request: web.Request) -> web.Response:
     app = request.app
     app[METRICS].flush(app[DB])
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(app))
+    registry.register(Collector(app, await queue_state(app, failed_limit=0)))
     response = web.Response(body=generate_latest(registry))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 
 
 class Collector:
-    """The families of one scrape, read from the app's database, queue and disk."""
+    """The families of one scrape, read from the app's database, the queue monitor's
+    state and the disk."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, queue: QueueState) -> None:
         self.app = app
+        self.queue = queue
 
     def collect(self) -> Iterator[Metric]:
         """Counters and the transcode histogram from the table, then the gauges."""
@@ -136,35 +137,38 @@ class Collector:
         )
 
     def _queue(self) -> Iterator[Metric]:
-        db = self.app[DB]
+        state = self.queue
         yield GaugeMetricFamily(
             PREFIX + "queue_pending_tasks",
-            "Tasks waiting in the queue (ingest and JPEG previews).",
-            value=self.app[QUEUE].huey.pending_count(),
+            "Tasks waiting in the queue, every kind (NaN when the queue storage is unreachable).",
+            value=math.nan if state.pending is None else state.pending,
         )
+        tasks = GaugeMetricFamily(
+            PREFIX + "queue_tasks",
+            "Tasks by kind (ingest, previews, retention, backups) and state: pending, "
+            "scheduled (a retry or delay waiting for its time), running.",
+            labels=("kind", "state"),
+        )
+        for kind in state.kinds:
+            for name in ("pending", "scheduled", "running"):
+                value = getattr(kind, name)
+                tasks.add_metric([kind.kind, name], math.nan if value is None else value)
+        yield tasks
+        ingest = state.kind(INGEST)
         states = GaugeMetricFamily(
             PREFIX + "ingest_objects",
             "Received objects not yet stored (received, processing) or failed, by state.",
             labels=("state",),
         )
-        counts = dict(
-            db.execute(
-                "SELECT state, count(*) FROM instances WHERE state IN (?, ?, 'failed') "
-                "GROUP BY state",
-                WAITING,
-            ).fetchall()
-        )
-        for state in (*WAITING, "failed"):
-            states.add_metric([state], counts.get(state, 0))
+        waiting = ingest.waiting or 0
+        counts = (waiting - ingest.running, ingest.running, state.failed_total)
+        for name, count in zip(("received", "processing", "failed"), counts, strict=True):
+            states.add_metric([name], count)
         yield states
-        oldest = db.execute(
-            "SELECT min(received_at) FROM instances WHERE state IN (?, ?)", WAITING
-        ).fetchone()[0]
-        age = time.time() - datetime.fromisoformat(oldest).timestamp() if oldest else 0.0
         yield GaugeMetricFamily(
             PREFIX + "ingest_oldest_waiting_seconds",
             "Age of the oldest object received but not yet stored (0 when none waits).",
-            value=max(age, 0.0),
+            value=state.oldest_pending_age_s or 0.0,
         )
 
     def _disk(self) -> Iterator[Metric]:

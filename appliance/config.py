@@ -119,7 +119,36 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("retention", "by", "retention_by", str, "Age from study_date or received (date)"),
     Field("logs", "keep", "log_keep", int, "Rotated files kept of each log (at least 1)"),
+    Field(
+        "backup",
+        "destination",
+        "backup_destination",
+        str,
+        "Absolute folder the daily backup goes into, outside the home (empty: no daily backup)",
+    ),
+    Field("backup", "time", "backup_time", str, "Time of day of the daily backup, HH:MM in UTC"),
+    Field("backup", "keep_daily", "backup_keep_daily", int, "Keep the newest snapshot of N days"),
+    Field("backup", "keep_weekly", "backup_keep_weekly", int, "and of M ISO weeks (0: none)"),
+    Field(
+        "backup",
+        "remote",
+        "backup_remote",
+        str,
+        "rclone remote path each backup is copied to, e.g. gcs:bucket/neuronova (empty: none)",
+    ),
+    Field(
+        "backup",
+        "rclone_config",
+        "backup_rclone_config",
+        str,
+        "The rclone.conf (mode 0600) defining that remote; relative to the home",
+    ),
 )
+# HH:MM, 24-hour clock.
+_TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+# A remote defined in rclone.conf by name, then a path: never an on-the-fly ":backend,..."
+# remote, whose connection string could carry credentials into logs and the status file.
+_RCLONE_REMOTE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_. -]*:.*$")
 
 
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -165,6 +194,12 @@ class Settings:
     log_keep: int = 5
     retention_years: int = 0
     retention_by: str = "study_date"
+    backup_destination: str = ""
+    backup_time: str = "02:30"
+    backup_keep_daily: int = 7
+    backup_keep_weekly: int = 4
+    backup_remote: str = ""
+    backup_rclone_config: str = "rclone/rclone.conf"
 
     def __post_init__(self) -> None:
         if self.log_max_mb < 1 or self.log_keep < 1:
@@ -177,6 +212,7 @@ class Settings:
                 f"[retention] years must be 0 (off) or more and by one of "
                 f"{', '.join(RETENTION_BY)} (got {self.retention_years}, {self.retention_by!r})"
             )
+        self._check_backup()
         if self.overwrite not in OVERWRITE_POLICIES:
             raise ConfigError(
                 f"[dicom] overwrite must be one of {', '.join(OVERWRITE_POLICIES)} "
@@ -199,6 +235,37 @@ class Settings:
                     f"[web] server_names: {name!r} is not a host name "
                     "(letters, digits, '-' and '.', optionally starting with '*.')"
                 )
+
+    def _check_backup(self) -> None:
+        if not _TIME_OF_DAY.match(self.backup_time):
+            raise ConfigError(f"[backup] time must be HH:MM in UTC (got {self.backup_time!r})")
+        if self.backup_keep_daily < 1 or self.backup_keep_weekly < 0:
+            raise ConfigError(
+                "[backup] keep_daily must be at least 1 and keep_weekly 0 or more "
+                f"(got {self.backup_keep_daily}, {self.backup_keep_weekly})"
+            )
+        if self.backup_destination and not Path(self.backup_destination).is_absolute():
+            raise ConfigError(
+                f"[backup] destination must be an absolute path (got {self.backup_destination!r})"
+            )
+        if self.backup_remote and not _RCLONE_REMOTE.match(self.backup_remote):
+            raise ConfigError(
+                f"[backup] remote must be NAME:PATH with NAME a remote defined in "
+                f"rclone_config (got {self.backup_remote!r}); put credentials there, not here"
+            )
+        if self.backup_remote and not self.backup_destination:
+            raise ConfigError("[backup] remote needs [backup] destination (copied from there)")
+
+    @property
+    def backup_hour_minute(self) -> tuple[int, int]:
+        """``[backup] time`` as (hour, minute), UTC."""
+        hour, minute = self.backup_time.split(":")
+        return int(hour), int(minute)
+
+    @property
+    def rclone_config_path(self) -> Path:
+        """``[backup] rclone_config``, relative to the home unless absolute."""
+        return self.home / self.backup_rclone_config
 
     @property
     def server_name_list(self) -> list[str]:

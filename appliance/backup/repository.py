@@ -8,10 +8,14 @@ copies (it holds the secrets): folders 0700, files 0600.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from appliance.security.keys import write_private_file
 
 CHUNK = 1 << 20
 FORMAT = 1
+SNAPSHOT_NAME = "%Y%m%dT%H%M%S%fZ"  # a snapshot's name: the UTC time it was taken
 
 
 class BackupError(ApplianceError):
@@ -54,6 +59,49 @@ class Repository:
         for folder in (self.root, self.objects, self.snapshots):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``DEST/lock`` exclusively: one backup, prune or push at a time.
+
+        A prune beside a running backup would delete the objects that backup has put
+        but no manifest names yet.
+        """
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BackupError(
+                    f"another backup, prune or push is using {self.root}; "
+                    "wait for it to finish and run this again."
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    def object_names(self) -> Iterator[str]:
+        """The SHA-256 of every object stored (not the leftovers of an interrupted put)."""
+        for folder in sorted(self.objects.glob("??")):
+            yield from (p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+    def remove_object(self, sha256: str) -> int:
+        """Delete one object; returns the bytes freed."""
+        path = self.object_path(sha256)
+        size = path.stat().st_size
+        path.unlink()
+        return size
+
+    def remove_snapshot(self, name: str) -> None:
+        """Delete one snapshot's manifest (its objects stay until pruned)."""
+        (self.snapshots / f"{name}.json").unlink()
+
+    def remove_leftovers(self) -> None:
+        """Delete what interrupted backups left in ``objects/`` (call under :meth:`locked`)."""
+        for path in self.objects.glob(".incoming-*"):
+            path.unlink()
+        for path in self.objects.glob("tmp*"):
+            shutil.rmtree(path, ignore_errors=True)
 
     def object_path(self, sha256: str) -> Path:
         return self.objects / sha256[:2] / sha256

@@ -14,6 +14,7 @@ Consistent while modalities keep sending:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.backup.repository import FORMAT, BackupError, Repository
+from appliance.backup.repository import FORMAT, SNAPSHOT_NAME, BackupError, Repository
 from appliance.config import Settings
 from appliance.home import make_home_dirs
 from appliance.layout import HomeLayout
@@ -34,7 +35,9 @@ from appliance.store.orthanc import OrthancStore, OrthancUnavailable
 Progress = Callable[[int, int], None]
 """Called with (items done, items in all) as a snapshot or restore goes."""
 
-SKIPPED = ("run", "logs", "db", "orthanc")  # regenerated, or taken by their own means
+# Regenerated, or taken by their own means; "rclone" (the off-site remote's credentials,
+# [backup] rclone_config) stays out so that no backup opens the off-site store.
+SKIPPED = ("run", "logs", "db", "orthanc", "rclone")
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,27 @@ class SnapshotResult:
 
 def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> SnapshotResult:
     """Back the running home up into ``dest`` (a new or an earlier backup's folder)."""
+    if dest.resolve().is_relative_to(settings.home):
+        raise BackupError(
+            f"{dest} is inside the home {settings.home}: each backup would copy the earlier "
+            "ones. Choose a folder outside it (another disk, ideally)."
+        )
     started = time.monotonic()
-    layout = HomeLayout(settings.home)
     orthanc = OrthancStore(settings)
     instances = _orthanc_instances(orthanc)
     repo = Repository(dest)
     repo.create()
+    with repo.locked():
+        result = _snapshot_into(repo, settings, orthanc, instances, progress)
+    return dataclasses.replace(result, seconds=time.monotonic() - started)
+
+
+def _snapshot_into(
+    repo: Repository, settings: Settings, orthanc: OrthancStore, instances: list[str],
+    progress: Progress,
+) -> SnapshotResult:  # fmt: skip
+    """The snapshot itself, under the repository's lock (``seconds`` left at 0)."""
+    layout = HomeLayout(settings.home)
     previous = repo.latest() or {}
     files = list(_home_files(layout.home))
     total, done, copied = len(instances) + len(files) + 2, 0, 0
@@ -89,12 +107,11 @@ def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> Snapsho
         copied += n
         done += 1
         progress(done, total)
-    name = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    name = datetime.now(UTC).strftime(SNAPSHOT_NAME)
     manifest.update(name=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
                     home=str(layout.home), bytes_copied=copied)  # fmt: skip
     repo.save(name, manifest)
-    return SnapshotResult(name, len(manifest["files"]), len(manifest["orthanc"]), copied,
-                          time.monotonic() - started)  # fmt: skip
+    return SnapshotResult(name, len(manifest["files"]), len(manifest["orthanc"]), copied, 0.0)
 
 
 def verify(dest: Path, progress: Progress) -> list[str]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.layout import HomeLayout
 from appliance.security.keys import write_private_file
@@ -38,3 +40,30 @@ def backup_age(layout: HomeLayout) -> float | None:
     if not record or not record.get("ok"):
         return None
     return max(0.0, time.time() - float(record["finished_unix"]))
+
+
+def next_backup(settings: Settings, now: datetime | None = None) -> datetime | None:
+    """When the daily backup runs next (UTC), or None when ``[backup] destination`` is off."""
+    if not settings.backup_destination:
+        return None
+    now = now or datetime.now(UTC)
+    hour, minute = settings.backup_hour_minute
+    at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return at if at > now else at + timedelta(days=1)
+
+
+def backup_summary(settings: Settings) -> dict[str, Any]:
+    """The last backup (with its age) and the daily schedule: what `status` and the System
+    page show. ``daily`` is None when the daily backup is off."""
+    last = read_status(HomeLayout(settings.home))
+    upcoming = next_backup(settings)
+    daily = None if upcoming is None else {
+        "destination": settings.backup_destination,
+        "time_utc": settings.backup_time,
+        "next": upcoming.isoformat(timespec="seconds"),
+        "keep_daily": settings.backup_keep_daily,
+        "keep_weekly": settings.backup_keep_weekly,
+        "remote": settings.backup_remote or None,
+    }
+    age = None if last is None else round(max(0.0, time.time() - float(last["finished_unix"])))
+    return {"last": last, "age_s": age, "daily": daily}

@@ -6,16 +6,17 @@ import dataclasses
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from appliance.backup import snapshot
-from appliance.backup.repository import BackupError
-from appliance.backup.status import write_status
+from appliance.backup import offsite, snapshot
+from appliance.backup.daily import FAILURES, backup_now, keep_of
+from appliance.backup.prune import Keep, prune
+from appliance.backup.repository import Repository
 from appliance.cli.options import home_option, settings_from
 from appliance.config import Settings, load_settings
 from appliance.home import require_initialized
@@ -41,6 +42,8 @@ def backup() -> None:
     \b
       neuronova backup DEST          take a snapshot into DEST (incremental)
       neuronova backup verify DEST   re-check every checksum in DEST
+      neuronova backup prune DEST    drop snapshots outside the retention
+      neuronova backup push DEST     copy DEST to the rclone remote ([backup] remote)
     A backup holds the secrets (JWT key, Orthanc password, TLS key): keep it as safe
     as the home itself.
     """
@@ -52,20 +55,88 @@ def backup() -> None:
 def create(dest: Path, home: Path | None) -> None:
     """Take a snapshot of the running home into DEST; only new content is copied."""
     settings = settings_from(home)
-    layout = require_initialized(settings)
+    require_initialized(settings)
     try:
         with _bar("Backing up") as progress:
-            result = snapshot.take_snapshot(settings, dest, progress)
-    except (BackupError, OSError) as exc:
-        write_status(layout, ok=False, dest=str(dest), snapshot=None, error=str(exc))
+            done = backup_now(settings, dest, progress)
+    except FAILURES as exc:
         raise click.ClickException(str(exc)) from exc
-    record = dataclasses.asdict(result)
-    record["snapshot"] = record.pop("name")
-    write_status(layout, ok=True, dest=str(dest), **record)
     click.echo(
-        f"Snapshot {result.name}: {result.files} files, {result.instances} Orthanc "
-        f"instances, {result.bytes_copied} bytes copied in {result.seconds:.1f} s."
+        f"Snapshot {done['snapshot']}: {done['files']} files, {done['instances']} Orthanc "
+        f"instances, {done['bytes_copied']} bytes copied in {done['seconds']:.1f} s."
     )
+
+
+def keep_options(command: Callable) -> Callable:
+    """``--keep-daily`` and ``--keep-weekly``, defaulting to ``[backup]`` of the home."""
+    daily = click.option("--keep-daily", type=click.IntRange(min=1),
+                         help="Days to keep a snapshot of (default: [backup] keep_daily).")
+    weekly = click.option("--keep-weekly", type=click.IntRange(min=0),
+                          help="ISO weeks to keep one of (default: [backup] keep_weekly).")
+    return weekly(daily(command))  # fmt: skip
+
+
+def _keep(home: Path | None, daily: int | None, weekly: int | None) -> Keep:
+    default = keep_of(settings_from(home))
+    return Keep(default.daily if daily is None else daily,
+                default.weekly if weekly is None else weekly)  # fmt: skip
+
+
+@backup.command("prune", short_help="Drop snapshots outside the retention, and their objects.")
+@click.argument("dest", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@keep_options
+@click.option("--dry-run", is_flag=True, help="List what would go; remove nothing.")
+@home_option
+def prune_cmd(dest: Path, keep_daily: int | None, keep_weekly: int | None, dry_run: bool,
+              home: Path | None) -> None:  # fmt: skip
+    """Keep the newest snapshot of each of the last N days and M ISO weeks (that have one);
+    remove the other snapshots, then every object no kept snapshot names."""
+    _require_repository(dest)
+    try:
+        result = prune(Repository(dest), _keep(home, keep_daily, keep_weekly), dry_run)
+    except FAILURES as exc:
+        raise click.ClickException(str(exc)) from exc
+    verb = "Would remove" if dry_run else "Removed"
+    for name in result.removed:
+        click.echo(f"{verb.split()[-1].lower()} snapshot {name}")
+    click.echo(f"{verb} {len(result.removed)} snapshots and {result.objects} objects "
+               f"({result.bytes_freed} bytes); {len(result.kept)} snapshots kept.")  # fmt: skip
+
+
+@backup.command("push", short_help="Copy a backup to the off-site rclone remote.")
+@click.argument("dest", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--remote", help="rclone remote path (default: [backup] remote), e.g. gcs:b/nn.")
+@keep_options
+@home_option
+def push_cmd(dest: Path, remote: str | None, keep_daily: int | None, keep_weekly: int | None,
+             home: Path | None) -> None:  # fmt: skip
+    """Copy DEST's objects, then its snapshots, to the remote; then prune the remote to the
+    retention. Credentials come from [backup] rclone_config (0600), never the command line."""
+    settings = settings_from(home)
+    target = offsite.Remote.from_settings(settings, remote)
+    if not target.path:
+        raise click.UsageError("no remote: set [backup] remote or pass --remote NAME:PATH.")
+    _require_repository(dest)
+    try:
+        result = offsite.push(Repository(dest), target, _keep(home, keep_daily, keep_weekly),
+                              _progress_line)  # fmt: skip
+    except FAILURES as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        click.echo(err=True)
+    click.echo(f"Pushed {dest} to {target.path}: snapshots kept there {result.snapshots}, "
+               f"removed {len(result.removed)} (and {result.objects_removed} objects only they "
+               "named).")  # fmt: skip
+
+
+def _progress_line(line: str) -> None:
+    """rclone's statistics, redrawn on one line of stderr."""
+    click.echo(f"\rPushing: {line}\x1b[K", nl=False, err=True)
+
+
+def _require_repository(dest: Path) -> None:
+    if not Repository(dest).snapshot_names():
+        raise click.ClickException(f"{dest} holds no NeuroNova backup (no snapshots/*.json).")
 
 
 @backup.command("verify", short_help="Re-check every checksum of a backup.")

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from appliance import __version__, loopback
-from appliance.backup.status import read_status
+from appliance.backup.status import backup_summary
 from appliance.cli.options import home_option, network_options, settings_from
 from appliance.config import Settings
 from appliance.health.report import STATUS_KEY_HEADER, status_key
@@ -104,7 +104,7 @@ def status(home: Path | None, as_json: bool) -> None:
     Exits 0 when everything is healthy, 1 otherwise.
     """
     settings = settings_from(home)
-    layout = require_initialized(settings)
+    require_initialized(settings)
     answer = fetch_health(settings)
     if answer is None:
         raise click.ClickException(
@@ -112,12 +112,14 @@ def status(home: Path | None, as_json: bool) -> None:
             "Start it with `neuronova run`."
         )
     code, report = answer
-    report["last_backup"] = read_status(layout)
+    backups = backup_summary(settings)
+    report["last_backup"], report["daily_backup"] = backups["last"], backups["daily"]
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         _print_health(report)
         _print_backup(report["last_backup"])
+        _print_schedule(report["daily_backup"])
     sys.exit(0 if code == 200 else 1)
 
 
@@ -130,6 +132,15 @@ def _print_backup(record: dict | None) -> None:
         click.echo(f"  last backup: ok, {age}, into {record['dest']}")
     else:
         click.secho(f"  last backup: FAILED {age}: {record['error']}", fg="red")
+
+
+def _print_schedule(daily: dict | None) -> None:
+    if daily is None:
+        click.echo("  daily backup: off (set [backup] destination)")
+        return
+    offsite = f", then to {daily['remote']}" if daily["remote"] else ""
+    click.echo(f"  daily backup: {daily['time_utc']} UTC into {daily['destination']}{offsite}; "
+               f"next {daily['next'].replace('T', ' ')}")  # fmt: skip
 
 
 def _print_health(report: dict) -> None:

@@ -21,6 +21,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from appliance import metrics
+from appliance.backup.daily import run_daily_backup
 from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.ingest.journal import FAILED, STORED, Journal
@@ -152,6 +153,10 @@ class Pipeline:
     def apply_retention(self) -> int:
         """Delete the studies ``[retention]`` expires; returns how many went."""
         return len(apply_retention(self.settings, self.journal))
+
+    def daily_backup(self) -> bool | None:
+        """Take the daily backup per ``[backup]``; the result goes to the status file."""
+        return run_daily_backup(self.settings)
 
     def _retry(self, sop_uid: str, spool_path: str, error: str) -> Outcome:
         attempts = self.journal.release(sop_uid, spool_path, error)

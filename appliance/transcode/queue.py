@@ -11,6 +11,7 @@ import functools
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Protocol
 
 from huey import Huey, RedisHuey, SqliteHuey, crontab
@@ -48,6 +49,10 @@ class TaskWork(Protocol):
         """Delete the studies the retention rule expires (none when it is off)."""
         ...
 
+    def daily_backup(self) -> bool | None:
+        """Take the daily backup (None when ``[backup] destination`` is off)."""
+        ...
+
 
 class EnqueueOnly(RuntimeError):
     """A task ran in a process that only enqueues (no work was given to the queue)."""
@@ -82,6 +87,7 @@ class Queue:
     ingest: TaskWrapper
     images: TaskWrapper
     retention: TaskWrapper
+    backup: TaskWrapper
 
     def enqueue_ingest(self, sop_uid: str, spool_path: str, delay: float | None = None) -> None:
         """Queue the ingest of one spooled object (after ``delay`` seconds, if given)."""
@@ -131,14 +137,24 @@ def create_queue(
         huey = LocalHuey(
             QUEUE_NAME, filename=str(path), immediate=immediate, timeout=30, results=False
         )
-    return _register_tasks(huey, functools.cache(work or _enqueue_only))
+    cached = functools.cache(work or _enqueue_only)
+    return _register_tasks(huey, cached, backup_schedule(settings))
+
+
+def backup_schedule(settings: Settings) -> Callable[[datetime], bool]:
+    """Daily at ``[backup] time`` (UTC, as Huey's periodic tasks run); the task does
+    nothing when ``[backup] destination`` is empty."""
+    hour, minute = settings.backup_hour_minute
+    return crontab(minute=str(minute), hour=str(hour))
 
 
 def _enqueue_only() -> TaskWork:
     raise EnqueueOnly("this process only enqueues; tasks run in the queue worker")
 
 
-def _register_tasks(huey: Huey, work: Callable[[], TaskWork]) -> Queue:
+def _register_tasks(
+    huey: Huey, work: Callable[[], TaskWork], backup_at: Callable[[datetime], bool]
+) -> Queue:
     """Register the appliance's tasks on ``huey``; ``work()`` does what they ask."""
     # Ingest before JPEGs where the storage orders by priority (SQLite; Redis is FIFO).
     first = INGEST_PRIORITY if huey.storage.priority else None
@@ -166,4 +182,9 @@ def _register_tasks(huey: Huey, work: Callable[[], TaskWork]) -> Queue:
         """Apply ``[retention]`` (the worker's consumer runs it; off by default)."""
         return work().apply_retention()
 
-    return Queue(huey, ingest_instance, write_images, retention)
+    @huey.periodic_task(backup_at, name="daily_backup")
+    def daily_backup() -> bool | None:
+        """Back up, prune and copy off-site per ``[backup]`` (appliance.backup.daily)."""
+        return work().daily_backup()
+
+    return Queue(huey, ingest_instance, write_images, retention, daily_backup)

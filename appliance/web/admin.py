@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from appliance import __version__
+from appliance.backup.status import backup_summary
 from appliance.errors import ApplianceError
 from appliance.health.doctor import report, run_doctor
 from appliance.ingest.intake import HeldError, Ingest
@@ -249,6 +250,7 @@ async def system(request: web.Request) -> web.Response:
             "warnings": health.get("warnings", []),
             "ingest": {"failed": queue.failed_total},
             "modalities_open": not db["modalities"].count,
+            "backup": backup_summary(settings),
             "version": __version__,
         }
     )

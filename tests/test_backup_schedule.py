@@ -1,0 +1,305 @@
+"""The daily backup (a Huey periodic task), its retention, and off-site copies with rclone.
+
+The off-site remote is rclone's own SFTP server (``rclone serve sftp``) on loopback with
+credentials made up here, never a mock: a backup goes there, comes back into a fresh
+folder, verifies, and restores into a new home whose Orthanc files are byte-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+from conftest import (
+    DCMTK_STORESCU,
+    Appliance,
+    api_token,
+    free_port,
+    make_appliance,
+    require_tool,
+    run_cli,
+    wait_for,
+    wait_stored,
+)
+from conftest import storescu as send
+from test_backup import neuronova
+
+from appliance.backup.daily import run_daily_backup
+from appliance.backup.prune import Keep, kept_snapshots
+from appliance.backup.repository import SNAPSHOT_NAME, Repository
+from appliance.backup.status import next_backup, read_status
+from appliance.cli import cli as neuronova_cli
+from appliance.config import load_settings
+from appliance.errors import ConfigError
+from appliance.layout import HomeLayout
+from appliance.store.orthanc import OrthancStore
+from appliance.transcode.queue import create_queue
+from bench.synthetic import Series, make_slices, write_series
+
+SLICES = 5
+REMOTE = "offsite:clinic/neuronova"
+
+
+@dataclasses.dataclass(frozen=True)
+class SftpRemote:
+    """``rclone serve sftp`` on loopback and an rclone.conf (0600) naming it ``offsite``."""
+
+    rclone: str
+    config: Path
+    password: str
+    obscured: str
+
+
+def write_rclone_conf(path: Path, port: int, obscured: str) -> Path:
+    path.write_text(f"[offsite]\ntype = sftp\nhost = 127.0.0.1\nport = {port}\n"
+                    f"user = backup\npass = {obscured}\n")  # fmt: skip
+    path.chmod(0o600)
+    return path
+
+
+def accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def sftp(tmp_path_factory) -> Iterator[SftpRemote]:
+    rclone = require_tool("rclone", "rclone")
+    base = tmp_path_factory.mktemp("sftp")
+    (base / "served").mkdir()
+    (base / "no-keys").touch()  # password logins only
+    password, port = secrets.token_urlsafe(18), free_port()
+    with open(base / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            [rclone, "serve", "sftp", str(base / "served"), "--addr", f"127.0.0.1:{port}",
+             "--user", "backup", "--pass", password, "--config", str(base / "server.conf"),
+             "--cache-dir", str(base / "cache"), "--authorized-keys", str(base / "no-keys")],
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: server.poll() is None and accepts(port), 30, "rclone serve sftp")
+        assert server.poll() is None, (base / "server.log").read_text()
+        obscured = subprocess.run([rclone, "obscure", password], capture_output=True,
+                                  text=True, check=True).stdout.strip()  # fmt: skip
+        config = write_rclone_conf(base / "rclone.conf", port, obscured)
+        yield SftpRemote(rclone, config, password, obscured)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory) -> Iterator[tuple[Appliance, Series]]:
+    """An appliance holding one small study, its daily backup set 12 h from now."""
+    require_tool(DCMTK_STORESCU, "dcmtk")
+    base = tmp_path_factory.mktemp("daily")
+    later = (datetime.now(UTC) + timedelta(hours=12)).strftime("%H:%M")  # never fires here
+    appliance = make_appliance(base, backup_destination=str(base / "backups"),
+                               backup_time=later).start()  # fmt: skip
+    try:
+        series = write_series(base / "series", make_slices(SLICES))
+        assert send(appliance, series.files).returncode == 0
+        wait_stored(appliance, series.sop_uids)
+        yield appliance, series
+    finally:
+        appliance.stop()
+
+
+# ------------------------------------------------------------------- schedule and retention
+
+
+def test_huey_fires_the_daily_backup_at_the_configured_time(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path / "home", {"backup_time": "03:45"}, environ={})
+    huey = create_queue(settings).huey
+
+    def due(hour: int, minute: int) -> bool:
+        tasks = huey.read_periodic(datetime(2026, 3, 1, hour, minute))  # the consumer's call
+        return any(task.name == "daily_backup" for task in tasks)
+
+    assert due(3, 45)
+    assert not due(3, 46) and not due(15, 45) and not due(4, 45)
+    assert next_backup(settings) is None  # no destination: off
+    on = dataclasses.replace(settings, backup_destination="/srv/backup")
+    at = datetime(2026, 3, 1, 3, 45, tzinfo=UTC)
+    assert next_backup(on, at - timedelta(minutes=1)) == at
+    assert next_backup(on, at) == at + timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"backup_time": "24:00"}, "[backup] time must be HH:MM in UTC"),
+        ({"backup_keep_daily": 0}, "keep_daily must be at least 1"),
+        ({"backup_destination": "backups"}, "destination must be an absolute path"),
+        ({"backup_destination": "/b", "backup_remote": ":sftp,host=h,pass=p:x"}, "NAME:PATH"),
+        ({"backup_remote": "gcs:bucket"}, "remote needs [backup] destination"),
+    ],
+)
+def test_bad_backup_settings_are_refused(tmp_path: Path, values: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, values, environ={})
+    assert message in str(caught.value)
+
+
+def _name(when: datetime) -> str:
+    return when.strftime(SNAPSHOT_NAME)
+
+
+def test_retention_keeps_the_newest_of_each_recent_day_and_week() -> None:
+    start = datetime(2026, 1, 1, 2, 30, tzinfo=UTC)  # a Thursday; two snapshots a day
+    names = [_name(start + timedelta(days=d, hours=h)) for d in range(40) for h in (0, 12)]
+    kept = kept_snapshots(names, Keep(daily=3, weekly=3))
+    newest_of_day = [_name(start + timedelta(days=d, hours=12)) for d in (39, 38, 37)]
+    # Day 39 is Monday 9 February (ISO week 7), day 38 Sunday 8 February ends week 6, and
+    # week 5 ended on Sunday 1 February (day 31).
+    assert kept == {*newest_of_day, _name(start + timedelta(days=31, hours=12))}
+    assert kept_snapshots(names, Keep(daily=1, weekly=0)) == {names[-1]}
+    assert "not-ours" in kept_snapshots(["not-ours", *names], Keep(1, 0))
+
+
+def _fake_repository(dest: Path, days: int) -> Repository:
+    """A repository of ``days`` daily snapshots, each with one file of its own."""
+    repo = Repository(dest)
+    repo.create()
+    start = datetime(2026, 1, 1, 2, 30, tzinfo=UTC)
+    for day in range(days):
+        source = dest.parent / f"file-{day}"
+        source.write_text(f"content of day {day}")
+        stored = repo.put(source)
+        entry = {"sha256": stored.sha256, "size": stored.size, "mtime_ns": 0, "mode": 0o600}
+        repo.save(_name(start + timedelta(days=day)),
+                  {"format": 1, "files": {"f": entry}, "databases": {}, "orthanc": {}})  # fmt: skip
+    return repo
+
+
+def test_prune_by_hand_dry_run_then_real(home: Path, tmp_path: Path, runner: CliRunner) -> None:
+    repo = _fake_repository(tmp_path / "repo", days=20)
+    before = repo.snapshot_names()
+    args = ["backup", "prune", str(repo.root), "--keep-daily", "3", "--keep-weekly", "3",
+            "--home", str(home)]  # fmt: skip
+    dry = runner.invoke(neuronova_cli, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "Would remove 16 snapshots and 16 objects" in dry.output
+    assert f"remove snapshot {before[0]}" in dry.output
+    assert repo.snapshot_names() == before and len(list(repo.object_names())) == 20
+    real = runner.invoke(neuronova_cli, args)
+    assert real.exit_code == 0, real.output
+    assert "Removed 16 snapshots and 16 objects" in real.output
+    assert repo.snapshot_names() == [before[i] for i in (10, 17, 18, 19)]  # Sun 11 Jan too
+    verified = runner.invoke(neuronova_cli, ["backup", "verify", str(repo.root)])
+    assert verified.exit_code == 0, verified.output
+    assert len(list(repo.object_names())) == 4
+
+
+# ------------------------------------------------------------- the daily task, off-site
+
+
+def _leaks(text: str, remote: SftpRemote) -> bool:
+    return remote.password in text or remote.obscured in text
+
+
+@pytest.mark.slow
+def test_daily_backup_goes_off_site_and_restores_from_there(
+    running, sftp: SftpRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    appliance, series = running
+    layout = HomeLayout(appliance.settings.home)
+    dest = Path(appliance.settings.backup_destination)
+    settings = dataclasses.replace(appliance.settings, backup_remote=REMOTE,
+                                   backup_rclone_config=str(sftp.config))  # fmt: skip
+    assert run_daily_backup(settings) is True  # what the worker's periodic task runs
+    record = read_status(layout)
+    assert record["ok"] and record["remote"] == REMOTE and record["remote_snapshots"] == 1
+    assert record["instances"] == SLICES and record["pruned"] == 0
+
+    # By hand: a second snapshot, then a push with its progress line.
+    env = {**appliance.env, "NEURONOVA_BACKUP_RCLONE_CONFIG": str(sftp.config)}
+    assert neuronova("backup", str(dest), "--home", str(layout.home), env=env).returncode == 0
+    pushed = neuronova("backup", "push", str(dest), "--remote", REMOTE,
+                       "--home", str(layout.home), env=env)  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    assert "Pushing: " in pushed.stderr and "100%" in pushed.stderr
+    # The day's first snapshot goes from the remote: only the newest of a day stays.
+    assert f"Pushed {dest} to {REMOTE}: snapshots kept there 1, removed 1" in pushed.stdout
+
+    # A restore from the remote: rclone copy back, verify, restore, same files.
+    fresh = tmp_path / "from-remote"
+    subprocess.run([sftp.rclone, "--config", str(sftp.config), "copy", REMOTE, str(fresh)],
+                   check=True, capture_output=True)  # fmt: skip
+    verified = neuronova("backup", "verify", str(fresh))
+    assert verified.returncode == 0, verified.stderr
+    new_home = tmp_path / "restored"
+    restored = neuronova("restore", str(fresh), "--home", str(new_home))
+    assert restored.returncode == 0, restored.stderr
+    _same_orthanc_files(appliance, series, new_home)
+    assert not (new_home / "rclone").exists()  # the remote's credentials stay out
+
+    texts = [layout.backup_status_file.read_text(), pushed.stdout, pushed.stderr, caplog.text]
+    assert not any(_leaks(text, sftp) for text in texts)
+    _shown_in_status_and_system_page(appliance, dest)
+
+
+def _same_orthanc_files(appliance: Appliance, series: Series, new_home: Path) -> None:
+    """Every instance of ``series`` is in the restored Orthanc storage, byte for byte."""
+    storage = HomeLayout(new_home).orthanc_dir / "storage"
+    restored = {hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in storage.rglob("*") if p.is_file()}  # fmt: skip
+    original = OrthancStore(appliance.settings)
+    for sop in series.sop_uids:
+        assert hashlib.sha256(original.fetch(sop)).hexdigest() in restored, sop
+    assert len(restored) == SLICES
+
+
+def _shown_in_status_and_system_page(appliance: Appliance, dest: Path) -> None:
+    shown = run_cli(appliance, "status")
+    assert f"last backup: ok, 0.0 h ago, into {dest}" in shown.stdout, shown.stdout
+    assert f"daily backup: {appliance.settings.backup_time} UTC into {dest}; next " in shown.stdout
+    token = api_token(appliance, "admin", appliance.admin_password)
+    headers = {"Authorization": f"Bearer {token}"}
+    system = requests.get(f"{appliance.url}/api/admin/system", headers=headers, timeout=10)
+    system = system.json()["backup"]
+    assert system["last"]["ok"] is True and system["age_s"] < 600
+    assert system["daily"]["destination"] == str(dest)
+    assert system["daily"]["next"] == next_backup(appliance.settings).isoformat()
+
+
+@pytest.mark.slow
+def test_a_failing_daily_backup_is_recorded_and_never_raises(
+    running, sftp: SftpRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    appliance, _series = running
+    layout = HomeLayout(appliance.settings.home)
+    wrong = subprocess.run([sftp.rclone, "obscure", "not-the-password"], capture_output=True,
+                           text=True, check=True).stdout.strip()  # fmt: skip
+    port = sftp.config.read_text().split("port = ")[1].split()[0]
+    refused = write_rclone_conf(tmp_path / "wrong.conf", int(port), wrong)
+    cases = [
+        ({"backup_remote": REMOTE, "backup_rclone_config": str(refused)},
+         "off-site copy: rclone copy to offsite:clinic/neuronova/objects failed"),
+        ({"backup_destination": str(layout.home / "backups")}, "is inside the home"),
+    ]  # fmt: skip
+    for values, reason in cases:
+        settings = dataclasses.replace(appliance.settings, **values)
+        assert run_daily_backup(settings) is False
+        record = read_status(layout)
+        assert record["ok"] is False and reason in record["error"], record
+    open_conf = tmp_path / "open.conf"
+    open_conf.write_text(sftp.config.read_text())
+    os.chmod(open_conf, 0o644)
+    settings = dataclasses.replace(appliance.settings, backup_remote=REMOTE,
+                                   backup_rclone_config=str(open_conf))  # fmt: skip
+    assert run_daily_backup(settings) is False
+    assert f"run `chmod 600 {open_conf}`" in read_status(layout)["error"]
+    assert not _leaks(layout.backup_status_file.read_text() + caplog.text, sftp)
+    assert json.loads(run_cli(appliance, "status", "--json").stdout)["last_backup"]["ok"] is False

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian 12 / Ubuntu machine for NeuroNova from this checkout:
-# Debian packages (nginx, Orthanc + DICOMweb, dcmtk, ...), a virtual environment in
+# Debian packages (nginx, Orthanc + DICOMweb, dcmtk, rclone, ...), a virtual environment in
 # .venv with the appliance installed, and the OHIF viewer fetched from npm.
 #   bash scripts/setup.sh            # what the appliance needs
 #   bash scripts/setup.sh --test     # plus what the test suite needs (Chromium, Redis, ...)
@@ -12,7 +12,8 @@ with_tests=0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
-packages=(nginx-light orthanc orthanc-dicomweb dcmtk python3-venv python3-dev curl ca-certificates)
+# rclone: the daily backup's off-site copies ([backup] remote, docs/operations.md).
+packages=(nginx-light orthanc orthanc-dicomweb dcmtk rclone python3-venv python3-dev curl ca-certificates)
 # npm fetches the OHIF viewer; a machine that already has Node.js (e.g. NodeSource) keeps it.
 command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$with_tests" = 1 ]; then

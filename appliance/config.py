@@ -17,6 +17,7 @@ from typing import Any
 import platformdirs
 
 from appliance.errors import ConfigError
+from appliance.security.users import ROLES
 
 CONFIG_FILENAME = "neuronova.toml"
 # What may replace an archived instance (dcm4chee's overwrite policies, appliance.ingest.journal).
@@ -119,6 +120,41 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("retention", "by", "retention_by", str, "Age from study_date or received (date)"),
     Field("logs", "keep", "log_keep", int, "Rotated files kept of each log (at least 1)"),
+    Field("oidc", "issuer", "oidc_issuer", str, "OpenID Connect issuer URL for staff sign-in"),
+    Field("oidc", "client_id", "oidc_client_id", str, "Client id registered at the provider"),
+    Field("oidc", "display_name", "oidc_display_name", str, "Button text: Sign in with ..."),
+    Field("oidc", "scopes", "oidc_scopes", str, "Scopes asked for (space-separated)"),
+    Field("oidc", "username_claim", "oidc_username_claim", str, "Claim that names the user"),
+    Field("oidc", "role_claim", "oidc_role_claim", str, "Claim holding groups or roles"),
+    Field(
+        "oidc",
+        "role_map",
+        "oidc_role_map",
+        str,
+        "Claim value = appliance role, comma-separated (the first that matches wins)",
+    ),
+    Field("oidc", "default_role", "oidc_default_role", str, "Role when none maps (empty: refuse)"),
+    Field("oidc", "auto_create", "oidc_auto_create", bool, "Create users at first sign-in"),
+    Field(
+        "oidc",
+        "require_approval",
+        "oidc_require_approval",
+        bool,
+        "New single sign-on users wait until an admin enables them",
+    ),
+    Field("smart", "issuers", "smart_issuers", str, "EHR FHIR base URLs that may launch the app"),
+    Field("smart", "client_id", "smart_client_id", str, "Client id registered at the EHR"),
+    Field(
+        "smart",
+        "identifier_system",
+        "smart_identifier_system",
+        str,
+        "Patient.identifier system whose value is the DICOM Patient ID (empty: the first)",
+    ),
+    Field("smart", "username_claim", "smart_username_claim", str, "Claim naming the EHR user"),
+    Field("smart", "role_claim", "smart_role_claim", str, "Claim the role is mapped from"),
+    Field("smart", "role_map", "smart_role_map", str, "Claim value = role, comma-separated"),
+    Field("smart", "default_role", "smart_default_role", str, "Role when none maps (or empty)"),
     Field(
         "backup",
         "destination",
@@ -194,6 +230,23 @@ class Settings:
     log_keep: int = 5
     retention_years: int = 0
     retention_by: str = "study_date"
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_display_name: str = "single sign-on"
+    oidc_scopes: str = "openid profile email"
+    oidc_username_claim: str = "preferred_username"
+    oidc_role_claim: str = "groups"
+    oidc_role_map: str = ""
+    oidc_default_role: str = ""
+    oidc_auto_create: bool = True
+    oidc_require_approval: bool = False
+    smart_issuers: str = ""
+    smart_client_id: str = ""
+    smart_identifier_system: str = ""
+    smart_username_claim: str = "preferred_username"
+    smart_role_claim: str = "fhirUser"
+    smart_role_map: str = ""
+    smart_default_role: str = ""
     backup_destination: str = ""
     backup_time: str = "02:30"
     backup_keep_daily: int = 7
@@ -235,6 +288,7 @@ class Settings:
                     f"[web] server_names: {name!r} is not a host name "
                     "(letters, digits, '-' and '.', optionally starting with '*.')"
                 )
+        self._check_sign_in()
 
     def _check_backup(self) -> None:
         if not _TIME_OF_DAY.match(self.backup_time):
@@ -267,6 +321,28 @@ class Settings:
         """``[backup] rclone_config``, relative to the home unless absolute."""
         return self.home / self.backup_rclone_config
 
+    def _check_sign_in(self) -> None:
+        for section in ("oidc", "smart"):
+            parse_role_map(getattr(self, f"{section}_role_map"), section)
+            default = getattr(self, f"{section}_default_role")
+            if default and default not in ROLES:
+                raise ConfigError(
+                    f"[{section}] default_role: {default!r} is not a role ({', '.join(ROLES)})"
+                )
+        for url in (self.oidc_issuer, *self.smart_issuer_list):
+            if url and not url.startswith(("https://", "http://")):
+                raise ConfigError(f"[oidc]/[smart] issuer {url!r} must start with https://")
+
+    @property
+    def oidc_enabled(self) -> bool:
+        """Whether staff may sign in with the OpenID Connect provider."""
+        return bool(self.oidc_issuer and self.oidc_client_id)
+
+    @property
+    def smart_issuer_list(self) -> list[str]:
+        """``[smart] issuers`` as a list, without trailing slashes."""
+        return [u.strip().rstrip("/") for u in self.smart_issuers.replace(",", " ").split()]
+
     @property
     def server_name_list(self) -> list[str]:
         """``[web] server_names`` as a list."""
@@ -298,6 +374,24 @@ class Settings:
         for field in FIELDS:
             out.setdefault(field.section, {})[field.key] = getattr(self, field.attr)
         return out
+
+
+def parse_role_map(text: str, section: str = "oidc") -> list[tuple[str, str]]:
+    """``"value = role, value2 = role2"`` as ``[(value, role), ...]``, in order.
+
+    :class:`ConfigError` naming ``[section] role_map`` for an item without ``=`` or with a
+    role that is not one of the appliance's.
+    """
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        value, sep, role = (part.strip() for part in item.rpartition("="))
+        if not sep or not value or role not in ROLES:
+            raise ConfigError(
+                f"[{section}] role_map: {item!r} must be 'claim value = role' with a role of "
+                f"{', '.join(ROLES)}"
+            )
+        pairs.append((value, role))
+    return pairs
 
 
 def is_loopback_host(host: str) -> bool:

@@ -18,10 +18,12 @@ SCHEMA: dict[str, dict] = {
             "disabled": int,
             "created_at": str,
             "last_login": str,
+            "sso_subject": str,  # "issuer subject" of a user signed in by single sign-on
+            "pending": int,  # 1: created by single sign-on, waiting for an admin's approval
         },
         "pk": "username",
         "not_null": {"role", "password_hash"},
-        "defaults": {"disabled": 0},
+        "defaults": {"disabled": 0, "pending": 0},
     },
     "audit": {
         "columns": {
@@ -60,6 +62,23 @@ SCHEMA: dict[str, dict] = {
         "columns": {"token_hash": str, "session_id": str, "created_at": str, "used_at": str},
         "pk": "token_hash",
         "not_null": {"session_id", "created_at"},
+    },
+    "oauth_states": {  # authorization requests in flight (appliance.security.oauth)
+        "columns": {
+            "state_hash": str,
+            "kind": str,
+            "browser_hash": str,
+            "client": str,
+            "nonce": str,
+            "verifier": str,
+            "issuer": str,
+            "redirect_uri": str,
+            "next": str,
+            "created_at": str,
+            "expires_at": str,
+        },
+        "pk": "state_hash",
+        "not_null": {"kind", "browser_hash", "nonce", "verifier", "created_at", "expires_at"},
     },
     "login_attempts": {
         "columns": {"id": int, "username": str, "client": str, "started_at": str},
@@ -185,6 +204,8 @@ INDEXES: list[tuple[str, list[str]]] = [
     ("login_attempts", ["username", "started_at"]),
     ("login_attempts", ["client", "started_at"]),
     ("login_attempts", ["started_at"]),
+    ("oauth_states", ["expires_at"]),
+    ("oauth_states", ["client"]),
 ]
 
 
@@ -194,6 +215,7 @@ BACKFILL: dict[tuple[str, str], str] = {
     ("instances", "images_at"): "UPDATE instances SET images_at = stored_at WHERE state = 'stored'",
     ("audit", "last_ts"): "UPDATE audit SET last_ts = ts",
     ("audit", "count"): "UPDATE audit SET count = 1",
+    ("users", "pending"): "UPDATE users SET pending = 0",
 }
 
 

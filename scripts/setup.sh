@@ -84,4 +84,9 @@ if [ -f packaging/fetch_ohif.py ]; then
   echo "==> Fetching the OHIF viewer"
   .venv/bin/python packaging/fetch_ohif.py --dest spa_dist/pacs-viewer
 fi
+if [ "$with_tests" = 1 ]; then
+  # The OpenID Connect provider the single sign-on and SMART tests sign in at (tests/idp.py).
+  echo "==> Installing the test OpenID Connect provider (tests/oidc)"
+  (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "==> Set-up complete."

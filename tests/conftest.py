@@ -285,3 +285,38 @@ def api_token(appliance: Appliance, username: str, password: str) -> str:
                          json={"username": username, "password": password})  # fmt: skip
     resp.raise_for_status()
     return resp.json()["access_token"]
+
+
+# --------------------------------------------------------------------------- browser
+
+DESKTOP = {"width": 1280, "height": 800}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Chromium (Debian's), driven by Playwright; one per test module."""
+    import playwright.sync_api as playwright_api
+
+    from bench.browser import CHROMIUM, CHROMIUM_ARGS
+
+    executable = require_tool(str(CHROMIUM), "chromium")
+    with playwright_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def new_context(browser) -> Iterator[Callable[..., object]]:
+    """Fresh browser contexts (no cookies, no storage); all closed at teardown."""
+    made = []
+
+    def make(viewport: dict[str, int] = DESKTOP):
+        context = browser.new_context(viewport=viewport, device_scale_factor=1)
+        context.set_default_timeout(30_000)
+        made.append(context)
+        return context
+
+    yield make
+    for context in made:
+        context.close()

@@ -16,22 +16,19 @@ import io
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
-import playwright.sync_api as playwright_api
 import pydicom
 import pytest
 import requests
-from conftest import api_token, require_tool, run_cli, storescu, wait_stored
+from conftest import api_token, run_cli, storescu, wait_stored
 
 from appliance.health.doctor import CHECKS
 from appliance.store.orthanc import OrthancStore
 from bench.browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     MIN_CORRELATION,
     best_match,
     block_means,
@@ -51,7 +48,6 @@ USER = "rad.browser"
 PASSWORD = "browser test password"
 SESSION_COOKIE = "nn_session"
 JWT_RE = re.compile(r"eyJ[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]{10,}")
-DESKTOP = {"width": 1280, "height": 800}
 TABLET = {"width": 820, "height": 1180}
 
 
@@ -74,31 +70,6 @@ def study(appliance, tmp_path_factory):
     assert sent.returncode == 0, sent.stderr
     wait_stored(appliance, series.sop_uids)
     return series, slices
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    executable = require_tool(str(CHROMIUM), "chromium")
-    with playwright_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def new_context(browser) -> Iterator[Callable[..., object]]:
-    """Fresh browser contexts (no cookies, no storage); all closed at teardown."""
-    made = []
-
-    def make(viewport: dict[str, int] = DESKTOP):
-        context = browser.new_context(viewport=viewport, device_scale_factor=1)
-        context.set_default_timeout(30_000)
-        made.append(context)
-        return context
-
-    yield make
-    for context in made:
-        context.close()
 
 
 @pytest.fixture(scope="module", autouse=True)

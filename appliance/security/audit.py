@@ -42,6 +42,10 @@ STUDY_READ = "study_read"
 STUDY_QUERY = "study_query"
 OBJECT_HELD = "object_held"  # the DICOM receiver's overwrite policy refused an object
 STUDY_DELETED = "study_deleted"  # an admin deleted a study (or a retention rule did)
+SSO_LOGIN = "sso_login"  # signed in through the OpenID Connect provider
+SSO_REFUSED = "sso_refused"
+SMART_LAUNCH = "smart_launch"  # opened from an EHR (SMART App Launch)
+SMART_REFUSED = "smart_refused"
 EVENTS = (
     LOGIN_OK,
     LOGIN_FAILED,
@@ -59,14 +63,29 @@ EVENTS = (
     STUDY_QUERY,
     OBJECT_HELD,
     STUDY_DELETED,
+    SSO_LOGIN,
+    SSO_REFUSED,
+    SMART_LAUNCH,
+    SMART_REFUSED,
 )
 # Rejections anyone can send in bulk: one row per (event, reason, user, client) and window.
 # Failed logins stay one row each: the login throttle (appliance.security.sessions) bounds them.
-RATE_AGGREGATED = frozenset({TOKEN_REJECTED, ROLE_DENIED, CSRF_REJECTED, LOGIN_THROTTLED})
+RATE_AGGREGATED = frozenset(
+    {TOKEN_REJECTED, ROLE_DENIED, CSRF_REJECTED, LOGIN_THROTTLED, SSO_REFUSED, SMART_REFUSED}
+)
 RATE_WINDOW = 60  # seconds
 # Events counted in /api/metrics as authentication failures, by event and reason.
 AUTH_FAILURES = frozenset(
-    {LOGIN_FAILED, LOGIN_THROTTLED, TOKEN_REJECTED, ROLE_DENIED, CSRF_REJECTED, REFRESH_REUSED}
+    {
+        LOGIN_FAILED,
+        LOGIN_THROTTLED,
+        TOKEN_REJECTED,
+        ROLE_DENIED,
+        CSRF_REJECTED,
+        REFRESH_REUSED,
+        SSO_REFUSED,
+        SMART_REFUSED,
+    }
 )
 QUERY_WINDOW = 3600  # seconds: one row per session, QIDO level and filters
 SHARE_OPEN_WINDOW = 3600  # seconds: one row per share link and client address

@@ -54,7 +54,8 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _in(seconds: int) -> str:
+def expires_in(seconds: int) -> str:
+    """The ISO timestamp ``seconds`` from now."""
     return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="seconds")
 
 
@@ -132,7 +133,7 @@ class SessionStore:
                 "username": username,
                 "csrf": secrets.token_urlsafe(24),
                 "created_at": now_iso(),
-                "expires_at": _in(ttl),
+                "expires_at": expires_in(ttl),
                 "client": client,
                 "user_agent": user_agent[:200],
             }

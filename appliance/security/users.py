@@ -156,6 +156,8 @@ def update_user(
         changes["role"] = role
     if disabled is not None:
         changes["disabled"] = int(disabled)
+        if not disabled:
+            changes["pending"] = 0  # enabling a single sign-on user approves them
     if password is not None:
         validate_password(password)
         changes["password_hash"] = hash_password(password)

@@ -154,3 +154,13 @@ def _count(progress: dict[str, int], state: str, action: str | None, count: int)
             progress["transcoded"] += count
     elif state == "failed":
         progress["failed"] += count
+
+
+def studies_of_patient(db: sqlite_utils.Database, patient_id: str, most: int) -> list[str]:
+    """Up to ``most`` Study Instance UIDs of the patient, newest first."""
+    rows = db.execute(
+        "SELECT study_uid FROM studies WHERE patient_id = ? "
+        "ORDER BY study_date DESC, study_time DESC LIMIT ?",
+        [patient_id, most],
+    )
+    return [row[0] for row in rows]

@@ -51,7 +51,10 @@ def _bad(exc: ApplianceError) -> ApiError:
 @admin_only
 async def list_users(request: web.Request) -> web.Response:
     """Every user, without password hashes."""
-    items = [{**u, "disabled": bool(u["disabled"])} for u in users.list_users(request.app[DB])]
+    items = [
+        {**u, "disabled": bool(u["disabled"]), "pending": bool(u["pending"])}
+        for u in users.list_users(request.app[DB])
+    ]
     return web.json_response({"items": items})
 
 

@@ -21,9 +21,21 @@ from appliance.security.keys import read_secret
 from appliance.security.sessions import SessionStore
 from appliance.security.tokens import TokenService
 from appliance.transcode.queue import create_queue
-from appliance.web import admin, dicomweb, health, login, metrics, queue, shares, studies
+from appliance.web import (
+    admin,
+    dicomweb,
+    health,
+    login,
+    metrics,
+    queue,
+    shares,
+    smart,
+    sso,
+    studies,
+)
 from appliance.web.auth import auth_middleware
 from appliance.web.errors import MALFORMED_REQUEST_LOG, error_middleware
+from appliance.web.federation import federation_ctx
 from appliance.web.frame_gate import frame_gate_ctx
 from appliance.web.ingest import PipelineIngest
 from appliance.web.inputs import MAX_JSON_BODY, SERVER_OPTIONS
@@ -46,6 +58,8 @@ log = logging.getLogger("neuronova.web")
 ROUTE_TABLES = (
     health.routes,
     login.routes,
+    sso.routes,
+    smart.routes,
     dicomweb.routes,
     studies.routes,
     shares.routes,
@@ -94,7 +108,14 @@ def create_app(settings: Settings) -> web.Application:
     app[HEALTH] = health.cached_health(app)
     app[METRICS] = Tally()
     app.cleanup_ctx.extend(
-        [database_ctx, metrics.metrics_ctx, frame_gate_ctx, http_client_ctx, queue_ctx]
+        [
+            database_ctx,
+            metrics.metrics_ctx,
+            frame_gate_ctx,
+            http_client_ctx,
+            federation_ctx,
+            queue_ctx,
+        ]
     )
     for table in ROUTE_TABLES:
         app.add_routes(table)

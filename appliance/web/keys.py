@@ -10,6 +10,7 @@ from appliance.config import Settings
 from appliance.health.report import CachedHealth
 from appliance.metrics import Tally
 from appliance.security.audit import ReadLedger
+from appliance.security.oauth import Discovery, StateStore
 from appliance.security.sessions import SessionStore
 from appliance.security.tokens import TokenService
 from appliance.transcode.queue import Queue
@@ -27,3 +28,5 @@ FRAMES_DIR = web.AppKey("frames_dir", str)
 READS = web.AppKey("reads", ReadLedger)
 HEALTH = web.AppKey("health", CachedHealth)
 METRICS = web.AppKey("metrics", Tally)
+DISCOVERY = web.AppKey("discovery", Discovery)
+STATES = web.AppKey("oauth_states", StateStore)

@@ -48,6 +48,14 @@ def _session_response(request: web.Request, issued: IssuedSession) -> web.Respon
             "user": {"username": issued.username, "role": issued.role},
         }
     )
+    set_session_cookies(response, request, issued)
+    return response
+
+
+def set_session_cookies(
+    response: web.StreamResponse, request: web.Request, issued: IssuedSession
+) -> None:
+    """The session's cookies: access token, refresh token (``/api/auth`` only), CSRF token."""
     set_cookie(
         response, request, SESSION_COOKIE, issued.access_token, http_only=True, max_age=SESSION_TTL
     )
@@ -61,7 +69,6 @@ def _session_response(request: web.Request, issued: IssuedSession) -> web.Respon
         max_age=SESSION_TTL,
     )
     set_cookie(response, request, CSRF_COOKIE, issued.csrf, http_only=False, max_age=SESSION_TTL)
-    return response
 
 
 def _clear_cookies(response: web.StreamResponse) -> None:

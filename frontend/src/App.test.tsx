@@ -111,6 +111,27 @@ describe('login', () => {
     expect((byTestId('login-submit') as HTMLButtonElement).disabled).toBe(true);
   });
 
+  it('offers single sign-on only when the appliance has a provider', async () => {
+    installFetch((url) => {
+      if (url.pathname === '/api/auth/me' || url.pathname === '/api/auth/refresh') return json(401, {});
+      if (url.pathname === '/api/auth/oidc') return json(200, { enabled: true, display_name: 'Keycloak' });
+    });
+    await render('/login?next=%2Fshares');
+    const button = await waitFor(() => byTestId('login-sso'));
+    expect(button.textContent).toBe('Sign in with Keycloak');
+    expect(button.getAttribute('href')).toBe('/api/auth/oidc/start?next=%2Fshares');
+    root?.unmount();
+    container.remove();
+    installFetch((url) => {
+      if (url.pathname === '/api/auth/me' || url.pathname === '/api/auth/refresh') return json(401, {});
+      if (url.pathname === '/api/auth/oidc') return json(200, { enabled: false, display_name: 'x' });
+    });
+    await render('/login');
+    await waitFor(() => requests.includes('GET /api/auth/oidc'));
+    await settle(20);
+    expect(byTestId('login-sso')).toBeNull();
+  });
+
   it('shows bad credentials, then signs in and goes to next', async () => {
     let attempts = 0;
     installFetch((url, init) => {
@@ -239,7 +260,8 @@ describe('logout', () => {
     await act(async () => byTestId('logout')!.click());
     await waitFor(() => byTestId('login-username'));
     expect(loggedOut).toBe(1);
-    expect(requests.slice(-3)).toEqual(['POST /api/auth/logout', 'POST /api/auth/refresh', 'POST /api/auth/logout']);
+    const calls = requests.filter((r) => r !== 'GET /api/auth/oidc'); // the login page's SSO check
+    expect(calls.slice(-3)).toEqual(['POST /api/auth/logout', 'POST /api/auth/refresh', 'POST /api/auth/logout']);
     expect(window.location.pathname).toBe('/login');
     document.cookie = 'nn_csrf=; expires=Thu, 01 Jan 1970 00:00:00 GMT; path=/';
   });

@@ -109,10 +109,22 @@ export interface CreatedShare {
   expires_at: string | number;
 }
 
+export interface SsoConfig {
+  enabled: boolean;
+  display_name: string;
+}
+
+/** Where the single sign-on button goes: the provider, then back to ``next``. */
+export function ssoStartUrl(next: string): string {
+  return `/api/auth/oidc/start?next=${encodeURIComponent(next)}`;
+}
+
 export interface AdminUser {
   username: string;
   role: Role;
   disabled: boolean;
+  /** Created by single sign-on, waiting for an admin to enable (approve) the account. */
+  pending?: boolean;
   created_at: string | number | null;
   last_login: string | number | null;
 }
@@ -349,6 +361,9 @@ export const endpoints = {
   logout: () => api.post<null>('/api/auth/logout', undefined, { redirectOnAuthFailure: false }),
   me: (signal?: AbortSignal) =>
     api.get<User>('/api/auth/me', { signal, redirectOnAuthFailure: false }),
+  /** Whether single sign-on is set up, and the provider's name for the button. */
+  ssoConfig: (signal?: AbortSignal) =>
+    api.get<SsoConfig>('/api/auth/oidc', { signal, auth: false, redirectOnAuthFailure: false }),
 
   studies: (q: StudyQuery, signal?: AbortSignal) =>
     api.get<StudyList>(`/api/studies${query({ ...q })}`, { signal }),

@@ -91,7 +91,15 @@ export function AdminUsersPage() {
                       ))}
                     </select>
                   </td>
-                  <td>{u.disabled ? <Badge tone="bad">Disabled</Badge> : <Badge tone="ok">Active</Badge>}</td>
+                  <td>
+                    {u.pending ? (
+                      <Badge tone="warn">Awaiting approval</Badge>
+                    ) : u.disabled ? (
+                      <Badge tone="bad">Disabled</Badge>
+                    ) : (
+                      <Badge tone="ok">Active</Badge>
+                    )}
+                  </td>
                   <td className="nowrap">{formatDateTime(u.created_at)}</td>
                   <td className="nowrap">{u.last_login ? formatDateTime(u.last_login) : <span className="muted">Never</span>}</td>
                   <td className="col-actions">
@@ -107,7 +115,7 @@ export function AdminUsersPage() {
                         onClick={() => setToggling(u)}
                         data-testid="user-toggle"
                       >
-                        {u.disabled ? 'Enable' : 'Disable'}
+                        {u.pending ? 'Approve' : u.disabled ? 'Enable' : 'Disable'}
                       </button>
                     </div>
                   </td>

@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState, type FormEvent } from 'react';
-import { ApiError, endpoints } from '../lib/api';
+import { ApiError, endpoints, ssoStartUrl, type SsoConfig } from '../lib/api';
 import { useAuth } from '../lib/auth';
 import { navigate, safeNextPath, useLocation } from '../lib/router';
 import { Logo } from '../components/Layout';
@@ -23,6 +23,14 @@ export function LoginPage() {
   const [retryUntil, setRetryUntil] = useState<number | null>(null);
   const [now, setNow] = useState(() => Date.now());
   const passwordRef = useRef<HTMLInputElement>(null);
+  const [sso, setSso] = useState<SsoConfig | null>(null);
+
+  // "Sign in with ..." only when the appliance has a single sign-on provider.
+  useEffect(() => {
+    const ctrl = new AbortController();
+    endpoints.ssoConfig(ctrl.signal).then(setSso, () => setSso(null));
+    return () => ctrl.abort();
+  }, []);
 
   // Already signed in (e.g. back button): go on to an app page. A destination outside
   // the app (the viewer) gets a button instead, so a page that keeps sending us back
@@ -154,6 +162,14 @@ export function LoginPage() {
             {busy ? 'Signing in…' : 'Sign in'}
           </button>
         </form>
+        {sso?.enabled && (
+          <>
+            <div className="login-or">or</div>
+            <a className="btn btn-block" href={ssoStartUrl(next)} data-testid="login-sso">
+              Sign in with {sso.display_name}
+            </a>
+          </>
+        )}
       </div>
       <p className="login-foot">Authorised clinical staff only. Access is logged.</p>
     </div>

@@ -1,0 +1,111 @@
+"""Users from single sign-on and SMART launches, and the store of sign-ins in flight, on a
+real SQLite file (the end-to-end flows against the real provider: tests/test_sso.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.db import open_database
+from appliance.security.federated import Policy, map_role, sign_in
+from appliance.security.oauth import MAX_PENDING_PER_CLIENT, OAuthError, StateStore
+from appliance.security.users import create_user, get_user, update_user, verify_password
+
+ISSUER = "https://idp.example"
+POLICY = Policy("oidc", "preferred_username", "groups", [("rads", "radiologist")], "")
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = open_database(tmp_path / "app.db")
+    yield database
+    database.close()
+
+
+def claims(name: str, *groups: str, sub: str | None = None) -> dict:
+    return {"sub": sub or f"sub-{name}", "preferred_username": name, "groups": list(groups)}
+
+
+def test_first_sign_in_creates_a_user_without_a_password(db) -> None:
+    assert sign_in(db, POLICY, ISSUER, claims("ann", "rads")) == ("ann", "radiologist")
+    user = get_user(db, "ann")
+    assert user["sso_subject"] == f"{ISSUER} sub-ann" and not user["pending"]
+    assert not verify_password("", user["password_hash"])
+
+
+def test_approval_waits_for_an_admin(db) -> None:
+    policy = Policy("oidc", "preferred_username", "groups", [("rads", "radiologist")], "",
+                    require_approval=True)  # fmt: skip
+    for _ in range(2):
+        with pytest.raises(OAuthError) as refused:
+            sign_in(db, policy, ISSUER, claims("bob", "rads"))
+        assert refused.value.reason == "approval_pending"
+    update_user(db, "bob", disabled=False)  # the admin's "Approve" (users page / PATCH)
+    assert sign_in(db, policy, ISSUER, claims("bob", "rads")) == ("bob", "radiologist")
+
+
+@pytest.mark.parametrize(
+    ("policy", "who", "reason"),
+    [
+        (Policy("oidc", "preferred_username", "groups", [], "radiologist", auto_create=False),
+         claims("cid", "rads"), "not_registered"),
+        (POLICY, claims("dan", "guests"), "no_role"),
+        (POLICY, claims("bad name!", "rads"), "invalid_username"),
+    ],
+)  # fmt: skip
+def test_refusals(db, policy: Policy, who: dict, reason: str) -> None:
+    with pytest.raises(OAuthError) as refused:
+        sign_in(db, policy, ISSUER, who)
+    assert refused.value.reason == reason
+
+
+def test_local_account_and_other_subject_are_not_taken_over(db) -> None:
+    create_user(db, "root", "admin", "a long enough password")
+    sign_in(db, POLICY, ISSUER, claims("eve", "rads"))
+    for who in (claims("root", "rads"), claims("eve", "rads", sub="someone-else")):
+        with pytest.raises(OAuthError) as refused:
+            sign_in(db, POLICY, ISSUER, who)
+        assert refused.value.reason == "username_taken"
+
+
+def test_role_follows_the_provider(db) -> None:
+    policy = Policy("oidc", "preferred_username", "groups",
+                    [("admins", "admin"), ("rads", "radiologist")], "technologist")  # fmt: skip
+    assert sign_in(db, policy, ISSUER, claims("fay", "rads", "admins"))[1] == "admin"
+    assert sign_in(db, policy, ISSUER, claims("fay", "rads"))[1] == "radiologist"
+    assert sign_in(db, policy, ISSUER, claims("fay"))[1] == "technologist"
+    assert get_user(db, "fay")["role"] == "technologist"
+
+
+def test_fhir_user_maps_by_resource_type() -> None:
+    policy = Policy("smart", "name", "fhirUser", [("Practitioner", "radiologist")], "")
+    assert map_role(policy, {"fhirUser": "https://ehr/fhir/Practitioner/9"}) == "radiologist"
+    assert map_role(policy, {"fhirUser": "Patient/9"}) is None
+
+
+def test_state_is_single_use_and_bound_to_the_browser(db) -> None:
+    store = StateStore(db)
+    state, nonce, _ = store.begin("oidc", "browser-a", "10.0.0.1", ISSUER, "https://x/cb", "/")
+    with pytest.raises(OAuthError) as other:
+        store.take(state, "browser-b", "oidc")
+    assert other.value.reason == "wrong_browser"
+    state, nonce, _ = store.begin("oidc", "browser-a", "10.0.0.1", ISSUER, "https://x/cb", "/")
+    assert store.take(state, "browser-a", "oidc").nonce == nonce
+    with pytest.raises(OAuthError) as replay:
+        store.take(state, "browser-a", "oidc")
+    assert replay.value.reason == "unknown_state"
+
+
+def test_state_expires_and_is_bounded(db) -> None:
+    store = StateStore(db)
+    state, _, _ = store.begin("oidc", "b", "10.0.0.2", ISSUER, "https://x/cb", "/")
+    db.execute("UPDATE oauth_states SET expires_at = '2000-01-01T00:00:00+00:00'")
+    db.conn.commit()
+    with pytest.raises(OAuthError) as late:
+        store.take(state, "b", "oidc")
+    assert late.value.reason == "state_expired"
+    for _ in range(MAX_PENDING_PER_CLIENT):
+        store.begin("oidc", "b", "10.0.0.3", ISSUER, "https://x/cb", "/")
+    with pytest.raises(OAuthError) as full:
+        store.begin("oidc", "b", "10.0.0.3", ISSUER, "https://x/cb", "/")
+    assert full.value.status == 429
+    store.begin("oidc", "b", "10.0.0.4", ISSUER, "https://x/cb", "/")  # others still may

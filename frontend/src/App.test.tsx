@@ -3,6 +3,7 @@ import { act } from 'react';
 import { createRoot, type Root } from 'react-dom/client';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { App } from './App';
+import { backupMetric } from './pages/AdminSystem';
 
 (globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
 
@@ -348,5 +349,17 @@ describe('system checks', () => {
     const warnings = await waitFor(() => byTestId('system-warnings'));
     expect(warnings.textContent).toContain('disk nearly full: 1430 MiB free');
     expect(byTestId('metric-disk')!.className).toContain('metric-warn');
+  });
+
+  it('shows the last backup with its age, or its failure, and the next daily run', async () => {
+    const daily = { destination: '/mnt/b', time_utc: '02:30', next: '2026-03-02T02:30:00+00:00', remote: 'gcs:c/nn' };
+    const ok = { ok: true, dest: '/mnt/b', snapshot: 's', error: null };
+    expect(backupMetric({ last: ok, age_s: 7200, daily })).toMatchObject({ value: '2 h ago', tone: 'ok' });
+    expect(backupMetric({ last: ok, age_s: 30 * 3600, daily }).tone).toBe('warn');
+    expect(backupMetric({ last: ok, age_s: 60, daily }).sub).toContain('into /mnt/b, then gcs:c/nn');
+    const failed = backupMetric({ last: { ...ok, ok: false, error: 'disk full' }, age_s: 60, daily: null });
+    expect(failed).toMatchObject({ value: 'Failed', tone: 'bad' });
+    expect(failed.sub).toBe('disk full · daily backup off ([backup] destination)');
+    expect(backupMetric({ last: null, age_s: null, daily: null })).toMatchObject({ value: 'None yet', tone: 'warn' });
   });
 });

@@ -148,7 +148,16 @@ export interface SystemInfo {
   disk: { path: string; free_bytes: number; total_bytes: number; warn_free_bytes?: number; refuse_free_bytes?: number };
   ingest: { failed: number };
   warnings?: string[];
+  /** The last backup (run/backup-status.json), its age, and the daily schedule ([backup]). */
+  backup?: BackupInfo;
   version: string;
+}
+
+export interface BackupInfo {
+  last: { ok: boolean; dest: string; snapshot: string | null; error: string | null; remote?: string | null } | null;
+  age_s: number | null;
+  /** null: the daily backup is off ([backup] destination empty). next: ISO time, UTC. */
+  daily: { destination: string; time_utc: string; next: string; remote: string | null } | null;
 }
 
 /** One check of `neuronova doctor` (GET /api/admin/doctor). */

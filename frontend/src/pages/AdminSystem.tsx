@@ -1,4 +1,4 @@
-import { endpoints, type AuditEvent, type ComponentHealth, type DoctorCheck } from '../lib/api';
+import { endpoints, type AuditEvent, type BackupInfo, type ComponentHealth, type DoctorCheck } from '../lib/api';
 import { formatBytes, formatCount, formatDateTime, formatDuration } from '../lib/format';
 import { Link } from '../lib/router';
 import { useFetch } from '../lib/useFetch';
@@ -38,6 +38,21 @@ export function eventTone(event: string): Tone {
   if (/fail|denied|throttl|invalid|locked|reject|forbidden|error|revok/i.test(event)) return 'bad';
   if (/login|logout|refresh/i.test(event)) return 'info';
   return 'neutral';
+}
+
+/** A backup older than this is a warning (the doctor's backup check: a day plus slack). */
+const BACKUP_WARN_AGE_S = 26 * 3600;
+
+/** The last backup's result and age, and when the daily backup runs next. */
+export function backupMetric(b: BackupInfo | undefined): { value: string; sub: string; tone: Tone } {
+  const last = b?.last;
+  const next = b?.daily
+    ? `next ${formatDateTime(b.daily.next)} into ${b.daily.destination}${b.daily.remote ? `, then ${b.daily.remote}` : ''}`
+    : 'daily backup off ([backup] destination)';
+  if (!last) return { value: 'None yet', sub: next, tone: 'warn' };
+  if (!last.ok) return { value: 'Failed', sub: `${last.error ?? 'unknown error'} · ${next}`, tone: 'bad' };
+  const old = b?.age_s != null && b.age_s > BACKUP_WARN_AGE_S;
+  return { value: `${formatDuration(b?.age_s)} ago`, sub: next, tone: old ? 'warn' : 'ok' };
 }
 
 const CHECK_TONES: Record<DoctorCheck['status'], Tone> = { OK: 'ok', WARN: 'warn', FAIL: 'bad' };
@@ -194,6 +209,7 @@ export function AdminSystemPage() {
               tone={d.ingest?.failed ? 'bad' : 'ok'}
               testId="metric-failed"
             />
+            <Metric label="Last backup" {...backupMetric(d.backup)} testId="metric-backup" />
           </div>
 
           <section className="card">

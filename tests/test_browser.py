@@ -386,8 +386,13 @@ def test_admin_system_page_shows_every_component_ok(appliance, new_context):
             "els => els.map(e => [e.querySelector('td').textContent, e.dataset.status])"
         )
     )
+    page.get_by_test_id("queue-kind").first.wait_for(timeout=15_000)
+    kinds = page.locator('[data-testid="queue-kind"]').evaluate_all(
+        "els => els.map(e => e.dataset.kind)"
+    )
     page.screenshot(path=ARTIFACTS / "08-admin-system.png", full_page=True)
     assert len(checks) == len(CHECKS) and "FAIL" not in checks.values(), checks
+    assert {"ingest", "previews", "retention", "backups"} <= set(kinds), kinds
     assert {name: found[name] for name in names} == dict.fromkeys(names, "ok"), found
     assert "All services are running" in page.get_by_test_id("system-status").inner_text()
 

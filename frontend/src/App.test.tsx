@@ -351,6 +351,56 @@ describe('system checks', () => {
     expect(byTestId('metric-disk')!.className).toContain('metric-warn');
   });
 
+  it('shows the queue by kind and the failed objects, and retries one or all', async () => {
+    const kind = (k: string, label: string, extra: object) => ({
+      kind: k, label, periodic: false, pending: 0, scheduled: 0, running: 0, waiting: null,
+      oldest_pending_age_s: null, failed: null, last: null, ...extra,
+    });
+    const FAILED = { sop_uid: '1.2.3.4', study_uid: '1.2.3', source: 'CT_ROOM_1', attempts: 12,
+                     updated_at: '2026-03-01T10:00:00+00:00', error: 'Orthanc refused it: 400' };
+    const QUEUE = {
+      backend: 'sqlite', pending: 7, scheduled: 1, unclassified: 0, workers: 1,
+      oldest_pending_age_s: 125, failed_total: 1, error: null, failed: [FAILED],
+      kinds: [
+        kind('ingest', 'Ingest', { pending: 5, running: 2, waiting: 7, oldest_pending_age_s: 125, failed: 1 }),
+        kind('backups', 'Backups (daily)', {
+          periodic: true, pending: null, scheduled: null,
+          last: { finished: '2026-03-01T02:00:00+00:00', ok: false, result: null, error: 'No space left on device' },
+        }),
+      ],
+    };
+    const bodies: unknown[] = [];
+    installFetch((url, init) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'boss', role: 'admin' });
+      if (url.pathname === '/api/admin/queue') return json(200, QUEUE);
+      if (url.pathname === '/api/admin/queue/retry') {
+        bodies.push(JSON.parse(String(init.body)));
+        return json(200, { queued: ['1.2.3.4'], not_failed: [] });
+      }
+      if (url.pathname === '/api/admin/audit') return json(200, { items: [] });
+    });
+    await render('/admin/system');
+    const ingest = await waitFor(() => container.querySelector<HTMLElement>('[data-kind="ingest"]'));
+    expect([...ingest.querySelectorAll('td')].map((td) => td.textContent)).toEqual(
+      ['Ingest', '5', '0', '2', '7', '2 min 5 s', '1', ''],
+    );
+    const backups = container.querySelector<HTMLElement>('[data-kind="backups"]')!;
+    expect(backups.textContent).toContain('FAILED');
+    expect(backups.textContent).toContain('No space left on device');
+    const row = container.querySelector<HTMLElement>('[data-testid="failed-row"]')!;
+    expect(row.textContent).toContain('Orthanc refused it: 400');
+
+    const polls = () => requests.filter((r) => r === 'GET /api/admin/queue').length;
+    await act(async () => row.querySelector<HTMLButtonElement>('[data-testid="retry-one"]')!.click());
+    await waitFor(() => byTestId('retry-outcome'));
+    expect(bodies).toEqual([{ sop_uids: ['1.2.3.4'] }]);
+    await waitFor(() => polls() >= 2); // reloaded after the retry
+    await waitFor(() => !(byTestId('retry-all') as HTMLButtonElement).disabled);
+    await act(async () => byTestId('retry-all')!.click());
+    await waitFor(() => bodies.length === 2);
+    expect(bodies[1]).toEqual({ all: true });
+  });
+
   it('shows the last backup with its age, or its failure, and the next daily run', async () => {
     const daily = { destination: '/mnt/b', time_utc: '02:30', next: '2026-03-02T02:30:00+00:00', remote: 'gcs:c/nn' };
     const ok = { ok: true, dest: '/mnt/b', snapshot: 's', error: null };

@@ -174,6 +174,53 @@ export interface DoctorReport {
   took_ms: number;
 }
 
+/** How a periodic task (or the last backup) ended. */
+export interface TaskOutcome {
+  finished: string;
+  ok: boolean;
+  result: unknown;
+  error: string | null;
+}
+
+/** One kind of task in the queue monitor (GET /api/admin/queue). null: not known. */
+export interface QueueKind {
+  kind: string;
+  label: string;
+  periodic: boolean;
+  pending: number | null;
+  scheduled: number | null;
+  running: number;
+  /** Objects not done yet (ingest, previews); null for periodic tasks. */
+  waiting: number | null;
+  oldest_pending_age_s: number | null;
+  failed: number | null;
+  last: TaskOutcome | null;
+}
+
+export interface FailedObject {
+  sop_uid: string;
+  study_uid: string;
+  source: string;
+  attempts: number;
+  updated_at: string;
+  error: string;
+}
+
+export interface QueueState {
+  backend: 'sqlite' | 'redis';
+  pending: number | null;
+  scheduled: number | null;
+  unclassified: number;
+  workers: number;
+  oldest_pending_age_s: number | null;
+  failed_total: number;
+  kinds: QueueKind[];
+  /** The newest failed objects with their reason. */
+  failed: FailedObject[];
+  /** Set when the queue storage (SQLite file or Redis) did not answer. */
+  error: string | null;
+}
+
 export interface AuditEvent {
   id?: number;
   ts: string | number;
@@ -397,6 +444,10 @@ export const endpoints = {
 
   system: (signal?: AbortSignal) => api.get<SystemInfo>('/api/admin/system', { signal }),
   doctor: (signal?: AbortSignal) => api.get<DoctorReport>('/api/admin/doctor', { signal }),
+  queue: (signal?: AbortSignal) => api.get<QueueState>('/api/admin/queue', { signal }),
+  /** Queue failed objects again: these SOP Instance UIDs, or every failed one. */
+  retryFailed: (which: { sop_uids: string[] } | { all: true }) =>
+    api.post<{ queued: string[]; not_failed: string[] }>('/api/admin/queue/retry', which),
   audit: (limit: number, signal?: AbortSignal) =>
     api.get<{ items: AuditEvent[] }>(`/api/admin/audit${query({ limit })}`, { signal }),
   auditSearch: (q: AuditQuery, signal?: AbortSignal) =>

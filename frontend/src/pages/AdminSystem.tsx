@@ -2,7 +2,9 @@ import { endpoints, type AuditEvent, type BackupInfo, type ComponentHealth, type
 import { formatBytes, formatCount, formatDateTime, formatDuration } from '../lib/format';
 import { Link } from '../lib/router';
 import { useFetch } from '../lib/useFetch';
-import { Badge, EmptyRow, ErrorBanner, PageHeader, Spinner, type Tone } from '../components/ui';
+import { QueueSection } from '../components/QueueSection';
+import { StatusTable, type Column } from '../components/StatusTable';
+import { Badge, ErrorBanner, PageHeader, Spinner, type Tone } from '../components/ui';
 
 const REFRESH_MS = 10_000;
 const COMPONENT_LABELS: Record<string, string> = {
@@ -56,6 +58,20 @@ export function backupMetric(b: BackupInfo | undefined): { value: string; sub: s
 }
 
 const CHECK_TONES: Record<DoctorCheck['status'], Tone> = { OK: 'ok', WARN: 'warn', FAIL: 'bad' };
+const none = <span className="muted">—</span>;
+const CHECK_COLUMNS: Column<DoctorCheck>[] = [
+  { header: 'Check', cell: (c) => c.name, className: 'mono small' },
+  { header: 'Result', cell: (c) => <Badge tone={CHECK_TONES[c.status] ?? 'bad'}>{c.status}</Badge> },
+  { header: 'Finding', cell: (c) => c.message, className: 'small' },
+  { header: 'Fix', cell: (c) => c.fix || none, className: 'small' },
+];
+const EVENT_COLUMNS: Column<AuditEvent>[] = [
+  { header: 'Time', cell: (e) => formatDateTime(e.ts, true), className: 'nowrap mono small' },
+  { header: 'Event', cell: (e) => <Badge tone={eventTone(e.event)}>{e.event}</Badge> },
+  { header: 'User', cell: (e) => e.username || none },
+  { header: 'Client', cell: (e) => e.client || none, className: 'mono small' },
+  { header: 'Detail', cell: (e) => detailText(e.detail) || none, className: 'small detail-cell' },
+];
 
 /** The checks of `neuronova doctor`, run on opening the page and on demand (not polled:
  * each run opens a probe session and a DICOM association). */
@@ -71,35 +87,15 @@ function DoctorSection() {
         {doc.data && <span className="muted small"> took {doc.data.took_ms} ms, same as `neuronova doctor`</span>}
       </h2>
       <ErrorBanner error={doc.error} onRetry={doc.reload} />
-      <div className="table-wrap">
-        <table className="table" data-testid="doctor-table">
-          <thead>
-            <tr>
-              <th scope="col">Check</th>
-              <th scope="col">Result</th>
-              <th scope="col">Finding</th>
-              <th scope="col">Fix</th>
-            </tr>
-          </thead>
-          <tbody>
-            {doc.loading && !doc.data && (
-              <EmptyRow colSpan={4}>
-                <Spinner /> Running checks…
-              </EmptyRow>
-            )}
-            {doc.data?.checks.map((c) => (
-              <tr key={c.name} data-testid="doctor-row" data-status={c.status}>
-                <td className="mono small">{c.name}</td>
-                <td>
-                  <Badge tone={CHECK_TONES[c.status] ?? 'bad'}>{c.status}</Badge>
-                </td>
-                <td className="small">{c.message}</td>
-                <td className="small">{c.fix || <span className="muted">—</span>}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <StatusTable
+        columns={CHECK_COLUMNS}
+        rows={doc.data?.checks}
+        rowKey={(c) => c.name}
+        rowProps={(c) => ({ 'data-testid': 'doctor-row', 'data-status': c.status })}
+        loading={doc.loading}
+        loadingText="Running checks…"
+        testId="doctor-table"
+      />
     </section>
   );
 }
@@ -223,6 +219,8 @@ export function AdminSystemPage() {
         </>
       )}
 
+      <QueueSection />
+
       <DoctorSection />
 
       <section className="section">
@@ -233,38 +231,15 @@ export function AdminSystemPage() {
           </Link>
         </h2>
         <ErrorBanner error={audit.error} onRetry={audit.reload} />
-        <div className="table-wrap">
-          <table className="table" data-testid="audit-table">
-            <thead>
-              <tr>
-                <th scope="col">Time</th>
-                <th scope="col">Event</th>
-                <th scope="col">User</th>
-                <th scope="col">Client</th>
-                <th scope="col">Detail</th>
-              </tr>
-            </thead>
-            <tbody>
-              {audit.loading && !audit.data && (
-                <EmptyRow colSpan={5}>
-                  <Spinner /> Loading…
-                </EmptyRow>
-              )}
-              {audit.data && audit.data.items.length === 0 && <EmptyRow colSpan={5}>No events recorded.</EmptyRow>}
-              {audit.data?.items.map((e: AuditEvent, i) => (
-                <tr key={`${e.ts}-${i}`} data-testid="audit-row">
-                  <td className="nowrap mono small">{formatDateTime(e.ts, true)}</td>
-                  <td>
-                    <Badge tone={eventTone(e.event)}>{e.event}</Badge>
-                  </td>
-                  <td>{e.username || <span className="muted">—</span>}</td>
-                  <td className="mono small">{e.client || <span className="muted">—</span>}</td>
-                  <td className="small detail-cell">{detailText(e.detail) || <span className="muted">—</span>}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <StatusTable
+          columns={EVENT_COLUMNS}
+          rows={audit.data?.items}
+          rowKey={(e, i) => `${e.ts}-${i}`}
+          rowProps={() => ({ 'data-testid': 'audit-row' })}
+          loading={audit.loading}
+          empty="No events recorded."
+          testId="audit-table"
+        />
       </section>
     </div>
   );

@@ -120,6 +120,20 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("retention", "by", "retention_by", str, "Age from study_date or received (date)"),
     Field("logs", "keep", "log_keep", int, "Rotated files kept of each log (at least 1)"),
+    Field(
+        "fhir",
+        "push_url",
+        "fhir_push_url",
+        str,
+        "FHIR server base URL each stored study is pushed to as ImagingStudy (empty: off)",
+    ),
+    Field(
+        "fhir",
+        "push_authorization",
+        "fhir_push_authorization",
+        str,
+        "Authorization header value for push_url, e.g. 'Bearer <token>' (empty: none)",
+    ),
     Field("oidc", "issuer", "oidc_issuer", str, "OpenID Connect issuer URL for staff sign-in"),
     Field("oidc", "client_id", "oidc_client_id", str, "Client id registered at the provider"),
     Field("oidc", "display_name", "oidc_display_name", str, "Button text: Sign in with ..."),
@@ -230,6 +244,8 @@ class Settings:
     log_keep: int = 5
     retention_years: int = 0
     retention_by: str = "study_date"
+    fhir_push_url: str = ""
+    fhir_push_authorization: str = ""
     oidc_issuer: str = ""
     oidc_client_id: str = ""
     oidc_display_name: str = "single sign-on"
@@ -270,6 +286,11 @@ class Settings:
             raise ConfigError(
                 f"[dicom] overwrite must be one of {', '.join(OVERWRITE_POLICIES)} "
                 f"(got {self.overwrite!r})"
+            )
+        if self.fhir_push_url and not self.fhir_push_url.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"[fhir] push_url must start with https:// or http:// "
+                f"(got {self.fhir_push_url!r}), for example https://fhir.clinic.example/fhir"
             )
         if self.public_url and not self.public_url.startswith(("https://", "http://")):
             raise ConfigError(

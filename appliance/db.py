@@ -125,6 +125,7 @@ SCHEMA: dict[str, dict] = {
             "size_out": int,
             "frames": int,
             "images_at": str,
+            "number": str,  # InstanceNumber (FHIR ImagingStudy)
         },
         "pk": "sop_uid",
         "not_null": {"study_uid", "series_uid", "state", "received_at"},
@@ -154,6 +155,7 @@ SCHEMA: dict[str, dict] = {
             "description": str,
             "number": str,
             "first_sop": str,
+            "body_part": str,  # BodyPartExamined (FHIR ImagingStudy)
         },
         "pk": "series_uid",
         "not_null": {"study_uid"},
@@ -179,8 +181,25 @@ SCHEMA: dict[str, dict] = {
             "modalities": str,
             "received_at": str,
             "updated_at": str,
+            "patient_birth_date": str,  # FHIR Patient
+            "patient_sex": str,
         },
         "pk": "study_uid",
+    },
+    "fhir_push": {  # appliance.fhir.push: each study's push to the clinic's FHIR server
+        "columns": {
+            "study_uid": str,
+            "state": str,
+            "generation": int,
+            "attempts": int,
+            "due_at": str,
+            "pushed_at": str,
+            "error": str,
+            "status": int,
+        },
+        "pk": "study_uid",
+        "not_null": {"state", "due_at"},
+        "defaults": {"generation": 0, "attempts": 0},
     },
 }
 
@@ -193,6 +212,7 @@ INDEXES: list[tuple[str, list[str]]] = [
     ("studies", ["patient_name"]),
     ("studies", ["patient_id"]),
     ("studies", ["updated_at"]),
+    ("fhir_push", ["state"]),
     ("audit", ["event", "username", "ts"]),
     ("audit", ["event", "client", "ts"]),
     ("audit", ["ts"]),

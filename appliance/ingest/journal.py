@@ -71,36 +71,41 @@ def describe(ds: Dataset) -> Received:
 # Plain SQL on the receiver's hot path: one statement per table, no schema look-ups.
 UPSERT_INSTANCE = """
 INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class, state, source, spool_path,
-                       received_at, updated_at, attempts, ts_in, size_in)
-VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, 0, ?, ?)
+                       received_at, updated_at, attempts, ts_in, size_in, number)
+VALUES (?, ?, ?, ?, 'received', ?, ?, ?, ?, 0, ?, ?, ?)
 ON CONFLICT (sop_uid) DO UPDATE SET
     study_uid = excluded.study_uid, series_uid = excluded.series_uid,
     sop_class = excluded.sop_class, state = 'received', source = excluded.source,
     spool_path = excluded.spool_path, received_at = excluded.received_at,
     updated_at = excluded.updated_at, stored_at = NULL, attempts = 0, ts_in = excluded.ts_in,
     error = NULL, size_in = excluded.size_in, action = NULL, ts_out = NULL, reason = NULL,
-    size_out = NULL, frames = NULL, images_at = NULL
+    size_out = NULL, frames = NULL, images_at = NULL, number = excluded.number
 """
 INSERT_SERIES = """
-INSERT OR IGNORE INTO series (series_uid, study_uid, modality, description, number, first_sop)
-VALUES (?, ?, ?, ?, ?, ?)
+INSERT OR IGNORE INTO series (series_uid, study_uid, modality, description, number, first_sop,
+                              body_part)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 """
 STUDY_KEYWORDS = ("PatientName", "PatientID", "StudyDate", "StudyTime", "StudyDescription",
                   "AccessionNumber")  # fmt: skip
 SERIES_KEYWORDS = ("Modality", "SeriesDescription", "SeriesNumber")
+# Read for the FHIR resources (appliance.fhir): ImagingStudy and Patient.
+FHIR_KEYWORDS = ("InstanceNumber", "BodyPartExamined", "PatientBirthDate", "PatientSex")
 # Every header element describe() and Journal.record_received() read: the receiver parses
 # only these (appliance.ingest.part10.scan).
 HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                   *SERIES_KEYWORDS, *STUDY_KEYWORDS)  # fmt: skip
+                   *SERIES_KEYWORDS, *STUDY_KEYWORDS, *FHIR_KEYWORDS)  # fmt: skip
 UPSERT_STUDY = """
 INSERT INTO studies (study_uid, patient_name, patient_id, study_date, study_time, description,
-                     accession, modalities, received_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     accession, modalities, received_at, updated_at, patient_birth_date,
+                     patient_sex)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (study_uid) DO UPDATE SET
     patient_name = excluded.patient_name, patient_id = excluded.patient_id,
     study_date = excluded.study_date, study_time = excluded.study_time,
     description = excluded.description, accession = excluded.accession,
-    updated_at = excluded.updated_at,
+    updated_at = excluded.updated_at, patient_birth_date = excluded.patient_birth_date,
+    patient_sex = excluded.patient_sex,
     modalities = CASE
         WHEN excluded.modalities = ''
           OR instr(',' || coalesce(studies.modalities, '') || ',',
@@ -198,10 +203,13 @@ class Journal:
         now = now_iso()
         modality = _text(ds, "Modality")
         instance = [item.sop_uid, item.study_uid, item.series_uid, item.sop_class, source,
-                    str(spool_path), now, now, item.transfer_syntax, size]  # fmt: skip
+                    str(spool_path), now, now, item.transfer_syntax, size,
+                    _text(ds, "InstanceNumber")]  # fmt: skip
         series = [item.series_uid, item.study_uid, modality, _text(ds, "SeriesDescription"),
-                  _text(ds, "SeriesNumber"), item.sop_uid]  # fmt: skip
-        study = [item.study_uid, *(_text(ds, k) for k in STUDY_KEYWORDS), modality, now, now]
+                  _text(ds, "SeriesNumber"), item.sop_uid,
+                  _text(ds, "BodyPartExamined")]  # fmt: skip
+        study = [item.study_uid, *(_text(ds, k) for k in STUDY_KEYWORDS), modality, now, now,
+                 _text(ds, "PatientBirthDate"), _text(ds, "PatientSex")]  # fmt: skip
         with self._tx() as db:
             refusal = _refusal(db, ds, item, source, policy)
             if refusal is not None:

@@ -9,6 +9,7 @@ is recorded with its reason and kept for ``neuronova ingest retry``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import time
@@ -24,6 +25,7 @@ from appliance import metrics
 from appliance.backup.daily import run_daily_backup
 from appliance.config import Settings
 from appliance.db import now_iso
+from appliance.fhir.push import Pusher, PushOutcome, mark_stored
 from appliance.ingest.journal import FAILED, STORED, Journal
 from appliance.layout import HomeLayout
 from appliance.store.orthanc import OrthancRejected, OrthancStore, OrthancUnavailable
@@ -51,6 +53,7 @@ class Outcome:
     state: str
     retry_in: float | None = None
     images_later: bool = False
+    push_study: str | None = None  # a study to push to the FHIR server (appliance.fhir.push)
 
 
 class Pipeline:
@@ -81,7 +84,14 @@ class Pipeline:
                 "transcode_seconds", time.perf_counter() - started, metrics.TRANSCODE_BUCKETS
             )
             self.journal.read(lambda db: metrics.add(db, took))
+            if self.settings.fhir_push_url:
+                study = self.journal.read(lambda db: mark_stored(db, sop_uid))
+                outcome = dataclasses.replace(outcome, push_study=study)
         return outcome
+
+    def push_study(self, study_uid: str) -> PushOutcome:
+        """Push a changed study to ``[fhir] push_url`` as ImagingStudy (idempotent)."""
+        return Pusher(self.settings, self.journal.read).push(study_uid)
 
     def _process_claimed(self, sop_uid: str, spool_path: str) -> Outcome:
         try:

@@ -19,6 +19,7 @@ from huey.api import TaskWrapper
 from huey.storage import SqliteStorage
 
 from appliance.config import Settings
+from appliance.fhir.push import SETTLE
 from appliance.layout import HomeLayout
 
 QUEUE_NAME = "neuronova"
@@ -32,6 +33,14 @@ class TaskOutcome(Protocol):
     state: str
     retry_in: float | None
     images_later: bool
+    push_study: str | None
+
+
+class Rerun(Protocol):
+    """What a task that may run again reports: its state, when to run again."""
+
+    state: str
+    retry_in: float | None
 
 
 class TaskWork(Protocol):
@@ -47,6 +56,10 @@ class TaskWork(Protocol):
 
     def apply_retention(self) -> int:
         """Delete the studies the retention rule expires (none when it is off)."""
+        ...
+
+    def push_study(self, study_uid: str) -> Rerun:
+        """Push a changed study to the clinic's FHIR server."""
         ...
 
     def daily_backup(self) -> bool | None:
@@ -88,6 +101,7 @@ class Queue:
     images: TaskWrapper
     retention: TaskWrapper
     backup: TaskWrapper
+    push: TaskWrapper
 
     def enqueue_ingest(self, sop_uid: str, spool_path: str, delay: float | None = None) -> None:
         """Queue the ingest of one spooled object (after ``delay`` seconds, if given)."""
@@ -167,6 +181,16 @@ def _register_tasks(
             ingest_instance.schedule((sop_uid, spool_path), delay=outcome.retry_in)
         if outcome.images_later:
             write_images(sop_uid, spool_path)
+        if outcome.push_study:
+            push_imaging_study.schedule((outcome.push_study,), delay=SETTLE)
+        return outcome.state
+
+    @huey.task(name="push_imaging_study")
+    def push_imaging_study(study_uid: str) -> str:
+        """Push a changed study to ``[fhir] push_url``, again later if it failed or changed."""
+        outcome = work().push_study(study_uid)
+        if outcome.retry_in is not None:
+            push_imaging_study.schedule((study_uid,), delay=outcome.retry_in)
         return outcome.state
 
     @huey.task(name="write_images")
@@ -187,4 +211,4 @@ def _register_tasks(
         """Back up, prune and copy off-site per ``[backup]`` (appliance.backup.daily)."""
         return work().daily_backup()
 
-    return Queue(huey, ingest_instance, write_images, retention, daily_backup)
+    return Queue(huey, ingest_instance, write_images, retention, daily_backup, push_imaging_study)

@@ -36,6 +36,8 @@ from appliance.web import (
 from appliance.web.auth import auth_middleware
 from appliance.web.errors import MALFORMED_REQUEST_LOG, error_middleware
 from appliance.web.federation import federation_ctx
+from appliance.web.fhir import PREFIX as FHIR_PREFIX
+from appliance.web.fhir import create_fhir_app
 from appliance.web.frame_gate import frame_gate_ctx
 from appliance.web.ingest import PipelineIngest
 from appliance.web.inputs import MAX_JSON_BODY, SERVER_OPTIONS
@@ -119,6 +121,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     for table in ROUTE_TABLES:
         app.add_routes(table)
+    app.add_subapp(FHIR_PREFIX, create_fhir_app())
     return app
 
 

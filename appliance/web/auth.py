@@ -122,7 +122,7 @@ def reject(request: web.Request, status: int, reason: str, message: str, **detai
     event = {401: audit.TOKEN_REJECTED, 403: audit.ROLE_DENIED}.get(status, reason)
     claims = request.get(IDENTITY)
     audit.record(
-        request.app[DB],
+        request.config_dict[DB],
         event,
         username=claims.username if claims else None,
         client=client_address(request),

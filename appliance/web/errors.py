@@ -12,6 +12,20 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger("neuronova.web")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ErrorRenderer = Callable[[int, str, str], web.Response]
+# A sub-application whose clients expect another error shape (FHIR's OperationOutcome)
+# sets its renderer (status, code, message) -> response here; it then applies to every
+# error under the sub-app's prefix, the parent's middlewares' errors included.
+ERROR_RENDERER: web.AppKey[ErrorRenderer] = web.AppKey("error_renderer")
+
+
+def _renderer(request: web.Request) -> ErrorRenderer | None:
+    """The innermost :data:`ERROR_RENDERER` of the apps that routed ``request``
+    (``request.config_dict`` would stop at the app whose middleware is running)."""
+    for app in reversed(request.match_info.apps):
+        if ERROR_RENDERER in app:
+            return app[ERROR_RENDERER]
+    return None
 
 
 def error_body(status: int, error: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -42,20 +56,27 @@ class ApiError(web.HTTPException):
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every exception into the JSON error shape; never send a traceback."""
+    """Turn every exception into the JSON error shape (or the sub-app's
+    :data:`ERROR_RENDERER`); never send a traceback."""
+    render = _renderer(request)
     try:
         return await handler(request)
     except ApiError as exc:
+        if render is not None:
+            return render(exc.status_code, exc.error, exc.message)
         return json_error(exc.status_code, exc.error, exc.message, **exc.extra)
     except web.HTTPException as exc:
         if exc.status_code < 400:
             raise
         phrase = HTTPStatus(exc.status_code).phrase
         code = phrase.lower().replace(" ", "_").replace("-", "_")
-        return json_error(exc.status_code, code, f"{phrase}: {request.method} {request.path}")
+        return (render or json_error)(
+            exc.status_code, code, f"{phrase}: {request.method} {request.path}"
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(500, "internal_error", "Internal error; the details are in the app log.")
+        message = "Internal error; the details are in the app log."
+        return (render or json_error)(500, "internal_error", message)
 
 
 class MalformedRequestLog(logging.Filter):

@@ -39,7 +39,7 @@ def _iso(epoch: int) -> str:
 
 def public_origin(request: web.Request) -> str:
     """Where users reach the appliance: ``[web] public_url``, else HTTPS on this host."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     if settings.public_url:
         return settings.public_url.rstrip("/")
     return str(URL.build(scheme="https", host=request.url.host, port=settings.https_port))

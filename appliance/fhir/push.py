@@ -1,0 +1,205 @@
+"""Push each stored or updated study to a clinic's FHIR server (``[fhir] push_url``).
+
+The worker marks a study changed when one of its objects is stored
+(:func:`mark_stored`); the first mark of a quiet study queues one push task, later
+marks only bump the study's generation, so a 300-slice series costs a handful of pushes,
+not 300. A push is a conditional update on the Study Instance UID
+(``PUT ImagingStudy?identifier=urn:dicom:uid|urn:oid:<UID>``): the server creates the
+resource once and updates it after. Transient failures (unreachable, 5xx, 429) are
+retried with backoff; a refusal (another 4xx) or too many attempts leave the study
+``failed`` with the reason. Every study's state is a row of ``fhir_push``
+(:func:`push_status` sums it up for the System page).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import sqlite_utils
+
+from appliance.config import Settings
+from appliance.db import now_iso
+from appliance.fhir.assemble import pushed_imaging_study
+from appliance.fhir.resources import DICOM_UID_SYSTEM, FHIR_JSON
+
+log = logging.getLogger("neuronova.fhir")
+PENDING, PUSHED, FAILED, GONE = "pending", "pushed", "failed", "gone"
+SETTLE = 5.0  # seconds between a study's first change and its push: let the series land
+MAX_ATTEMPTS = 10
+BACKOFF_BASE, BACKOFF_CAP = 5.0, 600.0
+TIMEOUT = 30
+MAX_ERROR = 500
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """What a push task did: its state, and when to run again (``None``: do not)."""
+
+    state: str
+    retry_in: float | None = None
+
+
+def mark_stored(db: sqlite_utils.Database, sop_uid: str) -> str | None:
+    """Mark the study of a just-stored instance changed; returns its Study Instance UID
+    when a push task must be queued (none is pending for it yet), else ``None``."""
+    row = db.execute("SELECT study_uid FROM instances WHERE sop_uid = ?", [sop_uid]).fetchone()
+    if row is None:
+        return None
+    study_uid = row[0]
+    before = db.execute("SELECT state FROM fhir_push WHERE study_uid = ?", [study_uid]).fetchone()
+    db.execute(
+        "INSERT INTO fhir_push (study_uid, state, generation, attempts, due_at) "
+        "VALUES (?, 'pending', 1, 0, ?) ON CONFLICT (study_uid) DO UPDATE SET "
+        "generation = generation + 1, state = 'pending', "
+        "attempts = CASE WHEN state = 'pending' THEN attempts ELSE 0 END",
+        [study_uid, now_iso()],
+    )
+    return study_uid if before is None or before[0] != PENDING else None
+
+
+def pending_pushes(db: sqlite_utils.Database) -> list[str]:
+    """The studies waiting for a push (the worker queues them again at start)."""
+    return [r[0] for r in db.execute("SELECT study_uid FROM fhir_push WHERE state = 'pending'")]
+
+
+def push_status(db: sqlite_utils.Database, failures: int = 20) -> dict[str, Any]:
+    """Studies by push state, and the latest failures with their reasons."""
+    counts = dict(db.execute("SELECT state, count(*) FROM fhir_push GROUP BY state").fetchall())
+    failed = list(
+        db.query(
+            "SELECT study_uid, attempts, error, status, due_at FROM fhir_push "
+            "WHERE state = 'failed' OR (state = 'pending' AND error IS NOT NULL) "
+            "ORDER BY due_at DESC LIMIT ?",
+            [failures],
+        )
+    )
+    return {"counts": counts, "failures": failed}
+
+
+def conditional_url(push_url: str, study_uid: str) -> str:
+    """``<base>/ImagingStudy?identifier=urn:dicom:uid|urn:oid:<UID>``."""
+    token = quote(f"{DICOM_UID_SYSTEM}|urn:oid:{study_uid}", safe=":")
+    return f"{push_url.rstrip('/')}/ImagingStudy?identifier={token}"
+
+
+def public_origin(settings: Settings) -> str:
+    """Where users reach the appliance, for the pushed Endpoint: ``[web] public_url``,
+    else HTTPS on this host's name."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    return f"https://{socket.getfqdn()}:{settings.https_port}"
+
+
+class PushFailed(Exception):
+    """A push the server did not accept: HTTP ``status`` (0: no answer), whether retrying
+    may help, and the reason."""
+
+    def __init__(self, status: int, transient: bool, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.transient = status, transient
+
+
+class Pusher:
+    """Pushes studies of one data home's index to ``[fhir] push_url``."""
+
+    def __init__(self, settings: Settings, read: Any) -> None:
+        """``read(query)`` runs ``query(db)`` on the app database, serialized with the
+        journal's writes (:meth:`appliance.ingest.journal.Journal.read`)."""
+        self.settings, self.read = settings, read
+
+    def push(self, study_uid: str) -> PushOutcome:
+        """Push one study if it is pending; safe to run twice for the same study."""
+        row = self.read(
+            lambda db: db.execute(
+                "SELECT state, generation, attempts FROM fhir_push WHERE study_uid = ?",
+                [study_uid],
+            ).fetchone()
+        )
+        if row is None or row[0] != PENDING:
+            return PushOutcome("skipped")
+        _, generation, attempts = row
+        origin, system = public_origin(self.settings), self.settings.smart_identifier_system
+        resource = self.read(lambda db: pushed_imaging_study(db, study_uid, system, origin))
+        if resource is None:
+            self._set(study_uid, GONE, "the study is no longer held", 0)
+            return PushOutcome(GONE)
+        try:
+            status = self._put(study_uid, resource)
+        except PushFailed as exc:
+            return self._failed(study_uid, attempts + 1, exc)
+        return self._pushed(study_uid, generation, status)
+
+    def _put(self, study_uid: str, resource: dict[str, Any]) -> int:
+        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+        if self.settings.fhir_push_authorization:
+            headers["Authorization"] = self.settings.fhir_push_authorization
+        request = urllib.request.Request(
+            conditional_url(self.settings.fhir_push_url, study_uid),
+            data=json.dumps(resource).encode(),
+            headers=headers,
+            method="PUT",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            reason = f"HTTP {exc.code}: {_diagnostics(exc.read(64 * 1024))}"
+            transient = exc.code >= 500 or exc.code in (408, 429)
+            raise PushFailed(exc.code, transient, reason) from None
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise PushFailed(0, True, f"the FHIR server is unreachable ({exc})") from None
+
+    def _pushed(self, study_uid: str, generation: int, status: int) -> PushOutcome:
+        """Done, unless the study changed during the push: then push it again."""
+
+        def update(db: sqlite_utils.Database) -> str:
+            db.execute(
+                "UPDATE fhir_push SET state = CASE WHEN generation = ? THEN 'pushed' "
+                "ELSE 'pending' END, attempts = 0, error = NULL, status = ?, pushed_at = ? "
+                "WHERE study_uid = ?",
+                [generation, status, now_iso(), study_uid],
+            )
+            row = db.execute("SELECT state FROM fhir_push WHERE study_uid = ?", [study_uid])
+            return row.fetchone()[0]
+
+        state = self.read(update)
+        log.info("pushed ImagingStudy %s (HTTP %d)", study_uid, status)
+        return PushOutcome(state, retry_in=SETTLE if state == PENDING else None)
+
+    def _failed(self, study_uid: str, attempts: int, exc: PushFailed) -> PushOutcome:
+        give_up = not exc.transient or attempts >= MAX_ATTEMPTS
+        state = FAILED if give_up else PENDING
+        self._set(study_uid, state, str(exc), exc.status, attempts)
+        if give_up:
+            log.error("FHIR push of %s failed after %d attempt(s): %s", study_uid, attempts, exc)
+            return PushOutcome(FAILED)
+        delay = min(BACKOFF_BASE * 2 ** (attempts - 1), BACKOFF_CAP)
+        log.warning("FHIR push of %s: %s; retrying in %.0f s", study_uid, exc, delay)
+        return PushOutcome(PENDING, retry_in=delay)
+
+    def _set(
+        self, study_uid: str, state: str, error: str, status: int, attempts: int = 0
+    ) -> None:
+        self.read(
+            lambda db: db.execute(
+                "UPDATE fhir_push SET state = ?, error = ?, status = ?, attempts = ?, "
+                "due_at = ? WHERE study_uid = ?",
+                [state, error[:MAX_ERROR], status, attempts, now_iso(), study_uid],
+            )
+        )
+
+
+def _diagnostics(body: bytes) -> str:
+    """The first issue's diagnostics of an OperationOutcome body, else the body's start."""
+    try:
+        issue = json.loads(body)["issue"][0]
+        return str(issue.get("diagnostics") or issue.get("details", {}).get("text") or issue)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return body[:200].decode("utf-8", "replace")

@@ -13,10 +13,12 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
+from click.testing import CliRunner
 from conftest import api_token, free_port, run_cli, wait_for, wait_stored
 from pydicom.uid import generate_uid
 from samples import TEST_FILES, renamed_copy
 
+from appliance.cli import cli
 from appliance.config import Settings, load_settings
 from appliance.db import open_database
 from appliance.home import init_home
@@ -157,6 +159,31 @@ def test_an_unreachable_queue_still_shows_the_failed_objects(settings: Settings)
     assert state.error is not None and state.error.startswith("queue storage unreachable")
     assert state.pending is None and state.kind("ingest").pending is None
     assert [f["sop_uid"] for f in state.failed] == [sop]
+
+
+def test_ingest_status_prints_the_queue_by_kind_and_retry_is_audited(settings: Settings) -> None:
+    sop, spool = accept(settings, create_queue(settings))
+    Ingest(settings).journal.fail(sop, spool, "Orthanc refused it")
+    runner = CliRunner()
+    home = ["--home", str(settings.home)]
+    shown = runner.invoke(cli, ["ingest", "status", *home])
+    assert shown.exit_code == 0, shown.output
+    assert "Queue (sqlite, no worker running):" in shown.output
+    rows = {line.split()[0]: line.split()[1:] for line in shown.output.splitlines()
+            if line.startswith("  ") and line.split()[0] in ("ingest", "retention")}  # fmt: skip
+    assert rows["ingest"][:6] == ["1", "0", "0", "0", "-", "1"]  # pending ... failed
+    assert rows["retention"][-3:] == ["no", "run", "recorded"]
+    assert "Orthanc refused it" in shown.output
+    data = json.loads(runner.invoke(cli, ["ingest", "status", "--json", *home]).output)
+    assert data["queue"]["kinds"][0]["failed"] == 1 and "failed" not in data["queue"]
+    assert [f["sop_uid"] for f in data["failed"]] == [sop]
+
+    assert runner.invoke(cli, ["ingest", "retry", *home]).exit_code == 0
+    [row] = audit.recent(open_database(HomeLayout(settings.home).database_file),
+                         event=audit.ADMIN_CHANGE)  # fmt: skip
+    assert row["username"].startswith("cli:")
+    assert row["detail"] == {"action": "ingest_retried", "all": True, "count": 1,
+                             "sop_uids": [sop]}  # fmt: skip
 
 
 # --------------------------------------------------------------------- the admin API

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from conftest import api_token, free_port, run_cli, wait_for, wait_stored
 from pydicom.uid import generate_uid
 from samples import TEST_FILES, renamed_copy
+from test_redis_queue import redis_url  # noqa: F401 (a fixture: a real redis-server)
 
 from appliance.cli import cli
 from appliance.config import Settings, load_settings
@@ -147,6 +148,21 @@ def test_running_tasks_and_last_outcomes_come_from_the_workers(settings: Setting
     assert snapshot(settings, queue).workers == 0
     activity.remove()
     assert not list(activity_dir(layout).iterdir())
+
+
+def test_a_redis_queue_is_read_through_the_same_api(
+    settings: Settings,
+    redis_url: str,  # noqa: F811 (the fixture imported above)
+) -> None:
+    on_redis = load_settings(settings.home, {"redis_url": redis_url}, environ={})
+    queue = create_queue(on_redis)
+    queue.enqueue_ingest("1.2.3.1", "/nowhere/1.dcm")
+    queue.enqueue_ingest("1.2.3.2", "/nowhere/2.dcm", delay=600)
+    queue.enqueue_images("1.2.3.3", "/nowhere/3.dcm")
+    state = snapshot(on_redis, queue)
+    assert (state.backend, state.error, state.pending, state.scheduled) == ("redis", None, 2, 1)
+    ingest, previews = state.kind("ingest"), state.kind("previews")
+    assert (ingest.pending, ingest.scheduled, previews.pending) == (1, 1, 1)
 
 
 def test_an_unreachable_queue_still_shows_the_failed_objects(settings: Settings) -> None:

@@ -125,14 +125,8 @@ FIELDS: tuple[Field, ...] = (
         "push_url",
         "fhir_push_url",
         str,
-        "FHIR server base URL each stored study is pushed to as ImagingStudy (empty: off)",
-    ),
-    Field(
-        "fhir",
-        "push_authorization",
-        "fhir_push_authorization",
-        str,
-        "Authorization header value for push_url, e.g. 'Bearer <token>' (empty: none)",
+        "FHIR server base URL each stored study is pushed to as ImagingStudy (empty: off; "
+        "credentials: HOME/secrets/fhir-push-authorization)",
     ),
     Field("oidc", "issuer", "oidc_issuer", str, "OpenID Connect issuer URL for staff sign-in"),
     Field("oidc", "client_id", "oidc_client_id", str, "Client id registered at the provider"),
@@ -245,7 +239,6 @@ class Settings:
     retention_years: int = 0
     retention_by: str = "study_date"
     fhir_push_url: str = ""
-    fhir_push_authorization: str = ""
     oidc_issuer: str = ""
     oidc_client_id: str = ""
     oidc_display_name: str = "single sign-on"

@@ -28,6 +28,8 @@ from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.fhir.assemble import pushed_imaging_study
 from appliance.fhir.resources import DICOM_UID_SYSTEM, FHIR_JSON
+from appliance.layout import HomeLayout
+from appliance.security.keys import read_secret
 
 log = logging.getLogger("neuronova.fhir")
 PENDING, PUSHED, FAILED, GONE = "pending", "pushed", "failed", "gone"
@@ -36,6 +38,7 @@ MAX_ATTEMPTS = 10
 BACKOFF_BASE, BACKOFF_CAP = 5.0, 600.0
 TIMEOUT = 30
 MAX_ERROR = 500
+AUTHORIZATION_FILE = "fhir-push-authorization"
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,20 @@ def public_origin(settings: Settings) -> str:
     return f"https://{socket.getfqdn()}:{settings.https_port}"
 
 
+def push_authorization(settings: Settings) -> str | None:
+    """The ``Authorization`` header value for ``push_url`` (e.g. ``Bearer <token>``) from
+    ``HOME/secrets/fhir-push-authorization``; ``None`` without that file. Kept out of the
+    settings so that ``config show`` never prints it; refused unless only its owner can
+    read it (:class:`PushFailed`, not retried)."""
+    path = HomeLayout(settings.home).secrets_dir / AUTHORIZATION_FILE
+    try:
+        if path.stat().st_mode & 0o077:
+            raise PushFailed(0, False, f"{path} must be readable by its owner only (chmod 600)")
+        return read_secret(path) or None
+    except FileNotFoundError:
+        return None
+
+
 class PushFailed(Exception):
     """A push the server did not accept: HTTP ``status`` (0: no answer), whether retrying
     may help, and the reason."""
@@ -138,8 +155,9 @@ class Pusher:
 
     def _put(self, study_uid: str, resource: dict[str, Any]) -> int:
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
-        if self.settings.fhir_push_authorization:
-            headers["Authorization"] = self.settings.fhir_push_authorization
+        authorization = push_authorization(self.settings)
+        if authorization:
+            headers["Authorization"] = authorization
         request = urllib.request.Request(
             conditional_url(self.settings.fhir_push_url, study_uid),
             data=json.dumps(resource).encode(),

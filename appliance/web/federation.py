@@ -71,7 +71,7 @@ def client_secret(request: web.Request, name: str) -> str | None:
 def base_url(request: web.Request) -> str:
     """This appliance's address as the browser uses it (``[web] public_url`` if set); the
     Host header has passed nginx's check of the server names."""
-    public = request.app[SETTINGS].public_url
+    public = request.config_dict[SETTINGS].public_url
     if public:
         return public.rstrip("/")
     return f"{'https' if is_tls(request) else 'http'}://{request.host}"

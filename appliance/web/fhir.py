@@ -40,7 +40,8 @@ from appliance.uids import is_valid_uid
 from appliance.web.auth import STAFF, identity, public, reject, requires
 from appliance.web.dicomweb import reader_of
 from appliance.web.errors import ERROR_RENDERER, ApiError
-from appliance.web.inputs import client_address, is_tls
+from appliance.web.federation import base_url
+from appliance.web.inputs import client_address
 from appliance.web.keys import DB, SETTINGS, STARTED_AT
 from appliance.web.shares import public_origin
 
@@ -65,10 +66,7 @@ def outcome_response(status: int, code: str, message: str) -> web.Response:
 
 def fhir_base(request: web.Request) -> str:
     """This API's base URL as the caller reached it (``[web] public_url`` when set)."""
-    settings = request.config_dict[SETTINGS]
-    if settings.public_url:
-        return settings.public_url.rstrip("/") + PREFIX
-    return f"{'https' if is_tls(request) else 'http'}://{request.host}{PREFIX}"
+    return base_url(request) + PREFIX
 
 
 def _db(request: web.Request) -> sqlite_utils.Database:

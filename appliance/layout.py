@@ -29,6 +29,11 @@ class HomeLayout:
         """The key local tools (``neuronova status``) show to read the full health report."""
         return self.secrets_dir / "status-key"
 
+    def client_secret_file(self, kind: str) -> Path:
+        """The client secret the appliance shows a sign-in server (``oidc``: single sign-on,
+        ``smart``: an EHR); absent for a public client."""
+        return self.secrets_dir / f"{kind}-client-secret"
+
     @property
     def database_file(self) -> Path:
         return self.home / "db" / "appliance.db"

@@ -4,7 +4,9 @@ real SQLite file (the end-to-end flows against the real provider: tests/test_sso
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
+from appliance.cli import cli as neuronova_cli
 from appliance.db import open_database
 from appliance.security.federated import Policy, map_role, sign_in
 from appliance.security.oauth import MAX_PENDING_PER_CLIENT, OAuthError, StateStore
@@ -109,3 +111,14 @@ def test_state_expires_and_is_bounded(db) -> None:
         store.begin("oidc", "b", "10.0.0.3", ISSUER, "https://x/cb", "/")
     assert full.value.status == 429
     store.begin("oidc", "b", "10.0.0.4", ISSUER, "https://x/cb", "/")  # others still may
+
+
+def test_client_secret_is_stored_private(home, runner: CliRunner) -> None:
+    args = ["config", "client-secret", "oidc", "--home", str(home)]
+    assert runner.invoke(neuronova_cli, args, input="s3cret value\n").exit_code == 0
+    path = home / "secrets" / "oidc-client-secret"
+    assert path.read_text() == "s3cret value" and path.stat().st_mode & 0o777 == 0o600
+    empty = runner.invoke(neuronova_cli, args, input="\n")
+    assert empty.exit_code == 2 and "Error: no secret on stdin" in empty.output
+    assert runner.invoke(neuronova_cli, [*args, "--remove"]).exit_code == 0
+    assert not path.exists()

@@ -83,8 +83,8 @@ def setup(tmp_path_factory) -> Iterator[tuple[Appliance, IdP]]:
         smart_identifier_system=MRN_SYSTEM,
         smart_role_map="Practitioner = radiologist",
     )
-    secrets_dir = HomeLayout(appliance.settings.home).secrets_dir
-    write_private_file(secrets_dir / "oidc-client-secret", SECRET.encode())
+    secret_file = HomeLayout(appliance.settings.home).client_secret_file("oidc")
+    write_private_file(secret_file, SECRET.encode())
     clients = [
         {"client_id": CLIENT_ID, "client_secret": SECRET,
          "redirect_uris": [f"{appliance.url}/api/auth/oidc/callback"]},

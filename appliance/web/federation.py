@@ -59,9 +59,10 @@ async def federation_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-def client_secret(request: web.Request, name: str) -> str | None:
-    """The client secret in ``HOME/secrets/<name>`` (mode 0600), or ``None`` (public client)."""
-    path = HomeLayout(request.app[SETTINGS].home).secrets_dir / name
+def client_secret(request: web.Request, kind: str) -> str | None:
+    """The ``oidc`` or ``smart`` client secret (``HOME/secrets``, mode 0600), or ``None``
+    (a public client)."""
+    path = HomeLayout(request.app[SETTINGS].home).client_secret_file(kind)
     try:
         return path.read_text().strip() or None
     except FileNotFoundError:

@@ -29,7 +29,6 @@ from appliance.web.keys import DB, DISCOVERY, HTTP, SETTINGS
 
 routes = web.RouteTableDef()
 KIND = "smart"
-SECRET_FILE = "smart-client-secret"
 CALLBACK = "/smart/callback"
 SCOPE = "openid profile fhirUser launch launch/patient patient/Patient.read"
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -68,7 +67,7 @@ async def _ehr(request: web.Request, iss: str) -> tuple[Endpoints, Client]:
         raise OAuthError(503, "smart_not_configured", "Set [smart] client_id to allow launches.")
     client = Client(
         settings.smart_client_id,
-        federation.client_secret(request, SECRET_FILE),
+        federation.client_secret(request, KIND),
         federation.base_url(request) + CALLBACK,
     )
     return endpoints_of(conf, issuer), client

@@ -21,7 +21,6 @@ from appliance.web.keys import DB, DISCOVERY, SETTINGS
 
 routes = web.RouteTableDef()
 KIND = "oidc"
-SECRET_FILE = "oidc-client-secret"
 CALLBACK = "/api/auth/oidc/callback"
 
 
@@ -32,7 +31,7 @@ async def _provider(request: web.Request) -> tuple[Endpoints, Client]:
     endpoints = await request.app[DISCOVERY].openid(settings.oidc_issuer)
     client = Client(
         settings.oidc_client_id,
-        federation.client_secret(request, SECRET_FILE),
+        federation.client_secret(request, KIND),
         federation.base_url(request) + CALLBACK,
     )
     return endpoints, client

@@ -10,6 +10,7 @@ worker containers share one home in the cloud profile.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -81,6 +82,14 @@ class TaskActivity:
     def remove(self) -> None:
         """The worker stops: its counts no longer apply."""
         self.path.unlink(missing_ok=True)
+
+
+def forget_stopped_workers(layout: HomeLayout) -> None:
+    """Remove the files of workers that stopped without removing theirs (killed)."""
+    for path in activity_dir(layout).glob("*.json"):
+        with contextlib.suppress(OSError):  # another worker starting removed it first
+            if time.time() - path.stat().st_mtime > LIVE_FOR_S:
+                path.unlink()
 
 
 @dataclass(frozen=True)

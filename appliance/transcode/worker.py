@@ -14,7 +14,7 @@ from appliance.db import open_database
 from appliance.fhir.push import pending_pushes
 from appliance.ingest.intake import Ingest
 from appliance.layout import HomeLayout
-from appliance.transcode.activity import TaskActivity
+from appliance.transcode.activity import TaskActivity, forget_stopped_workers
 from appliance.transcode.pipeline import Pipeline, warm_up_codec
 from appliance.transcode.queue import Queue, create_queue
 
@@ -95,6 +95,7 @@ def serve(settings: Settings) -> None:
     )
     stop = threading.Event()
     layout = HomeLayout(settings.home)
+    forget_stopped_workers(layout)
     activity = TaskActivity.for_this_process(layout)
     activity.attach(huey)
     beat = (layout.worker_heartbeat_file, activity, stop)

@@ -16,6 +16,7 @@ refuse unknown elements) against the running appliance.
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
@@ -181,6 +182,18 @@ def test_search_pages_with_links(appliance, fhir):
     big = fhir_json(get(appliance, "ImagingStudy?_count=100000", token))
     assert "_count=50" in big["link"][0]["url"]  # bounded to the maximum
     assert "entry" not in fhir_json(get(appliance, "ImagingStudy?_count=0", token))
+
+
+def test_bundles_are_compressed(appliance, fhir):
+    _, token = fhir
+    query = "ImagingStudy?patient.identifier=FHIR-A-1,B/7 %23x"
+    plain = get(appliance, query, token, **{"Accept-Encoding": "identity"})
+    packed = requests.get(f"{appliance.url}/api/fhir/{query}", stream=True, timeout=10,
+                          headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"})
+    assert packed.headers["Content-Encoding"] == "gzip"
+    body = packed.raw.read(decode_content=False)
+    assert json.loads(gzip.decompress(body)) == plain.json()
+    assert len(body) * 3 < len(plain.content), (len(body), len(plain.content))
 
 
 def test_patient_read_and_search(appliance, fhir):

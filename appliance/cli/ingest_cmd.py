@@ -163,13 +163,14 @@ def _print_queue(state: QueueState) -> None:
     click.echo(f"Queue ({state.backend}, {workers}):")
     if state.error:
         click.secho(f"  {state.error}", fg="red")
+    width = max(len("KIND"), *(len(k.kind) for k in state.kinds))
     click.echo(
-        f"  {'KIND':<10} {'PENDING':>7} {'SCHEDULED':>9} {'RUNNING':>7} {'WAITING':>7} "
+        f"  {'KIND':<{width}} {'PENDING':>7} {'SCHEDULED':>9} {'RUNNING':>7} {'WAITING':>7} "
         f"{'OLDEST':>7} {'FAILED':>6}  LAST RUN (UTC)"
     )
     for k in state.kinds:
         click.echo(
-            f"  {k.kind:<10} {_count(k.pending):>7} {_count(k.scheduled):>9} {k.running:>7} "
+            f"  {k.kind:<{width}} {_count(k.pending):>7} {_count(k.scheduled):>9} {k.running:>7} "
             f"{_count(k.waiting):>7} {_age(k.oldest_pending_age_s):>7} {_count(k.failed):>6}  "
             f"{_last(k.last) if k.periodic else ''}".rstrip()
         )

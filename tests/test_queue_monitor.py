@@ -15,6 +15,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 from conftest import api_token, free_port, run_cli, wait_for, wait_stored
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import generate_uid
 from samples import TEST_FILES, renamed_copy
 from test_redis_queue import redis_url  # noqa: F401 (a fixture: a real redis-server)
@@ -308,6 +309,11 @@ def test_a_failed_object_shows_with_its_reason_and_comes_back_on_retry(appliance
 
     wait_for(failed, 60, "the damaged object to fail")
     admin = {"Authorization": f"Bearer {api_token(appliance, 'admin', appliance.admin_password)}"}
+    scrape = requests.get(f"{appliance.url}/api/metrics", headers=admin, timeout=30).text
+    gauges = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in text_string_to_metric_families(scrape) for s in f.samples}  # fmt: skip
+    assert gauges[("neuronova_queue_tasks", (("kind", "ingest"), ("state", "pending")))] >= 0
+    assert gauges[("neuronova_ingest_objects", (("state", "failed"),))] >= 1
     resp = requests.get(f"{appliance.url}/api/admin/queue", headers=admin, timeout=30)
     assert resp.status_code == 200, resp.text
     state = resp.json()

@@ -121,8 +121,18 @@ def test_metadata_lists_exactly_what_is_served(appliance):
     rest = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert set(rest) == {"ImagingStudy", "Patient", "Endpoint"}
     params = {p["name"] for p in rest["ImagingStudy"]["searchParam"]}
-    assert params == {"_id", "identifier", "patient", "subject", "patient.identifier",
-                      "subject:Patient.identifier", "modality", "started", "_count", "_offset"}
+    assert params == {
+        "_id",
+        "identifier",
+        "patient",
+        "subject",
+        "patient.identifier",
+        "subject:Patient.identifier",
+        "modality",
+        "started",
+        "_count",
+        "_offset",
+    }
     assert [i["code"] for i in rest["Endpoint"]["interaction"]] == ["read"]
 
 
@@ -188,8 +198,12 @@ def test_bundles_are_compressed(appliance, fhir):
     _, token = fhir
     query = "ImagingStudy?patient.identifier=FHIR-A-1,B/7 %23x"
     plain = get(appliance, query, token, **{"Accept-Encoding": "identity"})
-    packed = requests.get(f"{appliance.url}/api/fhir/{query}", stream=True, timeout=10,
-                          headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"})
+    packed = requests.get(
+        f"{appliance.url}/api/fhir/{query}",
+        stream=True,
+        timeout=10,
+        headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"},
+    )
     assert packed.headers["Content-Encoding"] == "gzip"
     body = packed.raw.read(decode_content=False)
     assert json.loads(gzip.decompress(body)) == plain.json()

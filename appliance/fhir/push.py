@@ -202,9 +202,7 @@ class Pusher:
         log.warning("FHIR push of %s: %s; retrying in %.0f s", study_uid, exc, delay)
         return PushOutcome(PENDING, retry_in=delay)
 
-    def _set(
-        self, study_uid: str, state: str, error: str, status: int, attempts: int = 0
-    ) -> None:
+    def _set(self, study_uid: str, state: str, error: str, status: int, attempts: int = 0) -> None:
         self.read(
             lambda db: db.execute(
                 "UPDATE fhir_push SET state = ?, error = ?, status = ?, attempts = ?, "

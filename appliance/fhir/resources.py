@@ -35,15 +35,18 @@ def patient_key(patient_id: str) -> str:
     return hashlib.sha256(patient_id.encode()).hexdigest()[:32]
 
 
-def fhir_instant(iso: str | None) -> str | None:
-    """An ISO 8601 timestamp of the index (UTC, seconds) as a FHIR instant."""
-    return iso.replace("+00:00", "Z") if iso else None
+def fhir_meta(iso: str | None) -> Resource | None:
+    """``meta.lastUpdated`` from an ISO 8601 timestamp of the index (UTC, seconds)."""
+    return {"lastUpdated": iso.replace("+00:00", "Z")} if iso else None
 
 
 def fhir_date(dicom_date: str | None) -> str | None:
-    """A DICOM DA (``YYYYMMDD``) as a FHIR date; ``None`` when it is not a valid date."""
+    """A DICOM DA (``YYYYMMDD``) as a FHIR date; ``None`` when it is not a valid date
+    (``strptime`` alone would take ``2024013`` for January 3rd)."""
+    if not (dicom_date and len(dicom_date) == 8 and dicom_date.isdigit()):
+        return None
     try:
-        return datetime.strptime(dicom_date or "", "%Y%m%d").date().isoformat()
+        return datetime.strptime(dicom_date, "%Y%m%d").date().isoformat()
     except ValueError:
         return None
 
@@ -133,7 +136,7 @@ def build_patient(row: dict[str, Any], id_system: str) -> Resource:
         {
             "resourceType": "Patient",
             "id": patient_key(patient_id),
-            "meta": {"lastUpdated": fhir_instant(row.get("updated_at"))},
+            "meta": fhir_meta(row.get("updated_at")),
             "identifier": [patient_identifier(patient_id, id_system)] if patient_id else [],
             "name": [name] if name else [],
             "gender": gender,
@@ -189,10 +192,15 @@ def _series(series: dict[str, Any], instances: Sequence[dict[str, Any]]) -> Reso
 
 
 def _instance(instance: dict[str, Any]) -> Resource:
+    """An instance; ``sopClass`` (required by R4) is left out only for an object that
+    arrived without a SOP Class UID, rather than invented."""
+    sop_class = instance.get("sop_class")
     return _drop_empty(
         {
             "uid": instance["sop_uid"],
-            "sopClass": {"system": SOP_CLASS_SYSTEM, "code": f"urn:oid:{instance['sop_class']}"},
+            "sopClass": {"system": SOP_CLASS_SYSTEM, "code": f"urn:oid:{sop_class}"}
+            if sop_class
+            else None,
             "number": _unsigned(instance.get("number")),
         }
     )
@@ -221,7 +229,7 @@ def build_imaging_study(
         {
             "resourceType": "ImagingStudy",
             "id": study["study_uid"],
-            "meta": {"lastUpdated": fhir_instant(study.get("updated_at"))},
+            "meta": fhir_meta(study.get("updated_at")),
             "identifier": study_identifiers(study),
             "status": "available" if count else "registered",
             "modality": [_modality(m) for m in (study.get("modalities") or "").split(",") if m],

@@ -261,4 +261,3 @@ def create_fhir_app() -> web.Application:
     app[ERROR_RENDERER] = outcome_response
     app.add_routes(routes)
     return app
-

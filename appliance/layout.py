@@ -35,6 +35,11 @@ class HomeLayout:
         return self.secrets_dir / f"{kind}-client-secret"
 
     @property
+    def fhir_push_authorization_file(self) -> Path:
+        """The ``Authorization`` header value sent to ``[fhir] push_url`` (if it needs one)."""
+        return self.secrets_dir / "fhir-push-authorization"
+
+    @property
     def database_file(self) -> Path:
         return self.home / "db" / "appliance.db"
 

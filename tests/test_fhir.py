@@ -41,7 +41,7 @@ from pydicom.uid import generate_uid
 from samples import native_dataset
 
 from appliance.db import open_database
-from appliance.fhir.push import AUTHORIZATION_FILE, push_status
+from appliance.fhir.push import push_status
 from appliance.fhir.resources import patient_key
 from appliance.layout import HomeLayout
 
@@ -417,9 +417,8 @@ def pushing(tmp_path_factory):
     """(stand-in server, an appliance pushing to it, a folder for studies)."""
     standin = FhirStandIn()
     running = make_appliance(tmp_path_factory.mktemp("push"), fhir_push_url=standin.url)
-    secret = HomeLayout(running.settings.home).secrets_dir / AUTHORIZATION_FILE
-    secret.write_text(PUSH_AUTH + "\n")
-    secret.chmod(0o600)
+    stored = run_cli(running, "config", "fhir-push-authorization", stdin=PUSH_AUTH + "\n")
+    assert stored.returncode == 0, stored.stderr
     running.start()
     yield standin, running, tmp_path_factory.mktemp("push-studies")
     running.stop()

@@ -7,11 +7,14 @@ import pytest
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.patient import Patient
 
+from appliance.cli import cli as neuronova_cli
+from appliance.config import load_settings
 from appliance.db import open_database
 from appliance.fhir.assemble import pushed_imaging_study
-from appliance.fhir.push import conditional_url
+from appliance.fhir.push import PushFailed, conditional_url, push_authorization
 from appliance.fhir.query import MAX_COUNT, SearchError, parse_search
 from appliance.fhir.resources import build_imaging_study, build_patient, patient_key
+from appliance.layout import HomeLayout
 
 
 @pytest.mark.parametrize(
@@ -111,3 +114,18 @@ def test_the_conditional_update_url_encodes_the_token():
     assert conditional_url("https://fhir.example/r4/", "1.2.3") == (
         "https://fhir.example/r4/ImagingStudy?identifier=urn:dicom:uid%7Curn:oid:1.2.3"
     )
+
+
+def test_the_push_credential_is_stored_private_and_refused_when_readable(home, runner):
+    args = ["config", "fhir-push-authorization", "--home", str(home)]
+    assert runner.invoke(neuronova_cli, args, input="Bearer abc\n").exit_code == 0
+    settings = load_settings(home, {"fhir_push_url": "https://fhir.example"}, environ={})
+    path = HomeLayout(home).fhir_push_authorization_file
+    assert path.stat().st_mode & 0o777 == 0o600 and push_authorization(settings) == "Bearer abc"
+    empty = runner.invoke(neuronova_cli, args, input="\n")
+    assert empty.exit_code == 2 and "Error: no secret on stdin" in empty.output
+    path.chmod(0o644)
+    with pytest.raises(PushFailed, match="readable by its owner only"):
+        push_authorization(settings)
+    assert runner.invoke(neuronova_cli, [*args, "--remove"]).exit_code == 0
+    assert push_authorization(settings) is None

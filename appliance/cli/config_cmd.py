@@ -1,4 +1,4 @@
-"""``config show``, ``config client-secret``."""
+"""``config show``, ``config client-secret``, ``config fhir-push-authorization``."""
 
 from __future__ import annotations
 
@@ -35,12 +35,29 @@ def client_secret(kind: str, remove: bool, home: Path | None) -> None:
     """Store the client secret for single sign-on (oidc) or the EHR (smart), read from
     stdin, in HOME/secrets (mode 0600). The web app reads it at its next start."""
     path = require_initialized(settings_from(home)).client_secret_file(kind)
+    _store_secret(path, remove, "echo SECRET | neuronova config client-secret " + kind)
+    if not remove:
+        click.echo("Restart the appliance to use it.")
+
+
+@config.command("fhir-push-authorization")
+@click.option("--remove", is_flag=True, help="Delete it: push without credentials.")
+@home_option
+def fhir_push_authorization(remove: bool, home: Path | None) -> None:
+    """Store the Authorization header value sent to [fhir] push_url (for example
+    'Bearer TOKEN'), read from stdin, in HOME/secrets (mode 0600). Used from the next push."""
+    path = require_initialized(settings_from(home)).fhir_push_authorization_file
+    _store_secret(path, remove, "echo 'Bearer TOKEN' | neuronova config fhir-push-authorization")
+
+
+def _store_secret(path: Path, remove: bool, usage: str) -> None:
+    """Write the first line of stdin to ``path`` (mode 0600), or delete ``path``."""
     if remove:
         path.unlink(missing_ok=True)
         click.echo(f"Removed {path}.")
         return
     secret = sys.stdin.readline().strip()
     if not secret:
-        raise click.UsageError("no secret on stdin: echo SECRET | neuronova config client-secret")
+        raise click.UsageError(f"no secret on stdin: {usage}")
     write_private_file(path, secret.encode())
-    click.echo(f"Stored in {path} (mode 0600). Restart the appliance to use it.")
+    click.echo(f"Stored in {path} (mode 0600).")

@@ -38,7 +38,6 @@ MAX_ATTEMPTS = 10
 BACKOFF_BASE, BACKOFF_CAP = 5.0, 600.0
 TIMEOUT = 30
 MAX_ERROR = 500
-AUTHORIZATION_FILE = "fhir-push-authorization"
 
 
 @dataclass(frozen=True)
@@ -102,10 +101,11 @@ def public_origin(settings: Settings) -> str:
 
 def push_authorization(settings: Settings) -> str | None:
     """The ``Authorization`` header value for ``push_url`` (e.g. ``Bearer <token>``) from
-    ``HOME/secrets/fhir-push-authorization``; ``None`` without that file. Kept out of the
-    settings so that ``config show`` never prints it; refused unless only its owner can
-    read it (:class:`PushFailed`, not retried)."""
-    path = HomeLayout(settings.home).secrets_dir / AUTHORIZATION_FILE
+    ``HOME/secrets/fhir-push-authorization`` (``neuronova config fhir-push-authorization``);
+    ``None`` without that file. Kept out of the settings so that ``config show`` never
+    prints it; refused unless only its owner can read it (:class:`PushFailed`, not
+    retried)."""
+    path = HomeLayout(settings.home).fhir_push_authorization_file
     try:
         if path.stat().st_mode & 0o077:
             raise PushFailed(0, False, f"{path} must be readable by its owner only (chmod 600)")

@@ -50,6 +50,7 @@ ACCOUNTS = {
         ("evil.iss", ["radiologists"], "wrong_iss"),
         ("late.token", ["radiologists"], "expired"),
         ("wrong.nonce", ["radiologists"], "nonce"),
+        ("forged.sig", ["radiologists"], "foreign_key"),
         ("admin", ["radiologists"], None),  # the appliance's local admin: never taken over
         ("no.role", ["visitors"], None),
     )
@@ -160,6 +161,7 @@ def test_refresh_works_after_sso(setup) -> None:
         ("evil.iss", 401, "wrong_issuer"),
         ("late.token", 401, "id_token_expired"),
         ("wrong.nonce", 401, "nonce_mismatch"),
+        ("forged.sig", 401, "bad_signature"),
         ("admin", 403, "username_taken"),
         ("no.role", 403, "no_role"),
     ],

@@ -4,7 +4,8 @@
 //   node provider.mjs CONFIG.json
 //
 // CONFIG.json: {"port", "issuer", "clients": [oidc-provider client metadata],
-//   "accounts": {login: {"password", "claims": {...}, "tamper": null|"expired"|"wrong_iss"|"nonce"}},
+//   "accounts": {login: {"password", "claims": {...},
+//                "tamper": null|"expired"|"wrong_iss"|"nonce"|"foreign_key"}},
 //   "launches": {launch id: patient id}, "patients": {patient id: FHIR Patient}}
 //
 // Interactions are one login form (no separate consent: every requested scope is
@@ -15,7 +16,7 @@
 // configuration` and `/fhir/Patient/{id}` (bearer access token with a patient scope).
 // An account with "tamper" gets its ID token re-signed with the provider's own key after
 // one change (expired, another issuer, another nonce): only the client's check of that
-// one claim can refuse it.
+// one claim can refuse it; "foreign_key" signs it with a key not in the JWKS (same kid).
 // Prints "listening <issuer>" on stdout when ready.
 
 import { readFileSync } from 'node:fs';
@@ -32,6 +33,7 @@ const patientOfGrant = new Map();
 const { privateKey } = await generateKeyPair('RS256', { extractable: true });
 const jwk = { ...(await exportJWK(privateKey)), kid: 'fixture-1', alg: 'RS256', use: 'sig' };
 const signingKey = await importJWK(jwk, 'RS256');
+const { privateKey: foreignKey } = await generateKeyPair('RS256'); // not in the JWKS
 
 const SMART_SCOPES = ['launch', 'launch/patient', 'fhirUser', 'patient/*.read', 'patient/Patient.read'];
 
@@ -128,10 +130,11 @@ async function tamper(idToken) {
     expired: { iat: now - 3600, exp: now - 1800 },
     wrong_iss: { iss: 'http://attacker.invalid' },
     nonce: { nonce: 'not-the-nonce-the-client-sent' },
+    foreign_key: {},
   }[mode];
   return new SignJWT({ ...claims, ...changes })
     .setProtectedHeader({ alg: 'RS256', kid: jwk.kid, typ: 'JWT' })
-    .sign(signingKey);
+    .sign(mode === 'foreign_key' ? foreignKey : signingKey);
 }
 
 // The pretend EHR's FHIR API: SMART configuration and Patient reads.

@@ -302,4 +302,10 @@ def test_a_failing_daily_backup_is_recorded_and_never_raises(
     assert run_daily_backup(settings) is False
     assert f"run `chmod 600 {open_conf}`" in read_status(layout)["error"]
     assert not _leaks(layout.backup_status_file.read_text() + caplog.text, sftp)
+
+    # A second run while one holds the repository (two workers queued it) stands aside.
+    before = layout.backup_status_file.read_text()
+    with Repository(Path(appliance.settings.backup_destination)).locked():
+        assert run_daily_backup(appliance.settings) is None
+    assert layout.backup_status_file.read_text() == before
     assert json.loads(run_cli(appliance, "status", "--json").stdout)["last_backup"]["ok"] is False

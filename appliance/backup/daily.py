@@ -15,7 +15,7 @@ from typing import Any
 
 from appliance.backup import offsite
 from appliance.backup.prune import Keep, prune
-from appliance.backup.repository import BackupError, Repository
+from appliance.backup.repository import BackupError, Repository, RepositoryBusy
 from appliance.backup.snapshot import Progress, take_snapshot
 from appliance.backup.status import write_status
 from appliance.config import Settings
@@ -38,7 +38,8 @@ def backup_now(
 
     With ``daily``, also prune ``dest`` to the retention and push it to ``[backup]
     remote``, as the daily task does. Returns the status record; a failure is recorded
-    before it is raised (one of :data:`FAILURES`).
+    before it is raised (one of :data:`FAILURES`), except :class:`RepositoryBusy`: the
+    backup already using ``dest`` records its own result.
     """
     layout = HomeLayout(settings.home)
     remote = settings.backup_remote if daily else ""
@@ -53,6 +54,8 @@ def backup_now(
             pushed = offsite.push(Repository(dest), offsite.Remote.from_settings(settings),
                                   keep_of(settings), lambda _line: None)  # fmt: skip
             record["remote_snapshots"] = pushed.snapshots
+    except RepositoryBusy:
+        raise
     except FAILURES as exc:
         write_status(layout, ok=False, error=str(exc), **record)
         raise
@@ -62,13 +65,17 @@ def backup_now(
 def run_daily_backup(settings: Settings) -> bool | None:
     """The daily task: :func:`backup_now` into ``[backup] destination``; never raises.
 
-    Returns None when no destination is set, else whether the backup succeeded.
+    Returns None when no destination is set or another backup is using it (several
+    workers each queue the periodic task), else whether the backup succeeded.
     """
     if not settings.backup_destination:
         return None
     dest = Path(settings.backup_destination)
     try:
         record = backup_now(settings, dest, lambda _done, _total: None, daily=True)
+    except RepositoryBusy as exc:  # e.g. a second worker's scheduler queued it too
+        log.info("daily backup skipped: %s", exc)
+        return None
     except FAILURES as exc:
         log.error("daily backup into %s failed: %s", dest, exc)
         return False

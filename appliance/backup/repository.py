@@ -32,6 +32,10 @@ class BackupError(ApplianceError):
     """A backup, verify or restore that cannot go on; the message says what to do."""
 
 
+class RepositoryBusy(BackupError):
+    """Another backup, prune or push holds the repository's lock."""
+
+
 @dataclass(frozen=True)
 class Stored:
     """One file put into the repository."""
@@ -72,7 +76,7 @@ class Repository:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise BackupError(
+                raise RepositoryBusy(
                     f"another backup, prune or push is using {self.root}; "
                     "wait for it to finish and run this again."
                 ) from None

@@ -156,6 +156,22 @@ def test_an_imaging_study_holds_its_series_and_instances(appliance, fhir):
                                                  "code": f"urn:oid:{CT_IMAGE}"}  # fmt: skip
 
 
+def test_reads_are_in_the_audit_trail(appliance, fhir):
+    studies, token = fhir
+    fhir_json(get(appliance, f"ImagingStudy/{studies['b_ct']}", token))
+    fhir_json(get(appliance, f"Patient/{patient_key('B/7 #x')}", token))
+    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    sql = (
+        "SELECT study_uid, patient_id, detail FROM audit WHERE event = 'study_query' "
+        "AND username = 'rad.fhir' AND detail LIKE '%fhir/%'"
+    )
+    rows = list(db.query(sql))
+    db.close()
+    seen = {(r["study_uid"], r["patient_id"], json.loads(r["detail"])["level"]) for r in rows}
+    assert (studies["b_ct"], "B/7 #x", "fhir/ImagingStudy/id") in seen
+    assert (None, "B/7 #x", "fhir/Patient/id") in seen
+
+
 def ids(bundle: dict) -> list[str]:
     return [e["resource"]["id"] for e in bundle.get("entry", [])]
 

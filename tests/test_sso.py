@@ -124,6 +124,7 @@ def test_config_endpoint_is_public(setup) -> None:
     assert body == {"enabled": True, "display_name": "Fixture IdP"}
 
 
+@pytest.mark.browser
 def test_sso_in_browser(setup, new_context) -> None:
     """The login page's button, the provider's form, back signed in with the mapped role."""
     appliance, _ = setup
@@ -237,6 +238,7 @@ def launch_url(appliance: Appliance, idp: IdP, launch: str) -> str:
     return f"{appliance.url}/smart/launch?" + urlencode({"iss": idp.fhir_base, "launch": launch})
 
 
+@pytest.mark.browser
 def test_smart_launch_opens_the_viewer(setup, one_study, new_context) -> None:
     """From the EHR's launch to the patient's one study in the viewer, in Chromium."""
     appliance, idp = setup
@@ -256,6 +258,7 @@ def test_smart_launch_opens_the_viewer(setup, one_study, new_context) -> None:
     assert rows[-1]["patient_id"] == ONE_STUDY_MRN and rows[-1]["username"] == "dr.sso"
 
 
+@pytest.mark.browser
 def test_smart_launch_without_studies_shows_the_worklist(setup, new_context) -> None:
     appliance, idp = setup
     page = new_context().new_page()

@@ -6,7 +6,8 @@ import { useFetch } from '../lib/useFetch';
 import { Badge, EmptyRow, ErrorBanner, PageHeader, Spinner } from '../components/ui';
 import { detailText, eventTone } from './AdminSystem';
 
-// The server's event kinds (appliance/audit.py EVENTS); reads of patient data first.
+// The server's event kinds (appliance/security/audit.py EVENTS; tests/test_audit_events.py
+// keeps the two lists equal); reads of patient data first.
 export const AUDIT_EVENTS = [
   'study_read',
   'study_query',
@@ -14,6 +15,10 @@ export const AUDIT_EVENTS = [
   'login_ok',
   'login_failed',
   'login_throttled',
+  'sso_login',
+  'sso_refused',
+  'smart_launch',
+  'smart_refused',
   'logout',
   'token_rejected',
   'role_denied',
@@ -22,6 +27,7 @@ export const AUDIT_EVENTS = [
   'admin_change',
   'share_created',
   'share_revoked',
+  'object_held',
   'study_deleted',
 ];
 const PERIODS: [string, string][] = [

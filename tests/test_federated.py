@@ -3,11 +3,14 @@ real SQLite file (the end-to-end flows against the real provider: tests/test_sso
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
 from appliance.cli import cli as neuronova_cli
 from appliance.db import open_database
+from appliance.layout import HomeLayout
 from appliance.security.federated import Policy, map_role, sign_in
 from appliance.security.oauth import MAX_PENDING_PER_CLIENT, OAuthError, StateStore
 from appliance.security.users import create_user, get_user, update_user, verify_password
@@ -122,3 +125,17 @@ def test_client_secret_is_stored_private(home, runner: CliRunner) -> None:
     assert empty.exit_code == 2 and "Error: no secret on stdin" in empty.output
     assert runner.invoke(neuronova_cli, [*args, "--remove"]).exit_code == 0
     assert not path.exists()
+
+
+def test_cli_lists_and_approves_a_pending_user(home, runner: CliRunner) -> None:
+    db = open_database(HomeLayout(home).database_file)
+    policy = Policy("oidc", "preferred_username", "groups", [("rads", "radiologist")], "",
+                    require_approval=True)  # fmt: skip
+    with pytest.raises(OAuthError):
+        sign_in(db, policy, ISSUER, claims("gil", "rads"))
+    listed = runner.invoke(neuronova_cli, ["user", "list", "--home", str(home)])
+    assert re.search(r"^gil\s+radiologist\s+pending\s", listed.output, re.M), listed.output
+    enabled = runner.invoke(neuronova_cli, ["user", "enable", "gil", "--home", str(home)])
+    assert enabled.exit_code == 0
+    assert sign_in(db, policy, ISSUER, claims("gil", "rads")) == ("gil", "radiologist")
+    db.close()

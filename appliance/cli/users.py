@@ -58,7 +58,8 @@ def list_(home: Path | None) -> None:
     rows = accounts.list_users(home_database(home))
     click.echo(f"{'USER':<24} {'ROLE':<13} {'STATE':<9} LAST LOGIN")
     for row in rows:
-        state = "disabled" if row["disabled"] else "active"
+        # pending: created by single sign-on, waiting for `user enable` (an admin's approval)
+        state = "pending" if row["pending"] else "disabled" if row["disabled"] else "active"
         click.echo(f"{row['username']:<24} {row['role']:<13} {state:<9} {row['last_login'] or '-'}")
 
 

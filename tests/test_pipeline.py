@@ -52,14 +52,36 @@ def test_orthanc_down_means_a_retry_with_backoff(home):
     assert list(frames.rglob("frames/1"))  # frame files are ready before the store
 
 
-def test_too_many_retries_become_a_visible_failure(home, monkeypatch):
+def test_an_outage_never_fails_an_object_it_waits(home, monkeypatch):
+    """Orthanc really absent past MAX_ATTEMPTS: the object stays queued (retried every
+    BACKOFF_CAP seconds at most), to go on by itself when Orthanc is back."""
     monkeypatch.setattr(pipeline_module, "MAX_ATTEMPTS", 2)
     sop, spool = accept_ct(home)
     pipeline = Pipeline(home)
+    for _ in range(3):
+        outcome = pipeline.process(sop, spool)
+        assert outcome.state == "retry" and outcome.retry_in <= pipeline_module.BACKOFF_CAP
+    row = pipeline.journal.db["instances"].get(sop)
+    assert row["state"] == "received" and "unreachable" in row["error"]
+
+
+@pytest.mark.slow
+def test_too_many_retries_while_orthanc_answers_become_a_visible_failure(
+    appliance, tmp_path, monkeypatch
+):
+    """A real Orthanc that answers but will not take the object (here: this home's
+    credentials are not its own, HTTP 401) fails the object after MAX_ATTEMPTS."""
+    monkeypatch.setattr(pipeline_module, "MAX_ATTEMPTS", 2)
+    port = {"orthanc_port": appliance.settings.orthanc_port}
+    settings = load_settings(tmp_path / "home", port, environ={})
+    init_home(settings)
+    sop, spool = accept_ct(settings)
+    pipeline = Pipeline(settings)
     assert pipeline.process(sop, spool).state == "retry"
     assert pipeline.process(sop, spool).state == "failed"
     row = pipeline.journal.db["instances"].get(sop)
     assert row["state"] == "failed" and row["error"].startswith("gave up after 2 attempts")
+    assert "HTTP 401" in row["error"]
     assert Path(spool).exists()  # kept for `neuronova ingest retry`
 
 

@@ -68,6 +68,17 @@ class OrthancStore:
             return None
         return json.loads(info)["Uuid"]
 
+    def answers(self) -> bool:
+        """Whether Orthanc answers HTTP now, whatever the status: a store failing while it
+        does fails for that object, not because of an outage."""
+        try:
+            self._call("/system")
+        except OrthancUnavailable as exc:
+            return isinstance(exc.__cause__, urllib.error.HTTPError)
+        except OrthancRejected:
+            return True
+        return True
+
     def delete_study(self, study_uid: str) -> bool:
         """Delete a study (every series and instance) from Orthanc; False if it has none."""
         found = json.loads(self._call("/tools/lookup", study_uid.encode(), "text/plain"))

@@ -169,8 +169,12 @@ class Pipeline:
         return run_daily_backup(self.settings)
 
     def _retry(self, sop_uid: str, spool_path: str, error: str) -> Outcome:
+        """Try again later with backoff. After :data:`MAX_ATTEMPTS` the object fails, but
+        only while Orthanc answers (the failure is this object's): through an outage
+        every object waits, retried every :data:`BACKOFF_CAP` seconds, and goes on
+        by itself once Orthanc is back (no `ingest retry` for a whole morning's work)."""
         attempts = self.journal.release(sop_uid, spool_path, error)
-        if attempts >= MAX_ATTEMPTS:
+        if attempts >= MAX_ATTEMPTS and self.orthanc.answers():
             self.journal.fail(sop_uid, spool_path, f"gave up after {attempts} attempts: {error}")
             return Outcome(FAILED)
         delay = min(2.0**attempts, BACKOFF_CAP)

@@ -266,7 +266,8 @@ def test_smart_launch_without_studies_shows_the_worklist(setup, new_context) -> 
     page.fill("#login", "replay.user")
     page.fill("#password", PASSWORD)
     page.click("#submit")
-    page.wait_for_url(f"**/?q={NO_STUDY_MRN}")
+    page.wait_for_url(f"**/?patient={NO_STUDY_MRN}")
+    page.wait_for_selector(f"[data-testid=worklist-patient]:has-text('{NO_STUDY_MRN}')")
     me = page.evaluate("fetch('/api/auth/me').then(r => r.json())")
     assert me == {**me, "username": "replay.user", "role": "radiologist"}
 

@@ -298,6 +298,12 @@ async def test_worklist_searches_sorts_and_pages(client, settings):
     assert page["items"][0]["modalities"] == ["CT"] and page["items"][0]["series_count"] == 1
     found = await (await client.get("/api/studies?q=PID017", headers=headers)).json()
     assert [s["patient_id"] for s in found["items"]] == ["PID017"]
+    partly = await (await client.get("/api/studies?q=PID01", headers=headers)).json()
+    assert partly["total"] == 10  # the search matches parts of IDs and names
+    exact = await (await client.get("/api/studies?patient_id=PID01", headers=headers)).json()
+    assert exact["total"] == 0  # a launch's patient filter does not
+    one = await (await client.get("/api/studies?patient_id=PID017", headers=headers)).json()
+    assert [s["patient_id"] for s in one["items"]] == ["PID017"]
     dated = await (await client.get("/api/studies?date_from=20261201", headers=headers)).json()
     assert dated["total"] == 2
     bad = await client.get("/api/studies?sort=password_hash", headers=headers)

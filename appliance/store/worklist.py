@@ -27,6 +27,7 @@ class WorklistQuery:
     """Search, filters, sort and page of a worklist request."""
 
     q: str = ""
+    patient_id: str = ""  # exact (a SMART launch's patient), unlike the search ``q``
     modality: str = ""
     date_from: str = ""
     date_to: str = ""
@@ -50,6 +51,9 @@ class WorklistQuery:
             )
             like = f"%{self.q}%"
             args += [like, like, like, like, self.q]
+        if self.patient_id:
+            clauses.append("patient_id = ?")
+            args.append(self.patient_id)
         if self.modality:
             clauses.append("(',' || modalities || ',') LIKE ?")
             args.append(f"%,{self.modality},%")

@@ -158,4 +158,4 @@ def _target(request: web.Request, patient_id: str) -> str:
     studies = studies_of_patient(request.app[DB], patient_id, most=2)
     if len(studies) == 1:
         return f"/pacs-viewer/viewer?StudyInstanceUIDs={quote(studies[0], safe='')}"
-    return "/?" + urlencode({"q": patient_id})
+    return "/?" + urlencode({"patient": patient_id})

@@ -30,6 +30,7 @@ async def studies(request: web.Request) -> web.Response:
     q = request.query
     query = WorklistQuery(
         q=q.get("q", "").strip()[:100],
+        patient_id=q.get("patient_id", "")[:64],  # VR LO: 64 characters at most
         modality=q.get("modality", "").strip()[:16],
         date_from=q.get("date_from", ""),
         date_to=q.get("date_to", ""),

@@ -215,6 +215,22 @@ describe('worklist', () => {
     expect(studies[1]).toBe('GET /api/studies?q=doe&sort=-study_date&limit=50&offset=0');
   });
 
+  it("filters by a launch's exact Patient ID until the chip is removed", async () => {
+    installFetch((url) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'rad', role: 'radiologist' });
+      if (url.pathname === '/api/studies') return json(200, { total: 1, items: [STUDY] });
+    });
+    await render('/?patient=PID-001');
+    await waitFor(() => byTestId('study-row'));
+    expect(byTestId('worklist-patient')!.textContent).toContain('Patient ID PID-001');
+    const studies = () => requests.filter((r) => r.startsWith('GET /api/studies'));
+    expect(studies()).toEqual(['GET /api/studies?patient_id=PID-001&sort=-study_date&limit=50&offset=0']);
+    await act(async () => byTestId('worklist-patient')!.querySelector('button')!.click());
+    await settle(50);
+    expect(studies()[studies().length - 1]).toBe('GET /api/studies?sort=-study_date&limit=50&offset=0');
+    expect(byTestId('worklist-patient')).toBeNull();
+  });
+
   it('lets an admin delete a study after a confirmation naming the patient', async () => {
     const path = `/api/studies/${STUDY.study_uid}`;
     installFetch((url, init) => {

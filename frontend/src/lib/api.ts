@@ -85,6 +85,7 @@ export interface StudyList {
 
 export interface StudyQuery {
   q?: string;
+  patient_id?: string;
   modality?: string;
   date_from?: string;
   date_to?: string;

@@ -24,6 +24,7 @@ type SortKey = (typeof SORT_KEYS)[number];
 
 interface Filters {
   q: string;
+  patient: string; // exact Patient ID (an EHR's SMART launch opens the worklist with it)
   modality: string;
   from: string; // YYYYMMDD
   to: string; // YYYYMMDD
@@ -39,6 +40,7 @@ function readFilters(params: URLSearchParams): Filters {
   const date = (v: string | null) => (v && /^\d{8}$/.test(v) ? v : '');
   return {
     q: params.get('q') ?? '',
+    patient: params.get('patient') ?? '',
     modality: params.get('modality') ?? '',
     from: date(params.get('from')),
     to: date(params.get('to')),
@@ -51,6 +53,7 @@ function readFilters(params: URLSearchParams): Filters {
 function writeFilters(f: Filters) {
   setSearchParams({
     q: f.q.trim(),
+    patient: f.patient,
     modality: f.modality,
     from: f.from,
     to: f.to,
@@ -89,6 +92,7 @@ export function WorklistPage() {
 
   const query = {
     q: filters.q.trim(),
+    patient_id: filters.patient,
     modality: filters.modality,
     date_from: filters.from,
     date_to: filters.to,
@@ -113,7 +117,7 @@ export function WorklistPage() {
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [data, pages]);
 
-  const filtered = !!(filters.q || filters.modality || filters.from || filters.to);
+  const filtered = !!(filters.q || filters.patient || filters.modality || filters.from || filters.to);
   const today = dateToDicom(new Date());
   const range =
     filters.from === today && filters.to === today
@@ -177,6 +181,19 @@ export function WorklistPage() {
             data-testid="worklist-search"
           />
         </div>
+        {filters.patient && (
+          <span className="filter-chip" data-testid="worklist-patient">
+            Patient ID {filters.patient}
+            <button
+              type="button"
+              className="filter-chip-remove"
+              aria-label="Show every patient"
+              onClick={() => update({ patient: '' })}
+            >
+              ×
+            </button>
+          </span>
+        )}
         <select
           className="input select"
           value={filters.modality}
@@ -238,7 +255,7 @@ export function WorklistPage() {
             className="btn btn-sm btn-link"
             onClick={() => {
               setSearch('');
-              update({ q: '', modality: '', from: '', to: '' });
+              update({ q: '', patient: '', modality: '', from: '', to: '' });
             }}
           >
             Clear filters

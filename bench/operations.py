@@ -8,9 +8,10 @@ Usage: ``python bench/operations.py [--slices 300] [--keep] [--out FILE.json]``
    ``neuronova backup DEST``; times the backup, then ``neuronova backup verify DEST``
    (inconsistencies = the problems verify reports: every object re-hashed, every Orthanc
    instance of the manifest with its file).
-3. Waits until the second series is stored, backs up again (it catches up), pushes 10 new
-   instances and backs up once more: the bytes that last backup copied, against the size
-   of the whole repository.
+3. Waits until the second series is stored and its JPEGs written (the queue writes them
+   after storing), backs up again (it catches up), pushes 10 new instances, waits the same
+   way and backs up once more: the bytes that last backup copied, by part of the home
+   (Orthanc files, frame files and JPEGs, databases), against the whole repository.
 4. Times ``neuronova restore DEST --home NEW`` into an empty home, starts the restored
    appliance on ports of its own and compares every instance's stored file (Orthanc REST)
    and every frame file with the original's, byte for byte.
@@ -75,6 +76,29 @@ def wait_stored(appliance: Appliance, count: int) -> None:
              f"{count} instances to be stored", 0.25)  # fmt: skip
 
 
+def wait_prepared(appliance: Appliance, count: int) -> None:
+    """Until ``count`` instances are stored with their JPEGs written (nothing left queued)."""
+    def prepared() -> int:
+        rows = appliance.journal_rows("state, images_at")
+        return sum(1 for state, images_at in rows if state == "stored" and images_at)
+
+    wait_for(lambda: prepared() >= count, 900, f"{count} instances stored with their JPEGs",
+             0.25)  # fmt: skip
+
+
+def new_bytes_by_part(dest: Path) -> dict[str, int]:
+    """Bytes of the objects the newest snapshot added, by part of the home."""
+    manifests = sorted((dest / "snapshots").glob("*.json"))[-2:]
+    older, newest = (json.loads(p.read_text()) for p in manifests)
+    held = {e["sha256"] for part in ("files", "databases", "orthanc") for e in older[part].values()}
+    parts = {"orthanc": newest["orthanc"].items(), "databases": newest["databases"].items(),
+             "frames": ((k, e) for k, e in newest["files"].items() if k.startswith("frames/")),
+             "other files": ((k, e) for k, e in newest["files"].items()
+                             if not k.startswith("frames/"))}  # fmt: skip
+    return {part: sum(e["size"] for _k, e in items if e["sha256"] not in held)
+            for part, items in parts.items()}  # fmt: skip
+
+
 def restored_appliance(home: Path) -> Appliance:
     """The restored home on free ports of its own (its settings file keeps the old ones)."""
     ports = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
@@ -110,11 +134,12 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         still_sending = sending.poll() is None
         finish_storescu(sending)
         verify_seconds = neuronova(original.env, "backup", "verify", str(dest))
-        wait_stored(original, 2 * args.slices)
+        wait_prepared(original, 2 * args.slices)
         catch_up = backup(original, dest)
         storescu(extra.files, original.settings.dicom_port, "NEURONOVA")
-        wait_stored(original, 2 * args.slices + NEW_INSTANCES)
+        wait_prepared(original, 2 * args.slices + NEW_INSTANCES)
         incremental = backup(original, dest)
+        incremental_parts = new_bytes_by_part(dest)
         new_bytes = extra.total_bytes
         restore_seconds = neuronova(original.env, "restore", str(dest), "--home",
                                        str(workdir / "restored"))  # fmt: skip
@@ -133,6 +158,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "new_instances": NEW_INSTANCES,
             "new_part10_bytes": new_bytes,
             "repository_bytes": tree_bytes(dest),
+            "new_bytes_by_part": incremental_parts,
         },
         "restore": {"seconds": round(restore_seconds, 2), **same},
     }
@@ -141,7 +167,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def render_markdown(r: dict[str, Any]) -> str:
     """The tables of bench/results/operations.md."""
     m, d, c, i, rs = r["machine"], r["during"], r["catch_up"], r["incremental"], r["restore"]
-    mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+    mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
+    parts = ", ".join(f"{part} {mb(n)}" for part, n in i["new_bytes_by_part"].items())
     rows = [
         ["backup while a second series arrives", f"{d['wall_seconds']} s",
          f"{d['instances']} instances, {d['files']} files, {mb(d['bytes_copied'])} copied; "
@@ -151,7 +178,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         ["backup catching up (second series stored)", f"{c['wall_seconds']} s",
          f"{c['instances']} instances, {mb(c['bytes_copied'])} copied"],
         [f"incremental after {i['new_instances']} new instances", f"{i['wall_seconds']} s",
-         f"{mb(i['bytes_copied'])} copied (the {i['new_instances']} objects as sent: "
+         f"{mb(i['bytes_copied'])} copied ({parts}; the {i['new_instances']} objects as sent: "
          f"{mb(i['new_part10_bytes'])}; repository: {mb(i['repository_bytes'])})"],
         ["restore into an empty home", f"{rs['seconds']} s",
          f"{rs['identical_files']}/{rs['instances']} stored files and "
@@ -164,7 +191,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         "`python bench/operations.py` (see bench/README.md). Each backup is "
         "`neuronova backup DEST` in a process of its own, into one repository. Every "
         "backup copies the app and queue databases whole (SQLite's online backup); files "
-        "and Orthanc instances it already holds are not copied again.",
+        "and Orthanc instances it already holds are not copied again. The catch-up and the "
+        "incremental backups start once every instance is stored with its JPEGs (written "
+        "by the queue after storing; before, the next backup copied them).",
         "",
         markdown_table(["step", "time", "what"], rows),
     ])  # fmt: skip

@@ -186,6 +186,7 @@ def test_imaging_study_search(appliance, fhir):
     assert ids(search(f"identifier=urn:dicom:uid|urn:oid:{studies['b_ct']}")) == [studies["b_ct"]]
     assert ids(search(f"identifier={studies['b_ct']}")) == [studies["b_ct"]]
     assert ids(search(f"identifier=urn:other|urn:oid:{studies['b_ct']}")) == []
+    assert ids(search("identifier=ACC1")) == ids(search("identifier=|ACC1")) == [studies["a_ct"]]
     both = "patient.identifier=FHIR-A-1,B/7 %23x"
     assert ids(search(f"{both}&modality=MR")) == [studies["a_mr"]]
     assert ids(search(f"{both}&started=ge2024-02&started=lt2024-04-01")) == [studies["a_mr"]]

@@ -58,6 +58,21 @@ def test_lenient_ignores_unknown_parameters_only():
         parse_search("Patient", [("foo", "1"), ("_id", "bad id!")], "", lenient=True)
 
 
+@pytest.mark.parametrize(
+    ("token", "key"),
+    [
+        ("urn:dicom:uid|urn:oid:1.2.3", "uid:1.2.3"),
+        ("urn:dicom:uid|1.2.3", "uid:1.2.3"),
+        ("urn:oid:1.2.3", "uid:1.2.3"),
+        ("|A-17", "accession:A-17"),
+        ("12345", "any:12345"),
+    ],
+)
+def test_study_identifier_tokens(token, key):
+    search = parse_search("ImagingStudy", [("identifier", token)], "")
+    assert search.groups == (("identifier", (key,)),)
+
+
 def test_tokens_of_another_system_match_nothing():
     search = parse_search("Patient", [("identifier", "urn:other|X,urn:mrn|Y")], "urn:mrn")
     assert search.groups == (("patient_id", ("Y",)),)

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlite_utils
 
-from appliance.fhir.query import Page, Search
+from appliance.fhir.query import ACCESSION_KEY, ANY_KEY, UID_KEY, Page, Search
 from appliance.fhir.resources import patient_key
 
 STARTED = "(study_date || substr(coalesce(study_time, '') || '000000', 1, 6))"
@@ -44,6 +44,11 @@ def _where(db: sqlite_utils.Database, search: Search, scope: str | None) -> tupl
         elif name == "study_uid":
             clauses.append(f"study_uid IN ({_marks(values)})")
             args += values
+        elif name == "identifier":  # query.study_identifier's keys
+            uids = _keyed(values, UID_KEY, ANY_KEY)
+            numbers = _keyed(values, ACCESSION_KEY, ANY_KEY)
+            clauses.append(f"(study_uid IN ({_marks(uids)}) OR accession IN ({_marks(numbers)}))")
+            args += uids + numbers
         elif name == "patient_id":  # patient_id itself, not PATIENT: its index serves
             missing = " OR patient_id IS NULL" if "" in values else ""
             clauses.append(f"(patient_id IN ({_marks(values)}){missing})")
@@ -65,6 +70,11 @@ def _where(db: sqlite_utils.Database, search: Search, scope: str | None) -> tupl
         clauses.append("study_uid = ?")
         args.append(scope)
     return " AND ".join(clauses), args
+
+
+def _keyed(values: tuple[str, ...], *keys: str) -> list[str]:
+    """The values that start with one of ``keys``, without it."""
+    return [v.partition(":")[2] for v in values if v.startswith(keys)]
 
 
 def _escape_like(text: str) -> str:

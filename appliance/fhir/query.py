@@ -76,13 +76,23 @@ def _split_token(value: str) -> tuple[str | None, str]:
     return (system, code) if bar else (None, value)
 
 
+UID_KEY, ACCESSION_KEY, ANY_KEY = "uid:", "accession:", "any:"
+
+
 def study_identifier(value: str, _system: str = "") -> str | None:
-    """``urn:dicom:uid|urn:oid:<UID>``, ``urn:oid:<UID>`` or a bare UID -> the UID;
-    ``None`` for an identifier of another system (it matches no study)."""
+    """An ImagingStudy identifier token -> ``uid:<UID>`` or ``accession:<number>``.
+
+    ``urn:dicom:uid|urn:oid:<UID>``, ``urn:dicom:uid|<UID>`` and ``urn:oid:<UID>`` name
+    the Study Instance UID; ``|<value>`` (no system) the accession number, which has no
+    system here; a bare value either (``any:``). ``None`` for another system: it matches
+    no study.
+    """
     system, code = _split_token(value)
-    if system not in (None, "", DICOM_UID_SYSTEM):
-        return None
-    return _uid(code.removeprefix("urn:oid:"))
+    if system == DICOM_UID_SYSTEM or (system is None and code.startswith("urn:oid:")):
+        return UID_KEY + _uid(code.removeprefix("urn:oid:"))
+    if system == "":
+        return ACCESSION_KEY + code
+    return ANY_KEY + code if system is None else None
 
 
 def fhir_id(value: str, _system: str = "") -> str:
@@ -128,7 +138,7 @@ def name_part(value: str, _system: str = "") -> str:
 
 STUDY_PARAMS: dict[str, tuple[str, Parser]] = {
     "_id": ("study_uid", lambda v, s: _uid(v)),
-    "identifier": ("study_uid", study_identifier),
+    "identifier": ("identifier", study_identifier),
     "patient": ("patient_key", patient_reference),
     "subject": ("patient_key", patient_reference),
     "patient.identifier": ("patient_id", patient_identifier),

@@ -89,7 +89,8 @@ def _parse(request: web.Request, resource: str) -> Search:
 
 
 def _audit(request: web.Request, level: str, study: str | None, patient: str | None) -> None:
-    """One ``study_query`` row per session (or share), FHIR path and query per hour."""
+    """One ``study_query`` row per session (or share), FHIR path, query, study and patient
+    per hour (a read of another study is a row of its own)."""
     who = identity(request)
     reader, filters = reader_of(who), request.query_string[: audit.MAX_TEXT]
     audit.record(
@@ -99,7 +100,9 @@ def _audit(request: web.Request, level: str, study: str | None, patient: str | N
         client=client_address(request),
         study_uid=study or who.claims.study,
         patient_id=patient,
-        key=audit.window_key(audit.QUERY_WINDOW, audit.STUDY_QUERY, reader, level, filters),
+        key=audit.window_key(
+            audit.QUERY_WINDOW, audit.STUDY_QUERY, reader, level, filters, study, patient
+        ),
         level=level,
         filters=filters,
         session=reader,

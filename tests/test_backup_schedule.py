@@ -36,7 +36,7 @@ from conftest import storescu as send
 from test_backup import neuronova
 
 from appliance.backup.daily import run_daily_backup
-from appliance.backup.prune import Keep, kept_snapshots
+from appliance.backup.prune import Keep, kept_snapshots, referenced
 from appliance.backup.repository import SNAPSHOT_NAME, Repository
 from appliance.backup.status import next_backup, read_status
 from appliance.cli import cli as neuronova_cli
@@ -241,6 +241,9 @@ def test_daily_backup_goes_off_site_and_restores_from_there(
     fresh = tmp_path / "from-remote"
     subprocess.run([sftp.rclone, "--config", str(sftp.config), "copy", REMOTE, str(fresh)],
                    check=True, capture_output=True)  # fmt: skip
+    copied = Repository(fresh)  # the remote was pruned too: one snapshot, its objects only
+    assert len(copied.snapshot_names()) == 1
+    assert set(copied.object_names()) == referenced([copied.latest()])
     verified = neuronova("backup", "verify", str(fresh))
     assert verified.returncode == 0, verified.stderr
     new_home = tmp_path / "restored"

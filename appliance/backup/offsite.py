@@ -74,19 +74,19 @@ def push(repo: Repository, remote: Remote, keep: Keep, progress: Progress) -> Pu
     """Copy ``repo`` to ``remote`` (objects, then manifests), then prune the remote."""
     rclone = _Rclone(remote.config)
     with repo.locked():
-        newest = repo.snapshot_names()[-1:] or None
-        if newest is None:
+        local = repo.snapshot_names()
+        if not local:
             raise BackupError(f"{repo.root} holds no snapshot to copy; take a backup first.")
         rclone.transfer("copy", repo.objects, remote.child("objects"), progress, OBJECT_FILTERS)
         rclone.transfer("copy", repo.snapshots, remote.child("snapshots"), progress)
-        return _prune_remote(rclone, repo, remote, keep, newest[0])
+        return _prune_remote(rclone, repo, remote, keep, local[-1])
 
 
 def _prune_remote(
     rclone: _Rclone, repo: Repository, remote: Remote, keep: Keep, newest: str
 ) -> PushResult:
-    names = [n.removesuffix(".json") for n in rclone.lines("lsf", "--files-only",
-                                                            remote.child("snapshots"))]  # fmt: skip
+    listed = rclone.lines("lsf", "--files-only", remote.child("snapshots"))
+    names = [n.removesuffix(".json") for n in listed if n.endswith(".json")]
     if newest not in names:
         raise BackupError(f"{remote.path} does not list snapshot {newest} after copying it; "
                           "nothing was pruned there. Check the remote and push again.")  # fmt: skip

@@ -364,7 +364,8 @@ PUSH_AUTH = "Bearer push-secret"
 
 
 class FhirStandIn:
-    """A stand-in for a clinic's FHIR server: ``PUT /fhir/ImagingStudy?identifier=...``.
+    """A stand-in for a clinic's FHIR server: ``PUT`` and ``DELETE``
+    ``/fhir/ImagingStudy?identifier=...`` (conditional update and delete).
 
     Bodies are validated with the R4B ImagingStudy model; ``fail[study_uid]`` lists
     statuses to answer first (a 503 is transient, a 422 a refusal).
@@ -373,6 +374,7 @@ class FhirStandIn:
     def __init__(self) -> None:
         self.stored: dict[str, dict] = {}
         self.answers: list[tuple[str, int]] = []
+        self.deleted: list[str] = []
         self.fail: dict[str, list[int]] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -385,8 +387,11 @@ class FhirStandIn:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def do_DELETE(self) -> None:
+                self.do_PUT()
+
             def do_PUT(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status, answer = standin.conditional_update(self, body)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
@@ -412,6 +417,10 @@ class FhirStandIn:
             return 400, outcome("invalid", f"not a conditional update: {request.path}")
         if self.fail.get(study):
             return self.fail[study].pop(0), outcome("exception", "the stand-in was told to fail")
+        if request.command == "DELETE":  # a conditional delete
+            self.stored.pop(study, None)
+            self.deleted.append(study)
+            return 200, outcome("informational", "deleted")
         resource = json.loads(body)
         try:
             ImagingStudy.model_validate(resource)
@@ -483,3 +492,16 @@ def test_a_transient_failure_is_retried_and_a_refusal_is_visible(pushing):
     status = push_status(db)
     db.close()
     assert status["counts"]["failed"] == 1 and status["failures"][0]["study_uid"] == refused
+
+
+def test_a_deleted_study_is_deleted_from_the_fhir_server(pushing):
+    standin, appliance, folder = pushing
+    pushed, pushed_files, _ = write_study(folder, 1, Modality="CT", **PATIENT_B)
+    assert storescu(appliance, pushed_files).returncode == 0
+    wait_for(lambda: pushed in standin.stored, 60, "the study to be pushed")
+    admin = {"Authorization": f"Bearer {api_token(appliance, 'admin', appliance.admin_password)}"}
+    gone = requests.delete(f"{appliance.url}/api/studies/{pushed}", headers=admin, timeout=60)
+    assert gone.status_code == 200, gone.text
+    wait_for(lambda: pushed in standin.deleted, 30, "the conditional delete")
+    wait_for(lambda: push_rows(appliance)[pushed]["state"] == "gone", 10, "state gone")
+    assert pushed not in standin.stored

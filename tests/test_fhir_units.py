@@ -11,7 +11,13 @@ from appliance.cli import cli as neuronova_cli
 from appliance.config import load_settings
 from appliance.db import open_database
 from appliance.fhir.assemble import pushed_imaging_study
-from appliance.fhir.push import PushFailed, conditional_url, push_authorization
+from appliance.fhir.push import (
+    PushFailed,
+    conditional_url,
+    mark_deleted,
+    overdue_pushes,
+    push_authorization,
+)
 from appliance.fhir.query import MAX_COUNT, SearchError, parse_search
 from appliance.fhir.resources import build_imaging_study, build_patient, patient_key
 from appliance.layout import HomeLayout
@@ -144,3 +150,20 @@ def test_the_push_credential_is_stored_private_and_refused_when_readable(home, r
         push_authorization(settings)
     assert runner.invoke(neuronova_cli, [*args, "--remove"]).exit_code == 0
     assert push_authorization(settings) is None
+
+
+def test_deletions_and_overdue_pushes(tmp_path):
+    db = open_database(tmp_path / "app.db")
+    long_ago = "2000-01-01T00:00:00+00:00"
+    rows = [("pushed", "pushed", long_ago), ("never", "pending", None), ("late", "pending", None)]
+    for uid, state, pushed_at in rows:
+        db["fhir_push"].insert({"study_uid": uid, "state": state, "pushed_at": pushed_at,
+                                "due_at": long_ago, "generation": 1})  # fmt: skip
+    mark_deleted(db, "pushed")
+    mark_deleted(db, "never")
+    assert {r["study_uid"]: r["state"] for r in db["fhir_push"].rows} == {
+        "pushed": "pending",  # to be deleted from the FHIR server
+        "late": "pending",
+    }
+    assert overdue_pushes(db) == ["late"]  # "pushed" is due now, not a minute ago
+    assert overdue_pushes(db) == []  # queued once, due again a grace period later

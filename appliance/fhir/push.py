@@ -5,9 +5,11 @@ The worker marks a study changed when one of its objects is stored
 marks only bump the study's generation, so a 300-slice series costs a handful of pushes,
 not 300. A push is a conditional update on the Study Instance UID
 (``PUT ImagingStudy?identifier=urn:dicom:uid|urn:oid:<UID>``): the server creates the
-resource once and updates it after. Transient failures (unreachable, 5xx, 429) are
-retried with backoff; a refusal (another 4xx) or too many attempts leave the study
-``failed`` with the reason. Every study's state is a row of ``fhir_push``
+resource once and updates it after; a pushed study that is deleted here is deleted there
+(``DELETE`` on the same URL, state ``gone``). Transient failures (unreachable, 5xx, 429)
+are retried with backoff; a refusal (another 4xx) or too many attempts leave the study
+``failed`` with the reason. A periodic sweep queues pushes that are overdue (a deletion,
+a queue entry lost in a crash). Every study's state is a row of ``fhir_push``
 (:func:`push_status` sums it up for the System page).
 """
 
@@ -19,6 +21,7 @@ import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -34,6 +37,8 @@ from appliance.security.keys import read_secret
 log = logging.getLogger("neuronova.fhir")
 PENDING, PUSHED, FAILED, GONE = "pending", "pushed", "failed", "gone"
 SETTLE = 5.0  # seconds between a study's first change and its push: let the series land
+SWEEP_GRACE = 60.0  # seconds a pending push may be overdue before the sweep queues it
+SWEEP_LIMIT = 500
 MAX_ATTEMPTS = 10
 BACKOFF_BASE, BACKOFF_CAP = 5.0, 600.0
 TIMEOUT = 30
@@ -48,6 +53,11 @@ class PushOutcome:
     retry_in: float | None = None
 
 
+def _iso_in(seconds: float) -> str:
+    """The UTC time ``seconds`` from now, in the database's ISO 8601 form."""
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="seconds")
+
+
 def mark_stored(db: sqlite_utils.Database, sop_uid: str) -> str | None:
     """Mark the study of a just-stored instance changed; returns its Study Instance UID
     when a push task must be queued (none is pending for it yet), else ``None``."""
@@ -60,15 +70,38 @@ def mark_stored(db: sqlite_utils.Database, sop_uid: str) -> str | None:
         "INSERT INTO fhir_push (study_uid, state, generation, attempts, due_at) "
         "VALUES (?, 'pending', 1, 0, ?) ON CONFLICT (study_uid) DO UPDATE SET "
         "generation = generation + 1, state = 'pending', "
+        "due_at = CASE WHEN state = 'pending' THEN due_at ELSE excluded.due_at END, "
         "attempts = CASE WHEN state = 'pending' THEN attempts ELSE 0 END",
-        [study_uid, now_iso()],
+        [study_uid, _iso_in(SETTLE)],
     )
     return study_uid if before is None or before[0] != PENDING else None
 
 
-def pending_pushes(db: sqlite_utils.Database) -> list[str]:
-    """The studies waiting for a push (the worker queues them again at start)."""
-    return [r[0] for r in db.execute("SELECT study_uid FROM fhir_push WHERE state = 'pending'")]
+def mark_deleted(db: sqlite_utils.Database, study_uid: str) -> None:
+    """Note the deletion of a study (in the deletion's transaction): one that was pushed
+    is deleted from the FHIR server too (the sweep queues it); otherwise it is forgotten."""
+    db.execute(
+        "UPDATE fhir_push SET state = 'pending', generation = generation + 1, attempts = 0, "
+        "due_at = ? WHERE study_uid = ? AND pushed_at IS NOT NULL",
+        [now_iso(), study_uid],
+    )
+    db.execute("DELETE FROM fhir_push WHERE study_uid = ? AND pushed_at IS NULL", [study_uid])
+
+
+def overdue_pushes(db: sqlite_utils.Database) -> list[str]:
+    """Pending studies whose push should have run :data:`SWEEP_GRACE` seconds ago (a
+    deletion, a queue entry lost in a crash); each is due again a grace period later, so
+    one sweep a minute queues a study at most once while its task waits in a backlog."""
+    rows = db.execute(
+        "SELECT study_uid FROM fhir_push WHERE state = 'pending' AND due_at < ? LIMIT ?",
+        [_iso_in(-SWEEP_GRACE), SWEEP_LIMIT],
+    )
+    studies = [r[0] for r in rows.fetchall()]
+    db.execute(
+        f"UPDATE fhir_push SET due_at = ? WHERE study_uid IN ({', '.join('?' for _ in studies)})",
+        [_iso_in(SWEEP_GRACE), *studies],
+    )
+    return studies
 
 
 def push_status(db: sqlite_utils.Database, failures: int = 20) -> dict[str, Any]:
@@ -144,72 +177,74 @@ class Pusher:
         _, generation, attempts = row
         origin, system = public_origin(self.settings), self.settings.smart_identifier_system
         resource = self.read(lambda db: pushed_imaging_study(db, study_uid, system, origin))
-        if resource is None:
-            self._set(study_uid, GONE, "the study is no longer held", 0)
-            return PushOutcome(GONE)
         try:
-            status = self._put(study_uid, resource)
+            status = self._send(study_uid, resource)
         except PushFailed as exc:
             return self._failed(study_uid, attempts + 1, exc)
-        return self._pushed(study_uid, generation, status)
+        return self._pushed(study_uid, generation, status, deleted=resource is None)
 
-    def _put(self, study_uid: str, resource: dict[str, Any]) -> int:
-        headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+    def _send(self, study_uid: str, resource: dict[str, Any] | None) -> int:
+        """PUT the resource, or DELETE it from the server when the study is gone."""
+        headers = {"Accept": FHIR_JSON}
+        if resource is not None:
+            headers["Content-Type"] = FHIR_JSON
         authorization = push_authorization(self.settings)
         if authorization:
             headers["Authorization"] = authorization
         request = urllib.request.Request(
             conditional_url(self.settings.fhir_push_url, study_uid),
-            data=json.dumps(resource).encode(),
+            data=json.dumps(resource).encode() if resource is not None else None,
             headers=headers,
-            method="PUT",
+            method="PUT" if resource is not None else "DELETE",
         )
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
                 return resp.status
         except urllib.error.HTTPError as exc:
+            if exc.code == 404 and resource is None:
+                return exc.code  # nothing to delete there: done
             reason = f"HTTP {exc.code}: {_diagnostics(exc.read(64 * 1024))}"
             transient = exc.code >= 500 or exc.code in (408, 429)
             raise PushFailed(exc.code, transient, reason) from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             raise PushFailed(0, True, f"the FHIR server is unreachable ({exc})") from None
 
-    def _pushed(self, study_uid: str, generation: int, status: int) -> PushOutcome:
+    def _pushed(self, study_uid: str, generation: int, status: int, deleted: bool) -> PushOutcome:
         """Done, unless the study changed during the push: then push it again."""
+        done = GONE if deleted else PUSHED
 
         def update(db: sqlite_utils.Database) -> str:
             db.execute(
-                "UPDATE fhir_push SET state = CASE WHEN generation = ? THEN 'pushed' "
-                "ELSE 'pending' END, attempts = 0, error = NULL, status = ?, pushed_at = ? "
+                "UPDATE fhir_push SET state = CASE WHEN generation = ? THEN ? ELSE 'pending' "
+                "END, attempts = 0, error = NULL, status = ?, pushed_at = ?, due_at = ? "
                 "WHERE study_uid = ?",
-                [generation, status, now_iso(), study_uid],
+                [generation, done, status, now_iso(), _iso_in(SETTLE), study_uid],
             )
             row = db.execute("SELECT state FROM fhir_push WHERE study_uid = ?", [study_uid])
             return row.fetchone()[0]
 
         state = self.read(update)
-        log.info("pushed ImagingStudy %s (HTTP %d)", study_uid, status)
+        log.info(
+            "%s ImagingStudy %s (HTTP %d)", "deleted" if deleted else "pushed", study_uid, status
+        )
         return PushOutcome(state, retry_in=SETTLE if state == PENDING else None)
 
     def _failed(self, study_uid: str, attempts: int, exc: PushFailed) -> PushOutcome:
         give_up = not exc.transient or attempts >= MAX_ATTEMPTS
-        state = FAILED if give_up else PENDING
-        self._set(study_uid, state, str(exc), exc.status, attempts)
-        if give_up:
-            log.error("FHIR push of %s failed after %d attempt(s): %s", study_uid, attempts, exc)
-            return PushOutcome(FAILED)
         delay = min(BACKOFF_BASE * 2 ** (attempts - 1), BACKOFF_CAP)
-        log.warning("FHIR push of %s: %s; retrying in %.0f s", study_uid, exc, delay)
-        return PushOutcome(PENDING, retry_in=delay)
-
-    def _set(self, study_uid: str, state: str, error: str, status: int, attempts: int = 0) -> None:
+        state = FAILED if give_up else PENDING
         self.read(
             lambda db: db.execute(
                 "UPDATE fhir_push SET state = ?, error = ?, status = ?, attempts = ?, "
                 "due_at = ? WHERE study_uid = ?",
-                [state, error[:MAX_ERROR], status, attempts, now_iso(), study_uid],
+                [state, str(exc)[:MAX_ERROR], exc.status, attempts, _iso_in(delay), study_uid],
             )
         )
+        if give_up:
+            log.error("FHIR push of %s failed after %d attempt(s): %s", study_uid, attempts, exc)
+            return PushOutcome(FAILED)
+        log.warning("FHIR push of %s: %s; retrying in %.0f s", study_uid, exc, delay)
+        return PushOutcome(PENDING, retry_in=delay)
 
 
 def _diagnostics(body: bytes) -> str:

@@ -28,6 +28,7 @@ import sqlite_utils
 from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.errors import ApplianceError
+from appliance.fhir.push import mark_deleted
 from appliance.ingest.journal import PROCESSING, Journal
 from appliance.layout import HomeLayout
 from appliance.security import audit
@@ -153,6 +154,7 @@ def _forget(journal: Journal, study_uid: str) -> tuple[tuple[str, str] | None, l
         ).fetchone()[0]
         for table in ("instances", "series", "studies", "held"):
             db.execute(f"DELETE FROM {table} WHERE study_uid = ?", [study_uid])
+        mark_deleted(db, study_uid)  # the clinic's FHIR server forgets it too
         patient = (row[0] or "", row[1] or "") if row else None
         return patient, spool, count
 

@@ -25,7 +25,7 @@ from appliance import metrics
 from appliance.backup.daily import run_daily_backup
 from appliance.config import Settings
 from appliance.db import now_iso
-from appliance.fhir.push import Pusher, PushOutcome, mark_stored
+from appliance.fhir.push import Pusher, PushOutcome, mark_stored, overdue_pushes
 from appliance.ingest.journal import FAILED, STORED, Journal
 from appliance.layout import HomeLayout
 from appliance.store.orthanc import OrthancRejected, OrthancStore, OrthancUnavailable
@@ -92,6 +92,10 @@ class Pipeline:
     def push_study(self, study_uid: str) -> PushOutcome:
         """Push a changed study to ``[fhir] push_url`` as ImagingStudy (idempotent)."""
         return Pusher(self.settings, self.journal.read).push(study_uid)
+
+    def overdue_pushes(self) -> list[str]:
+        """The studies whose FHIR push is overdue (none when ``push_url`` is off)."""
+        return self.journal.read(overdue_pushes) if self.settings.fhir_push_url else []
 
     def _process_claimed(self, sop_uid: str, spool_path: str) -> Outcome:
         try:

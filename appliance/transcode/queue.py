@@ -25,6 +25,7 @@ from appliance.layout import HomeLayout
 QUEUE_NAME = "neuronova"
 INGEST_PRIORITY = 10
 RETENTION_SCHEDULE = crontab(minute="17")  # hourly; the work does nothing when it is off
+PUSH_SWEEP_SCHEDULE = crontab()  # every minute; one indexed SELECT when nothing is overdue
 
 
 class TaskOutcome(Protocol):
@@ -60,6 +61,10 @@ class TaskWork(Protocol):
 
     def push_study(self, study_uid: str) -> Rerun:
         """Push a changed study to the clinic's FHIR server."""
+        ...
+
+    def overdue_pushes(self) -> list[str]:
+        """The studies whose push is overdue (each is due again a minute later)."""
         ...
 
     def daily_backup(self) -> bool | None:
@@ -102,6 +107,7 @@ class Queue:
     retention: TaskWrapper
     backup: TaskWrapper
     push: TaskWrapper
+    push_sweep: TaskWrapper
 
     def enqueue_ingest(self, sop_uid: str, spool_path: str, delay: float | None = None) -> None:
         """Queue the ingest of one spooled object (after ``delay`` seconds, if given)."""
@@ -211,4 +217,14 @@ def _register_tasks(
         """Back up, prune and copy off-site per ``[backup]`` (appliance.backup.daily)."""
         return work().daily_backup()
 
-    return Queue(huey, ingest_instance, write_images, retention, daily_backup, push_imaging_study)
+    @huey.periodic_task(PUSH_SWEEP_SCHEDULE, name="push_sweep")
+    def push_sweep() -> int:
+        """Queue the FHIR pushes that are overdue (a deleted study, a lost queue entry)."""
+        studies = work().overdue_pushes()
+        for study_uid in studies:
+            push_imaging_study(study_uid)
+        return len(studies)
+
+    return Queue(
+        huey, ingest_instance, write_images, retention, daily_backup, push_imaging_study, push_sweep
+    )

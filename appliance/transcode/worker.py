@@ -10,8 +10,6 @@ import threading
 from pathlib import Path
 
 from appliance.config import Settings
-from appliance.db import open_database
-from appliance.fhir.push import pending_pushes
 from appliance.ingest.intake import Ingest
 from appliance.layout import HomeLayout
 from appliance.transcode.activity import TaskActivity, forget_stopped_workers
@@ -52,18 +50,6 @@ def recover_beside_others(settings: Settings, queue: Queue) -> int:
     return fd
 
 
-def requeue_pushes(settings: Settings, queue: Queue) -> int:
-    """Queue again the FHIR pushes an earlier stop left pending; returns how many."""
-    db = open_database(HomeLayout(settings.home).database_file)
-    try:
-        studies = pending_pushes(db)
-    finally:
-        db.close()
-    for study_uid in studies:
-        queue.push(study_uid)
-    return len(studies)
-
-
 WORKER_NICENESS = 10
 # An idle SQLite-queue worker polls with a growing pause; Huey's default cap (10 s) would
 # delay the first object of a study by up to 10 s after a quiet spell. A poll of an empty
@@ -83,8 +69,6 @@ def serve(settings: Settings) -> None:
     warm_up_codec()  # before any worker thread runs the codec (see its docstring)
     queue = create_queue(settings, work=lambda: Pipeline(settings))
     recover_beside_others(settings, queue)
-    if settings.fhir_push_url:
-        requeue_pushes(settings, queue)
     huey = queue.huey
     consumer = huey.create_consumer(
         workers=settings.workers,

@@ -18,7 +18,7 @@ from appliance.uids import is_valid_uid
 from appliance.web.auth import STAFF, identity, requires
 from appliance.web.errors import ApiError
 from appliance.web.inputs import client_address, query_int
-from appliance.web.keys import DB, INGEST, SETTINGS
+from appliance.web.keys import DB, INGEST, QUEUE, SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -68,6 +68,8 @@ async def delete(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", str(exc)) from None
     except StudyDeletionError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
+    if request.app[SETTINGS].fhir_push_url:  # delete it from the FHIR server now, not at a sweep
+        request.app[QUEUE].push(study_uid)
     return web.json_response(dataclasses.asdict(done))
 
 

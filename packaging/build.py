@@ -48,6 +48,8 @@ SYSTEM_SOURCES = {
     "bin/Orthanc": "/usr/sbin/Orthanc",
     "orthanc-plugins/libOrthancDicomWeb.so": "/usr/lib/orthanc/libOrthancDicomWeb.so.1.7",
 }
+# Programs that need nothing but glibc (Go): no rpath to set, and they stay executable.
+SELF_CONTAINED_PROGRAMS = {"bin/rclone": "/usr/bin/rclone"}
 LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")
 # Tools the build runs, and the Debian package of each.
 TOOLS = {
@@ -182,7 +184,7 @@ def patch_rpaths(bundle: Path) -> None:
             f"patchelf {relative}")  # fmt: skip
         if relative.endswith(".so"):
             os.chmod(internal / relative, 0o644)
-    programs = {internal / relative for relative in SYSTEM_SOURCES}
+    programs = {internal / relative for relative in [*SYSTEM_SOURCES, *SELF_CONTAINED_PROGRAMS]}
     for path in internal.rglob("*"):
         if path in programs or not path.is_file() or path.is_symlink() or not is_elf(path):
             continue
@@ -255,7 +257,7 @@ def _install(source: Path, target: Path, mode: int) -> None:
 def third_party_copyrights(bundle: Path, doc: Path) -> None:
     """Copy the Debian copyright file of every package the bundle took files from."""
     internal = bundle / "_internal"
-    sources = list(SYSTEM_SOURCES.values())
+    sources = [*SYSTEM_SOURCES.values(), *SELF_CONTAINED_PROGRAMS.values()]
     for lib in internal.glob("lib*.so*"):
         sources += [f"{d}/{lib.name}" for d in LIB_DIRS if os.path.exists(f"{d}/{lib.name}")]
     result = subprocess.run(["dpkg", "-S", *sources], capture_output=True, text=True)

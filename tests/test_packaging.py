@@ -225,7 +225,7 @@ def installed(built, tmp_path_factory) -> Iterator[Installed]:
     root = work / "root"
     copied = subprocess.run(["cp", "-a", str(pristine_root()), str(root)], capture_output=True)
     assert copied.returncode == 0, copied.stderr
-    look = "for p in python3 nginx Orthanc; do command -v $p; done; ls -d /usr/lib/python3*"
+    look = "for p in python3 nginx Orthanc rclone; do command -v $p; done; ls -d /usr/lib/python3*"
     missing = in_root(root, "sh", "-c", f"({look}) 2>/dev/null || true")
     assert missing.strip() == "", f"the bare root is not bare: {missing}"
     output = Installed(root, work / "run.log", "").dpkg_install(Path(report.deb))
@@ -277,7 +277,8 @@ def test_build_writes_the_tarball_and_a_lintian_clean_deb(built):
     with tarfile.open(report.tarball) as tar:
         top = tar.getmember(f"neuronova-{FIRST}/neuronova")
         assert top.isfile() and top.mode & 0o111
-        for part in ("bin/nginx", "bin/Orthanc", "orthanc-plugins/libOrthancDicomWeb.so",
+        for part in ("bin/nginx", "bin/Orthanc", "bin/rclone",
+                     "orthanc-plugins/libOrthancDicomWeb.so",
                      "dcmtk/dicom.dic", "spa_dist/pacs-viewer/index.html",
                      "spa_dist/main/index.html", "bundled_nginx/nginx.conf.template"):  # fmt: skip
             tar.getmember(f"neuronova-{FIRST}/_internal/{part}")
@@ -324,6 +325,12 @@ def test_the_services_use_only_the_bundle_and_glibc(installed):
             if not lib.startswith(bundle) and "/gconv/" not in lib:  # glibc's iconv modules
                 assert Path(lib).name.split(".so")[0] in GLIBC, f"{exe} maps {lib}"
     assert {"neuronova", "nginx", "Orthanc"} <= names
+
+
+def test_the_bundled_rclone_runs_for_off_site_backups(installed):
+    """Off-site copies need rclone; the bare root has none, the bundle brings it."""
+    version = in_root(installed.root, "/opt/neuronova/_internal/bin/rclone", "version")
+    assert version.startswith("rclone v"), version
 
 
 def test_the_unit_verifies_and_is_hardened(tmp_path):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import configparser
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -33,7 +32,10 @@ from typing import NoReturn
 from appliance.backup.prune import Keep, kept_snapshots, referenced
 from appliance.backup.repository import FORMAT, BackupError, Repository
 from appliance.config import Settings
+from appliance.errors import MissingBinaryError
+from appliance.programs import Program, find_program
 
+RCLONE = Program("rclone", "rclone")
 LIST_TIMEOUT = 600.0
 # Leftovers of an interrupted put (repository.remove_leftovers) are never copied.
 OBJECT_FILTERS = ("--exclude", ".*", "--exclude", "/tmp*/**")
@@ -107,10 +109,10 @@ class _Rclone:
     """rclone with one config file; every message it writes is redacted."""
 
     def __init__(self, config: Path) -> None:
-        self.program = shutil.which("rclone")
-        if self.program is None:
-            raise BackupError("rclone is not installed: `apt install rclone` "
-                              "(scripts/setup.sh installs it).")  # fmt: skip
+        try:
+            self.program = find_program(RCLONE)  # the bundle ships it; else the system's
+        except MissingBinaryError as exc:
+            raise BackupError(str(exc)) from None
         check_config(config)
         self.config = config
         self.secrets = config_secrets(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -171,7 +172,7 @@ def restore(src: Path, home: Path) -> None:
 @contextmanager
 def _bar(label: str) -> Iterator[Any]:
     """A progress callback (done, total) drawing a click progress bar on stderr."""
-    with click.progressbar(length=1, label=label, file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=1, label=label, file=sys.stderr) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.length = max(total, 1)

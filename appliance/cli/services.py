@@ -30,8 +30,9 @@ from appliance.health.probes import (
 )
 from appliance.home import init_home, require_initialized
 from appliance.layout import HomeLayout
+from appliance.programs import find_program
 from appliance.security.keys import write_private_file
-from appliance.supervise.binaries import NGINX, find_program
+from appliance.supervise.binaries import NGINX
 from appliance.supervise.logs import configure_logging
 from appliance.supervise.nginx import nginx_command, render_nginx_conf
 from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf

@@ -15,9 +15,10 @@ from typing import Any
 
 from appliance.config import Settings
 from appliance.layout import HomeLayout
+from appliance.programs import bundle_dir, find_program
 from appliance.security.keys import read_secret, write_private_file
 from appliance.store.orthanc import DICOMWEB_ROOT, ORTHANC_USER
-from appliance.supervise.binaries import ORTHANC, bundle_dir, find_dicomweb_plugin, find_program
+from appliance.supervise.binaries import ORTHANC, find_dicomweb_plugin
 
 
 def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str, Any]:

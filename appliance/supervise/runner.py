@@ -19,7 +19,8 @@ from appliance.health.probes import (
 )
 from appliance.home import require_initialized
 from appliance.layout import HomeLayout
-from appliance.supervise.binaries import NGINX, find_program
+from appliance.programs import find_program
+from appliance.supervise.binaries import NGINX
 from appliance.supervise.lock import HomeLock
 from appliance.supervise.logs import MIB
 from appliance.supervise.nginx import nginx_command, render_nginx_conf

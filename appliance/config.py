@@ -23,6 +23,9 @@ CONFIG_FILENAME = "neuronova.toml"
 # What may replace an archived instance (dcm4chee's overwrite policies, appliance.ingest.journal).
 OVERWRITE_POLICIES = ("never", "same-source", "always")
 RETENTION_BY = ("study_date", "received")
+# How a confidential client proves itself at a token endpoint (RFC 7591
+# token_endpoint_auth_method): the Authorization header, or the form body.
+TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 HOME_ENV = "NEURONOVA_HOME"
 SYSTEM_HOME = Path("/var/lib/neuronova")
 
@@ -130,6 +133,14 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("oidc", "issuer", "oidc_issuer", str, "OpenID Connect issuer URL for staff sign-in"),
     Field("oidc", "client_id", "oidc_client_id", str, "Client id registered at the provider"),
+    Field(
+        "oidc",
+        "token_auth",
+        "oidc_token_auth",
+        str,
+        "How the client secret goes to the token endpoint: client_secret_basic (header) "
+        "or client_secret_post (form), as registered at the provider",
+    ),
     Field("oidc", "display_name", "oidc_display_name", str, "Button text: Sign in with ..."),
     Field("oidc", "scopes", "oidc_scopes", str, "Scopes asked for (space-separated)"),
     Field("oidc", "username_claim", "oidc_username_claim", str, "Claim that names the user"),
@@ -152,6 +163,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("smart", "issuers", "smart_issuers", str, "EHR FHIR base URLs that may launch the app"),
     Field("smart", "client_id", "smart_client_id", str, "Client id registered at the EHR"),
+    Field(
+        "smart",
+        "token_auth",
+        "smart_token_auth",
+        str,
+        "client_secret_basic or client_secret_post (OpenEMR's confidential apps: post)",
+    ),
     Field(
         "smart",
         "identifier_system",
@@ -241,6 +259,7 @@ class Settings:
     fhir_push_url: str = ""
     oidc_issuer: str = ""
     oidc_client_id: str = ""
+    oidc_token_auth: str = "client_secret_basic"
     oidc_display_name: str = "single sign-on"
     oidc_scopes: str = "openid profile email"
     oidc_username_claim: str = "preferred_username"
@@ -251,6 +270,7 @@ class Settings:
     oidc_require_approval: bool = False
     smart_issuers: str = ""
     smart_client_id: str = ""
+    smart_token_auth: str = "client_secret_basic"
     smart_identifier_system: str = ""
     smart_username_claim: str = "preferred_username"
     smart_role_claim: str = "fhirUser"
@@ -338,6 +358,12 @@ class Settings:
     def _check_sign_in(self) -> None:
         for section in ("oidc", "smart"):
             parse_role_map(getattr(self, f"{section}_role_map"), section)
+            method = getattr(self, f"{section}_token_auth")
+            if method not in TOKEN_AUTH_METHODS:
+                raise ConfigError(
+                    f"[{section}] token_auth must be one of {', '.join(TOKEN_AUTH_METHODS)} "
+                    f"(got {method!r}): the method the client was registered with"
+                )
             default = getattr(self, f"{section}_default_role")
             if default and default not in ROLES:
                 raise ConfigError(

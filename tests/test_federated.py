@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from appliance.cli import cli as neuronova_cli
+from appliance.config import load_settings
 from appliance.db import open_database
+from appliance.errors import ConfigError
 from appliance.layout import HomeLayout
 from appliance.security.federated import Policy, map_role, sign_in
 from appliance.security.oauth import MAX_PENDING_PER_CLIENT, OAuthError, StateStore
@@ -139,3 +141,10 @@ def test_cli_lists_and_approves_a_pending_user(home, runner: CliRunner) -> None:
     assert enabled.exit_code == 0
     assert sign_in(db, policy, ISSUER, claims("gil", "rads")) == ("gil", "radiologist")
     db.close()
+
+
+def test_token_auth_must_be_a_method_a_client_registers_with(tmp_path) -> None:
+    settings = load_settings(tmp_path, {"smart_token_auth": "client_secret_post"}, environ={})
+    assert settings.smart_token_auth == "client_secret_post"
+    with pytest.raises(ConfigError, match=r"\[oidc\] token_auth must be one of client_secret_"):
+        load_settings(tmp_path, {"oidc_token_auth": "private_key_jwt"}, environ={})

@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.slow]
 
 CLIENT_ID, SMART_CLIENT_ID = "neuronova", "neuronova-smart"
 SECRET = "fixture-client-secret-0123456789abcdef"
+SMART_SECRET = "fixture-smart-secret-fedcba9876543210"
 PASSWORD = "idp password"
 MRN_SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
 ONE_STUDY_MRN, NO_STUDY_MRN = "SMART-MRN-1", "SMART-MRN-2"
@@ -83,13 +84,18 @@ def setup(tmp_path_factory) -> Iterator[tuple[Appliance, IdP]]:
         smart_client_id=SMART_CLIENT_ID,
         smart_identifier_system=MRN_SYSTEM,
         smart_role_map="Practitioner = radiologist",
+        smart_token_auth="client_secret_post",  # as OpenEMR registers confidential apps
     )
-    secret_file = HomeLayout(appliance.settings.home).client_secret_file("oidc")
-    write_private_file(secret_file, SECRET.encode())
+    layout = HomeLayout(appliance.settings.home)
+    write_private_file(layout.client_secret_file("oidc"), SECRET.encode())
+    write_private_file(layout.client_secret_file("smart"), SMART_SECRET.encode())
+    # The provider enforces each client's registered method: the SSO client's secret in
+    # the Authorization header only, the SMART client's in the form body only.
     clients = [
         {"client_id": CLIENT_ID, "client_secret": SECRET,
          "redirect_uris": [f"{appliance.url}/api/auth/oidc/callback"]},
-        {"client_id": SMART_CLIENT_ID, "token_endpoint_auth_method": "none",
+        {"client_id": SMART_CLIENT_ID, "client_secret": SMART_SECRET,
+         "token_endpoint_auth_method": "client_secret_post",
          "redirect_uris": [f"{appliance.url}/smart/callback"]},
     ]  # fmt: skip
     workdir = tmp_path_factory.mktemp("idp")

@@ -63,11 +63,14 @@ class Endpoints:
 
 @dataclass(frozen=True)
 class Client:
-    """This appliance as a client of one server; no ``secret``: a public client (PKCE)."""
+    """This appliance as a client of one server; no ``secret``: a public client (PKCE).
+    ``auth_method`` is how a secret is sent: ``client_secret_basic`` (the Authorization
+    header) or ``client_secret_post`` (the form body), as the client was registered."""
 
     client_id: str
     secret: str | None
     redirect_uri: str
+    auth_method: str = "client_secret_basic"
 
 
 @dataclass(frozen=True)
@@ -271,10 +274,12 @@ async def exchange_code(
         "code_verifier": verifier,
     }
     auth = None
-    if client.secret:
+    if client.secret and client.auth_method == "client_secret_basic":
         auth = aiohttp.BasicAuth(client.client_id, client.secret)
     else:
         form["client_id"] = client.client_id
+        if client.secret:
+            form["client_secret"] = client.secret
     tokens = await fetch_json(http, "POST", endpoints.token_endpoint, data=form, auth=auth)
     if not isinstance(tokens.get("id_token"), str) or not isinstance(
         tokens.get("access_token"), str

@@ -69,6 +69,7 @@ async def _ehr(request: web.Request, iss: str) -> tuple[Endpoints, Client]:
         settings.smart_client_id,
         federation.client_secret(request, KIND),
         federation.base_url(request) + CALLBACK,
+        settings.smart_token_auth,
     )
     return endpoints_of(conf, issuer), client
 

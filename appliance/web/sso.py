@@ -33,6 +33,7 @@ async def _provider(request: web.Request) -> tuple[Endpoints, Client]:
         settings.oidc_client_id,
         federation.client_secret(request, KIND),
         federation.base_url(request) + CALLBACK,
+        settings.oidc_token_auth,
     )
     return endpoints, client
 

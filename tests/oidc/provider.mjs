@@ -8,6 +8,7 @@
 //                "tamper": null|"expired"|"wrong_iss"|"nonce"|"foreign_key"}},
 //   "launches": {launch id: patient id}, "patients": {patient id: FHIR Patient}}
 //
+// A client registered with client_secret_post must not send its secret in a header.
 // Interactions are one login form (no separate consent: every requested scope is
 // granted). PKCE is required for every client. The SMART parts: the scopes `launch`,
 // `launch/patient`, `fhirUser`, `patient/*.read`; the `launch` parameter is accepted at
@@ -137,6 +138,24 @@ async function tamper(idToken) {
     .sign(mode === 'foreign_key' ? foreignKey : signingKey);
 }
 
+// Strict client authentication, as servers that read a confidential client's secret only
+// from where it was registered (oidc-provider itself takes either): a client registered
+// with client_secret_post that sends an Authorization header is refused.
+const postOnly = new Set(
+  config.clients.filter((c) => c.token_endpoint_auth_method === 'client_secret_post').map((c) => c.client_id),
+);
+async function strictClientAuth(ctx, next) {
+  if (ctx.path === '/token' && ctx.method === 'POST' && ctx.get('authorization')) {
+    const basic = Buffer.from(ctx.get('authorization').replace(/^basic /i, ''), 'base64').toString();
+    if (postOnly.has(decodeURIComponent(basic.split(':')[0]))) {
+      ctx.status = 401;
+      ctx.body = { error: 'invalid_client', error_description: 'registered for client_secret_post' };
+      return undefined;
+    }
+  }
+  return next();
+}
+
 // The pretend EHR's FHIR API: SMART configuration and Patient reads.
 async function fhir(ctx, next) {
   if (!ctx.path.startsWith('/fhir/')) return next();
@@ -171,6 +190,7 @@ async function fhir(ctx, next) {
   return undefined;
 }
 
+provider.use(strictClientAuth);
 provider.use(fhir);
 provider.use(interaction);
 provider.use(tokenResponse);

@@ -41,7 +41,6 @@ from pydicom.uid import generate_uid
 from samples import native_dataset
 
 from appliance.db import open_database
-from appliance.fhir.push import push_status
 from appliance.fhir.resources import patient_key
 from appliance.layout import HomeLayout
 
@@ -488,10 +487,12 @@ def test_a_transient_failure_is_retried_and_a_refusal_is_visible(pushing):
     row = push_rows(appliance)[refused]
     assert row["status"] == 422 and "the stand-in was told to fail" in row["error"]
     assert [a for a in standin.answers if a[0] == refused] == [(refused, 422)]  # not retried
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
-    status = push_status(db)
-    db.close()
-    assert status["counts"]["failed"] == 1 and status["failures"][0]["study_uid"] == refused
+    # What the System page shows (GET /api/admin/system, admins only).
+    admin = {"Authorization": f"Bearer {api_token(appliance, 'admin', appliance.admin_password)}"}
+    system = requests.get(f"{appliance.url}/api/admin/system", headers=admin, timeout=10).json()
+    status = system["fhir_push"]
+    assert status["url"] == standin.url and status["counts"]["failed"] == 1
+    assert status["failures"][0]["study_uid"] == refused and status["failures"][0]["status"] == 422
 
 
 def test_a_deleted_study_is_deleted_from_the_fhir_server(pushing):

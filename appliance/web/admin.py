@@ -9,11 +9,14 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import sqlite_utils
 from aiohttp import web
 
 from appliance import __version__
 from appliance.backup.status import backup_summary
+from appliance.config import Settings
 from appliance.errors import ApplianceError
+from appliance.fhir.push import push_status
 from appliance.health.doctor import report, run_doctor
 from appliance.ingest.intake import HeldError, Ingest
 from appliance.ingest.modalities import add_modality, list_modalities, remove_modality
@@ -254,9 +257,18 @@ async def system(request: web.Request) -> web.Response:
             "ingest": {"failed": queue.failed_total},
             "modalities_open": not db["modalities"].count,
             "backup": backup_summary(settings),
+            "fhir_push": _fhir_push_summary(settings, db),
             "version": __version__,
         }
     )
+
+
+def _fhir_push_summary(settings: Settings, db: sqlite_utils.Database) -> dict[str, Any] | None:
+    """Studies by push state and the latest failures, or None when ``[fhir] push_url`` is
+    empty (no push)."""
+    if not settings.fhir_push_url:
+        return None
+    return {"url": settings.fhir_push_url, **push_status(db, failures=5)}
 
 
 @routes.get("/api/admin/doctor")

@@ -3,7 +3,7 @@ import { act } from 'react';
 import { createRoot, type Root } from 'react-dom/client';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { App } from './App';
-import { backupMetric } from './pages/AdminSystem';
+import { backupMetric, fhirPushMetric } from './pages/AdminSystem';
 
 (globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
 
@@ -415,6 +415,18 @@ describe('system checks', () => {
     await act(async () => byTestId('retry-all')!.click());
     await waitFor(() => bodies.length === 2);
     expect(bodies[1]).toEqual({ all: true });
+  });
+
+  it('shows the FHIR push by state, a failure first, with its reason', () => {
+    const url = 'https://fhir.clinic/r4';
+    expect(fhirPushMetric({ url, counts: { pushed: 4, gone: 1, pending: 2 }, failures: [] })).toEqual({
+      value: '5 pushed', sub: `2 waiting · to ${url}`, tone: 'ok',
+    });
+    const failure = { study_uid: '1.2.3', attempts: 1, error: 'HTTP 422: bad', status: 422 };
+    const failed = fhirPushMetric({ url, counts: { pushed: 4, failed: 1 }, failures: [failure] });
+    expect(failed).toEqual({ value: '1 failed', sub: 'HTTP 422: bad (study 1.2.3)', tone: 'bad' });
+    const retrying = { ...failure, error: 'unreachable', status: null };
+    expect(fhirPushMetric({ url, counts: { pending: 1 }, failures: [retrying] }).tone).toBe('warn');
   });
 
   it('shows the last backup with its age, or its failure, and the next daily run', async () => {

@@ -151,7 +151,17 @@ export interface SystemInfo {
   warnings?: string[];
   /** The last backup (run/backup-status.json), its age, and the daily schedule ([backup]). */
   backup?: BackupInfo;
+  /** The push to the clinic's FHIR server ([fhir] push_url); null when it is off. */
+  fhir_push?: FhirPushInfo | null;
   version: string;
+}
+
+export interface FhirPushInfo {
+  url: string;
+  /** Studies by push state: pending, pushed, failed, gone (deleted there too). */
+  counts: Partial<Record<'pending' | 'pushed' | 'failed' | 'gone', number>>;
+  /** The latest failures (and pending pushes that failed once), newest first. */
+  failures: { study_uid: string; attempts: number; error: string | null; status: number | null }[];
 }
 
 export interface BackupInfo {

@@ -1,4 +1,4 @@
-import { endpoints, type AuditEvent, type BackupInfo, type ComponentHealth, type DoctorCheck } from '../lib/api';
+import { endpoints, type AuditEvent, type BackupInfo, type ComponentHealth, type DoctorCheck, type FhirPushInfo } from '../lib/api';
 import { formatBytes, formatCount, formatDateTime, formatDuration } from '../lib/format';
 import { Link } from '../lib/router';
 import { useFetch } from '../lib/useFetch';
@@ -55,6 +55,19 @@ export function backupMetric(b: BackupInfo | undefined): { value: string; sub: s
   if (!last.ok) return { value: 'Failed', sub: `${last.error ?? 'unknown error'} · ${next}`, tone: 'bad' };
   const old = b?.age_s != null && b.age_s > BACKUP_WARN_AGE_S;
   return { value: `${formatDuration(b?.age_s)} ago`, sub: next, tone: old ? 'warn' : 'ok' };
+}
+
+/** The FHIR push's studies by state, and its latest failure's reason. */
+export function fhirPushMetric(p: FhirPushInfo): { value: string; sub: string; tone: Tone } {
+  const failed = p.counts.failed ?? 0;
+  const pending = p.counts.pending ?? 0;
+  const pushed = (p.counts.pushed ?? 0) + (p.counts.gone ?? 0);
+  const latest = p.failures[0];
+  const sub = latest
+    ? `${latest.error ?? 'failed'} (study ${latest.study_uid})`
+    : `${pending} waiting · to ${p.url}`;
+  if (failed) return { value: `${failed} failed`, sub, tone: 'bad' };
+  return { value: `${pushed} pushed`, sub, tone: latest ? 'warn' : 'ok' };
 }
 
 const CHECK_TONES: Record<DoctorCheck['status'], Tone> = { OK: 'ok', WARN: 'warn', FAIL: 'bad' };
@@ -206,6 +219,7 @@ export function AdminSystemPage() {
               testId="metric-failed"
             />
             <Metric label="Last backup" {...backupMetric(d.backup)} testId="metric-backup" />
+            {d.fhir_push && <Metric label="FHIR push" {...fhirPushMetric(d.fhir_push)} testId="metric-fhir-push" />}
           </div>
 
           <section className="card">

@@ -26,7 +26,7 @@ from conftest import DCMTK_STORESCU, require_tool, wait_for
 
 from bench.cloud import Profile, build_bundle, build_image, ensure_base_images, podman
 from bench.harness import ACCEPT, split_multipart
-from bench.synthetic import make_slices, write_series
+from bench.synthetic import Series, make_slices, write_series
 
 pytestmark = pytest.mark.slow
 
@@ -212,25 +212,44 @@ def test_two_workers_share_the_queue_and_process_each_object_once(profile, pushe
     assert_each_claimed_once(profile, series, workers)
 
 
+def freeze_holding_a_claim(
+    profile: Profile, worker: str, tmp_path, tries: int = 5
+) -> tuple[Series, subprocess.Popen]:
+    """Send series until ``worker`` is paused (``podman pause``) while it holds a claim of
+    one: (that series, its storescu). An object takes the worker milliseconds, so a whole
+    series may be stored before a claim is seen; then the next try sends a new one."""
+    storescu = require_tool(DCMTK_STORESCU, "dcmtk")
+    for attempt in range(tries):
+        folder = tmp_path / f"try{attempt}"
+        folder.mkdir()
+        series = write_series(folder, make_slices(SLICES * 2))
+        sending = subprocess.Popen([storescu, "-aet", "CT_SCANNER", "-aec", "NEURONOVA",
+                                    "127.0.0.1", str(profile.ports["DICOM_PORT"]),
+                                    *map(str, series.files)])  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = claims(profile, series)
+            if ("processing", 1) in states:
+                podman("pause", worker)
+                if ("processing", 1) in claims(profile, series):
+                    return series, sending
+                podman("unpause", worker)
+            elif [s for s, _ in states] == ["stored"] * len(series.files):
+                break  # all stored before a claim was caught: try a new series
+            time.sleep(0.02)
+        assert sending.wait(timeout=120) == 0
+    raise AssertionError(f"{worker} was never caught holding a claim in {tries} series")
+
+
 def test_a_worker_starting_beside_a_busy_one_takes_none_of_its_objects(profile, tmp_path):
     """A worker (re)starting must not take back the claims of a worker still running:
     its start-up recovery used to reset every 'processing' object to 'received', so an
     object the busy worker held was processed a second time. The busy worker is frozen
     (``podman pause``) while it holds a claim, and the other one started beside it."""
-    series = write_series(tmp_path, make_slices(SLICES * 2))
     busy, starting = profile.containers("worker")
     podman("stop", "-t", "5", starting, timeout=60)
-    storescu = require_tool(DCMTK_STORESCU, "dcmtk")
-    sending = subprocess.Popen([storescu, "-aet", "CT_SCANNER", "-aec", "NEURONOVA",
-                                "127.0.0.1", str(profile.ports["DICOM_PORT"]),
-                                *map(str, series.files)])  # fmt: skip
+    series, sending = freeze_holding_a_claim(profile, busy, tmp_path)
     try:
-        for _ in range(50):
-            wait_for(lambda: ("processing", 1) in claims(profile, series), 60, "a claim")
-            podman("pause", busy)
-            if ("processing", 1) in claims(profile, series):
-                break
-            podman("unpause", busy)
         podman("start", starting, timeout=60)
         assert sending.wait(timeout=120) == 0
         wait_for(lambda: profile.healthy(starting), 60, "the second worker")

@@ -247,16 +247,19 @@ def run_cli(
                           env=appliance.env, timeout=timeout)  # fmt: skip
 
 
+def storescu_command(port: int, files, aet: str = "STORESCU", *extra: str) -> list[str]:
+    """dcmtk's storescu sending ``files`` to AE NEURONOVA on 127.0.0.1:``port``."""
+    program = require_tool(DCMTK_STORESCU, "dcmtk")
+    return [program, *extra, "-aet", aet, "-aec", "NEURONOVA", "127.0.0.1", str(port),
+            *map(str, files)]  # fmt: skip
+
+
 def storescu(
     appliance: Appliance, files, aet: str = "STORESCU", *extra: str
 ) -> subprocess.CompletedProcess:
     """Send files to the appliance with dcmtk's storescu, as a modality would."""
-    program = require_tool(DCMTK_STORESCU, "dcmtk")
-    return subprocess.run(
-        [program, *extra, "-aet", aet, "-aec", "NEURONOVA", "127.0.0.1",
-         str(appliance.settings.dicom_port), *map(str, files)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    command = storescu_command(appliance.settings.dicom_port, files, aet, *extra)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 def journal_states(appliance: Appliance, sop_uids) -> dict[str, str]:

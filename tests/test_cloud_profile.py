@@ -22,7 +22,7 @@ import imagecodecs
 import numpy as np
 import pytest
 import requests
-from conftest import DCMTK_STORESCU, require_tool, wait_for
+from conftest import require_tool, storescu_command, wait_for
 
 from bench.cloud import Profile, build_bundle, build_image, ensure_base_images, podman
 from bench.harness import ACCEPT, split_multipart
@@ -102,10 +102,8 @@ def pushed(profile, tmp_path_factory):
     """A CT series sent with storescu to the published DICOM port, listed by QIDO."""
     slices = make_slices(SLICES)
     series = write_series(tmp_path_factory.mktemp("series"), slices)
-    storescu = require_tool(DCMTK_STORESCU, "dcmtk")
-    sent = subprocess.run([storescu, "-aet", "CT_SCANNER", "-aec", "NEURONOVA", "127.0.0.1",
-                           str(profile.ports["DICOM_PORT"]), *map(str, series.files)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    command = storescu_command(profile.ports["DICOM_PORT"], series.files, "CT_SCANNER")
+    sent = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert sent.returncode == 0, sent.stderr
     client = Client(profile)
     token = client.login("admin", admin_password(profile))
@@ -218,14 +216,12 @@ def freeze_holding_a_claim(
     """Send series until ``worker`` is paused (``podman pause``) while it holds a claim of
     one: (that series, its storescu). An object takes the worker milliseconds, so a whole
     series may be stored before a claim is seen; then the next try sends a new one."""
-    storescu = require_tool(DCMTK_STORESCU, "dcmtk")
     for attempt in range(tries):
         folder = tmp_path / f"try{attempt}"
         folder.mkdir()
         series = write_series(folder, make_slices(SLICES * 2))
-        sending = subprocess.Popen([storescu, "-aet", "CT_SCANNER", "-aec", "NEURONOVA",
-                                    "127.0.0.1", str(profile.ports["DICOM_PORT"]),
-                                    *map(str, series.files)])  # fmt: skip
+        port = profile.ports["DICOM_PORT"]
+        sending = subprocess.Popen(storescu_command(port, series.files, "CT_SCANNER"))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             states = claims(profile, series)

@@ -29,7 +29,7 @@ import imagecodecs
 import numpy as np
 import pytest
 import requests
-from conftest import DCMTK_STORESCU, free_port, require_tool, wait_for
+from conftest import free_port, require_tool, storescu_command, wait_for
 
 from appliance.config import load_settings, render_toml
 from bench.harness import ACCEPT, split_multipart
@@ -246,10 +246,8 @@ def pushed(installed, tmp_path_factory):
     """A CT series sent with dcmtk's storescu and stored (QIDO lists every instance)."""
     slices = make_slices(SLICES)
     series = write_series(tmp_path_factory.mktemp("series"), slices)
-    storescu = require_tool(DCMTK_STORESCU, "dcmtk")
-    sent = subprocess.run([storescu, "-aet", "CT_SCANNER", "-aec", "NEURONOVA", "127.0.0.1",
-                           str(installed.dicom_port), *map(str, series.files)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    command = storescu_command(installed.dicom_port, series.files, "CT_SCANNER")
+    sent = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert sent.returncode == 0, sent.stderr
     session, token = installed.login("admin", installed.password)
 

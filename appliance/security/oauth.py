@@ -14,7 +14,6 @@ value kept in the browser's cookie, so the answer is accepted once, within
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
@@ -32,7 +31,7 @@ from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
 from appliance.db import now_iso
-from appliance.security.sessions import expires_in
+from appliance.security.sessions import expires_in, secret_digest
 
 STATE_TTL = 600  # seconds a user has to sign in at the provider
 MAX_PENDING = 1000  # authorization requests in flight, all clients
@@ -85,10 +84,6 @@ class Pending:
     next: str
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 class StateStore:
     """Authorization requests in flight, in the app database (shared by its processes)."""
 
@@ -111,9 +106,9 @@ class StateStore:
             self._check_room(client)
             self.db["oauth_states"].insert(
                 {
-                    "state_hash": _sha256(state),
+                    "state_hash": secret_digest(state),
                     "kind": kind,
-                    "browser_hash": _sha256(browser),
+                    "browser_hash": secret_digest(browser),
                     "client": client,
                     "nonce": nonce,
                     "verifier": verifier,
@@ -148,7 +143,7 @@ class StateStore:
                 "DELETE FROM oauth_states WHERE state_hash = ? "
                 "RETURNING kind, browser_hash, nonce, verifier, issuer, redirect_uri, next, "
                 "expires_at",
-                [_sha256(state)],
+                [secret_digest(state)],
             ).fetchone()
         if row is None or row[0] != kind:
             raise OAuthError(
@@ -156,7 +151,7 @@ class StateStore:
             )
         if row[7] < now_iso():
             raise OAuthError(400, "state_expired", "The sign-in took too long; start again.")
-        if not secrets.compare_digest(row[1], _sha256(browser)):
+        if not secrets.compare_digest(row[1], secret_digest(browser)):
             raise OAuthError(
                 400, "wrong_browser", "This sign-in was started in another browser; start again."
             )

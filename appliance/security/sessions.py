@@ -50,8 +50,10 @@ class IssuedSession:
     refresh_token: str
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def secret_digest(secret: str) -> str:
+    """What the database keeps of a bearer secret (a refresh token, an OAuth state): its
+    SHA-256, so a copy of the database lets nobody use it."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def expires_in(seconds: int) -> str:
@@ -143,7 +145,11 @@ class SessionStore:
     def _issue(self, session_id: str, username: str, role: str) -> IssuedSession:
         refresh = secrets.token_urlsafe(32)
         self.db["refresh_tokens"].insert(
-            {"token_hash": _hash(refresh), "session_id": session_id, "created_at": now_iso()}
+            {
+                "token_hash": secret_digest(refresh),
+                "session_id": session_id,
+                "created_at": now_iso(),
+            }
         )
         access, expires_at = self.tokens.issue_access(username, role, session_id)
         csrf = self.db["sessions"].get(session_id)["csrf"]
@@ -151,7 +157,8 @@ class SessionStore:
 
     def refresh(self, refresh_token: str, client: str) -> IssuedSession:
         """Rotate a refresh token; reuse of a used one revokes the session."""
-        rows = list(self.db["refresh_tokens"].rows_where("token_hash = ?", [_hash(refresh_token)]))
+        digest = secret_digest(refresh_token)
+        rows = list(self.db["refresh_tokens"].rows_where("token_hash = ?", [digest]))
         if not rows:
             raise RefreshRejected("unknown refresh token")
         row = rows[0]

@@ -15,7 +15,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from appliance.home import init_home
 from appliance.layout import HomeLayout
 from appliance.supervise.nginx_user import let_workers_reach, worker_user
 from appliance.supervise.runner import settings_environment
+from tests.ports import reserve_port
 
 LOOPBACK = "127.0.0.1"
 DCMTK_STORESCU = Path("/usr/bin/storescu")  # the venv's `storescu` is pynetdicom's
@@ -45,10 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on right now (bind to port 0 on loopback)."""
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    """A port for a service the bench starts, reserved like the tests' (tests/ports.py)."""
+    return reserve_port()
 
 
 def wait_for(

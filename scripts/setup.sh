@@ -22,8 +22,10 @@ if [ "$with_tests" = 1 ]; then
   packages+=(debootstrap dpkg-dev lintian patchelf binutils)
   # The cloud profile on a real container engine (tests/test_cloud_profile.py, design.md
   # fact 12): podman with runc, netavark + aardvark-dns (service names resolve on the
-  # profile's internal network, which CNI's dnsname plugin leaves without DNS).
-  packages+=(podman podman-compose runc netavark aardvark-dns)
+  # profile's internal network, which CNI's dnsname plugin leaves without DNS). netavark
+  # runs iptables, which podman only suggests: without it every container on a network
+  # fails with "netavark: No such file or directory".
+  packages+=(podman podman-compose runc netavark aardvark-dns iptables)
 fi
 
 missing=()

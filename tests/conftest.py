@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,12 +17,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import programs
 import pytest
 import requests
 from click.testing import CliRunner
+from ports import reserve_port
 
 from appliance import loopback
 from appliance.cli import cli as neuronova_cli
@@ -36,6 +37,8 @@ from appliance.supervise.nginx_user import let_workers_reach, worker_user
 from appliance.supervise.runner import settings_environment
 
 START_TIMEOUT = 60.0
+PORT_TRIES = 3  # starts on fresh ports when another program took one meanwhile
+PORT_SETTINGS = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
 DCMTK_STORESCU = "/usr/bin/storescu"  # the venv's `storescu` is pynetdicom's, other options
 
 
@@ -65,6 +68,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = str(Path(tempfile.gettempdir()) / f"neuronova-tests-{os.getpid()}")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop before the first test when a program the suite runs is missing."""
+    absent = programs.missing()
+    if absent:
+        pytest.exit(programs.install_hint(absent), returncode=pytest.ExitCode.TESTS_FAILED)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Remove this run's temporary homes when every test passed."""
     basetemp = session.config.option.basetemp
@@ -73,10 +83,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on right now (bind to port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port for a service the test starts, reserved for this run (see ``ports``)."""
+    return reserve_port()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -108,6 +116,8 @@ class Appliance:
     process: subprocess.Popen | None = None
     output: Path = field(default=Path("/dev/null"))
     prefix: list[str] = field(default_factory=list)
+    own_ports: tuple[str, ...] = ()  # port settings the fixture chose, renewed on a clash
+    _output_start: int = 0
 
     @property
     def url(self) -> str:
@@ -118,23 +128,38 @@ class Appliance:
         return {**os.environ, **settings_environment(self.settings)}
 
     def start(self, wait: bool = True) -> Appliance:
-        command = [
-            *self.prefix,
-            sys.executable,
-            "-m",
-            "appliance",
-            "run",
-            "--home",
-            str(self.settings.home),
-        ]
+        """Run the appliance; with ``wait``, until healthy, on new ports if one was taken."""
+        self._launch()
+        if not wait:
+            return self
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                wait_for(self.healthy, START_TIMEOUT, f"the appliance healthy ({self.output})")
+                break
+            except AssertionError:
+                if attempt == PORT_TRIES or not self._lost_a_port():
+                    raise
+                self.stop()
+                self.settings = replace(self.settings, **{p: free_port() for p in self.own_ports})
+                self._launch()
+        wait_for(self.all_running, 10, "every child to be RUNNING")
+        return self
+
+    def _launch(self) -> None:
+        command = [*self.prefix, sys.executable, "-m", "appliance", "run",
+                   "--home", str(self.settings.home)]  # fmt: skip
+        self._output_start = self.output.stat().st_size if self.output.exists() else 0
         with open(self.output, "ab") as out:
             self.process = subprocess.Popen(
                 command, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
-        if wait:
-            wait_for(self.healthy, START_TIMEOUT, f"the appliance to be healthy ({self.output})")
-            wait_for(self.all_running, 10, "every child to be RUNNING")
-        return self
+
+    def _lost_a_port(self) -> bool:
+        """Whether this start failed because a port was taken between reserving and binding."""
+        with open(self.output, "rb") as out:
+            out.seek(self._output_start)
+            said = out.read().decode(errors="replace")
+        return "already in use" in said
 
     def health(self) -> tuple[int, dict]:
         """The full health report, as ``neuronova status`` reads it (with the status key)."""
@@ -175,15 +200,11 @@ class Appliance:
 def make_appliance(tmp_path: Path, **overrides: object) -> Appliance:
     """An initialized home on free ports, not started yet."""
     home = tmp_path / "home"
+    chosen = [port for port in PORT_SETTINGS if port not in overrides]
     values = {
         "bind": "127.0.0.1",
         "redirect_to_https": False,  # tests talk plain HTTP; the default is checked apart
-        "http_port": free_port(),
-        "https_port": free_port(),
-        "dicom_port": free_port(),
-        "app_port": free_port(),
-        "gate_port": free_port(),
-        "orthanc_port": free_port(),
+        **{port: free_port() for port in chosen},
         **overrides,
     }
     settings = load_settings(home, values, environ={})
@@ -192,7 +213,8 @@ def make_appliance(tmp_path: Path, **overrides: object) -> Appliance:
     # As an administrator would open the folders above a home: pytest's are 0700, and
     # nginx's workers run as [internal] nginx_user when the tests run as root.
     let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [home])
-    return Appliance(settings, result.admin_password, output=tmp_path / "run.out")
+    return Appliance(settings, result.admin_password, output=tmp_path / "run.out",
+                     own_ports=tuple(chosen))  # fmt: skip
 
 
 @pytest.fixture

@@ -197,6 +197,28 @@ def test_a_taken_port_is_a_clear_error(appliance_factory, port, what):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("port", "setting"),
+    [("http_port", "[web] http_port"), ("https_port", "[web] https_port"),
+     ("dicom_port", "[dicom] port"), ("app_port", "[internal] app_port"),
+     ("gate_port", "[internal] gate_port"), ("orthanc_port", "[internal] orthanc_port")],
+)  # fmt: skip
+def test_run_stops_at_once_naming_a_taken_port_its_setting_and_holder(
+    appliance_factory, port, setting
+):
+    appliance = appliance_factory()
+    number = getattr(appliance.settings, port)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", number))
+        squatter.listen()
+        result = run_cli(appliance, "run", timeout=30)
+    assert result.returncode == 1
+    assert f"Error: port {number} on 127.0.0.1 ({setting}) is already in use by " in result.stderr
+    assert f"(pid {os.getpid()})" in result.stderr  # this test process holds it
+    assert "to a free port" in result.stderr and "Traceback" not in result.stderr
+    assert not (appliance.settings.home / "run" / "supervisor.json").exists()  # nothing started
+
+
 def test_secret_files_are_0600_and_never_logged(appliance):
     layout = HomeLayout(appliance.settings.home)
     private = [

@@ -35,9 +35,10 @@ from conftest import (
 from conftest import storescu as send
 from test_backup import neuronova
 
+from appliance.backup import offsite
 from appliance.backup.daily import run_daily_backup
 from appliance.backup.prune import Keep, kept_snapshots, referenced
-from appliance.backup.repository import SNAPSHOT_NAME, Repository
+from appliance.backup.repository import SNAPSHOT_NAME, BackupError, Repository
 from appliance.backup.status import next_backup, read_status
 from appliance.cli import cli as neuronova_cli
 from appliance.config import load_settings
@@ -179,8 +180,9 @@ def _fake_repository(dest: Path, days: int) -> Repository:
         source.write_text(f"content of day {day}")
         stored = repo.put(source)
         entry = {"sha256": stored.sha256, "size": stored.size, "mtime_ns": 0, "mode": 0o600}
-        repo.save(_name(start + timedelta(days=day)),
-                  {"format": 1, "files": {"f": entry}, "databases": {}, "orthanc": {}})  # fmt: skip
+        name = _name(start + timedelta(days=day))
+        repo.save(name, {"format": 1, "name": name, "files": {"f": entry}, "databases": {},
+                         "orthanc": {}})  # fmt: skip
     return repo
 
 
@@ -201,6 +203,30 @@ def test_prune_by_hand_dry_run_then_real(home: Path, tmp_path: Path, runner: Cli
     verified = runner.invoke(neuronova_cli, ["backup", "verify", str(repo.root)])
     assert verified.exit_code == 0, verified.output
     assert len(list(repo.object_names())) == 4
+
+
+def test_push_refuses_a_tampered_manifest_on_the_remote(sftp: SftpRemote, tmp_path: Path) -> None:
+    repo = _fake_repository(tmp_path / "repo", days=2)
+    remote = offsite.Remote("offsite:tampered", sftp.config)
+    keep = Keep(daily=1, weekly=0)
+    assert offsite.push(repo, remote, keep, lambda _line: None).removed == [
+        repo.snapshot_names()[0]
+    ]
+    # A manifest only the remote holds (a name not ours: always kept, read from there).
+    entry = repo.manifest(repo.snapshot_names()[-1])["files"]["f"]
+    planted = {"format": 1, "name": "planted", "files": {"../escaped": entry},
+               "databases": {}, "orthanc": {}}  # fmt: skip
+    served = sftp.config.parent / "served" / "tampered"
+    subprocess.run([sftp.rclone, "--config", str(sftp.config), "rcat",
+                    remote.child("snapshots/planted.json")],
+                   input=json.dumps(planted), text=True, check=True)  # fmt: skip
+    objects = [p.name for p in (served / "objects").rglob("*") if p.is_file()]
+    with pytest.raises(BackupError) as refused:
+        offsite.push(repo, remote, keep, lambda _line: None)
+    assert "snapshot planted refused" in str(refused.value)
+    assert "files entry '../escaped'" in str(refused.value)
+    assert "nothing was pruned there" in str(refused.value)
+    assert set(objects) <= {p.name for p in (served / "objects").rglob("*") if p.is_file()}
 
 
 # ------------------------------------------------------------- the daily task, off-site

@@ -20,7 +20,6 @@ rclone's messages are passed through :func:`redact` before anyone sees them.
 from __future__ import annotations
 
 import configparser
-import json
 import re
 import subprocess
 import tempfile
@@ -29,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse
 from appliance.backup.prune import Keep, kept_snapshots, referenced
-from appliance.backup.repository import FORMAT, BackupError, Repository
+from appliance.backup.repository import BackupError, Repository
 from appliance.config import Settings
 from appliance.errors import MissingBinaryError
 from appliance.programs import Program, find_program
@@ -154,15 +154,13 @@ class _Rclone:
         return done.stdout
 
     def manifest(self, remote: Remote, name: str) -> dict:
-        """A snapshot manifest read from the remote."""
+        """A snapshot manifest read from the remote, validated like a local one."""
+        raw = self.run("cat", "--count", str(MAX_MANIFEST_BYTES + 1),
+                       remote.child(f"snapshots/{name}.json"))  # fmt: skip
         try:
-            data = json.loads(self.run("cat", remote.child(f"snapshots/{name}.json")))
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise BackupError(f"snapshot {name} on {remote.path} is not a NeuroNova manifest; "
-                              "nothing was pruned there.")  # fmt: skip
-        return data
+            return parse(raw.encode(), name)
+        except BackupError as exc:
+            raise BackupError(f"{exc} (on {remote.path}); nothing was pruned there.") from None
 
     def delete(self, folder: str, names: list[str]) -> None:
         """Delete the files ``names`` (relative to ``folder``) on the remote."""

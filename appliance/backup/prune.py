@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance.backup.manifest import SECTIONS
 from appliance.backup.repository import SNAPSHOT_NAME, Repository
-
-SECTIONS = ("files", "databases", "orthanc")
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,8 @@ def prune(repo: Repository, keep: Keep, dry_run: bool = False) -> PruneResult:
     """Remove the snapshots ``keep`` does not retain, then the objects none kept names.
 
     Manifests go first, objects after: interrupted at any point, every remaining
-    snapshot still has all its objects.
+    snapshot still has all its objects. A kept manifest that does not validate stops the
+    prune (:class:`BackupError`) before anything is removed.
     """
     with repo.locked():
         names = repo.snapshot_names()

@@ -8,28 +8,30 @@ copies (it holds the secrets): folders 0700, files 0600.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from appliance.errors import ApplianceError
+from appliance.backup.errors import BackupError
+from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse
 from appliance.security.keys import write_private_file
 
 CHUNK = 1 << 20
-FORMAT = 1
 SNAPSHOT_NAME = "%Y%m%dT%H%M%S%fZ"  # a snapshot's name: the UTC time it was taken
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # never a link, never a FIFO's wait
 
-
-class BackupError(ApplianceError):
-    """A backup, verify or restore that cannot go on; the message says what to do."""
+__all__ = ["BackupError", "Repository", "RepositoryBusy", "Stored", "create_inside"]
 
 
 class RepositoryBusy(BackupError):
@@ -135,23 +137,59 @@ class Repository:
         os.replace(tmp.name, target)
         return Stored(sha256, size, size)
 
-    def check(self, sha256: str) -> str | None:
-        """None if the object is there with that checksum; otherwise what is wrong."""
+    def problem(self, sha256: str, size: int) -> str | None:
+        """None if the object is a plain file of ``size`` bytes; otherwise what is wrong."""
         path = self.object_path(sha256)
         try:
-            return None if file_sha256(path) == sha256 else f"{path}: checksum mismatch"
+            info = path.lstat()
         except FileNotFoundError:
             return f"{path}: missing"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{path}: not a plain file"
+        if info.st_size != size:
+            return f"{path}: {info.st_size} bytes, the manifest says {size}"
+        return None
 
-    def copy_out(self, sha256: str, target: Path, mode: int) -> None:
-        """Write an object's content to ``target`` with ``mode``."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.object_path(sha256), "rb") as src, open(
-            os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb"
-        ) as dst:
-            while chunk := src.read(CHUNK):
-                dst.write(chunk)
-        os.chmod(target, mode)
+    def check(self, sha256: str, size: int) -> str | None:
+        """:meth:`problem`, or a checksum mismatch; None if the object is whole."""
+        if problem := self.problem(sha256, size):
+            return problem
+        try:
+            self._copy(sha256, None)
+        except BackupError as exc:
+            return str(exc)
+        return None
+
+    def copy_out(self, sha256: str, home: Path, rel: str, mode: int) -> None:
+        """Write an object's content to ``home/rel`` (a new file, with ``mode``).
+
+        No symbolic link is followed below ``home``; a content not matching ``sha256``
+        raises :class:`BackupError` (the part written stays for the caller to remove).
+        """
+        with open(create_inside(home, rel, mode), "wb") as dst:
+            os.fchmod(dst.fileno(), mode)  # the mode as saved, whatever the umask
+            self._copy(sha256, dst)
+
+    def read(self, sha256: str) -> bytes:
+        """An object's content, checked against its SHA-256."""
+        buffer = io.BytesIO()
+        self._copy(sha256, buffer)
+        return buffer.getvalue()
+
+    def _copy(self, sha256: str, dst: BinaryIO | None) -> None:
+        """Read an object (into ``dst``, if any); raise :class:`BackupError` if damaged."""
+        path = self.object_path(sha256)
+        digest = hashlib.sha256()
+        try:
+            with open(os.open(path, READ_FLAGS), "rb") as src:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    if dst is not None:
+                        dst.write(chunk)
+        except OSError as exc:
+            raise BackupError(f"{path}: cannot read it ({exc.strerror})") from None
+        if digest.hexdigest() != sha256:
+            raise BackupError(f"{path}: checksum mismatch (the object is damaged or altered)")
 
     def snapshot_names(self) -> list[str]:
         """Names of the snapshots, oldest first."""
@@ -165,24 +203,44 @@ class Repository:
         return self.manifest(names[-1]) if names else None
 
     def manifest(self, name: str) -> dict[str, Any]:
-        """One snapshot's manifest."""
+        """One snapshot's manifest, validated (:func:`appliance.backup.manifest.parse`)."""
+        path = self.snapshots / f"{name}.json"
         try:
-            data = json.loads((self.snapshots / f"{name}.json").read_text())
-        except (OSError, ValueError) as exc:
+            with open(os.open(path, READ_FLAGS), "rb") as src:
+                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                    raise BackupError(f"snapshot {name}: {path} is not a plain file")
+                raw = src.read(MAX_MANIFEST_BYTES + 1)
+        except OSError as exc:
             raise BackupError(f"cannot read snapshot {name} in {self.root}: {exc}") from exc
-        if data.get("format") != FORMAT:
-            raise BackupError(f"snapshot {name} has format {data.get('format')}, not {FORMAT}")
-        return data
+        return parse(raw, name)
 
     def save(self, name: str, manifest: dict[str, Any]) -> None:
         """Write a snapshot's manifest last, so a snapshot exists only once complete."""
-        write_private_file(self.snapshots / f"{name}.json", json.dumps(manifest).encode())
+        raw = json.dumps(manifest).encode()
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise BackupError(
+                f"snapshot {name}: its manifest would be {len(raw)} bytes, more than a "
+                f"restore reads ({MAX_MANIFEST_BYTES}); no snapshot was written."
+            )
+        write_private_file(self.snapshots / f"{name}.json", raw)
 
 
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's content, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as src:
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def create_inside(home: Path, rel: str, mode: int) -> int:
+    """Create the new file ``home/rel`` (and its folders), never through a symbolic link.
+
+    Each folder below ``home`` is opened with ``O_NOFOLLOW``, so a link planted anywhere
+    on the way fails the call instead of leading out of ``home``. Returns the open fd.
+    """
+    *folders, name = rel.split("/")
+    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for folder in folders:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder, dir_fd=fd)
+            inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        return os.open(name, flags, mode, dir_fd=fd)
+    finally:
+        os.close(fd)

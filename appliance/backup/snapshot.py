@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sqlite3
 import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.backup.repository import FORMAT, SNAPSHOT_NAME, BackupError, Repository
+from appliance.backup.manifest import FORMAT, SECTIONS, SKIPPED
+from appliance.backup.repository import SNAPSHOT_NAME, BackupError, Repository
 from appliance.config import Settings
 from appliance.home import make_home_dirs
 from appliance.layout import HomeLayout
@@ -34,10 +37,6 @@ from appliance.store.orthanc import OrthancStore, OrthancUnavailable
 
 Progress = Callable[[int, int], None]
 """Called with (items done, items in all) as a snapshot or restore goes."""
-
-# Regenerated, or taken by their own means; "rclone" (the off-site remote's credentials,
-# [backup] rclone_config) stays out so that no backup opens the off-site store.
-SKIPPED = ("run", "logs", "db", "orthanc", "rclone")
 
 
 @dataclass(frozen=True)
@@ -115,58 +114,108 @@ def _snapshot_into(
 
 
 def verify(dest: Path, progress: Progress) -> list[str]:
-    """Re-check every object every snapshot names; the problems found (empty: all good)."""
+    """Re-check every object every snapshot names; the problems found (empty: all good).
+
+    A manifest that does not validate is a problem too; its objects are not read.
+    """
     repo = Repository(dest)
     names = repo.snapshot_names()
     if not names:
         raise BackupError(f"{dest} holds no NeuroNova backup (no snapshots/*.json).")
-    wanted: set[str] = set()
+    wanted: set[tuple[str, int]] = set()
     problems: list[str] = []
     for name in names:
-        manifest = repo.manifest(name)
-        for section in ("files", "databases", "orthanc"):
-            wanted.update(entry["sha256"] for entry in manifest[section].values())
+        try:
+            manifest = repo.manifest(name)
+        except BackupError as exc:
+            problems.append(str(exc))
+            continue
+        wanted.update(_objects(manifest))
         problems += [
             f"snapshot {name}: Orthanc instance {i} has no file in the backup"
             for i, e in manifest["orthanc"].items()
             if not repo.has(e["sha256"])
         ]
-    for done, sha256 in enumerate(sorted(wanted), start=1):
-        if (problem := repo.check(sha256)) is not None:
+    for done, (sha256, size) in enumerate(sorted(wanted), start=1):
+        if (problem := repo.check(sha256, size)) is not None:
             problems.append(problem)
         progress(done, len(wanted))
     return problems
 
 
-def restore_files(src: Path, home: Path) -> dict[str, Any]:
-    """Write the newest snapshot's files and databases into ``home`` (absent or empty).
+def _objects(manifest: dict[str, Any]) -> set[tuple[str, int]]:
+    """Every object a manifest names, with the size it gives."""
+    return {(e["sha256"], e["size"]) for section in SECTIONS for e in manifest[section].values()}
 
-    Returns the manifest; its Orthanc instances go in with :func:`restore_instances`.
+
+@contextmanager
+def new_home(home: Path) -> Iterator[None]:
+    """Restore into ``home`` (absent or empty); on any failure, leave it as it was found.
+
+    What the restore made (the home, or its content, and the folders above it it had to
+    create) is removed before the error goes on.
     """
     if home.exists() and (not home.is_dir() or any(home.iterdir())):
-        raise BackupError(
-            f"{home} is not empty. Restore into a new folder: --home NEW_FOLDER."
-        )
+        raise BackupError(f"{home} is not empty. Restore into a new folder: --home NEW_FOLDER.")
+    made = next((p for p in reversed([home, *home.parents]) if not p.exists()), None)
+    try:
+        yield
+    except BaseException:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        else:
+            for child in home.iterdir():
+                _remove(child)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def restore_files(src: Path, home: Path) -> dict[str, Any]:
+    """Write the newest snapshot's files and databases into ``home`` (see :func:`new_home`).
+
+    The manifest is validated, and every object it names checked to be there with its
+    size, before anything is written; each object's SHA-256 is checked as it is copied.
+    Returns the manifest; its Orthanc instances go in with :func:`restore_instances`.
+    """
     repo = Repository(src)
     manifest = repo.latest()
     if manifest is None:
         raise BackupError(f"{src} holds no NeuroNova backup (no snapshots/*.json).")
+    _check_objects(repo, manifest)
     make_home_dirs(HomeLayout(home))
     for rel, entry in manifest["databases"].items():
-        repo.copy_out(entry["sha256"], home / rel, 0o600)
+        repo.copy_out(entry["sha256"], home, rel, 0o600)
     for rel, entry in manifest["files"].items():
-        repo.copy_out(entry["sha256"], home / rel, entry["mode"])
+        repo.copy_out(entry["sha256"], home, rel, entry["mode"])
     return manifest
+
+
+def _check_objects(repo: Repository, manifest: dict[str, Any]) -> None:
+    """Refuse the snapshot, naming the entry, if an object is missing or of another size."""
+    for section in SECTIONS:
+        for key, entry in manifest[section].items():
+            if problem := repo.problem(entry["sha256"], entry["size"]):
+                raise BackupError(f"snapshot {manifest['name']} refused, nothing restored: "
+                                  f"{section} entry {key!r}: {problem}")  # fmt: skip
 
 
 def restore_instances(
     src: Path, manifest: dict[str, Any], store: Callable[[bytes], str], progress: Progress
 ) -> int:
-    """Store every Orthanc instance of ``manifest`` through ``store``; returns the count."""
+    """Store every Orthanc instance of ``manifest`` through ``store``; returns the count.
+
+    Each instance's content is checked against its SHA-256 before Orthanc gets it.
+    """
     repo = Repository(src)
     entries = list(manifest["orthanc"].values())
     for done, entry in enumerate(entries, start=1):
-        store(repo.object_path(entry["sha256"]).read_bytes())
+        store(repo.read(entry["sha256"]))
         progress(done, len(entries))
     return len(entries)
 
@@ -195,8 +244,9 @@ def _put_file(repo: Repository, path: Path, before: dict[str, Any] | None):
         stored = None if same else repo.put(path)
     except FileNotFoundError:
         return None, 0
-    entry = {"sha256": before["sha256"] if same else stored.sha256, "size": info.st_size,
-             "mtime_ns": info.st_mtime_ns, "mode": stat.S_IMODE(info.st_mode)}  # fmt: skip
+    entry = {"sha256": before["sha256"] if same else stored.sha256,
+             "size": info.st_size if same else stored.size,  # the size of what was read
+             "mtime_ns": info.st_mtime_ns, "mode": info.st_mode & 0o777}  # fmt: skip
     return entry, 0 if same else stored.copied
 
 

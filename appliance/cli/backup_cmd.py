@@ -158,11 +158,16 @@ def verify_cmd(dest: Path) -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="The new, empty data home to restore into.")  # fmt: skip
 def restore(src: Path, home: Path) -> None:
-    """Restore the newest snapshot in SRC into a new, empty data home."""
-    manifest = snapshot.restore_files(src, home)
-    settings = dataclasses.replace(load_settings(home, {}), orthanc_port=_free_port())
-    with _orthanc(settings) as store, _bar("Restoring images") as progress:
-        count = snapshot.restore_instances(src, manifest, store.store, progress)
+    """Restore the newest snapshot in SRC into a new, empty data home.
+
+    The snapshot is checked first (its manifest, and each object as it is read); if
+    anything is wrong, or the restore fails, HOME is left as it was (absent or empty).
+    """
+    with snapshot.new_home(home):
+        manifest = snapshot.restore_files(src, home)
+        settings = dataclasses.replace(load_settings(home, {}), orthanc_port=_free_port())
+        with _orthanc(settings) as store, _bar("Restoring images") as progress:
+            count = snapshot.restore_instances(src, manifest, store.store, progress)
     click.echo(
         f"Restored snapshot {manifest['name']} into {home}: {len(manifest['files'])} files, "
         f"{count} Orthanc instances. Start it with `neuronova run --home {home}`."

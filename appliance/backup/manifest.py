@@ -1,0 +1,187 @@
+"""A snapshot manifest is untrusted input: the schema and paths it must hold to be read.
+
+A backup's folder, and its off-site copy above all, is where a manifest can be changed. So
+restore, verify, prune and push read a manifest only through :func:`parse`, which refuses
+the whole manifest, naming the entry, unless:
+
+- it is at most :data:`MAX_MANIFEST_BYTES`, JSON, with exactly the keys and types below;
+- every object is named by a SHA-256 (64 lowercase hex digits), never by a path;
+- every file path is relative and normalised (no ``..``, ``.`` or empty component, no
+  NUL, no leading ``/``), stays out of the folders a restore makes itself or skips, and
+  is never both a file and a folder;
+- a file's mode holds only the ordinary permission bits (0o777: no set-uid, set-gid or
+  sticky bit).
+
+What a manifest cannot prove alone (each object there with the size it names, its content
+matching its digest) is checked against the repository when read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from appliance.backup.errors import BackupError
+from appliance.layout import HomeLayout
+
+FORMAT = 1
+MAX_MANIFEST_BYTES = 1 << 30  # about 5 million Orthanc instances
+MAX_OBJECT_SIZE = 1 << 44
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+MAX_TEXT = 4096
+SECTIONS = ("files", "databases", "orthanc")
+DATABASES = ("db/appliance.db", "db/queue.db")
+# Regenerated, or taken by their own means; "rclone" (the off-site remote's credentials,
+# [backup] rclone_config) stays out so that no backup opens the off-site store.
+SKIPPED = ("run", "logs", "db", "orthanc", "rclone")
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+ORTHANC_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+SNAPSHOT = re.compile(r"[0-9A-Za-z._-]{1,64}")
+
+
+def _octal(value: Any) -> str:
+    return oct(value) if type(value) is int else _shown(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 300 else f"{text[:297]}..."
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a manifest or of an entry: its test, and what it must be (for messages)."""
+
+    check: Callable[[Any], bool]
+    must_be: str
+    show: Callable[[Any], str] = _shown
+
+
+def _integer(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda value: type(value) is int and low <= value <= high
+
+
+def _matching(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+DIGEST = Field(_matching(HEX64), "a SHA-256 (64 lowercase hex digits)")
+SIZE = Field(_integer(0, MAX_OBJECT_SIZE), f"a whole number of bytes up to {MAX_OBJECT_SIZE}")
+TEXT = Field(lambda v: isinstance(v, str) and len(v) <= MAX_TEXT, f"text up to {MAX_TEXT} chars")
+TOP: dict[str, Field] = {
+    "format": Field(_integer(FORMAT, FORMAT), f"{FORMAT}"),
+    "name": Field(_matching(SNAPSHOT), "a snapshot name (letters, digits, '._-')"),
+    "created": TEXT,
+    "home": TEXT,
+    "bytes_copied": SIZE,
+}
+OPTIONAL = ("created", "home", "bytes_copied")
+ENTRY: dict[str, dict[str, Field]] = {
+    "files": {
+        "sha256": DIGEST,
+        "size": SIZE,
+        "mtime_ns": Field(_integer(-(1 << 63), (1 << 63) - 1), "a 64-bit time in ns"),
+        "mode": Field(_integer(0, 0o777), "permission bits within 0o777", _octal),
+    },
+    "databases": {"sha256": DIGEST, "size": SIZE},
+    "orthanc": {
+        "uuid": Field(_matching(UUID), "an Orthanc attachment UUID"),
+        "sha256": DIGEST,
+        "size": SIZE,
+    },
+}
+
+
+def parse(raw: bytes, name: str) -> dict[str, Any]:
+    """The manifest of snapshot ``name`` from its bytes; :class:`BackupError` if invalid."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BackupError(f"snapshot {name}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BackupError(f"snapshot {name}: manifest is not JSON ({exc})") from None
+    problem = _top_problem(data) or _sections_problem(data) or _conflict(data["files"])
+    if problem:
+        raise BackupError(f"snapshot {name} refused (its manifest is not valid): {problem}")
+    return data
+
+
+def _top_problem(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return "the manifest is not a JSON object"
+    unknown = set(data) - set(TOP) - set(SECTIONS)
+    missing = set(TOP) - set(OPTIONAL) - set(data) | set(SECTIONS) - set(data)
+    if unknown or missing:
+        return f"unknown keys {sorted(unknown)}, missing keys {sorted(missing)}"
+    for key, field in TOP.items():
+        if key in data and not field.check(data[key]):
+            return f"'{key}' is {_shown(data[key])}, not {field.must_be}"
+    return next((f"'{s}' is not a JSON object" for s in SECTIONS
+                 if not isinstance(data[s], dict)), None)  # fmt: skip
+
+
+def _sections_problem(data: dict[str, Any]) -> str | None:
+    for section in SECTIONS:
+        for key, entry in data[section].items():
+            problem = _key_problem(section, key) or _entry_problem(section, entry)
+            if problem:
+                return f"{section} entry {_shown(key)}: {problem}"
+    return None
+
+
+def _key_problem(section: str, key: str) -> str | None:
+    if section == "files":
+        return path_problem(key)
+    if section == "databases":
+        return None if key in DATABASES else f"not one of {', '.join(DATABASES)}"
+    return None if ORTHANC_ID.fullmatch(key) else "not an Orthanc instance ID"
+
+
+def _entry_problem(section: str, entry: Any) -> str | None:
+    fields = ENTRY[section]
+    if not isinstance(entry, dict) or set(entry) != set(fields):
+        return f"must be an object with exactly the keys {', '.join(fields)}"
+    for key, field in fields.items():
+        if not field.check(entry[key]):
+            return f"'{key}' is {field.show(entry[key])}, not {field.must_be}"
+    return None
+
+
+def path_problem(rel: str) -> str | None:
+    """What makes ``rel`` unfit as a path inside a new home; None if it is fit."""
+    if "\0" in rel or len(rel.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        return f"a path must hold no NUL and at most {MAX_PATH_BYTES} bytes"
+    if rel.startswith("/"):
+        return "an absolute path; only paths inside the home are restored"
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "a path with an empty, '.' or '..' component; only normalised paths inside the home"
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for part in parts):
+        return f"a path component longer than {MAX_NAME_BYTES} bytes"
+    if parts[0] in SKIPPED:
+        return f"inside {parts[0]}/, which a backup never holds as files"
+    return None
+
+
+def _conflict(files: dict[str, Any]) -> str | None:
+    """A path that would be both a file and a folder of the restored home."""
+    folders = {str(parent) for rel in files for parent in PurePosixPath(rel).parents}
+    clash = next((rel for rel in files if rel in folders | home_folders()), None)
+    if clash is None:
+        return None
+    return f"files entry {_shown(clash)}: would be both a file and a folder of the home"
+
+
+def home_folders() -> set[str]:
+    """The folders a new home has (``make_home_dirs``), relative to it."""
+    layout = HomeLayout(Path("."))
+    made = [*layout.entry_dirs(), *layout.private_dirs(), *layout.shared_dirs()]
+    return {path.as_posix() for path in made if path != Path(".")}
+

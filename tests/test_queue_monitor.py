@@ -309,11 +309,15 @@ def test_a_failed_object_shows_with_its_reason_and_comes_back_on_retry(appliance
 
     wait_for(failed, 60, "the damaged object to fail")
     admin = {"Authorization": f"Bearer {api_token(appliance, 'admin', appliance.admin_password)}"}
-    scrape = requests.get(f"{appliance.url}/api/metrics", headers=admin, timeout=30).text
-    gauges = {(s.name, tuple(sorted(s.labels.items()))): s.value
-              for f in text_string_to_metric_families(scrape) for s in f.samples}  # fmt: skip
-    assert gauges[("neuronova_queue_tasks", (("kind", "ingest"), ("state", "pending")))] >= 0
-    assert gauges[("neuronova_ingest_objects", (("state", "failed"),))] >= 1
+
+    def gauges() -> dict:
+        scrape = requests.get(f"{appliance.url}/api/metrics", headers=admin, timeout=30).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(scrape) for s in f.samples}  # fmt: skip
+
+    pending_ingest = ("neuronova_queue_tasks", (("kind", "ingest"), ("state", "pending")))
+    wait_for(lambda: gauges()[pending_ingest] == 0, 30, "the ingest queue's gauge to read 0")
+    assert gauges()[("neuronova_ingest_objects", (("state", "failed"),))] >= 1
     resp = requests.get(f"{appliance.url}/api/admin/queue", headers=admin, timeout=30)
     assert resp.status_code == 200, resp.text
     state = resp.json()

@@ -286,7 +286,7 @@ def test_a_silent_connection_is_closed_after_the_artim_timeout(receiver):
         sock.settimeout(60)
         started = time.monotonic()
         assert sock.recv(1) == b""
-        assert 9 < time.monotonic() - started < 15
+        assert 9 < time.monotonic() - started < 25  # 10 s; it was 30 s before
 
 
 def test_one_address_cannot_take_every_association_slot(receiver):

@@ -95,6 +95,29 @@ def ensure_base_images() -> None:
     import_root(bookworm_root("redis", ["redis-server"]), REDIS_IMAGE, [f"CMD {REDIS_CMD}"])
 
 
+def check_engine(workdir: Path) -> None:
+    """Build and run one tiny container on a network of its own, as the profile will.
+
+    Raises ``RuntimeError`` naming what to install or configure: a container engine that
+    cannot do this fails every container of the profile, deep inside ``compose up``.
+    """
+    name = f"nn-engine-check-{os.getpid()}"
+    (workdir / "Containerfile").write_text(f"FROM {BASE_IMAGE}\nRUN true\n")
+    try:
+        podman("build", "-q", "-t", f"localhost/{name}", str(workdir), timeout=300)
+        podman("network", "create", "--internal", name)
+        podman("run", "--rm", "--network", name, f"localhost/{name}", "true", timeout=120)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"the container engine cannot run a container on a network: {exc}\n"
+            "Run `bash scripts/setup.sh --test`: podman needs runc, netavark, aardvark-dns and "
+            "iptables (netavark runs it), and /etc/containers/containers.conf from that script"
+        ) from None
+    finally:
+        podman("network", "rm", "-f", name, check=False)
+        podman("rmi", "-f", f"localhost/{name}", check=False)
+
+
 def build_bundle(out: Path) -> Path:
     """The PyInstaller bundle of this checkout (``packaging/build.py``), in ``out``."""
     return load_build().build_bundle(out / "bundle")

@@ -24,7 +24,14 @@ import pytest
 import requests
 from conftest import require_tool, storescu_command, wait_for
 
-from bench.cloud import Profile, build_bundle, build_image, ensure_base_images, podman
+from bench.cloud import (
+    Profile,
+    build_bundle,
+    build_image,
+    check_engine,
+    ensure_base_images,
+    podman,
+)
 from bench.harness import ACCEPT, split_multipart
 from bench.synthetic import Series, make_slices, write_series
 
@@ -42,6 +49,10 @@ def image(tmp_path_factory) -> Iterator[str]:
                              ("debootstrap", "debootstrap")):  # fmt: skip
         require_tool(program, package)
     ensure_base_images()
+    try:
+        check_engine(tmp_path_factory.mktemp("engine"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
     tag = f"localhost/neuronova-test/appliance:{os.getpid()}"
     build_image(build_bundle(tmp_path_factory.mktemp("dist")), tag)
     yield tag

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Fetch the pinned OHIF viewer build and install it under ``spa_dist/pacs-viewer/``.
 
-Set-up step, run before the package is installed, so it uses the standard library only::
+Set-up step, run by ``scripts/setup.sh`` with the virtual environment's Python; it needs
+the standard library and ``brotli`` (a dependency of the appliance)::
 
     python packaging/fetch_ohif.py [--dest spa_dist/pacs-viewer] [--cache DIR] [--force]
 
@@ -14,8 +15,12 @@ What it does (design.md, measured fact 4):
 2. Extract only ``package/dist/`` into a temporary folder next to the destination.
 3. Rebase the build from ``/`` onto ``/pacs-viewer/`` (index.html, the webpack runtime
    public path in every JS bundle that sets it, CSS ``url(/...)``) and check each edit.
+   Preload the main bundle and the OpenJPH codec from index.html.
 4. Write our ``app-config.js`` (one same-origin DICOMweb data source, no credentials).
-5. Swap the folder into place and leave a marker, so a re-run at the same version and
+5. Precompress: a brotli (``.br``, quality 11) and a gzip -9 (``.gz``) sibling next to
+   every compressible file, which nginx sends as they are (``brotli_static``,
+   ``gzip_static``) instead of compressing 26 MB at level 5 for every cold load.
+6. Swap the folder into place and leave a marker, so a re-run at the same version and
    configuration is a fast no-op.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import hashlib
 import json
 import os
@@ -34,6 +40,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +57,7 @@ DATA_SOURCE_NAME = "neuronova"
 
 MARKER_NAME = ".neuronova-ohif.json"
 # Bump when the patches or the marker's meaning change, to force a reinstall.
-INSTALL_FORMAT = 1
+INSTALL_FORMAT = 2
 DIST_PREFIX = "package/dist/"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +72,21 @@ PUBLIC_URL_RE = re.compile(r"""window\.PUBLIC_URL\s*=\s*(['"])/\1""")
 # Root-relative attribute values in index.html (not protocol-relative `//host`).
 ROOT_ATTR_RE = re.compile(r"""\b(src|href|content)=(['"])/(?!/)""")
 CSS_ROOT_URL_RE = re.compile(r"""url\((\s*['"]?)/(?!/)""")
+HEAD_RE = re.compile(r"<head[^>]*>", re.I)
+# The WebAssembly codec that decodes the archive's HTJ2K frames (OpenJPH).
+OPENJPH_WASM_NEEDLE = b"HTJ2KDecoder"
+
+# Precompression: text and WebAssembly (images and fonts are compressed already). Source
+# maps and ort/ (ONNX Runtime, 136 MB, for a segmentation tool the viewer's CSP keeps
+# off) are left out: the package does not ship them (neuronova.spec) and brotli's
+# best quality would take minutes over them.
+COMPRESSIBLE_SUFFIXES = frozenset(
+    {".js", ".mjs", ".css", ".wasm", ".html", ".json", ".jsonc", ".svg", ".xml", ".txt",
+     ".webapp", ".ico"}
+)  # fmt: skip
+NOT_PRECOMPRESSED_DIRS = frozenset({"ort"})
+MIN_COMPRESS_BYTES = 1024  # nginx's gzip_min_length: smaller answers go as they are
+BROTLI_QUALITY, BROTLI_WINDOW = 11, 24  # brotli's best; 2.37 MB for the 17.4 MB bundle
 
 
 class FetchError(Exception):
@@ -82,6 +104,7 @@ class PatchReport:
     css_files: list[str] = field(default_factory=list)
     css_urls: int = 0
     manifest_icons: int = 0
+    preloads: list[str] = field(default_factory=list)
 
 
 def log(message: str) -> None:
@@ -373,15 +396,105 @@ def patch_manifest_file(root: Path, report: PatchReport) -> None:
     write_text(path, text)
 
 
+def preload_links(bundle: str, codec: str, base: str = PUBLIC_PATH) -> str:
+    """``<link rel=preload>`` for the main bundle and the HTJ2K codec.
+
+    The codec is fetched by the decode workers only once the 17 MB bundle has run; asked
+    for at once, it comes from the HTTP cache by then (it is cached as immutable). A
+    fetch() from a worker is a CORS-mode, same-origin-credentials request: hence
+    ``as="fetch"`` and ``crossorigin``.
+    """
+    return (
+        f'<link rel="preload" href="{base}{bundle}" as="script">'
+        f'<link rel="preload" href="{base}{codec}" as="fetch" type="application/wasm" '
+        "crossorigin>"
+    )
+
+
+def openjph_wasm(root: Path) -> str:
+    """The file name of the OpenJPH WebAssembly codec at the top of the dist."""
+    found = sorted(p.name for p in root.glob("*.wasm") if OPENJPH_WASM_NEEDLE in p.read_bytes())
+    if len(found) != 1:
+        raise FetchError(f"expected one OpenJPH .wasm ({OPENJPH_WASM_NEEDLE!r}), found {found}")
+    return found[0]
+
+
+def add_preloads(root: Path, report: PatchReport) -> None:
+    """Preload the main bundle and the OpenJPH codec from the top of index.html's head."""
+    path = root / "index.html"
+    text = read_text(path)
+    bundles = re.findall(r'src="' + re.escape(PUBLIC_PATH) + r'(app\.bundle\.[^"]+\.js)"', text)
+    if len(bundles) != 1:
+        raise FetchError(f"index.html should load one app.bundle.*.js, found {bundles}")
+    codec = openjph_wasm(root)
+    text, count = HEAD_RE.subn(lambda m: m[0] + preload_links(bundles[0], codec), text, count=1)
+    if count != 1:
+        raise FetchError("index.html has no <head> to put the preloads in")
+    write_text(path, text)
+    report.preloads = [bundles[0], codec]
+
+
 def patch_tree(root: Path) -> PatchReport:
     """Apply and verify every patch in the extracted dist at ``root``."""
     report = PatchReport()
     patch_index_file(root, report)
     patch_js_files(root, report)
     check_main_bundle_patched(root, report)
+    add_preloads(root, report)
     patch_css_files(root, report)
     patch_manifest_file(root, report)
     return report
+
+
+# --------------------------------------------------------------------------- precompress
+
+
+def compressible(root: Path, path: Path) -> bool:
+    """Whether ``path`` gets precompressed siblings (see :data:`COMPRESSIBLE_SUFFIXES`)."""
+    return (
+        path.suffix.lower() in COMPRESSIBLE_SUFFIXES
+        and path.relative_to(root).parts[0] not in NOT_PRECOMPRESSED_DIRS
+        and path.stat().st_size >= MIN_COMPRESS_BYTES
+    )
+
+
+def compress_file(path: Path) -> tuple[int, int, int]:
+    """Write ``path.br`` and ``path.gz`` (each only if smaller than the file itself).
+
+    Returns the sizes of the file, its brotli and its gzip form (a sibling not written
+    counts as the file's own size). The gzip stream has no name and no time in it, so a
+    rebuild writes the same bytes.
+    """
+    import brotli  # the appliance's dependency; imported here so the rest runs without it
+
+    data = path.read_bytes()
+    sizes = [len(data)]
+    for suffix, packed in (
+        (".br", brotli.compress(data, quality=BROTLI_QUALITY, lgwin=BROTLI_WINDOW)),
+        (".gz", gzip.compress(data, compresslevel=9, mtime=0)),
+    ):
+        sibling = path.with_name(path.name + suffix)
+        if len(packed) < len(data):
+            sibling.write_bytes(packed)
+            sizes.append(len(packed))
+        else:
+            sibling.unlink(missing_ok=True)
+            sizes.append(len(data))
+    return sizes[0], sizes[1], sizes[2]
+
+
+def precompress_tree(root: Path, workers: int | None = None) -> tuple[int, int, int, int]:
+    """Precompress every compressible file under ``root``, biggest first, on every core
+    (brotli lets go of the GIL). Returns (files, bytes, brotli bytes, gzip bytes)."""
+    paths = sorted(
+        (p for p in root.rglob("*") if p.is_file() and compressible(root, p)),
+        key=lambda p: p.stat().st_size,
+        reverse=True,
+    )
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        sizes = list(pool.map(compress_file, paths))
+    raw, br, gz = (sum(column) for column in zip(*sizes, strict=True)) if sizes else (0, 0, 0)
+    return len(sizes), raw, br, gz
 
 
 # --------------------------------------------------------------------------- app config
@@ -422,10 +535,14 @@ window.config = {{
   experimentalStudyBrowserSort: false,
   groupEnabledModesFirst: true,
   allowMultiSelectExport: false,
+  // Requests in flight at once per kind. nginx speaks HTTP/2 on HTTPS: all of them share
+  // one connection (256 streams at most) instead of waiting for one of the browser's six
+  // HTTP/1.1 connections, and Chrome sends the answers of equal priority in request
+  // order, so the image on screen still comes first.
   maxNumRequests: {{
     interaction: 100,
-    thumbnail: 5,
-    prefetch: 25,
+    thumbnail: 25,
+    prefetch: 100,
   }},
   showErrorDetails: 'always',
   defaultDataSourceName: {source_name},
@@ -550,7 +667,14 @@ def build(tarball: Path, staged: Path, app_config: str, marker: dict[str, object
         f"{report.css_urls} CSS url(/) in {len(report.css_files)} file(s), "
         f"{report.manifest_icons} manifest icons"
     )
+    log(f"preloading {', '.join(report.preloads)} from index.html")
     (staged / "app-config.js").write_text(app_config, encoding="utf-8")
+    started = time.monotonic()
+    count, raw, br, gz = precompress_tree(staged)
+    log(
+        f"precompressed {count} files in {time.monotonic() - started:.0f} s: "
+        f"{raw / 1e6:.1f} MB, brotli {br / 1e6:.1f} MB, gzip -9 {gz / 1e6:.1f} MB"
+    )
     (staged / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     make_world_readable(staged)
     log(f"wrote app-config.js; {files} files staged")

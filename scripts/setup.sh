@@ -13,7 +13,9 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 # rclone: the daily backup's off-site copies ([backup] remote, docs/operations.md).
-packages=(nginx-light orthanc orthanc-dicomweb dcmtk rclone python3-venv python3-dev curl ca-certificates)
+# libnginx-mod-http-brotli-static: nginx sends the viewer's precompressed .br files.
+packages=(nginx-light libnginx-mod-http-brotli-static orthanc orthanc-dicomweb dcmtk rclone
+          python3-venv python3-dev curl ca-certificates)
 # npm fetches the OHIF viewer; a machine that already has Node.js (e.g. NodeSource) keeps it.
 command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$with_tests" = 1 ]; then

@@ -6,10 +6,12 @@ The real download is exercised by running the set-up script; nothing here uses t
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import importlib.util
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -127,6 +129,9 @@ def test_manifest_icons_are_rebased() -> None:
     assert manifest["start_url"] == "./index.html"
 
 
+CODEC = "37fa160cc3a47cfd.wasm"
+
+
 def make_dist(root: Path, bundle: str = JS_BUNDLE) -> None:
     """Write a tiny stand-in for the OHIF ``dist/`` folder."""
     root.mkdir(parents=True, exist_ok=True)
@@ -136,6 +141,8 @@ def make_dist(root: Path, bundle: str = JS_BUNDLE) -> None:
     (root / "other.js").write_text("console.log(1);")
     (root / "app.bundle.css").write_text(CSS)
     (root / "manifest.json").write_text(json.dumps({"icons": [{"src": "/assets/a.png"}]}))
+    (root / CODEC).write_text("\0asm ... HTJ2KDecoder ...")
+    (root / "0ddf166f7a343eda.wasm").write_text("\0asm ... J2KDecoder ...")
 
 
 def test_patch_tree_reports_every_patch(tmp_path: Path) -> None:
@@ -144,6 +151,7 @@ def test_patch_tree_reports_every_patch(tmp_path: Path) -> None:
     assert report.js_files == ["app.bundle.0f6159c501addfe9.js", "compute.bundle.1.js"]
     assert (report.index_public_url, report.index_root_attrs) == (2, 5)
     assert (report.css_urls, report.manifest_icons) == (2, 1)
+    assert report.preloads == ["app.bundle.0f6159c501addfe9.js", CODEC]
     assert '"/pacs-viewer/"' in (tmp_path / "compute.bundle.1.js").read_text()
     assert (tmp_path / "other.js").read_text() == "console.log(1);"
 
@@ -159,6 +167,63 @@ def test_patch_tree_fails_when_index_has_no_public_url(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text('<script src="/app.bundle.x.js"></script>')
     with pytest.raises(fetch_ohif.FetchError, match=r"index\.html patch did not apply"):
         fetch_ohif.patch_tree(tmp_path)
+
+
+def test_index_html_preloads_the_main_bundle_and_the_htj2k_codec(tmp_path: Path) -> None:
+    make_dist(tmp_path)
+    fetch_ohif.patch_tree(tmp_path)
+    text = (tmp_path / "index.html").read_text()
+    head = text.index("<head>") + len("<head>")
+    assert text[head:].startswith(
+        '<link rel="preload" href="/pacs-viewer/app.bundle.0f6159c501addfe9.js" as="script">'
+        f'<link rel="preload" href="/pacs-viewer/{CODEC}" as="fetch" type="application/wasm" '
+        "crossorigin>"
+    )
+    assert text.count('rel="preload"') == 3  # and OHIF's own for app-config.js
+
+
+def test_preloads_fail_loudly_without_the_codec(tmp_path: Path) -> None:
+    make_dist(tmp_path)
+    (tmp_path / CODEC).unlink()
+    with pytest.raises(fetch_ohif.FetchError, match=r"expected one OpenJPH \.wasm"):
+        fetch_ohif.patch_tree(tmp_path)
+
+
+# --------------------------------------------------------------------------- precompress
+
+
+def test_precompress_writes_br_and_gz_siblings_that_decode_to_the_file(tmp_path: Path) -> None:
+    brotli = pytest.importorskip("brotli")
+    text = ("function f(x) { return x * 2; }\n" * 400).encode()
+    (tmp_path / "app.bundle.0f6159c501addfe9.js").write_bytes(text)
+    (tmp_path / "app.bundle.css").write_bytes(b".a{color:red}\n" * 200)
+    (tmp_path / "codec.wasm").write_bytes(b"\0asm" + bytes(4000))
+    (tmp_path / "small.js").write_bytes(b"x" * 100)  # under gzip_min_length: left alone
+    (tmp_path / "logo.png").write_bytes(b"\x89PNG" + bytes(4000))  # images are compressed
+    (tmp_path / "x.js.map").write_bytes(b"{}" * 2000)  # not shipped
+    (tmp_path / "ort").mkdir()
+    (tmp_path / "ort" / "ort.min.js").write_bytes(text)  # not shipped
+    (tmp_path / "random.js").write_bytes(os.urandom(4096))  # would not shrink: no siblings
+
+    count, raw, br, gz = fetch_ohif.precompress_tree(tmp_path)
+
+    names = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*[rz]"))
+    assert names == [
+        "app.bundle.0f6159c501addfe9.js.br",
+        "app.bundle.0f6159c501addfe9.js.gz",
+        "app.bundle.css.br",
+        "app.bundle.css.gz",
+        "codec.wasm.br",
+        "codec.wasm.gz",
+    ]
+    assert count == 4 and br < gz < raw
+    for name in ("app.bundle.0f6159c501addfe9.js", "app.bundle.css", "codec.wasm"):
+        original = (tmp_path / name).read_bytes()
+        assert brotli.decompress((tmp_path / f"{name}.br").read_bytes()) == original
+        assert gzip.decompress((tmp_path / f"{name}.gz").read_bytes()) == original
+    # gzip -9 without a name or a time: the same bytes at every build.
+    packed = (tmp_path / "app.bundle.css.gz").read_bytes()
+    assert packed[3] == 0 and packed[4:8] == bytes(4) and packed[8] == 2
 
 
 # --------------------------------------------------------------------------- integrity
@@ -239,6 +304,8 @@ def test_app_config_evaluates_in_javascript() -> None:
     assert ds["omitQuotationForMultipartRequest"] is True
     assert ds["bulkDataURI"] == {"enabled": True}
     assert "acceptHeader" not in ds and "requestTransferSyntaxUID" not in ds
+    # HTTP/2: more requests in flight than HTTP/1.1's six connections would allow.
+    assert config["maxNumRequests"] == {"interaction": 100, "thumbnail": 25, "prefetch": 100}
 
 
 # --------------------------------------------------------------------------- extract, install
@@ -297,6 +364,7 @@ def test_install_from_cache_then_noop(
 
     assert fetch_ohif.main(argv) == 0
     assert "app-config.js" in {p.name for p in dest.iterdir()}
+    assert (dest / "app-config.js.br").is_file() and (dest / "app-config.js.gz").is_file()
     assert "/api/pacs/dicom-web" in (dest / "app-config.js").read_text()
     assert (dest / fetch_ohif.MARKER_NAME).is_file()
     assert dest.stat().st_mode & 0o777 == 0o755

@@ -13,11 +13,14 @@ from yarl import URL
 
 import bundled_nginx
 from appliance.config import Settings, is_host_name
+from appliance.errors import MissingBinaryError
 from appliance.layout import HomeLayout
+from appliance.programs import find_program
 from appliance.security.keys import write_private_file
 from appliance.security.tls import TLSError, cert_file, certificate_info, host_names, key_file
 from appliance.store.frame_files import BOUNDARY as FRAMES_BOUNDARY
 from appliance.store.orthanc import orthanc_auth_header
+from appliance.supervise.binaries import BROTLI_STATIC_MODULE, NGINX, find_nginx_module
 from appliance.supervise.nginx_user import let_workers_reach, user_directive, worker_user
 from spa_dist import spa_root
 
@@ -76,7 +79,9 @@ TLS_SETTINGS = """
 
 
 def _listen(settings: Settings, port: int, tls: bool = False, default: bool = False) -> str:
-    suffix = (" ssl" if tls else "") + (" default_server" if default else "")
+    # HTTP/2 on the TLS port (browsers speak it only over TLS): the viewer's frames and
+    # files multiplexed on one connection instead of six HTTP/1.1 ones per host.
+    suffix = (" http2 ssl" if tls else "") + (" default_server" if default else "")
     return f"        listen {settings.bind}:{port}{suffix};"
 
 
@@ -147,6 +152,24 @@ def real_ip_settings(settings: Settings) -> str:
     return bundled_nginx.template_text("cloudflare.conf.template") if settings.cloudflare else ""
 
 
+def brotli_static_module() -> Path | None:
+    """Debian's ``ngx_http_brotli_static_module`` for the nginx that will run, if present."""
+    try:
+        nginx = find_program(NGINX)
+    except MissingBinaryError:
+        return None
+    return find_nginx_module(BROTLI_STATIC_MODULE, nginx)
+
+
+def precompressed(brotli: bool) -> str:
+    """The directives that send the viewer's precompressed siblings (``.br`` to browsers
+    that accept brotli when the module is loaded, else ``.gz``) instead of compressing
+    the same files again at every cold load."""
+    lines = ["brotli_static on;"] if brotli else []
+    lines += ["gzip_static on;", "gzip_vary on;"]
+    return "\n".join(f"            {line}" for line in lines)
+
+
 def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
     """Write ``nginx.conf`` (mode 0600: it holds Orthanc's credentials) and its folders.
 
@@ -162,6 +185,7 @@ def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
         workers, layout.home, [layout.frames_dir, spa_root(), layout.log_dir, temp_dir]
     )
     basic = orthanc_auth_header(settings).removeprefix("Basic ")
+    brotli = brotli_static_module()
     instance_id = secrets.token_hex(8)
     layout.nginx_instance_file.write_text(instance_id)
     common = {
@@ -174,6 +198,7 @@ def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
         "https_port": str(settings.https_port),
         "server_names": " ".join(server_names(settings, layout)),
         "max_upload": f"{settings.max_upload_mb}m",
+        "viewer_precompressed": precompressed(brotli is not None),
     }
     app_server = bundled_nginx.template_text("server.conf.template")
     tls = TLS_SETTINGS.format(cert=cert_file(layout), key=key_file(layout))
@@ -214,6 +239,7 @@ def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
         bundled_nginx.template_text(),
         {
             "user_line": user_directive(workers),
+            "load_modules": f"load_module {brotli};" if brotli else "",
             "run_dir": str(layout.nginx_conf.parent),
             "error_log": error_log,
             "access_log": access_log,

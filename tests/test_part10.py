@@ -6,16 +6,20 @@ from __future__ import annotations
 import io
 import itertools
 import re
+import struct
+import timeit
 import zlib
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.filewriter import write_dataset
+from pynetdicom.dsutils import encode
 from samples import TEST_FILES
 
 from appliance.ingest.journal import HEADER_KEYWORDS, describe
 from appliance.ingest.part10 import scan, scan_file
+from bench.mutations import split_part10
 
 LIMIT = 64 * 1024**2
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -150,3 +154,120 @@ def test_a_header_element_with_an_unknown_vr_is_refused() -> None:
     stream = stream[: at + 4] + b"CW" + stream[at + 6 :]
     with pytest.raises(ValueError, match=r"\(0008,0060\) has an unknown VR 'CW'"):
         _scan(stream, "1.2.840.10008.1.2.1")
+
+
+# ------------------------------------------------ nested lengths, as DCMTK reads them
+
+IMPLICIT = "1.2.840.10008.1.2"
+BEAMS, MANUFACTURER, DESCRIPTION = 0x300A00B0, 0x00080070, 0x00081030
+
+
+def _element(tag: int, value: bytes, length: int | None = None) -> bytes:
+    """An Implicit VR Little Endian element (or item, or delimiter) with ``length``
+    declared (its real length by default)."""
+    declared = len(value) if length is None else length
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, declared) + value
+
+
+def _item(content: bytes, length: int | None = None) -> bytes:
+    return _element(0xFFFEE000, content, length)
+
+
+def _then_more(stream: bytes) -> bytes:
+    """``stream`` followed by a top-level element: whatever overruns inside the stream
+    still lies inside the data set, so only the nested lengths can tell."""
+    return stream + _element(DESCRIPTION, b"Whole plan")
+
+
+def _ends(data: bytes, length: int | None = None) -> bytes:
+    return _element(BEAMS, data, length)
+
+
+NAME = _element(MANUFACTURER, b"Linac co. " * 2)  # 28 bytes
+NESTED_REFUSALS = [
+    ("an element longer than its item", _ends(_item(NAME, 10)),
+     "(0008,0070) overruns its item by 18 bytes"),
+    ("an item longer than its sequence", _ends(_item(NAME), 20),
+     "an item overruns (300A,00B0) by 16 bytes"),
+    ("a sequence delimiter in a defined-length sequence",
+     _ends(_item(NAME) + _element(0xFFFEE0DD, b"")),
+     "expected an item in (300A,00B0), found (FFFE,E0DD)"),
+    ("an item delimiter in a defined-length item",
+     _ends(_item(NAME + _element(0xFFFEE00D, b""))),
+     "unexpected delimiter (FFFE,E00D) in the data set"),
+    ("an undefined-length element that is no sequence",
+     _element(MANUFACTURER, b"", 0xFFFFFFFF) + _element(0xFFFEE0DD, b""),
+     "(0008,0070) has an undefined length and is no sequence"),
+    ("a pixel data fragment of undefined length",
+     _element(0x7FE00010, b"", 0xFFFFFFFF) + _item(b"", 0xFFFFFFFF),
+     "a fragment of (7FE0,0010) has an undefined length"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("stream", "reason"), [r[1:] for r in NESTED_REFUSALS], ids=[r[0] for r in NESTED_REFUSALS]
+)
+def test_nested_lengths_are_checked_as_dcmtk_checks_them(stream: bytes, reason: str) -> None:
+    """Each of these got Success before: a defined-length sequence or item was skipped
+    whole, so what lay inside it was never read (DCMTK refuses every one)."""
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        _scan(_then_more(stream), IMPLICIT)
+
+
+def test_a_whole_defined_length_sequence_is_accepted() -> None:
+    stream = _then_more(_ends(_item(NAME) + _item(b"") + _item(NAME)))
+    assert _scan(stream, IMPLICIT).StudyDescription == "Whole plan"
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("how", ["pydicom dcmwrite", "pynetdicom encode"])
+def test_the_truncated_plan_re_encoded_is_refused(how: str) -> None:
+    """pydicom reads rtplan_truncated.dcm (its Beam Sequence cut short) and writes back
+    what it read: the sequence's length now fits the file, its item's (968) does not.
+    The receiver acknowledged that; DCMTK refuses it, and now the receiver too."""
+    plan = pydicom.dcmread(TEST_FILES / "rtplan_truncated.dcm")
+    if how == "pydicom dcmwrite":
+        written = io.BytesIO()
+        pydicom.dcmwrite(written, plan)
+        body = split_part10(written.getvalue())[1]
+    else:
+        body = encode(plan, True, True)
+    with pytest.raises(ValueError, match=re.escape("an item overruns (300A,00B0) by 265 bytes")):
+        _scan(body, IMPLICIT)
+
+
+# ---------------------------------------------------------------- linear time
+
+
+def _nested(depth: int) -> bytes:
+    """An item nested ``depth`` deep in defined-length sequences and items."""
+    stream = NAME
+    for _ in range(depth):
+        stream = _ends(_item(stream))
+    return stream
+
+
+def _repeated(block: bytes, size: int) -> bytes:
+    return block * (size // len(block))
+
+
+ADVERSARIAL_STREAMS = {
+    "items nested 32 deep, defined lengths": lambda n: _repeated(_nested(32), n),
+    "tiny elements, deflated": lambda n: _repeated(b"\x08\x00\x70\x00LO\x00\x00", n),
+    "tiny items in one sequence": lambda n: _ends(_repeated(_item(b""), n)),
+}
+
+
+@pytest.mark.parametrize("make", ADVERSARIAL_STREAMS.values(), ids=ADVERSARIAL_STREAMS.keys())
+def test_the_check_runs_in_linear_time(make) -> None:
+    """Four times the bytes cost about four times the time (a quadratic walk: sixteen)."""
+    deflated = make is ADVERSARIAL_STREAMS["tiny elements, deflated"]
+
+    def cost(size: int) -> float:
+        stream = make(size)
+        stream, syntax = (_deflate(stream), DEFLATED) if deflated else (stream, IMPLICIT)
+        return min(timeit.repeat(lambda: _scan(stream, syntax), number=1, repeat=3))
+
+    small, large = cost(256 * 1024), cost(1024**2)
+    assert large < 8 * small, f"{small * 1000:.1f} ms, then {large * 1000:.1f} ms"
+    assert large < 2.0

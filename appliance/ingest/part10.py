@@ -4,10 +4,12 @@ header elements the journal needs, without decoding the data set.
 The receiver runs this for every object while the modality waits for the answer, so it
 walks the encoding itself instead of building pydicom elements: every element's tag and
 length is read (values are skipped, pixel data is never read), sequences and
-encapsulated pixel data are followed item by item, and the walk must end exactly at the
-end of the data set (PS3.5 section 7). Only the top-level elements the caller names are
-kept, and decoded by pydicom. A Deflated data set (PS3.5 A.5) is inflated as it is
-walked, a chunk at a time, and refused once it inflates beyond a limit.
+encapsulated pixel data are followed item by item, a sequence or item of defined length
+must hold exactly its declared bytes, and the walk must end exactly at the end of the
+data set (PS3.5 section 7): what this accepts, DCMTK (Orthanc's parser) reads whole.
+Only the top-level elements the caller names are kept, and decoded by pydicom. A
+Deflated data set (PS3.5 A.5) is inflated as it is walked, a chunk at a time, and
+refused once it inflates beyond a limit.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import functools
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import DicomDictionary, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag, Tag
@@ -34,12 +37,15 @@ _LONG_VRS = frozenset(
 )
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+# Implicit VR tells a sequence only by its tag.
+_SEQUENCE_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 _CHARACTER_SET = 0x00080005
 _MAX_DEPTH = 32
 # The header elements kept (UIDs, names, dates, descriptions) are short by definition;
 # a larger declared length is refused before its value is read into memory.
 MAX_HEADER_VALUE = 64 * 1024
-_KNOWN_VRS = frozenset(vr.value for vr in VR)
+_VR_CODES = frozenset(vr.value.encode("ascii") for vr in VR if len(vr.value) == 2)
 _CHUNK = 256 * 1024
 
 
@@ -48,7 +54,9 @@ class _Truncated(Exception):
 
 
 class _Source(Protocol):
-    """The encoded data set, read forwards."""
+    """The encoded data set, read forwards; ``position`` counts the bytes passed so far."""
+
+    position: int
 
     def take(self, size: int) -> bytes:
         """Exactly ``size`` bytes; :class:`_Truncated` when fewer remain."""
@@ -66,6 +74,7 @@ class _FileSource:
     def __init__(self, fp: BinaryIO, end: int) -> None:
         self._fp = fp
         self._left = end - fp.tell()
+        self.position = 0
 
     def take(self, size: int) -> bytes:
         self._use(size)
@@ -82,38 +91,48 @@ class _FileSource:
         if size > self._left:
             raise _Truncated
         self._left -= size
+        self.position += size
 
 
 class _InflatingSource:
-    """A Deflated data set, inflated a chunk at a time; at most ``limit`` bytes in all."""
+    """A Deflated data set, inflated a chunk at a time; at most ``limit`` bytes in all.
+
+    Reads move an offset through the inflated chunk (no copy of what is left of it), so
+    many small reads cost what one large one does.
+    """
 
     def __init__(self, fp: BinaryIO, limit: int) -> None:
         self._fp = fp
         self._limit = limit
         self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         self._buffer = b""
+        self._offset = 0
         self._inflated = 0
+        self.position = 0
 
     def take(self, size: int) -> bytes:
-        while len(self._buffer) < size:
+        while len(self._buffer) - self._offset < size:
             if not self._inflate():
                 raise _Truncated
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        data = self._buffer[self._offset : self._offset + size]
+        self._offset += size
+        self.position += size
         return data
 
     def skip(self, size: int) -> None:
-        while size > len(self._buffer):
-            size -= len(self._buffer)
-            self._buffer = b""
+        self.position += size
+        while size > len(self._buffer) - self._offset:
+            size -= len(self._buffer) - self._offset
+            self._buffer, self._offset = b"", 0
             if not self._inflate():
                 raise _Truncated
-        self._buffer = self._buffer[size:]
+        self._offset += size
 
     def at_end(self) -> bool:
-        return not self._buffer and not self._inflate()
+        return self._offset == len(self._buffer) and not self._inflate()
 
     def _inflate(self) -> bool:
-        """Inflate the next chunk into the buffer; False at the end of the stream."""
+        """Inflate the next chunk onto what is left of the buffer; False at the end."""
         while not self._inflater.eof:
             data = self._inflater.unconsumed_tail or self._fp.read(_CHUNK)
             try:
@@ -124,7 +143,7 @@ class _InflatingSource:
             if self._inflated > self._limit:
                 raise ValueError(f"the deflated data set inflates beyond {_mb(self._limit)}")
             if out:
-                self._buffer += out
+                self._buffer, self._offset = self._buffer[self._offset :] + out, 0
                 return True
             if not data:
                 raise ValueError("the deflated data set ends before its end marker")
@@ -135,51 +154,69 @@ def _mb(size: int) -> str:
     return f"{size / 1024**2:.0f} MB"
 
 
+def _holds_items(tag: int, vr: bytes | None) -> bool:
+    """Whether an element of undefined length is a sequence, as DCMTK reads it: SQ, UN
+    (PS3.5 6.2.2), or in Implicit VR a tag the dictionary calls SQ or does not know."""
+    if vr is not None:
+        return vr in (b"SQ", b"UN")
+    try:
+        return dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return True
+
+
 class _Walker:
-    """Follows every element of one data set; keeps the wanted top-level ones."""
+    """Follows every element of one data set; keeps the wanted top-level ones.
+
+    Sequences and items are walked whatever their length: one of defined length must
+    hold exactly its declared bytes, and nothing inside it may run past its end (DCMTK
+    refuses such an object: "larger than explicit length of surrounding item").
+    ``limit`` is the position where the innermost defined-length sequence or item ends
+    (None at the top level, where the end of the data set bounds it). The recursion is
+    bounded by :data:`_MAX_DEPTH` and every byte is passed once: linear time.
+    """
 
     def __init__(
         self, source: _Source, implicit: bool, little: bool, wanted: frozenset[int]
     ) -> None:
         self.source = source
-        self.implicit = implicit
+        self._wanted = wanted
+        self.found: dict[BaseTag, RawDataElement] = {}
+        self.top = 0  # the top-level element being read, for the truncation message
+        self.limit: int | None = None
+        self._holder = "the data set"
+        self._encode(implicit, little)
+
+    def _encode(self, implicit: bool, little: bool) -> None:
+        """Read on in this encoding (a UN sequence's items are Implicit VR Little Endian)."""
+        self.implicit, self.little = implicit, little
         endian = "<" if little else ">"
         self._implicit = struct.Struct(endian + "HHL")  # also items and delimiters
         self._explicit = struct.Struct(endian + "HH2sH")
         self._length = struct.Struct(endian + "L")
-        self._wanted = wanted
-        self.found: dict[BaseTag, RawDataElement] = {}
-        self.little = little
-        self.tag = 0  # the element being read, for the error message
 
-    def walk(self, depth: int = 0) -> None:
-        """Elements up to the end of the data set (``depth`` 0) or an Item Delimiter."""
+    def walk(self, depth: int = 0, end: int | None = None) -> None:
+        """Elements up to the end of the data set (``depth`` 0), of a defined-length item
+        (``end``) or of an undefined-length item (its Item Delimiter)."""
         if depth > _MAX_DEPTH:
             raise ValueError(f"sequences are nested more than {_MAX_DEPTH} deep")
-        while not (depth == 0 and self.source.at_end()):
+        while not self._item_done(depth, end):
             tag, vr, length = self._element_header()
-            self.tag = tag
-            if tag == _ITEM_END and depth:
+            if depth == 0:
+                self.top = tag
+            if tag == _ITEM_END and depth and end is None:
                 return
             if tag >> 16 == 0xFFFE:
                 raise ValueError(f"unexpected delimiter {_tag_text(tag)} in the data set")
             if length == _UNDEFINED:
-                self._items(depth, implicit=self.implicit or vr == b"UN")
-            elif depth == 0 and tag in self._wanted:
-                if length > MAX_HEADER_VALUE:
-                    raise ValueError(
-                        f"{_tag_text(tag)} declares {length} bytes; "
-                        f"at most {MAX_HEADER_VALUE // 1024} KB is accepted"
-                    )
-                vr_text = None if vr is None else vr.decode("ascii", "replace")
-                if vr_text is not None and vr_text not in _KNOWN_VRS:
-                    raise ValueError(f"{_tag_text(tag)} has an unknown VR {vr_text!r}")
-                value = self.source.take(length)
-                self.found[BaseTag(tag)] = RawDataElement(
-                    BaseTag(tag), vr_text, length, value, 0, self.implicit, self.little, True
-                )
+                self._undefined_length(tag, vr, depth)
             else:
-                self.source.skip(length)
+                self._value(tag, vr, length, depth)
+
+    def _item_done(self, depth: int, end: int | None) -> bool:
+        if end is not None:
+            return self.source.position == end
+        return depth == 0 and self.source.at_end()
 
     def _element_header(self) -> tuple[int, bytes | None, int]:
         """Tag, VR (None in Implicit VR and for items and delimiters) and value length."""
@@ -193,29 +230,102 @@ class _Walker:
             return tag, None, self._implicit.unpack(head)[2]
         if vr in _LONG_VRS:
             return tag, vr, self._length.unpack(self.source.take(4))[0]
-        if not (vr.isalpha() and vr.isupper()):
-            raise ValueError(
-                f"element {_tag_text(tag)} has no VR: the data set is not in Explicit VR"
-            )
+        if vr not in _VR_CODES:
+            raise _bad_vr(tag, vr)
         return tag, vr, length
 
-    def _items(self, depth: int, implicit: bool) -> None:
-        """The items of an undefined-length sequence or encapsulated pixel data."""
-        saved, self.implicit = self.implicit, implicit
-        try:
-            while True:
-                group, element, length = self._implicit.unpack(self.source.take(8))
-                tag = group << 16 | element
-                if tag == _SEQUENCE_END:
-                    return
-                if tag != _ITEM:
-                    raise ValueError(f"expected an item, found {_tag_text(tag)}")
-                if length == _UNDEFINED:
-                    self.walk(depth + 1)
-                else:
-                    self.source.skip(length)
-        finally:
-            self.implicit = saved
+    def _within(self, length: int, tag: int, item: bool = False) -> None:
+        """Refuse ``length`` more bytes (of element ``tag``, or of an item of it) that would
+        run past the end of the defined-length sequence or item around them."""
+        if self.limit is not None and self.source.position + length > self.limit:
+            what = "an item" if item else _tag_text(tag)
+            over = self.source.position + length - self.limit
+            raise ValueError(f"{what} overruns {self._holder} by {over} bytes")
+
+    def _value(self, tag: int, vr: bytes | None, length: int, depth: int) -> None:
+        """A value of defined length: a sequence is walked, a wanted one kept, others skipped."""
+        self._within(length, tag)
+        if vr == b"SQ" or (vr is None and tag in _SEQUENCE_TAGS):
+            self._bounded(length, _tag_text(tag), self._items, tag, depth, length)
+        elif depth == 0 and tag in self._wanted:
+            self._keep(tag, vr, length)
+        else:
+            self.source.skip(length)
+
+    def _bounded(
+        self, length: int, holder: str, walk: Callable[..., None], *args: int | None
+    ) -> None:
+        """``walk(*args)`` over the next ``length`` bytes, none of it past them. (An error
+        ends the whole walk, so the bound is restored only on the way out of a good one.)"""
+        saved = self.limit, self._holder
+        self.limit, self._holder = self.source.position + length, holder
+        walk(*args)
+        self.limit, self._holder = saved
+
+    def _keep(self, tag: int, vr: bytes | None, length: int) -> None:
+        if length > MAX_HEADER_VALUE:
+            raise ValueError(
+                f"{_tag_text(tag)} declares {length} bytes; "
+                f"at most {MAX_HEADER_VALUE // 1024} KB is accepted"
+            )
+        vr_text = None if vr is None else vr.decode("ascii")
+        self.found[BaseTag(tag)] = RawDataElement(
+            BaseTag(tag), vr_text, length, self.source.take(length), 0, self.implicit,
+            self.little, True,
+        )  # fmt: skip
+
+    def _undefined_length(self, tag: int, vr: bytes | None, depth: int) -> None:
+        """Encapsulated Pixel Data, or a sequence (UN: in Implicit VR Little Endian)."""
+        self._within(0, tag)
+        if tag == _PIXEL_DATA and vr in (None, b"OB", b"OW"):
+            self._fragments()
+        elif _holds_items(tag, vr):
+            saved = self.implicit, self.little
+            if vr == b"UN":
+                self._encode(True, True)
+            self._items(tag, depth, None)
+            self._encode(*saved)
+        else:
+            raise ValueError(f"{_tag_text(tag)} has an undefined length and is no sequence")
+
+    def _item_header(self) -> tuple[int, int]:
+        group, element, length = self._implicit.unpack(self.source.take(8))
+        return group << 16 | element, length
+
+    def _items(self, tag: int, depth: int, length: int | None) -> None:
+        """The items of a sequence: ``length`` bytes of them, or up to its delimiter."""
+        end = None if length is None else self.source.position + length
+        while end is None or self.source.position < end:
+            item, size = self._item_header()
+            self._within(0 if size == _UNDEFINED else size, tag, item=True)
+            if item == _SEQUENCE_END and end is None:
+                return
+            if item != _ITEM:
+                raise ValueError(f"expected an item in {_tag_text(tag)}, found {_tag_text(item)}")
+            if size == _UNDEFINED:
+                self.walk(depth + 1)
+            else:
+                self._bounded(size, "its item", self.walk, depth + 1, self.source.position + size)
+
+    def _fragments(self) -> None:
+        """Encapsulated Pixel Data: items of defined length up to the Sequence Delimiter."""
+        while True:
+            item, size = self._item_header()
+            if item == _SEQUENCE_END:
+                return
+            if item != _ITEM:
+                raise ValueError(f"expected a fragment in (7FE0,0010), found {_tag_text(item)}")
+            if size == _UNDEFINED:
+                raise ValueError("a fragment of (7FE0,0010) has an undefined length")
+            self._within(size, _PIXEL_DATA)
+            self.source.skip(size)
+
+
+def _bad_vr(tag: int, vr: bytes) -> ValueError:
+    """Not a VR (DCMTK reads an unknown one of two capitals with a 4-byte length)."""
+    if vr.isalpha() and vr.isupper():
+        return ValueError(f"{_tag_text(tag)} has an unknown VR {vr.decode('ascii')!r}")
+    return ValueError(f"element {_tag_text(tag)} has no VR: the data set is not in Explicit VR")
 
 
 def _tag_text(tag: int) -> str:
@@ -267,7 +377,7 @@ def scan(
     try:
         walker.walk()
     except _Truncated:
-        raise ValueError(f"data set truncated inside element {_tag_text(walker.tag)}") from None
+        raise ValueError(f"data set truncated inside element {_tag_text(walker.top)}") from None
     ds = Dataset(walker.found)
     charset = convert_encodings(ds.get("SpecificCharacterSet") or default_encoding)
     ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian, charset)

@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +97,34 @@ def test_a_truncated_object_is_refused_with_the_reason(receiver, raw_sending, tm
     sop = pydicom.dcmread(path).SOPInstanceUID
     assert journal_states(receiver, [sop]) == {}
     assert not spool_files(receiver)
+
+
+def test_a_re_encoded_object_truncated_inside_an_item_is_refused(receiver, tmp_path):
+    """pynetdicom sends the plan pydicom reads from rtplan_truncated.dcm: its Beam
+    Sequence's length fits, its item's does not. It got Success (DCMTK and Orthanc refuse
+    it); now 0xC000 with the reason, nothing journaled or spooled, and the next object of
+    the same association is stored."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = pydicom.dcmread(TEST_FILES / "rtplan_truncated.dcm")
+    plan.SOPInstanceUID = generate_uid()
+    good = renamed_copy(TEST_FILES / "CT_small.dcm", tmp_path / "ct.dcm")
+    ae = AE(ae_title="REENCODE")
+    ae.add_requested_context(RTPlanStorage, "1.2.840.10008.1.2")
+    ae.add_requested_context(CTImageStorage, str(good.file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", receiver.settings.dicom_port, ae_title="NEURONOVA")
+    assert assoc.is_established
+    try:
+        refused, stored = assoc.send_c_store(plan), assoc.send_c_store(good)
+    finally:
+        assoc.release()
+    assert refused.Status == 0xC000
+    assert refused.ErrorComment == "Cannot understand: an item overruns (300A,00B0) by 265 bytes"
+    assert stored.Status == 0x0000
+    wait_stored(receiver, [good.SOPInstanceUID])
+    assert journal_states(receiver, [plan.SOPInstanceUID]) == {}
+    assert not spool_files(receiver)
+    assert "an item overruns (300A,00B0) by 265 bytes" in receiver_log(receiver)
 
 
 def deflate_bomb(path: Path, inflated: int) -> Path:

@@ -34,6 +34,7 @@ def init_home(settings: Settings) -> InitResult:
     load_or_create_secret(layout.jwt_key_file, 48)
     load_or_create_secret(layout.orthanc_password_file, 24)
     load_or_create_secret(layout.status_key_file, 32)
+    load_or_create_secret(layout.backup_key_file, 32)
     ensure_certificate(layout)
     db = open_database(layout.database_file)
     admin_password = None

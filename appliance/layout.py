@@ -35,6 +35,11 @@ class HomeLayout:
         return self.secrets_dir / f"{kind}-client-secret"
 
     @property
+    def backup_key_file(self) -> Path:
+        """The key that signs this home's backup manifests (HMAC-SHA256); in no backup."""
+        return self.secrets_dir / "backup-key"
+
+    @property
     def fhir_push_authorization_file(self) -> Path:
         """The ``Authorization`` header value sent to ``[fhir] push_url`` (if it needs one)."""
         return self.secrets_dir / "fhir-push-authorization"

@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.config import load_settings
+from appliance.layout import HomeLayout
 from appliance.store.orthanc import OrthancStore
 from appliance.supervise.nginx_user import let_workers_reach, worker_user
 from bench.harness import (
@@ -141,8 +142,9 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         incremental = backup(original, dest)
         incremental_parts = new_bytes_by_part(dest)
         new_bytes = extra.total_bytes
+        key = str(HomeLayout(original.settings.home).backup_key_file)
         restore_seconds = neuronova(original.env, "restore", str(dest), "--home",
-                                       str(workdir / "restored"))  # fmt: skip
+                                    str(workdir / "restored"), "--key-file", key)  # fmt: skip
         restored = restored_appliance(workdir / "restored")
         with running(restored):
             same = compare(original, restored, [*first.sop_uids, *second.sop_uids,

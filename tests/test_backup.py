@@ -143,8 +143,12 @@ def test_backup_while_sending_then_restore(appliance_factory, tmp_path: Path) ->
     assert busy.returncode == 1 and busy.stderr.splitlines()[-1].startswith("Error: ")
     assert "is not empty" in busy.stderr
     new_home = tmp_path / "restored" / "home"
-    restored_run = neuronova("restore", str(dest), "--home", str(new_home))
+    key_file = HomeLayout(original.settings.home).backup_key_file
+    restored_run = neuronova("restore", str(dest), "--home", str(new_home),
+                             "--key-file", str(key_file))  # fmt: skip
     assert restored_run.returncode == 0, restored_run.stderr
+    assert "Warning" not in restored_run.stderr  # signed, and checked with its key
+    assert HomeLayout(new_home).backup_key_file.read_bytes() == key_file.read_bytes()
     restored_audit = rows(new_home, AUDIT_SQL)  # before the restored appliance adds its own
     restored = restored_appliance(new_home, original.admin_password)
     try:
@@ -191,7 +195,7 @@ def _same_records(original: Appliance, restored: Appliance, restored_audit: list
     assert set(restored_audit) <= set(rows(old, AUDIT_SQL))
     assert {"share_created", "admin_change", "login_ok"} <= {row[2] for row in restored_audit}
     assert (new / "neuronova.toml").read_text() == (old / "neuronova.toml").read_text()
-    for secret in ("jwt-signing.key", "orthanc-password"):
+    for secret in ("jwt-signing.key", "orthanc-password", "backup-key"):
         path = HomeLayout(new).secrets_dir / secret
         assert path.read_bytes() == (HomeLayout(old).secrets_dir / secret).read_bytes()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600

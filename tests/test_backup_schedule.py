@@ -273,7 +273,8 @@ def test_daily_backup_goes_off_site_and_restores_from_there(
     verified = neuronova("backup", "verify", str(fresh))
     assert verified.returncode == 0, verified.stderr
     new_home = tmp_path / "restored"
-    restored = neuronova("restore", str(fresh), "--home", str(new_home))
+    restored = neuronova("restore", str(fresh), "--home", str(new_home),
+                         "--key-file", str(layout.backup_key_file))  # fmt: skip
     assert restored.returncode == 0, restored.stderr
     _same_orthanc_files(appliance, series, new_home)
     assert not (new_home / "rclone").exists()  # the remote's credentials stay out

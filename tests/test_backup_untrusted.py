@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,8 +31,9 @@ from test_backup import neuronova
 
 from appliance.backup import manifest as manifest_module
 from appliance.backup.errors import BackupError
-from appliance.backup.manifest import parse
+from appliance.backup.manifest import parse, sign, signed
 from appliance.backup.repository import Repository, create_inside
+from appliance.layout import HomeLayout
 from bench.synthetic import make_slices, write_series
 
 Tamper = Callable[[dict, Path], str]
@@ -62,6 +65,28 @@ def _copy(backup: Path, tmp_path: Path) -> tuple[Repository, Path]:
     """A copy of the backup, and its one manifest's path."""
     repo = Repository(shutil.copytree(backup, tmp_path / "backup"))
     return repo, repo.snapshots / f"{repo.snapshot_names()[-1]}.json"
+
+
+def _key_file(appliance: Appliance) -> Path:
+    return HomeLayout(appliance.settings.home).backup_key_file
+
+
+def _resign(manifest: dict, appliance: Appliance) -> dict:
+    """``manifest`` signed again with the home's own key: as if the attacker had it."""
+    body = {k: v for k, v in manifest.items() if k != "mac"}
+    return sign(body, _key_file(appliance).read_bytes().strip())
+
+
+def _restore(repo: Repository, home: Path, *extra: str):
+    return neuronova("restore", str(repo.root), "--home", str(home), *extra)
+
+
+def _refused(result, expected: str) -> None:
+    """An Error: line (exit 1, no traceback) saying ``expected``."""
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("Error: ")
+    assert expected in result.stderr, result.stderr
 
 
 def _entry(manifest: dict, section: str) -> tuple[str, dict]:
@@ -136,31 +161,29 @@ TAMPERINGS = [
 @pytest.mark.slow
 @pytest.mark.parametrize("tamper", TAMPERINGS, ids=lambda tamper: tamper.__name__)
 def test_a_tampered_snapshot_is_refused_and_nothing_written(
-    backup: Path, tmp_path: Path, tamper: Tamper
+    appliance_module: Appliance, backup: Path, tmp_path: Path, tamper: Tamper
 ) -> None:
+    """Even signed again with the right key, each tampering is refused."""
     repo, manifest_file = _copy(backup, tmp_path)
     manifest = json.loads(manifest_file.read_text())
     expected = tamper(manifest, repo.root)
-    manifest_file.write_text(json.dumps(manifest))
+    manifest_file.write_text(json.dumps(_resign(manifest, appliance_module)))
     beside = tmp_path / "restore-here"
     beside.mkdir()
-    restored = neuronova("restore", str(repo.root), "--home", str(beside / "home"))
-    assert restored.returncode == 1, restored.stdout
-    assert "Traceback" not in restored.stderr
-    assert restored.stderr.splitlines()[-1].startswith("Error: ")
-    assert expected in restored.stderr, restored.stderr
+    restored = _restore(repo, beside / "home", "--key-file", str(_key_file(appliance_module)))
+    _refused(restored, expected)
     assert os.listdir(beside) == []  # no home, nothing beside it (../escaped, absolute)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "restore-here"]
 
 
 @pytest.mark.slow
 def test_verify_and_prune_refuse_a_tampered_manifest(
-    backup: Path, home: Path, tmp_path: Path
+    appliance_module: Appliance, backup: Path, home: Path, tmp_path: Path
 ) -> None:
     repo, manifest_file = _copy(backup, tmp_path)
     manifest = json.loads(manifest_file.read_text())
     _rename(manifest, "../escaped")
-    manifest_file.write_text(json.dumps(manifest))
+    manifest_file.write_text(json.dumps(_resign(manifest, appliance_module)))
     objects = set(repo.object_names())
     verified = neuronova("backup", "verify", str(repo.root))
     assert verified.returncode == 1 and "Traceback" not in verified.stderr
@@ -174,15 +197,62 @@ def test_verify_and_prune_refuse_a_tampered_manifest(
 
 @pytest.mark.slow
 def test_a_restore_that_fails_midway_leaves_an_empty_home_empty(
-    backup: Path, tmp_path: Path
+    appliance_module: Appliance, backup: Path, tmp_path: Path
 ) -> None:
     repo, manifest_file = _copy(backup, tmp_path)
     expected = flipped_byte("orthanc")(json.loads(manifest_file.read_text()), repo.root)
     home = tmp_path / "empty-home"
     home.mkdir()
-    restored = neuronova("restore", str(repo.root), "--home", str(home))
-    assert restored.returncode == 1 and expected in restored.stderr, restored.stderr
+    _refused(_restore(repo, home, "--key-file", str(_key_file(appliance_module))), expected)
     assert home.is_dir() and os.listdir(home) == []
+
+
+# ------------------------------------------------------------------ signed snapshots
+
+
+def test_a_backup_never_holds_its_key(appliance_module: Appliance, backup: Path) -> None:
+    manifest = Repository(backup).latest()
+    assert manifest is not None and signed(manifest)
+    assert "secrets/backup-key" not in manifest["files"]
+    assert "secrets/jwt-signing.key" in manifest["files"]
+    assert stat.S_IMODE(_key_file(appliance_module).stat().st_mode) == 0o600
+
+
+@pytest.mark.slow
+def test_a_changed_manifest_or_another_key_is_refused(
+    appliance_module: Appliance, backup: Path, tmp_path: Path
+) -> None:
+    repo, manifest_file = _copy(backup, tmp_path)
+    key = ["--key-file", str(_key_file(appliance_module))]
+    other = tmp_path / "other-key"
+    other.write_text(secrets.token_urlsafe(32))
+    _refused(_restore(repo, tmp_path / "new", "--key-file", str(other)),
+             "signed with another backup key than the one given")  # fmt: skip
+    _refused(_restore(repo, tmp_path / "new"), "is signed: give the backup key")
+    raw = manifest_file.read_text()
+    digest = _entry(json.loads(raw), "files")[1]["sha256"]
+    flipped = digest[:-1] + ("0" if digest[-1] != "0" else "1")  # one byte, still valid
+    manifest_file.write_text(raw.replace(digest, flipped, 1))
+    _refused(_restore(repo, tmp_path / "new", *key), "its manifest was changed")
+    verified = neuronova("backup", "verify", str(repo.root), *key)
+    assert verified.returncode == 1 and "its manifest was changed" in verified.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "other-key"]
+
+
+@pytest.mark.slow
+def test_an_unsigned_snapshot_is_restored_only_when_allowed(
+    appliance_module: Appliance, backup: Path, tmp_path: Path
+) -> None:
+    repo, manifest_file = _copy(backup, tmp_path)
+    manifest = json.loads(manifest_file.read_text())
+    del manifest["mac"]  # as every snapshot taken before they were signed
+    manifest_file.write_text(json.dumps(manifest))
+    _refused(_restore(repo, tmp_path / "new"), "restore it with --allow-unsigned")
+    assert not (tmp_path / "new").exists()
+    restored = _restore(repo, tmp_path / "new", "--allow-unsigned")
+    assert restored.returncode == 0, restored.stderr
+    assert f"Warning: snapshot {manifest['name']} is not signed" in restored.stderr
+    assert (tmp_path / "new" / "neuronova.toml").is_file()
 
 
 def test_a_manifest_over_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

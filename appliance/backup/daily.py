@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.backup import offsite
+from appliance.backup.manifest import backup_key
 from appliance.backup.prune import Keep, prune
 from appliance.backup.repository import BackupError, Repository, RepositoryBusy
 from appliance.backup.snapshot import Progress, take_snapshot
@@ -48,10 +49,11 @@ def backup_now(
         result = take_snapshot(settings, dest, progress)
         record.update(snapshot=result.name, files=result.files, instances=result.instances,
                       bytes_copied=result.bytes_copied, seconds=round(result.seconds, 2))
+        repo = Repository(dest, backup_key(layout))
         if daily:
-            record["pruned"] = len(prune(Repository(dest), keep_of(settings)).removed)
+            record["pruned"] = len(prune(repo, keep_of(settings)).removed)
         if remote:
-            pushed = offsite.push(Repository(dest), offsite.Remote.from_settings(settings),
+            pushed = offsite.push(repo, offsite.Remote.from_settings(settings),
                                   keep_of(settings), lambda _line: None)  # fmt: skip
             record["remote_snapshots"] = pushed.snapshots
     except RepositoryBusy:

@@ -18,6 +18,8 @@ matching its digest) is checked against the repository when read.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from typing import Any
 
 from appliance.backup.errors import BackupError
 from appliance.layout import HomeLayout
+from appliance.security.keys import load_or_create_secret
 
 FORMAT = 1
 MAX_MANIFEST_BYTES = 1 << 30  # about 5 million Orthanc instances
@@ -39,6 +42,7 @@ DATABASES = ("db/appliance.db", "db/queue.db")
 # Regenerated, or taken by their own means; "rclone" (the off-site remote's credentials,
 # [backup] rclone_config) stays out so that no backup opens the off-site store.
 SKIPPED = ("run", "logs", "db", "orthanc", "rclone")
+KEY_FILE = HomeLayout(Path(".")).backup_key_file.as_posix()  # never in a backup
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 ORTHANC_ID = re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{8}){4}")
@@ -81,8 +85,9 @@ TOP: dict[str, Field] = {
     "created": TEXT,
     "home": TEXT,
     "bytes_copied": SIZE,
+    "mac": Field(_matching(HEX64), "an HMAC-SHA256 (64 lowercase hex digits)"),
 }
-OPTIONAL = ("created", "home", "bytes_copied")
+OPTIONAL = ("created", "home", "bytes_copied", "mac")  # "mac": none before signed snapshots
 ENTRY: dict[str, dict[str, Field]] = {
     "files": {
         "sha256": DIGEST,
@@ -99,8 +104,11 @@ ENTRY: dict[str, dict[str, Field]] = {
 }
 
 
-def parse(raw: bytes, name: str) -> dict[str, Any]:
-    """The manifest of snapshot ``name`` from its bytes; :class:`BackupError` if invalid."""
+def parse(raw: bytes, name: str, key: bytes | None = None) -> dict[str, Any]:
+    """The manifest of snapshot ``name`` from its bytes; :class:`BackupError` if invalid.
+
+    Given the backup ``key``, a signed manifest is also authenticated (:func:`authenticate`).
+    """
     if len(raw) > MAX_MANIFEST_BYTES:
         raise BackupError(f"snapshot {name}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
     try:
@@ -110,7 +118,48 @@ def parse(raw: bytes, name: str) -> dict[str, Any]:
     problem = _top_problem(data) or _sections_problem(data) or _conflict(data["files"])
     if problem:
         raise BackupError(f"snapshot {name} refused (its manifest is not valid): {problem}")
+    if key is not None:
+        authenticate(data, key, name)
     return data
+
+
+def backup_key(layout: HomeLayout, create: bool = False) -> bytes | None:
+    """The home's backup key (made first if ``create``); None if the home has none."""
+    path = layout.backup_key_file
+    if create or path.is_file():
+        return load_or_create_secret(path, 32).encode()
+    return None
+
+
+def sign(manifest: dict[str, Any], key: bytes) -> dict[str, Any]:
+    """``manifest`` with its ``mac``: HMAC-SHA256 with the backup key over the rest."""
+    return {**manifest, "mac": _mac(manifest, key)}
+
+
+def authenticate(manifest: dict[str, Any], key: bytes, name: str) -> None:
+    """Refuse (:class:`BackupError`) a signed manifest that ``key`` did not sign as ``name``.
+
+    An unsigned manifest (taken before snapshots were signed) passes: the caller decides
+    what it accepts of those (:func:`signed`).
+    """
+    if not signed(manifest):
+        return
+    if not hmac.compare_digest(manifest["mac"], _mac(manifest, key)):
+        raise BackupError(f"snapshot {name} refused: its manifest was changed, or it was signed "
+                          "with another backup key than the one given.")  # fmt: skip
+    if manifest["name"] != name:
+        raise BackupError(f"snapshot {name} refused: it was signed as {manifest['name']!r}.")
+
+
+def signed(manifest: dict[str, Any]) -> bool:
+    """Whether the manifest carries a MAC (every snapshot since they are signed)."""
+    return "mac" in manifest
+
+
+def _mac(manifest: dict[str, Any], key: bytes) -> str:
+    body = {k: v for k, v in manifest.items() if k != "mac"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def _top_problem(data: Any) -> str | None:
@@ -167,7 +216,7 @@ def path_problem(rel: str) -> str | None:
         return f"a path component longer than {MAX_NAME_BYTES} bytes"
     if parts[0] in SKIPPED:
         return f"inside {parts[0]}/, which a backup never holds as files"
-    return None
+    return "the backup key, which no backup holds" if rel == KEY_FILE else None
 
 
 def _conflict(files: dict[str, Any]) -> str | None:

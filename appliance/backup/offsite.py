@@ -95,7 +95,7 @@ def _prune_remote(
     kept = kept_snapshots(names, keep)
     local = set(repo.snapshot_names())
     wanted = referenced(
-        repo.manifest(n) if n in local else rclone.manifest(remote, n) for n in kept
+        repo.manifest(n) if n in local else rclone.manifest(remote, n, repo.key) for n in kept
     )
     removed = [n for n in names if n not in kept]
     rclone.delete(remote.child("snapshots"), [f"{n}.json" for n in removed])
@@ -153,12 +153,12 @@ class _Rclone:
             self.fail(f"rclone {args[0]} {args[-1]}", done.stderr.splitlines())
         return done.stdout
 
-    def manifest(self, remote: Remote, name: str) -> dict:
-        """A snapshot manifest read from the remote, validated like a local one."""
+    def manifest(self, remote: Remote, name: str, key: bytes | None) -> dict:
+        """A snapshot manifest read from the remote, checked like a local one."""
         raw = self.run("cat", "--count", str(MAX_MANIFEST_BYTES + 1),
                        remote.child(f"snapshots/{name}.json"))  # fmt: skip
         try:
-            return parse(raw.encode(), name)
+            return parse(raw.encode(), name, key)
         except BackupError as exc:
             raise BackupError(f"{exc} (on {remote.path}); nothing was pruned there.") from None
 

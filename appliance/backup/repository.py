@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from appliance.backup.errors import BackupError
-from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse
+from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse, sign
 from appliance.security.keys import write_private_file
 
 CHUNK = 1 << 20
@@ -50,8 +50,10 @@ class Stored:
 class Repository:
     """The objects and snapshot manifests under one destination folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, key: bytes | None = None) -> None:
+        """``key``: the backup key that signs the manifests saved and checks those read."""
         self.root = root
+        self.key = key
         self.objects = root / "objects"
         self.snapshots = root / "snapshots"
 
@@ -203,7 +205,8 @@ class Repository:
         return self.manifest(names[-1]) if names else None
 
     def manifest(self, name: str) -> dict[str, Any]:
-        """One snapshot's manifest, validated (:func:`appliance.backup.manifest.parse`)."""
+        """One snapshot's manifest, validated (:func:`appliance.backup.manifest.parse`) and,
+        if signed and the repository has a key, authenticated with it."""
         path = self.snapshots / f"{name}.json"
         try:
             with open(os.open(path, READ_FLAGS), "rb") as src:
@@ -212,11 +215,14 @@ class Repository:
                 raw = src.read(MAX_MANIFEST_BYTES + 1)
         except OSError as exc:
             raise BackupError(f"cannot read snapshot {name} in {self.root}: {exc}") from exc
-        return parse(raw, name)
+        return parse(raw, name, self.key)
 
     def save(self, name: str, manifest: dict[str, Any]) -> None:
-        """Write a snapshot's manifest last, so a snapshot exists only once complete."""
-        raw = json.dumps(manifest).encode()
+        """Write a snapshot's manifest last, so a snapshot exists only once complete.
+
+        It is signed with the repository's key, if it has one.
+        """
+        raw = json.dumps(manifest if self.key is None else sign(manifest, self.key)).encode()
         if len(raw) > MAX_MANIFEST_BYTES:
             raise BackupError(
                 f"snapshot {name}: its manifest would be {len(raw)} bytes, more than a "

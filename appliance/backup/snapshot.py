@@ -28,11 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.backup.manifest import FORMAT, SECTIONS, SKIPPED
+from appliance.backup.manifest import FORMAT, SECTIONS, SKIPPED, backup_key, signed
 from appliance.backup.repository import SNAPSHOT_NAME, BackupError, Repository
 from appliance.config import Settings
 from appliance.home import make_home_dirs
 from appliance.layout import HomeLayout
+from appliance.security.keys import write_private_file
 from appliance.store.orthanc import OrthancStore, OrthancUnavailable
 
 Progress = Callable[[int, int], None]
@@ -60,7 +61,7 @@ def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> Snapsho
     started = time.monotonic()
     orthanc = OrthancStore(settings)
     instances = _orthanc_instances(orthanc)
-    repo = Repository(dest)
+    repo = Repository(dest, backup_key(HomeLayout(settings.home), create=True))
     repo.create()
     with repo.locked():
         result = _snapshot_into(repo, settings, orthanc, instances, progress)
@@ -113,12 +114,13 @@ def _snapshot_into(
     return SnapshotResult(name, len(manifest["files"]), len(manifest["orthanc"]), copied, 0.0)
 
 
-def verify(dest: Path, progress: Progress) -> list[str]:
+def verify(dest: Path, progress: Progress, key: bytes | None = None) -> list[str]:
     """Re-check every object every snapshot names; the problems found (empty: all good).
 
-    A manifest that does not validate is a problem too; its objects are not read.
+    A manifest that does not validate, or (given the backup ``key``) that another key
+    signed, is a problem too; its objects are not read.
     """
-    repo = Repository(dest)
+    repo = Repository(dest, key)
     names = repo.snapshot_names()
     if not names:
         raise BackupError(f"{dest} holds no NeuroNova backup (no snapshots/*.json).")
@@ -176,24 +178,44 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def restore_files(src: Path, home: Path) -> dict[str, Any]:
+def restore_files(
+    src: Path, home: Path, key: bytes | None, allow_unsigned: bool = False
+) -> dict[str, Any]:
     """Write the newest snapshot's files and databases into ``home`` (see :func:`new_home`).
 
-    The manifest is validated, and every object it names checked to be there with its
-    size, before anything is written; each object's SHA-256 is checked as it is copied.
-    Returns the manifest; its Orthanc instances go in with :func:`restore_instances`.
+    The manifest is validated and authenticated with ``key`` (an unsigned one only with
+    ``allow_unsigned``), and every object it names checked to be there with its size,
+    before anything is written; each object's SHA-256 is checked as it is copied. ``key``
+    becomes the new home's backup key. Returns the manifest; its Orthanc instances go in
+    with :func:`restore_instances`.
     """
-    repo = Repository(src)
+    repo = Repository(src, key)
     manifest = repo.latest()
     if manifest is None:
         raise BackupError(f"{src} holds no NeuroNova backup (no snapshots/*.json).")
+    _check_trust(manifest, key, allow_unsigned)
     _check_objects(repo, manifest)
-    make_home_dirs(HomeLayout(home))
+    layout = HomeLayout(home)
+    make_home_dirs(layout)
     for rel, entry in manifest["databases"].items():
         repo.copy_out(entry["sha256"], home, rel, 0o600)
     for rel, entry in manifest["files"].items():
         repo.copy_out(entry["sha256"], home, rel, entry["mode"])
+    if key is not None:
+        write_private_file(layout.backup_key_file, key)
     return manifest
+
+
+def _check_trust(manifest: dict[str, Any], key: bytes | None, allow_unsigned: bool) -> None:
+    """Refuse a signed snapshot without its key, and an unsigned one unless allowed."""
+    name = manifest["name"]
+    if signed(manifest) and key is None:
+        raise BackupError(f"snapshot {name} is signed: give the backup key of the home it was "
+                          "taken from with --key-file (its HOME/secrets/backup-key).")  # fmt: skip
+    if not signed(manifest) and not allow_unsigned:
+        raise BackupError(f"snapshot {name} is not signed (taken before NeuroNova signed its "
+                          "backups): nothing shows it was not changed. If you trust this "
+                          "backup, restore it with --allow-unsigned.")  # fmt: skip
 
 
 def _check_objects(repo: Repository, manifest: dict[str, Any]) -> None:
@@ -221,6 +243,8 @@ def restore_instances(
 
 
 def _home_files(home: Path) -> Iterator[tuple[str, Path]]:
+    """Every file of the home a snapshot holds, as (path in the home, path)."""
+    key = HomeLayout(home).backup_key_file  # a backup never holds the key that signs it
     for top in sorted(home.iterdir()):
         if top.name in SKIPPED:
             continue
@@ -230,7 +254,8 @@ def _home_files(home: Path) -> Iterator[tuple[str, Path]]:
         for root, _dirs, names in os.walk(top):
             for name in sorted(names):
                 path = Path(root) / name
-                yield str(path.relative_to(home)), path
+                if path != key:
+                    yield str(path.relative_to(home)), path
 
 
 def _put_file(repo: Repository, path: Path, before: dict[str, Any] | None):

@@ -16,11 +16,13 @@ import click
 
 from appliance.backup import offsite, snapshot
 from appliance.backup.daily import FAILURES, backup_now, keep_of
+from appliance.backup.manifest import backup_key, signed
 from appliance.backup.prune import Keep, prune
 from appliance.backup.repository import Repository
 from appliance.cli.options import home_option, settings_from
 from appliance.config import Settings, load_settings
 from appliance.home import require_initialized
+from appliance.layout import HomeLayout
 from appliance.store.orthanc import OrthancStore, OrthancUnavailable
 from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
 
@@ -94,7 +96,8 @@ def prune_cmd(dest: Path, keep_daily: int | None, keep_weekly: int | None, dry_r
     remove the other snapshots, then every object no kept snapshot names."""
     _require_repository(dest)
     try:
-        result = prune(Repository(dest), _keep(home, keep_daily, keep_weekly), dry_run)
+        result = prune(_home_repository(dest, home), _keep(home, keep_daily, keep_weekly),
+                       dry_run)  # fmt: skip
     except FAILURES as exc:
         raise click.ClickException(str(exc)) from exc
     verb = "Would remove" if dry_run else "Removed"
@@ -119,8 +122,8 @@ def push_cmd(dest: Path, remote: str | None, keep_daily: int | None, keep_weekly
         raise click.UsageError("no remote: set [backup] remote or pass --remote NAME:PATH.")
     _require_repository(dest)
     try:
-        result = offsite.push(Repository(dest), target, _keep(home, keep_daily, keep_weekly),
-                              _progress_line)  # fmt: skip
+        result = offsite.push(_home_repository(dest, home), target,
+                              _keep(home, keep_daily, keep_weekly), _progress_line)  # fmt: skip
     except FAILURES as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -135,17 +138,43 @@ def _progress_line(line: str) -> None:
     click.echo(f"\rPushing: {line}\x1b[K", nl=False, err=True)
 
 
+def _home_repository(dest: Path, home: Path | None) -> Repository:
+    """DEST, its signed manifests checked with the backup key of the home (if it has one)."""
+    return Repository(dest, backup_key(HomeLayout(settings_from(home).home)))
+
+
 def _require_repository(dest: Path) -> None:
     if not Repository(dest).snapshot_names():
         raise click.ClickException(f"{dest} holds no NeuroNova backup (no snapshots/*.json).")
 
 
+def key_file_option(command: Callable) -> Callable:
+    """``--key-file``: the backup key of the home the backup was taken from."""
+    return click.option("--key-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                        help="The backup key of the home the backup was taken from "
+                        "(HOME/secrets/backup-key there).")(command)  # fmt: skip
+
+
+def _read_key(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    key = path.read_bytes().strip()
+    if not key:
+        raise click.UsageError(f"{path} is empty: it is not a backup key.")
+    return key
+
+
 @backup.command("verify", short_help="Re-check every checksum of a backup.")
 @click.argument("dest", type=click.Path(file_okay=False, exists=True, path_type=Path))
-def verify_cmd(dest: Path) -> None:
-    """Re-read every file of every snapshot in DEST and compare its SHA-256."""
+@key_file_option
+def verify_cmd(dest: Path, key_file: Path | None) -> None:
+    """Re-read every file of every snapshot in DEST and compare its SHA-256; with
+    --key-file, also check that each signed snapshot was signed with that key."""
+    if key_file is None:
+        click.echo("Note: without --key-file, the snapshots' signatures are not checked.",
+                   err=True)  # fmt: skip
     with _bar("Verifying") as progress:
-        problems = snapshot.verify(dest, progress)
+        problems = snapshot.verify(dest, progress, _read_key(key_file))
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
@@ -157,14 +186,22 @@ def verify_cmd(dest: Path) -> None:
 @click.argument("src", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="The new, empty data home to restore into.")  # fmt: skip
-def restore(src: Path, home: Path) -> None:
+@key_file_option
+@click.option("--allow-unsigned", is_flag=True,
+              help="Restore a snapshot taken before snapshots were signed.")  # fmt: skip
+def restore(src: Path, home: Path, key_file: Path | None, allow_unsigned: bool) -> None:
     """Restore the newest snapshot in SRC into a new, empty data home.
 
-    The snapshot is checked first (its manifest, and each object as it is read); if
-    anything is wrong, or the restore fails, HOME is left as it was (absent or empty).
+    The snapshot is checked first (its manifest, its signature with --key-file, and each
+    object as it is read); if anything is wrong, or the restore fails, HOME is left as it
+    was (absent or empty). The key becomes the new home's backup key.
     """
+    key = _read_key(key_file)
     with snapshot.new_home(home):
-        manifest = snapshot.restore_files(src, home)
+        manifest = snapshot.restore_files(src, home, key, allow_unsigned)
+        if not signed(manifest):
+            click.echo(f"Warning: snapshot {manifest['name']} is not signed; nothing shows "
+                       "that it was not changed since it was taken.", err=True)  # fmt: skip
         settings = dataclasses.replace(load_settings(home, {}), orthanc_port=_free_port())
         with _orthanc(settings) as store, _bar("Restoring images") as progress:
             count = snapshot.restore_instances(src, manifest, store.store, progress)

@@ -229,6 +229,10 @@ def test_a_changed_manifest_or_another_key_is_refused(
     _refused(_restore(repo, tmp_path / "new", "--key-file", str(other)),
              "signed with another backup key than the one given")  # fmt: skip
     _refused(_restore(repo, tmp_path / "new"), "is signed: give the backup key")
+    renamed = manifest_file.with_name("99991231T000000000000Z.json")  # now the newest
+    shutil.copy(manifest_file, renamed)
+    _refused(_restore(repo, tmp_path / "new", *key), "it was signed as")
+    renamed.unlink()
     raw = manifest_file.read_text()
     digest = _entry(json.loads(raw), "files")[1]["sha256"]
     flipped = digest[:-1] + ("0" if digest[-1] != "0" else "1")  # one byte, still valid

@@ -205,6 +205,7 @@ class _Walker:
             if depth == 0:
                 self.top = tag
             if tag == _ITEM_END and depth and end is None:
+                self._within(0, tag)
                 return
             if tag >> 16 == 0xFFFE:
                 raise ValueError(f"unexpected delimiter {_tag_text(tag)} in the data set")
@@ -311,13 +312,13 @@ class _Walker:
         """Encapsulated Pixel Data: items of defined length up to the Sequence Delimiter."""
         while True:
             item, size = self._item_header()
+            self._within(0 if size == _UNDEFINED else size, _PIXEL_DATA)
             if item == _SEQUENCE_END:
                 return
             if item != _ITEM:
                 raise ValueError(f"expected a fragment in (7FE0,0010), found {_tag_text(item)}")
             if size == _UNDEFINED:
                 raise ValueError("a fragment of (7FE0,0010) has an undefined length")
-            self._within(size, _PIXEL_DATA)
             self.source.skip(size)
 
 

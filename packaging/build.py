@@ -45,6 +45,9 @@ INSTALL_DIR = Path("opt/neuronova")
 # Programs and libraries the spec takes from Debian, by the bundle path they get.
 SYSTEM_SOURCES = {
     "bin/nginx": "/usr/sbin/nginx",
+    "nginx-modules/ngx_http_brotli_static_module.so": (
+        "/usr/lib/nginx/modules/ngx_http_brotli_static_module.so"
+    ),
     "bin/Orthanc": "/usr/sbin/Orthanc",
     "orthanc-plugins/libOrthancDicomWeb.so": "/usr/lib/orthanc/libOrthancDicomWeb.so.1.7",
 }

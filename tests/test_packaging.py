@@ -276,6 +276,7 @@ def test_build_writes_the_tarball_and_a_lintian_clean_deb(built):
         top = tar.getmember(f"neuronova-{FIRST}/neuronova")
         assert top.isfile() and top.mode & 0o111
         for part in ("bin/nginx", "bin/Orthanc", "bin/rclone",
+                     "nginx-modules/ngx_http_brotli_static_module.so",
                      "orthanc-plugins/libOrthancDicomWeb.so",
                      "dcmtk/dicom.dic", "spa_dist/pacs-viewer/index.html",
                      "spa_dist/main/index.html", "bundled_nginx/nginx.conf.template"):  # fmt: skip
@@ -373,6 +374,16 @@ def test_the_viewer_is_served_after_login(installed):
     assert page.status_code == 200 and "app-config.js" in page.text
     config = session.get(f"{installed.https}/pacs-viewer/app-config.js", timeout=10)
     assert config.status_code == 200 and "/api/pacs/dicom-web" in config.text
+    # The bundled brotli module sends the precompressed main bundle (no Python brotli
+    # here to decode it: its size against the file's says it is the .br one).
+    bundle = re.search(r'src="/pacs-viewer/(app\.bundle\.[0-9a-f]+\.js)"', page.text)
+    assert bundle, page.text[:500]
+    packed = session.get(f"{installed.https}/pacs-viewer/{bundle[1]}", timeout=30, stream=True,
+                         headers={"Accept-Encoding": "br"})  # fmt: skip
+    assert packed.status_code == 200 and packed.headers["Content-Encoding"] == "br"
+    sibling = REPO / "spa_dist" / "pacs-viewer" / f"{bundle[1]}.br"
+    assert int(packed.headers["Content-Length"]) == sibling.stat().st_size
+    packed.close()
     plain = requests.get(f"http://127.0.0.1:{installed.http_port}/", allow_redirects=False,
                          timeout=10)  # fmt: skip
     assert plain.status_code in (301, 302, 308)  # plain HTTP only redirects to HTTPS

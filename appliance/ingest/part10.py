@@ -67,6 +67,9 @@ class _Source(Protocol):
     def at_end(self) -> bool:
         """Whether every byte was read."""
 
+    def peek(self, size: int) -> bytes:
+        """The next ``size`` bytes (fewer at the end), left to be read."""
+
 
 class _FileSource:
     """A data set in a file, from the current position to ``end``; values are seeked over."""
@@ -86,6 +89,11 @@ class _FileSource:
 
     def at_end(self) -> bool:
         return self._left == 0
+
+    def peek(self, size: int) -> bytes:
+        data = self._fp.read(min(size, self._left))
+        self._fp.seek(-len(data), 1)
+        return data
 
     def _use(self, size: int) -> None:
         if size > self._left:
@@ -130,6 +138,11 @@ class _InflatingSource:
 
     def at_end(self) -> bool:
         return self._offset == len(self._buffer) and not self._inflate()
+
+    def peek(self, size: int) -> bytes:
+        while len(self._buffer) - self._offset < size and self._inflate():
+            pass
+        return self._buffer[self._offset : self._offset + size]
 
     def _inflate(self) -> bool:
         """Inflate the next chunk onto what is left of the buffer; False at the end."""
@@ -194,6 +207,7 @@ class _Walker:
         self._implicit = struct.Struct(endian + "HHL")  # also items and delimiters
         self._explicit = struct.Struct(endian + "HH2sH")
         self._length = struct.Struct(endian + "L")
+        self._item_tag = struct.pack(endian + "HH", _ITEM >> 16, _ITEM & 0xFFFF)
 
     def walk(self, depth: int = 0, end: int | None = None) -> None:
         """Elements up to the end of the data set (``depth`` 0), of a defined-length item
@@ -246,12 +260,19 @@ class _Walker:
     def _value(self, tag: int, vr: bytes | None, length: int, depth: int) -> None:
         """A value of defined length: a sequence is walked, a wanted one kept, others skipped."""
         self._within(length, tag)
-        if vr == b"SQ" or (vr is None and tag in _SEQUENCE_TAGS):
+        if vr == b"SQ" or (vr is None and self._implicit_sequence(tag, length)):
             self._bounded(length, _tag_text(tag), self._items, tag, depth, length)
         elif depth == 0 and tag in self._wanted:
             self._keep(tag, vr, length)
         else:
             self.source.skip(length)
+
+    def _implicit_sequence(self, tag: int, length: int) -> bool:
+        """Implicit VR: a tag the dictionary calls SQ, or a private element whose value
+        starts with an item (DCMTK reads the private sequences its dictionary knows)."""
+        if tag in _SEQUENCE_TAGS:
+            return True
+        return bool(tag >> 16 & 1) and length >= 8 and self.source.peek(4) == self._item_tag
 
     def _bounded(
         self, length: int, holder: str, walk: Callable[..., None], *args: int | None

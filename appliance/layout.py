@@ -85,6 +85,11 @@ class HomeLayout:
         return self.run_dir / "supervisor.json"
 
     @property
+    def ports_file(self) -> Path:
+        """The internal ports the running appliance uses (appliance.supervise.ports)."""
+        return self.run_dir / "ports.json"
+
+    @property
     def workers_lock_file(self) -> Path:
         """Every running worker holds a shared lock on it (appliance.transcode.worker)."""
         return self.run_dir / "workers.lock"

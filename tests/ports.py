@@ -13,33 +13,24 @@ fails anyway (:meth:`conftest.Appliance.start`).
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
-import socket
 import tempfile
 from pathlib import Path
 from typing import IO
 
+from appliance.supervise.ports import LOWEST_CHOSEN_PORT, ephemeral_low, port_is_free
+
 BLOCK_SIZE = 64
-LOWEST_PORT = 20000  # above well-known and registered service ports the machine may use
 LOCK_DIR = Path(tempfile.gettempdir()) / "neuronova-test-ports"
-
-
-def _ephemeral_low(proc: Path = Path("/proc")) -> int:
-    """The first port of the kernel's ephemeral range (32768 by default)."""
-    try:
-        return int((proc / "sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
 
 
 class PortPool:
     """Blocks of ports below the ephemeral range, each held by a lock file while in use."""
 
-    def __init__(self, low: int = LOWEST_PORT, high: int | None = None) -> None:
+    def __init__(self, low: int = LOWEST_CHOSEN_PORT, high: int | None = None) -> None:
         self.low = low
-        self.high = high if high is not None else _ephemeral_low() - 1
+        self.high = high if high is not None else ephemeral_low() - 1
         if self.high - self.low < BLOCK_SIZE:
             raise RuntimeError(
                 f"no room for test ports below the ephemeral range ({self.low}-{self.high}): "
@@ -54,7 +45,7 @@ class PortPool:
             if not self._next:
                 self._take_block()
             port = self._next.pop(0)
-            if _bindable(port):
+            if port_is_free("0.0.0.0", port):
                 return port
 
     def _take_block(self) -> None:
@@ -73,19 +64,6 @@ class PortPool:
             self._next = list(range(first, first + BLOCK_SIZE))
             return
         raise RuntimeError(f"every block of test ports in {self.low}-{self.high} is held")
-
-
-def _bindable(port: int) -> bool:
-    """Whether a listening socket could bind ``port`` on every address now."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("0.0.0.0", port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
 
 
 _POOL: PortPool | None = None

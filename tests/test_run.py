@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -217,6 +218,29 @@ def test_run_stops_at_once_naming_a_taken_port_its_setting_and_holder(
     assert f"(pid {os.getpid()})" in result.stderr  # this test process holds it
     assert "to a free port" in result.stderr and "Traceback" not in result.stderr
     assert not (appliance.settings.home / "run" / "supervisor.json").exists()  # nothing started
+
+
+def test_two_homes_run_side_by_side_on_the_default_internal_ports(appliance_factory):
+    """The second appliance finds 18081, 18083 and 18042 taken by the first (or by
+    anything else) and moves its internal ports; its CLI and doctor find them."""
+    defaults = {"app_port": 18081, "gate_port": 18083, "orthanc_port": 18042}
+    first, second = appliance_factory(**defaults), appliance_factory(**defaults)
+    first.start()
+    second.start()
+    moved = json.loads((second.settings.home / "run" / "ports.json").read_text())
+    assert set(moved.values()).isdisjoint(defaults.values())
+    log = (second.settings.home / "logs" / "neuronova.log").read_text()
+    assert "internal port 18042 ([internal] orthanc_port) is in use by Orthanc (pid" in log
+    for appliance in (first, second):
+        status = run_cli(appliance, "status", timeout=60)
+        assert status.returncode == 0, status.stdout + status.stderr
+    doctor = run_cli(second, "doctor", timeout=120)  # checks the ports its own services hold
+    assert "OK   services           nginx, receiver, app, frame gate and Orthanc are listening" in (
+        doctor.stdout
+    )
+    shown = run_cli(second, "config", "show", timeout=60).stdout
+    assert f"orthanc_port = {moved['orthanc_port']}" in shown, shown
+    assert first.healthy() and second.healthy()
 
 
 def test_secret_files_are_0600_and_never_logged(appliance):

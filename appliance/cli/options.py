@@ -15,6 +15,7 @@ from appliance.config import Settings, load_settings
 from appliance.db import open_database
 from appliance.home import require_initialized
 from appliance.security import audit
+from appliance.supervise.ports import live_ports
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,8 +55,9 @@ def network_options(fn: F) -> F:
 
 
 def settings_from(home: Path | None, **overrides: Any) -> Settings:
-    """Settings for ``home`` with command-line overrides applied."""
-    return load_settings(home, overrides)
+    """Settings for ``home`` with command-line overrides applied, and the internal ports
+    of the appliance running on it (one it had to move off a taken default)."""
+    return live_ports(load_settings(home, overrides))
 
 
 def home_database(home: Path | None) -> sqlite_utils.Database:

@@ -1,14 +1,27 @@
 """Before anything starts: every port ``neuronova run`` will listen on must be free.
 
 A taken port used to show only as a child retried five times and given up on, with the
-cause in that program's own log. Checked here first, it stops the start at once with the
-port, the setting that names it and, where ``/proc`` tells, the program holding it.
+cause in that program's own log. Checked here first:
+
+- an internal port (the app, the frame gate, Orthanc: loopback only, nobody outside
+  dials them) left at its default moves to a free one, so a second appliance, or any
+  program holding 18042, does not stop this one. The ports in use are recorded in the
+  home's run folder (``run/ports.json``), where the CLI and the doctor read them while
+  the appliance runs (:func:`live_ports`);
+- any other taken port (a public one, or an internal one set on purpose) stops the start
+  at once with the port, the setting that names it and, where ``/proc`` tells, the
+  program holding it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import fcntl
+import json
+import logging
 import os
+import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +29,15 @@ from pathlib import Path
 from appliance.config import FIELDS, Settings
 from appliance.errors import PortInUseError
 from appliance.health.sockets import listeners
+from appliance.layout import HomeLayout
+from appliance.security.keys import write_private_file
+
+log = logging.getLogger("neuronova.supervisor")
+
+PUBLIC_PORTS = ("http_port", "https_port", "dicom_port")
+INTERNAL_PORTS = ("app_port", "gate_port", "orthanc_port")
+LOWEST_CHOSEN_PORT = 20000  # chosen ports: above the registered services many boxes run
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
 
 
 @dataclass(frozen=True)
@@ -29,13 +51,9 @@ class PlannedListener:
 
 def planned_listeners(settings: Settings) -> list[PlannedListener]:
     """The listeners of an all-in-one ``neuronova run``: public ones, then internal ones."""
-    public = [(attr, settings.bind) for attr in ("http_port", "https_port", "dicom_port")]
-    internal = [
-        (attr, settings.internal_listen) for attr in ("app_port", "gate_port", "orthanc_port")
-    ]
-    return [
-        PlannedListener(attr, host, getattr(settings, attr)) for attr, host in public + internal
-    ]
+    hosts = {attr: settings.bind for attr in PUBLIC_PORTS}
+    hosts |= {attr: settings.internal_listen for attr in INTERNAL_PORTS}
+    return [PlannedListener(attr, host, getattr(settings, attr)) for attr, host in hosts.items()]
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -47,10 +65,34 @@ def port_is_free(host: str, port: int) -> bool:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 return False
             raise
     return True
+
+
+def ephemeral_low(proc: Path = Path("/proc")) -> int:
+    """The first port of the kernel's ephemeral range (32768 by default).
+
+    The kernel hands ports from that range to outgoing connections, so a port chosen
+    there and bound a moment later may have been taken meanwhile; ports below it are
+    only ever taken by a program that binds them on purpose.
+    """
+    try:
+        return int((proc / "sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def choose_free_port(host: str, avoid: set[int]) -> int:
+    """A port below the ephemeral range that ``host`` can bind now, not one of ``avoid``."""
+    candidates = list(range(LOWEST_CHOSEN_PORT, ephemeral_low()))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port not in avoid and port_is_free(host, port):
+            return port
+    raise PortInUseError(f"no free port on {host} between {LOWEST_CHOSEN_PORT} and the "
+                         "kernel's ephemeral range")  # fmt: skip
 
 
 def holder_of(port: int, proc: Path = Path("/proc")) -> str | None:
@@ -83,17 +125,65 @@ def _owns_any(process: Path, inodes: set[int]) -> bool:
     return False
 
 
-def require_free_ports(settings: Settings) -> None:
-    """Raise :class:`PortInUseError` naming the first planned port that is taken."""
-    settings_by_attr = {field.attr: field for field in FIELDS}
-    for planned in planned_listeners(settings):
-        if port_is_free(planned.host, planned.port):
+def _taken(planned: PlannedListener, holder: str | None) -> PortInUseError:
+    field = next(f for f in FIELDS if f.attr == planned.attr)
+    held_by = f" by {holder}" if holder else " by another program"
+    return PortInUseError(
+        f"port {planned.port} on {planned.host} ([{field.section}] {field.key}) is "
+        f"already in use{held_by}. Stop that program, or set [{field.section}] "
+        f"{field.key} in neuronova.toml (or {field.env_var}) to a free port."
+    )
+
+
+def settle_ports(settings: Settings) -> Settings:
+    """``settings`` with every port free now, the internal ones recorded in ``run/ports.json``.
+
+    A taken internal port left at its default moves to a free one (logged); any other
+    taken port raises :class:`PortInUseError` naming it, its setting and its holder.
+    """
+    planned = planned_listeners(settings)
+    claimed = {listener.port for listener in planned}
+    moved: dict[str, int] = {}
+    for listener in planned:
+        if port_is_free(listener.host, listener.port):
             continue
-        field = settings_by_attr[planned.attr]
-        holder = holder_of(planned.port)
-        held_by = f" by {holder}" if holder else " by another program"
-        raise PortInUseError(
-            f"port {planned.port} on {planned.host} ([{field.section}] {field.key}) is "
-            f"already in use{held_by}. Stop that program, or set [{field.section}] "
-            f"{field.key} in neuronova.toml (or {field.env_var}) to a free port."
-        )
+        holder = holder_of(listener.port)
+        if listener.attr not in INTERNAL_PORTS or listener.port != DEFAULTS[listener.attr]:
+            raise _taken(listener, holder)
+        moved[listener.attr] = port = choose_free_port(listener.host, claimed)
+        claimed.add(port)
+        by = f" by {holder}" if holder else ""
+        log.warning("internal port %d ([internal] %s) is in use%s; using %d this time",
+                    listener.port, listener.attr, by, port)  # fmt: skip
+    settled = dataclasses.replace(settings, **moved)
+    ports = {attr: getattr(settled, attr) for attr in INTERNAL_PORTS}
+    write_private_file(HomeLayout(settings.home).ports_file, json.dumps(ports).encode())
+    return settled
+
+
+def live_ports(settings: Settings) -> Settings:
+    """``settings`` with the internal ports the running appliance uses, when it runs."""
+    layout = HomeLayout(settings.home)
+    if not _running(layout.lock_file):
+        return settings
+    try:
+        ports = json.loads(layout.ports_file.read_text())
+    except (OSError, ValueError):
+        return settings
+    recorded = {attr: ports[attr] for attr in INTERNAL_PORTS if isinstance(ports.get(attr), int)}
+    return dataclasses.replace(settings, **recorded)
+
+
+def _running(lock_file: Path) -> bool:
+    """Whether a ``neuronova run`` holds the home's lock (:class:`HomeLock`) now."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -25,7 +25,7 @@ from appliance.supervise.lock import HomeLock
 from appliance.supervise.logs import MIB
 from appliance.supervise.nginx import nginx_command, render_nginx_conf
 from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
-from appliance.supervise.ports import require_free_ports
+from appliance.supervise.ports import settle_ports
 from appliance.supervise.supervisor import ChildSpec, LogLimits, Supervisor, reap_leftovers
 
 log = logging.getLogger("neuronova.supervisor")
@@ -127,7 +127,7 @@ def run_appliance(settings: Settings) -> None:
     layout = require_initialized(settings)
     with HomeLock(layout.lock_file):
         reap_leftovers(layout.state_file)
-        require_free_ports(settings)
+        settings = settle_ports(settings)
         find_program(NGINX)
         render_orthanc_conf(settings)
         render_nginx_conf(settings)

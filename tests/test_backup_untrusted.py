@@ -259,6 +259,27 @@ def test_an_unsigned_snapshot_is_restored_only_when_allowed(
     assert (tmp_path / "new" / "neuronova.toml").is_file()
 
 
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (["a", "a/b"], "files entry 'a': would be both a file and a folder"),
+        (["secrets"], "files entry 'secrets': would be both a file and a folder"),
+        (["orthanc/storage/x"], "inside orthanc/, which a backup never holds"),
+        (["secrets/backup-key"], "the backup key, which no backup holds"),
+        (["frames//x"], "an empty, '.' or '..' component"),
+        (["frames/./x"], "an empty, '.' or '..' component"),
+        (["a\0b"], "hold no NUL"),
+    ],
+)
+def test_paths_a_restore_never_writes(files: list[str], expected: str) -> None:
+    entry = {"sha256": "0" * 64, "size": 1, "mtime_ns": 0, "mode": 0o600}
+    raw = json.dumps({"format": 1, "name": "x", "files": dict.fromkeys(files, entry),
+                      "databases": {}, "orthanc": {}})  # fmt: skip
+    with pytest.raises(BackupError, match="refused") as refused:
+        parse(raw.encode(), "x")
+    assert expected in str(refused.value)
+
+
 def test_a_manifest_over_the_size_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", 100)
     raw = json.dumps({"format": 1, "name": "x", "files": {}, "databases": {},

@@ -24,7 +24,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from appliance.backup.errors import BackupError
@@ -221,8 +221,13 @@ def path_problem(rel: str) -> str | None:
 
 def _conflict(files: dict[str, Any]) -> str | None:
     """A path that would be both a file and a folder of the restored home."""
-    folders = {str(parent) for rel in files for parent in PurePosixPath(rel).parents}
-    clash = next((rel for rel in files if rel in folders | home_folders()), None)
+    folders = home_folders()
+    for rel in files:
+        end = rel.find("/")
+        while end != -1:
+            folders.add(rel[:end])
+            end = rel.find("/", end + 1)
+    clash = next((rel for rel in files if rel in folders), None)
     if clash is None:
         return None
     return f"files entry {_shown(clash)}: would be both a file and a folder of the home"

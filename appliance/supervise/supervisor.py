@@ -33,6 +33,7 @@ MAX_FAST_FAILURES = 5
 STABLE_AFTER = 10.0
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 STOP_BUDGET = 9.0
+REAP_WAIT = 5.0  # seconds for processes killed by reap_leftovers to be gone
 LOG_CHECK_INTERVAL = 5.0
 OUTPUT_CHUNK = 64 * 1024
 
@@ -314,16 +315,32 @@ def reap_leftovers(state_file: Path) -> int:
         for c in state.get("children", {}).values()
         if c.get("pid") and c.get("start_ticks") is not None
     }
-    killed = 0
+    killed = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         fields = _proc_stat(stat.parent.name)
         if fields and _left_by_last_run(int(fields[3]), int(fields[19]), leaders):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(stat.parent.name), signal.SIGKILL)
-                killed += 1
+                killed.append(int(stat.parent.name))
     if killed:
-        log.warning("killed %d process(es) left by a run that did not stop cleanly", killed)
-    return killed
+        log.warning("killed %d process(es) left by a run that did not stop cleanly", len(killed))
+        _wait_ended(killed, REAP_WAIT)
+    return len(killed)
+
+
+def _wait_ended(pids: list[int], timeout: float) -> None:
+    """Wait until every one of ``pids`` has exited (a zombie has: its sockets are closed).
+
+    SIGKILL is delivered asynchronously: until the processes are gone, the ports they
+    listened on are still taken, and the new run's port check would find them so.
+    """
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [pid for pid in alive if (fields := _proc_stat(pid)) and fields[0] != "Z"]
+    if alive:
+        log.warning("processes %s left by the last run are still there after SIGKILL", alive)
 
 
 def _left_by_last_run(session: int, started: int, leaders: dict[int, int]) -> bool:

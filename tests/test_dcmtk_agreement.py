@@ -3,10 +3,12 @@ object the check accepts, DCMTK's ``dcmdump`` reads whole (issue 17).
 
 The objects: every file of pydicom's test folder as it is; each as pydicom writes it back
 (``dcmwrite``) and as pynetdicom sends it in a C-STORE (``pynetdicom.dsutils.encode``,
-behind the file meta the receiver's pynetdicom writes); and the fuzz run's seeded
-mutations of them (``bench/mutations.py``). Before the check walked nested lengths, the
-plan that pydicom reads from ``rtplan_truncated.dcm`` slipped through, re-encoded either
-way: acknowledged, then refused by Orthanc.
+behind the file meta the receiver's pynetdicom writes); the fuzz run's seeded
+mutations of them (``bench/mutations.py``); and the files with sequences, sent with all
+lengths defined or all undefined, cut short at random places, as they are and as pydicom
+reads the cut object and pynetdicom sends it again. Before the check walked nested
+lengths, 261 of those re-sent cuts slipped through (as did the plan pydicom reads from
+``rtplan_truncated.dcm``, re-encoded either way): acknowledged, then refused by Orthanc.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from pynetdicom.dsutils import encode
 
 from appliance.ingest.journal import HEADER_KEYWORDS
 from appliance.ingest.part10 import scan_file
-from bench.mutations import TEST_FILES, corpus, file_meta, mutate, uid_for
+from bench.mutations import TEST_FILES, corpus, file_meta, mutate, split_part10, uid_for
 
 DCMDUMP = shutil.which("dcmdump") or "/usr/bin/dcmdump"
 MUTANTS = 1500
+CUTS = 25  # per file with sequences and way of encoding their lengths
 SEED = 17
+KINDS = ("as is", "dcmwrite", "pynetdicom", "mutation", "cut", "cut, re-sent")
 LIMIT = 256 * 1024**2
 # A file without a preamble or a meta group length is refused by the check and read by
 # DCMTK; the receiver never sees one (its pynetdicom writes both).
@@ -122,6 +126,62 @@ def mutation_cases(folder: Path, count: int, seed: int) -> list[Case]:
     return cases
 
 
+def _with_lengths(ds: pydicom.Dataset, undefined: bool) -> None:
+    """Every sequence and item of ``ds`` to be written with an undefined length, or not."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            elem.is_undefined_length = undefined
+            for item in elem.value:
+                item.is_undefined_length_sequence_item = undefined
+                _with_lengths(item, undefined)
+
+
+def _resent(data: bytes, syntax: UID) -> bytes:
+    """What pynetdicom sends of the object pydicom reads from ``data``."""
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    body = encode(ds, syntax.is_implicit_VR, syntax.is_little_endian)
+    if body is None:
+        raise ValueError("not sendable")
+    return split_part10(data)[0] + body
+
+
+def cut_cases(folder: Path, cuts: int, seed: int) -> list[Case]:
+    """The files with sequences, their lengths defined or undefined, cut at ``cuts``
+    random places: as cut, and re-sent (read by pydicom, sent by pynetdicom)."""
+    rng, cases = random.Random(seed), []
+    for name, ds in _with_sequences():
+        for undefined in (False, True):
+            _with_lengths(ds, undefined)
+            data, syntax = _pynetdicom(ds), _syntax(ds)
+            start = len(split_part10(data)[0])
+            for cut in rng.sample(range(start + 1, len(data)), min(cuts, len(data) - start - 1)):
+                label = f"{name}, {'un' if undefined else ''}defined lengths, cut at {cut}"
+                _add_cut(cases, folder, data[:cut], syntax, label)
+    return cases
+
+
+def _add_cut(cases: list[Case], folder: Path, data: bytes, syntax: UID, label: str) -> None:
+    """The cut object, and (when pydicom reads it and pynetdicom can send it) re-sent."""
+    for kind in ("cut", "cut, re-sent"):
+        with warnings.catch_warnings(), contextlib.suppress(Exception):
+            warnings.simplefilter("ignore")
+            target = folder / f"cut-{len(cases)}.dcm"
+            target.write_bytes(data if kind == "cut" else _resent(data, syntax))
+            cases.append(Case(label, kind, target, syntax))
+
+
+def _with_sequences() -> list[tuple[str, pydicom.Dataset]]:
+    """pydicom's test files (not deflated) with a sequence, that pynetdicom can send."""
+    found = []
+    for path in sorted(TEST_FILES.glob("*.dcm")):
+        ds = _read(path)
+        if ds is not None and not _syntax(ds).is_deflated and "SOPClassUID" in ds:
+            with contextlib.suppress(Exception):
+                if any(elem.VR == "SQ" for elem in ds):
+                    found.append((path.name, ds))
+    return found
+
+
 def dcmtk_refuses(paths: list[Path]) -> set[Path]:
     """The files ``dcmdump`` cannot read whole: it names each on an error line, and its
     exit status counts them."""
@@ -151,6 +211,7 @@ def check_refusal(case: Case) -> str | None:
 def outcomes(tmp_path_factory) -> list[Outcome]:
     folder = tmp_path_factory.mktemp("agreement")
     cases = corpus_cases(folder) + mutation_cases(folder, MUTANTS, SEED)
+    cases += cut_cases(folder, CUTS, SEED)
     refused = dcmtk_refuses([c.path for c in cases])
     return [Outcome(c.label, c.kind, check_refusal(c), c.path not in refused) for c in cases]
 
@@ -158,7 +219,7 @@ def outcomes(tmp_path_factory) -> list[Outcome]:
 def summary(outcomes: list[Outcome]) -> str:
     """Per kind: objects, agreements, accepted by both, refused by the check only."""
     lines = []
-    for kind in ("as is", "dcmwrite", "pynetdicom", "mutation"):
+    for kind in KINDS:
         rows = [o for o in outcomes if o.kind == kind]
         agree = sum((o.refusal is None) == o.dcmtk_reads for o in rows)
         both = sum(o.refusal is None and o.dcmtk_reads for o in rows)
@@ -180,7 +241,7 @@ def test_on_unmutated_objects_the_check_refuses_only_what_is_not_whole(outcomes)
     stricter = {
         f"{o.kind} {o.label}": o.refusal
         for o in outcomes
-        if o.kind != "mutation" and o.refusal not in (None, *NOT_PART10) and o.dcmtk_reads
+        if o.kind in KINDS[:3] and o.refusal not in (None, *NOT_PART10) and o.dcmtk_reads
     }
     expected = {f"{kind} {name}": reason for name, reason in SHORT_BY_AN_ELEMENT.items()
                 for kind in ("as is", "dcmwrite")}  # fmt: skip
@@ -188,10 +249,10 @@ def test_on_unmutated_objects_the_check_refuses_only_what_is_not_whole(outcomes)
 
 
 def test_the_objects_cover_every_kind_and_both_answers(outcomes):
-    kinds = {kind: [o for o in outcomes if o.kind == kind] for kind in
-             ("as is", "dcmwrite", "pynetdicom", "mutation")}  # fmt: skip
+    kinds = {kind: [o for o in outcomes if o.kind == kind] for kind in KINDS}
     assert len(kinds["as is"]) > 80 and len(kinds["mutation"]) == MUTANTS
     assert len(kinds["pynetdicom"]) > 60 and len(kinds["dcmwrite"]) > 60
+    assert len(kinds["cut"]) > 500 and len(kinds["cut, re-sent"]) > 500
     for rows in kinds.values():
         assert any(o.refusal is None for o in rows) and any(not o.dcmtk_reads for o in rows)
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from appliance.supervise.ports import LOWEST_CHOSEN_PORT, ephemeral_low, port_is_free
 
+T = TypeVar("T")
 BLOCK_SIZE = 64
 LOCK_DIR = Path(tempfile.gettempdir()) / "neuronova-test-ports"
 
@@ -75,3 +77,17 @@ def reserve_port() -> int:
     if _POOL is None:
         _POOL = PortPool()
     return _POOL.reserve()
+
+
+class PortTaken(Exception):
+    """A service could not bind the port it was given: another program holds it."""
+
+
+def on_a_reserved_port(start: Callable[[int], T], tries: int = 3) -> T:
+    """``start(port)`` on a reserved port; when it raises :class:`PortTaken`, on a new one."""
+    for _ in range(tries - 1):
+        try:
+            return start(reserve_port())
+        except PortTaken:
+            continue
+    return start(reserve_port())

@@ -20,6 +20,7 @@ import pytest
 import requests
 from conftest import (
     DCMTK_STORESCU,
+    PORT_SETTINGS,
     Appliance,
     api_token,
     free_port,
@@ -51,11 +52,11 @@ def neuronova(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
 
 def restored_appliance(home: Path, password: str) -> Appliance:
     """An appliance on the restored home, on free ports of its own."""
-    ports = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
     overrides = {"bind": "127.0.0.1", "redirect_to_https": False}
-    settings = load_settings(home, overrides | {p: free_port() for p in ports}, environ={})
+    settings = load_settings(home, overrides | {p: free_port() for p in PORT_SETTINGS}, environ={})
     let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [home])
-    return Appliance(settings, password, output=home.parent / "restored.out")
+    return Appliance(settings, password, output=home.parent / "restored.out",
+                     own_ports=PORT_SETTINGS)  # fmt: skip
 
 
 def rows(home: Path, sql: str) -> list[tuple]:

@@ -25,7 +25,6 @@ from conftest import (
     DCMTK_STORESCU,
     Appliance,
     api_token,
-    free_port,
     make_appliance,
     require_tool,
     run_cli,
@@ -33,6 +32,7 @@ from conftest import (
     wait_stored,
 )
 from conftest import storescu as send
+from ports import PortTaken, on_a_reserved_port
 from test_backup import neuronova
 
 from appliance.backup import offsite
@@ -81,17 +81,26 @@ def sftp(tmp_path_factory) -> Iterator[SftpRemote]:
     base = tmp_path_factory.mktemp("sftp")
     (base / "served").mkdir()
     (base / "no-keys").touch()  # password logins only
-    password, port = secrets.token_urlsafe(18), free_port()
-    with open(base / "server.log", "wb") as log:
-        server = subprocess.Popen(
-            [rclone, "serve", "sftp", str(base / "served"), "--addr", f"127.0.0.1:{port}",
-             "--user", "backup", "--pass", password, "--config", str(base / "server.conf"),
-             "--cache-dir", str(base / "cache"), "--authorized-keys", str(base / "no-keys")],
-            stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
+    password = secrets.token_urlsafe(18)
+
+    def start(port: int) -> tuple[subprocess.Popen, int]:
+        with open(base / "server.log", "wb") as log:
+            server = subprocess.Popen(
+                [rclone, "serve", "sftp", str(base / "served"), "--addr", f"127.0.0.1:{port}",
+                 "--user", "backup", "--pass", password, "--config", str(base / "server.conf"),
+                 "--cache-dir", str(base / "cache"), "--authorized-keys", str(base / "no-keys")],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+        wait_for(lambda: server.poll() is not None or accepts(port), 30, "rclone serve sftp")
+        if server.poll() is not None:
+            said = (base / "server.log").read_text()
+            if "address already in use" in said:
+                raise PortTaken(port)
+            raise AssertionError(f"rclone serve sftp exited: {said[-2000:]}")
+        return server, port
+
+    server, port = on_a_reserved_port(start)
     try:
-        wait_for(lambda: server.poll() is None and accepts(port), 30, "rclone serve sftp")
-        assert server.poll() is None, (base / "server.log").read_text()
         obscured = subprocess.run([rclone, "obscure", password], capture_output=True,
                                   text=True, check=True).stdout.strip()  # fmt: skip
         config = write_rclone_conf(base / "rclone.conf", port, obscured)

@@ -214,7 +214,8 @@ class _Walker:
         (``end``) or of an undefined-length item (its Item Delimiter)."""
         if depth > _MAX_DEPTH:
             raise ValueError(f"sequences are nested more than {_MAX_DEPTH} deep")
-        while not self._item_done(depth, end):
+        done = self._done(depth, end)
+        while not done():
             tag, vr, length = self._element_header()
             if depth == 0:
                 self.top = tag
@@ -225,13 +226,22 @@ class _Walker:
                 raise ValueError(f"unexpected delimiter {_tag_text(tag)} in the data set")
             if length == _UNDEFINED:
                 self._undefined_length(tag, vr, depth)
+                continue
+            if self.limit is not None:  # (the top level's elements save a call)
+                self._within(length, tag)
+            if vr == b"SQ" or (vr is None and self._implicit_sequence(tag, length)):
+                self._bounded(length, _tag_text(tag), self._items, tag, depth, length)
+            elif depth == 0 and tag in self._wanted:
+                self._keep(tag, vr, length)
             else:
-                self._value(tag, vr, length, depth)
+                self.source.skip(length)
 
-    def _item_done(self, depth: int, end: int | None) -> bool:
+    def _done(self, depth: int, end: int | None) -> Callable[[], bool]:
+        """Whether the elements of the data set or item are over (an Item Delimiter ends an
+        undefined-length item, in :meth:`walk`)."""
         if end is not None:
-            return self.source.position == end
-        return depth == 0 and self.source.at_end()
+            return lambda: self.source.position == end
+        return self.source.at_end if depth == 0 else lambda: False
 
     def _element_header(self) -> tuple[int, bytes | None, int]:
         """Tag, VR (None in Implicit VR and for items and delimiters) and value length."""
@@ -256,16 +266,6 @@ class _Walker:
             what = "an item" if item else _tag_text(tag)
             over = self.source.position + length - self.limit
             raise ValueError(f"{what} overruns {self._holder} by {over} bytes")
-
-    def _value(self, tag: int, vr: bytes | None, length: int, depth: int) -> None:
-        """A value of defined length: a sequence is walked, a wanted one kept, others skipped."""
-        self._within(length, tag)
-        if vr == b"SQ" or (vr is None and self._implicit_sequence(tag, length)):
-            self._bounded(length, _tag_text(tag), self._items, tag, depth, length)
-        elif depth == 0 and tag in self._wanted:
-            self._keep(tag, vr, length)
-        else:
-            self.source.skip(length)
 
     def _implicit_sequence(self, tag: int, length: int) -> bool:
         """Implicit VR: a tag the dictionary calls SQ, or a private element whose value

@@ -18,10 +18,12 @@ FIRST_ADMIN = "admin"
 
 @dataclass(frozen=True)
 class InitResult:
-    """What ``init`` did; ``admin_password`` is set only when the admin was just created."""
+    """What ``init`` did; ``admin_password`` and ``backup_key`` are set only when the
+    admin, or the backup key, was just created (to be shown once, never logged)."""
 
     created: bool
     admin_password: str | None
+    backup_key: str | None = None
 
 
 def init_home(settings: Settings) -> InitResult:
@@ -34,7 +36,8 @@ def init_home(settings: Settings) -> InitResult:
     load_or_create_secret(layout.jwt_key_file, 48)
     load_or_create_secret(layout.orthanc_password_file, 24)
     load_or_create_secret(layout.status_key_file, 32)
-    load_or_create_secret(layout.backup_key_file, 32)
+    new_key = not layout.backup_key_file.exists()
+    backup_key = load_or_create_secret(layout.backup_key_file, 32)
     ensure_certificate(layout)
     db = open_database(layout.database_file)
     admin_password = None
@@ -42,7 +45,8 @@ def init_home(settings: Settings) -> InitResult:
         admin_password = users.generate_password()
         users.create_user(db, FIRST_ADMIN, "admin", admin_password)
     db.close()
-    return InitResult(created=created, admin_password=admin_password)
+    return InitResult(created=created, admin_password=admin_password,
+                      backup_key=backup_key if new_key else None)  # fmt: skip
 
 
 def require_initialized(settings: Settings) -> HomeLayout:

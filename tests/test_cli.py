@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import stat
 
 import pytest
 
 from appliance.cli import cli
+from appliance.cli.services import prepare_home
 from appliance.config import load_settings
 from appliance.db import open_database
 from appliance.security.users import get_user, verify_password
@@ -151,3 +153,65 @@ def test_disabling_a_user_ends_their_sessions(home, runner):
     result = runner.invoke(cli, ["user", "disable", "dr.gone", "--home", str(home)])
     assert result.exit_code == 0 and "open sessions have ended" in result.output
     assert store.active(session.session_id) is None
+
+
+# ------------------------------------------------------------------ the backup key
+
+
+def test_init_shows_the_new_backup_key_once(tmp_path, runner):
+    home = tmp_path / "h"
+    first = runner.invoke(cli, ["init", "--home", str(home)])
+    assert first.exit_code == 0, first.output
+    key_file = home / "secrets" / "backup-key"
+    key = key_file.read_text().strip()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert f"Backup key (`neuronova backup key` shows it again):\n    {key}\n" in first.output
+    assert "--key-file FILE" in first.output and "away from this machine" in first.output
+    second = runner.invoke(cli, ["init", "--home", str(home)])
+    assert second.exit_code == 0 and key not in second.output and "Backup key" not in second.output
+
+
+def test_backup_key_prints_the_key_alone_on_stdout(home, runner):
+    key = (home / "secrets" / "backup-key").read_text().strip()
+    shown = runner.invoke(cli, ["backup", "key", "--home", str(home)])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout == key + "\n"
+    assert "away from this machine" in shown.stderr and "--key-file" in shown.stderr
+
+
+def test_backup_key_output_writes_a_0600_file_and_never_overwrites(home, tmp_path, runner):
+    key = (home / "secrets" / "backup-key").read_text().strip()
+    target = tmp_path / "copy-of-key"
+    written = runner.invoke(cli, ["backup", "key", "--output", str(target), "--home", str(home)])
+    assert written.exit_code == 0, written.output
+    assert key not in written.output and f"Wrote the backup key to {target}" in written.stderr
+    assert target.read_text() == key + "\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    target.write_text("something else\n")
+    again = runner.invoke(cli, ["backup", "key", "--output", str(target), "--home", str(home)])
+    assert again.exit_code == 1 and "already exists" in again.output
+    assert target.read_text() == "something else\n"
+
+
+def test_backup_key_makes_one_for_a_home_that_has_none(home, runner):
+    key_file = home / "secrets" / "backup-key"
+    key_file.unlink()  # a home made before snapshots were signed
+    shown = runner.invoke(cli, ["backup", "key", "--home", str(home)])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout == key_file.read_text().strip() + "\n"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_backup_key_of_a_folder_that_is_no_home_is_refused(tmp_path, runner):
+    refused = runner.invoke(cli, ["backup", "key", "--home", str(tmp_path / "none")])
+    assert refused.exit_code == 1 and "is not a NeuroNova home yet" in refused.output
+    assert not (tmp_path / "none" / "secrets").exists()
+
+
+def test_a_container_home_logs_where_the_backup_key_is_never_the_key(tmp_path, caplog):
+    settings = load_settings(tmp_path / "h", environ={})
+    with caplog.at_level(logging.INFO, logger="neuronova.service"):
+        prepare_home(settings)
+    key_file = tmp_path / "h" / "secrets" / "backup-key"
+    assert f"the backup key is in {key_file}" in caplog.text
+    assert key_file.read_text().strip() not in caplog.text

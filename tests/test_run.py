@@ -268,6 +268,23 @@ def test_secret_files_are_0600_and_never_logged(appliance):
             assert secret not in text, f"a secret appears in {path}"
 
 
+def test_run_shows_a_new_backup_key_once_and_never_logs_it(appliance_factory):
+    """A home without a backup key (made before snapshots were signed) gets one at start:
+    printed on run's output, like the first admin password, never in HOME/logs."""
+    appliance = appliance_factory()
+    layout = HomeLayout(appliance.settings.home)
+    layout.backup_key_file.unlink()
+    appliance.start()
+    key = layout.backup_key_file.read_text().strip()
+    assert stat.S_IMODE(layout.backup_key_file.stat().st_mode) == 0o600
+    assert f"    {key}\n" in appliance.output.read_text()
+    http_get(f"{appliance.url}/api/health")  # make sure something was logged
+    logs = list(layout.log_dir.glob("*.log"))
+    assert {p.name for p in logs} >= {"neuronova.log", "orthanc.log", "app.log"}
+    for path in logs:
+        assert key not in path.read_text(errors="replace"), f"the backup key appears in {path}"
+
+
 def test_https_serves_the_generated_certificate_and_http_redirects(appliance_factory):
     import ssl
     import urllib.request

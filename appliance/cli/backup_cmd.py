@@ -23,10 +23,17 @@ from appliance.cli.options import home_option, settings_from
 from appliance.config import Settings, load_settings
 from appliance.home import require_initialized
 from appliance.layout import HomeLayout
+from appliance.security.keys import load_or_create_secret, write_private_file
 from appliance.store.orthanc import OrthancStore, OrthancUnavailable
 from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
 
 ORTHANC_START_TIMEOUT = 60.0
+KEY_ADVICE = (
+    "Keep a copy of the backup key away from this machine (a password manager, or a sealed\n"
+    "envelope with the first admin password): every snapshot is signed with it, no backup\n"
+    "holds it, and after losing the machine a restore needs it, in a file:\n"
+    "  neuronova restore SRC --home NEW --key-file FILE"
+)
 
 
 class _BackupGroup(click.Group):
@@ -47,6 +54,7 @@ def backup() -> None:
       neuronova backup verify DEST   re-check every checksum in DEST
       neuronova backup prune DEST    drop snapshots outside the retention
       neuronova backup push DEST     copy DEST to the rclone remote ([backup] remote)
+      neuronova backup key           show the key restore needs, to keep a copy off the box
     A backup holds the secrets (JWT key, Orthanc password, TLS key): keep it as safe
     as the home itself.
     """
@@ -146,6 +154,26 @@ def _home_repository(dest: Path, home: Path | None) -> Repository:
 def _require_repository(dest: Path) -> None:
     if not Repository(dest).snapshot_names():
         raise click.ClickException(f"{dest} holds no NeuroNova backup (no snapshots/*.json).")
+
+
+@backup.command("key", short_help="Show the home's backup key, to keep a copy off the box.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the key to this new file (mode 0600), not to stdout.")  # fmt: skip
+@home_option
+def key_cmd(output: Path | None, home: Path | None) -> None:
+    """Print the home's backup key (made first, 0600, if the home has none yet), which
+    signs every snapshot; `restore --key-file FILE` asks for it. The key alone goes to
+    stdout (or to FILE with --output), the explanation to stderr."""
+    layout = require_initialized(settings_from(home))
+    key = load_or_create_secret(layout.backup_key_file, 32)
+    if output is None:
+        click.echo(key)
+    elif output.exists() or output.is_symlink():
+        raise click.ClickException(f"{output} already exists; name a new file.")
+    else:
+        write_private_file(output, key.encode() + b"\n")
+        click.echo(f"Wrote the backup key to {output} (mode 0600).", err=True)
+    click.echo(KEY_ADVICE, err=True)
 
 
 def key_file_option(command: Callable) -> Callable:

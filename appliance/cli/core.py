@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ import click
 
 from appliance import __version__, loopback
 from appliance.backup.status import backup_summary
+from appliance.cli.backup_cmd import KEY_ADVICE
 from appliance.cli.options import home_option, network_options, settings_from
 from appliance.config import Settings
 from appliance.health.report import STATUS_KEY_HEADER, status_key
@@ -31,6 +33,11 @@ def _report_init(settings: Settings, result: InitResult) -> None:
         click.echo("    user:     admin")
         click.echo(f"    password: {result.admin_password}")
         click.echo("  Change it with `neuronova user passwd admin`.")
+        click.echo("")
+    if result.backup_key:
+        click.secho("  Backup key (`neuronova backup key` shows it again):", bold=True)
+        click.echo(f"    {result.backup_key}")
+        click.echo(textwrap.indent(KEY_ADVICE, "  "))
         click.echo("")
 
 

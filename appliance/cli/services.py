@@ -61,7 +61,8 @@ def first_admin_password_file(settings: Settings) -> Path:
 
 def prepare_home(settings: Settings) -> None:
     """``init`` the home once, whichever container comes first (a blocking file lock);
-    the first admin's password goes to :func:`first_admin_password_file`, never a log."""
+    the first admin's password goes to :func:`first_admin_password_file`, never a log, and
+    the log names the backup key's file, never the key."""
     settings.home.mkdir(parents=True, exist_ok=True)
     fd = os.open(settings.home / ".init.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -73,6 +74,10 @@ def prepare_home(settings: Settings) -> None:
         path = first_admin_password_file(settings)
         write_private_file(path, result.admin_password.encode() + b"\n")
         log.info("created the home; the first admin password (user admin) is in %s", path)
+    if result.backup_key is not None:
+        key_file = HomeLayout(settings.home).backup_key_file
+        log.info("the backup key is in %s: keep a copy away from this machine, restore needs "
+                 "it (`neuronova backup key`)", key_file)  # fmt: skip
 
 
 def _settings(home: Path | None, dicom_level: int = logging.CRITICAL) -> Settings:

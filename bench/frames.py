@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bundled_nginx
 from appliance.store.frame_files import BOUNDARY
 from appliance.supervise.nginx import APP_PROXY, render_template, security_headers
-from appliance.web.gateway import HTJ2K_LOSSLESS
+from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.harness import (
     ACCEPT,
     LOOPBACK,
@@ -345,7 +345,7 @@ def check_targets(targets: list[Target], frames_dir: Path) -> dict[str, Any]:
         if status != 200 or not content_type.startswith("multipart/related"):
             raise AssertionError(f"{target.name}: HTTP {status} {content_type!r}")
         part_type, frame = split_multipart(content_type, body)
-        if f"transfer-syntax={HTJ2K_LOSSLESS}" not in part_type or body != on_disk:
+        if f"transfer-syntax={RPCL_SYNTAX}" not in part_type or body != on_disk:
             raise AssertionError(f"{target.name}: part typed {part_type!r}, or body differs")
         checked[target.name] = {
             "status": status,

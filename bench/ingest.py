@@ -42,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from appliance.transcode.codestream import RPCL_SYNTAX
 from appliance.web.gateway import HTJ2K_LOSSLESS
 from bench import codec
 from bench.harness import (
@@ -289,7 +290,7 @@ def check_frames(
         status, headers, body = http(url, headers={"Authorization": f"Bearer {token}",
                                                    "Accept": ACCEPT})  # fmt: skip
         part_type, frame = split_multipart(headers.get("Content-Type", ""), body)
-        ok = status == 200 and HTJ2K_LOSSLESS in part_type
+        ok = status == 200 and RPCL_SYNTAX in part_type
         if not ok or not np.array_equal(imagecodecs.htj2k_decode(frame), slices[index]):
             raise RuntimeError(f"frame of instance {index} is not the pixels sent ({status})")
         checked.append(index)

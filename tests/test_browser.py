@@ -41,7 +41,7 @@ from bench.synthetic import make_slices, write_series
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
-HTJ2K = "1.2.840.10008.1.2.4.201"
+HTJ2K_RPCL = "1.2.840.10008.1.2.4.202"  # frames are served as HTJ2K with RPCL Options
 SLICES = 16
 PATIENT_ID, PATIENT_NAME = "NNBROWSER01", "BROWSER^PHANTOM"  # found with the worklist search
 USER = "rad.browser"
@@ -267,7 +267,7 @@ def test_login_worklist_and_viewer_show_the_pushed_study(appliance, study, new_c
         assert response.status == 200, (response.status, response.url)
         assert response.headers["content-type"].startswith("multipart/related"), response.headers
         head = response.body()[:400].decode("latin-1")
-        assert f"transfer-syntax={HTJ2K}" in head, head
+        assert f"transfer-syntax={HTJ2K_RPCL}" in head, head
     fetched = {r.url.split("/instances/")[1].split("/")[0] for r in recorder.frames}
     assert fetched == set(series.sop_uids)
 

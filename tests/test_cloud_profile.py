@@ -24,6 +24,7 @@ import pytest
 import requests
 from conftest import require_tool, storescu_command, wait_for
 
+from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.cloud import (
     Profile,
     build_bundle,
@@ -135,7 +136,7 @@ def test_a_pushed_series_is_found_and_its_frames_read(profile, pushed):
     resp = client.session.get(url, timeout=10, headers=headers)
     assert resp.status_code == 200, resp.text
     part_type, codestream = split_multipart(resp.headers["Content-Type"], resp.content)
-    assert f"transfer-syntax={HTJ2K}" in part_type
+    assert f"transfer-syntax={RPCL_SYNTAX}" in part_type
     assert np.array_equal(imagecodecs.htj2k_decode(codestream).astype(np.int16), slices[3])
 
 

@@ -79,7 +79,8 @@ def test_frame_file_is_a_multipart_body_holding_the_codestream(tmp_path: Path) -
     path = instance_dir(tmp_path, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     path = path / "frames" / "1"
     content_type, data = parse_frame_file(path)
-    assert content_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.201"
+    # an RPCL codestream with TLM and 5 levels: served as HTJ2K with RPCL Options
+    assert content_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.202"
     assert data == result.frames[0]
     np.testing.assert_array_equal(imagecodecs.htj2k_decode(data), result.pixels)
     assert not (path.parent / "2").exists()

@@ -317,7 +317,7 @@ def test_nginx_workers_are_not_root_and_still_serve_frames_and_the_viewer(applia
         frame, headers={"Authorization": f"Bearer {token}", "Accept": accept}
     )
     assert status == 200 and headers["Content-Type"].startswith("multipart/related")
-    assert b"transfer-syntax=1.2.840.10008.1.2.4.201" in body[:300]
+    assert b"transfer-syntax=1.2.840.10008.1.2.4.202" in body[:300]  # RPCL: progressive
 
     browser = requests.Session()
     credentials = {"username": "admin", "password": appliance.admin_password}

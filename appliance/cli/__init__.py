@@ -40,6 +40,7 @@ def _register() -> None:
         config_cmd,
         core,
         doctor_cmd,
+        frames_cmd,
         held_cmd,
         import_cmd,
         ingest_cmd,
@@ -71,6 +72,7 @@ def _register() -> None:
         doctor_cmd.doctor,
         study_cmd.study,
         study_cmd.retention,
+        frames_cmd.frames,
     ):
         cli.add_command(command)
 

@@ -55,6 +55,15 @@ def instance_dir(root: str | os.PathLike[str], study: str, series: str, sop: str
     return Path(root, study, series, sop)
 
 
+def frame_file_paths(root: str | os.PathLike[str]) -> list[Path]:
+    """Every frame file below ``root``, sorted (neither temporary files nor studies being
+    removed: their names start with a dot)."""
+    return sorted(
+        path
+        for path in Path(root).glob("*/*/*/frames/*")
+        if path.name.isdigit() and not path.relative_to(root).parts[0].startswith(".")
+    )
+
 
 def remove_study_files(root: str | os.PathLike[str], study: str) -> int:
     """Remove every frame file and JPEG of a study; returns the bytes freed (0 if none).

@@ -3,7 +3,9 @@
 Pixels are decoded once with pydicom (pylibjpeg-openjpeg for JPEG 2000, imagecodecs for
 lossless JPEG and JPEG-LS, registered below as a pydicom decoding plugin), every frame is
 encoded with OpenJPH through ``imagecodecs.htj2k_encode`` (reversible 5/3 wavelet, RPCL,
-one tile-part per resolution, TLM markers) and decoded back with OpenJPH to check that
+one tile-part per resolution, TLM markers, at least 5 decomposition levels and more for
+images over 2048 pixels: the shape PS3.5 10.18 asks of HTJ2K with RPCL Options, see
+:mod:`appliance.transcode.codestream`) and decoded back with OpenJPH to check that
 the pixels are identical before anything is stored.
 
 Colour images are encoded with the reversible colour transform (RCT) and stored as
@@ -41,6 +43,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
+
+from appliance.transcode.codestream import decomposition_levels
 
 if TYPE_CHECKING:
     from pydicom.pixels.decoders.base import DecodeRunner
@@ -303,7 +307,8 @@ def _decode_all(ds: Dataset, syntax: UID) -> tuple[np.ndarray, str]:
 
 def _encode(frame: np.ndarray, rct: bool, ds: Dataset) -> bytes:
     try:
-        return imagecodecs.htj2k_encode(frame, rgb=rct, **HTJ2K_ENCODE_OPTIONS)
+        levels = decomposition_levels(*frame.shape[:2])
+        return imagecodecs.htj2k_encode(frame, rgb=rct, resolutions=levels, **HTJ2K_ENCODE_OPTIONS)
     except imagecodecs.Htj2kError as exc:
         raise TranscodeError(f"{_sop(ds)}: HTJ2K encoding failed: {exc}") from exc
 

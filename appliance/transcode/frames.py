@@ -21,6 +21,7 @@ from pydicom.uid import HTJ2K, HTJ2KLossless, HTJ2KLosslessRPCL
 from appliance.durable import fsync_dir, write_atomic
 from appliance.store.frame_files import BOUNDARY, IMAGE_NAMES, instance_dir
 from appliance.transcode.codec import frame_transfer_syntax
+from appliance.transcode.codestream import RPCL_SYNTAX, rpcl_problem
 
 log = logging.getLogger("neuronova.transcode.frames")
 
@@ -74,11 +75,11 @@ def write_instance_files(
     directory = instance_dir(root, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     frames_dir = directory / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
-    head = _part_head(frame_transfer_syntax(str(transfer_syntax)))
+    syntax = frame_transfer_syntax(str(transfer_syntax))
     for n, data in enumerate(frames, start=1):
         if _DELIMITER in data:
             raise ValueError(f"{ds.SOPInstanceUID}: frame {n} contains the multipart boundary")
-        write_atomic(frames_dir / str(n), head, data, _TAIL)
+        write_atomic(frames_dir / str(n), part_head(served_syntax(syntax, data)), data, _TAIL)
     _remove_frames_after(frames_dir, len(frames))
     if frames and images:
         _write_jpegs(directory, ds, transfer_syntax, pixels)
@@ -133,11 +134,49 @@ def _first_htj2k_frame(ds: Dataset, transfer_syntax: str) -> np.ndarray | None:
         return None
 
 
-def _part_head(transfer_syntax: str) -> bytes:
+def served_syntax(transfer_syntax: str, frame: bytes) -> str:
+    """The transfer syntax a frame is served in: HTJ2K with RPCL Options (``.4.202``) for
+    an HTJ2K lossless (``.4.201``) codestream that meets its conditions, so that viewers
+    may fetch and decode its first part (:mod:`appliance.transcode.codestream`); else
+    ``transfer_syntax`` itself."""
+    if transfer_syntax == HTJ2KLossless and rpcl_problem(frame) is None:
+        return RPCL_SYNTAX
+    return transfer_syntax
+
+
+def part_head(transfer_syntax: str) -> bytes:
+    """The start of a frame file: the boundary and the part's Content-Type."""
     return (
         f"--{BOUNDARY}\r\n"
         f"Content-Type: application/octet-stream; transfer-syntax={transfer_syntax}\r\n\r\n"
     ).encode("ascii")
+
+
+def relabel_frame_file(path: Path) -> str:
+    """Label a frame file written before frames were served as ``.4.202`` the way
+    :func:`write_instance_files` now would, in place: the two labels have the same length
+    and differ in one byte, so a reader sees the old label or the new one, both right for
+    the codestream; nothing else of the file changes and nothing is re-encoded.
+
+    Returns
+    -------
+    str
+        ``"relabelled"``; ``"already"`` (already ``.4.202``); ``"re-encode"`` (an HTJ2K
+        lossless codestream that does not meet PS3.5 10.18, e.g. too few decomposition
+        levels); ``"other"`` (another transfer syntax, or not a frame file).
+    """
+    old, new = part_head(str(HTJ2KLossless)), part_head(RPCL_SYNTAX)
+    with path.open("r+b") as file:
+        data = file.read()
+        if data.startswith(new):
+            return "already"
+        if not (data.startswith(old) and data.endswith(_TAIL)):
+            return "other"
+        if rpcl_problem(data[len(old) : -len(_TAIL)]) is not None:
+            return "re-encode"
+        file.seek(0)
+        file.write(new)
+    return "relabelled"
 
 
 def _remove_frames_after(frames_dir: Path, count: int) -> None:

@@ -594,13 +594,19 @@ def js_string(value: str) -> str:
     return json.dumps(value)
 
 
+# NeuroNova's header (logo, worklist link, user, sign out) and the session-ended dialog:
+# plain JavaScript appended to app-config.js as it is (the viewer's CSP allows no inline
+# script, and app-config.js runs before OHIF's bundle).
+VIEWER_SCRIPT = Path(__file__).resolve().parent / "ohif_neuronova.js"
+
+
 def render_app_config(
     router_basename: str = ROUTER_BASENAME,
     dicomweb_root: str = DICOMWEB_ROOT,
     source_name: str = DATA_SOURCE_NAME,
 ) -> str:
     """Return the text of our ``app-config.js``."""
-    return APP_CONFIG_TEMPLATE.format(
+    config = APP_CONFIG_TEMPLATE.format(
         package=OHIF_PACKAGE,
         version=OHIF_VERSION,
         dicomweb_root=dicomweb_root,
@@ -609,6 +615,7 @@ def render_app_config(
         source_name=js_string(source_name),
         keepalive_ms=KEEPALIVE_SECONDS * 1000,
     )
+    return config + "\n" + VIEWER_SCRIPT.read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- install

@@ -21,6 +21,7 @@
 
   var WORKLIST_URL = '/';
   var LOGIN_URL = '/login';
+  var FAVICON_URL = '/favicon.svg';
   var ME_URL = '/api/auth/me';
   var CHECK_URL = '/api/auth/check';
   var REFRESH_URL = '/api/auth/refresh';
@@ -399,8 +400,17 @@
     }
   });
 
+  // The tab: NeuroNova's name and icon (the main app's), not OHIF's.
   window.addEventListener('DOMContentLoaded', function () {
     document.title = 'NeuroNova viewer';
+    Array.prototype.forEach.call(document.querySelectorAll('link[rel~="icon"]'), function (link) {
+      link.remove();
+    });
+    var icon = document.createElement('link');
+    icon.rel = 'icon';
+    icon.type = 'image/svg+xml';
+    icon.href = FAVICON_URL;
+    document.head.appendChild(icon);
   });
   loadUser();
 })();

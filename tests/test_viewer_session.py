@@ -38,23 +38,31 @@ PATIENT_ID, PATIENT_NAME = "NNVIEWERSESSION01", "SESSION^PHANTOM"
 USER = "rad.session"
 PASSWORD = "viewer session test password"
 QIDO = "/api/pacs/dicom-web/studies"
+SECOND_SERIES = "Second look"
 
 
 @pytest.fixture(scope="module")
 def study(appliance, tmp_path_factory):
-    """(series, slices): a small CT series pushed with storescu and stored as HTJ2K."""
+    """(series, slices): a small CT study of two series pushed with storescu and stored as
+    HTJ2K. The viewer shows the first; the second ("Second look") is loaded only when
+    asked for, which gives a test a request of OHIF's own to make when it wants one."""
     added = run_cli(appliance, "user", "add", USER, "--role", "radiologist", "--password-stdin",
                     stdin=PASSWORD + "\n")  # fmt: skip
     assert added.returncode == 0, added.stderr
     slices = make_slices(SLICES)
     series = write_series(tmp_path_factory.mktemp("session-ct"), slices)
-    for path in series.files:
+    second = write_series(tmp_path_factory.mktemp("session-ct-2"), make_slices(SLICES, seed=7))
+    for number, path in [(1, p) for p in series.files] + [(2, p) for p in second.files]:
         ds = pydicom.dcmread(path)
         ds.PatientID, ds.PatientName = PATIENT_ID, PATIENT_NAME
+        ds.StudyInstanceUID = series.study_uid
+        ds.SeriesNumber = number
+        if number == 2:
+            ds.SeriesDescription = SECOND_SERIES
         ds.save_as(path, enforce_file_format=True)
-    sent = storescu(appliance, series.files, "SESSIONSCU")
+    sent = storescu(appliance, [*series.files, *second.files], "SESSIONSCU")
     assert sent.returncode == 0, sent.stderr
-    wait_stored(appliance, series.sop_uids)
+    wait_stored(appliance, [*series.sop_uids, *second.sop_uids])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return series, slices
 
@@ -137,6 +145,9 @@ def test_viewer_shows_neuronova_the_user_and_a_way_back(appliance, study, new_co
     assert page.get_by_test_id("nn-user").inner_text().strip() == USER
     assert page.get_by_test_id("nn-sign-out").is_visible()
     assert page.title() == "NeuroNova viewer"
+    icons = page.locator('link[rel~="icon"]')
+    assert icons.count() == 1 and icons.get_attribute("href") == "/favicon.svg"
+    assert page.request.get(appliance.url + "/favicon.svg").ok
     header = page.locator("body").inner_text()
     assert "Open Health Imaging Foundation" not in header
     assert page.locator('[aria-label="OHIF logo"]').count() == 0
@@ -180,9 +191,15 @@ def test_signing_out_in_another_tab_becomes_a_dialog_and_back(appliance, study, 
     app.wait_for_url(re.compile(r"/login"))
     app.close()
 
-    # The viewer's next DICOMweb request (XMLHttpRequest, as OHIF's) is refused: the dialog.
-    assert xhr_status(page, url) == 401
+    # The viewer's next DICOMweb request, one of OHIF's own (the second series, opened
+    # from the study browser), is refused: the dialog, not broken images.
+    assert page.get_by_test_id("nn-session-ended").count() == 0
+    recorder.refused.clear()
+    page.get_by_text(SECOND_SERIES).first.dblclick()
     dialog_login_link(page, series.study_uid)
+    assert recorder.refused and {r.status for r in recorder.refused} == {401}, recorder.refused
+    # A request made like OHIF's DICOMweb client makes them (XMLHttpRequest): refused too.
+    assert xhr_status(page, url) == 401
     page.screenshot(path=ARTIFACTS / "13-viewer-session-ended.png")
     sign_in_again_from_dialog(page, recorder, study, "14-viewer-after-signing-in-again")
 

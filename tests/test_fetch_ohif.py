@@ -308,6 +308,33 @@ def test_app_config_evaluates_in_javascript() -> None:
     assert config["maxNumRequests"] == {"interaction": 100, "thumbnail": 25, "prefetch": 100}
 
 
+def test_app_config_brands_the_viewer_and_runs_without_a_page() -> None:
+    """NeuroNova's part (packaging/ohif_neuronova.js) is appended after window.config and
+    gives OHIF its logo component; without a DOM (here, Node) it does nothing else."""
+    text = fetch_ohif.render_app_config()
+    assert text.index("window.config = {") < text.index("createLogoComponentFn")
+    assert text.endswith(fetch_ohif.VIEWER_SCRIPT.read_text(encoding="utf-8"))
+    script = text + (
+        "\nconst made = [];"
+        "\nconst React = {createElement: (type, props) => (made.push(type), {type, props})};"
+        "\nconst logo = window.config.whiteLabeling.createLogoComponentFn(React, {});"
+        "\nconst again = window.config.whiteLabeling.createLogoComponentFn(React, {});"
+        "\nprocess.stdout.write(JSON.stringify({"
+        "\n  name: logo.type.name, same: logo.type === again.type,"
+        "\n  fetchWrapped: typeof window.fetch}));"
+    )
+    result = subprocess.run(
+        [require_tool("node", "nodejs"), "-e", "const window = {};\n" + script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    found = json.loads(result.stdout)
+    # One component type for every render of OHIF's header (React keeps its state).
+    assert found == {"name": "NeuroNovaBrand", "same": True, "fetchWrapped": "undefined"}
+
+
 # --------------------------------------------------------------------------- extract, install
 
 

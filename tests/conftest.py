@@ -240,6 +240,19 @@ def appliance(tmp_path_factory) -> Iterator[Appliance]:
     running.stop()
 
 
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory) -> Path:
+    """One PyInstaller bundle of this checkout per run: the package test and the cloud
+    profile's image both wrap it (PyInstaller is the longest step of either)."""
+    from bench.packaging import load_build
+
+    build = load_build()
+    try:
+        return build.build_bundle(tmp_path_factory.mktemp("bundle"))
+    except build.BuildError as exc:
+        pytest.fail(f"packaging/build.py: {exc}", pytrace=False)
+
+
 # --------------------------------------------------------------------------- CLI homes
 
 

@@ -27,7 +27,6 @@ from conftest import require_tool, storescu_command, wait_for
 from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.cloud import (
     Profile,
-    build_bundle,
     build_image,
     check_engine,
     ensure_base_images,
@@ -44,8 +43,8 @@ INTERNAL = {"orthanc": 18042, "app": 18081, "redis": 6379}
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Iterator[str]:
-    """The appliance image, built from a fresh bundle of this checkout."""
+def image(bundle, tmp_path_factory) -> Iterator[str]:
+    """The appliance image, built from the run's bundle of this checkout."""
     for program, package in (("podman", "podman"), ("podman-compose", "podman-compose"),
                              ("debootstrap", "debootstrap")):  # fmt: skip
         require_tool(program, package)
@@ -55,7 +54,7 @@ def image(tmp_path_factory) -> Iterator[str]:
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
     tag = f"localhost/neuronova-test/appliance:{os.getpid()}"
-    build_image(build_bundle(tmp_path_factory.mktemp("dist")), tag)
+    build_image(bundle, tag)
     yield tag
     podman("rmi", "-f", tag, check=False)
 

@@ -11,19 +11,16 @@ namespaces (``unshare --root``), sharing the host's loopback.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import imagecodecs
 import numpy as np
@@ -34,6 +31,7 @@ from conftest import free_port, require_tool, storescu_command, wait_for
 from appliance.config import load_settings, render_toml
 from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.harness import ACCEPT, split_multipart
+from bench.packaging import load_build
 from bench.synthetic import make_slices, write_series
 
 pytestmark = pytest.mark.slow
@@ -47,16 +45,6 @@ SLICES = 6
 # Shared objects a bundled program may take from the system: glibc's (and libcrypt).
 GLIBC = {"libc", "libm", "libdl", "librt", "libpthread", "libresolv", "libutil",
          "ld-linux-x86-64", "libnss_files", "libnss_dns", "libcrypt", "libgcc_s"}  # fmt: skip
-
-
-def load_build() -> ModuleType:
-    """``packaging/build.py`` (``packaging/`` is not a package)."""
-    spec = importlib.util.spec_from_file_location("nn_build", REPO / "packaging" / "build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 FIRST = load_build().source_version()  # the app's; the second package wraps the same bundle
@@ -203,15 +191,15 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Iterator[tuple[object, Path]]:
-    """The first build (bundle, tarball, .deb, lintian), timed; and its output folder."""
+def built(bundle, tmp_path_factory) -> Iterator[tuple[object, Path]]:
+    """The first build (tarball, .deb, lintian) of the run's bundle; its output folder."""
     for program, package in (("dpkg-deb", "dpkg"), ("lintian", "lintian"),
                              ("patchelf", "patchelf"), ("unshare", "util-linux")):  # fmt: skip
         require_tool(program, package)
     out = tmp_path_factory.mktemp("dist")
     build = load_build()
     try:
-        report = build.build(FIRST, out)
+        report = build.build(FIRST, out, bundle=bundle)
     except build.BuildError as exc:
         pytest.fail(f"packaging/build.py: {exc}", pytrace=False)
     yield report, out

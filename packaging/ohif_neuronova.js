@@ -63,6 +63,11 @@
     };
   }
 
+  // A share link's cookie opens one study for someone without an account: no sign out.
+  function isShare(user) {
+    return !!user && (user.role === 'share' || typeof user.study_uid === 'string');
+  }
+
   function readCookie(name) {
     var parts = (document.cookie || '').split(';');
     for (var i = 0; i < parts.length; i++) {
@@ -134,7 +139,7 @@
 
     function UserBox(props) {
       var user = props.user;
-      var share = user.role === 'share' || typeof user.study_uid === 'string';
+      var share = isShare(user);
       return h(
         'div',
         {
@@ -268,13 +273,21 @@
       maxWidth: '420px',
       boxShadow: '0 12px 40px rgba(0,0,0,0.6)',
     });
-    var title = element('h2', { margin: '0 0 12px', fontSize: '20px', fontWeight: '600' }, 'Your session has ended');
+    var share = isShare(state.user);
+    var title = element(
+      'h2',
+      { margin: '0 0 12px', fontSize: '20px', fontWeight: '600' },
+      share ? 'This shared study is no longer open' : 'Your session has ended'
+    );
     title.id = 'nn-session-ended-title';
     var text = element(
       'p',
       { margin: '0 0 24px', fontSize: '14px', lineHeight: '1.5', color: '#c3cfdc' },
-      'You were signed out, or your sign-in expired. Sign in again to go on: ' +
-        'you will come back to this study.'
+      share
+        ? 'The share link has expired or was withdrawn: ask whoever sent it for a new one. ' +
+            'Staff of the clinic can sign in to open the study.'
+        : 'You were signed out, or your sign-in expired. Sign in again to go on: ' +
+            'you will come back to this study.'
     );
     text.id = 'nn-session-ended-text';
     var link = element(
@@ -289,7 +302,7 @@
         fontWeight: '600',
         textDecoration: 'none',
       },
-      'Sign in again'
+      share ? 'Sign in' : 'Sign in again'
     );
     link.href = loginUrlBack();
     link.setAttribute('data-testid', 'nn-session-ended-login');
@@ -302,7 +315,7 @@
     card.appendChild(title);
     card.appendChild(text);
     card.appendChild(link);
-    card.appendChild(worklist);
+    if (!share) card.appendChild(worklist);
     backdrop.appendChild(card);
     document.body.appendChild(backdrop);
     link.focus();

@@ -4,7 +4,8 @@ OHIF opens with NeuroNova's logo and name, which link back to the worklist, and 
 signed-in user with a working Sign out; a session that ends while the viewer is open
 (signed out in another tab, ended by an admin) becomes a dialog whose link leads to the
 login page and back to the viewer, never a grid of broken images; an access cookie that
-merely expired is renewed with the refresh cookie without a dialog. The code under test is
+merely expired is renewed with the refresh cookie without a dialog; a share link's viewer
+has no Sign out, and a withdrawn link says so. The code under test is
 ``packaging/ohif_neuronova.js``, appended to the viewer's ``app-config.js``.
 
 Screenshots go to ``test-artifacts/browser/`` (repository root, git-ignored).
@@ -13,11 +14,12 @@ Screenshots go to ``test-artifacts/browser/`` (repository root, git-ignored).
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pydicom
 import pytest
-from conftest import run_cli, storescu, wait_stored
+import requests
+from conftest import api_token, run_cli, storescu, wait_stored
 from test_browser import (
     ARTIFACTS,
     SESSION_COOKIE,
@@ -238,3 +240,31 @@ def test_an_expired_access_cookie_is_renewed_without_a_dialog(appliance, study, 
     assert xhr_status(page, url) == 200
     poll(page, lambda: True, 1, "nothing")  # let any dialog appear, if one would
     assert page.get_by_test_id("nn-session-ended").count() == 0
+
+
+def test_a_share_link_has_no_sign_out_and_a_withdrawn_one_says_so(appliance, study, new_context):
+    series, slices = study
+    auth = {"Authorization": f"Bearer {api_token(appliance, USER, PASSWORD)}"}
+    made = requests.post(f"{appliance.url}/api/shares", timeout=10, headers=auth,
+                         json={"study_uid": series.study_uid, "expires_in_hours": 1})  # fmt: skip
+    made.raise_for_status()
+    share = made.json()
+    page = new_context().new_page()
+    recorder = Recorder(page)
+    page.goto(f"{appliance.url}/api/shares/open?token={quote(share['token'])}")
+    page.wait_for_url(re.compile(r"/pacs-viewer/viewer\?"))
+    wait_for_image(page, recorder, slices, "19-viewer-share-link")
+    page.get_by_test_id("nn-user").wait_for()
+    assert page.get_by_test_id("nn-user").inner_text().strip() == "Shared study"
+    assert page.get_by_test_id("nn-sign-out").count() == 0
+    assert page.get_by_test_id("nn-worklist-link").is_visible()
+
+    revoked = requests.delete(f"{appliance.url}/api/shares/{share['id']}", headers=auth, timeout=10)
+    assert revoked.ok, revoked.text
+    recorder.refused.clear()
+    page.get_by_text(SECOND_SERIES).first.dblclick()
+    dialog = page.get_by_test_id("nn-session-ended")
+    dialog.wait_for(state="visible", timeout=15_000)
+    assert "This shared study is no longer open" in dialog.inner_text()
+    assert recorder.refused and {r.status for r in recorder.refused} == {401}, recorder.refused
+    page.screenshot(path=ARTIFACTS / "20-viewer-share-withdrawn.png")

@@ -9,9 +9,23 @@ What goes in:
   with pynetdicom (one presentation context per SOP class and transfer syntax, the data
   set as it is, design.md fact 14) or by STOW-RS through nginx with a technologist's
   token, some STOW bodies also broken at the multipart level.
+* Re-encoded corpus objects: every file of pydicom's test folder read and written back by
+  pydicom (``dcmwrite``, as many modalities' software writes them) under a fresh SOP
+  Instance UID, sent by C-STORE; the receiver's answer is compared with DCMTK's ``dcmdump``
+  on the same bytes (its exit status): an object acknowledged that dcmdump refuses is a
+  finding (Orthanc would refuse it after the modality deleted its copy).
 * Requests: valid gateway URLs (QIDO, WADO, frames, the app's API) mutated in path,
   query, method and credentials, written raw to nginx; raw request heads written
   straight to the frame gate.
+
+* Backups: one real ``neuronova backup`` of the appliance (the known object in it), copied
+  and mutated (:mod:`bench.backup_mutations`): manifest fields (paths with '..', absolute,
+  long, NUL, into the folders restore makes itself; modes with high bits; sizes; digests
+  naming paths or other objects; type confusions; dropped and extra keys), the manifest's
+  text (truncated, bits flipped, nested, garbage), or one object (flipped, truncated,
+  deleted, a link out, a folder, a FIFO, another's content); a changed manifest is signed
+  again with the home's key three times in four. Each copy goes to ``neuronova restore
+  --key-file``, after the rest of the run.
 
 What is checked:
 
@@ -19,12 +33,16 @@ What is checked:
 * every acknowledged object (C-STORE Success, or listed in a STOW answer's
   ReferencedSOPSequence) ends ``stored`` in the journal and in Orthanc, or ``failed`` with
   a reason that ``neuronova ingest status --json`` lists; any other end counts as lost;
-* no supervised process restarted (pids and states in ``run/supervisor.json``).
+* no supervised process restarted (pids and states in ``run/supervisor.json``);
+* each restore of a mutated backup ends with an ``Error:`` line (exit 1, no traceback), the
+  target absent or empty and nothing new beside it; a restore that succeeds is a finding
+  unless its manifest was signed again and validates (then it must stay inside the
+  target, with no set-uid, set-gid or sticky file).
 
 Bounded by count and time; the same seed gives the same inputs::
 
-    python bench/fuzz.py                          # at most 10 minutes; robustness.md
-    python bench/fuzz.py --max-seconds 60 --max-inputs 300 --out /tmp/robustness.md
+    python bench/fuzz.py                          # at most 10 + 5 minutes; robustness.md
+    python bench/fuzz.py --max-seconds 60 --max-inputs 300 --restores 20 --out /tmp/r.md
 """
 
 from __future__ import annotations
@@ -61,14 +79,20 @@ from appliance.ingest.receiver import TRANSFER_SYNTAXES
 from appliance.layout import HomeLayout
 from appliance.store.orthanc import orthanc_auth_header, orthanc_url
 from appliance.supervise.runner import settings_environment
+from bench.backup_mutations import Target, mutate_backup
 from bench.harness import LOOPBACK, REPO, Appliance, http, python_env, running
 from bench.mutations import (
+    TEST_FILES,
     Mutant,
     Seed,
     corpus,
+    dcmtk_refuses,
+    dcmwrite_bytes,
     journal_keys,
     mutate,
     mutate_url,
+    read_quietly,
+    syntax_of,
     uid_for,
 )
 
@@ -88,6 +112,7 @@ UNEXPECTED_STATUSES = {
     0xC211: "C-STORE 0xC211 (unhandled error in the receiver)",
 }
 SUCCESS_STATUSES = frozenset({0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007})
+RESTORE_TIMEOUT = 120.0  # one restore of the small backup takes seconds
 
 
 # --------------------------------------------------------------------------- budget
@@ -95,10 +120,14 @@ SUCCESS_STATUSES = frozenset({0x0000, 0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0x
 
 @dataclass
 class Budget:
-    """At most ``max_inputs`` inputs and ``max_seconds`` of wall time for the whole run."""
+    """At most ``max_inputs`` inputs and ``max_seconds`` of wall time for the run against
+    the appliance; then at most ``restores`` restores of mutated backups in at most
+    ``restore_seconds``."""
 
     max_inputs: int
     max_seconds: float
+    restores: int = 0  # restores of mutated backups, after the rest and on top of its time
+    restore_seconds: float = 0.0
     start: float = field(default_factory=time.monotonic)
 
     def deadline(self, share: float) -> float:
@@ -146,6 +175,12 @@ class Figures:
     def tracebacks(self) -> int:
         """Tracebacks in the appliance's logs, every kind."""
         return sum(n for kind, n in self.finding_counts.items() if kind.startswith("traceback"))
+
+    @property
+    def restore_findings(self) -> int:
+        """Restores of mutated backups that did anything but refuse cleanly (or restore
+        inside the target a manifest signed again that validates)."""
+        return sum(n for kind, n in self.finding_counts.items() if kind.startswith("restore:"))
 
     @property
     def lost(self) -> int:
@@ -305,7 +340,7 @@ def send_objects(
             acknowledged += cstore_batch(settings, by_cstore, Path(tmp), figures)
             for start in range(0, len(by_stow), 3):
                 acknowledged += stow(settings, token, by_stow[start : start + 3], rng, figures)
-    figures.objects["acknowledged"] = len(acknowledged)
+    figures.objects["acknowledged"] += len(acknowledged)
     for item in acknowledged:
         if "bomb" in item.label:
             figures.finding("deflate bomb acknowledged", f"{item.channel}: {item.label}")
@@ -321,6 +356,46 @@ def _next_mutant(rng: random.Random, seeds: list[Seed], index: int) -> tuple[Mut
 def _cstore_can_send(mutant: Mutant) -> bool:
     """Whether the receiver offers a presentation context for it at all."""
     return mutant.sop_class in STORAGE_CLASSES and mutant.syntax in TRANSFER_SYNTAXES
+
+
+def reencoded_objects(rng: random.Random) -> list[tuple[Mutant, str]]:
+    """Every file of pydicom's test folder as pydicom reads it and writes it back
+    (``dcmwrite``), under a fresh SOP Instance UID: those that are Part 10 objects the
+    receiver offers a presentation context for."""
+    made = []
+    for path in sorted(p for p in TEST_FILES.rglob("*") if p.is_file()):
+        ds, sop_uid = read_quietly(path), uid_for(rng)
+        with warnings.catch_warnings(), contextlib.suppress(Exception):
+            warnings.simplefilter("ignore")
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+            label = f"re-encoded {path.relative_to(TEST_FILES)}"
+            mutant = Mutant(dcmwrite_bytes(ds), label, str(ds.file_meta.MediaStorageSOPClassUID),
+                            str(syntax_of(ds)))  # fmt: skip
+            if mutant.data[128:132] == b"DICM" and _cstore_can_send(mutant):
+                made.append((mutant, sop_uid))
+    return made
+
+
+def send_reencoded(settings: Settings, seed: int, figures: Figures) -> list[Sent]:
+    """Re-encoded corpus objects by C-STORE: the receiver acknowledges only what DCMTK's
+    ``dcmdump`` reads whole (its exit status), as Orthanc would."""
+    items = reencoded_objects(random.Random(seed + 4))
+    figures.inputs["re-encoded corpus objects by C-STORE"] += len(items)
+    with tempfile.TemporaryDirectory(prefix="nn-fuzz-") as tmp, raw_datasets():
+        acknowledged = cstore_batch(settings, items, Path(tmp), figures)
+        paths = [Path(tmp) / f"{index}.dcm" for index in range(len(items))]
+        for path, (mutant, _) in zip(paths, items, strict=True):
+            path.write_bytes(mutant.data)
+        refused = dcmtk_refuses(paths)
+    labels = {sent.label for sent in acknowledged}
+    for path, (mutant, _) in zip(paths, items, strict=True):
+        answer = "acknowledged" if mutant.label in labels else "refused"
+        dcmtk = "refuses" if path in refused else "reads"
+        figures.answer("re-encoded", f"{answer}, dcmdump {dcmtk}")
+        if (answer, dcmtk) == ("acknowledged", "refuses"):
+            figures.finding("re-encoded object acknowledged, dcmdump refuses it", mutant.label)
+    figures.objects["acknowledged"] += len(acknowledged)
+    return acknowledged
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -622,6 +697,84 @@ def new_tracebacks(settings: Settings, since: dict[Path, int]) -> list[tuple[str
     return found
 
 
+# --------------------------------------------------------------------------- backups
+
+
+def take_backup(settings: Settings, dest: Path) -> None:
+    """``neuronova backup DEST`` of the running appliance (it holds the known object)."""
+    command = [sys.executable, "-m", "appliance", "backup", str(dest), "--home", str(settings.home)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=appliance_env(settings))  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the backup to mutate failed: {done.stderr[-2000:]}")
+
+
+def restore_mutants(settings: Settings, backup: Path, budget: Budget, seed: int,
+                    figures: Figures) -> None:  # fmt: skip
+    """``neuronova restore`` of mutated copies of ``backup``: each must be refused with an
+    ``Error:`` line and nothing written (the target absent or empty, nothing beside it),
+    unless the manifest was signed again with the key and still validates."""
+    rng, key_file = random.Random(seed + 3), HomeLayout(settings.home).backup_key_file
+    key, deadline = key_file.read_bytes().strip(), time.monotonic() + budget.restore_seconds
+    with tempfile.TemporaryDirectory(prefix="nn-fuzz-restore-") as tmp:
+        for index in range(budget.restores):
+            if time.monotonic() > deadline:
+                break
+            target = Target(Path(tmp) / str(index))
+            shutil.copytree(backup, target.backup, symlinks=True)
+            target.place.mkdir()
+            if rng.random() < 0.3:
+                target.home.mkdir()  # restore also takes an empty folder
+            label, may_restore = mutate_backup(rng, target, key)
+            figures.inputs["restores of mutated backups"] += 1
+            before = _tree(target.case)
+            command = [sys.executable, "-m", "appliance", "restore", str(target.backup),
+                       "--home", str(target.home), "--key-file", str(key_file)]  # fmt: skip
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                                      timeout=RESTORE_TIMEOUT, env=python_env())  # fmt: skip
+            except subprocess.TimeoutExpired:
+                figures.finding("restore: no end within the timeout", label)
+                continue
+            _judge_restore(done, target, before, may_restore, label, figures)
+            shutil.rmtree(target.case)
+
+
+def _judge_restore(done: subprocess.CompletedProcess, target: Target, before: set[str],
+                   may_restore: bool, label: str, figures: Figures) -> None:  # fmt: skip
+    """Count one restore's outcome; anything but a clean refusal (or a clean restore of a
+    manifest signed again that validates) is a finding."""
+    lines = done.stderr.strip().splitlines() or [""]
+    what = f"{label}: exit {done.returncode}, {lines[-1][:160]!r}"
+    outside = sorted(_tree(target.case) - before)
+    if outside:
+        figures.finding("restore: wrote outside the target", f"{outside[:3]} {what}")
+    if "Traceback" in done.stderr:
+        figures.finding("restore: traceback", what)
+    if done.returncode == 0:
+        figures.answer("restore", "restored")
+        if not may_restore:
+            figures.finding("restore: a tampered backup was restored", what)
+        elif any(p.stat(follow_symlinks=False).st_mode & 0o7000 for p in target.home.rglob("*")):
+            figures.finding("restore: a set-uid, set-gid or sticky file", what)
+        return
+    if done.returncode != 1 or not lines[-1].startswith("Error: "):
+        figures.answer("restore", f"exit {done.returncode} without an Error: line")
+        figures.finding("restore: no Error: line", what)
+    elif target.home.exists() and (not target.home.is_dir() or any(target.home.iterdir())):
+        figures.answer("restore", "refused, left files in the target")
+        figures.finding("restore: refused but wrote into the target", what)
+    else:
+        figures.answer("restore", "refused (Error: line), nothing written")
+
+
+def _tree(case: Path) -> set[str]:
+    """Every path under ``case`` (links not followed) but those inside the target."""
+    target = Target(case).home
+    return {str(path.relative_to(case)) for path in case.rglob("*")
+            if path != target and target not in path.parents}  # fmt: skip
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -651,16 +804,22 @@ def fuzz(settings: Settings, token: str, budget: Budget, seed: int = 7) -> Figur
     warnings.filterwarnings("ignore", module="pydicom")  # mutated objects warn by design
     before, logs = supervisor_children(settings), log_sizes(settings)
     known = store_known(settings, token)
-    sent = send_objects(settings, token, budget, seed, figures)
-    fuzz_gateway(settings, token, known, budget, seed, figures)
-    fuzz_frame_gate(settings, token, known, budget, seed, figures)
-    account(settings, sent, budget.deadline(SETTLE_UNTIL), figures)
-    after = supervisor_children(settings)
-    figures.restarts = [f"{name}: {before[name]} -> {after.get(name)}"
-                        for name in before if after.get(name) != before[name]]  # fmt: skip
-    figures.after = still_serving(settings, token, known, figures)
-    for log, line in new_tracebacks(settings, logs):
-        figures.finding(f"traceback in {log}: {line.split(':')[0]}", line)
+    with tempfile.TemporaryDirectory(prefix="nn-fuzz-backup-") as backup:
+        if budget.restores:
+            take_backup(settings, Path(backup))
+        sent = send_reencoded(settings, seed, figures)
+        sent += send_objects(settings, token, budget, seed, figures)
+        fuzz_gateway(settings, token, known, budget, seed, figures)
+        fuzz_frame_gate(settings, token, known, budget, seed, figures)
+        account(settings, sent, budget.deadline(SETTLE_UNTIL), figures)
+        after = supervisor_children(settings)
+        figures.restarts = [f"{name}: {before[name]} -> {after.get(name)}"
+                            for name in before if after.get(name) != before[name]]  # fmt: skip
+        figures.after = still_serving(settings, token, known, figures)
+        for log, line in new_tracebacks(settings, logs):
+            figures.finding(f"traceback in {log}: {line.split(':')[0]}", line)
+        if budget.restores:
+            restore_mutants(settings, Path(backup), budget, seed, figures)
     figures.seconds = round(time.monotonic() - budget.start, 1)
     return figures
 
@@ -713,9 +872,11 @@ def report(figures: Figures, budget: Budget, revision: str) -> str:
         "# Robustness: a bounded fuzz run against the real appliance",
         "",
         f"Commit {revision}; seed {figures.seed}; bounds {budget.max_inputs} inputs and "
-        f"{budget.max_seconds:.0f} s; ran {figures.seconds:.0f} s. Command: "
+        f"{budget.max_seconds:.0f} s, then at most {budget.restores} restores in "
+        f"{budget.restore_seconds:.0f} s; ran {figures.seconds:.0f} s. Command: "
         f"`python bench/fuzz.py --seed {figures.seed} --max-inputs {budget.max_inputs} "
-        f"--max-seconds {budget.max_seconds:.0f}` (see its docstring for what is sent).",
+        f"--max-seconds {budget.max_seconds:.0f} --restores {budget.restores} "
+        f"--restore-seconds {budget.restore_seconds:.0f}` (see its docstring for what is sent).",
         "",
         "| figure | value |",
         "|---|---|",
@@ -731,6 +892,9 @@ def report(figures: Figures, budget: Budget, revision: str) -> str:
         f"| - still in the pipeline when the run ended | {figures.objects['unsettled']} |",
         f"| objects acknowledged but lost | {figures.lost} |",
         f"| tracebacks in the appliance's logs | {figures.tracebacks} |",
+        f"| re-encoded objects acknowledged that dcmdump refuses | "
+        f"{figures.finding_counts['re-encoded object acknowledged, dcmdump refuses it']} |",
+        f"| restores of mutated backups not refused cleanly | {figures.restore_findings} |",
         "",
         "## Answers",
         "",
@@ -756,6 +920,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-inputs", type=int, default=60000)
     parser.add_argument("--max-seconds", type=float, default=600.0)
+    parser.add_argument("--restores", type=int, default=400,
+                        help="restores of mutated backups, after the rest")  # fmt: skip
+    parser.add_argument("--restore-seconds", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "robustness.md")
     parser.add_argument("--keep", action="store_true", help="keep the appliance's home")
     args = parser.parse_args()
@@ -765,7 +932,8 @@ def main() -> None:
         appliance = Appliance.create(folder / "home")
         with running(appliance):
             token = technologist_token(appliance.settings, appliance.password)
-            budget = Budget(args.max_inputs, args.max_seconds)
+            budget = Budget(args.max_inputs, args.max_seconds, args.restores,
+                            args.restore_seconds)  # fmt: skip
             figures = fuzz(appliance.settings, token, budget, args.seed)
     finally:
         if args.keep:

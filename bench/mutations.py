@@ -10,7 +10,11 @@ from __future__ import annotations
 import contextlib
 import io
 import random
+import re
+import shutil
 import struct
+import subprocess
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +25,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import data_element_generator
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from bench.synthetic import ct_file_dataset, make_slices
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+DCMDUMP = shutil.which("dcmdump") or "/usr/bin/dcmdump"
 BOMB_BYTES = 512 * 1024**2  # what a deflate bomb inflates to
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
 
@@ -52,9 +57,7 @@ class Seed:
         """The seed as a Part 10 file under ``sop_uid``."""
         self.dataset.SOPInstanceUID = sop_uid
         self.dataset.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, self.dataset, enforce_file_format=True)
-        return buffer.getvalue()
+        return dcmwrite_bytes(self.dataset, enforce_file_format=True)
 
 
 def corpus() -> list[Seed]:
@@ -71,6 +74,44 @@ def corpus() -> list[Seed]:
     synthetic = ct_file_dataset(pixels, 0, "2.25.1", "2.25.2", "2.25.3")
     seeds.append(Seed("synthetic CT slice", synthetic))
     return seeds
+
+
+def read_quietly(path: Path) -> Dataset | None:
+    """``path`` as pydicom reads it (forced, warnings silenced); None if it cannot."""
+    with warnings.catch_warnings(), contextlib.suppress(Exception):
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, force=True)
+    return None
+
+
+def syntax_of(ds: Dataset | None) -> UID:
+    """The transfer syntax of a data set read from a file (Implicit VR if it names none)."""
+    meta = getattr(ds, "file_meta", None) or {}
+    return UID(str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
+
+
+def dcmwrite_bytes(ds: Dataset, enforce_file_format: bool = False) -> bytes:
+    """What ``pydicom.dcmwrite`` writes of ``ds``, as many modalities' software does."""
+    written = io.BytesIO()
+    pydicom.dcmwrite(written, ds, enforce_file_format=enforce_file_format)
+    return written.getvalue()
+
+
+def dcmtk_refuses(paths: list[Path]) -> set[Path]:
+    """The files DCMTK's ``dcmdump`` cannot read whole: it names each on an error line, and
+    its exit status counts them."""
+    refused: set[Path] = set()
+    for start in range(0, len(paths), 200):
+        batch = [str(p) for p in paths[start : start + 200]]
+        done = subprocess.run(
+            [DCMDUMP, "--log-level", "error", *batch],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
+        )  # fmt: skip
+        found = re.findall(r"^E: dcmdump: .*: reading file: (.*)$", done.stderr, re.MULTILINE)
+        if done.returncode != len(found):  # its count of failures
+            raise RuntimeError(f"dcmdump exited {done.returncode}: {done.stderr[-2000:]}")
+        refused |= {Path(p) for p in found}
+    return refused
 
 
 def file_meta(sop_class: str, sop_uid: str, syntax: str) -> bytes:

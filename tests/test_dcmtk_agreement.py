@@ -16,23 +16,30 @@ from __future__ import annotations
 import contextlib
 import io
 import random
-import re
-import shutil
-import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import UID, ImplicitVRLittleEndian
+from pydicom.uid import UID
 from pynetdicom.dsutils import encode
 
 from appliance.ingest.journal import HEADER_KEYWORDS
 from appliance.ingest.part10 import scan_file
-from bench.mutations import TEST_FILES, corpus, file_meta, mutate, split_part10, uid_for
+from bench.mutations import (
+    TEST_FILES,
+    corpus,
+    dcmtk_refuses,
+    dcmwrite_bytes,
+    file_meta,
+    mutate,
+    read_quietly,
+    split_part10,
+    syntax_of,
+    uid_for,
+)
 
-DCMDUMP = shutil.which("dcmdump") or "/usr/bin/dcmdump"
 MUTANTS = 1500
 CUTS = 25  # per file with sequences and way of encoding their lengths
 SEED = 17
@@ -67,27 +74,9 @@ class Case:
     syntax: str
 
 
-def _read(path: Path) -> pydicom.Dataset | None:
-    with warnings.catch_warnings(), contextlib.suppress(Exception):
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, force=True)
-    return None
-
-
-def _syntax(ds: pydicom.Dataset | None) -> UID:
-    meta = getattr(ds, "file_meta", None) or {}
-    return UID(str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
-
-
-def _dcmwrite(ds: pydicom.Dataset) -> bytes:
-    written = io.BytesIO()
-    pydicom.dcmwrite(written, ds)
-    return written.getvalue()
-
-
 def _pynetdicom(ds: pydicom.Dataset) -> bytes:
     """What the receiver's file holds when pynetdicom sends ``ds`` in a C-STORE."""
-    syntax = _syntax(ds)
+    syntax = syntax_of(ds)
     body = encode(ds, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
     if body is None or "SOPClassUID" not in ds:  # pynetdicom could not send it
         raise ValueError("not sendable")
@@ -99,14 +88,14 @@ def corpus_cases(folder: Path) -> list[Case]:
     cases = []
     for path in sorted(p for p in TEST_FILES.rglob("*") if p.is_file()):
         name = str(path.relative_to(TEST_FILES))
-        ds = _read(path)
-        cases.append(Case(name, "as is", path, _syntax(ds)))
-        for kind, writer in (("dcmwrite", _dcmwrite), ("pynetdicom", _pynetdicom)):
+        ds = read_quietly(path)
+        cases.append(Case(name, "as is", path, syntax_of(ds)))
+        for kind, writer in (("dcmwrite", dcmwrite_bytes), ("pynetdicom", _pynetdicom)):
             with warnings.catch_warnings(), contextlib.suppress(Exception):
                 warnings.simplefilter("ignore")
                 target = folder / f"{kind}-{len(cases)}.dcm"
                 target.write_bytes(writer(ds))
-                cases.append(Case(name, kind, target, _syntax(ds)))
+                cases.append(Case(name, kind, target, syntax_of(ds)))
     return cases
 
 
@@ -152,7 +141,7 @@ def cut_cases(folder: Path, cuts: int, seed: int) -> list[Case]:
     for name, ds in _with_sequences():
         for undefined in (False, True):
             _with_lengths(ds, undefined)
-            data, syntax = _pynetdicom(ds), _syntax(ds)
+            data, syntax = _pynetdicom(ds), syntax_of(ds)
             start = len(split_part10(data)[0])
             for cut in rng.sample(range(start + 1, len(data)), min(cuts, len(data) - start - 1)):
                 label = f"{name}, {'un' if undefined else ''}defined lengths, cut at {cut}"
@@ -174,28 +163,12 @@ def _with_sequences() -> list[tuple[str, pydicom.Dataset]]:
     """pydicom's test files (not deflated) with a sequence, that pynetdicom can send."""
     found = []
     for path in sorted(TEST_FILES.glob("*.dcm")):
-        ds = _read(path)
-        if ds is not None and not _syntax(ds).is_deflated and "SOPClassUID" in ds:
+        ds = read_quietly(path)
+        if ds is not None and not syntax_of(ds).is_deflated and "SOPClassUID" in ds:
             with contextlib.suppress(Exception):
                 if any(elem.VR == "SQ" for elem in ds):
                     found.append((path.name, ds))
     return found
-
-
-def dcmtk_refuses(paths: list[Path]) -> set[Path]:
-    """The files ``dcmdump`` cannot read whole: it names each on an error line, and its
-    exit status counts them."""
-    refused: set[Path] = set()
-    for start in range(0, len(paths), 200):
-        batch = [str(p) for p in paths[start : start + 200]]
-        done = subprocess.run(
-            [DCMDUMP, "--log-level", "error", *batch],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
-        )  # fmt: skip
-        found = re.findall(r"^E: dcmdump: .*: reading file: (.*)$", done.stderr, re.MULTILINE)
-        assert done.returncode == len(found), done.stderr[-2000:]  # its count of failures
-        refused |= {Path(p) for p in found}
-    return refused
 
 
 def check_refusal(case: Case) -> str | None:

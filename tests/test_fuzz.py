@@ -1,9 +1,11 @@
 """A short, seeded fuzz run against the real appliance (``bench/fuzz.py``).
 
-Mutated Part 10 objects by C-STORE and STOW-RS, mutated paths and queries through nginx,
-raw request heads to the frame gate. ``bench/fuzz.py`` with its defaults (10 minutes)
-writes ``bench/results/robustness.md``; this runs the same inputs for about a minute
-(``NEURONOVA_FUZZ_SECONDS``, ``NEURONOVA_FUZZ_INPUTS`` change the bounds).
+Mutated Part 10 objects by C-STORE and STOW-RS, pydicom's test files re-encoded by pydicom
+by C-STORE (compared with DCMTK), mutated paths and queries through nginx, raw request
+heads to the frame gate, then restores of mutated backups. ``bench/fuzz.py`` with its
+defaults (10 + 5 minutes) writes ``bench/results/robustness.md``; this runs the same
+inputs for about a minute and a half (``NEURONOVA_FUZZ_SECONDS``, ``NEURONOVA_FUZZ_INPUTS``,
+``NEURONOVA_FUZZ_RESTORES`` and ``NEURONOVA_FUZZ_RESTORE_SECONDS`` change the bounds).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ pytestmark = pytest.mark.slow
 
 SECONDS = float(os.environ.get("NEURONOVA_FUZZ_SECONDS", "75"))
 INPUTS = int(os.environ.get("NEURONOVA_FUZZ_INPUTS", "1500"))
+RESTORES = int(os.environ.get("NEURONOVA_FUZZ_RESTORES", "12"))
+RESTORE_SECONDS = float(os.environ.get("NEURONOVA_FUZZ_RESTORE_SECONDS", "20"))
 SEED = 7
 
 
@@ -29,7 +33,8 @@ def figures(tmp_path_factory) -> Figures:
     appliance = make_appliance(tmp_path_factory.mktemp("fuzz")).start()
     try:
         token = technologist_token(appliance.settings, secrets.token_urlsafe(18))
-        return fuzz(appliance.settings, token, Budget(INPUTS, SECONDS), SEED)
+        return fuzz(appliance.settings, token,
+                    Budget(INPUTS, SECONDS, RESTORES, RESTORE_SECONDS), SEED)  # fmt: skip
     finally:
         appliance.stop()
 
@@ -40,7 +45,8 @@ def examples(figures: Figures, kind: str) -> str:
 
 def test_the_run_tried_every_kind_of_input(figures):
     for kind in ("objects by C-STORE", "objects by STOW-RS", "requests through nginx",
-                 "raw requests to the frame gate"):  # fmt: skip
+                 "raw requests to the frame gate", "re-encoded corpus objects by C-STORE",
+                 "restores of mutated backups"):  # fmt: skip
         assert figures.inputs[kind] > 0, kind
     assert figures.objects["acknowledged"] > 0
 
@@ -93,3 +99,16 @@ def test_receiver_maps_every_error_to_a_status_with_a_comment(figures):
 def test_frame_gate_grants_no_frame_without_a_token(figures):
     kind = "frame gate granted a frame without a token"
     assert not figures.finding_counts[kind], examples(figures, kind)
+
+
+def test_every_reencoded_object_acknowledged_dcmdump_reads_whole(figures):
+    kind = "re-encoded object acknowledged, dcmdump refuses it"
+    assert not figures.finding_counts[kind], examples(figures, kind)
+    assert figures.answers["re-encoded acknowledged, dcmdump reads"] > 0
+    assert figures.answers["re-encoded refused, dcmdump refuses"] > 0  # rtplan_truncated
+
+
+def test_every_restore_of_a_mutated_backup_is_refused_with_nothing_written(figures):
+    found = {k: v for k, v in figures.findings.items() if k.startswith("restore:")}
+    assert figures.restore_findings == 0, found
+    assert figures.answers["restore refused (Error: line), nothing written"] > 0

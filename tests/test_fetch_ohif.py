@@ -306,6 +306,13 @@ def test_app_config_evaluates_in_javascript() -> None:
     assert "acceptHeader" not in ds and "requestTransferSyntaxUID" not in ds
     # HTTP/2: more requests in flight than HTTP/1.1's six connections would allow.
     assert config["maxNumRequests"] == {"interaction": 100, "thumbnail": 25, "prefetch": 100}
+    # Progressive HTJ2K: each frame of a stack in two byte ranges, the first decoded alone.
+    progressive = ds["stackRetrieveOptions"]
+    stages = [progressive["retrieveOptions"][s["retrieveType"]] for s in progressive["stages"]]
+    assert stages == [
+        {"rangeIndex": 0, "chunkSize": fetch_ohif.FIRST_RANGE_BYTES},
+        {"rangeIndex": -1},
+    ]
 
 
 def test_app_config_brands_the_viewer_and_runs_without_a_page() -> None:

@@ -16,9 +16,14 @@ from samples import native_dataset, read
 from appliance.cli import cli as neuronova_cli
 from appliance.config import load_settings
 from appliance.home import require_initialized
-from appliance.store.frame_files import frame_file_paths, instance_dir
+from appliance.store.frame_files import BOUNDARY, frame_file_paths, instance_dir
 from appliance.transcode.codec import HTJ2K_ENCODE_OPTIONS, transcode_to_htj2k
-from appliance.transcode.codestream import RPCL_SYNTAX, decomposition_levels, rpcl_problem
+from appliance.transcode.codestream import (
+    RPCL_SYNTAX,
+    colour_transform,
+    decomposition_levels,
+    rpcl_problem,
+)
 from appliance.transcode.frames import part_head, relabel_frame_file, write_instance_files
 
 HTJ2K = "1.2.840.10008.1.2.4.201"
@@ -108,16 +113,57 @@ def test_frames_are_served_as_rpcl_and_old_ones_are_relabelled_in_place(tmp_path
     assert len(frame_file_paths(tmp_path)) == 3
 
 
-def test_cli_relabels_a_home(home: Path, runner) -> None:
+def test_cli_relabels_a_home_then_reencodes_and_resumes(home: Path, runner) -> None:
     frames_dir = require_initialized(load_settings(home, {})).frames_dir
     result = transcode_to_htj2k(read("CT_small.dcm"))
     write_instance_files(frames_dir, result.dataset, result.frames, result.transfer_syntax)
     path = frame_file(frames_dir, result.dataset)
     path.write_bytes(part_head(HTJ2K) + path.read_bytes()[len(part_head(RPCL_SYNTAX)) :])
     (path.parent / ".1.abc.tmp").write_bytes(b"a partial write")
-    output = runner.invoke(neuronova_cli, ["frames", "relabel", "--home", str(home)])
-    assert output.exit_code == 0, output.output
-    assert "1 frame files: 1 relabelled, 0 already labelled" in output.output
+    big = native_dataset(np.zeros((2, 2), np.uint8))
+    write_instance_files(frames_dir, big, [encoded(4096, 8, levels=5)], HTJ2K, images=False)
+
+    def relabel(*extra: str) -> str:
+        output = runner.invoke(neuronova_cli, ["frames", "relabel", *extra, "--home", str(home)])
+        assert output.exit_code == 0, output.output
+        return output.output
+
+    said = relabel()
+    assert "2 frame files: 1 relabelled, 0 re-encoded, 0 already labelled" in said
+    assert "1 HTJ2K frames do not meet the conditions" in said
     assert path.read_bytes().startswith(part_head(RPCL_SYNTAX))
-    again = runner.invoke(neuronova_cli, ["frames", "relabel", "--home", str(home)])
-    assert "0 relabelled, 1 already labelled" in again.output
+    assert "0 relabelled, 1 re-encoded, 1 already labelled" in relabel("--reencode")
+    assert frame_file(frames_dir, big).read_bytes().startswith(part_head(RPCL_SYNTAX))
+    said = relabel("--reencode")
+    assert "0 relabelled, 0 re-encoded, 2 already labelled" in said
+    assert "do not meet" not in said
+
+
+@pytest.mark.parametrize("colour", [False, True], ids=["grey", "rgb-rct"])
+def test_frames_that_do_not_qualify_are_reencoded_on_request(tmp_path: Path, colour) -> None:
+    shape = (4100, 4, 3) if colour else (4100, 4)
+    pixels = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+    few = imagecodecs.htj2k_encode(pixels, rgb=colour, resolutions=5, **HTJ2K_ENCODE_OPTIONS)
+    assert rpcl_problem(few) is not None
+    ds = native_dataset(np.zeros((2, 2), np.uint8))  # its UIDs name the files
+    write_instance_files(tmp_path, ds, [few], HTJ2K, images=False)
+    path = frame_file(tmp_path, ds)
+    assert relabel_frame_file(path) == "re-encode"
+    assert relabel_frame_file(path, reencode=True) == "re-encoded"
+    data = path.read_bytes()
+    assert data.startswith(part_head(RPCL_SYNTAX))
+    codestream = data[len(part_head(RPCL_SYNTAX)) : -len(f"\r\n--{BOUNDARY}--\r\n")]
+    assert rpcl_problem(codestream) is None
+    assert colour_transform(codestream) is colour
+    np.testing.assert_array_equal(imagecodecs.htj2k_decode(codestream), pixels)
+    assert relabel_frame_file(path, reencode=True) == "already"
+
+
+def test_a_codestream_that_cannot_be_reencoded_is_left(tmp_path: Path) -> None:
+    ds = read("MR_small_jp2klossless.dcm")  # JPEG 2000 part 1: OpenJPH cannot decode it
+    j2k = next(generate_frames(ds.PixelData, number_of_frames=1))
+    write_instance_files(tmp_path, ds, [j2k], HTJ2K, images=False)
+    path = frame_file(tmp_path, ds)
+    before = path.read_bytes()
+    assert relabel_frame_file(path, reencode=True) == "failed"
+    assert path.read_bytes() == before

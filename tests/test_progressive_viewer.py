@@ -14,6 +14,7 @@ as each one is rendered, on an emulated 20 Mbit/s link with 40 ms latency.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pydicom
@@ -172,3 +173,12 @@ def test_the_viewer_shows_a_first_pass_then_the_exact_frame(appliance, study, ne
     }
     (ARTIFACTS / "progressive-facts.json").write_text(json.dumps(facts, indent=2) + "\n")
     print(facts)
+
+
+def test_relabel_while_the_appliance_runs_finds_every_new_frame_labelled(appliance, study):
+    ran = run_cli(appliance, "frames", "relabel", "--reencode")
+    assert ran.returncode == 0, ran.stderr
+    found = re.findall(r"(\d+) (relabelled|re-encoded|already labelled)", ran.stdout)
+    counts = {label: int(number) for number, label in found}
+    assert counts["relabelled"] == counts["re-encoded"] == 0, ran.stdout
+    assert counts["already labelled"] >= SLICES, ran.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -19,31 +20,43 @@ def frames() -> None:
 
 
 @frames.command("relabel")
+@click.option(
+    "--reencode",
+    is_flag=True,
+    help="Also encode again (verified lossless) the HTJ2K frames that do not qualify.",
+)
 @home_option
-def relabel(home: Path | None) -> None:
+def relabel(reencode: bool, home: Path | None) -> None:
     """Type as HTJ2K with RPCL Options (1.2.840.10008.1.2.4.202) every prepared HTJ2K
-    frame whose codestream already meets its conditions, so viewers load it progressively.
+    frame whose codestream meets its conditions, so viewers load it progressively.
 
     Frames stored before the appliance did this at ingest get the new label in place,
-    without re-encoding; safe while the appliance runs, and to run again (labelled frames
-    are skipped). Frames that would need re-encoding are counted, not changed.
+    without re-encoding. With --reencode, the others (e.g. too few decomposition levels,
+    or another progression order) are encoded again at low CPU priority, each verified to
+    give the same pixels, and replaced. Safe while the appliance runs; stop it at any time
+    and run it again to resume (finished frames are skipped by their first bytes).
     """
     layout = require_initialized(settings_from(home))
+    if reencode:
+        os.nice(10)  # behind ingest, which has a modality waiting
     paths = frame_file_paths(layout.frames_dir)
     outcomes: Counter[str] = Counter()
-    with click.progressbar(paths, label="Frames", show_pos=True) as bar:
+    with click.progressbar(paths, label="Frames", show_pos=True, show_eta=True) as bar:
         for path in bar:
-            try:
-                outcomes[relabel_frame_file(path)] += 1
-            except FileNotFoundError:  # its instance was removed or replaced meanwhile
-                outcomes["gone"] += 1
+            outcomes[relabel_frame_file(path, reencode)] += 1
     click.echo(
         f"{len(paths)} frame files: {outcomes['relabelled']} relabelled, "
-        f"{outcomes['already']} already labelled, {outcomes['other']} in other transfer "
-        f"syntaxes, {outcomes['gone']} removed meanwhile."
+        f"{outcomes['re-encoded']} re-encoded, {outcomes['already']} already labelled, "
+        f"{outcomes['other']} in other transfer syntaxes, {outcomes['gone']} removed or "
+        "replaced meanwhile."
     )
     if outcomes["re-encode"]:
         click.echo(
-            f"{outcomes['re-encode']} HTJ2K frames do not meet the conditions (they need "
-            "re-encoding, which this command does not do); they stay 1.2.840.10008.1.2.4.201."
+            f"{outcomes['re-encode']} HTJ2K frames do not meet the conditions and stay "
+            "1.2.840.10008.1.2.4.201; run again with --reencode to encode them again."
+        )
+    if outcomes["failed"]:
+        raise click.ClickException(
+            f"{outcomes['failed']} frames could not be re-encoded exactly and were left "
+            "as they are (see the warnings above)."
         )

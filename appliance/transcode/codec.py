@@ -44,7 +44,7 @@ from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
-from appliance.transcode.codestream import decomposition_levels
+from appliance.transcode.codestream import colour_transform, decomposition_levels
 
 if TYPE_CHECKING:
     from pydicom.pixels.decoders.base import DecodeRunner
@@ -307,10 +307,37 @@ def _decode_all(ds: Dataset, syntax: UID) -> tuple[np.ndarray, str]:
 
 def _encode(frame: np.ndarray, rct: bool, ds: Dataset) -> bytes:
     try:
-        levels = decomposition_levels(*frame.shape[:2])
-        return imagecodecs.htj2k_encode(frame, rgb=rct, resolutions=levels, **HTJ2K_ENCODE_OPTIONS)
+        return _htj2k_encode(frame, rct)
     except imagecodecs.Htj2kError as exc:
         raise TranscodeError(f"{_sop(ds)}: HTJ2K encoding failed: {exc}") from exc
+
+
+def _htj2k_encode(frame: np.ndarray, rct: bool) -> bytes:
+    levels = decomposition_levels(*frame.shape[:2])
+    return imagecodecs.htj2k_encode(frame, rgb=rct, resolutions=levels, **HTJ2K_ENCODE_OPTIONS)
+
+
+def reencode_htj2k(codestream: bytes) -> bytes:
+    """An HTJ2K lossless codestream encoded again as the transcoder would (RPCL, TLM,
+    enough decomposition levels for PS3.5 10.18), verified to decode to the same pixels.
+
+    The colour transform is kept as it was, so the frame's Photometric Interpretation
+    still holds.
+
+    Raises
+    ------
+    TranscodeError
+        The codestream does not decode, or the new one does not decode to its pixels.
+    """
+    try:
+        pixels = imagecodecs.htj2k_decode(codestream, planar=False)
+        rct = pixels.ndim == 3 and colour_transform(codestream)
+        new = _htj2k_encode(pixels, rct)
+    except (imagecodecs.Htj2kError, ValueError) as exc:
+        raise TranscodeError(f"cannot re-encode the HTJ2K codestream: {exc}") from exc
+    if (error := _round_trip_error(new, pixels)) is not None:
+        raise TranscodeError(error)
+    return new
 
 
 def _round_trip_error(codestream: bytes, frame: np.ndarray) -> str | None:

@@ -30,6 +30,7 @@ class _Walk:
         self.levels: set[int] = set()
         self.tlm = False
         self.poc = False
+        self.colour_transform = False
 
     def segment(self, marker: int, body: bytes) -> None:
         """Record one marker segment (``body`` follows its length field)."""
@@ -39,6 +40,7 @@ class _Walk:
             self.components = struct.unpack_from(">H", body, 34)[0]
         elif marker == _COD:
             self.orders.add(body[1])
+            self.colour_transform |= body[4] == 1
             self.levels.add(body[5])
         elif marker == _COC:
             self.levels.add(body[2 if self.components < 257 else 3])
@@ -76,10 +78,30 @@ def rpcl_problem(codestream: bytes) -> str | None:
         A short reason (bad or truncated structure, order, no TLM, too few decomposition
         levels), or None when the codestream qualifies.
     """
+    try:
+        return _walk(codestream).problem()
+    except ValueError as exc:
+        return str(exc)
+
+
+def colour_transform(codestream: bytes) -> bool:
+    """Whether the codestream's COD asks for the multiple component (colour) transform.
+
+    Raises
+    ------
+    ValueError
+        The marker segments are malformed or truncated.
+    """
+    return _walk(codestream).colour_transform
+
+
+def _walk(codestream: bytes) -> _Walk:
+    """The marker segments of every header of ``codestream``; ValueError with a short
+    reason when they are malformed."""
     walk = _Walk()
     try:
         if struct.unpack_from(">H", codestream)[0] != _SOC:
-            return "does not start with SOC"
+            raise ValueError("does not start with SOC")
         pos = _header(codestream, 2, walk)
         while (marker := struct.unpack_from(">H", codestream, pos)[0]) == _SOT:
             length = struct.unpack_from(">I", codestream, pos + 6)[0]
@@ -89,10 +111,10 @@ def rpcl_problem(codestream: bytes) -> str | None:
             pos += length
         else:
             if marker != _EOC:
-                return f"marker 0x{marker:04X} where a tile-part or EOC should be"
+                raise ValueError(f"marker 0x{marker:04X} where a tile-part or EOC should be")
     except (struct.error, IndexError):
-        return "truncated or malformed marker segments"
-    return walk.problem()
+        raise ValueError("truncated or malformed marker segments") from None
+    return walk
 
 
 def _header(codestream: bytes, pos: int, walk: _Walk) -> int:

@@ -20,7 +20,7 @@ from pydicom.uid import HTJ2K, HTJ2KLossless, HTJ2KLosslessRPCL
 
 from appliance.durable import fsync_dir, write_atomic
 from appliance.store.frame_files import BOUNDARY, IMAGE_NAMES, instance_dir
-from appliance.transcode.codec import frame_transfer_syntax
+from appliance.transcode.codec import TranscodeError, frame_transfer_syntax, reencode_htj2k
 from appliance.transcode.codestream import RPCL_SYNTAX, rpcl_problem
 
 log = logging.getLogger("neuronova.transcode.frames")
@@ -152,31 +152,62 @@ def part_head(transfer_syntax: str) -> bytes:
     ).encode("ascii")
 
 
-def relabel_frame_file(path: Path) -> str:
+def relabel_frame_file(path: Path, reencode: bool = False) -> str:
     """Label a frame file written before frames were served as ``.4.202`` the way
-    :func:`write_instance_files` now would, in place: the two labels have the same length
-    and differ in one byte, so a reader sees the old label or the new one, both right for
-    the codestream; nothing else of the file changes and nothing is re-encoded.
+    :func:`write_instance_files` now would.
+
+    A codestream that qualifies is relabelled in place: the two labels have the same
+    length and differ in one byte, so a reader sees the old label or the new one, both
+    right for the codestream, and nothing else of the file changes. One that does not
+    qualify is, with ``reencode``, encoded again (:func:`~appliance.transcode.codec.
+    reencode_htj2k`, verified to give the same pixels) and the file replaced atomically,
+    unless the worker replaced it meanwhile; the object stored in Orthanc keeps its own
+    codestream (serving a frame in another lossless syntax is a transcoding DICOMweb
+    allows). A labelled file is recognised by its first bytes, so a run resumes cheaply.
 
     Returns
     -------
     str
-        ``"relabelled"``; ``"already"`` (already ``.4.202``); ``"re-encode"`` (an HTJ2K
-        lossless codestream that does not meet PS3.5 10.18, e.g. too few decomposition
-        levels); ``"other"`` (another transfer syntax, or not a frame file).
+        ``"relabelled"``, ``"re-encoded"``, ``"already"`` (already ``.4.202``),
+        ``"re-encode"`` (does not qualify; ``reencode`` not asked), ``"failed"`` (the
+        codestream could not be re-encoded exactly; the file is left), ``"gone"``
+        (removed or replaced meanwhile) or ``"other"`` (another transfer syntax).
     """
     old, new = part_head(str(HTJ2KLossless)), part_head(RPCL_SYNTAX)
-    with path.open("r+b") as file:
-        data = file.read()
-        if data.startswith(new):
-            return "already"
-        if not (data.startswith(old) and data.endswith(_TAIL)):
-            return "other"
-        if rpcl_problem(data[len(old) : -len(_TAIL)]) is not None:
-            return "re-encode"
-        file.seek(0)
-        file.write(new)
-    return "relabelled"
+    try:
+        with path.open("r+b") as file:
+            data = file.read(len(new))
+            if data == new:
+                return "already"
+            data += file.read()
+            if not (data.startswith(old) and data.endswith(_TAIL)):
+                return "other"
+            codestream = data[len(old) : -len(_TAIL)]
+            if rpcl_problem(codestream) is None:
+                file.seek(0)
+                file.write(new)
+                return "relabelled"
+            if not reencode:
+                return "re-encode"
+            read = os.fstat(file.fileno())
+    except FileNotFoundError:
+        return "gone"
+    try:
+        encoded = reencode_htj2k(codestream)
+        if _DELIMITER in encoded:
+            raise TranscodeError("the new codestream contains the multipart boundary")
+    except TranscodeError as exc:
+        log.warning("%s: frame not re-encoded: %s", path, exc)
+        return "failed"
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return "gone"
+    if (now.st_ino, now.st_mtime_ns) != (read.st_ino, read.st_mtime_ns):
+        return "gone"
+    write_atomic(path, new, encoded, _TAIL)
+    fsync_dir(path.parent)
+    return "re-encoded"
 
 
 def _remove_frames_after(frames_dir: Path, count: int) -> None:

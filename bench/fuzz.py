@@ -36,8 +36,8 @@ What is checked:
 * no supervised process restarted (pids and states in ``run/supervisor.json``);
 * each restore of a mutated backup ends with an ``Error:`` line (exit 1, no traceback), the
   target absent or empty and nothing new beside it; a restore that succeeds is a finding
-  unless its manifest was signed again and validates (then it must stay inside the
-  target, with no set-uid, set-gid or sticky file).
+  unless its manifest was signed again and validates, or its text still reads as the same
+  manifest (then it must stay inside the target, with no set-uid, set-gid or sticky file).
 
 Bounded by count and time; the same seed gives the same inputs::
 
@@ -713,7 +713,8 @@ def restore_mutants(settings: Settings, backup: Path, budget: Budget, seed: int,
                     figures: Figures) -> None:  # fmt: skip
     """``neuronova restore`` of mutated copies of ``backup``: each must be refused with an
     ``Error:`` line and nothing written (the target absent or empty, nothing beside it),
-    unless the manifest was signed again with the key and still validates."""
+    unless the manifest was signed again with the key and still validates, or is the same
+    manifest spelt differently."""
     rng, key_file = random.Random(seed + 3), HomeLayout(settings.home).backup_key_file
     key, deadline = key_file.read_bytes().strip(), time.monotonic() + budget.restore_seconds
     with tempfile.TemporaryDirectory(prefix="nn-fuzz-restore-") as tmp:
@@ -742,8 +743,8 @@ def restore_mutants(settings: Settings, backup: Path, budget: Budget, seed: int,
 
 def _judge_restore(done: subprocess.CompletedProcess, target: Target, before: set[str],
                    may_restore: bool, label: str, figures: Figures) -> None:  # fmt: skip
-    """Count one restore's outcome; anything but a clean refusal (or a clean restore of a
-    manifest signed again that validates) is a finding."""
+    """Count one restore's outcome; anything but a clean refusal (or, when ``may_restore``,
+    a clean restore inside the target) is a finding."""
     lines = done.stderr.strip().splitlines() or [""]
     what = f"{label}: exit {done.returncode}, {lines[-1][:160]!r}"
     outside = sorted(_tree(target.case) - before)

@@ -185,7 +185,7 @@ class BenchNginx:
             "temp_dir": str(self.dir / "temp"), "mime_types": str(bundled_nginx.mime_types_path()),
             "app_host": LOOPBACK, "orthanc_host": LOOPBACK, "real_ip": "",
             "app_port": str(self.naive_port), "gate_port": str(free_port()),
-            "orthanc_port": str(free_port()), "servers": server,
+            "orthanc_port": str(free_port()), "servers": server, "load_modules": "",
         })  # fmt: skip
         conf = self.dir / "nginx.conf"
         conf.write_text(text)

@@ -53,7 +53,8 @@ def write_instance_files(
         Per-frame bytes, as ``TranscodeResult.frames``.
     transfer_syntax
         Transfer syntax UID of the stored dataset; native syntaxes give frames typed
-        Explicit VR Little Endian.
+        Explicit VR Little Endian, and HTJ2K lossless frames that qualify are typed HTJ2K
+        with RPCL Options (:func:`served_syntax`).
     pixels
         Decoded first frame (rows, columns[, samples]; colour as RGB unless the
         dataset says YBR_FULL), e.g. ``TranscodeResult.pixels``; decoded from ``ds``

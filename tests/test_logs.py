@@ -18,6 +18,7 @@ from conftest import run_cli
 
 from appliance.cli import cli as neuronova_cli
 from appliance.layout import HomeLayout
+from appliance.supervise.log_reader import follow, mark_ends, read_logs
 from appliance.supervise.logs import JsonFormatter
 
 
@@ -109,6 +110,21 @@ def test_follow_shows_new_lines_also_across_a_rotation_and_stops_when_told(home,
     finally:
         follower.kill()
     assert lines.empty()
+
+
+def test_history_and_follow_hand_over_at_one_mark_so_no_line_falls_between(home):
+    """``logs -f`` prints the history, then follows: a line written while the history is
+    read is shown once, by the follower (it was lost when the follower began at the end
+    it found on its own first look, after the history)."""
+    logs = write_logs(home, {"receiver.log": [entry(5, "old")]})
+    ends = mark_ends(logs, ("receiver",))
+    with open(logs / "receiver.log", "a") as out:
+        out.write(entry(0, "written meanwhile") + "\n" + entry(0, "half a li"))
+    history = [line.text for line in read_logs(logs, ("receiver",), None, ends)]
+    assert [json.loads(text)["message"] for text in history] == ["old"]
+    polls = iter([False, True])
+    followed = [line.text for line in follow(logs, ("receiver",), lambda: next(polls), ends)]
+    assert [json.loads(text)["message"] for text in followed] == ["written meanwhile"]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from appliance.supervise.log_reader import (
     DEFAULT_COMPONENTS,
     Line,
     follow,
+    mark_ends,
     read_logs,
     render,
 )
@@ -60,12 +61,13 @@ def logs(
     components = (component,) if component else DEFAULT_COMPONENTS
     start = datetime.fromisoformat(since).timestamp() if since else None
     try:
-        for line in read_logs(log_dir, components, start):
+        ends = mark_ends(log_dir, components) if following else None
+        for line in read_logs(log_dir, components, start, ends):
             _show(line)
-        if following:
+        if ends is not None:
             stop_at = time.monotonic() + follow_for if follow_for else None
             done = (lambda: time.monotonic() >= stop_at) if stop_at else (lambda: False)
-            for line in follow(log_dir, components, done):
+            for line in follow(log_dir, components, done, ends):
                 _show(line)
     except KeyboardInterrupt:  # Ctrl-C ends follow mode, quietly
         pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -102,24 +103,67 @@ def rotated(path: Path) -> list[Path]:
     return [*sorted(copies, key=lambda p: -int(p.suffix[1:])), path]
 
 
-def _lines_of(path: Path, component: str) -> Iterator[Line]:
-    """Every line of one log and its rotated copies, oldest first, with their times."""
+def _lines_of(path: Path, component: str, end: Mark | None = None) -> Iterator[Line]:
+    """Every line of one log and its rotated copies, oldest first, with their times;
+    the current file only up to ``end`` when it is still the file ``end`` marked."""
     last = 0.0
     for part in rotated(path):
+        limit = end.size if end is not None and part == path else None
         try:
-            with open(part, encoding="utf-8", errors="replace") as file:
-                for raw in file:
-                    text = raw.rstrip("\n")
-                    last = line_time(text) or last
-                    yield Line(last, component, text)
+            for text in _read_lines(part, limit, end.inode if end else None):
+                last = line_time(text) or last
+                yield Line(last, component, text)
         except FileNotFoundError:  # rotated away while we read: its lines moved on
             continue
 
 
-def read_logs(log_dir: Path, components: tuple[str, ...], since: float | None) -> Iterator[Line]:
-    """The lines of ``components`` written at ``since`` or later, merged by time."""
+def _read_lines(path: Path, limit: int | None, inode: int | None) -> Iterator[str]:
+    """The lines of ``path``; only its first ``limit`` bytes if it is still ``inode``."""
+    with open(path, "rb") as file:
+        if limit is not None and os.fstat(file.fileno()).st_ino != inode:
+            limit = None  # rotated since it was marked: the marked part is in a copy now
+        read = 0
+        for raw in file:
+            read += len(raw)
+            if limit is not None and read > limit:
+                return  # past the mark (or a line still being written there): follow's
+            yield raw.decode("utf-8", "replace").rstrip("\n")
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where a component's log ended at one moment: its inode and size."""
+
+    component: str
+    inode: int
+    size: int
+
+
+def mark_ends(log_dir: Path, components: tuple[str, ...]) -> dict[Path, Mark]:
+    """Where each current log of ``components`` ends now: ``read_logs`` reads up to
+    there and ``follow`` goes on from there, so no line falls between the two."""
+    marks = {}
+    for component in components:
+        for path in log_files(log_dir, component):
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue
+            marks[path] = Mark(component, info.st_ino, info.st_size)
+    return marks
+
+
+def read_logs(
+    log_dir: Path,
+    components: tuple[str, ...],
+    since: float | None,
+    ends: dict[Path, Mark] | None = None,
+) -> Iterator[Line]:
+    """The lines of ``components`` written at ``since`` or later, merged by time; the
+    current files only up to ``ends`` (:func:`mark_ends`) when given."""
+    ends = ends or {}
     streams = [
-        _lines_of(path, component)
+        _lines_of(path, component, ends.get(path))
         for component in components
         for path in log_files(log_dir, component)
     ]
@@ -137,13 +181,6 @@ class _Tail:
     offset: int = 0
     inode: int | None = None
     partial: str = field(default="")
-
-    def start_at_end(self) -> None:
-        try:
-            info = self.path.stat()
-        except FileNotFoundError:
-            return
-        self.offset, self.inode = info.st_size, info.st_ino
 
     def new_lines(self, most: int) -> list[Line]:
         """Complete lines written since the last call (at most ``most`` bytes read)."""
@@ -166,23 +203,21 @@ def follow(
     log_dir: Path,
     components: tuple[str, ...],
     until: Callable[[], bool],
+    ends: dict[Path, Mark],
     most: int = 1024**2,
 ) -> Iterator[Line]:
-    """Lines appended to the logs of ``components`` from now on, until ``until()`` is true.
+    """Lines appended to the logs of ``components`` after ``ends`` (:func:`mark_ends`),
+    until ``until()`` is true.
 
     Each look reads at most ``most`` bytes per file, so a log growing faster than it is
     shown cannot fill memory; logs created later (a service starting) are picked up.
     """
-    tails: dict[Path, _Tail] = {}
-    first = True
+    tails = {path: _Tail(path, end.component, end.size, end.inode) for path, end in ends.items()}
     while not until():
         for component in components:
             for path in log_files(log_dir, component):
-                if path not in tails:
+                if path not in tails:  # a log created since: all of it is new
                     tails[path] = _Tail(path, component)
-                    if first:
-                        tails[path].start_at_end()
-        first = False
         fresh = [line for tail in tails.values() for line in tail.new_lines(most)]
         yield from sorted(fresh, key=lambda line: line.time)
         time.sleep(FOLLOW_POLL)

@@ -26,6 +26,7 @@ from conftest import (
     free_port,
     require_tool,
     run_cli,
+    wait_for,
     wait_stored,
 )
 from conftest import storescu as send
@@ -48,6 +49,21 @@ def neuronova(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     """Run ``python -m appliance ARGS`` in a process of its own."""
     return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True,
                           text=True, timeout=300, env=env)  # fmt: skip
+
+
+def wait_prepared(appliance: Appliance, sop_uids) -> None:
+    """Until every one of ``sop_uids`` is stored with its JPEGs written (``images_at``)."""
+
+    def prepared() -> bool:
+        db = open_database(HomeLayout(appliance.settings.home).database_file)
+        marks = ",".join("?" for _ in sop_uids)
+        done = db.execute(f"SELECT count(*) FROM instances WHERE sop_uid IN ({marks}) AND "
+                          "state = 'stored' AND images_at IS NOT NULL", list(sop_uids))  # fmt: skip
+        count = done.fetchone()[0]
+        db.close()
+        return count == len(sop_uids)
+
+    wait_for(prepared, 120, f"{len(sop_uids)} instances stored with their JPEGs")
 
 
 def restored_appliance(home: Path, password: str) -> Appliance:
@@ -123,10 +139,13 @@ def test_backup_while_sending_then_restore(appliance_factory, tmp_path: Path) ->
     first_copy = read_status(HomeLayout(original.settings.home))
     assert first_copy["ok"] and first_copy["bytes_copied"] > 0
 
-    # Incremental: after 10 new instances, the second backup copies about those only.
-    wait_stored(original, second.sop_uids)
+    # Incremental: after 10 new instances, a backup copies about those only. Before them,
+    # a catch-up backup takes what arrived during the first one (on a busy machine, most
+    # of the second series and its JPEGs).
+    wait_prepared(original, second.sop_uids)
+    assert run_cli(original, "backup", str(dest)).returncode == 0
     assert send(original, third.files).returncode == 0
-    wait_stored(original, third.sop_uids)
+    wait_prepared(original, third.sop_uids)
     assert run_cli(original, "backup", str(dest)).returncode == 0
     again = read_status(HomeLayout(original.settings.home))
     assert again["instances"] == 2 * SLICES + 10

@@ -20,6 +20,9 @@ packages=(nginx-light libnginx-mod-http-brotli-static orthanc orthanc-dicomweb d
 command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$with_tests" = 1 ]; then
   packages+=(openjph-tools chromium chromium-driver redis-server iproute2 wrk)
+  # pgrep and systemd-analyze (tests/programs.py): a minimal root has neither, and they
+  # came only by accident (chromium -> GTK -> dconf -> dbus-user-session -> systemd).
+  packages+=(procps systemd)
   # packaging/build.sh and its bare-system test (tests/test_packaging.py)
   packages+=(debootstrap dpkg-dev lintian patchelf binutils)
   # The cloud profile on a real container engine (tests/test_cloud_profile.py, design.md
@@ -38,6 +41,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> Installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The tests need Node.js 20.19 or later: the front end's Vite 8 and Vitest (frontend/
+# package.json "engines") and the test IdP's oidc-provider (WebCrypto's global `crypto`).
+# Debian 12 has 18. The npm registry's "node" package carries the official binary, which
+# goes to /usr/local/bin, ahead of Debian's on PATH; a newer Node.js already there stays.
+node_ok() {
+  command -v node >/dev/null && node -e 'const [a, b] = process.versions.node.split(".").map(Number);
+    process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'
+}
+if [ "$with_tests" = 1 ] && ! node_ok; then
+  echo "==> Installing Node.js 22 from the npm registry (this machine has $(node --version 2>/dev/null || echo none))"
+  $SUDO npm install -g --no-audit --no-fund --loglevel=error node@22
+  hash -r
+  node_ok || { echo "Error: the tests need Node.js >= 20.19; $(command -v node) is $(node --version)" >&2; exit 1; }
 fi
 
 # Debian starts its own nginx and Orthanc services on install; the appliance runs its own

@@ -13,7 +13,9 @@ prints each program with the package that provides it and exits 1 if any is miss
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +28,22 @@ class Program:
     name: str  # a command looked up on PATH, or an absolute path
     package: str
     used_by: str
+    at_least: tuple[int, ...] = ()  # the oldest version that works (``NAME --version``)
 
     def path(self) -> str | None:
-        """Where it is on this machine, or ``None``."""
+        """Where a working one is on this machine (new enough), or ``None``."""
         if self.name.startswith("/"):
             return self.name if Path(self.name).exists() else None
-        return shutil.which(self.name)
+        found = shutil.which(self.name)
+        return found if found and self.version_ok(found) else None
+
+    def version_ok(self, path: str) -> bool:
+        """Whether ``path --version`` says at least :attr:`at_least`."""
+        if not self.at_least:
+            return True
+        said = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+        found = re.search(r"(\d+)\.(\d+)", said)
+        return bool(found) and tuple(map(int, found.groups())) >= self.at_least
 
 
 def _programs(package: str, used_by: str, *names: str) -> list[Program]:
@@ -41,6 +53,8 @@ def _programs(package: str, used_by: str, *names: str) -> list[Program]:
 REQUIRED: tuple[Program, ...] = (
     # The appliance's own services.
     *_programs("nginx-light", "the appliance's web server", "/usr/sbin/nginx"),
+    *_programs("libnginx-mod-http-brotli-static", "nginx sends the viewer's .br files",
+               "/usr/lib/nginx/modules/ngx_http_brotli_static_module.so"),
     *_programs("orthanc", "the archive", "/usr/sbin/Orthanc"),
     *_programs("orthanc-dicomweb", "the archive's DICOMweb plugin",
                "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
@@ -53,7 +67,8 @@ REQUIRED: tuple[Program, ...] = (
     # Browser and front end.
     *_programs("chromium", "browser tests (Playwright drives Debian's Chromium)",
                "/usr/bin/chromium"),
-    *_programs("nodejs", "the test OpenID provider, Vitest, the viewer's app-config", "node"),
+    Program("node", "nodejs", "the test OpenID provider, Vitest, the viewer's app-config",
+            at_least=(20, 19)),  # Debian 12's is 18: setup.sh --test installs 22 then
     *_programs("npm", "the OHIF dist, the front end and the test IdP", "npm"),
     # Queue, network and load.
     *_programs("redis-server", "the Redis queue (tests/test_redis_queue.py)", "redis-server"),
@@ -89,7 +104,8 @@ def missing(programs: tuple[Program, ...] = REQUIRED) -> list[Program]:
 
 def install_hint(absent: list[Program]) -> str:
     """What to tell someone whose machine lacks ``absent``."""
-    names = ", ".join(program.name for program in absent)
+    names = ", ".join(program.name + (" >= " + ".".join(map(str, program.at_least))
+                                      if program.at_least else "") for program in absent)
     packages = " ".join(sorted({program.package for program in absent}))
     return (f"the test suite needs programs this machine lacks: {names}. "
             f"Run `bash scripts/setup.sh --test`, or apt-get install {packages}")  # fmt: skip

@@ -574,17 +574,20 @@ window.config = {{
           enabled: true,
         }},
         omitQuotationForMultipartRequest: true,
-        // Progressive frames: a stack's frames are fetched in two byte ranges of the same
-        // URL (a Range header, the session cookie; nginx answers 206). A frame typed HTJ2K
-        // with RPCL Options (1.2.840.10008.1.2.4.202) is decoded from its first range at a
-        // reduced resolution and shown, then in full once the rest has come; a frame in
-        // any other syntax is decoded once, whole.
+        // Progressive frames: the frame a stack viewport shows is fetched in two byte
+        // ranges of the same URL (a Range header, the session cookie; nginx answers 206).
+        // A frame typed HTJ2K with RPCL Options (1.2.840.10008.1.2.4.202) is decoded from
+        // its first range at a reduced resolution and shown, then in full once the rest
+        // has come; a frame in any other syntax is decoded once, whole. The stack's
+        // prefetch takes 'default' (else the first entry, which would leave every
+        // prefetched slice at its first range): one request, the whole frame.
         stackRetrieveOptions: {{
           stages: [
             {{ id: 'firstRange', retrieveType: 'singleFast' }},
             {{ id: 'rest', retrieveType: 'singleFinal' }},
           ],
           retrieveOptions: {{
+            default: {{}},
             singleFast: {{ rangeIndex: 0, chunkSize: {first_range_bytes} }},
             singleFinal: {{ rangeIndex: -1 }},
           }},

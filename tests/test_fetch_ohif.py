@@ -313,6 +313,7 @@ def test_app_config_evaluates_in_javascript() -> None:
         {"rangeIndex": 0, "chunkSize": fetch_ohif.FIRST_RANGE_BYTES},
         {"rangeIndex": -1},
     ]
+    assert progressive["retrieveOptions"]["default"] == {}  # the prefetch: whole frames
 
 
 def test_app_config_brands_the_viewer_and_runs_without_a_page() -> None:

@@ -66,6 +66,18 @@ watch();
 """
 
 
+def sop_of(response) -> str:
+    return response.url.split("/instances/")[1].split("/")[0]
+
+
+def ends_the_frame(response) -> bool:
+    """A whole frame (200), or the range that ends it (206 ``bytes a-b/total``)."""
+    if response.status == 200:
+        return True
+    last, total = re.fullmatch(r"bytes \d+-(\d+)/(\d+)", response.headers["content-range"]).groups()
+    return int(last) == int(total) - 1
+
+
 @pytest.fixture(scope="module")
 def study(appliance, tmp_path_factory):
     """(series, slices): a CT series pushed with storescu and stored as HTJ2K."""
@@ -156,6 +168,13 @@ def test_the_viewer_shows_a_first_pass_then_the_exact_frame(appliance, study, ne
     downsampled = full.reshape(reduced.shape[0], 2, reduced.shape[1], 2).mean(axis=(1, 3))
     score = correlation(reduced, downsampled)
     assert score >= 0.9, score
+
+    # Every slice of the stack arrives whole (the prefetch fetches whole frames), not
+    # only its first range.
+    def all_whole() -> bool:
+        return {sop_of(r) for r in recorder.frames if ends_the_frame(r)} >= set(series.sop_uids)
+
+    poll(page, all_whole, 60, "every frame of the series to arrive whole", recorder)
 
     # Range requests carry the session cookie, never an Authorization header.
     ranged = [h for h in requests_seen if "range" in h]

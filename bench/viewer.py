@@ -29,6 +29,7 @@ import base64
 import functools
 import gzip
 import os
+import re
 import statistics
 import sys
 import time
@@ -133,6 +134,15 @@ def kind_of(url: str) -> str:
     return "other"
 
 
+def completes(status: int, headers: dict[str, str]) -> bool:
+    """Whether a response with ``status`` and ``headers`` (any case) ends its resource."""
+    if status == 200:
+        return True
+    content_range = {k.lower(): v for k, v in headers.items()}.get("content-range", "")
+    match = re.fullmatch(r"bytes \d+-(\d+)/(\d+)", content_range)
+    return status == 206 and match is not None and int(match[1]) == int(match[2]) - 1
+
+
 @dataclass
 class Request:
     url: str
@@ -142,6 +152,7 @@ class Request:
     finished: float | None = None
     encoded_bytes: int = 0
     failed: str | None = None
+    whole: bool = False  # the response completes the resource: 200, or a last byte range
 
 
 @dataclass
@@ -169,6 +180,7 @@ class NetworkLog:
         request = self.requests.get(event["requestId"])
         if request is not None:
             request.status = event["response"]["status"]
+            request.whole = completes(request.status, event["response"].get("headers", {}))
 
     def _finished(self, event: dict) -> None:
         request = self.requests.get(event["requestId"])
@@ -182,10 +194,11 @@ class NetworkLog:
             request.failed = event.get("errorText", "failed")
 
     def frames_done(self) -> list[Request]:
-        """Frame requests that finished with 200, the first finish per URL."""
+        """Frame requests that finished a frame (200, or the 206 of its last byte range, as
+        the viewer loads a frame progressively), the first finish per URL."""
         seen: dict[str, Request] = {}
         for request in self.requests.values():
-            if request.kind != "frames" or request.status != 200 or not request.finished:
+            if request.kind != "frames" or not request.whole or not request.finished:
                 continue
             if request.url not in seen or request.finished < (seen[request.url].finished or 0):
                 seen[request.url] = request

@@ -27,6 +27,7 @@ from appliance.store.frame_files import BOUNDARY, frame_relpath
 from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.browser import correlation
 from bench.synthetic import INTERCEPT, make_slices, write_series
+from bench.viewer import completes
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -68,14 +69,6 @@ watch();
 
 def sop_of(response) -> str:
     return response.url.split("/instances/")[1].split("/")[0]
-
-
-def ends_the_frame(response) -> bool:
-    """A whole frame (200), or the range that ends it (206 ``bytes a-b/total``)."""
-    if response.status == 200:
-        return True
-    last, total = re.fullmatch(r"bytes \d+-(\d+)/(\d+)", response.headers["content-range"]).groups()
-    return int(last) == int(total) - 1
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +165,8 @@ def test_the_viewer_shows_a_first_pass_then_the_exact_frame(appliance, study, ne
     # Every slice of the stack arrives whole (the prefetch fetches whole frames), not
     # only its first range.
     def all_whole() -> bool:
-        return {sop_of(r) for r in recorder.frames if ends_the_frame(r)} >= set(series.sop_uids)
+        whole = {sop_of(r) for r in recorder.frames if completes(r.status, r.headers)}
+        return whole >= set(series.sop_uids)
 
     poll(page, all_whole, 60, "every frame of the series to arrive whole", recorder)
 

@@ -57,19 +57,40 @@ TABLET = {"width": 820, "height": 1180}
 @pytest.fixture(scope="module")
 def study(appliance, tmp_path_factory):
     """(series, slices): a CT series pushed with storescu and stored as HTJ2K."""
-    added = run_cli(appliance, "user", "add", USER, "--role", "radiologist", "--password-stdin",
-                stdin=PASSWORD + "\n")  # fmt: skip
-    assert added.returncode == 0, added.stderr
+    add_radiologist(appliance, USER, PASSWORD)
     slices = make_slices(SLICES)
     series = write_series(tmp_path_factory.mktemp("browser-ct"), slices)
-    for path in series.files:  # a patient of its own among the shared appliance's studies
-        ds = pydicom.dcmread(path)
-        ds.PatientID, ds.PatientName = PATIENT_ID, PATIENT_NAME
-        ds.save_as(path, enforce_file_format=True)
-    sent = storescu(appliance, series.files, "BROWSERSCU")
-    assert sent.returncode == 0, sent.stderr
+    send_as_patient(appliance, series.files, (PATIENT_ID, PATIENT_NAME), "BROWSERSCU")
     wait_stored(appliance, series.sop_uids)
     return series, slices
+
+
+def add_radiologist(appliance, username: str, password: str) -> None:
+    """A radiologist account for a module's browser tests."""
+    added = run_cli(appliance, "user", "add", username, "--role", "radiologist",
+                    "--password-stdin", stdin=password + "\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+
+
+def send_as_patient(appliance, files, patient: tuple[str, str], calling_ae: str,
+                    **attributes: object) -> None:  # fmt: skip
+    """Send ``files`` with storescu as a patient of their own (ID, name) among the shared
+    appliance's studies, each file's other ``attributes`` set first."""
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.PatientID, ds.PatientName = patient
+        for name, value in attributes.items():
+            setattr(ds, name, value)
+        ds.save_as(path, enforce_file_format=True)
+    sent = storescu(appliance, files, calling_ae)
+    assert sent.returncode == 0, sent.stderr
+
+
+def sign_in_to_the_viewer(appliance, page, study_uid: str, username: str, password: str):
+    """Open the viewer on ``study_uid`` through the login page (``next``), signed in."""
+    page.goto(f"{appliance.url}/login?next={viewer_path(study_uid).replace('?', '%3F')}")
+    sign_in(page, username, password)
+    page.wait_for_url(re.compile(r"/pacs-viewer/viewer\?"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -308,9 +329,7 @@ def test_logout_cuts_the_viewer_off(appliance, study, new_context):
     context = new_context()
     page = context.new_page()
     recorder = Recorder(page)
-    page.goto(f"{appliance.url}/login?next={viewer_path(series.study_uid).replace('?', '%3F')}")
-    sign_in(page, USER, PASSWORD)
-    page.wait_for_url(re.compile(r"/pacs-viewer/viewer\?"))
+    sign_in_to_the_viewer(appliance, page, series.study_uid, USER, PASSWORD)
     poll(page, lambda: len(recorder.frames) > 0, 45, "the viewer's first frame request", recorder)
     frame_url = recorder.frames[0].url
     qido = "/api/pacs/dicom-web/studies"

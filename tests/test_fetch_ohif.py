@@ -275,20 +275,23 @@ def test_app_config_sets_roots_and_basename() -> None:
     assert "'@ohif/extension-default.dataSourcesModule.dicomweb'" in text
 
 
+def run_in_node(script: str) -> dict:
+    """What ``script`` (app-config.js and a probe) writes as JSON, run by Node without a
+    page (``window`` an empty object)."""
+    result = subprocess.run(
+        [require_tool("node", "nodejs"), "-e", "const window = {};\n" + script],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    return json.loads(result.stdout)
+
+
 def test_app_config_evaluates_in_javascript() -> None:
     script = fetch_ohif.render_app_config() + (
         "\nconst c = window.config;"
         "\nconst out = {...c, httpErrorHandler: typeof c.httpErrorHandler};"
         "\nprocess.stdout.write(JSON.stringify(out));"
     )
-    result = subprocess.run(
-        [require_tool("node", "nodejs"), "-e", "const window = {};\n" + script],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    config = json.loads(result.stdout)
+    config = run_in_node(script)
     assert config["routerBasename"] == "/pacs-viewer"
     assert config["showStudyList"] is False
     assert config["investigationalUseDialog"] == {"option": "never"}
@@ -331,14 +334,7 @@ def test_app_config_brands_the_viewer_and_runs_without_a_page() -> None:
         "\n  name: logo.type.name, same: logo.type === again.type,"
         "\n  fetchWrapped: typeof window.fetch}));"
     )
-    result = subprocess.run(
-        [require_tool("node", "nodejs"), "-e", "const window = {};\n" + script],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    found = json.loads(result.stdout)
+    found = run_in_node(script)
     # One component type for every render of OHIF's header (React keeps its state).
     assert found == {"name": "NeuroNovaBrand", "same": True, "fetchWrapped": "undefined"}
 

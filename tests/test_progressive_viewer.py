@@ -17,11 +17,18 @@ import json
 import re
 
 import numpy as np
-import pydicom
 import pytest
 import requests
-from conftest import run_cli, storescu, wait_stored
-from test_browser import ARTIFACTS, Recorder, poll, sign_in, viewer_path
+from conftest import run_cli, wait_stored
+from test_browser import (
+    ARTIFACTS,
+    Recorder,
+    add_radiologist,
+    poll,
+    send_as_patient,
+    sign_in,
+    viewer_path,
+)
 
 from appliance.store.frame_files import BOUNDARY, frame_relpath
 from appliance.transcode.codestream import RPCL_SYNTAX
@@ -74,16 +81,10 @@ def sop_of(response) -> str:
 @pytest.fixture(scope="module")
 def study(appliance, tmp_path_factory):
     """(series, slices): a CT series pushed with storescu and stored as HTJ2K."""
-    added = run_cli(appliance, "user", "add", USER, "--role", "radiologist", "--password-stdin",
-                    stdin=PASSWORD + "\n")  # fmt: skip
-    assert added.returncode == 0, added.stderr
+    add_radiologist(appliance, USER, PASSWORD)
     slices = make_slices(SLICES)
     series = write_series(tmp_path_factory.mktemp("progressive-ct"), slices)
-    for path in series.files:
-        ds = pydicom.dcmread(path)
-        ds.PatientID, ds.PatientName = PATIENT_ID, PATIENT_NAME
-        ds.save_as(path, enforce_file_format=True)
-    assert storescu(appliance, series.files, "PROGRESSIVE").returncode == 0
+    send_as_patient(appliance, series.files, (PATIENT_ID, PATIENT_NAME), "PROGRESSIVE")
     wait_stored(appliance, series.sop_uids)
     return series, slices
 

@@ -16,17 +16,19 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import pydicom
 import pytest
 import requests
-from conftest import api_token, run_cli, storescu, wait_stored
+from conftest import api_token, run_cli, wait_stored
 from test_browser import (
     ARTIFACTS,
     SESSION_COOKIE,
     Recorder,
+    add_radiologist,
     fetch_status,
     poll,
+    send_as_patient,
     sign_in,
+    sign_in_to_the_viewer,
     viewer_path,
     wait_for_image,
 )
@@ -48,22 +50,14 @@ def study(appliance, tmp_path_factory):
     """(series, slices): a small CT study of two series pushed with storescu and stored as
     HTJ2K. The viewer shows the first; the second ("Second look") is loaded only when
     asked for, which gives a test a request of OHIF's own to make when it wants one."""
-    added = run_cli(appliance, "user", "add", USER, "--role", "radiologist", "--password-stdin",
-                    stdin=PASSWORD + "\n")  # fmt: skip
-    assert added.returncode == 0, added.stderr
+    add_radiologist(appliance, USER, PASSWORD)
     slices = make_slices(SLICES)
     series = write_series(tmp_path_factory.mktemp("session-ct"), slices)
     second = write_series(tmp_path_factory.mktemp("session-ct-2"), make_slices(SLICES, seed=7))
-    for number, path in [(1, p) for p in series.files] + [(2, p) for p in second.files]:
-        ds = pydicom.dcmread(path)
-        ds.PatientID, ds.PatientName = PATIENT_ID, PATIENT_NAME
-        ds.StudyInstanceUID = series.study_uid
-        ds.SeriesNumber = number
-        if number == 2:
-            ds.SeriesDescription = SECOND_SERIES
-        ds.save_as(path, enforce_file_format=True)
-    sent = storescu(appliance, [*series.files, *second.files], "SESSIONSCU")
-    assert sent.returncode == 0, sent.stderr
+    patient = (PATIENT_ID, PATIENT_NAME)
+    send_as_patient(appliance, series.files, patient, "SESSIONSCU", SeriesNumber=1)
+    send_as_patient(appliance, second.files, patient, "SESSIONSCU", SeriesNumber=2,
+                    StudyInstanceUID=series.study_uid, SeriesDescription=SECOND_SERIES)  # fmt: skip
     wait_stored(appliance, [*series.sop_uids, *second.sop_uids])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return series, slices
@@ -75,9 +69,7 @@ def open_viewer(appliance, new_context, study, name: str):
     context = new_context()
     page = context.new_page()
     recorder = Recorder(page)
-    page.goto(f"{appliance.url}/login?next={viewer_path(series.study_uid).replace('?', '%3F')}")
-    sign_in(page, USER, PASSWORD)
-    page.wait_for_url(re.compile(r"/pacs-viewer/viewer\?"))
+    sign_in_to_the_viewer(appliance, page, series.study_uid, USER, PASSWORD)
     wait_for_image(page, recorder, slices, name)
     return context, page, recorder
 

@@ -131,7 +131,10 @@ def test_stopped_appliance_fails_with_fixes(appliance_factory):
 
 
 @pytest.mark.slow
-def test_healthy_appliance_is_ok_but_for_the_backup(appliance, tmp_path):
+def test_healthy_appliance_is_ok_but_for_the_backup(appliance_factory, tmp_path):
+    """An appliance of its own: the session's shared one carries other tests' traces (a
+    flood of bad tokens is a WARN of its own)."""
+    appliance = appliance_factory().start()
     series = write_series(tmp_path / "ct", make_slices(2))
     assert storescu(appliance, series.files).returncode == 0
     wait_stored(appliance, series.sop_uids)

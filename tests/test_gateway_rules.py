@@ -6,6 +6,7 @@ import pytest
 
 from appliance.web.gateway import (
     BadRequest,
+    accepts_json,
     accepts_stored_htj2k,
     check_raw_path,
     clean_query,
@@ -14,6 +15,7 @@ from appliance.web.gateway import (
     orthanc_redirect,
     parse_path,
     parse_single_frame,
+    series_metadata_redirect,
 )
 
 ST, SE, SO = "1.2.840.1", "1.2.840.1.2", "1.2.840.1.2.3"
@@ -161,6 +163,17 @@ def test_redirects_stay_inside_internal_locations():
     assert orthanc_redirect(parse_path("studies"), "limit=1") == (
         "/internal-orthanc/api/pacs/dicom-web/studies?limit=1"
     )
+    metadata = parse_path(f"studies/{ST}/series/{SE}/metadata")
+    assert series_metadata_redirect(metadata) == f"/internal-metadata/{ST}/{SE}/metadata.json"
+
+
+@pytest.mark.parametrize(
+    ("accept", "json"),
+    [("", True), ("*/*", True), ("application/dicom+json", True), ("application/json", True),
+     ('multipart/related; type="application/dicom+xml"', False)],
+)  # fmt: skip
+def test_prepared_metadata_is_sent_only_as_json(accept: str, json: bool):
+    assert accepts_json(accept) is json
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,14 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
+def stored_in_series(db: sqlite_utils.Database, series_uid: str) -> set[str]:
+    """The SOP Instance UIDs of a series that are stored in Orthanc."""
+    rows = db.execute(
+        "SELECT sop_uid FROM instances WHERE series_uid = ? AND state = ?", [series_uid, STORED]
+    )
+    return {row[0] for row in rows}
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why the overwrite policy holds an object back: a short ``comment`` for the sender

@@ -18,6 +18,10 @@ ORTHANC_USER = "neuronova"
 # Orthanc serves DICOMweb under the public path, so the BulkDataURIs it writes into
 # metadata (built from the Forwarded header nginx sends) point back through the gateway.
 DICOMWEB_ROOT = "/api/pacs/dicom-web"
+# The worker asks Orthanc for metadata in this host's name, and cuts the origin from the
+# BulkDataURIs (appliance.store.series_metadata): the prepared files serve every host.
+METADATA_HOST = "neuronova.invalid"
+METADATA_ORIGIN = f"http://{METADATA_HOST}"
 
 
 def orthanc_auth_header(settings: Settings) -> str:
@@ -68,6 +72,12 @@ class OrthancStore:
             return None
         return json.loads(info)["Uuid"]
 
+    def instance_metadata(self, study: str, series: str, sop: str) -> bytes:
+        """Orthanc's WADO-RS metadata of one instance (a JSON array of one object), its
+        BulkDataURIs starting with :data:`METADATA_ORIGIN`."""
+        path = f"{DICOMWEB_ROOT}/studies/{study}/series/{series}/instances/{sop}/metadata"
+        return self._call(path, forwarded=f"host={METADATA_HOST};proto=http")
+
     def answers(self) -> bool:
         """Whether Orthanc answers HTTP now, whatever the status: a store failing while it
         does fails for that object, not because of an outage."""
@@ -88,11 +98,18 @@ class OrthancStore:
         return bool(ids)
 
     def _call(
-        self, path: str, data: bytes | None = None, kind: str = "", method: str = ""
+        self,
+        path: str,
+        data: bytes | None = None,
+        kind: str = "",
+        method: str = "",
+        forwarded: str = "",
     ) -> bytes:
         headers = {"Authorization": self._auth}
         if kind:
             headers["Content-Type"] = kind
+        if forwarded:
+            headers["Forwarded"] = forwarded
         request = urllib.request.Request(
             self._base + path, data=data, headers=headers,
             method=method or ("POST" if data is not None else "GET"),

@@ -9,6 +9,7 @@ is recorded with its reason and kept for ``neuronova ingest retry``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
@@ -26,9 +27,15 @@ from appliance.backup.daily import run_daily_backup
 from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.fhir.push import Pusher, PushOutcome, mark_stored, overdue_pushes
-from appliance.ingest.journal import FAILED, STORED, Journal
+from appliance.ingest.journal import FAILED, STORED, Journal, stored_in_series
 from appliance.layout import HomeLayout
-from appliance.store.orthanc import OrthancRejected, OrthancStore, OrthancUnavailable
+from appliance.store import series_metadata
+from appliance.store.orthanc import (
+    METADATA_ORIGIN,
+    OrthancRejected,
+    OrthancStore,
+    OrthancUnavailable,
+)
 from appliance.store.retention import apply_retention
 from appliance.transcode.codec import (
     HTJ2K_ENCODE_OPTIONS,
@@ -119,7 +126,29 @@ class Pipeline:
             self.journal.fail(sop_uid, spool_path, str(exc))
             return Outcome(FAILED)
         self._finish(sop_uid, spool_path, result, len(payload), images_now)
+        self._prepare_metadata(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sop_uid)
         return Outcome(STORED, images_later=bool(result.frames) and not images_now)
+
+    def _prepare_metadata(self, study: str, series: str, sop_uid: str) -> None:
+        """Rebuild the series' metadata file with this stored instance's metadata, as
+        Orthanc answers it (:mod:`appliance.store.series_metadata`). If Orthanc does not
+        answer or the file cannot be written, the series file is removed and Orthanc
+        answers for the series; the instance stays stored either way."""
+        try:
+            answer = self.orthanc.instance_metadata(study, series, sop_uid)
+            instance = series_metadata.instance_json(answer, METADATA_ORIGIN)
+        except (OrthancUnavailable, OrthancRejected, ValueError) as exc:
+            log.warning("%s: series metadata left to Orthanc: %s", sop_uid, exc)
+            instance = None
+        try:
+            series_metadata.update_series(
+                self.frames_root, study, series, sop_uid, instance,
+                lambda: self.journal.read(lambda db: stored_in_series(db, series)),
+            )  # fmt: skip
+        except OSError as exc:
+            log.error("%s: series metadata left to Orthanc: %s", sop_uid, exc)
+            with contextlib.suppress(OSError):
+                Path(self.frames_root, study, series, series_metadata.FILE_NAME).unlink()
 
     def _prepare_frames(self, result: TranscodeResult, images: bool) -> None:
         """Frame files always; the JPEGs too when ``images``.

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 from aiohttp import web
 
 from appliance.ingest.journal import STORED
 from appliance.security import audit
-from appliance.store import frame_files
+from appliance.store import frame_files, series_metadata
 from appliance.web.auth import STAFF, Identity, identity, reject, requires
 from appliance.web.errors import ApiError, json_error
 from appliance.web.gateway import (
     HTJ2K_LOSSLESS,
     BadRequest,
     Target,
+    accepts_json,
     accepts_stored_htj2k,
     check_raw_path,
     clean_query,
@@ -29,6 +31,7 @@ from appliance.web.gateway import (
     orthanc_accept,
     orthanc_redirect,
     parse_path,
+    series_metadata_redirect,
 )
 from appliance.web.inputs import client_address
 from appliance.web.keys import DB, FRAMES_DIR, READS
@@ -75,6 +78,8 @@ def _prepared_file(request: web.Request, target: Target) -> str | None:
     frames_dir = request.app[FRAMES_DIR]
     if target.action == "frames" and target.frame_action is None:
         return prepared_frame(frames_dir, target, request.headers.get("Accept", ""))
+    if target.resource == "series" and target.action == "metadata":
+        return _series_metadata(frames_dir, target, request.headers.get("Accept", ""))
     if target.resource in ("studies", "series") and target.action in ("rendered", "thumbnail"):
         shown = _representative(request, target)
         return _existing(frames_dir, image_file_redirect(shown, target.action)) if shown else None
@@ -86,6 +91,15 @@ def _prepared_file(request: web.Request, target: Target) -> str | None:
             frames_dir, image_file_redirect(target, target.frame_action or target.action)
         )
     return None
+
+
+def _series_metadata(frames_dir: str, target: Target, accept: str) -> str | None:
+    """The internal URI of a series' prepared metadata, if it exists and ``accept`` fits."""
+    assert target.study is not None and target.series is not None
+    prepared = os.path.join(frames_dir, target.study, target.series, series_metadata.FILE_NAME)
+    if not accepts_json(accept) or not os.path.exists(prepared):
+        return None
+    return series_metadata_redirect(target)
 
 
 def _representative(request: web.Request, target: Target) -> Target | None:
@@ -122,12 +136,14 @@ def _refuse_other_retrieve_syntaxes(request: web.Request, target: Target) -> Non
     """406 for a retrieve in a named transfer syntax of objects stored as HTJ2K.
 
     Orthanc 1.10.1 cannot transcode HTJ2K (it would answer 500); whether the study,
-    series or instance holds HTJ2K objects is told by its prepared frame files.
+    series or instance holds HTJ2K objects is told by its prepared frame files (a series'
+    folder may hold only its prepared metadata).
     """
     if accepts_stored_htj2k(request.headers.get("Accept", "")):
         return
     uids = [uid for uid in (target.study, target.series, target.instance) if uid]
-    if not os.path.isdir(os.path.join(request.app[FRAMES_DIR], *uids)):
+    below = "/".join(["*"] * (3 - len(uids)) + ["frames"])  # an instance's frames folder
+    if next(Path(request.app[FRAMES_DIR], *uids).glob(below), None) is None:
         return
     raise ApiError(
         406,

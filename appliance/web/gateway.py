@@ -7,7 +7,9 @@ The app never sends image bytes on reads. For each validated request it names an
   ready-to-send files. Debian's Orthanc 1.10.1 cannot serve frames of HTJ2K instances
   through DICOMweb (design.md fact 2); the files can, with sendfile, at the speed of
   static files. See ``docs/frames.md`` for the measurements behind this choice.
-* ``/internal-orthanc/...`` — everything else (QIDO, metadata, whole-instance retrieve,
+* ``/internal-metadata/...`` — series metadata prepared at ingest (gzipped DICOM JSON,
+  :mod:`appliance.store.series_metadata`), sent by nginx with ``gzip_static``.
+* ``/internal-orthanc/...`` — everything else (QIDO, other metadata, whole-instance retrieve,
   bulk data), fetched by nginx from Orthanc with credentials only nginx holds.
 
 Everything here is pure: parse, validate, build paths. The aiohttp handlers live in
@@ -21,7 +23,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
-from appliance.store import frame_files
+from appliance.store import frame_files, series_metadata
 from appliance.store.frame_files import frame_relpath, image_relpath
 from appliance.store.orthanc import DICOMWEB_ROOT
 from appliance.uids import MAX_UID_LENGTH, UID_PATTERN, is_valid_uid
@@ -252,6 +254,19 @@ def image_file_redirect(target: Target, kind: str) -> str:
     """The ``X-Accel-Redirect`` URI of a prepared ``rendered`` or ``thumbnail`` JPEG."""
     path = image_relpath(target.study, target.series, target.instance, kind)
     return f"{frame_files.LOCATION}/{path}"
+
+
+def series_metadata_redirect(target: Target) -> str:
+    """The ``X-Accel-Redirect`` URI of a series' prepared metadata file."""
+    assert target.study is not None and target.series is not None
+    path = series_metadata.served_relpath(target.study, target.series)
+    return f"{series_metadata.LOCATION}/{path}"
+
+
+def accepts_json(accept: str) -> bool:
+    """Whether DICOM JSON satisfies this ``Accept`` header (the prepared metadata is JSON;
+    Orthanc answers the XML form)."""
+    return not accept or "*/*" in accept or "json" in accept
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,241 @@
+"""Series metadata prepared at ingest (appliance.store.series_metadata).
+
+The unit tests build series files in a temporary tree, workers in processes of their own;
+the differential test stores a few kinds of series in a real appliance and compares the
+file nginx sends with what Orthanc's DICOMweb plugin answers for the same series.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from conftest import api_token, run_cli, storescu, wait_for, wait_stored
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from samples import TEST_FILES, renamed_copy
+
+from appliance.layout import HomeLayout
+from appliance.store import series_metadata
+from appliance.store.orthanc import DICOMWEB_ROOT, orthanc_auth_header, orthanc_url
+from bench.synthetic import make_slices, write_series
+
+ST, SE = "1.2.3", "1.2.3.4"
+PASSWORD = "series metadata test password"
+
+
+def instance(sop: str) -> bytes:
+    return json.dumps({"00080018": {"vr": "UI", "Value": [sop]}}).encode()
+
+
+def read_series(root: Path) -> list[dict]:
+    return json.loads(gzip.decompress((root / ST / SE / series_metadata.FILE_NAME).read_bytes()))
+
+
+def store_one(root: Path, sop: str, stored: list[str]) -> bool:
+    return series_metadata.update_series(root, ST, SE, sop, instance(sop), lambda: set(stored))
+
+
+def test_the_series_file_holds_every_stored_instance(tmp_path):
+    assert not store_one(tmp_path, "1.5.1", ["1.5.1", "1.5.2"])  # 1.5.2 has no part yet
+    assert not (tmp_path / ST / SE / series_metadata.FILE_NAME).exists()
+    assert store_one(tmp_path, "1.5.2", ["1.5.1", "1.5.2"])
+    assert [item["00080018"]["Value"][0] for item in read_series(tmp_path)] == ["1.5.1", "1.5.2"]
+
+
+def test_an_instance_without_metadata_leaves_the_series_to_orthanc(tmp_path):
+    assert store_one(tmp_path, "1.5.1", ["1.5.1"])
+    both = {"1.5.1", "1.5.2"}
+    assert not series_metadata.update_series(tmp_path, ST, SE, "1.5.2", None, lambda: both)
+    assert not (tmp_path / ST / SE / series_metadata.FILE_NAME).exists()
+
+
+def test_a_series_stored_before_prepared_metadata_is_not_written(tmp_path):
+    """Older instances have no part: the file would miss them, so Orthanc answers."""
+    assert not store_one(tmp_path, "1.5.9", ["1.5.1", "1.5.9"])
+    assert not (tmp_path / ST / SE / series_metadata.FILE_NAME).exists()
+
+
+def _worker(root: str, sops: list[str], everyone: list[str]) -> None:
+    for sop in sops:
+        store_one(Path(root), sop, everyone)
+
+
+def test_concurrent_workers_on_one_series_lose_no_instance(tmp_path):
+    """Four processes store 40 instances of one series at once; the last rebuild of the
+    series file (each under the lock) holds all of them."""
+    everyone = [f"1.5.{n}" for n in range(1, 41)]
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_worker, args=(str(tmp_path), everyone[k::4], everyone))
+               for k in range(4)]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    found = sorted(item["00080018"]["Value"][0] for item in read_series(tmp_path))
+    assert found == sorted(everyone)
+
+
+def test_bulk_data_uris_lose_the_origin_also_in_sequences():
+    origin = "http://neuronova.invalid"
+    answer = json.dumps([{
+        "7FE00010": {"vr": "OW", "BulkDataURI": f"{origin}/api/x/bulk/7FE00010"},
+        "00880200": {"vr": "SQ", "Value": [
+            {"7FE00010": {"vr": "OW", "BulkDataURI": f"{origin}/api/x/bulk/00880200/1/7FE00010"}}
+        ]},
+    }]).encode()  # fmt: skip
+    element = json.loads(series_metadata.instance_json(answer, origin))
+    assert element["7FE00010"]["BulkDataURI"] == "/api/x/bulk/7FE00010"
+    nested = element["00880200"]["Value"][0]["7FE00010"]["BulkDataURI"]
+    assert nested == "/api/x/bulk/00880200/1/7FE00010"
+
+
+# ------------------------------------------------------------------ on a real appliance
+
+
+def native_copy(name: str, target: Path) -> Dataset:
+    """One of pydicom's files under fresh UIDs, decoded to Explicit VR Little Endian
+    (Debian's storescu cannot convert RLE)."""
+    renamed_copy(TEST_FILES / name, target)
+    ds = pydicom.dcmread(target)
+    ds.decompress()
+    ds.save_as(target)
+    return ds
+
+
+def with_sequence(target: Path) -> Dataset:
+    """CT_small under fresh UIDs, with a sequence holding an icon image (bulk data inside
+    a sequence) and a referenced image."""
+    ds = renamed_copy(TEST_FILES / "CT_small.dcm", target)
+    icon = Dataset()
+    icon.Rows = icon.Columns = 16
+    icon.SamplesPerPixel, icon.PhotometricInterpretation = 1, "MONOCHROME2"
+    icon.BitsAllocated = icon.BitsStored = 8
+    icon.HighBit, icon.PixelRepresentation = 7, 0
+    icon.PixelData = np.arange(256, dtype=np.uint8).tobytes()
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = ds.SOPClassUID
+    reference.ReferencedSOPInstanceUID = generate_uid()
+    ds.IconImageSequence = [icon]
+    ds.ReferencedImageSequence = [reference]
+    ds.save_as(target)
+    return ds
+
+
+@pytest.fixture(scope="module")
+def stored_series(appliance, tmp_path_factory):
+    """(token, [(study, series, SOP UIDs)]): a 6-slice CT, an RGB image, a 2-frame RGB image
+    and a CT with sequences, stored through the receiver."""
+    added = run_cli(appliance, "user", "add", "rad.meta", "--role", "radiologist",
+                    "--password-stdin", stdin=PASSWORD + "\n")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    folder = tmp_path_factory.mktemp("metadata")
+    ct = write_series(folder / "ct", make_slices(6))
+    names = ("SC_rgb_rle.dcm", "SC_rgb_rle_16bit_2frame.dcm")
+    singles = [native_copy(name, folder / name) for name in names]
+    singles.append(with_sequence(folder / "sequence.dcm"))
+    files = [*ct.files, *(folder / name for name in names), folder / "sequence.dcm"]
+    sent = storescu(appliance, files)
+    assert sent.returncode == 0, sent.stderr
+    series = [(ct.study_uid, ct.series_uid, ct.sop_uids)]
+    series += [(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), [str(ds.SOPInstanceUID)])
+               for ds in singles]  # fmt: skip
+    wait_stored(appliance, [sop for *_, sops in series for sop in sops])
+    frames_dir = HomeLayout(appliance.settings.home).frames_dir
+    for study, uid, _ in series:
+        path = Path(frames_dir, study, uid, series_metadata.FILE_NAME)
+        wait_for(path.exists, 30, f"the prepared metadata of series {uid}")
+    return api_token(appliance, "rad.meta", PASSWORD), series
+
+
+def metadata_url(appliance, study: str, series: str) -> str:
+    return f"{appliance.url}{DICOMWEB_ROOT}/studies/{study}/series/{series}/metadata"
+
+
+def from_orthanc(appliance, study: str, series: str) -> requests.Response:
+    """Orthanc's own answer, asked directly with its credentials, for the host the client
+    of the gateway uses (its BulkDataURIs are built from the Forwarded header)."""
+    host = appliance.url.removeprefix("http://")
+    path = f"{DICOMWEB_ROOT}/studies/{study}/series/{series}/metadata"
+    headers = {"Authorization": orthanc_auth_header(appliance.settings),
+               "Forwarded": f"host={host};proto=http"}  # fmt: skip
+    return requests.get(orthanc_url(appliance.settings) + path, headers=headers, timeout=30)
+
+
+def bulk_uris(element: object) -> list[str]:
+    """Every BulkDataURI in DICOM JSON, sequences included."""
+    if isinstance(element, list):
+        return [uri for item in element for uri in bulk_uris(item)]
+    if not isinstance(element, dict):
+        return []
+    found = [element["BulkDataURI"]] if "BulkDataURI" in element else []
+    return found + [uri for value in element.values() for uri in bulk_uris(value)]
+
+
+def by_sop(metadata: list[dict]) -> dict[str, dict]:
+    return {item["00080018"]["Value"][0]: item for item in metadata}
+
+
+def test_prepared_metadata_equals_orthancs(appliance, stored_series):
+    """Field for field, for each kind of series; BulkDataURIs name our routes from the
+    root where Orthanc's start with the client's origin."""
+    token, series = stored_series
+    for study, uid, sops in series:
+        ours = requests.get(metadata_url(appliance, study, uid), timeout=30,
+                            headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        assert ours.status_code == 200, ours.text
+        assert ours.headers["Content-Encoding"] == "gzip"
+        assert ours.headers["Content-Type"] == "application/dicom+json"
+        assert "ETag" in ours.headers and "X-Accel-Redirect" not in ours.headers
+        theirs = from_orthanc(appliance, study, uid)
+        assert theirs.status_code == 200, theirs.text
+        theirs_text = theirs.text.replace(f'"{appliance.url}/', '"/')
+        assert appliance.url not in theirs_text
+        assert by_sop(ours.json()) == by_sop(json.loads(theirs_text))
+        assert set(by_sop(ours.json())) == set(sops)
+        for uri in bulk_uris(ours.json()):
+            assert uri.startswith(f"{DICOMWEB_ROOT}/studies/{study}/series/{uid}/instances/")
+    assert bulk_uris(ours.json())  # the last series' has them, in its sequence too
+
+
+def test_prepared_metadata_revalidates_and_inflates(appliance, stored_series):
+    """304 for its ETag; a client that does not take gzip gets the same JSON inflated;
+    no token, no metadata."""
+    token, [(study, uid, _), *_] = stored_series
+    url, auth = metadata_url(appliance, study, uid), {"Authorization": f"Bearer {token}"}
+    first = requests.get(url, headers=auth, timeout=30)
+    again = requests.get(url, headers={**auth, "If-None-Match": first.headers["ETag"]}, timeout=30)
+    assert again.status_code == 304 and again.content == b""
+    plain = requests.get(url, headers={**auth, "Accept-Encoding": "identity"}, timeout=30)
+    assert plain.status_code == 200 and "Content-Encoding" not in plain.headers
+    assert json.loads(plain.content) == first.json()
+    assert requests.get(url, timeout=30).status_code == 401
+
+
+def test_a_series_without_prepared_metadata_comes_from_orthanc(appliance, stored_series):
+    """Series stored before metadata was prepared: Orthanc answers through the gateway,
+    the same JSON with BulkDataURIs on the client's origin (not http://"host"/...)."""
+    token, [*_, (study, uid, _)] = stored_series
+    path = Path(HomeLayout(appliance.settings.home).frames_dir, study, uid)
+    prepared = path / series_metadata.FILE_NAME
+    kept = path / "kept.json.gz"
+    shutil.copyfile(prepared, kept)
+    ours = json.loads(gzip.decompress(kept.read_bytes()))
+    prepared.unlink()
+    try:
+        answer = requests.get(metadata_url(appliance, study, uid), timeout=30,
+                              headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        assert answer.status_code == 200 and "ETag" not in answer.headers
+        uris = bulk_uris(answer.json())
+        assert uris and all(uri.startswith(f"{appliance.url}{DICOMWEB_ROOT}/") for uri in uris)
+        assert json.loads(answer.text.replace(f'"{appliance.url}/', '"/')) == ours
+    finally:
+        kept.rename(prepared)

@@ -239,3 +239,18 @@ def test_a_series_without_prepared_metadata_comes_from_orthanc(appliance, stored
         assert json.loads(answer.text.replace(f'"{appliance.url}/', '"/')) == ours
     finally:
         kept.rename(prepared)
+
+
+def test_frames_metadata_prepares_series_stored_before(appliance, stored_series):
+    """`neuronova frames metadata` writes the file of a series that has none (nor parts),
+    the same as the worker wrote at ingest."""
+    _, [(study, uid, _), *_] = stored_series
+    path = Path(HomeLayout(appliance.settings.home).frames_dir, study, uid)
+    written = json.loads(gzip.decompress((path / series_metadata.FILE_NAME).read_bytes()))
+    shutil.rmtree(path / series_metadata.PARTS)
+    (path / series_metadata.FILE_NAME).unlink()
+    done = run_cli(appliance, "frames", "metadata")
+    assert "prepared now" in done.stdout, done.stderr
+    assert json.loads(gzip.decompress((path / series_metadata.FILE_NAME).read_bytes())) == written
+    again = run_cli(appliance, "frames", "metadata")  # the shared appliance: others' series too
+    assert "already prepared" in again.stdout, again.stderr

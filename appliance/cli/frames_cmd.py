@@ -1,4 +1,5 @@
-"""``frames relabel``: serve an existing archive's frames as HTJ2K with RPCL Options."""
+"""``frames relabel``: serve an existing archive's frames as HTJ2K with RPCL Options;
+``frames metadata``: prepare the series metadata of an existing archive."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import click
 
 from appliance.cli.options import home_option, settings_from
 from appliance.home import require_initialized
+from appliance.ingest.journal import stored_series
+from appliance.store import series_metadata
 from appliance.store.frame_files import frame_file_paths
 from appliance.transcode.frames import relabel_frame_file
+from appliance.transcode.pipeline import Pipeline
 
 
 @click.group()
@@ -60,3 +64,29 @@ def relabel(reencode: bool, home: Path | None) -> None:
             f"{outcomes['failed']} frames could not be re-encoded exactly and were left "
             "as they are (see the warnings above)."
         )
+
+
+@frames.command("metadata")
+@home_option
+def metadata(home: Path | None) -> None:
+    """Prepare the metadata file of every series stored before the worker prepared it at
+    ingest (until then Orthanc answers for those series). Needs Orthanc running (with
+    `neuronova run`); safe while the appliance runs, and resumes where it stopped.
+    """
+    settings = settings_from(home)
+    layout = require_initialized(settings)
+    pipeline = Pipeline(settings)
+    series = pipeline.journal.read(stored_series)
+    todo = [uids for uids in series
+            if not Path(layout.frames_dir, *uids, series_metadata.FILE_NAME).exists()]  # fmt: skip
+    prepared = 0
+    with click.progressbar(todo, label="Series", show_pos=True, show_eta=True) as bar:
+        for study, uid in bar:
+            prepared += pipeline.prepare_series_metadata(study, uid)
+    click.echo(
+        f"{len(series)} series: {len(series) - len(todo)} already prepared, {prepared} "
+        f"prepared now, {len(todo) - prepared} left to Orthanc (it gave no metadata for "
+        "some of their instances)."
+    )
+    if prepared < len(todo):
+        raise click.ClickException("some series could not be prepared; run it again later.")

@@ -131,6 +131,16 @@ def stored_in_series(db: sqlite_utils.Database, series_uid: str) -> set[str]:
     return {row[0] for row in rows}
 
 
+def stored_series(db: sqlite_utils.Database) -> list[tuple[str, str]]:
+    """(StudyInstanceUID, SeriesInstanceUID) of every series with a stored instance."""
+    rows = db.execute(
+        "SELECT DISTINCT study_uid, series_uid FROM instances WHERE state = ? "
+        "ORDER BY study_uid, series_uid",
+        [STORED],
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why the overwrite policy holds an object back: a short ``comment`` for the sender

@@ -94,21 +94,57 @@ def update_series(
     ValueError
         A UID is invalid.
     """
-    series_dir = instance_dir(root, study, series, sop).parent
-    parts = series_dir / PARTS
+    directory = instance_dir(root, study, series, sop).parent
+    write_part(directory, sop, instance)
+    return rebuild(directory, stored_sops)
+
+
+def prepare_series(
+    root: str | os.PathLike[str],
+    study: str,
+    series: str,
+    fetch: Callable[[str], bytes | None],
+    stored_sops: Callable[[], set[str]],
+) -> bool:
+    """Prepare the file of a series stored before metadata was prepared at ingest: fetch
+    (``fetch(sop)``, as for :func:`update_series`) the instances that have no part yet,
+    then rebuild once. Returns whether the series file now holds every stored instance.
+
+    Raises
+    ------
+    ValueError
+        A UID is invalid.
+    """
+    directory = None
+    for sop in sorted(stored_sops()):
+        directory = instance_dir(root, study, series, sop).parent
+        if not (directory / PARTS / f"{sop}.json").exists():
+            write_part(directory, sop, fetch(sop))
+    return directory is not None and rebuild(directory, stored_sops)
+
+
+def write_part(directory: Path, sop: str, instance: bytes | None) -> None:
+    """Write (or, for None, remove) one instance's part of the series in ``directory``."""
+    parts = directory / PARTS
     parts.mkdir(parents=True, exist_ok=True)
     if instance is not None:
         write_atomic(parts / f"{sop}.json", instance)
     else:
         (parts / f"{sop}.json").unlink(missing_ok=True)
-    with _locked(series_dir):
+
+
+def rebuild(directory: Path, stored_sops: Callable[[], set[str]]) -> bool:
+    """Under the series' lock, write its file from the parts if every instance in
+    ``stored_sops()`` has one, else remove it; whether it was written."""
+    parts = directory / PARTS
+    with _locked(directory):
         wanted = stored_sops()
         have = {path.stem for path in parts.glob("*.json")}
         if not wanted or not wanted <= have:
-            (series_dir / FILE_NAME).unlink(missing_ok=True)
+            (directory / FILE_NAME).unlink(missing_ok=True)
             return False
         body = b"[" + b",".join((parts / f"{uid}.json").read_bytes() for uid in sorted(wanted))
-        write_atomic(series_dir / FILE_NAME, gzip.compress(body + b"]", GZIP_LEVEL, mtime=0))
+        write_atomic(directory / FILE_NAME, gzip.compress(body + b"]", GZIP_LEVEL, mtime=0))
         return True
 
 

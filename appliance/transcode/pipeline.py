@@ -14,6 +14,7 @@ import dataclasses
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,20 +136,35 @@ class Pipeline:
         answer or the file cannot be written, the series file is removed and Orthanc
         answers for the series; the instance stays stored either way."""
         try:
-            answer = self.orthanc.instance_metadata(study, series, sop_uid)
-            instance = series_metadata.instance_json(answer, METADATA_ORIGIN)
-        except (OrthancUnavailable, OrthancRejected, ValueError) as exc:
-            log.warning("%s: series metadata left to Orthanc: %s", sop_uid, exc)
-            instance = None
-        try:
             series_metadata.update_series(
-                self.frames_root, study, series, sop_uid, instance,
-                lambda: self.journal.read(lambda db: stored_in_series(db, series)),
+                self.frames_root, study, series, sop_uid,
+                self._instance_metadata(study, series, sop_uid), self._stored_sops(series),
             )  # fmt: skip
         except OSError as exc:
             log.error("%s: series metadata left to Orthanc: %s", sop_uid, exc)
             with contextlib.suppress(OSError):
                 Path(self.frames_root, study, series, series_metadata.FILE_NAME).unlink()
+
+    def prepare_series_metadata(self, study: str, series: str) -> bool:
+        """Prepare the metadata file of a series stored before the worker did it at ingest
+        (``neuronova frames metadata``); whether the series now has one."""
+        return series_metadata.prepare_series(
+            self.frames_root, study, series,
+            lambda sop: self._instance_metadata(study, series, sop), self._stored_sops(series),
+        )  # fmt: skip
+
+    def _instance_metadata(self, study: str, series: str, sop_uid: str) -> bytes | None:
+        """One instance's DICOM JSON as Orthanc gives it; None (logged) if it does not."""
+        try:
+            answer = self.orthanc.instance_metadata(study, series, sop_uid)
+            return series_metadata.instance_json(answer, METADATA_ORIGIN)
+        except (OrthancUnavailable, OrthancRejected, ValueError) as exc:
+            log.warning("%s: series metadata left to Orthanc: %s", sop_uid, exc)
+            return None
+
+    def _stored_sops(self, series: str) -> Callable[[], set[str]]:
+        """What the journal holds as stored in the series, read when called."""
+        return lambda: self.journal.read(lambda db: stored_in_series(db, series))
 
     def _prepare_frames(self, result: TranscodeResult, images: bool) -> None:
         """Frame files always; the JPEGs too when ``images``.

@@ -19,6 +19,7 @@ here with ``podman healthcheck run``). Each round ends with ``down -v``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import secrets
@@ -55,10 +56,22 @@ def podman(*args: str, timeout: float = 300, check: bool = True) -> str:
 
 
 def bookworm_root(name: str, include: Sequence[str] = ()) -> Path:
-    """A cached ``debootstrap --variant=minbase bookworm`` root (with ``include``)."""
+    """A cached ``debootstrap --variant=minbase bookworm`` root (with ``include``).
+
+    Made under a lock: the package test and the cloud profile may ask for the same root
+    at once (two test workers on a new machine), and each would otherwise remove the
+    other's half-made copy.
+    """
     root = ROOT_CACHE / f"bookworm-{name}"
-    if (root / "etc" / "debian_version").exists():
-        return root
+    ROOT_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(ROOT_CACHE / f"bookworm-{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "etc" / "debian_version").exists():
+            _debootstrap(root, include)
+    return root
+
+
+def _debootstrap(root: Path, include: Sequence[str]) -> None:
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +85,6 @@ def bookworm_root(name: str, include: Sequence[str] = ()) -> Path:
     if made.returncode != 0:
         raise RuntimeError(f"debootstrap failed: {made.stdout[-2000:]}{made.stderr[-2000:]}")
     partial.rename(root)
-    return root
 
 
 def import_root(root: Path, tag: str, changes: Sequence[str] = ()) -> None:

@@ -30,6 +30,7 @@ from conftest import free_port, require_tool, storescu_command, wait_for
 
 from appliance.config import load_settings, render_toml
 from appliance.transcode.codestream import RPCL_SYNTAX
+from bench.cloud import bookworm_root
 from bench.harness import ACCEPT, split_multipart
 from bench.packaging import load_build
 from bench.synthetic import make_slices, write_series
@@ -37,7 +38,6 @@ from bench.synthetic import make_slices, write_series
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-ROOT_CACHE = Path("/var/cache/neuronova-test/bookworm-minbase")
 DATA = "var/lib/neuronova"
 UNIT = "lib/systemd/system/neuronova.service"
 HTJ2K = "1.2.840.10008.1.2.4.201"
@@ -60,18 +60,13 @@ def in_root(root: Path, *command: str, stdin: str | None = None) -> str:
 
 
 def pristine_root() -> Path:
-    """The cached minimal bookworm root, made with debootstrap the first time."""
-    if (ROOT_CACHE / "etc" / "debian_version").exists():
-        return ROOT_CACHE
-    debootstrap = require_tool("debootstrap", "debootstrap")
-    partial = ROOT_CACHE.with_suffix(".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    made = subprocess.run([debootstrap, "--variant=minbase", "bookworm", str(partial)],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert made.returncode == 0, f"debootstrap failed: {made.stdout[-2000:]}{made.stderr[-2000:]}"
-    partial.rename(ROOT_CACHE)
-    return ROOT_CACHE
+    """The cached minimal bookworm root (the cloud profile's base image is made from the
+    same one), made with debootstrap the first time."""
+    require_tool("debootstrap", "debootstrap")
+    try:
+        return bookworm_root("minbase")
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def descendants(pid: int) -> list[int]:

@@ -87,7 +87,7 @@ def sftp(tmp_path_factory) -> Iterator[SftpRemote]:
         with open(base / "server.log", "wb") as log:
             server = subprocess.Popen(
                 [rclone, "serve", "sftp", str(base / "served"), "--addr", f"127.0.0.1:{port}",
-                 "--user", "backup", "--pass", password, "--config", str(base / "server.conf"),
+                 "--user", "backup", f"--pass={password}", "--config", str(base / "server.conf"),
                  "--cache-dir", str(base / "cache"), "--authorized-keys", str(base / "no-keys")],
                 stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
@@ -101,7 +101,8 @@ def sftp(tmp_path_factory) -> Iterator[SftpRemote]:
 
     server, port = on_a_reserved_port(start)
     try:
-        obscured = subprocess.run([rclone, "obscure", password], capture_output=True,
+        # On stdin: a password of token_urlsafe's alphabet may begin with '-' (a flag).
+        obscured = subprocess.run([rclone, "obscure", "-"], input=password, capture_output=True,
                                   text=True, check=True).stdout.strip()  # fmt: skip
         config = write_rclone_conf(base / "rclone.conf", port, obscured)
         yield SftpRemote(rclone, config, password, obscured)

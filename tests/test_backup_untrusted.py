@@ -93,6 +93,11 @@ def _entry(manifest: dict, section: str) -> tuple[str, dict]:
     return next(iter(manifest[section].items()))
 
 
+def _nonempty_entry(manifest: dict, section: str) -> tuple[str, dict]:
+    """The first entry of ``section`` with at least one byte (a home holds empty files)."""
+    return next((name, entry) for name, entry in manifest[section].items() if entry["size"])
+
+
 def _rename(manifest: dict, new: str) -> None:
     old, _entry_value = _entry(manifest, "files")
     manifest["files"][new] = manifest["files"].pop(old)
@@ -136,7 +141,7 @@ def _object(root: Path, entry: dict) -> Path:
 
 def flipped_byte(section: str) -> Tamper:
     def tamper(manifest: dict, root: Path) -> str:
-        victim = _object(root, _entry(manifest, section)[1])
+        victim = _object(root, _nonempty_entry(manifest, section)[1])
         data = bytearray(victim.read_bytes())
         data[len(data) // 2] ^= 0x01
         victim.write_bytes(bytes(data))

@@ -181,8 +181,10 @@ def test_backup_while_sending_then_restore(appliance_factory, tmp_path: Path) ->
         restored.stop()
 
     # A damaged object is found by verify.
-    victim = next(p for p in (dest / "objects").rglob("*") if p.is_file())
-    victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
+    victim = next(p for p in (dest / "objects").rglob("*") if p.is_file() and p.stat().st_size)
+    damage = bytearray(victim.read_bytes())
+    damage[-1] ^= 0x01  # a flip: writing b"\0" over a last byte that was 0 changed nothing
+    victim.write_bytes(bytes(damage))
     damaged = neuronova("backup", "verify", str(dest))
     assert damaged.returncode == 1
     assert f"{victim}: checksum mismatch" in damaged.stderr

@@ -176,11 +176,13 @@ def test_stow_by_a_technologist_goes_through_the_pipeline(appliance, pushed, tmp
     assert ds.file_meta.TransferSyntaxUID == HTJ2K
 
 
-def stow(appliance, token: str, path) -> requests.Response:
+def stow(appliance, token: str, path, origin: str = "") -> requests.Response:
+    """POST one Part 10 file as a STOW-RS upload to ``origin`` (the HTTP listener if empty)."""
     body = (b"--xx\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes()
             + b"\r\n--xx--\r\n")  # fmt: skip
     return requests.post(
-        f"{appliance.url}/api/pacs/dicom-web/studies", data=body, timeout=30,
+        f"{origin or appliance.url}/api/pacs/dicom-web/studies", data=body, timeout=30,
+        verify=False,
         headers={"Authorization": f"Bearer {token}", "Accept": "application/dicom+json",
                  "Content-Type": 'multipart/related; type="application/dicom"; boundary=xx'},
     )  # fmt: skip
@@ -201,6 +203,21 @@ def test_stow_follows_the_overwrite_policy(appliance, pushed, tmp_path):
     assert stow(appliance, tech_token, own.files[0]).status_code == 200
     wait_stored(appliance, own.sop_uids)
     assert stow(appliance, tech_token, own.files[0]).status_code == 200  # the same source
+
+
+def test_stow_over_https_names_https_retrieve_urls(appliance, pushed, tmp_path):
+    """The RetrieveURL a STOW-RS answer gives is the address the browser used: behind the
+    HTTPS listener it says https:// and that port, though nginx reaches the app by HTTP."""
+    _, _, _, tech_token = pushed
+    own = write_series(tmp_path / "own-tls", make_slices(1))
+    origin = f"https://127.0.0.1:{appliance.settings.https_port}"
+    resp = stow(appliance, tech_token, own.files[0], origin)
+    assert resp.status_code == 200, resp.text[:300]
+    item = resp.json()["00081199"]["Value"][0]
+    assert item["00081190"]["Value"] == [f"{origin}/api/pacs/dicom-web/studies"]
+    plain = stow(appliance, tech_token, own.files[0])
+    assert plain.json()["00081199"]["Value"][0]["00081190"]["Value"][0].startswith(
+        f"{appliance.url}/")
 
 
 def test_stow_of_garbage_reports_a_failure(appliance, pushed):

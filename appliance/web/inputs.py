@@ -89,6 +89,15 @@ def is_tls(request: web.Request) -> bool:
     return request.headers.get("X-Forwarded-Proto") == "https" or request.secure
 
 
+def browser_origin(request: web.Request) -> str:
+    """The origin the browser used: the Host it sent nginx, with the scheme it came by.
+
+    The app itself is reached over plain HTTP from nginx, so ``request.url`` alone would
+    say ``http://`` to a browser on the HTTPS listener.
+    """
+    return str(request.url.origin().with_scheme("https" if is_tls(request) else "http"))
+
+
 def query_int(request: web.Request, name: str, default: int) -> int:
     """An integer query parameter; a 400 JSON error when it is not one."""
     try:

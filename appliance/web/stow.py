@@ -28,7 +28,7 @@ from appliance.ingest.spool import Spool
 from appliance.web.auth import identity
 from appliance.web.errors import ApiError
 from appliance.web.ingest import OUT_OF_RESOURCES
-from appliance.web.inputs import content_encoding
+from appliance.web.inputs import browser_origin, content_encoding
 from appliance.web.keys import INGEST, SETTINGS
 
 MB = 1024**2
@@ -278,4 +278,4 @@ async def store_instances(request: web.Request, study: str | None) -> web.Respon
                        stored=upload.stored) from None  # fmt: skip
     if not outcomes:
         raise ApiError(400, "empty_upload", "The upload holds no DICOM part.")
-    return _response(outcomes, f"{request.url.origin()}/api/pacs/dicom-web/studies")
+    return _response(outcomes, f"{browser_origin(request)}/api/pacs/dicom-web/studies")

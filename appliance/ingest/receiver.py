@@ -14,6 +14,7 @@ import logging
 import signal
 import tempfile
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from pynetdicom import AE, StoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance import metrics
 from appliance.config import Settings
@@ -48,6 +50,7 @@ MAX_ASSOCIATIONS = 64
 MAX_PER_ADDRESS = 32  # one caller (address) may hold at most half the slots
 ARTIM_TIMEOUT = 10  # seconds from connecting to the association request (PS3.8 9.1.5)
 IDLE_TIMEOUT = 30  # seconds without a PDU before an association is aborted (< STALE_PARTIAL)
+DRAIN_TIMEOUT = 15  # seconds open associations get to finish after SIGTERM
 
 # Transfer syntaxes accepted for storage (PS3.5 Annex A): uncompressed, deflated,
 # JPEG, JPEG-LS, JPEG 2000, HTJ2K and RLE.
@@ -316,4 +319,27 @@ def serve(settings: Settings) -> None:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.shutdown()
+    finish_associations(server, DRAIN_TIMEOUT)
     log.info("DICOM receiver stopped")
+
+
+def finish_associations(server: ThreadedAssociationServer, timeout: float) -> None:
+    """Let the associations open when the server stopped listening end by themselves
+    within ``timeout`` seconds, then abort the rest.
+
+    A modality sending during a restart (a deploy, an upgrade) finishes its association:
+    every object it sends gets its answer, and the next association goes to the new
+    receiver, which takes over the same spool. Without this the process exited at once
+    and its (daemon) association threads died mid-object.
+    """
+    open_now = server.active_associations
+    if open_now:
+        log.info("finishing %d open association(s) (at most %d s)", len(open_now), timeout)
+    deadline = time.monotonic() + timeout
+    for assoc in open_now:
+        assoc.join(max(0.0, deadline - time.monotonic()))
+    left = [assoc for assoc in open_now if assoc.is_alive()]
+    for assoc in left:
+        log.warning("aborted the association from %s: still open %d s after the stop",
+                    assoc.requestor.ae_title.strip(), timeout)  # fmt: skip
+        assoc.abort()

@@ -28,6 +28,9 @@ from appliance.supervise.orthanc import orthanc_command, orthanc_environment, re
 from appliance.supervise.ports import settle_ports
 from appliance.supervise.supervisor import ChildSpec, LogLimits, Supervisor, reap_leftovers
 
+# The receiver finishes its open associations for up to ingest.receiver.DRAIN_TIMEOUT
+# (15 s) after SIGTERM; it gets that and a margin before it is killed.
+RECEIVER_STOP_TIMEOUT = 17.0
 log = logging.getLogger("neuronova.supervisor")
 
 
@@ -89,7 +92,12 @@ def build_specs(settings: Settings, session: aiohttp.ClientSession) -> list[Chil
         ChildSpec("worker", [*service, "worker"], logs / "worker.log", worker_ready, env=env),
         *apps,
         ChildSpec(
-            "receiver", [*service, "receiver"], logs / "receiver.log", receiver_ready, env=env
+            "receiver",
+            [*service, "receiver"],
+            logs / "receiver.log",
+            receiver_ready,
+            env=env,
+            stop_timeout=RECEIVER_STOP_TIMEOUT,
         ),
         ChildSpec(
             "nginx",

@@ -32,7 +32,7 @@ BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 MAX_FAST_FAILURES = 5
 STABLE_AFTER = 10.0
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
-STOP_BUDGET = 9.0
+STOP_BUDGET = 25.0  # within the package's systemd TimeoutStopSec (30 s)
 REAP_WAIT = 5.0  # seconds for processes killed by reap_leftovers to be gone
 LOG_CHECK_INTERVAL = 5.0
 OUTPUT_CHUNK = 64 * 1024
@@ -69,6 +69,7 @@ class ChildSpec:
     env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 60.0
     stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 4.0
     own_logs: tuple[Path, ...] = ()
     reopen_signal: signal.Signals | None = None
 
@@ -404,7 +405,7 @@ class Supervisor:
         deadline = time.monotonic() + STOP_BUDGET
         for child in reversed(self.children):
             remaining = deadline - time.monotonic()
-            await child.stop(min(remaining, 4.0))
+            await child.stop(min(remaining, child.spec.stop_timeout))
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for child in self.children:
             child.output.close()

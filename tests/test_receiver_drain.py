@@ -1,0 +1,76 @@
+"""A modality sending while the appliance stops (a deploy, an upgrade) loses nothing.
+
+On SIGTERM the receiver stops listening at once (the next association goes to the new
+receiver) and lets the associations it has open finish, for at most
+``DRAIN_TIMEOUT`` seconds; the supervisor of ``neuronova run`` gives it that time. The
+next receiver, on the same home, takes over the spool: what was acknowledged is stored.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import time
+
+import pytest
+from conftest import make_appliance, wait_for, wait_stored
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from appliance.ingest.receiver import DRAIN_TIMEOUT
+from appliance.supervise.runner import RECEIVER_STOP_TIMEOUT
+from bench.synthetic import make_slices, write_series
+
+pytestmark = pytest.mark.slow
+KEEPS_SENDING = 6.0  # seconds the modality goes on sending after the stop began
+
+
+def refuses(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:``port`` any more."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:  # reset: the listener closed while this connection waited in its queue
+        return False
+    return False
+
+
+def test_the_supervisor_gives_the_receiver_its_drain_time():
+    assert RECEIVER_STOP_TIMEOUT > DRAIN_TIMEOUT
+
+
+def test_an_open_association_finishes_after_sigterm_and_the_next_receiver_stores_it(tmp_path):
+    series = write_series(tmp_path / "series", make_slices(2))
+    appliance = make_appliance(tmp_path / "appliance").start()
+    port = appliance.settings.dicom_port
+    ae = AE(ae_title="CT_SCANNER")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="NEURONOVA")
+    try:
+        assert assoc.is_established
+        assert assoc.send_c_store(series.files[0]).Status == 0x0000
+        appliance.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: refuses(port), 30, "the receiver to stop listening")
+        assert appliance.process.poll() is None
+        # The association opened before the stop is still served, to its end, also past
+        # the 4 s the supervisor used to give the receiver before killing it.
+        stopped = time.monotonic()
+        sent = 0
+        while time.monotonic() - stopped < KEEPS_SENDING:
+            assert assoc.send_c_store(series.files[1]).Status == 0x0000
+            sent += 1
+        assoc.release()
+        assert appliance.process.wait(timeout=RECEIVER_STOP_TIMEOUT + 10) == 0
+    finally:
+        if assoc.is_alive():
+            assoc.abort()
+    receiver_log = (appliance.settings.home / "logs" / "receiver.log").read_text()
+    assert re.search(r"finishing \d+ open association", receiver_log)
+    assert "aborted the association" not in receiver_log
+    appliance.start()
+    try:
+        wait_stored(appliance, series.sop_uids)
+    finally:
+        appliance.stop()

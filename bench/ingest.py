@@ -4,6 +4,12 @@ the pipeline's per-frame HTJ2K cost vs bare encoders.
 Usage: ``python bench/ingest.py [--slices 300] [--out bench/results/ingest.json]
 [--codec-json bench/results/codec.json]``
 
+Issue 16 item 6 adds two goals, measured in the same run: the last instance viewable
+(stored as HTJ2K, frame files and series metadata prepared, listed through the gateway)
+within 1 s of the last C-STORE Success, and the C-STORE phase at least 90% of the
+throughput of reference (d), a bare pynetdicom storage SCP that writes and fsyncs each
+object (``bench/bare_scp.py``).
+
 Goal (issue, verbatim): "a 300-slice 512x512 16-bit CT series pushed with storescu (a)
 into the appliance, timing both the C-STORE phase and the moment every instance is stored
 as HTJ2K in Orthanc, (b) straight into Orthanc's own C-STORE server (the reference); and
@@ -14,18 +20,19 @@ Orthanc's own server needs to store the raw series; per-frame pipeline cost with
 the bare encode; size within 6% of J2K lossless. Report every figure and the compression
 ratio."
 
-Order: (b) first (a bench-only Orthanc with its own configuration in a temporary
-directory), then (a) (the real appliance, ``python -m appliance run``, in a fresh
-temporary home), then the per-frame codec figures (``bench/codec.py``'s ``run`` on the
-same pixels: same generator, same seed) with nothing else running. The same Part 10
-files are sent to both servers by dcmtk's storescu, in one association each. Everything
-is on 127.0.0.1.
+Order, in each round: (b) (a bench-only Orthanc with its own configuration in a
+temporary directory), (d) (the bare SCP, writing into a temporary directory), then (a)
+(the real appliance, ``python -m appliance run``, in a fresh temporary home); after the
+rounds the per-frame codec figures (``bench/codec.py``'s ``run`` on the same pixels: same
+generator, same seed) with nothing else running. The same Part 10 files are sent to every
+server by dcmtk's storescu, in one association each. Everything is on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import json
 import secrets
 import shutil
@@ -42,6 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from appliance.store import series_metadata
 from appliance.transcode.codestream import RPCL_SYNTAX
 from appliance.web.gateway import HTJ2K_LOSSLESS
 from bench import codec
@@ -57,6 +65,7 @@ from bench.harness import (
     http,
     machine,
     markdown_table,
+    python_env,
     run_in_workdir,
     running,
     split_multipart,
@@ -74,6 +83,9 @@ STORE_TIMEOUT = 600.0
 POLL = 0.05
 GOAL_CSTORE_SPEEDUP = 4.0
 GOAL_VIEWABLE_RATIO = 0.5
+GOAL_VIEWABLE_AFTER_CSTORE = 1.0  # seconds from storescu's end to the last instance viewable
+GOAL_CSTORE_OVER_BARE = 0.9  # the appliance's C-STORE throughput over the bare SCP's
+BARE_AET = "BARESCP"
 QIDO_ACCEPT = "application/dicom+json"
 NOISY_PERCENT = 25.0
 NOISY_RETRIES = 2
@@ -171,6 +183,28 @@ def bench_orthanc(series: Series, workdir: Path) -> dict[str, Any]:
     }
 
 
+def bench_bare(series: Series, workdir: Path) -> dict[str, Any]:
+    """(d): push the series into the bare pynetdicom SCP (``bench/bare_scp.py``); time it."""
+    port = free_port()
+    command = [sys.executable, "-m", "bench.bare_scp", "--port", str(port),
+               "--ae-title", BARE_AET, "--out", str(workdir)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, env=python_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "listening":
+            raise RuntimeError("the bare SCP did not start")
+        others = OthersMeter([process.pid]).start()
+        seconds = storescu(series.files, port, BARE_AET)
+        others_percent = others.percent()
+        written = len(list(workdir.glob("*.dcm")))
+        if written != len(series.files):
+            raise RuntimeError(f"the bare SCP wrote {written} files")
+    finally:
+        stop_process(process)
+    return {"cstore_s": round(seconds, 3), "other_processes_cpu_percent": others_percent}
+
+
 class Clock:
     """Seconds since the push started, and the first moment each event was seen."""
 
@@ -196,6 +230,16 @@ def qido_count(appliance: Appliance, series: Series, token: str) -> int:
     if status != 200:
         raise RuntimeError(f"QIDO-RS answered HTTP {status}: {body[:200]!r}")
     return len(json.loads(body)) if body.strip() else 0
+
+
+def metadata_count(appliance: Appliance, series: Series) -> int:
+    """How many instances the series metadata file prepared at ingest holds (0: none yet)."""
+    path = Path(appliance.layout.frames_dir, series.study_uid, series.series_uid,
+                series_metadata.FILE_NAME)  # fmt: skip
+    try:
+        return len(json.loads(gzip.decompress(path.read_bytes())))
+    except FileNotFoundError:
+        return 0
 
 
 def _watch_exit(process: subprocess.Popen, clock: Clock) -> threading.Thread:
@@ -236,7 +280,9 @@ def push_and_watch(appliance: Appliance, series: Series, token: str) -> dict[str
         time.sleep(POLL)
     else:
         raise TimeoutError(f"not every instance was stored within {STORE_TIMEOUT:.0f} s")
-    wait_for(lambda: qido_count(appliance, series, token) == count, 60, "QIDO-RS to list all")
+    wait_for(lambda: metadata_count(appliance, series) == count, 60, "the series metadata", POLL)
+    clock.mark("metadata_all_prepared")
+    wait_for(lambda: qido_count(appliance, series, token) == count, 60, "QIDO-RS to list all", POLL)
     clock.mark("qido_all_listed")
     return {**clock.events, "not_yet_stored_when_cstore_done": backlog,
             "other_processes_cpu_percent": others_percent}  # fmt: skip
@@ -306,10 +352,15 @@ def bench_appliance(series: Series, slices: list[np.ndarray], home: Path) -> dic
         journal = check_journal(appliance, len(series.files))
         skip = {row["sop_uid"] for row in journal["not_htj2k"]}
         frames = check_frames(appliance, series, slices, token, skip)
+    viewable = max(times["journal_all_stored"], times["metadata_all_prepared"],
+                   times["qido_all_listed"])  # fmt: skip
     return {
         "cstore_s": times["cstore_done"],
         "all_stored_htj2k_s": times["journal_all_stored"],
+        "metadata_all_prepared_s": times["metadata_all_prepared"],
         "all_listed_by_qido_s": times["qido_all_listed"],
+        "viewable_s": viewable,
+        "viewable_after_cstore_s": round(viewable - times["cstore_done"], 3),
         "not_yet_stored_when_cstore_done": times["not_yet_stored_when_cstore_done"],
         "other_processes_cpu_percent": times["other_processes_cpu_percent"],
         "workers": appliance.settings.workers,
@@ -335,10 +386,12 @@ def codec_figures(count: int, reuse: Path | None) -> dict[str, Any]:
     return data
 
 
-def goals(orthanc: dict, appliance: dict, codec_data: dict) -> dict[str, Any]:
-    """The four goals, with their figures."""
+def goals(orthanc: dict, bare: dict, appliance: dict, codec_data: dict) -> dict[str, Any]:
+    """The goals, with their figures."""
     speedup = orthanc["cstore_s"] / appliance["cstore_s"]
-    viewable = max(appliance["all_stored_htj2k_s"], appliance["all_listed_by_qido_s"])
+    viewable = appliance["viewable_s"]
+    after = appliance["viewable_after_cstore_s"]
+    over_bare = bare["cstore_s"] / appliance["cstore_s"]
     all_htj2k = not any(appliance["instances_not_htj2k_each_round"])
     ratios = codec_data["ratios"]
     return {
@@ -348,6 +401,10 @@ def goals(orthanc: dict, appliance: dict, codec_data: dict) -> dict[str, Any]:
         "viewable_over_orthanc_store": round(viewable / orthanc["cstore_s"], 3),
         "viewable_within_half_of_orthanc": all_htj2k
         and viewable <= GOAL_VIEWABLE_RATIO * orthanc["cstore_s"],
+        "viewable_after_cstore_s": after,
+        "viewable_within_1s_of_cstore": all_htj2k and after <= GOAL_VIEWABLE_AFTER_CSTORE,
+        "cstore_throughput_over_bare_scp": round(over_bare, 3),
+        "cstore_at_least_90pct_of_bare_scp": over_bare >= GOAL_CSTORE_OVER_BARE,
         "pipeline_over_bare_encode": ratios["pipeline_over_bare_encode"],
         "pipeline_within_2x_bare_encode": codec_data["goals"]["pipeline_within_2x_bare_encode"],
         "size_htj2k_over_j2k": ratios["size_htj2k_over_j2k"],
@@ -381,12 +438,15 @@ def _size_rows(codec_data: dict, slices: int) -> list[list[object]]:
     return rows
 
 
-def _push_rows(o: dict, a: dict, n: int) -> list[list[object]]:
+def _push_rows(o: dict, d: dict, a: dict, n: int) -> list[list[object]]:
     rows = [
         ("(b) storescu -> Orthanc's own C-STORE (raw, stored)", o, "cstore_s"),
+        ("(d) storescu -> bare pynetdicom SCP (write + fsync each)", d, "cstore_s"),
         ("(a) storescu -> appliance, C-STORE phase", a, "cstore_s"),
         ("(a) every instance stored as HTJ2K in Orthanc (journal)", a, "all_stored_htj2k_s"),
+        ("(a) the series metadata prepared with every instance", a, "metadata_all_prepared_s"),
         ("(a) every instance listed by QIDO-RS through the gateway", a, "all_listed_by_qido_s"),
+        ("(a) last instance viewable, after storescu's end", a, "viewable_after_cstore_s"),
     ]
     return [[name, f"{side[key]:.2f}", f"{1e3 * side[key] / n:.1f}",
              ", ".join(f"{v:.2f}" for v in side[f"{key}_each_round"])]
@@ -401,6 +461,11 @@ def _goal_rows(g: dict) -> list[list[object]]:
          verdict(g["every_instance_htj2k_every_round"])],
         ["viewable as HTJ2K <= 0.5x Orthanc's store time",
          f"{g['viewable_over_orthanc_store']:.3f}x", verdict(g["viewable_within_half_of_orthanc"])],
+        ["last instance viewable <= 1 s after the last C-STORE Success",
+         f"{g['viewable_after_cstore_s']:.2f} s", verdict(g["viewable_within_1s_of_cstore"])],
+        ["C-STORE throughput >= 90% of the bare SCP's (d)",
+         f"{100 * g['cstore_throughput_over_bare_scp']:.1f}%",
+         verdict(g["cstore_at_least_90pct_of_bare_scp"])],
         ["per-frame pipeline <= 2x bare encode", f"{g['pipeline_over_bare_encode']:.3f}x",
          verdict(g["pipeline_within_2x_bare_encode"])],
         ["size <= 1.06x J2K lossless", f"{g['size_htj2k_over_j2k']:.4f}x",
@@ -411,9 +476,10 @@ def _goal_rows(g: dict) -> list[list[object]]:
 def render_markdown(results: dict[str, Any]) -> str:
     """The readable tables."""
     o, a, g, c = results["orthanc"], results["appliance"], results["goals"], results["codec"]
+    d = results["bare_scp"]
     m, setup = results["machine"], results["setup"]
     n, journal = setup["slices"], a["journal"]
-    others = [r["other_processes_cpu_percent"] for side in (o, a) for r in side["rounds"]]
+    others = [r["other_processes_cpu_percent"] for side in (o, d, a) for r in side["rounds"]]
     return "\n".join([
         f"# Ingest benchmark ({n} x 512x512 int16 CT slices, "
         f"{setup['series_bytes'] / 1e6:.0f} MB of Part 10 files)", "",
@@ -423,7 +489,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"finished: {a['not_yet_stored_when_cstore_done_each_round']}. CPU used by processes "
         f"the benchmark did not start, per push: {others} % of one core.", "",
         markdown_table(["", "median s", "per instance ms", "each round s"],
-                       _push_rows(o, a, n)), "",
+                       _push_rows(o, d, a, n)), "",
         f"Journal (last round): {journal['instances_stored_htj2k']} instances stored with ts_out "
         f"{journal['ts_out']}; Part 10 files {journal['size_in_bytes'] / 1e6:.1f} MB in, "
         f"{journal['size_out_bytes'] / 1e6:.1f} MB stored (x{journal['file_ratio_in_over_out']}). "
@@ -448,38 +514,43 @@ def _summary(rounds: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, A
     return out
 
 
-def one_round(series: Series, slices: list[np.ndarray], workdir: Path) -> tuple[dict, dict]:
-    """(b) then (a), each on fresh servers in ``workdir`` (removed afterwards)."""
+def one_round(series: Series, slices: list[np.ndarray], workdir: Path) -> tuple[dict, dict, dict]:
+    """(b), (d), then (a), each on fresh servers in ``workdir`` (removed afterwards)."""
     try:
         orthanc = bench_orthanc(series, workdir / "orthanc")
+        bare = bench_bare(series, workdir / "bare")
         appliance = bench_appliance(series, slices, workdir / "home")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return orthanc, appliance
+    return orthanc, bare, appliance
 
 
 def run_rounds(args: argparse.Namespace, workdir: Path, series: Series, slices: list[np.ndarray],
                gate: QuietGate):  # fmt: skip
-    """(b) then (a), ``args.rounds`` times, each on fresh servers; their summaries."""
-    orthanc_runs, appliance_runs, quiet = [], [], []
+    """(b), (d) then (a), ``args.rounds`` times, each on fresh servers; their summaries."""
+    orthanc_runs, bare_runs, appliance_runs, quiet = [], [], [], []
     for number in range(args.rounds):
         for attempt in range(1, NOISY_RETRIES + 2):
             quiet.append(gate.wait())
-            pair = one_round(series, slices, workdir / f"round-{number}-{attempt}")
-            others = max(side["other_processes_cpu_percent"] for side in pair)
+            trio = one_round(series, slices, workdir / f"round-{number}-{attempt}")
+            others = max(side["other_processes_cpu_percent"] for side in trio)
             if others <= NOISY_PERCENT or attempt > NOISY_RETRIES or gate.exhausted:
                 break
             print(f"others used {others:.0f}% of a core during a push: repeating the round")
-        orthanc_runs.append(pair[0])
-        appliance_runs.append(pair[1])
-        print(f"round {number + 1}: (b) Orthanc's own C-STORE {pair[0]['cstore_s']:.2f} s; "
-              f"(a) appliance C-STORE {pair[1]['cstore_s']:.2f} s, all stored as HTJ2K "
-              f"{pair[1]['all_stored_htj2k_s']:.2f} s", flush=True)  # fmt: skip
+        orthanc_runs.append(trio[0])
+        bare_runs.append(trio[1])
+        appliance_runs.append(trio[2])
+        print(f"round {number + 1}: (b) Orthanc's own C-STORE {trio[0]['cstore_s']:.2f} s; "
+              f"(d) bare SCP {trio[1]['cstore_s']:.2f} s; (a) appliance C-STORE "
+              f"{trio[2]['cstore_s']:.2f} s, last viewable {trio[2]['viewable_after_cstore_s']:.2f}"
+              " s later", flush=True)  # fmt: skip
     for run in appliance_runs:
         run["instances_not_htj2k"] = len(run["journal"]["not_htj2k"])
-    appliance_keys = ("cstore_s", "all_stored_htj2k_s", "all_listed_by_qido_s",
+    appliance_keys = ("cstore_s", "all_stored_htj2k_s", "metadata_all_prepared_s",
+                      "all_listed_by_qido_s", "viewable_s", "viewable_after_cstore_s",
                       "not_yet_stored_when_cstore_done", "instances_not_htj2k")  # fmt: skip
-    return _summary(orthanc_runs, ("cstore_s",)), _summary(appliance_runs, appliance_keys), quiet
+    summaries = (_summary(runs, ("cstore_s",)) for runs in (orthanc_runs, bare_runs))
+    return *summaries, _summary(appliance_runs, appliance_keys), quiet
 
 
 def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -488,7 +559,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     series = write_series(workdir / "series", slices)
     print(f"wrote {args.slices} files, {series.total_bytes / 1e6:.0f} MB", flush=True)
     gate = QuietGate(args.quiet_wait)
-    orthanc, appliance, quiet = run_rounds(args, workdir, series, slices, gate)
+    orthanc, bare, appliance, quiet = run_rounds(args, workdir, series, slices, gate)
     if args.codec_json is None or not args.codec_json.exists():
         quiet.append(gate.wait())
     codec_data = codec_figures(args.slices, args.codec_json)
@@ -499,15 +570,17 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "pixels_sha256": series.pixels_sha256,
             "transfer_syntax_sent": "1.2.840.10008.1.2.1 (Explicit VR Little Endian)",
             "rounds": args.rounds,
-            "order": "alternating, (b) Orthanc then (a) the appliance in each round, fresh "
-            "servers every time; the codec figures last, with none of the servers running",
+            "order": "alternating, (b) Orthanc, (d) the bare SCP, then (a) the appliance in "
+            "each round, fresh servers every time; the codec figures last, with none of the "
+            "servers running",
             "machine_load_before_each_round_then_codec": quiet,
         },
         "machine": machine(),
         "orthanc": orthanc,
+        "bare_scp": bare,
         "appliance": appliance,
         "codec": codec_data,
-        "goals": goals(orthanc, appliance, codec_data),
+        "goals": goals(orthanc, bare, appliance, codec_data),
     }
 
 

@@ -31,6 +31,8 @@ if [ "$with_tests" = 1 ]; then
   # runs iptables, which podman only suggests: without it every container on a network
   # fails with "netavark: No such file or directory".
   packages+=(podman podman-compose runc netavark aardvark-dns iptables)
+  # The deploy's test (tests/test_deploy.py): a VM stood in by sshd on a loopback port.
+  packages+=(openssh-server openssh-client)
 fi
 
 missing=()

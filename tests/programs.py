@@ -94,6 +94,9 @@ REQUIRED: tuple[Program, ...] = (
     *_programs("aardvark-dns", "service names on the profile's internal network",
                "/usr/lib/podman/aardvark-dns"),
     *_programs("iptables", "netavark's firewall rules for every container network", "iptables"),
+    # The deploy to a VM (tests/test_deploy.py): sshd stands in for the VM.
+    *_programs("openssh-server", "the VM the deploy goes to", "/usr/sbin/sshd"),
+    *_programs("openssh-client", "the deploy reaches the VM", "ssh", "scp", "ssh-keygen"),
 )
 
 

@@ -308,12 +308,17 @@ def put_image(target: Target, version: str, archive: Path | None) -> None:
         raise DeployError("image", f"{ref} is not on the VM after the "
                                    f"{'load' if archive else 'pull'}: is the archive "
                                    f"the image of version {version}?") from None  # fmt: skip
-    release_env = f"{target.release_dir(version)}/.env"
+
+
+def write_release_env(target: Target, version: str) -> None:
+    """The release's .env (mode 0600): the VM's .env with the release's image. A rollback
+    brings a version back with the settings it last ran with."""
+    ref, release_env = target.image_ref(version), f"{target.release_dir(version)}/.env"
     target.remote.run(
         f"umask 077 && grep -v '^{IMAGE_SETTING}=' {shlex.quote(target.directory)}/.env "
         f"> {shlex.quote(release_env)}.new; echo {IMAGE_SETTING}={shlex.quote(ref)} >> "
         f"{shlex.quote(release_env)}.new && mv {shlex.quote(release_env)}.new "
-        f"{shlex.quote(release_env)}", "image",
+        f"{shlex.quote(release_env)}", "settings",
     )  # fmt: skip
 
 
@@ -452,6 +457,7 @@ def deploy(target: Target, version: str, archive: Path | None, args: dict, repor
     with timed(report, "image"):
         put_image(target, version, archive)
     say(f"  image {target.image_ref(version)} on the VM ({report.seconds['image']} s)")
+    write_release_env(target, version)
     try:
         with timed(report, "stop_previous"):
             if report.previous:
@@ -503,7 +509,8 @@ def roll_back(target: Target, report: Report, args: dict) -> None:
                    "pulls the image from its registry.")
 @click.option("--dir", "directory", default="/srv/neuronova",
               help="Folder on the VM: .env, releases/, current-version.")
-@click.option("--engine", type=click.Choice(["podman", "docker"]), default="docker")
+@click.option("--engine", type=click.Choice(["podman", "docker"]), default="docker",
+              help="Container engine on the VM.")
 @click.option("--compose", "compose", default=None,
               help="Compose command on the VM [default: `docker compose`, or `podman-compose`].")
 @click.option("--project", default="neuronova", help="Compose project name (volume prefix).")

@@ -68,6 +68,27 @@ def test_qido_finds_the_pushed_study(appliance, pushed):
     assert len(found) == SLICES
 
 
+@pytest.mark.parametrize(
+    ("filters", "found"),
+    [
+        ({"PatientName": "BENCH^PHANT*"}, 1),
+        ({"PatientName": "bench^phantom"}, 1),
+        ({"PatientName": "BENCH?PHANTOM"}, 1),
+        ({"PatientName": "*^PHANTOM", "ModalitiesInStudy": "MR,CT"}, 1),
+        ({"PatientName": "NOBODY*"}, 0),
+        ({"ModalitiesInStudy": "MR,DX"}, 0),
+    ],
+)
+def test_qido_wildcards_and_value_lists_reach_orthanc_as_sent(appliance, pushed, filters, found):
+    """Orthanc 1.10.1 does not percent-decode query values: the gateway must not encode
+    ``*``, ``?``, ``^`` or ``,`` (they matched nothing when it did)."""
+    series, _, token, _ = pushed
+    studies = client_for(appliance, token).search_for_studies(
+        search_filters={"StudyInstanceUID": series.study_uid, **filters}
+    )
+    assert len(studies) == found
+
+
 def test_metadata_comes_back_through_the_gateway(appliance, pushed):
     series, _, token, _ = pushed
     metadata = client_for(appliance, token).retrieve_series_metadata(

@@ -135,7 +135,7 @@ def test_query_is_validated_and_reencoded():
             ("00100020", "ID 1"),
         ]
     )
-    assert query == "PatientName=DOE%5EJ%2A&includefield=00081030&limit=10&00100020=ID%201"
+    assert query == "PatientName=DOE^J*&includefield=00081030&limit=10&00100020=ID%201"
 
 
 @pytest.mark.parametrize(

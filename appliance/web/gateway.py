@@ -39,6 +39,10 @@ SINGLE_FRAME_RE = re.compile(
 TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")
 SPECIAL_KEYS = frozenset({"includefield", "limit", "offset", "fuzzymatching"})
 MAX_VALUE = 1024
+# Sent to Orthanc as they are: Orthanc 1.10.1 does not percent-decode query values, so an
+# encoded wildcard (%2A), name separator (%5E) or value list (%2C) matched nothing. None of
+# them can end a key or a value (& = # % stay encoded).
+QUERY_LITERALS = "*?^,"
 QIDO_RESOURCES = ("studies", "series", "instances")
 INSTANCE_ACTIONS = ("metadata", "rendered", "thumbnail", "frames", "bulk")
 SERIES_ACTIONS = ("metadata", "rendered", "thumbnail", "instances")
@@ -213,7 +217,7 @@ def clean_query(pairs: list[tuple[str, str]], study_only: str | None = None) -> 
         cleaned.append((key, value))
     if study_only:
         cleaned.append(("StudyInstanceUID", study_only))
-    return urlencode(cleaned, quote_via=quote)
+    return urlencode(cleaned, quote_via=quote, safe=QUERY_LITERALS)
 
 
 def orthanc_redirect(target: Target, query: str) -> str:

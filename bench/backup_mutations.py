@@ -1,11 +1,12 @@
-"""Seeded mutations of a real backup repository, as an attacker holding its off-site copy
-(and perhaps the backup key) could make them: ``bench/fuzz.py``'s restores of mutated
-backups.
+"""Seeded mutations of a real (encrypted) backup repository, as an attacker holding its
+off-site copy (and perhaps the backup key) could make them: ``bench/fuzz.py``'s restores
+of mutated backups.
 
-A mutation changes the newest snapshot's manifest (a field of an entry, an entry's path,
-the JSON as text) or one of its objects; a changed manifest is signed again with the
-backup key most of the time (an attacker who has the key: the checks after the signature
-must still refuse it), else keeps its old signature.
+A mutation changes the newest snapshot's manifest (a field of an entry, an entry's path),
+the bytes of that manifest or of the repository's key record, or one of its objects; a
+changed manifest is encrypted again with the backup key most of the time (an attacker who
+has the key: the checks after the decryption must still refuse it), else written in the
+clear in place of the encrypted one (an attacker without the key).
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.backup.manifest import sign
 from appliance.backup.repository import Repository
 
-SIGN_AGAIN = 0.75  # share of changed manifests signed again with the right key
+ENCRYPT_AGAIN = 0.75  # share of changed manifests encrypted again with the right key
 # Paths a restore must never write; "ABSOLUTE/" becomes a folder beside the target, and
 # ".." never climbs above the fuzz run's own folder (the target is two levels down).
 HOSTILE_PATHS = [
@@ -61,25 +61,25 @@ class Target:
 
 def mutate_backup(rng: random.Random, target: Target, key: bytes) -> tuple[str, bool]:
     """Change the copy of a backup in ``target.backup`` once; returns (label, whether a
-    restore may succeed: a manifest signed again, if it still validates, or one whose
-    text still reads as the same manifest)."""
-    repo = Repository(target.backup)
-    manifest_file = repo.snapshots / f"{repo.snapshot_names()[-1]}.json"
+    restore may succeed: a manifest encrypted again, if it still validates)."""
+    repo = Repository(target.backup, key)
+    name = repo.snapshot_names()[-1]
     if rng.random() < 0.3:
-        return f"object: {mutate_object(rng, repo, json.loads(manifest_file.read_bytes()))}", False
-    raw = manifest_file.read_bytes()
+        return f"object: {mutate_object(rng, repo, repo.manifest(name))}", False
     if rng.random() < 0.2:
-        data, label = mutate_text(rng, raw)
-        manifest_file.write_bytes(data)
-        return f"manifest text: {label}", _same_json(data, raw)
-    manifest = json.loads(raw)
+        victim = rng.choice([repo.snapshots / name, repo.key_record])
+        data, label = mutate_bytes(rng, victim.read_bytes())
+        victim.write_bytes(data)
+        return f"{victim.name} bytes: {label}", False
+    manifest = repo.manifest(name)
     labels = [mutate_field(rng, manifest, target) for _ in range(rng.choice([1, 1, 1, 2]))]
-    signed_again = rng.random() < SIGN_AGAIN
-    if signed_again:
-        manifest = sign({k: v for k, v in manifest.items() if k != "mac"}, key)
-    manifest_file.write_text(json.dumps(manifest))
-    how = "signed again" if signed_again else "old signature"
-    return f"manifest: {'; '.join(labels)} ({how})", signed_again
+    encrypted_again = rng.random() < ENCRYPT_AGAIN
+    if encrypted_again:
+        repo.save(name, manifest)
+    else:
+        (repo.snapshots / name).write_text(json.dumps(manifest))
+    how = "encrypted again" if encrypted_again else "in the clear"
+    return f"manifest: {'; '.join(labels)} ({how})", encrypted_again
 
 
 # --------------------------------------------------------------------------- manifest
@@ -126,17 +126,8 @@ def _other_digests(manifest: dict[str, Any]) -> list[str]:
     return [e["sha256"] for e in entries if isinstance(e, dict) and "sha256" in e][:20]
 
 
-def _same_json(data: bytes, raw: bytes) -> bool:
-    """Whether the changed text still reads as the same manifest (a byte order mark, say):
-    the signature covers the manifest, not its spelling, so it may be restored."""
-    try:
-        return json.loads(data) == json.loads(raw)
-    except (ValueError, RecursionError):
-        return False
-
-
-def mutate_text(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
-    """The manifest's JSON changed as bytes (its signature no longer matches)."""
+def mutate_bytes(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
+    """A file of the repository changed as bytes (it no longer authenticates)."""
     kind = rng.choice(["truncate", "flip", "flip", "nest", "garbage", "empty", "bom"])
     if kind == "truncate":
         cut = rng.randrange(len(raw))
@@ -161,13 +152,13 @@ def mutate_text(rng: random.Random, raw: bytes) -> tuple[bytes, str]:
 
 
 def mutate_object(rng: random.Random, repo: Repository, manifest: dict[str, Any]) -> str:
-    """Change one (non-empty) object the manifest names, keeping the manifest and its
-    signature."""
+    """Change one (non-empty) object the manifest names, keeping the manifest."""
     digests = sorted({e["sha256"] for section in ("files", "databases", "orthanc")
                       for e in manifest[section].values() if e["size"]})  # fmt: skip
-    victim = repo.object_path(rng.choice(digests))
+    chosen = rng.choice(digests)
+    victim = repo.object_path(chosen)
     data = victim.read_bytes()
-    others = [d for d in digests if d != victim.name]
+    others = [d for d in digests if d != chosen]
     changes: dict[str, Callable[[], None]] = {
         "flip": lambda: victim.write_bytes(_flipped(rng, data)),
         "truncate": lambda: victim.write_bytes(data[: rng.randrange(len(data))]),

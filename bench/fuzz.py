@@ -21,11 +21,12 @@ What goes in:
 * Backups: one real ``neuronova backup`` of the appliance (the known object in it), copied
   and mutated (:mod:`bench.backup_mutations`): manifest fields (paths with '..', absolute,
   long, NUL, into the folders restore makes itself; modes with high bits; sizes; digests
-  naming paths or other objects; type confusions; dropped and extra keys), the manifest's
-  text (truncated, bits flipped, nested, garbage), or one object (flipped, truncated,
-  deleted, a link out, a folder, a FIFO, another's content); a changed manifest is signed
-  again with the home's key three times in four. Each copy goes to ``neuronova restore
-  --key-file``, after the rest of the run.
+  naming paths or other objects; type confusions; dropped and extra keys), the encrypted
+  manifest's or key record's bytes (truncated, bits flipped, nested, garbage), or one
+  object (flipped, truncated, deleted, a link out, a folder, a FIFO, another's content); a
+  changed manifest is encrypted again with the home's key three times in four, else
+  written in the clear. Each copy goes to ``neuronova restore --key-file``, after the rest
+  of the run.
 
 What is checked:
 
@@ -713,8 +714,7 @@ def restore_mutants(settings: Settings, backup: Path, budget: Budget, seed: int,
                     figures: Figures) -> None:  # fmt: skip
     """``neuronova restore`` of mutated copies of ``backup``: each must be refused with an
     ``Error:`` line and nothing written (the target absent or empty, nothing beside it),
-    unless the manifest was signed again with the key and still validates, or is the same
-    manifest spelt differently."""
+    unless the manifest was encrypted again with the key and still validates."""
     rng, key_file = random.Random(seed + 3), HomeLayout(settings.home).backup_key_file
     key, deadline = key_file.read_bytes().strip(), time.monotonic() + budget.restore_seconds
     with tempfile.TemporaryDirectory(prefix="nn-fuzz-restore-") as tmp:

@@ -6,8 +6,8 @@ Usage: ``python bench/operations.py [--slices 300] [--keep] [--out FILE.json]``
    until every instance is stored.
 2. Starts storescu sending a second series of ``--slices`` slices and, at once,
    ``neuronova backup DEST``; times the backup, then ``neuronova backup verify DEST``
-   (inconsistencies = the problems verify reports: every object re-hashed, every Orthanc
-   instance of the manifest with its file).
+   (inconsistencies = the problems verify reports: every object decrypted and re-hashed,
+   every Orthanc instance of the manifest with its file).
 3. Waits until the second series is stored and its JPEGs written (the queue writes them
    after storing), backs up again (it catches up), pushes 10 new instances, waits the same
    way and backs up once more: the bytes that last backup copied, by part of the home
@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from appliance.backup.repository import Repository
 from appliance.config import load_settings
 from appliance.layout import HomeLayout
 from appliance.store.orthanc import OrthancStore
@@ -87,10 +88,10 @@ def wait_prepared(appliance: Appliance, count: int) -> None:
              0.25)  # fmt: skip
 
 
-def new_bytes_by_part(dest: Path) -> dict[str, int]:
+def new_bytes_by_part(dest: Path, key: bytes) -> dict[str, int]:
     """Bytes of the objects the newest snapshot added, by part of the home."""
-    manifests = sorted((dest / "snapshots").glob("*.json"))[-2:]
-    older, newest = (json.loads(p.read_text()) for p in manifests)
+    repo = Repository(dest, key)
+    older, newest = (repo.manifest(name) for name in repo.snapshot_names()[-2:])
     held = {e["sha256"] for part in ("files", "databases", "orthanc") for e in older[part].values()}
     parts = {"orthanc": newest["orthanc"].items(), "databases": newest["databases"].items(),
              "frames": ((k, e) for k, e in newest["files"].items() if k.startswith("frames/")),
@@ -134,17 +135,18 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         during = backup(original, dest)
         still_sending = sending.poll() is None
         finish_storescu(sending)
-        verify_seconds = neuronova(original.env, "backup", "verify", str(dest))
+        key = HomeLayout(original.settings.home).backup_key_file
+        verify_seconds = neuronova(original.env, "backup", "verify", str(dest),
+                                   "--key-file", str(key))  # fmt: skip
         wait_prepared(original, 2 * args.slices)
         catch_up = backup(original, dest)
         storescu(extra.files, original.settings.dicom_port, "NEURONOVA")
         wait_prepared(original, 2 * args.slices + NEW_INSTANCES)
         incremental = backup(original, dest)
-        incremental_parts = new_bytes_by_part(dest)
+        incremental_parts = new_bytes_by_part(dest, key.read_bytes().strip())
         new_bytes = extra.total_bytes
-        key = str(HomeLayout(original.settings.home).backup_key_file)
         restore_seconds = neuronova(original.env, "restore", str(dest), "--home",
-                                    str(workdir / "restored"), "--key-file", key)  # fmt: skip
+                                    str(workdir / "restored"), "--key-file", str(key))  # fmt: skip
         restored = restored_appliance(workdir / "restored")
         with running(restored):
             same = compare(original, restored, [*first.sop_uids, *second.sop_uids,
@@ -191,7 +193,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         f"Measured on {m['nproc']} cores ({m['cpu_model']}), kernel {m['kernel']}, by "
         "`python bench/operations.py` (see bench/README.md). Each backup is "
-        "`neuronova backup DEST` in a process of its own, into one repository. Every "
+        "`neuronova backup DEST` in a process of its own, into one repository, encrypted "
+        "(AES-256-GCM, docs/operations.md). Every "
         "backup copies the app and queue databases whole (SQLite's online backup); files "
         "and Orthanc instances it already holds are not copied again. The catch-up and the "
         "incremental backups start once every instance is stored with its JPEGs (written "

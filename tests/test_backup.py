@@ -1,9 +1,9 @@
 """Backup and restore of a running appliance (``neuronova backup``, ``restore``).
 
 A series is ingested, a second one is sent with dcmtk's storescu while the backup runs;
-the backup verifies, a second backup copies only what is new, and the restore into a new
-home starts, serves the same frames and holds the same Orthanc files, users, shares,
-modalities, audit rows and settings.
+the backup verifies, reveals nothing without the key, a second backup copies only what is
+new, and the restore into a new home starts, serves the same frames and holds the same
+Orthanc files, users, shares, modalities, audit rows and settings.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from conftest import (
 )
 from conftest import storescu as send
 
+from appliance.backup.legacy import LegacyRepository
+from appliance.backup.manifest import SECTIONS, sign
+from appliance.backup.repository import Repository
 from appliance.backup.status import read_status
 from appliance.config import load_settings
 from appliance.db import open_database
@@ -73,6 +76,50 @@ def restored_appliance(home: Path, password: str) -> Appliance:
     let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [home])
     return Appliance(settings, password, output=home.parent / "restored.out",
                      own_ports=PORT_SETTINGS)  # fmt: skip
+
+
+def clear_texts(home: Path) -> dict[str, bytes]:
+    """What a backup of ``home`` must never show in the clear: a DICOM file (the preamble's
+    end and the magic; 'DICM' alone turns up by chance once in ~4e9 random bytes), the
+    synthetic patient's name and ID, the JWT key, Orthanc's password and the TLS key."""
+    layout = HomeLayout(home)
+    tls_keys = [p for p in layout.tls_dir.glob("*key*") if p.is_file()]
+    assert tls_keys, f"no TLS key in {layout.tls_dir}"
+    texts = {"DICOM preamble and magic": bytes(16) + b"DICM", "patient name": b"BENCH^PHANTOM",
+             "patient ID": b"NNBENCH0001",
+             "JWT key": layout.jwt_key_file.read_bytes().strip(),
+             "Orthanc password": layout.orthanc_password_file.read_bytes().strip()}  # fmt: skip
+    for path in tls_keys:
+        body = path.read_bytes().splitlines()[1]  # a line of the PEM's base64, past its header
+        texts[f"TLS key {path.name}"] = body
+    return texts
+
+
+def shown_in_clear(root: Path, texts: dict[str, bytes]) -> list[str]:
+    """Which of ``texts`` some file below ``root`` holds (empty: none), as 'what in path'."""
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        data = path.read_bytes()
+        found += [f"{what} in {path}" for what, text in texts.items() if text in data]
+    return found
+
+
+def unencrypted_copy(repo: Repository, dest: Path, key: bytes | None) -> LegacyRepository:
+    """``repo``'s snapshots written into ``dest`` as a repository from before encryption
+    wrote them (format 1, objects in the clear, manifests signed with ``key``, or unsigned
+    as before snapshots were signed if None)."""
+    legacy = LegacyRepository(dest, key)
+    for name in repo.snapshot_names():
+        manifest = repo.manifest(name) | {"format": 1}
+        for section in SECTIONS:
+            for entry in manifest[section].values():
+                path = legacy.object_path(entry["sha256"])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(repo.read(entry["sha256"]))
+        legacy.snapshots.mkdir(parents=True, exist_ok=True)
+        signed = manifest if key is None else sign(manifest, key)
+        (legacy.snapshots / f"{name}.json").write_text(json.dumps(signed))
+    return legacy
 
 
 def rows(home: Path, sql: str) -> list[tuple]:
@@ -133,9 +180,14 @@ def test_backup_while_sending_then_restore(appliance_factory, tmp_path: Path) ->
     assert sending.wait(timeout=300) == 0
     assert backed.returncode == 0, backed.stderr
     assert "Snapshot " in backed.stdout
-    verified = neuronova("backup", "verify", str(dest))
+    key_file = HomeLayout(original.settings.home).backup_key_file
+    keyless = neuronova("backup", "verify", str(dest))  # no key: nothing can be read
+    assert keyless.returncode == 1 and "Traceback" not in keyless.stderr
+    assert f"{dest} is encrypted: give the backup key" in keyless.stderr
+    verified = neuronova("backup", "verify", str(dest), "--key-file", str(key_file))
     assert verified.returncode == 0, verified.stderr
     assert tree_modes(dest) <= {0o700, 0o600}  # as sensitive as the home: never world-readable
+    assert shown_in_clear(dest, clear_texts(original.settings.home)) == []
     first_copy = read_status(HomeLayout(original.settings.home))
     assert first_copy["ok"] and first_copy["bytes_copied"] > 0
 
@@ -163,7 +215,6 @@ def test_backup_while_sending_then_restore(appliance_factory, tmp_path: Path) ->
     assert busy.returncode == 1 and busy.stderr.splitlines()[-1].startswith("Error: ")
     assert "is not empty" in busy.stderr
     new_home = tmp_path / "restored" / "home"
-    key_file = HomeLayout(original.settings.home).backup_key_file
     restored_run = neuronova("restore", str(dest), "--home", str(new_home),
                              "--key-file", str(key_file))  # fmt: skip
     assert restored_run.returncode == 0, restored_run.stderr
@@ -181,13 +232,13 @@ def test_backup_while_sending_then_restore(appliance_factory, tmp_path: Path) ->
         restored.stop()
 
     # A damaged object is found by verify.
-    victim = next(p for p in (dest / "objects").rglob("*") if p.is_file() and p.stat().st_size)
+    victim = next(p for p in (dest / "data").rglob("*") if p.is_file())
     damage = bytearray(victim.read_bytes())
     damage[-1] ^= 0x01  # a flip: writing b"\0" over a last byte that was 0 changed nothing
     victim.write_bytes(bytes(damage))
-    damaged = neuronova("backup", "verify", str(dest))
+    damaged = neuronova("backup", "verify", str(dest), "--key-file", str(key_file))
     assert damaged.returncode == 1
-    assert f"{victim}: checksum mismatch" in damaged.stderr
+    assert f"{victim}: fails its authentication" in damaged.stderr
 
 
 def _same_archive(original: Appliance, restored: Appliance, sop_uids: list[str]) -> None:

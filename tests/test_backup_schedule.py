@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -33,11 +34,13 @@ from conftest import (
 )
 from conftest import storescu as send
 from ports import PortTaken, on_a_reserved_port
-from test_backup import neuronova
+from test_backup import clear_texts, neuronova, shown_in_clear, unencrypted_copy
 
 from appliance.backup import offsite
+from appliance.backup.crypto import manifest_domain
 from appliance.backup.daily import run_daily_backup
-from appliance.backup.prune import Keep, kept_snapshots, referenced
+from appliance.backup.manifest import backup_key
+from appliance.backup.prune import Keep, kept_snapshots, referenced, stored_names
 from appliance.backup.repository import SNAPSHOT_NAME, BackupError, Repository
 from appliance.backup.status import next_backup, read_status
 from appliance.cli import cli as neuronova_cli
@@ -180,9 +183,9 @@ def test_retention_keeps_the_newest_of_each_recent_day_and_week() -> None:
     assert "not-ours" in kept_snapshots(["not-ours", *names], Keep(1, 0))
 
 
-def _fake_repository(dest: Path, days: int) -> Repository:
+def _fake_repository(dest: Path, days: int, key: bytes = b"k" * 43) -> Repository:
     """A repository of ``days`` daily snapshots, each with one file of its own."""
-    repo = Repository(dest)
+    repo = Repository(dest, key)
     repo.create()
     start = datetime(2026, 1, 1, 2, 30, tzinfo=UTC)
     for day in range(days):
@@ -191,13 +194,13 @@ def _fake_repository(dest: Path, days: int) -> Repository:
         stored = repo.put(source)
         entry = {"sha256": stored.sha256, "size": stored.size, "mtime_ns": 0, "mode": 0o600}
         name = _name(start + timedelta(days=day))
-        repo.save(name, {"format": 1, "name": name, "files": {"f": entry}, "databases": {},
+        repo.save(name, {"format": 2, "name": name, "files": {"f": entry}, "databases": {},
                          "orthanc": {}})  # fmt: skip
     return repo
 
 
 def test_prune_by_hand_dry_run_then_real(home: Path, tmp_path: Path, runner: CliRunner) -> None:
-    repo = _fake_repository(tmp_path / "repo", days=20)
+    repo = _fake_repository(tmp_path / "repo", 20, backup_key(HomeLayout(home), create=True))
     before = repo.snapshot_names()
     args = ["backup", "prune", str(repo.root), "--keep-daily", "3", "--keep-weekly", "3",
             "--home", str(home)]  # fmt: skip
@@ -205,14 +208,15 @@ def test_prune_by_hand_dry_run_then_real(home: Path, tmp_path: Path, runner: Cli
     assert dry.exit_code == 0, dry.output
     assert "Would remove 16 snapshots and 16 objects" in dry.output
     assert f"remove snapshot {before[0]}" in dry.output
-    assert repo.snapshot_names() == before and len(list(repo.object_names())) == 20
+    assert repo.snapshot_names() == before and len(list(repo.stored_names())) == 20
     real = runner.invoke(neuronova_cli, args)
     assert real.exit_code == 0, real.output
     assert "Removed 16 snapshots and 16 objects" in real.output
     assert repo.snapshot_names() == [before[i] for i in (10, 17, 18, 19)]  # Sun 11 Jan too
-    verified = runner.invoke(neuronova_cli, ["backup", "verify", str(repo.root)])
+    verified = runner.invoke(neuronova_cli, ["backup", "verify", str(repo.root),
+                                             "--home", str(home)])  # fmt: skip
     assert verified.exit_code == 0, verified.output
-    assert len(list(repo.object_names())) == 4
+    assert len(list(repo.stored_names())) == 4
 
 
 def test_push_refuses_a_tampered_manifest_on_the_remote(sftp: SftpRemote, tmp_path: Path) -> None:
@@ -222,21 +226,41 @@ def test_push_refuses_a_tampered_manifest_on_the_remote(sftp: SftpRemote, tmp_pa
     assert offsite.push(repo, remote, keep, lambda _line: None).removed == [
         repo.snapshot_names()[0]
     ]
-    # A manifest only the remote holds (a name not ours: always kept, read from there).
-    entry = repo.manifest(repo.snapshot_names()[-1])["files"]["f"]
-    planted = {"format": 1, "name": "planted", "files": {"../escaped": entry},
-               "databases": {}, "orthanc": {}}  # fmt: skip
     served = sftp.config.parent / "served" / "tampered"
-    subprocess.run([sftp.rclone, "--config", str(sftp.config), "rcat",
-                    remote.child("snapshots/planted.json")],
-                   input=json.dumps(planted), text=True, check=True)  # fmt: skip
-    objects = [p.name for p in (served / "objects").rglob("*") if p.is_file()]
-    with pytest.raises(BackupError) as refused:
-        offsite.push(repo, remote, keep, lambda _line: None)
-    assert "snapshot planted refused" in str(refused.value)
-    assert "files entry '../escaped'" in str(refused.value)
-    assert "nothing was pruned there" in str(refused.value)
-    assert set(objects) <= {p.name for p in (served / "objects").rglob("*") if p.is_file()}
+    objects = {p.name for p in (served / "data").rglob("*") if p.is_file()}
+    entry = repo.manifest(repo.snapshot_names()[-1])["files"]["f"]
+    planted = {"format": 2, "name": "planted", "files": {"../escaped": entry},
+               "databases": {}, "orthanc": {}}  # fmt: skip
+    sealed = io.BytesIO()  # a manifest only the remote holds, made by someone with the key
+    raw = json.dumps(planted).encode()
+    repo.keys.encrypt(io.BytesIO(raw), sealed, manifest_domain("planted"))
+    cases = [(sealed.getvalue(), ["snapshot planted refused", "files entry '../escaped'"]),
+             (raw, ["snapshot planted: not an encrypted"])]  # fmt: skip
+    for raw, expected in cases:
+        _rcat(sftp, remote.child("manifests/planted"), raw)
+        with pytest.raises(BackupError) as refused:
+            offsite.push(repo, remote, keep, lambda _line: None)
+        assert all(text in str(refused.value) for text in expected), refused.value
+        assert "nothing was pruned there" in str(refused.value)
+        assert objects <= {p.name for p in (served / "data").rglob("*") if p.is_file()}
+
+
+def test_push_refuses_a_remote_holding_another_repository(
+    sftp: SftpRemote, tmp_path: Path
+) -> None:
+    first = _fake_repository(tmp_path / "first", days=1)
+    second = _fake_repository(tmp_path / "second", days=1)
+    remote = offsite.Remote("offsite:shared", sftp.config)
+    offsite.push(first, remote, Keep(1, 0), lambda _line: None)
+    with pytest.raises(BackupError, match="holds another backup repository"):
+        offsite.push(second, remote, Keep(1, 0), lambda _line: None)
+    served = sftp.config.parent / "served" / "shared"
+    assert (served / "repository.json").read_bytes() == first.key_record.read_bytes()
+
+
+def _rcat(sftp: SftpRemote, path: str, data: bytes) -> None:
+    subprocess.run([sftp.rclone, "--config", str(sftp.config), "rcat", path], input=data,
+                   check=True, capture_output=True)  # fmt: skip
 
 
 # ------------------------------------------------------------- the daily task, off-site
@@ -277,10 +301,12 @@ def test_daily_backup_goes_off_site_and_restores_from_there(
     fresh = tmp_path / "from-remote"
     subprocess.run([sftp.rclone, "--config", str(sftp.config), "copy", REMOTE, str(fresh)],
                    check=True, capture_output=True)  # fmt: skip
-    copied = Repository(fresh)  # the remote was pruned too: one snapshot, its objects only
+    key = layout.backup_key_file.read_bytes().strip()
+    copied = Repository(fresh, key)  # the remote was pruned too: one snapshot, its objects only
     assert len(copied.snapshot_names()) == 1
-    assert set(copied.object_names()) == referenced([copied.latest()])
-    verified = neuronova("backup", "verify", str(fresh))
+    assert set(copied.stored_names()) == stored_names(copied, referenced([copied.latest()]))
+    assert shown_in_clear(sftp.config.parent / "served", clear_texts(layout.home)) == []
+    verified = neuronova("backup", "verify", str(fresh), "--key-file", str(layout.backup_key_file))
     assert verified.returncode == 0, verified.stderr
     new_home = tmp_path / "restored"
     restored = neuronova("restore", str(fresh), "--home", str(new_home),
@@ -330,7 +356,7 @@ def test_a_failing_daily_backup_is_recorded_and_never_raises(
     refused = write_rclone_conf(tmp_path / "wrong.conf", int(port), wrong)
     cases = [
         ({"backup_remote": REMOTE, "backup_rclone_config": str(refused)},
-         "off-site copy: rclone copy to offsite:clinic/neuronova/objects failed"),
+         "off-site copy: rclone lsf offsite:clinic/neuronova failed"),
         ({"backup_destination": str(layout.home / "backups")}, "is inside the home"),
     ]  # fmt: skip
     for values, reason in cases:
@@ -353,3 +379,27 @@ def test_a_failing_daily_backup_is_recorded_and_never_raises(
         assert run_daily_backup(appliance.settings) is None
     assert layout.backup_status_file.read_text() == before
     assert json.loads(run_cli(appliance, "status", "--json").stdout)["last_backup"]["ok"] is False
+
+
+@pytest.mark.slow
+def test_an_unencrypted_off_site_copy_is_replaced_after_the_migration(
+    running, sftp: SftpRemote, tmp_path: Path
+) -> None:
+    appliance, _series = running
+    layout = HomeLayout(appliance.settings.home)
+    key = layout.backup_key_file.read_bytes().strip()
+    dest = tmp_path / "backup"
+    home = ["--home", str(layout.home)]
+    assert neuronova("backup", str(dest), *home).returncode == 0
+    legacy = unencrypted_copy(Repository(dest, key), tmp_path / "old", key)
+    remote = offsite.Remote("offsite:migrated", sftp.config)
+    subprocess.run([sftp.rclone, "--config", str(sftp.config), "copy", str(legacy.root),
+                    remote.path], check=True, capture_output=True)  # as pushed before
+    served = sftp.config.parent / "served" / "migrated"
+    texts = clear_texts(layout.home)
+    assert shown_in_clear(served, texts)
+    migrated = neuronova("backup", "migrate", str(legacy.root), *home)
+    assert migrated.returncode == 0, migrated.stderr
+    offsite.push(Repository(legacy.root, key), remote, Keep(7, 4), lambda _line: None)
+    assert sorted(os.listdir(served)) == ["data", "manifests", "repository.json"]
+    assert shown_in_clear(served, texts) == []

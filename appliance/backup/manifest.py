@@ -12,8 +12,12 @@ the whole manifest, naming the entry, unless:
 - a file's mode holds only the ordinary permission bits (0o777: no set-uid, set-gid or
   sticky bit).
 
-What a manifest cannot prove alone (each object there with the size it names, its content
-matching its digest) is checked against the repository when read.
+Format 2 manifests are stored encrypted and authenticated
+(:mod:`appliance.backup.repository`); format 1 ones, of repositories from before, in the
+clear, signed with an HMAC (``mac``) since snapshots were signed (:func:`sign`,
+:func:`authenticate`). What a manifest cannot prove alone (each object there with the
+size it names, its content matching its digest) is checked against the repository when
+read.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from appliance.backup.errors import BackupError
 from appliance.layout import HomeLayout
 from appliance.security.keys import load_or_create_secret
 
-FORMAT = 1
+FORMAT = 2  # 1: the unencrypted repositories' manifests (appliance.backup.legacy)
 MAX_MANIFEST_BYTES = 1 << 30  # about 5 million Orthanc instances
 MAX_OBJECT_SIZE = 1 << 44
 MAX_PATH_BYTES = 4096
@@ -80,7 +84,7 @@ DIGEST = Field(_matching(HEX64), "a SHA-256 (64 lowercase hex digits)")
 SIZE = Field(_integer(0, MAX_OBJECT_SIZE), f"a whole number of bytes up to {MAX_OBJECT_SIZE}")
 TEXT = Field(lambda v: isinstance(v, str) and len(v) <= MAX_TEXT, f"text up to {MAX_TEXT} chars")
 TOP: dict[str, Field] = {
-    "format": Field(_integer(FORMAT, FORMAT), f"{FORMAT}"),
+    "format": Field(_integer(1, FORMAT), f"1 to {FORMAT}"),
     "name": Field(_matching(SNAPSHOT), "a snapshot name (letters, digits, '._-')"),
     "created": TEXT,
     "home": TEXT,
@@ -132,7 +136,8 @@ def backup_key(layout: HomeLayout, create: bool = False) -> bytes | None:
 
 
 def sign(manifest: dict[str, Any], key: bytes) -> dict[str, Any]:
-    """``manifest`` with its ``mac``: HMAC-SHA256 with the backup key over the rest."""
+    """``manifest`` with its ``mac``: HMAC-SHA256 with the backup key over the rest (how
+    format 1 snapshots were signed; the tests write such repositories with it)."""
     return {**manifest, "mac": _mac(manifest, key)}
 
 

@@ -1,11 +1,15 @@
 """Off-site copies of a backup repository through rclone (any rclone remote, GCS included).
 
-A push is ``rclone copy`` in two steps, then a prune of the remote by its own manifests:
+What goes off site is the encrypted repository as it is (:mod:`appliance.backup.repository`):
+without the backup key the remote holds nothing readable. A push is, in order:
 
-1. ``objects/`` (content-addressed, never changed once written);
-2. ``snapshots/``, only once every object is there;
-3. the remote's manifests outside the retention, then the objects no kept remote
-   manifest names.
+1. ``repository.json`` (the wrapped keys), refused if the remote holds another one;
+2. ``rclone copy`` of ``data/`` (objects, never changed once written);
+3. ``rclone copy`` of ``manifests/``, only once every object is there;
+4. a prune of the remote by its own manifests (decrypted and checked like local ones):
+   the manifests outside the retention, then the objects no kept manifest names;
+5. the removal of an unencrypted copy pushed before the repository was migrated
+   (``snapshots/``, then ``objects/``), once the encrypted snapshots are there.
 
 So at every moment each manifest on the remote has all its objects, and the remote never
 loses its newest snapshot. ``rclone sync`` would not keep that promise: it transfers
@@ -28,17 +32,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse
-from appliance.backup.prune import Keep, kept_snapshots, referenced
-from appliance.backup.repository import BackupError, Repository
+from appliance.backup.crypto import encrypted_size
+from appliance.backup.manifest import MAX_MANIFEST_BYTES
+from appliance.backup.prune import Keep, kept_snapshots, referenced, stored_names
+from appliance.backup.repository import KEY_RECORD, BackupError, Repository
 from appliance.config import Settings
 from appliance.errors import MissingBinaryError
 from appliance.programs import Program, find_program
 
 RCLONE = Program("rclone", "rclone")
 LIST_TIMEOUT = 600.0
-# Leftovers of an interrupted put (repository.remove_leftovers) are never copied.
-OBJECT_FILTERS = ("--exclude", ".*", "--exclude", "/tmp*/**")
+# Leftovers of an interrupted put or save (dot files) are never copied.
+OBJECT_FILTERS = ("--exclude", ".*")
+UNENCRYPTED = ("snapshots/", "objects/")  # a copy pushed before the migration, manifests first
+NOT_FOUND = 3  # rclone's exit status for a directory that does not exist
 SECRET_KEY = re.compile(r"pass|secret|token|key|credential|auth|bearer", re.IGNORECASE)
 STATS_LINE = re.compile(r"^\s*[\d.]+ \S*B / ")  # "1.2 MiB / 3.4 MiB, 35%, ..."
 
@@ -78,30 +85,49 @@ def push(repo: Repository, remote: Remote, keep: Keep, progress: Progress) -> Pu
     with repo.locked():
         local = repo.snapshot_names()
         if not local:
-            raise BackupError(f"{repo.root} holds no snapshot to copy; take a backup first.")
-        rclone.transfer("copy", repo.objects, remote.child("objects"), progress, OBJECT_FILTERS)
-        rclone.transfer("copy", repo.snapshots, remote.child("snapshots"), progress)
-        return _prune_remote(rclone, repo, remote, keep, local[-1])
+            raise BackupError(f"{repo.root} holds no encrypted snapshot to copy; take a backup "
+                              "first (it encrypts an older repository first).")  # fmt: skip
+        top = rclone.listing(remote.path)
+        _send_keys(rclone, repo, remote, top)
+        for folder, there in ((repo.objects, "data"), (repo.snapshots, "manifests")):
+            rclone.transfer("copy", folder, remote.child(there), progress, OBJECT_FILTERS)
+        result = _prune_remote(rclone, repo, remote, keep, local[-1])
+        for folder in (f for f in UNENCRYPTED if f in top):
+            rclone.run("purge", remote.child(folder.rstrip("/")))
+        return result
+
+
+def _send_keys(rclone: _Rclone, repo: Repository, remote: Remote, top: list[str]) -> None:
+    """Copy ``repository.json``, unless the remote holds another repository's."""
+    record = repo.key_record.read_bytes()
+    if KEY_RECORD in top:
+        if rclone.cat(remote.child(KEY_RECORD), 4096) != record:
+            raise BackupError(
+                f"{remote.path} holds another backup repository (its {KEY_RECORD} differs "
+                f"from {repo.key_record}); nothing was copied. Push to a path of its own."
+            )
+        return
+    rclone.run("copyto", str(repo.key_record), remote.child(KEY_RECORD))
 
 
 def _prune_remote(
     rclone: _Rclone, repo: Repository, remote: Remote, keep: Keep, newest: str
 ) -> PushResult:
-    listed = rclone.lines("lsf", "--files-only", remote.child("snapshots"))
-    names = [n.removesuffix(".json") for n in listed if n.endswith(".json")]
+    listed = rclone.lines("lsf", "--files-only", remote.child("manifests"))
+    names = [n for n in listed if not n.startswith(".")]
     if newest not in names:
         raise BackupError(f"{remote.path} does not list snapshot {newest} after copying it; "
                           "nothing was pruned there. Check the remote and push again.")  # fmt: skip
     kept = kept_snapshots(names, keep)
     local = set(repo.snapshot_names())
-    wanted = referenced(
-        repo.manifest(n) if n in local else rclone.manifest(remote, n, repo.key) for n in kept
-    )
+    wanted = stored_names(repo, referenced(
+        repo.manifest(n) if n in local else rclone.manifest(repo, remote, n) for n in kept
+    ))  # fmt: skip
     removed = [n for n in names if n not in kept]
-    rclone.delete(remote.child("snapshots"), [f"{n}.json" for n in removed])
-    objects = rclone.lines("lsf", "-R", "--files-only", *OBJECT_FILTERS, remote.child("objects"))
+    rclone.delete(remote.child("manifests"), removed)
+    objects = rclone.lines("lsf", "-R", "--files-only", *OBJECT_FILTERS, remote.child("data"))
     unused = [rel for rel in objects if rel.rsplit("/", 1)[-1] not in wanted]
-    rclone.delete(remote.child("objects"), unused)
+    rclone.delete(remote.child("data"), unused)
     return PushResult(len(kept), removed, len(unused))
 
 
@@ -143,22 +169,38 @@ class _Rclone:
         """The output lines of a listing command."""
         return self.run(*args).splitlines()
 
+    def listing(self, path: str) -> list[str]:
+        """The files and folders (``name/``) at the top of ``path``; none if it is absent."""
+        done = self._call("lsf", path)
+        if done.returncode == NOT_FOUND:
+            return []
+        return self._checked(done, "lsf", path).decode(errors="replace").splitlines()
+
     def run(self, *args: str) -> str:
+        return self._checked(self._call(*args), *args).decode(errors="replace")
+
+    def cat(self, path: str, limit: int) -> bytes:
+        """At most ``limit`` + 1 bytes of the remote file ``path``."""
+        return self._checked(self._call("cat", "--count", str(limit + 1), path), "cat", path)
+
+    def _call(self, *args: str) -> subprocess.CompletedProcess:
         try:
-            done = subprocess.run(self.command(*args), capture_output=True, text=True,
-                                  errors="replace", timeout=LIST_TIMEOUT)  # fmt: skip
+            return subprocess.run(self.command(*args), capture_output=True,
+                                  timeout=LIST_TIMEOUT)  # fmt: skip
         except subprocess.TimeoutExpired:
             self.fail(f"rclone {args[0]}", [f"no answer in {LIST_TIMEOUT:.0f} s"])
+
+    def _checked(self, done: subprocess.CompletedProcess, *args: str) -> bytes:
         if done.returncode != 0:
-            self.fail(f"rclone {args[0]} {args[-1]}", done.stderr.splitlines())
+            self.fail(f"rclone {args[0]} {args[-1]}",
+                      done.stderr.decode(errors="replace").splitlines())  # fmt: skip
         return done.stdout
 
-    def manifest(self, remote: Remote, name: str, key: bytes | None) -> dict:
+    def manifest(self, repo: Repository, remote: Remote, name: str) -> dict:
         """A snapshot manifest read from the remote, checked like a local one."""
-        raw = self.run("cat", "--count", str(MAX_MANIFEST_BYTES + 1),
-                       remote.child(f"snapshots/{name}.json"))  # fmt: skip
+        raw = self.cat(remote.child(f"manifests/{name}"), encrypted_size(MAX_MANIFEST_BYTES))
         try:
-            return parse(raw.encode(), name, key)
+            return repo.manifest_from(raw, name)
         except BackupError as exc:
             raise BackupError(f"{exc} (on {remote.path}); nothing was pruned there.") from None
 

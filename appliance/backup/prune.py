@@ -71,6 +71,11 @@ def referenced(manifests: Iterable[dict[str, Any]]) -> set[str]:
     }
 
 
+def stored_names(repo: Repository, sha256s: Iterable[str]) -> set[str]:
+    """The names the objects of contents ``sha256s`` are stored under in ``repo``."""
+    return {repo.name_of(sha256) for sha256 in sha256s}
+
+
 def prune(repo: Repository, keep: Keep, dry_run: bool = False) -> PruneResult:
     """Remove the snapshots ``keep`` does not retain, then the objects none kept names.
 
@@ -82,13 +87,13 @@ def prune(repo: Repository, keep: Keep, dry_run: bool = False) -> PruneResult:
         names = repo.snapshot_names()
         kept = kept_snapshots(names, keep)
         removed = [n for n in names if n not in kept]
-        wanted = referenced(repo.manifest(n) for n in kept)
-        unused = [sha for sha in repo.object_names() if sha not in wanted]
+        wanted = stored_names(repo, referenced(repo.manifest(n) for n in kept))
+        unused = [name for name in repo.stored_names() if name not in wanted]
         if dry_run:
-            freed = sum(repo.object_path(sha).stat().st_size for sha in unused)
+            freed = sum(repo.stored_path(name).stat().st_size for name in unused)
             return PruneResult(sorted(kept), removed, len(unused), freed)
         for name in removed:
             repo.remove_snapshot(name)
-        freed = sum(repo.remove_object(sha) for sha in unused)
+        freed = sum(repo.remove_object(name) for name in unused)
         repo.remove_leftovers()
     return PruneResult(sorted(kept), removed, len(unused), freed)

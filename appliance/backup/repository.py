@@ -1,16 +1,19 @@
-"""A backup repository: files stored once by SHA-256, and one manifest per snapshot.
+"""A backup repository: encrypted objects stored once, and one encrypted manifest per snapshot.
 
-``DEST/objects/ab/abcdef...`` holds each distinct content once (a second backup writes
-only contents it does not hold yet); ``DEST/snapshots/<UTC time>.json`` lists, for one
-snapshot, every path with its checksum. The repository is as sensitive as the home it
-copies (it holds the secrets): folders 0700, files 0600.
+``DEST/repository.json`` holds the repository's keys, wrapped by the home's backup key
+(:mod:`appliance.backup.crypto`); ``DEST/data/ab/<name>`` each distinct content once,
+encrypted, under a keyed name (a second backup writes only contents it does not hold
+yet); ``DEST/manifests/<UTC time>`` each snapshot's manifest (every path with its
+content's SHA-256), encrypted. Nothing in ``DEST`` can be read, or changed unnoticed,
+without the backup key. Folders 0700, files 0600.
+
+A repository from before backups were encrypted (``objects/``, ``snapshots/``) is read by
+:class:`appliance.backup.legacy.LegacyRepository` until it is migrated.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -20,18 +23,21 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from appliance.backup.crypto import RepositoryKeys, encrypted_size, manifest_domain
 from appliance.backup.errors import BackupError
-from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse, sign
+from appliance.backup.files import open_plain, read_limited, write_new
+from appliance.backup.legacy import LegacyRepository
+from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse
 from appliance.security.keys import write_private_file
 
-CHUNK = 1 << 20
 SNAPSHOT_NAME = "%Y%m%dT%H%M%S%fZ"  # a snapshot's name: the UTC time it was taken
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # never a link, never a FIFO's wait
+KEY_RECORD = "repository.json"
 
-__all__ = ["BackupError", "Repository", "RepositoryBusy", "Stored", "create_inside"]
+__all__ = ["BackupError", "Repository", "RepositoryBusy", "Stored", "readable"]
 
 
 class RepositoryBusy(BackupError):
@@ -44,22 +50,29 @@ class Stored:
 
     sha256: str
     size: int
-    copied: int  # bytes written to the repository (0 when the content was there)
+    copied: int  # bytes of content newly stored (0 when the content was there)
 
 
 class Repository:
-    """The objects and snapshot manifests under one destination folder."""
+    """The encrypted objects and snapshot manifests under one destination folder."""
+
+    encrypted = True
 
     def __init__(self, root: Path, key: bytes | None = None) -> None:
-        """``key``: the backup key that signs the manifests saved and checks those read."""
+        """``key``: the home's backup key; everything but :meth:`locked` needs it."""
         self.root = root
         self.key = key
-        self.objects = root / "objects"
-        self.snapshots = root / "snapshots"
+        self.key_record = root / KEY_RECORD
+        self.objects = root / "data"
+        self.snapshots = root / "manifests"
 
     def create(self) -> None:
-        """Make the folders (0700), refusing a folder that is something else."""
-        if self.root.exists() and any(self.root.iterdir()) and not self.snapshots.is_dir():
+        """Make the folders (0700) and, for a new repository, its keys; refuse a folder
+        that is something else."""
+        legacy = LegacyRepository(self.root).snapshots.is_dir()
+        if self.root.exists() and any(self.root.iterdir()) and not (
+            self.key_record.is_file() or legacy
+        ):
             raise BackupError(
                 f"{self.root} is not empty and holds no NeuroNova backup. "
                 "Choose an empty folder or an earlier backup's folder."
@@ -67,10 +80,34 @@ class Repository:
         for folder in (self.root, self.objects, self.snapshots):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
+        if not self.key_record.exists():
+            keys, record = RepositoryKeys.new(self._backup_key())
+            write_private_file(self.key_record, record)
+            self.__dict__["keys"] = keys
+
+    def exists(self) -> bool:
+        """Whether ``root`` holds an encrypted repository (its key record)."""
+        return self.key_record.is_file()
+
+    @cached_property
+    def keys(self) -> RepositoryKeys:
+        """The repository's keys, unwrapped with the backup key."""
+        record = read_limited(self.key_record, 4096, f"the keys of {self.root}")
+        return RepositoryKeys.unwrap(record, self._backup_key(), str(self.root))
+
+    def unlock(self) -> None:
+        """Unwrap the keys now: a missing or wrong backup key is refused before any read."""
+        _ = self.keys
+
+    def _backup_key(self) -> bytes:
+        if self.key is None:
+            raise BackupError(f"{self.root} is encrypted: give the backup key of the home that "
+                              "took it with --key-file (its HOME/secrets/backup-key).")  # fmt: skip
+        return self.key
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold ``DEST/lock`` exclusively: one backup, prune or push at a time.
+        """Hold ``DEST/lock`` exclusively: one backup, prune, push or migration at a time.
 
         A prune beside a running backup would delete the objects that backup has put
         but no manifest names yet.
@@ -88,48 +125,54 @@ class Repository:
         finally:
             os.close(fd)
 
-    def object_names(self) -> Iterator[str]:
-        """The SHA-256 of every object stored (not the leftovers of an interrupted put)."""
+    # ---------------------------------------------------------------- objects
+
+    def stored_names(self) -> Iterator[str]:
+        """The name of every object stored (not the leftovers of an interrupted put)."""
         for folder in sorted(self.objects.glob("??")):
             yield from (p.name for p in folder.iterdir() if not p.name.startswith("."))
 
-    def remove_object(self, sha256: str) -> int:
-        """Delete one object; returns the bytes freed."""
-        path = self.object_path(sha256)
+    def name_of(self, sha256: str) -> str:
+        """The name the object of content ``sha256`` is stored under."""
+        return self.keys.object_name(sha256)
+
+    def stored_path(self, name: str) -> Path:
+        return self.objects / name[:2] / name
+
+    def object_path(self, sha256: str) -> Path:
+        """Where the object of content ``sha256`` is (or would be) stored."""
+        return self.stored_path(self.name_of(sha256))
+
+    def remove_object(self, name: str) -> int:
+        """Delete one stored object by name; returns the bytes freed."""
+        path = self.stored_path(name)
         size = path.stat().st_size
         path.unlink()
         return size
 
-    def remove_snapshot(self, name: str) -> None:
-        """Delete one snapshot's manifest (its objects stay until pruned)."""
-        (self.snapshots / f"{name}.json").unlink()
-
     def remove_leftovers(self) -> None:
-        """Delete what interrupted backups left in ``objects/`` (call under :meth:`locked`)."""
-        for path in self.objects.glob(".incoming-*"):
+        """Delete what interrupted backups left in ``data/`` (call under :meth:`locked`)."""
+        for path in self.objects.glob("??/.incoming-*"):
             path.unlink()
         for path in self.objects.glob("tmp*"):
             shutil.rmtree(path, ignore_errors=True)
-
-    def object_path(self, sha256: str) -> Path:
-        return self.objects / sha256[:2] / sha256
 
     def has(self, sha256: str) -> bool:
         return self.object_path(sha256).is_file()
 
     def put(self, source: Path) -> Stored:
-        """Copy ``source`` in, hashing as it goes; the content is kept once."""
-        with open(source, "rb") as src, tempfile.NamedTemporaryFile(
-            dir=self.objects, prefix=".incoming-", delete=False
-        ) as tmp:
-            digest, size = hashlib.sha256(), 0
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                tmp.write(chunk)
-                size += len(chunk)
+        """Encrypt ``source`` in, hashing as it goes; the content is kept once."""
+        with open(source, "rb") as src:
+            return self.put_stream(src)
+
+    def put_stream(self, src: BinaryIO) -> Stored:
+        """Encrypt what ``src`` holds in (see :meth:`put`)."""
+        self.objects.mkdir(mode=0o700, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.objects, prefix=".incoming-",
+                                         delete=False) as tmp:  # fmt: skip
+            sha256, size = self.keys.encrypt(src, tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
-        sha256 = digest.hexdigest()
         target = self.object_path(sha256)
         if target.exists():
             os.unlink(tmp.name)
@@ -140,7 +183,8 @@ class Repository:
         return Stored(sha256, size, size)
 
     def problem(self, sha256: str, size: int) -> str | None:
-        """None if the object is a plain file of ``size`` bytes; otherwise what is wrong."""
+        """None if the object is a plain file of the size ``size`` bytes encrypt to;
+        otherwise what is wrong."""
         path = self.object_path(sha256)
         try:
             info = path.lstat()
@@ -148,56 +192,53 @@ class Repository:
             return f"{path}: missing"
         if not stat.S_ISREG(info.st_mode):
             return f"{path}: not a plain file"
-        if info.st_size != size:
-            return f"{path}: {info.st_size} bytes, the manifest says {size}"
+        if info.st_size != encrypted_size(size):
+            return (f"{path}: {info.st_size} bytes, the manifest's {size} bytes encrypted "
+                    f"take {encrypted_size(size)}")  # fmt: skip
         return None
 
     def check(self, sha256: str, size: int) -> str | None:
-        """:meth:`problem`, or a checksum mismatch; None if the object is whole."""
+        """:meth:`problem`, or a failed authentication or checksum; None if whole."""
         if problem := self.problem(sha256, size):
             return problem
         try:
-            self._copy(sha256, None)
+            self.copy_to(sha256, None)
         except BackupError as exc:
             return str(exc)
         return None
 
     def copy_out(self, sha256: str, home: Path, rel: str, mode: int) -> None:
-        """Write an object's content to ``home/rel`` (a new file, with ``mode``).
+        """Write an object's content to the new file ``home/rel`` with ``mode``.
 
-        No symbolic link is followed below ``home``; a content not matching ``sha256``
-        raises :class:`BackupError` (the part written stays for the caller to remove).
+        No symbolic link is followed below ``home``; a content failing its check raises
+        :class:`BackupError` (the part written stays for the caller to remove).
         """
-        with open(create_inside(home, rel, mode), "wb") as dst:
-            os.fchmod(dst.fileno(), mode)  # the mode as saved, whatever the umask
-            self._copy(sha256, dst)
+        write_new(home, rel, mode, lambda dst: self.copy_to(sha256, dst))
 
     def read(self, sha256: str) -> bytes:
-        """An object's content, checked against its SHA-256."""
+        """An object's content, authenticated and checked against its SHA-256."""
         buffer = io.BytesIO()
-        self._copy(sha256, buffer)
+        self.copy_to(sha256, buffer)
         return buffer.getvalue()
 
-    def _copy(self, sha256: str, dst: BinaryIO | None) -> None:
-        """Read an object (into ``dst``, if any); raise :class:`BackupError` if damaged."""
+    def copy_to(self, sha256: str, dst: BinaryIO | None) -> None:
+        """Decrypt an object (into ``dst``, if any); :class:`BackupError` if damaged."""
         path = self.object_path(sha256)
-        digest = hashlib.sha256()
         try:
-            with open(os.open(path, READ_FLAGS), "rb") as src:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    if dst is not None:
-                        dst.write(chunk)
+            with open_plain(path) as src:
+                found, _size = self.keys.decrypt(src, dst, str(path))
         except OSError as exc:
             raise BackupError(f"{path}: cannot read it ({exc.strerror})") from None
-        if digest.hexdigest() != sha256:
+        if found != sha256:  # a whole object of this repository, stored under another name
             raise BackupError(f"{path}: checksum mismatch (the object is damaged or altered)")
+
+    # ---------------------------------------------------------------- snapshots
 
     def snapshot_names(self) -> list[str]:
         """Names of the snapshots, oldest first."""
         if not self.snapshots.is_dir():
             return []
-        return sorted(p.stem for p in self.snapshots.glob("*.json"))
+        return sorted(p.name for p in self.snapshots.iterdir() if not p.name.startswith("."))
 
     def latest(self) -> dict[str, Any] | None:
         """The newest snapshot's manifest, or None for a new repository."""
@@ -205,48 +246,47 @@ class Repository:
         return self.manifest(names[-1]) if names else None
 
     def manifest(self, name: str) -> dict[str, Any]:
-        """One snapshot's manifest, validated (:func:`appliance.backup.manifest.parse`) and,
-        if signed and the repository has a key, authenticated with it."""
-        path = self.snapshots / f"{name}.json"
+        """One snapshot's manifest: authenticated as snapshot ``name`` of this repository,
+        then validated (:func:`appliance.backup.manifest.parse`)."""
+        raw = read_limited(self.snapshots / name, encrypted_size(MAX_MANIFEST_BYTES),
+                           f"snapshot {name}")  # fmt: skip
+        return self.manifest_from(raw, name)
+
+    def manifest_from(self, raw: bytes, name: str) -> dict[str, Any]:
+        """The manifest of snapshot ``name`` from its encrypted bytes (read anywhere)."""
+        plain = io.BytesIO()
         try:
-            with open(os.open(path, READ_FLAGS), "rb") as src:
-                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-                    raise BackupError(f"snapshot {name}: {path} is not a plain file")
-                raw = src.read(MAX_MANIFEST_BYTES + 1)
-        except OSError as exc:
-            raise BackupError(f"cannot read snapshot {name} in {self.root}: {exc}") from exc
-        return parse(raw, name, self.key)
+            self.keys.decrypt(io.BytesIO(raw), plain, f"snapshot {name}", manifest_domain(name))
+        except BackupError as exc:
+            raise BackupError(f"{exc}; it was refused.") from None
+        return parse(plain.getvalue(), name)
+
+    def trusted(self, _manifest: dict[str, Any]) -> bool:
+        """Always: every manifest read was authenticated with the repository's key."""
+        return True
 
     def save(self, name: str, manifest: dict[str, Any]) -> None:
-        """Write a snapshot's manifest last, so a snapshot exists only once complete.
-
-        It is signed with the repository's key, if it has one.
-        """
-        raw = json.dumps(manifest if self.key is None else sign(manifest, self.key)).encode()
+        """Write a snapshot's manifest, encrypted, last: a snapshot exists only once complete."""
+        raw = json.dumps(manifest).encode()
         if len(raw) > MAX_MANIFEST_BYTES:
             raise BackupError(
                 f"snapshot {name}: its manifest would be {len(raw)} bytes, more than a "
                 f"restore reads ({MAX_MANIFEST_BYTES}); no snapshot was written."
             )
-        write_private_file(self.snapshots / f"{name}.json", raw)
+        sealed = io.BytesIO()
+        self.keys.encrypt(io.BytesIO(raw), sealed, manifest_domain(name))
+        write_private_file(self.snapshots / name, sealed.getvalue())
+
+    def remove_snapshot(self, name: str) -> None:
+        """Delete one snapshot's manifest (its objects stay until pruned)."""
+        (self.snapshots / name).unlink()
 
 
-def create_inside(home: Path, rel: str, mode: int) -> int:
-    """Create the new file ``home/rel`` (and its folders), never through a symbolic link.
-
-    Each folder below ``home`` is opened with ``O_NOFOLLOW``, so a link planted anywhere
-    on the way fails the call instead of leading out of ``home``. Returns the open fd.
-    """
-    *folders, name = rel.split("/")
-    fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for folder in folders:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(folder, dir_fd=fd)
-            inner = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        return os.open(name, flags, mode, dir_fd=fd)
-    finally:
-        os.close(fd)
+def readable(root: Path, key: bytes | None) -> Repository | LegacyRepository:
+    """The snapshots to read in ``root``: the encrypted ones, or those of a repository from
+    before encryption (also while a migration has not yet encrypted any snapshot)."""
+    encrypted = Repository(root, key)
+    legacy = LegacyRepository(root, key)
+    if encrypted.exists() and (encrypted.snapshot_names() or not legacy.snapshot_names()):
+        return encrypted
+    return legacy if legacy.snapshot_names() else encrypted

@@ -10,6 +10,9 @@ Consistent while modalities keep sending:
   Restore stores those files into a fresh Orthanc, which rebuilds its index from them;
 - settings, secrets, TLS files, frame files and the spool are copied as files; a second
   snapshot reads again only files whose (size, mtime) changed.
+
+Everything goes into the repository encrypted with keys wrapped by the home's backup key
+(:mod:`appliance.backup.repository`); a repository from before that is migrated first.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.backup.manifest import FORMAT, SECTIONS, SKIPPED, backup_key, signed
-from appliance.backup.repository import SNAPSHOT_NAME, BackupError, Repository
+from appliance.backup.legacy import LegacyRepository
+from appliance.backup.manifest import FORMAT, SECTIONS, SKIPPED, backup_key
+from appliance.backup.migrate import migrate_locked, needs_migration
+from appliance.backup.repository import SNAPSHOT_NAME, BackupError, Repository, readable
 from appliance.config import Settings
 from appliance.home import make_home_dirs
 from appliance.layout import HomeLayout
@@ -64,6 +69,8 @@ def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> Snapsho
     repo = Repository(dest, backup_key(HomeLayout(settings.home), create=True))
     repo.create()
     with repo.locked():
+        if needs_migration(dest):  # a repository from before encryption: encrypted first
+            migrate_locked(repo, progress, allow_unsigned=False)
         result = _snapshot_into(repo, settings, orthanc, instances, progress)
     return dataclasses.replace(result, seconds=time.monotonic() - started)
 
@@ -81,7 +88,7 @@ def _snapshot_into(
     databases = (("db/appliance.db", layout.database_file), ("db/queue.db", layout.queue_file))
     for name, path in databases:
         if path.exists():
-            manifest["databases"][name], n = _put_database(repo, path)
+            manifest["databases"][name], n = _put_database(repo, path, layout.run_dir)
             copied += n
         done += 1
         progress(done, total)
@@ -117,13 +124,13 @@ def _snapshot_into(
 def verify(dest: Path, progress: Progress, key: bytes | None = None) -> list[str]:
     """Re-check every object every snapshot names; the problems found (empty: all good).
 
-    A manifest that does not validate, or (given the backup ``key``) that another key
-    signed, is a problem too; its objects are not read.
+    A manifest that does not validate or is not authentic (an encrypted one that fails
+    its authentication; an unencrypted one that, given the backup ``key``, another key
+    signed) is a problem too; its objects are not read. An encrypted repository needs
+    ``key`` (:class:`BackupError` without it, or with another one).
     """
-    repo = Repository(dest, key)
+    repo = open_snapshots(dest, key)
     names = repo.snapshot_names()
-    if not names:
-        raise BackupError(f"{dest} holds no NeuroNova backup (no snapshots/*.json).")
     wanted: set[tuple[str, int]] = set()
     problems: list[str] = []
     for name in names:
@@ -178,22 +185,34 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+Snapshots = Repository | LegacyRepository
+
+
+def open_snapshots(src: Path, key: bytes | None) -> Snapshots:
+    """The repository in ``src`` to read (encrypted, or from before encryption);
+    :class:`BackupError` if it holds no snapshot, or (encrypted) without the right key."""
+    repo = readable(src, key)
+    if not repo.snapshot_names():
+        raise BackupError(f"{src} holds no NeuroNova backup (no snapshot in it).")
+    repo.unlock()
+    return repo
+
+
 def restore_files(
-    src: Path, home: Path, key: bytes | None, allow_unsigned: bool = False
+    repo: Snapshots, home: Path, key: bytes | None, allow_unsigned: bool = False
 ) -> dict[str, Any]:
     """Write the newest snapshot's files and databases into ``home`` (see :func:`new_home`).
 
-    The manifest is validated and authenticated with ``key`` (an unsigned one only with
-    ``allow_unsigned``), and every object it names checked to be there with its size,
-    before anything is written; each object's SHA-256 is checked as it is copied. ``key``
-    becomes the new home's backup key. Returns the manifest; its Orthanc instances go in
-    with :func:`restore_instances`.
+    The manifest is authenticated with ``key`` (decrypted; or, from before encryption, its
+    signature checked, an unsigned one only with ``allow_unsigned``) and validated, and
+    every object it names checked to be there with its size, before anything is written;
+    each object is authenticated and its SHA-256 checked as it is copied. ``key`` becomes
+    the new home's backup key. Returns the manifest; its Orthanc instances go in with
+    :func:`restore_instances`.
     """
-    repo = Repository(src, key)
     manifest = repo.latest()
-    if manifest is None:
-        raise BackupError(f"{src} holds no NeuroNova backup (no snapshots/*.json).")
-    _check_trust(manifest, key, allow_unsigned)
+    assert manifest is not None  # open_snapshots refused an empty repository
+    _check_trust(repo, manifest, key, allow_unsigned)
     _check_objects(repo, manifest)
     layout = HomeLayout(home)
     make_home_dirs(layout)
@@ -206,19 +225,24 @@ def restore_files(
     return manifest
 
 
-def _check_trust(manifest: dict[str, Any], key: bytes | None, allow_unsigned: bool) -> None:
-    """Refuse a signed snapshot without its key, and an unsigned one unless allowed."""
+def _check_trust(
+    repo: Snapshots, manifest: dict[str, Any], key: bytes | None, allow_unsigned: bool
+) -> None:
+    """Refuse a signed snapshot without its key, and an unsigned one unless allowed (an
+    encrypted one was authenticated as it was read)."""
+    if repo.encrypted:
+        return
     name = manifest["name"]
-    if signed(manifest) and key is None:
+    if repo.trusted(manifest) and key is None:
         raise BackupError(f"snapshot {name} is signed: give the backup key of the home it was "
                           "taken from with --key-file (its HOME/secrets/backup-key).")  # fmt: skip
-    if not signed(manifest) and not allow_unsigned:
+    if not repo.trusted(manifest) and not allow_unsigned:
         raise BackupError(f"snapshot {name} is not signed (taken before NeuroNova signed its "
                           "backups): nothing shows it was not changed. If you trust this "
                           "backup, restore it with --allow-unsigned.")  # fmt: skip
 
 
-def _check_objects(repo: Repository, manifest: dict[str, Any]) -> None:
+def _check_objects(repo: Snapshots, manifest: dict[str, Any]) -> None:
     """Refuse the snapshot, naming the entry, if an object is missing or of another size."""
     for section in SECTIONS:
         for key, entry in manifest[section].items():
@@ -228,13 +252,13 @@ def _check_objects(repo: Repository, manifest: dict[str, Any]) -> None:
 
 
 def restore_instances(
-    src: Path, manifest: dict[str, Any], store: Callable[[bytes], str], progress: Progress
+    repo: Snapshots, manifest: dict[str, Any], store: Callable[[bytes], str], progress: Progress
 ) -> int:
     """Store every Orthanc instance of ``manifest`` through ``store``; returns the count.
 
-    Each instance's content is checked against its SHA-256 before Orthanc gets it.
+    Each instance's content is authenticated and checked against its SHA-256 before
+    Orthanc gets it.
     """
-    repo = Repository(src)
     entries = list(manifest["orthanc"].values())
     for done, entry in enumerate(entries, start=1):
         store(repo.read(entry["sha256"]))
@@ -275,8 +299,11 @@ def _put_file(repo: Repository, path: Path, before: dict[str, Any] | None):
     return entry, 0 if same else stored.copied
 
 
-def _put_database(repo: Repository, path: Path) -> tuple[dict[str, Any], int]:
-    with tempfile.TemporaryDirectory(dir=repo.objects) as scratch:
+def _put_database(repo: Repository, path: Path, scratch_in: Path) -> tuple[dict[str, Any], int]:
+    """The database's online-backup copy (made in the home's ``scratch_in``: never in the
+    clear in the repository) put in."""
+    scratch_in.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_in, prefix="backup-") as scratch:
         copy = Path(scratch) / "copy.db"
         source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         target = sqlite3.connect(copy)

@@ -1,4 +1,5 @@
-"""``backup DEST``, ``backup verify DEST`` and ``restore SRC --home NEW``."""
+"""``backup DEST``, ``backup verify|prune|push|migrate DEST``, ``backup key`` and
+``restore SRC --home NEW``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import click
 
 from appliance.backup import offsite, snapshot
 from appliance.backup.daily import FAILURES, backup_now, keep_of
-from appliance.backup.manifest import backup_key, signed
+from appliance.backup.manifest import backup_key
+from appliance.backup.migrate import migrate, needs_migration
 from appliance.backup.prune import Keep, prune
 from appliance.backup.repository import Repository
 from appliance.cli.options import home_option, settings_from
@@ -30,8 +32,9 @@ from appliance.supervise.orthanc import orthanc_command, orthanc_environment, re
 ORTHANC_START_TIMEOUT = 60.0
 KEY_ADVICE = (
     "Keep a copy of the backup key away from this machine (a password manager, or a sealed\n"
-    "envelope with the first admin password): every snapshot is signed with it, no backup\n"
-    "holds it, and after losing the machine a restore needs it, in a file:\n"
+    "envelope with the first admin password): every backup is encrypted with it and no\n"
+    "backup holds it. Without it, no backup (nor its off-site copy) can be read: after\n"
+    "losing the machine a restore needs it, in a file:\n"
     "  neuronova restore SRC --home NEW --key-file FILE"
 )
 
@@ -51,12 +54,14 @@ def backup() -> None:
 
     \b
       neuronova backup DEST          take a snapshot into DEST (incremental)
-      neuronova backup verify DEST   re-check every checksum in DEST
+      neuronova backup verify DEST   decrypt and re-check every object in DEST
       neuronova backup prune DEST    drop snapshots outside the retention
       neuronova backup push DEST     copy DEST to the rclone remote ([backup] remote)
+      neuronova backup migrate DEST  encrypt a backup taken before backups were encrypted
       neuronova backup key           show the key restore needs, to keep a copy off the box
-    A backup holds the secrets (JWT key, Orthanc password, TLS key): keep it as safe
-    as the home itself.
+    Backups are encrypted and authenticated with the home's backup key
+    (HOME/secrets/backup-key): without it, DEST and its off-site copy reveal nothing, and
+    cannot be restored. Keep a copy of the key away from the box (`backup key`).
     """
 
 
@@ -152,8 +157,38 @@ def _home_repository(dest: Path, home: Path | None) -> Repository:
 
 
 def _require_repository(dest: Path) -> None:
-    if not Repository(dest).snapshot_names():
-        raise click.ClickException(f"{dest} holds no NeuroNova backup (no snapshots/*.json).")
+    """Refuse a folder without encrypted snapshots, saying how to encrypt an older one."""
+    if Repository(dest).snapshot_names():
+        return
+    if needs_migration(dest):
+        raise click.ClickException(
+            f"{dest} is a backup from before backups were encrypted: encrypt it first with "
+            f"`neuronova backup migrate {dest}` (the next backup into it does it too)."
+        )
+    raise click.ClickException(f"{dest} holds no NeuroNova backup (no snapshot in it).")
+
+
+@backup.command("migrate", short_help="Encrypt a backup taken before backups were encrypted.")
+@click.argument("dest", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--allow-unsigned", is_flag=True,
+              help="Also encrypt snapshots taken before snapshots were signed.")  # fmt: skip
+@home_option
+def migrate_cmd(dest: Path, allow_unsigned: bool, home: Path | None) -> None:
+    """Encrypt every snapshot of DEST with the home's backup key, in place, then remove the
+    unencrypted files. Each snapshot is checked as a restore checks it first; interrupted,
+    run it again: it goes on where it stopped. After the next push, the off-site copy
+    holds no unencrypted file either."""
+    if not needs_migration(dest):
+        raise click.ClickException(f"{dest} holds no unencrypted snapshot: nothing to migrate.")
+    layout = require_initialized(settings_from(home))
+    try:
+        with _bar("Encrypting") as progress:
+            done = migrate(dest, backup_key(layout, create=True), progress, allow_unsigned)
+    except FAILURES as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Encrypted {done.snapshots} snapshots of {dest} ({done.objects} objects, "
+               f"{done.bytes_encrypted} bytes); the unencrypted files were removed. Push it "
+               "(`neuronova backup push`) to replace an unencrypted off-site copy.")  # fmt: skip
 
 
 @backup.command("key", short_help="Show the home's backup key, to keep a copy off the box.")
@@ -162,7 +197,7 @@ def _require_repository(dest: Path) -> None:
 @home_option
 def key_cmd(output: Path | None, home: Path | None) -> None:
     """Print the home's backup key (made first, 0600, if the home has none yet), which
-    signs every snapshot; `restore --key-file FILE` asks for it. The key alone goes to
+    encrypts every backup; `restore --key-file FILE` asks for it. The key alone goes to
     stdout (or to FILE with --output), the explanation to stderr."""
     layout = require_initialized(settings_from(home))
     key = load_or_create_secret(layout.backup_key_file, 32)
@@ -192,17 +227,21 @@ def _read_key(path: Path | None) -> bytes | None:
     return key
 
 
-@backup.command("verify", short_help="Re-check every checksum of a backup.")
+@backup.command("verify", short_help="Re-check every object of a backup.")
 @click.argument("dest", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @key_file_option
-def verify_cmd(dest: Path, key_file: Path | None) -> None:
-    """Re-read every file of every snapshot in DEST and compare its SHA-256; with
-    --key-file, also check that each signed snapshot was signed with that key."""
-    if key_file is None:
-        click.echo("Note: without --key-file, the snapshots' signatures are not checked.",
-                   err=True)  # fmt: skip
-    with _bar("Verifying") as progress:
-        problems = snapshot.verify(dest, progress, _read_key(key_file))
+@home_option
+def verify_cmd(dest: Path, key_file: Path | None, home: Path | None) -> None:
+    """Decrypt every object of every snapshot in DEST, checking its authentication and
+    SHA-256, with the backup key of --key-file (default: the home's key, if this machine
+    has the home). A backup from before encryption: each checksum, and with a key, each
+    snapshot's signature."""
+    key = _read_key(key_file) or backup_key(HomeLayout(settings_from(home).home))
+    try:
+        with _bar("Verifying") as progress:
+            problems = snapshot.verify(dest, progress, key)
+    except FAILURES as exc:
+        raise click.ClickException(str(exc)) from exc
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
@@ -220,19 +259,22 @@ def verify_cmd(dest: Path, key_file: Path | None) -> None:
 def restore(src: Path, home: Path, key_file: Path | None, allow_unsigned: bool) -> None:
     """Restore the newest snapshot in SRC into a new, empty data home.
 
-    The snapshot is checked first (its manifest, its signature with --key-file, and each
-    object as it is read); if anything is wrong, or the restore fails, HOME is left as it
-    was (absent or empty). The key becomes the new home's backup key.
+    SRC is decrypted with the backup key of --key-file (the old home's
+    HOME/secrets/backup-key, kept off the box). The snapshot is checked first (its
+    manifest's authentication and content, and each object as it is read); if anything is
+    wrong, or the restore fails, HOME is left as it was (absent or empty). The key becomes
+    the new home's backup key.
     """
     key = _read_key(key_file)
     with snapshot.new_home(home):
-        manifest = snapshot.restore_files(src, home, key, allow_unsigned)
-        if not signed(manifest):
+        repo = snapshot.open_snapshots(src, key)
+        manifest = snapshot.restore_files(repo, home, key, allow_unsigned)
+        if not repo.trusted(manifest):
             click.echo(f"Warning: snapshot {manifest['name']} is not signed; nothing shows "
                        "that it was not changed since it was taken.", err=True)  # fmt: skip
         settings = dataclasses.replace(load_settings(home, {}), orthanc_port=_free_port())
         with _orthanc(settings) as store, _bar("Restoring images") as progress:
-            count = snapshot.restore_instances(src, manifest, store.store, progress)
+            count = snapshot.restore_instances(repo, manifest, store.store, progress)
     click.echo(
         f"Restored snapshot {manifest['name']} into {home}: {len(manifest['files'])} files, "
         f"{count} Orthanc instances. Start it with `neuronova run --home {home}`."

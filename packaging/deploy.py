@@ -57,6 +57,7 @@ IMAGE_SETTING = "NEURONOVA_IMAGE"  # the setting of compose.yaml the deploy sets
 CURRENT_FILE, HISTORY_FILE = "current-version", "deployed-versions"
 RECEIVER_SERVICE = "receiver"
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
+PROJECT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 REQUIRED_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?")
 SSH_TIMEOUT = 600.0  # seconds for one remote command (an image load is the longest)
 GIVE_UP_RESTARTS = 3  # a container restarted this often will not become healthy
@@ -459,9 +460,8 @@ def deploy(target: Target, version: str, archive: Path | None, args: dict, repor
     say(f"  image {target.image_ref(version)} on the VM ({report.seconds['image']} s)")
     write_release_env(target, version)
     try:
-        with timed(report, "stop_previous"):
-            if report.previous:
-                stop(target, report.previous, args["stop_grace"])
+        with timed(report, "stop_previous"):  # with none recorded: whatever the project runs
+            stop(target, report.previous or version, args["stop_grace"])
         bring_up(target, version, args, report, "deploy")
     except DeployError as failed:
         report.failed_check, report.failure = failed.step, failed.detail
@@ -536,6 +536,9 @@ def main(**args) -> None:
     version = args["version"].removeprefix("v")
     if not VERSION_PATTERN.match(version):
         raise click.BadParameter("letters, digits and . _ + - only", param_hint="--version")
+    if not PROJECT_PATTERN.match(args["project"]):
+        raise click.BadParameter("lower-case letters, digits, _ and - only",
+                                 param_hint="--project")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="neuronova-deploy-") as scratch:
         key = args["key"] or secret_file(Path(scratch), "DEPLOY_SSH_KEY", "--key")
         known = args["known_hosts"] or secret_file(Path(scratch), "DEPLOY_KNOWN_HOSTS",

@@ -11,14 +11,15 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import threading
 import time
 
 import pytest
 from conftest import make_appliance, wait_for, wait_stored
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom.sop_class import CTImageStorage, Verification
 
-from appliance.ingest.receiver import DRAIN_TIMEOUT
+from appliance.ingest.receiver import DRAIN_TIMEOUT, finish_associations
 from appliance.supervise.runner import RECEIVER_STOP_TIMEOUT
 from bench.synthetic import make_slices, write_series
 
@@ -74,3 +75,38 @@ def test_an_open_association_finishes_after_sigterm_and_the_next_receiver_stores
         wait_stored(appliance, series.sop_uids)
     finally:
         appliance.stop()
+
+
+def echo_server_with_a_client(aet: str):
+    """A pynetdicom server on a free loopback port and an association open to it."""
+    server_ae = AE(ae_title="NEURONOVA")
+    server_ae.add_supported_context(Verification)
+    server = server_ae.start_server(("127.0.0.1", 0), block=False)
+    client = AE(ae_title=aet)
+    client.add_requested_context(Verification)
+    assoc = client.associate("127.0.0.1", server.server_address[1], ae_title="NEURONOVA")
+    assert assoc.is_established
+    return server, assoc
+
+
+def test_an_association_still_open_at_the_bound_is_aborted(caplog):
+    server, assoc = echo_server_with_a_client("HOLDS_ON")
+    server.shutdown()
+    started = time.monotonic()
+    finish_associations(server, 1.0)
+    assert time.monotonic() - started >= 1.0
+    wait_for(lambda: assoc.is_aborted, 10, "the caller to see the abort")
+    assert "aborted the association from HOLDS_ON: still open 1 s after the stop" in caplog.text
+
+
+def test_the_drain_ends_when_the_last_association_does(caplog):
+    server, assoc = echo_server_with_a_client("FINISHES")
+    server.shutdown()
+    releasing = threading.Timer(0.5, assoc.release)  # the modality finishes meanwhile
+    releasing.start()
+    started = time.monotonic()
+    finish_associations(server, 60.0)
+    assert time.monotonic() - started < 60.0
+    releasing.join()
+    assert assoc.is_released
+    assert "aborted" not in caplog.text

@@ -17,8 +17,10 @@ deploy printed beside it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
+import yaml
 from conftest import free_port, require_tool, storescu_command, wait_for
 from pydicom.uid import generate_uid
 
@@ -427,12 +430,20 @@ def test_a_broken_release_is_rolled_back_to_the_previous_one(site, first, releas
     (ARTIFACTS / "timings.json").write_text(json.dumps(TIMINGS, indent=2) + "\n")
 
 
-def test_the_last_three_versions_are_kept(vm, tmp_path):
+@pytest.fixture(scope="module")
+def deploy_module():
+    """packaging/deploy.py as a module (``packaging`` is not a package: PyPI's is)."""
+    spec = importlib.util.spec_from_file_location("neuronova_deploy", REPO / "packaging" /
+                                                  "deploy.py")  # fmt: skip
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_last_three_versions_are_kept(vm, deploy_module):
     """record() names the running version and drops releases (folder and image) beyond the
     last three: on the VM over SSH, without containers."""
-    sys.path.insert(0, str(REPO / "packaging"))
-    import deploy as deploy_module
-
     folder = vm.folder / "history-check"
     for version in ("0.1", "0.2", "0.3"):
         (folder / "releases" / version).mkdir(parents=True)
@@ -445,3 +456,26 @@ def test_the_last_three_versions_are_kept(vm, tmp_path):
     assert (folder / "deployed-versions").read_text().split() == ["0.2", "0.3", "0.4"]
     assert (folder / "current-version").read_text() == "0.4\n"
     assert sorted(p.name for p in (folder / "releases").iterdir()) == ["0.2", "0.3", "0.4"]
+
+
+def test_the_workflow_runs_the_deploy_with_options_it_knows(tmp_path, monkeypatch,
+                                                            deploy_module):
+    """.github/workflows/deploy.yml installs the script's two libraries and runs the script;
+    its command line parses (the options exist, the required ones are there)."""
+    steps = yaml.safe_load((REPO / ".github" / "workflows" / "deploy.yml").read_text())[
+        "jobs"]["deploy"]["steps"]  # fmt: skip
+    runs = [" ".join(step["run"].split()) for step in steps if "run" in step]
+    assert runs[0] == 'python -m pip install "click>=8.1" "pynetdicom>=2.1"'
+    assert len(runs) == 2 and runs[1].startswith("python packaging/deploy.py ")
+    key = tmp_path / "key"
+    key.write_text("not used")
+    env = {"DEPLOY_HOST": "vm.example", "DEPLOY_USER": "deploy", "VERSION": "v1.4.0",
+           "NEURONOVA_IMAGE": "europe-docker.pkg.dev/p/neuronova/neuronova"}  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    words = [os.path.expandvars(word) for word in shlex.split(runs[1])[2:]]
+    context = deploy_module.main.make_context("deploy.py", [*words, "--key", str(key),
+                                                            "--known-hosts", str(key)])  # fmt: skip
+    assert context.params["host"] == "vm.example"
+    assert context.params["version"] == "v1.4.0"
+    assert context.params["engine"] == "docker"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import signal
 import tempfile
-import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -314,13 +313,27 @@ def serve(settings: Settings) -> None:
         settings.ae_title,
         settings.overwrite,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    wait_for_stop_signal()
     server.shutdown()
     finish_associations(server, DRAIN_TIMEOUT)
     log.info("DICOM receiver stopped")
+
+
+def wait_for_stop_signal() -> None:
+    """Return once SIGTERM or SIGINT came.
+
+    Once, under heavy load, a receiver blocked in ``threading.Event().wait()`` never
+    reacted to SIGTERM and was killed 17 s later. Two ways that can happen: Python runs
+    signal handlers only in the main thread, and a signal the kernel hands to another
+    thread does not wake a main thread blocked on a lock; and a handler that sets an
+    Event can deadlock on the lock the interrupted wait holds. So the main thread wakes
+    every half second, and the handler only appends to a list.
+    """
+    received: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: received.append(signum))
+    while not received:
+        time.sleep(0.5)
 
 
 def finish_associations(server: ThreadedAssociationServer, timeout: float) -> None:

@@ -21,6 +21,7 @@ from huey.storage import SqliteStorage
 from appliance.config import Settings
 from appliance.fhir.push import SETTLE
 from appliance.layout import HomeLayout
+from appliance.transcode.wakeup import Wakeup
 
 QUEUE_NAME = "neuronova"
 INGEST_PRIORITY = 10
@@ -77,18 +78,49 @@ class EnqueueOnly(RuntimeError):
 
 
 class QueueStorage(SqliteStorage):
-    """SQLite queue storage in WAL mode with ``synchronous=NORMAL``.
+    """SQLite queue storage in WAL mode with ``synchronous=NORMAL``, whose dequeue waits
+    to be woken (:mod:`appliance.transcode.wakeup`) when the queue is empty.
 
     A lost queue entry costs nothing: every object is durable in the spool and the
     journal, and the worker re-queues what is pending at start. So enqueueing need not
     wait for an fsync (FULL costs ~3 ms on the receiver's hot path), while NORMAL still
     keeps the file safe from corruption.
+
+    Huey's consumer does not sleep between dequeues of a ``blocking`` storage: as with
+    its Redis and Postgres storages, :meth:`dequeue` waits (up to :attr:`read_timeout`
+    seconds) for a task to be queued.
     """
+
+    blocking = True
+    read_timeout = 1.0
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.wakeup = Wakeup(self.filename)
 
     def _create_connection(self) -> sqlite3.Connection:
         conn = super()._create_connection()
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
+
+    def enqueue(self, data: bytes, priority: float | None = None) -> None:
+        """Queue ``data``, then wake the worker."""
+        super().enqueue(data, priority)
+        self.wakeup.notify()
+
+    def dequeue(self) -> bytes | None:
+        """The next task; when there is none, the next one queued within
+        :attr:`read_timeout` seconds, else None (also when woken for nothing)."""
+        self.wakeup.listen()
+        data = super().dequeue()
+        if data is None and self.wakeup.wait(self.read_timeout):
+            data = super().dequeue()
+        return data
+
+    def close(self) -> None:
+        """Close the database connection and the wake-up sockets."""
+        self.wakeup.close()
+        super().close()
 
 
 class LocalHuey(SqliteHuey):

@@ -51,11 +51,6 @@ def recover_beside_others(settings: Settings, queue: Queue) -> int:
 
 
 WORKER_NICENESS = 10
-# An idle SQLite-queue worker polls with a growing pause; Huey's default cap (10 s) would
-# delay the first object of a study by up to 10 s after a quiet spell. A poll of an empty
-# queue is one indexed SELECT, so polling 4 times a second costs nothing measurable.
-# (The Redis queue blocks on the list instead and does not poll.)
-IDLE_POLLING = {"initial_delay": 0.05, "backoff": 1.15, "max_delay": 0.25}
 
 
 def serve(settings: Settings) -> None:
@@ -75,8 +70,7 @@ def serve(settings: Settings) -> None:
         worker_type="thread",
         periodic=True,
         check_worker_health=True,
-        **IDLE_POLLING,
-    )
+    )  # an idle worker waits to be woken (both queues' dequeue blocks), it does not poll
     stop = threading.Event()
     layout = HomeLayout(settings.home)
     forget_stopped_workers(layout)

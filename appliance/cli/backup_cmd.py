@@ -236,7 +236,7 @@ def verify_cmd(dest: Path, key_file: Path | None, home: Path | None) -> None:
     SHA-256, with the backup key of --key-file (default: the home's key, if this machine
     has the home). A backup from before encryption: each checksum, and with a key, each
     snapshot's signature."""
-    key = _read_key(key_file) or backup_key(HomeLayout(settings_from(home).home))
+    key = _read_key(key_file) or _home_key(home)
     try:
         with _bar("Verifying") as progress:
             problems = snapshot.verify(dest, progress, key)
@@ -247,6 +247,14 @@ def verify_cmd(dest: Path, key_file: Path | None, home: Path | None) -> None:
     if problems:
         raise click.ClickException(f"{len(problems)} problems in {dest}; take a new backup.")
     click.echo(f"{dest}: every checksum matches.")
+
+
+def _home_key(home: Path | None) -> bytes | None:
+    """The home's backup key if this machine has the home and we may read it, else None."""
+    try:
+        return backup_key(HomeLayout(settings_from(home).home))
+    except OSError:  # another user's home (e.g. the package's, as a login user)
+        return None
 
 
 @click.command("restore")

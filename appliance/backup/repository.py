@@ -70,9 +70,8 @@ class Repository:
         """Make the folders (0700) and, for a new repository, its keys; refuse a folder
         that is something else."""
         legacy = LegacyRepository(self.root).snapshots.is_dir()
-        if self.root.exists() and any(self.root.iterdir()) and not (
-            self.key_record.is_file() or legacy
-        ):
+        ours = self.key_record.is_file() or self.snapshots.is_dir() or legacy
+        if self.root.exists() and any(self.root.iterdir()) and not ours:
             raise BackupError(
                 f"{self.root} is not empty and holds no NeuroNova backup. "
                 "Choose an empty folder or an earlier backup's folder."

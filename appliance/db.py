@@ -249,12 +249,19 @@ def open_database(path: Path, *, threads: bool = False) -> sqlite_utils.Database
     db.execute("PRAGMA busy_timeout = 10000")
     db.enable_wal()
     db.execute("PRAGMA synchronous = NORMAL")
-    migrate(db)
+    if not db.table_names():  # a new file; an existing home changes only by its migrations
+        converge_schema(db)
     return db
 
 
-def migrate(db: sqlite_utils.Database) -> None:
-    """Create the tables that do not exist yet and add columns a newer version added."""
+def converge_schema(db: sqlite_utils.Database) -> None:
+    """Create the tables of :data:`SCHEMA` that do not exist yet and add the columns it has
+    that the database lacks (backfilling those of :data:`BACKFILL`); changes nothing on a
+    database that has them all.
+
+    A home's database changes only at start, by :mod:`appliance.migrations`: a change to
+    :data:`SCHEMA` or :data:`INDEXES` comes with a migration there (which may call this).
+    """
     for name, spec in SCHEMA.items():
         db[name].create(
             spec["columns"],

@@ -27,3 +27,7 @@ class UserError(ApplianceError):
 
 class PortInUseError(ApplianceError):
     """A port the appliance listens on is taken by another program."""
+
+
+class HomeTooNewError(ApplianceError):
+    """The data home was migrated by a newer NeuroNova than this one."""

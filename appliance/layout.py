@@ -45,6 +45,17 @@ class HomeLayout:
         return self.secrets_dir / "fhir-push-authorization"
 
     @property
+    def record_file(self) -> Path:
+        """Which NeuroNova last started on this home and which migrations ran (JSON,
+        :mod:`appliance.migrations`)."""
+        return self.home / "version.json"
+
+    @property
+    def init_lock_file(self) -> Path:
+        """Held (blocking ``flock``) while the home is set up or migrated at start."""
+        return self.home / ".init.lock"
+
+    @property
     def database_file(self) -> Path:
         return self.home / "db" / "appliance.db"
 

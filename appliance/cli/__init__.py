@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from appliance import __version__
 from appliance.errors import ApplianceError
+from appliance.version import current as app_version
 
 
 class ApplianceGroup(click.Group):
@@ -21,7 +21,14 @@ class ApplianceGroup(click.Group):
 
 
 @click.group(cls=ApplianceGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="neuronova")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _print_version(ctx) if value else None,
+    help="Show the version and exit.",
+)
 def cli() -> None:
     """NeuroNova: a DICOM receiver, HTJ2K archive and web viewer in one command.
 
@@ -31,6 +38,13 @@ def cli() -> None:
     Then browse to http://THIS-HOST:8080/ and log in as admin with the password
     printed at first start. Modalities send to AE title NEURONOVA, port 11112.
     """
+
+
+def _print_version(ctx: click.Context) -> None:
+    """``neuronova --version``: as ``neuronova version`` (asked only when given)."""
+    if not ctx.resilient_parsing:
+        click.echo(f"neuronova {app_version()}")
+        ctx.exit()
 
 
 def _register() -> None:

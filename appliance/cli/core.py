@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from appliance import __version__, loopback
+from appliance import loopback
 from appliance.backup.status import backup_summary
 from appliance.cli.backup_cmd import KEY_ADVICE
 from appliance.cli.options import home_option, network_options, settings_from
@@ -22,11 +22,14 @@ from appliance.health.report import STATUS_KEY_HEADER, status_key
 from appliance.home import InitResult, init_home, require_initialized
 from appliance.supervise.logs import configure_logging
 from appliance.supervise.runner import log_limits, run_appliance
+from appliance.version import current as app_version
 
 
 def _report_init(settings: Settings, result: InitResult) -> None:
     if result.created:
         click.echo(f"Created the NeuroNova home in {settings.home}")
+    for migration in result.migrations:
+        click.echo(f"Migrated the home for NeuroNova {app_version()}: {migration}")
     if result.admin_password:
         click.echo("")
         click.secho("  First administrator account (shown only once):", bold=True)
@@ -167,4 +170,4 @@ def _print_health(report: dict) -> None:
 @click.command()
 def version() -> None:
     """Print the version of NeuroNova."""
-    click.echo(f"neuronova {__version__}")
+    click.echo(f"neuronova {app_version()}")

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import os
@@ -60,16 +59,10 @@ def first_admin_password_file(settings: Settings) -> Path:
 
 
 def prepare_home(settings: Settings) -> None:
-    """``init`` the home once, whichever container comes first (a blocking file lock);
+    """``init`` the home once, whichever container comes first (init_home's lock);
     the first admin's password goes to :func:`first_admin_password_file`, never a log, and
     the log names the backup key's file, never the key."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(settings.home / ".init.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        result = init_home(settings)
-    finally:
-        os.close(fd)
+    result = init_home(settings)
     if result.admin_password is not None:
         path = first_admin_password_file(settings)
         write_private_file(path, result.admin_password.encode() + b"\n")

@@ -13,7 +13,6 @@ import aiohttp
 import sqlite_utils
 from huey import Huey
 
-from appliance import __version__
 from appliance.config import Settings, is_loopback_host
 from appliance.health.probes import (
     Report,
@@ -26,6 +25,7 @@ from appliance.health.probes import (
 )
 from appliance.layout import HomeLayout
 from appliance.security.keys import read_secret
+from appliance.version import current as app_version
 
 COMPONENTS = ("nginx", "app", "orthanc", "queue", "receiver")
 PROBE_INTERVAL = 2.0
@@ -75,7 +75,7 @@ async def check_health(
     )
     components = {
         "nginx": nginx,
-        "app": ok(version=__version__, pid=os.getpid(), uptime_s=round(time.time() - started_at)),
+        "app": ok(version=app_version(), pid=os.getpid(), uptime_s=round(time.time() - started_at)),
         "orthanc": orthanc,
         "queue": queue,
         "receiver": receiver,

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import sqlite_utils
 from aiohttp import web
 
-from appliance import __version__
 from appliance.backup.status import backup_summary
 from appliance.config import Settings
 from appliance.errors import ApplianceError
@@ -21,7 +20,9 @@ from appliance.health.doctor import report, run_doctor
 from appliance.ingest.intake import HeldError, Ingest
 from appliance.ingest.modalities import add_modality, list_modalities, remove_modality
 from appliance.layout import HomeLayout
+from appliance.migrations import record_summary
 from appliance.security import audit, users
+from appliance.version import current as app_version
 from appliance.web.auth import identity, requires
 from appliance.web.errors import ApiError
 from appliance.web.inputs import client_address, query_int, read_json
@@ -258,7 +259,8 @@ async def system(request: web.Request) -> web.Response:
             "modalities_open": not db["modalities"].count,
             "backup": backup_summary(settings),
             "fhir_push": _fhir_push_summary(settings, db),
-            "version": __version__,
+            "version": app_version(),
+            "home": record_summary(settings.home),
         }
     )
 

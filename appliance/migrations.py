@@ -1,0 +1,144 @@
+"""Ordered migrations of a data home and its app database, run once at start and recorded.
+
+The home's ``version.json`` says which NeuroNova last started on it and which migrations
+ran (number, name, the version that ran it, when). At start (``neuronova init``/``run``,
+``service --init``: :func:`appliance.home.init_home`, under the home's init lock) the
+migrations the record lacks run in order, each recorded as soon as it is done, so a start
+cut short goes on where it stopped; each migration is therefore safe to run again. A home
+whose record names a migration this version does not know was written by a newer
+NeuroNova: this one refuses to start on it (:class:`HomeTooNewError`) and says what to do.
+
+Migration 1 is the app database as NeuroNova 0.1.0 made it, which before this module was
+brought up to date by every process that opened it: on a 0.1.0 home it adds what that
+home's database lacks; on a new home the database is already made with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from appliance.db import converge_schema, now_iso, open_database
+from appliance.durable import fsync_dir, write_atomic
+from appliance.errors import ConfigError, HomeTooNewError
+from appliance.layout import HomeLayout
+from appliance.version import image_tag
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of a home's history: ``apply`` brings a home from ``number - 1`` to
+    ``number`` and changes nothing when run again."""
+
+    number: int
+    name: str
+    apply: Callable[[HomeLayout], None]
+
+
+def _database_of_0_1_0(layout: HomeLayout) -> None:
+    db = open_database(layout.database_file)
+    try:
+        converge_schema(db)
+    finally:
+        db.close()
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "app database of NeuroNova 0.1.0: its tables, columns and indexes",
+        _database_of_0_1_0,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A migration that ran on the home: which, by which version, when (UTC ISO 8601)."""
+
+    number: int
+    name: str
+    version: str
+    at: str
+
+
+@dataclass(frozen=True)
+class HomeRecord:
+    """The home's ``version.json``: the version that last started on it, and its migrations."""
+
+    version: str | None = None
+    migrations: tuple[Applied, ...] = field(default_factory=tuple)
+
+    @property
+    def level(self) -> int:
+        """The number of the last migration that ran (0 for a home without a record)."""
+        return max((m.number for m in self.migrations), default=0)
+
+
+def read_record(layout: HomeLayout) -> HomeRecord:
+    """The home's record; an empty one when the home has none yet (new, or made by 0.1.0)."""
+    path = layout.record_file
+    if not path.exists():
+        return HomeRecord()
+    try:
+        data = json.loads(path.read_text())
+        applied = tuple(Applied(**m) for m in data["migrations"])
+        return HomeRecord(data["version"], applied)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"{path} is damaged ({exc}): restore it from a backup of this home, or move it "
+            "away to have every migration run again (each is safe to repeat)."
+        ) from None
+
+
+def write_record(layout: HomeLayout, record: HomeRecord) -> None:
+    """Replace the home's record at once (a reader sees the old or the new one)."""
+    data = {"version": record.version, "migrations": [asdict(m) for m in record.migrations]}
+    write_atomic(layout.record_file, json.dumps(data, indent=2).encode() + b"\n", mode=0o644)
+    fsync_dir(layout.record_file.parent)
+
+
+def refuse_newer(layout: HomeLayout, record: HomeRecord, version: str) -> None:
+    """:class:`HomeTooNewError` when ``record`` names migrations this version lacks."""
+    known = MIGRATIONS[-1].number
+    if record.level <= known:
+        return
+    newer = next(m for m in record.migrations if m.number > known)
+    raise HomeTooNewError(
+        f"{layout.home} was migrated by NeuroNova {newer.version} (migration {newer.number}: "
+        f"{newer.name}); this is NeuroNova {version}, which knows migrations up to {known} "
+        f"and cannot use it. Install NeuroNova {record.version} or newer (apt-get install "
+        f"neuronova, or the image neuronova:{image_tag(record.version or newer.version)}); "
+        f"to go back to {version}, restore a backup of the home made by {version}."
+    )
+
+
+def migrate(layout: HomeLayout, version: str) -> list[Migration]:
+    """Run the migrations the home's record lacks, in order, recording each; then record
+    ``version`` as the one that last started. The caller holds the home's init lock.
+    Returns the migrations that ran."""
+    record = read_record(layout)
+    refuse_newer(layout, record, version)
+    ran = []
+    for migration in MIGRATIONS:
+        if migration.number <= record.level:
+            continue
+        migration.apply(layout)
+        done = Applied(migration.number, migration.name, version, now_iso())
+        record = replace(record, migrations=(*record.migrations, done))
+        write_record(layout, record)
+        ran.append(migration)
+    if record.version != version or ran:
+        write_record(layout, replace(record, version=version))
+    return ran
+
+
+def record_summary(home: Path) -> dict[str, object]:
+    """What the admin's System page shows of the record: the version that last started on
+    the home and the migrations that ran (``{}`` when the home has no record)."""
+    record = read_record(HomeLayout(home))
+    if record.version is None:
+        return {}
+    return {"version": record.version, "migrations": [asdict(m) for m in record.migrations]}

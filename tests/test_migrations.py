@@ -1,0 +1,156 @@
+"""Home and database migrations: ordered, recorded in the home, run once at start under
+the home's init lock, and a home migrated by a newer version refused with what to do."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from appliance import migrations
+from appliance.cli import cli
+from appliance.config import load_settings
+from appliance.db import open_database
+from appliance.errors import HomeTooNewError
+from appliance.home import init_home
+from appliance.layout import HomeLayout
+from appliance.migrations import MIGRATIONS, Migration, read_record
+from appliance.version import current
+
+
+def test_a_new_home_records_every_migration_and_the_version(tmp_path, runner):
+    home = tmp_path / "h"
+    first = runner.invoke(cli, ["init", "--home", str(home)])
+    assert first.exit_code == 0, first.output
+    assert f"Migrated the home for NeuroNova {current()}: 1: app database" in first.output
+    record = json.loads((home / "version.json").read_text())
+    assert record["version"] == current()
+    assert [(m["number"], m["version"]) for m in record["migrations"]] == [(1, current())]
+    second = runner.invoke(cli, ["init", "--home", str(home)])
+    assert "Migrated" not in second.output  # run once
+    assert json.loads((home / "version.json").read_text()) == record
+
+
+def test_a_home_of_0_1_0_gets_migration_1(tmp_path):
+    """A 0.1.0 home has no record, and its database may lack what later 0.1.0 builds
+    added (here the users' single sign-on columns and the FHIR push table)."""
+    settings = load_settings(tmp_path / "h", environ={})
+    init_home(settings)
+    layout = HomeLayout(settings.home)
+    layout.record_file.unlink()
+    with sqlite3.connect(layout.database_file) as con:
+        con.execute("ALTER TABLE users DROP COLUMN pending")
+        con.execute("DROP TABLE fhir_push")
+    con.close()
+    assert "pending" not in open_database(layout.database_file)["users"].columns_dict
+    init_home(settings)
+    db = open_database(layout.database_file)
+    assert "pending" in db["users"].columns_dict and db["fhir_push"].exists()
+    assert [row["pending"] for row in db["users"].rows] == [0]  # backfilled
+    assert read_record(layout).level == MIGRATIONS[-1].number
+
+
+def newer_record(home) -> None:
+    record = json.loads((home / "version.json").read_text())
+    record["version"] = "9.1.0"
+    record["migrations"].append({"number": 99, "name": "split the audit trail",
+                                 "version": "9.0.0", "at": "2030-01-01T00:00:00+00:00"})
+    (home / "version.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("command", [["init"], ["run"], ["user", "list"]])
+def test_an_older_version_refuses_a_home_a_newer_one_migrated(home, runner, command):
+    newer_record(home)
+    before = (home / "version.json").read_text()
+    result = runner.invoke(cli, [*command, "--home", str(home)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.output.startswith(
+        f"Error: {home} was migrated by NeuroNova 9.0.0 (migration 99: split the audit "
+        f"trail); this is NeuroNova {current()}, which knows migrations up to 1"
+    )
+    assert "Install NeuroNova 9.1.0 or newer (apt-get install neuronova" in result.output
+    assert (home / "version.json").read_text() == before  # nothing changed
+
+
+def test_prepare_home_of_a_container_refuses_a_newer_home(home):
+    from appliance.cli.services import prepare_home
+
+    newer_record(home)
+    with pytest.raises(HomeTooNewError, match=r"migrated by NeuroNova 9\.0\.0"):
+        prepare_home(load_settings(home, environ={}))
+
+
+def test_a_damaged_record_names_the_file_and_what_to_do(home, runner):
+    (home / "version.json").write_text("{not json")
+    result = runner.invoke(cli, ["init", "--home", str(home)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{home / 'version.json'} is damaged" in result.output
+    assert "restore it from a backup" in result.output
+
+
+def test_two_starts_at_once_run_a_migration_once(tmp_path, monkeypatch):
+    """Two containers on one home volume start together: the init lock lets one migrate;
+    the other finds the record up to date. Migration 2 here is a test's own, slow enough
+    that both starts overlap it."""
+    settings = load_settings(tmp_path / "h", environ={})
+    init_home(settings)
+    runs = []
+    entered = threading.Event()
+
+    def slow(layout) -> None:
+        runs.append(layout.home)
+        entered.set()
+        time.sleep(0.5)
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*MIGRATIONS, Migration(2, "slow", slow)))
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            init_home(settings)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    threads[0].start()
+    assert entered.wait(30)
+    threads[1].start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and len(runs) == 1
+    record = read_record(HomeLayout(settings.home))
+    assert [m.number for m in record.migrations] == [1, 2]
+
+
+def test_a_start_cut_short_goes_on_from_the_last_recorded_migration(tmp_path, monkeypatch):
+    settings = load_settings(tmp_path / "h", environ={})
+    init_home(settings)
+    applied = []
+
+    def fails(layout) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", (
+        *MIGRATIONS,
+        Migration(2, "two", lambda layout: applied.append(2)),
+        Migration(3, "three", fails),
+    ))  # fmt: skip
+    with pytest.raises(OSError):
+        init_home(settings)
+    layout = HomeLayout(settings.home)
+    assert read_record(layout).level == 2
+    monkeypatch.setattr(migrations, "MIGRATIONS", (
+        *MIGRATIONS,
+        Migration(2, "two", lambda layout: applied.append(2)),
+        Migration(3, "three", lambda layout: applied.append(3)),
+    ))  # fmt: skip
+    init_home(settings)
+    assert applied == [2, 3] and read_record(layout).level == 3
+
+
+def test_migrations_are_numbered_in_order():
+    assert [m.number for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))

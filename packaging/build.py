@@ -26,7 +26,6 @@ import gzip
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +36,10 @@ from email.utils import formatdate
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from appliance.version import UNKNOWN, VERSION_FILE, debian_version, from_git  # noqa: E402
+
 PACKAGING = REPO / "packaging"
 DEB_FILES = PACKAGING / "deb"
 PACKAGE = "neuronova"
@@ -83,12 +86,8 @@ class BuildReport:
 
 
 def source_version() -> str:
-    """``appliance.__version__``, read without importing the package."""
-    text = (REPO / "appliance" / "__init__.py").read_text()
-    match = re.search(r'^__version__ = "([^"]+)"', text, re.M)
-    if match is None:
-        raise BuildError("appliance/__init__.py has no __version__ line")
-    return match.group(1)
+    """This checkout's version from its git tags (:mod:`appliance.version`)."""
+    return from_git(REPO) or UNKNOWN
 
 
 def require_tools(names: list[str]) -> None:
@@ -133,7 +132,32 @@ def build_bundle(work: Path) -> Path:
     bundle = dist / PACKAGE
     strip_binaries(bundle)
     patch_rpaths(bundle)
+    stamp(bundle, source_version())
     return bundle
+
+
+def stamp(bundle: Path, version: str) -> None:
+    """Write ``version`` into the bundle (``_internal/VERSION``, what
+    :func:`appliance.version.current` reads), replacing the file rather than writing
+    into it, so that a hard-linked copy's stamp leaves the original's alone."""
+    target = bundle / "_internal" / VERSION_FILE
+    target.unlink(missing_ok=True)
+    target.write_text(version + "\n")
+    os.chmod(target, 0o644)
+
+
+def stamped_copy(bundle: Path, version: str, work: Path) -> Path:
+    """``work/neuronova``: ``bundle`` stamped with ``version``; its files are hard links
+    (the same build, no copy of its 300 MB) where ``work`` is on the same file system."""
+    copy = work / PACKAGE
+    shutil.rmtree(copy, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    linked = subprocess.run(["cp", "-al", str(bundle), str(copy)], capture_output=True)
+    if linked.returncode != 0:
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(bundle, copy, symlinks=True)
+    stamp(copy, version)
+    return copy
 
 
 def is_elf(path: Path) -> bool:
@@ -297,7 +321,8 @@ def stage_deb(bundle: Path, version: str, root: Path) -> None:
 
 
 def build_deb(bundle: Path, version: str, out: Path) -> Path:
-    """``out/neuronova_VERSION_amd64.deb`` from the bundle and ``packaging/deb/``."""
+    """``out/neuronova_VERSION_amd64.deb`` from the bundle and ``packaging/deb/``;
+    ``version`` is the Debian form (:func:`appliance.version.debian_version`)."""
     deb = out / f"{PACKAGE}_{version}_amd64.deb"
     with tempfile.TemporaryDirectory(prefix="neuronova-deb-", dir=out) as staging:
         root = Path(staging) / "root"
@@ -317,7 +342,9 @@ def lintian_errors(deb: Path) -> list[str]:
 
 
 def build(version: str, out: Path, bundle: Path | None = None, lint: bool = True) -> BuildReport:
-    """Every step; ``bundle`` reuses an existing bundle instead of running PyInstaller."""
+    """Every step; ``bundle`` reuses an existing bundle instead of running PyInstaller.
+    The tarball and the .deb hold a copy of the bundle stamped with ``version``
+    (``out/stamped/neuronova``, the report's ``bundle``: the image is built from it too)."""
     require_tools([tool for tool in TOOLS if lint or tool != "lintian"])
     out.mkdir(parents=True, exist_ok=True)
     report = BuildReport(version)
@@ -325,13 +352,14 @@ def build(version: str, out: Path, bundle: Path | None = None, lint: bool = True
     if bundle is None:
         bundle = build_bundle(out / "bundle")
         report.seconds["bundle"] = time.monotonic() - started
+    bundle = stamped_copy(bundle, version, out / "stamped")
     report.bundle, report.sizes["bundle"] = str(bundle), du_bytes(bundle)
     step = time.monotonic()
     tarball = write_tarball(bundle, version, out)
     report.seconds["tarball"] = time.monotonic() - step
     report.tarball, report.sizes["tarball"] = str(tarball), tarball.stat().st_size
     step = time.monotonic()
-    deb = build_deb(bundle, version, out)
+    deb = build_deb(bundle, debian_version(version), out)
     report.seconds["deb"] = time.monotonic() - step
     report.deb, report.sizes["deb"] = str(deb), deb.stat().st_size
     report.seconds["build"] = time.monotonic() - started
@@ -356,7 +384,8 @@ def _summary(report: BuildReport) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command line: build, print the summary (``--json`` prints the report instead)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", default=None, help="package version (default: the app's)")
+    parser.add_argument("--version", default=None,
+                        help="version to stamp (default: this checkout's, from its git tags)")
     parser.add_argument("--out", type=Path, default=REPO / "dist", help="output folder")
     parser.add_argument("--bundle", type=Path, default=None, help="package this bundle again")
     parser.add_argument("--no-lintian", dest="lint", action="store_false", help="skip lintian")

@@ -1,12 +1,8 @@
 """The package on a bare system: build the bundle and the .deb, install it with dpkg in a
 ``debootstrap --variant=minbase bookworm`` root (no Python, nginx or Orthanc there), start
 the appliance inside that root as its systemd unit would, use it from outside over
-loopback, then upgrade to a second build, remove and purge.
-
-The pristine root is made once and kept in ``/var/cache/neuronova-test/`` (debootstrap
-takes about 90 s); each run works on a copy. systemd is not PID 1 here, so the appliance
-is started with the unit's user, environment and command in its own PID and mount
-namespaces (``unshare --root``), sharing the host's loopback.
+loopback, then upgrade to a second build, remove and purge. The bare root and the
+appliance in it: tests/bare_root.py.
 """
 
 from __future__ import annotations
@@ -14,23 +10,29 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import imagecodecs
 import numpy as np
 import pytest
 import requests
-from conftest import free_port, require_tool, storescu_command, wait_for
+from bare_root import (
+    DATA,
+    UNIT,
+    Installed,
+    copy_of_pristine_root,
+    descendants,
+    in_root,
+    initial_password,
+    qido_instances,
+)
+from conftest import require_tool, storescu_command, wait_for
 
-from appliance.config import load_settings, render_toml
 from appliance.transcode.codestream import RPCL_SYNTAX
-from bench.cloud import bookworm_root
+from appliance.version import debian_version
 from bench.harness import ACCEPT, split_multipart
 from bench.packaging import load_build
 from bench.synthetic import make_slices, write_series
@@ -38,8 +40,6 @@ from bench.synthetic import make_slices, write_series
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = "var/lib/neuronova"
-UNIT = "lib/systemd/system/neuronova.service"
 HTJ2K = "1.2.840.10008.1.2.4.201"
 SLICES = 6
 # Shared objects a bundled program may take from the system: glibc's (and libcrypt).
@@ -47,142 +47,14 @@ GLIBC = {"libc", "libm", "libdl", "librt", "libpthread", "libresolv", "libutil",
          "ld-linux-x86-64", "libnss_files", "libnss_dns", "libcrypt", "libgcc_s"}  # fmt: skip
 
 
-FIRST = load_build().source_version()  # the app's; the second package wraps the same bundle
+FIRST = load_build().source_version()  # this checkout's; the second package wraps the same bundle
 SECOND = f"{FIRST}+rebuild1"
-
-
-def in_root(root: Path, *command: str, stdin: str | None = None) -> str:
-    """Run ``command`` chrooted in ``root`` as root; its output (fails the test on error)."""
-    result = subprocess.run(["chroot", str(root), *command], input=stdin, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 0, f"{' '.join(command)}: {result.stdout}{result.stderr}"
-    return result.stdout
-
-
-def pristine_root() -> Path:
-    """The cached minimal bookworm root (the cloud profile's base image is made from the
-    same one), made with debootstrap the first time."""
-    require_tool("debootstrap", "debootstrap")
-    try:
-        return bookworm_root("minbase")
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (from /proc)."""
-    found = [pid]
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        found += descendants(int(child))
-    return found
 
 
 def mapped_libraries(pid: int) -> set[str]:
     """Paths of the shared objects mapped by process ``pid``."""
     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
     return {line.split(None, 5)[5] for line in maps if ".so" in line and len(line.split()) == 6}
-
-
-def unit_settings(root: Path) -> tuple[str, dict[str, str], list[str]]:
-    """(User=, Environment=, ExecStart=) of the installed systemd unit."""
-    text = (root / UNIT).read_text()
-    user = re.search(r"^User=(\S+)$", text, re.M)
-    start = re.search(r"^ExecStart=(.+)$", text, re.M)
-    assert user and start, f"the unit lacks User= or ExecStart=:\n{text}"
-    env = dict(line.split("=", 1) for line in re.findall(r"^Environment=(\S+)$", text, re.M))
-    return user.group(1), env, start.group(1).split()
-
-
-@dataclass
-class Installed:
-    """The appliance installed in a bare root, with loopback ports chosen for this test."""
-
-    root: Path
-    log: Path
-    password: str
-    http_port: int = 0
-    https_port: int = 0
-    dicom_port: int = 0
-    first_start: float = 0.0
-    process: subprocess.Popen | None = None
-
-    @property
-    def home(self) -> Path:
-        return self.root / DATA
-
-    @property
-    def https(self) -> str:
-        return f"https://localhost:{self.https_port}"
-
-    def configure(self) -> None:
-        """Bind to loopback on free ports (as an admin edits neuronova.toml)."""
-        self.http_port, self.https_port, self.dicom_port = free_port(), free_port(), free_port()
-        ports = {"app_port": free_port(), "gate_port": free_port(), "orthanc_port": free_port()}
-        values = {"bind": "127.0.0.1", "http_port": self.http_port, **ports,
-                  "https_port": self.https_port, "dicom_port": self.dicom_port}  # fmt: skip
-        settings = load_settings(self.home, values, environ={})
-        with open(self.home / "neuronova.toml", "w") as f:  # keeps its owner and mode
-            f.write(render_toml(settings))
-
-    def start(self) -> float:
-        """Start as the unit would; seconds until /api/health answers 200."""
-        user, env, command = unit_settings(self.root)
-        started = time.monotonic()
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                ["unshare", "--fork", "--pid", "--mount", "--mount-proc", f"--root={self.root}",
-                 "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-                 *(f"{k}={v}" for k, v in env.items()),
-                 "setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *command],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        wait_for(self.healthy, 60, f"the installed appliance to be healthy ({self.log})")
-        return time.monotonic() - started
-
-    def healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"the appliance exited: {self.log.read_text()[-3000:]}")
-        try:
-            url = f"http://127.0.0.1:{self.http_port}/api/health"
-            return requests.get(url, timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM to ``neuronova run``, PID 1 of its namespace; when it exits, every process
-        left in the namespace is killed. (unshare passes no signal on, and its
-        ``--kill-child`` would not reach it: setpriv's change of user clears that.)"""
-        if self.process is None or self.process.poll() is not None:
-            return
-        pid = self.process.pid
-        run = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        for child in run:
-            os.kill(child, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            for child in run:
-                os.kill(child, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def session(self) -> requests.Session:
-        """A session that trusts the appliance's self-signed certificate (made for localhost)."""
-        session = requests.Session()
-        session.trust_env = False
-        session.verify = str(self.home / "tls" / "server.crt")
-        return session
-
-    def login(self, username: str, password: str) -> tuple[requests.Session, str]:
-        session = self.session()
-        resp = session.post(f"{self.https}/api/auth/login", timeout=10,
-                            json={"username": username, "password": password})  # fmt: skip
-        assert resp.status_code == 200, resp.text
-        return session, resp.json()["access_token"]
-
-    def dpkg_install(self, deb: Path) -> str:
-        shutil.copy(deb, self.root / "tmp" / deb.name)
-        return in_root(self.root, "dpkg", "-i", f"/tmp/{deb.name}")
 
 
 @pytest.fixture(scope="module")
@@ -206,18 +78,10 @@ def installed(built, tmp_path_factory) -> Iterator[Installed]:
     """A fresh copy of the bare root with the first .deb installed and started."""
     report, _ = built
     work = tmp_path_factory.mktemp("bare")
-    root = work / "root"
-    copied = subprocess.run(["cp", "-a", str(pristine_root()), str(root)], capture_output=True)
-    assert copied.returncode == 0, copied.stderr
-    look = "for p in python3 nginx Orthanc rclone; do command -v $p; done; ls -d /usr/lib/python3*"
-    missing = in_root(root, "sh", "-c", f"({look}) 2>/dev/null || true")
-    assert missing.strip() == "", f"the bare root is not bare: {missing}"
+    root = copy_of_pristine_root(work)
     output = Installed(root, work / "run.log", "").dpkg_install(Path(report.deb))
-    password_file = root / DATA / "initial-admin-password"
     assert f"/{DATA}/initial-admin-password" in output  # the admin is told where it is
-    password = re.search(r"password:\s+(\S+)", password_file.read_text())
-    assert password, password_file.read_text()
-    appliance = Installed(root, work / "run.log", password.group(1))
+    appliance = Installed(root, work / "run.log", initial_password(root))
     appliance.configure()
     appliance.first_start = appliance.start()
     yield appliance
@@ -242,18 +106,10 @@ def pushed(installed, tmp_path_factory):
     return series, slices
 
 
-def qido_instances(installed: Installed, session, token: str, series) -> list[dict]:
-    url = (f"{installed.https}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
-           f"{series.series_uid}/instances")  # fmt: skip
-    resp = session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    assert resp.status_code in (200, 204), resp.text
-    return resp.json() if resp.status_code == 200 else []
-
-
 def test_build_writes_the_tarball_and_a_lintian_clean_deb(built):
     report, out = built
     assert Path(report.tarball) == out / f"neuronova-{FIRST}-linux-x86_64.tar.gz"
-    assert Path(report.deb) == out / f"neuronova_{FIRST}_amd64.deb"
+    assert Path(report.deb) == out / f"neuronova_{debian_version(FIRST)}_amd64.deb"
     assert report.lintian == []
     assert report.sizes["tarball"] <= 150e6, report.sizes
     with tarfile.open(report.tarball) as tar:
@@ -384,7 +240,7 @@ def test_upgrade_keeps_the_study_the_users_and_the_settings(built, installed, pu
     output = installed.dpkg_install(Path(second.deb))
     assert "initial-admin-password" not in output  # the first admin is made once
     version = in_root(installed.root, "dpkg-query", "-W", "-f=${Version}", "neuronova")
-    assert version == SECOND
+    assert version == debian_version(SECOND)
     assert (installed.home / "neuronova.toml").read_text() == settings_before
     installed.start()
     users = in_root(installed.root, "neuronova", "user", "list")

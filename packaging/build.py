@@ -281,15 +281,19 @@ def _install(source: Path, target: Path, mode: int) -> None:
     os.chmod(target, mode)
 
 
-def third_party_copyrights(bundle: Path, doc: Path) -> None:
-    """Copy the Debian copyright file of every package the bundle took files from."""
+def debian_packages(bundle: Path) -> set[str]:
+    """The Debian packages the bundle took programs and libraries from (``dpkg -S``)."""
     internal = bundle / "_internal"
     sources = [*SYSTEM_SOURCES.values(), *SELF_CONTAINED_PROGRAMS.values()]
     for lib in internal.glob("lib*.so*"):
         sources += [f"{d}/{lib.name}" for d in LIB_DIRS if os.path.exists(f"{d}/{lib.name}")]
     result = subprocess.run(["dpkg", "-S", *sources], capture_output=True, text=True)
-    packages = {line.split(":", 1)[0].split(",")[0] for line in result.stdout.splitlines()}
-    for package in sorted(packages):
+    return {line.split(":", 1)[0].split(",")[0] for line in result.stdout.splitlines()}
+
+
+def third_party_copyrights(bundle: Path, doc: Path) -> None:
+    """Copy the Debian copyright file of every package the bundle took files from."""
+    for package in sorted(debian_packages(bundle)):
         copyright_file = Path("/usr/share/doc") / package / "copyright"
         if copyright_file.exists():
             _install(copyright_file, doc / "third-party" / package, 0o644)

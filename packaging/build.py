@@ -8,9 +8,15 @@
    Python, the appliance and its dependencies, Debian's nginx and Orthanc (+ DICOMweb
    plugin) with their libraries, DCMTK's dictionaries, the nginx templates, the main app
    and the OHIF viewer. The programs' rpath is set to the bundle's library folder, so
-   they use its libraries and nothing of the host but the kernel and glibc.
-2. ``OUT/neuronova-V-linux-x86_64.tar.gz``: that folder as ``neuronova-V/``.
-3. ``OUT/neuronova_V_amd64.deb`` (dpkg-deb): the bundle in ``/opt/neuronova``, the
+   they use its libraries and nothing of the host but the kernel and glibc. The bundle
+   is stamped with this checkout's version (``_internal/VERSION``, from the git tags:
+   :mod:`appliance.version`).
+2. ``OUT/stamped/neuronova``: the bundle stamped with version V (``--version``, default
+   the checkout's), its files hard links; the tarball, the .deb and the container image
+   (``packaging/release.py image``) are made from it.
+3. ``OUT/neuronova-V-linux-x86_64.tar.gz``: that folder as ``neuronova-V/``.
+4. ``OUT/neuronova_V_amd64.deb`` (dpkg-deb, V in Debian's form: ``~dev`` between tags):
+   the bundle in ``/opt/neuronova``, the
    ``neuronova`` command, the systemd unit and maintainer scripts of ``packaging/deb/``;
    lintian must report no errors (the tags a self-contained bundle in /opt cannot avoid are
    overridden, with the reason, in ``packaging/deb/lintian-overrides``).

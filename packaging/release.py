@@ -5,7 +5,7 @@ them together, and ``tests/test_release.py`` runs them here.
     .venv/bin/python packaging/release.py version [--tag REF]
     .venv/bin/python packaging/release.py artifacts --out DIR [--bundle DIR]
     .venv/bin/python packaging/release.py sbom --bundle DIR --out FILE
-    .venv/bin/python packaging/release.py image --bundle DIR [--push DEST] [--archive FILE]
+    .venv/bin/python packaging/release.py image --bundle DIR [--repository R] [--push DEST]
     .venv/bin/python packaging/release.py import-key          (key in NEURONOVA_GPG_PRIVATE_KEY)
     .venv/bin/python packaging/release.py apt-repo --repo DIR --key ID DEB...
     .venv/bin/python packaging/release.py checksums --key ID DIR
@@ -149,11 +149,17 @@ def sbom_command(bundle: Path, out: Path) -> None:
 @click.option("--engine", default="podman", show_default=True, help="podman or docker.")
 @click.option("--base", default=None, help="The Dockerfile's BASE image (default: its own).")
 @click.option(
+    "--repository",
+    default=IMAGE_NAME,
+    show_default=True,
+    help="The image's name, e.g. ghcr.io/OWNER/neuronova (what packaging/deploy.py --image "
+    "names); its tag is the version's (appliance.version.image_tag).",
+)
+@click.option(
     "--push",
     "push_to",
     default=None,
-    help="Push to this reference, e.g. "
-    "docker://ghcr.io/OWNER/neuronova:TAG (the tag is the version's image tag).",
+    help="Push to this reference, e.g. docker://ghcr.io/OWNER/neuronova:TAG.",
 )
 @click.option(
     "--archive",
@@ -161,11 +167,12 @@ def sbom_command(bundle: Path, out: Path) -> None:
     default=None,
     help="Also save the image to this file (for machines that reach no registry).",
 )
-def image(bundle: Path, engine: str, base: str | None, push_to: str | None,
+def image(bundle: Path, engine: str, base: str | None, repository: str, push_to: str | None,
           archive: Path | None) -> None:  # fmt: skip
-    """Build the container image from the same bundle, tagged neuronova:IMAGE_TAG."""
+    """Build the container image from the same bundle, tagged REPOSITORY:VERSION; the
+    archive holds it under that name (what a deploy loads, then looks for)."""
     version_ = (bundle / "_internal" / "VERSION").read_text().strip()
-    tag = f"{IMAGE_NAME}:{image_tag(version_)}"
+    tag = f"{repository}:{image_tag(version_)}"
     args = ["--build-arg", f"BASE={base}"] if base else []
     label = f"org.opencontainers.image.version={version_}"
     run([engine, "build", "-q", "-f", str(PACKAGING / "Dockerfile"), *args,

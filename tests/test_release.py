@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"
 LINT = REPO / "tests" / "actionlint" / "lint.cjs"
 VERSION = "3.2.1"  # the release these tests make (the run's bundle, stamped)
+REPOSITORY = "registry.example.invalid/clinic/neuronova"  # as packaging/deploy.py --image
 # What a workflow's run: step may start with: the repository's scripts.
 SCRIPT_STEP = re.compile(
     r"^(bash (scripts/[\w/.-]+\.sh|\.ci/run)\b"
@@ -46,18 +47,23 @@ def actionlint(*files: Path) -> subprocess.CompletedProcess:
                           timeout=120)  # fmt: skip
 
 
-def test_both_workflows_pass_actionlint():
-    checked = actionlint(WORKFLOWS / "ci.yml", WORKFLOWS / "release.yml")
+def test_every_workflow_passes_actionlint():
+    workflows = sorted(WORKFLOWS.glob("*.yml"))
+    assert {WORKFLOWS / "ci.yml", WORKFLOWS / "release.yml"} <= set(workflows)
+    checked = actionlint(*workflows)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "2 files checked, 0 problems" in checked.stdout
+    assert f"{len(workflows)} files checked, 0 problems" in checked.stdout
 
 
 def test_actionlint_finds_a_mistake(tmp_path):
-    """The check can fail: a misspelt context in an otherwise valid workflow."""
+    """The check can fail: a misspelt context and a misspelt input of a known action."""
     broken = tmp_path / "broken.yml"
-    broken.write_text((WORKFLOWS / "ci.yml").read_text().replace("github.ref", "github.rfe"))
+    text = (WORKFLOWS / "ci.yml").read_text().replace("github.ref", "github.rfe")
+    broken.write_text(text.replace("fetch-depth:", "fetch-dept:"))
     checked = actionlint(broken)
-    assert checked.returncode == 1 and 'property "rfe" is not defined' in checked.stdout
+    assert checked.returncode == 1
+    assert 'property "rfe" is not defined' in checked.stdout
+    assert 'input "fetch-dept" is not defined in action "actions/checkout@v4"' in checked.stdout
 
 
 def run_steps(workflow: str) -> list[str]:
@@ -158,6 +164,7 @@ def released(bundle, key, tmp_path_factory) -> Iterator[tuple[Path, dict[str, st
     archive = dist / f"neuronova-image-{VERSION}.tar"
     pushed = out / "registry.oci.tar"
     values |= output_values(release("image", "--bundle", stamped, "--archive", str(archive),
+                                    "--repository", REPOSITORY,
                                     "--push", f"oci-archive:{pushed}"))  # fmt: skip
     values["pushed"] = str(pushed)
     files = [values["deb"], values["tarball"], str(sbom), str(archive)]
@@ -184,7 +191,7 @@ def test_every_artifact_carries_the_release_s_version(released):
     field = subprocess.run(["dpkg-deb", "-f", str(folder / f"neuronova_{VERSION}_amd64.deb"),
                             "Version"], capture_output=True, text=True)  # fmt: skip
     assert field.stdout.strip() == VERSION
-    assert values["image"] == f"neuronova:{VERSION}"
+    assert values["image"] == f"{REPOSITORY}:{VERSION}"  # the name a deploy looks for
     said = subprocess.run(["podman", "run", "--rm", values["image"], "version"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert said.stdout == f"neuronova {VERSION}\n", said.stderr
@@ -194,6 +201,9 @@ def test_every_artifact_carries_the_release_s_version(released):
     assert label.stdout.strip() == VERSION
     with tarfile.open(values["pushed"]) as pushed:  # what the registry received
         assert "index.json" in pushed.getnames()
+    with tarfile.open(folder / f"neuronova-image-{VERSION}.tar") as saved:  # what a deploy loads
+        manifest = json.load(saved.extractfile("manifest.json"))
+    assert manifest[0]["RepoTags"] == [f"{REPOSITORY}:{VERSION}"]
 
 
 @pytest.mark.slow

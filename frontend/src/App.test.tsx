@@ -354,7 +354,12 @@ describe('system checks', () => {
       disk: { path: '/h', free_bytes: 1.5e9, total_bytes: 1e12, warn_free_bytes: 2e9, refuse_free_bytes: 5e8 },
       ingest: { failed: 0 },
       warnings: ['disk nearly full: 1430 MiB free'],
-      version: '1',
+      version: '1.0.1',
+      home: {
+        version: '1.0.1',
+        migrations: [{ number: 1, name: 'app database of NeuroNova 0.1.0', version: '1.0.0',
+                       at: '2026-12-07T10:00:00+00:00' }],
+      },
     };
     installFetch((url) => {
       if (url.pathname === '/api/auth/me') return json(200, { username: 'boss', role: 'admin' });
@@ -365,6 +370,8 @@ describe('system checks', () => {
     const warnings = await waitFor(() => byTestId('system-warnings'));
     expect(warnings.textContent).toContain('disk nearly full: 1430 MiB free');
     expect(byTestId('metric-disk')!.className).toContain('metric-warn');
+    expect(document.body.textContent).toContain('Version 1.0.1');
+    expect(byTestId('home-migration')!.textContent).toContain('home at migration 1 (by 1.0.0)');
   });
 
   it('shows the queue by kind and the failed objects, and retries one or all', async () => {

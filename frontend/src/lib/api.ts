@@ -154,6 +154,16 @@ export interface SystemInfo {
   /** The push to the clinic's FHIR server ([fhir] push_url); null when it is off. */
   fhir_push?: FhirPushInfo | null;
   version: string;
+  /** The data home's record (HOME/version.json): the version that last started on it and
+   *  the migrations that ran, each with the version that ran it; {} before the first. */
+  home?: { version?: string; migrations?: HomeMigration[] };
+}
+
+export interface HomeMigration {
+  number: number;
+  name: string;
+  version: string;
+  at: string;
 }
 
 export interface FhirPushInfo {

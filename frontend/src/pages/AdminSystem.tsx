@@ -137,6 +137,7 @@ export function AdminSystemPage() {
           ? 'warn'
           : 'ok';
   const overallOk = d?.health?.status === 'ok';
+  const lastMigration = d?.home?.migrations?.at(-1);
 
   return (
     <div className="page">
@@ -145,6 +146,11 @@ export function AdminSystemPage() {
         subtitle={
           <>
             {d ? `Version ${d.version}` : 'Appliance health'}
+            {lastMigration && (
+              <span className="muted" data-testid="home-migration" title={lastMigration.name}>
+                {' '}· home at migration {lastMigration.number} (by {lastMigration.version})
+              </span>
+            )}
             {sys.updatedAt && (
               <span className="muted"> · updated {formatDateTime(sys.updatedAt, true).slice(11)}, refreshes every 10 s</span>
             )}

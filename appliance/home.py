@@ -49,7 +49,7 @@ def init_home(settings: Settings) -> InitResult:
 
 
 def _init_locked(settings: Settings, layout: HomeLayout) -> InitResult:
-    refuse_newer(layout, read_record(layout), current_version())
+    refuse_newer(layout, read_record(layout))
     created = not settings.config_file.exists()
     make_home_dirs(layout)
     if created:
@@ -81,7 +81,7 @@ def require_initialized(settings: Settings) -> HomeLayout:
             f"{settings.home} is not a NeuroNova home yet. "
             f"Run `neuronova init --home {settings.home}` first."
         )
-    refuse_newer(layout, read_record(layout), current_version())
+    refuse_newer(layout, read_record(layout))
     return layout
 
 

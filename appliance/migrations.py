@@ -24,7 +24,7 @@ from appliance.db import converge_schema, now_iso, open_database
 from appliance.durable import fsync_dir, write_atomic
 from appliance.errors import ConfigError, HomeTooNewError
 from appliance.layout import HomeLayout
-from appliance.version import image_tag
+from appliance.version import current, image_tag
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,13 @@ def write_record(layout: HomeLayout, record: HomeRecord) -> None:
     fsync_dir(layout.record_file.parent)
 
 
-def refuse_newer(layout: HomeLayout, record: HomeRecord, version: str) -> None:
-    """:class:`HomeTooNewError` when ``record`` names migrations this version lacks."""
+def refuse_newer(layout: HomeLayout, record: HomeRecord, version: str | None = None) -> None:
+    """:class:`HomeTooNewError` when ``record`` names migrations this version lacks
+    (``version``: this program's, asked only then)."""
     known = MIGRATIONS[-1].number
     if record.level <= known:
         return
+    version = version or current()
     newer = next(m for m in record.migrations if m.number > known)
     raise HomeTooNewError(
         f"{layout.home} was migrated by NeuroNova {newer.version} (migration {newer.number}: "

@@ -14,7 +14,7 @@ from conftest import free_port
 from pydicom.data import get_testdata_file
 
 from appliance.config import load_settings
-from appliance.db import open_database
+from appliance.db import converge_schema, open_database
 from appliance.home import init_home
 from appliance.ingest.intake import SETTLE_SECONDS, Ingest
 from appliance.ingest.journal import Journal
@@ -124,6 +124,7 @@ def test_codec_warm_up_refuses_a_codec_that_changes_pixels(monkeypatch):
 
 
 def test_an_older_database_gets_images_at_and_its_stored_rows_count_as_done(tmp_path):
+    """Migration 1 (appliance.migrations) brings an older database up to date."""
     path = tmp_path / "app.db"
     old = sqlite3.connect(path)
     old.execute("CREATE TABLE instances (sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, "
@@ -133,7 +134,10 @@ def test_an_older_database_gets_images_at_and_its_stored_rows_count_as_done(tmp_
     old.execute("INSERT INTO instances VALUES ('1.2', '1', '2', 'received', 't0', NULL, NULL)")
     old.commit()
     old.close()
-    rows = {r["sop_uid"]: r for r in open_database(path)["instances"].rows}
+    db = open_database(path)
+    assert "images_at" not in db["instances"].columns_dict  # opening changes nothing
+    converge_schema(db)
+    rows = {r["sop_uid"]: r for r in db["instances"].rows}
     assert rows["1.1"]["images_at"] == "t1" and rows["1.2"]["images_at"] is None
 
 

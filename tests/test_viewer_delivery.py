@@ -185,6 +185,14 @@ def test_content_hashed_files_are_immutable_for_a_year(served):
         assert headers.get_all("Cache-Control") == [IMMUTABLE], name
 
 
+def test_the_main_apps_assets_carry_one_cache_control(served):
+    [asset] = [p.name for p in (spa_root() / "main" / "assets").glob("index-*.js")]
+    status, headers, _ = https(served, f"/assets/{asset}")
+    assert status == 200
+    assert headers.get_all("Cache-Control") == [IMMUTABLE]
+    assert "Expires" not in headers
+
+
 @pytest.mark.parametrize("name", ["app-config.js", "app.bundle.css", "1602.css"])
 def test_unhashed_files_are_revalidated_with_their_etag(served, name):
     status, headers, _ = https(served, f"/pacs-viewer/{name}", {"Accept-Encoding": "br"})

@@ -15,7 +15,9 @@ What it does (design.md, measured fact 4):
 2. Extract only ``package/dist/`` into a temporary folder next to the destination.
 3. Rebase the build from ``/`` onto ``/pacs-viewer/`` (index.html, the webpack runtime
    public path in every JS bundle that sets it, CSS ``url(/...)``) and check each edit.
-   Preload the main bundle and the OpenJPH codec from index.html.
+   Register only the modes and extensions the appliance uses (the main bundle's
+   generated plugin list, renamed to its new content hash), and preload from index.html
+   the main bundle, the OpenJPH codec and the chunks the viewer route needs.
 4. Write our ``app-config.js`` (one same-origin DICOMweb data source, no credentials).
 5. Precompress: a brotli (``.br``, quality 11) and a gzip -9 (``.gz``) sibling next to
    every compressible file, which nginx sends as they are (``brotli_static``,
@@ -57,7 +59,7 @@ DATA_SOURCE_NAME = "neuronova"
 
 MARKER_NAME = ".neuronova-ohif.json"
 # Bump when the patches or the marker's meaning change, to force a reinstall.
-INSTALL_FORMAT = 2
+INSTALL_FORMAT = 3
 DIST_PREFIX = "package/dist/"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +77,34 @@ CSS_ROOT_URL_RE = re.compile(r"""url\((\s*['"]?)/(?!/)""")
 HEAD_RE = re.compile(r"<head[^>]*>", re.I)
 # The WebAssembly codec that decodes the archive's HTJ2K frames (OpenJPH).
 OPENJPH_WASM_NEEDLE = b"HTJ2KDecoder"
+MAIN_BUNDLE_RE = re.compile(r'src="' + re.escape(PUBLIC_PATH) + r'(app\.bundle\.[^"]+\.js)"')
+
+# OHIF's build registers every mode and extension of its pluginConfig.json (the
+# generated pluginImports.js inside the main bundle): at start-up the viewer fetches,
+# runs and registers seven modes (microscopy, segmentation, TMTV, preclinical 4D,
+# ultrasound...) and their chunks before it shows anything. The appliance opens studies
+# in one mode, the longitudinal viewer (route `viewer`: the worklist's, the share links'
+# and SMART's links), which needs these two extensions at start-up.
+VIEWER_MODE = "@ohif/mode-longitudinal"
+KEPT_PLUGINS = ("@ohif/extension-default", "@ohif/extension-cornerstone", VIEWER_MODE)
+# The extensions the viewer mode loads as its route opens (its extensionDependencies).
+# Those for DICOM SEG, parametric maps and RT structures serve no modality's objects, but
+# the mode's toolbar asks them for its evaluators (without them it fails to render).
+VIEWER_MODE_EXTENSIONS = (
+    "@ohif/extension-measurement-tracking",
+    "@ohif/extension-cornerstone-dicom-sr",
+    "@ohif/extension-cornerstone-dicom-seg",
+    "@ohif/extension-cornerstone-dicom-pmap",
+    "@ohif/extension-cornerstone-dicom-rt",
+    "@ohif/extension-dicom-pdf",
+    "@ohif/extension-dicom-video",
+)
+PLUGIN_PUSH_RE = re.compile(
+    r'^[ \t]*pluginImports_(?:extensions|modes)\.push\("([^"\n]+)"\);[ \t]*\n', re.M
+)
+# pluginImports.js's loader: `if (module === "NAME") { const imported = await <chunks>`.
+PLUGIN_LOADER_RE = re.compile(r'if \(module === "([^"\n]+)"\) \{\s*const imported = await ([^\n]+)')
+CHUNK_ID_RE = re.compile(r"__webpack_require__\.e\((?:/\* import\(\) \*/ )?(\d+)\)")
 
 # Precompression: text and WebAssembly (images and fonts are compressed already). Source
 # maps and ort/ (ONNX Runtime, 136 MB, for a segmentation tool the viewer's CSP keeps
@@ -105,6 +135,8 @@ class PatchReport:
     css_urls: int = 0
     manifest_icons: int = 0
     preloads: list[str] = field(default_factory=list)
+    removed_plugins: list[str] = field(default_factory=list)
+    main_bundle: str = ""
 
 
 def log(message: str) -> None:
@@ -362,8 +394,7 @@ def patch_js_files(root: Path, report: PatchReport) -> None:
 
 def check_main_bundle_patched(root: Path, report: PatchReport) -> None:
     """The bundle that index.html loads must be one of the patched files."""
-    index = read_text(root / "index.html")
-    scripts = re.findall(r'src="' + re.escape(PUBLIC_PATH) + r'(app\.bundle\.[^"]+\.js)"', index)
+    scripts = MAIN_BUNDLE_RE.findall(read_text(root / "index.html"))
     if not scripts:
         raise FetchError("index.html does not load an app.bundle.*.js script")
     missing = [name for name in scripts if name not in report.js_files]
@@ -396,19 +427,94 @@ def patch_manifest_file(root: Path, report: PatchReport) -> None:
     write_text(path, text)
 
 
-def preload_links(bundle: str, codec: str, base: str = PUBLIC_PATH) -> str:
-    """``<link rel=preload>`` for the main bundle and the HTJ2K codec.
+def trim_plugins(text: str, kept: tuple[str, ...] = KEPT_PLUGINS) -> tuple[str, list[str]]:
+    """Drop every mode and extension but ``kept`` from the bundle's generated plugin list.
 
-    The codec is fetched by the decode workers only once the 17 MB bundle has run; asked
-    for at once, it comes from the HTTP cache by then (it is cached as immutable). A
-    fetch() from a worker is a CORS-mode, same-origin-credentials request: hence
-    ``as="fetch"`` and ``crossorigin``.
+    Returns the new text and the names removed; raises :class:`FetchError` unless each
+    kept name was registered once.
     """
-    return (
-        f'<link rel="preload" href="{base}{bundle}" as="script">'
-        f'<link rel="preload" href="{base}{codec}" as="fetch" type="application/wasm" '
-        "crossorigin>"
+    names = PLUGIN_PUSH_RE.findall(text)
+    missing = [name for name in kept if names.count(name) != 1]
+    if missing:
+        raise FetchError(f"the main bundle does not register {missing} once (found {names})")
+    text = PLUGIN_PUSH_RE.sub(lambda m: m[0] if m[1] in kept else "", text)
+    return text, [name for name in names if name not in kept]
+
+
+def plugin_chunks(text: str, names: tuple[str, ...]) -> list[str]:
+    """The webpack chunk ids that loading the modes and extensions ``names`` fetches."""
+    loaders = dict(PLUGIN_LOADER_RE.findall(text))
+    missing = [name for name in names if name not in loaders]
+    if missing:
+        raise FetchError(f"the main bundle has no loader for {missing}")
+    chunks = [chunk for name in names for chunk in CHUNK_ID_RE.findall(loaders[name])]
+    return list(dict.fromkeys(chunks))
+
+
+def chunk_files(root: Path, chunks: list[str]) -> list[str]:
+    """The files of webpack chunks: each one's ``ID.bundle.HASH.js`` and ``ID.css``
+    (a chunk has one or both)."""
+    files = []
+    for chunk in chunks:
+        found = sorted(p.name for p in root.glob(f"{chunk}.bundle.*.js"))
+        found += [f"{chunk}.css"] if (root / f"{chunk}.css").is_file() else []
+        if not found or len(found) > 2 or not (found[-1].endswith(".css") or len(found) == 1):
+            raise FetchError(f"expected a script and/or a stylesheet for webpack chunk {chunk}, "
+                             f"found {found}")  # fmt: skip
+        files += found
+    return files
+
+
+def rename_to_content_hash(root: Path, name: str) -> str:
+    """Give a changed ``app.bundle.HASH.js`` the hash of its new content, so that no
+    browser keeps the published one it cached as immutable; update its references."""
+    path = root / name
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    renamed = f"app.bundle.{digest}.js"
+    path.rename(root / renamed)
+    for referrer in ("index.html", "sw.js"):
+        other = root / referrer
+        if other.is_file():
+            write_text(other, read_text(other).replace(name, renamed))
+    return renamed
+
+
+def main_bundle_name(root: Path) -> str:
+    """The one ``app.bundle.*.js`` that index.html loads."""
+    bundles = MAIN_BUNDLE_RE.findall(read_text(root / "index.html"))
+    if len(bundles) != 1:
+        raise FetchError(f"index.html should load one app.bundle.*.js, found {bundles}")
+    return bundles[0]
+
+
+def trim_main_bundle(root: Path, report: PatchReport) -> list[str]:
+    """Register only :data:`KEPT_PLUGINS`; return the chunk files the viewer route needs."""
+    name = main_bundle_name(root)
+    text, report.removed_plugins = trim_plugins(read_text(root / name))
+    write_text(root / name, text)
+    chunks = plugin_chunks(text, KEPT_PLUGINS + VIEWER_MODE_EXTENSIONS)
+    report.main_bundle = rename_to_content_hash(root, name)
+    return chunk_files(root, chunks)
+
+
+def preload_links(files: list[str], codec: str, base: str = PUBLIC_PATH) -> str:
+    """``<link rel=preload>`` for the main bundle, the HTJ2K codec and webpack chunks.
+
+    ``files`` starts with the main bundle. The codec is fetched by the decode workers only
+    once the 17 MB bundle has run; asked for at once, it comes from the HTTP cache by then
+    (it is cached as immutable). A fetch() from a worker is a CORS-mode,
+    same-origin-credentials request: hence ``as="fetch"`` and ``crossorigin``. The chunks
+    are what webpack would fetch in three rounds, one after another, once the bundle has
+    run (its script and link tags have no ``crossorigin``, and neither do these).
+    """
+    links = [f'<link rel="preload" href="{base}{files[0]}" as="script">']
+    links.append(
+        f'<link rel="preload" href="{base}{codec}" as="fetch" type="application/wasm" crossorigin>'
     )
+    for name in files[1:]:
+        kind = "style" if name.endswith(".css") else "script"
+        links.append(f'<link rel="preload" href="{base}{name}" as="{kind}">')
+    return "".join(links)
 
 
 def openjph_wasm(root: Path) -> str:
@@ -419,28 +525,33 @@ def openjph_wasm(root: Path) -> str:
     return found[0]
 
 
-def add_preloads(root: Path, report: PatchReport) -> None:
-    """Preload the main bundle and the OpenJPH codec from the top of index.html's head."""
+def add_preloads(root: Path, report: PatchReport, chunks: list[str]) -> None:
+    """Preload the main bundle, the OpenJPH codec and ``chunks`` from the top of
+    index.html's head."""
     path = root / "index.html"
-    text = read_text(path)
-    bundles = re.findall(r'src="' + re.escape(PUBLIC_PATH) + r'(app\.bundle\.[^"]+\.js)"', text)
-    if len(bundles) != 1:
-        raise FetchError(f"index.html should load one app.bundle.*.js, found {bundles}")
+    bundle = main_bundle_name(root)
     codec = openjph_wasm(root)
-    text, count = HEAD_RE.subn(lambda m: m[0] + preload_links(bundles[0], codec), text, count=1)
+    text = read_text(path)
+    links = preload_links([bundle, *chunks], codec)
+    text, count = HEAD_RE.subn(lambda m: m[0] + links, text, count=1)
     if count != 1:
         raise FetchError("index.html has no <head> to put the preloads in")
     write_text(path, text)
-    report.preloads = [bundles[0], codec]
+    report.preloads = [bundle, codec, *chunks]
 
 
-def patch_tree(root: Path) -> PatchReport:
-    """Apply and verify every patch in the extracted dist at ``root``."""
+def patch_tree(root: Path, trim: bool = True) -> PatchReport:
+    """Apply and verify every patch in the extracted dist at ``root``.
+
+    ``trim=False`` leaves OHIF's own set of modes and extensions (the stock viewer that
+    bench/viewer_startup.py compares with).
+    """
     report = PatchReport()
     patch_index_file(root, report)
     patch_js_files(root, report)
     check_main_bundle_patched(root, report)
-    add_preloads(root, report)
+    chunks = trim_main_bundle(root, report) if trim else []
+    add_preloads(root, report, chunks)
     patch_css_files(root, report)
     patch_manifest_file(root, report)
     return report
@@ -699,7 +810,11 @@ def build(tarball: Path, staged: Path, app_config: str, marker: dict[str, object
         f"{report.css_urls} CSS url(/) in {len(report.css_files)} file(s), "
         f"{report.manifest_icons} manifest icons"
     )
-    log(f"preloading {', '.join(report.preloads)} from index.html")
+    log(
+        f"registered {', '.join(KEPT_PLUGINS)} only (not {', '.join(report.removed_plugins)}); "
+        f"main bundle renamed {report.main_bundle}"
+    )
+    log(f"preloading {len(report.preloads)} files from index.html: {', '.join(report.preloads)}")
     (staged / "app-config.js").write_text(app_config, encoding="utf-8")
     started = time.monotonic()
     count, raw, br, gz = precompress_tree(staged)

@@ -50,13 +50,44 @@ INDEX_HTML = (
     '<link href="/app.bundle.css" rel="stylesheet"></head><body></body></html>'
 )
 
+# The generated pluginImports.js of the bundle: the registrations, then the loaders.
+REMOVED_PLUGINS = ["@ohif/extension-ultrasound-pleura-bline", "@ohif/mode-tmtv"]
+# Chunk ids each module's loader fetches: 7 is shared, 8 has a stylesheet only, 99 belongs
+# to a mode that is not kept.
+LOADER_CHUNKS = {
+    "@ohif/extension-default": ["7", "8"],
+    "@ohif/extension-cornerstone": ["7", "9"],
+    "@ohif/mode-longitudinal": ["10"],
+    **{name: ["7", str(20 + i)] for i, name in enumerate(fetch_ohif.VIEWER_MODE_EXTENSIONS)},
+    "@ohif/mode-tmtv": ["99"],
+}
+CHUNK_SCRIPTS = ["7", "9", "10", "99", *(str(20 + i) for i in range(7))]
+CHUNK_STYLES = ["8", "9"]
+
+
+def plugin_imports() -> str:
+    """A stand-in for the generated pluginImports.js (OHIF 3.13.2's shape)."""
+    pushes = [
+        f'pluginImports_{"modes" if "/mode-" in name else "extensions"}.push("{name}");'
+        for name in [*fetch_ohif.KEPT_PLUGINS, *REMOVED_PLUGINS]
+    ]
+    loaders = [
+        f'  if (module === "{name}") {{\n    const imported = await Promise.all(/* import() */ '
+        f"[{', '.join(f'__webpack_require__.e({c})' for c in chunks)}])"
+        ".then(__webpack_require__.bind(__webpack_require__, 1));\n"
+        "    return imported.default;\n  }"
+        for name, chunks in LOADER_CHUNKS.items()
+    ]
+    return "\n".join([*pushes, "async function loadModule(module) {", *loaders, "}", ""])
+
+
 JS_BUNDLE = """\
 /******/ 	/* webpack/runtime/publicPath */
 /******/ 	(() => {
 /******/ 		__webpack_require__.p = "/";
 /******/ 	})();
 const CT_AAA = (__webpack_require__.p + "assets/images/CT-AAA.png");
-"""
+""" + plugin_imports()
 
 CSS = (
     "@font-face{src:url(/a34f9d1faa5f3315.woff2) format('woff2')}"
@@ -143,15 +174,26 @@ def make_dist(root: Path, bundle: str = JS_BUNDLE) -> None:
     (root / "manifest.json").write_text(json.dumps({"icons": [{"src": "/assets/a.png"}]}))
     (root / CODEC).write_text("\0asm ... HTJ2KDecoder ...")
     (root / "0ddf166f7a343eda.wasm").write_text("\0asm ... J2KDecoder ...")
+    (root / "sw.js").write_text('precache(["/app.bundle.0f6159c501addfe9.js"]);')
+    for chunk in CHUNK_SCRIPTS:
+        (root / chunk_script(chunk)).write_text(f"chunk({chunk});")
+    for chunk in CHUNK_STYLES:
+        (root / f"{chunk}.css").write_text(".x{}")
+
+
+def chunk_script(chunk: str) -> str:
+    """The file name of a chunk's script in :func:`make_dist`."""
+    return f"{chunk}.bundle.{int(chunk):016x}.js"
 
 
 def test_patch_tree_reports_every_patch(tmp_path: Path) -> None:
     make_dist(tmp_path)
-    report = fetch_ohif.patch_tree(tmp_path)
+    report = fetch_ohif.patch_tree(tmp_path, trim=False)
     assert report.js_files == ["app.bundle.0f6159c501addfe9.js", "compute.bundle.1.js"]
     assert (report.index_public_url, report.index_root_attrs) == (2, 5)
     assert (report.css_urls, report.manifest_icons) == (2, 1)
     assert report.preloads == ["app.bundle.0f6159c501addfe9.js", CODEC]
+    assert report.removed_plugins == []
     assert '"/pacs-viewer/"' in (tmp_path / "compute.bundle.1.js").read_text()
     assert (tmp_path / "other.js").read_text() == "console.log(1);"
 
@@ -171,7 +213,7 @@ def test_patch_tree_fails_when_index_has_no_public_url(tmp_path: Path) -> None:
 
 def test_index_html_preloads_the_main_bundle_and_the_htj2k_codec(tmp_path: Path) -> None:
     make_dist(tmp_path)
-    fetch_ohif.patch_tree(tmp_path)
+    fetch_ohif.patch_tree(tmp_path, trim=False)
     text = (tmp_path / "index.html").read_text()
     head = text.index("<head>") + len("<head>")
     assert text[head:].startswith(
@@ -180,6 +222,59 @@ def test_index_html_preloads_the_main_bundle_and_the_htj2k_codec(tmp_path: Path)
         "crossorigin>"
     )
     assert text.count('rel="preload"') == 3  # and OHIF's own for app-config.js
+
+
+# --------------------------------------------------------------------------- trim
+
+
+def test_only_the_viewer_mode_and_its_extensions_are_registered() -> None:
+    text, removed = fetch_ohif.trim_plugins(JS_BUNDLE)
+    assert removed == REMOVED_PLUGINS
+    for name in fetch_ohif.KEPT_PLUGINS:
+        assert text.count(f'.push("{name}");') == 1
+    for name in REMOVED_PLUGINS:
+        assert f'.push("{name}");' not in text
+    assert 'if (module === "@ohif/mode-tmtv")' in text  # the loaders stay
+
+
+def test_trim_fails_loudly_when_a_kept_plugin_is_not_registered() -> None:
+    source = JS_BUNDLE.replace('pluginImports_modes.push("@ohif/mode-longitudinal");', "")
+    with pytest.raises(fetch_ohif.FetchError, match=r"does not register .*mode-longitudinal"):
+        fetch_ohif.trim_plugins(source)
+
+
+def test_trimmed_bundle_takes_the_hash_of_its_new_content(tmp_path: Path) -> None:
+    make_dist(tmp_path)
+    report = fetch_ohif.patch_tree(tmp_path)
+    [bundle] = [p for p in tmp_path.glob("app.bundle.*.js")]
+    assert report.main_bundle == bundle.name != "app.bundle.0f6159c501addfe9.js"
+    assert bundle.name == f"app.bundle.{hashlib.sha256(bundle.read_bytes()).hexdigest()[:16]}.js"
+    assert report.removed_plugins == REMOVED_PLUGINS
+    assert '.push("@ohif/mode-tmtv")' not in bundle.read_text()
+    for referrer in ("index.html", "sw.js"):
+        text = (tmp_path / referrer).read_text()
+        assert f"/{bundle.name}" in text and "0f6159c501addfe9" not in text
+
+
+def test_the_viewer_routes_chunks_are_preloaded_once_each(tmp_path: Path) -> None:
+    make_dist(tmp_path)
+    report = fetch_ohif.patch_tree(tmp_path)
+    scripts = ["7", "9", "10", *(str(20 + i) for i in range(7))]
+    chunks = [chunk_script(c) for c in scripts]
+    chunks[1:1] = ["8.css"]
+    chunks.insert(chunks.index(chunk_script("9")) + 1, "9.css")
+    assert report.preloads == [report.main_bundle, CODEC, *chunks]
+    text = (tmp_path / "index.html").read_text()
+    assert f'<link rel="preload" href="/pacs-viewer/{chunk_script("7")}" as="script">' in text
+    assert '<link rel="preload" href="/pacs-viewer/8.css" as="style">' in text
+    assert chunk_script("99") not in text  # the chunk of a mode that is not kept
+
+
+def test_a_chunk_without_files_fails_loudly(tmp_path: Path) -> None:
+    make_dist(tmp_path)
+    (tmp_path / chunk_script("10")).unlink()
+    with pytest.raises(fetch_ohif.FetchError, match=r"webpack chunk 10"):
+        fetch_ohif.patch_tree(tmp_path)
 
 
 def test_preloads_fail_loudly_without_the_codec(tmp_path: Path) -> None:

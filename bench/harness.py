@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,13 @@ BENCH_USER = "bench"
 # What a viewer asks for a frame with: the stored transfer syntax, as one multipart part.
 ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 REPO = Path(__file__).resolve().parent.parent
+# The appliance's own self-signed certificate on loopback: encrypted, not verified.
+_UNVERIFIED_TLS = ssl.create_default_context()
+_UNVERIFIED_TLS.check_hostname = False
+_UNVERIFIED_TLS.verify_mode = ssl.CERT_NONE
+_TLS_OPENER = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=_UNVERIFIED_TLS)
+)
 
 
 def free_port() -> int:
@@ -75,12 +83,18 @@ def http(
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
 ) -> tuple[int, Any, bytes]:
-    """GET (or POST ``data``) ``url`` on loopback; (status, headers, body), also for 4xx/5xx."""
-    if not url.startswith(f"http://{LOOPBACK}:"):
+    """GET (or POST ``data``) ``url`` on loopback; (status, headers, body), also for 4xx/5xx.
+
+    ``https://`` URLs are for the appliance's own (self-signed) certificate: not verified."""
+    if not url.startswith((f"http://{LOOPBACK}:", f"https://{LOOPBACK}:")):
         raise ValueError(f"benchmarks only talk to {LOOPBACK}: {url}")
     request = urllib.request.Request(url, data=data, headers=headers or {})
     try:
-        with loopback.urlopen(request, timeout=timeout) as resp:
+        if url.startswith("https://"):
+            opened = _TLS_OPENER.open(request, timeout=timeout)
+        else:
+            opened = loopback.urlopen(request, timeout=timeout)
+        with opened as resp:
             return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()

@@ -34,7 +34,7 @@ from appliance.store.frame_files import BOUNDARY, frame_relpath
 from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.browser import correlation
 from bench.synthetic import INTERCEPT, make_slices, write_series
-from bench.viewer import completes
+from bench.viewer_load import completes
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

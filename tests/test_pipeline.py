@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_for
 from pydicom.data import get_testdata_file
 
 from appliance.config import load_settings
@@ -51,6 +53,30 @@ def test_orthanc_down_means_a_retry_with_backoff(home):
     assert Path(spool).exists()  # nothing is lost while Orthanc is away
     frames = HomeLayout(home.home).frames_dir
     assert list(frames.rglob("frames/1"))  # frame files are ready before the store
+
+
+def test_previews_wait_while_an_object_is_ingested(tmp_path):
+    """A JPEG task that finds the worker ingesting is put off (ingest comes first on 2
+    cores); once nothing is ingested it runs. Orthanc here is a port that accepts the
+    connection and never answers, so the ingest stays in its store call until the port
+    closes."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    settings = load_settings(tmp_path / "home", {"orthanc_port": silent.getsockname()[1]},
+                             environ={})  # fmt: skip
+    init_home(settings)
+    sop, spool = accept_ct(settings)
+    pipeline = Pipeline(settings)
+    outcomes: list = []
+    ingest = threading.Thread(target=lambda: outcomes.append(pipeline.process(sop, spool)))
+    ingest.start()
+    journal = Journal(HomeLayout(settings.home).database_file)
+    wait_for(lambda: journal.db["instances"].get(sop)["state"] == "processing", 30, "the claim")
+    later = pipeline.write_images(sop, spool)
+    assert later.state == "later" and later.retry_in == pipeline_module.IMAGES_AFTER_INGEST
+    silent.close()  # the store fails: the ingest ends (to be retried)
+    ingest.join(60)
+    assert outcomes[0].state == "retry"
+    assert pipeline.write_images(sop, spool).state == "skipped"  # runs: nothing stored yet
 
 
 def test_an_outage_never_fails_an_object_it_waits(home, monkeypatch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pydicom
@@ -54,15 +55,21 @@ class Ingest:
         return self._journal(ds, item, path, source, len(data), policy)
 
     def receive(
-        self, received: Path, ds: pydicom.Dataset, source: str, policy: str
+        self,
+        received: Path,
+        ds: pydicom.Dataset,
+        source: str,
+        policy: str,
+        synced: Future[None] | None = None,
     ) -> Refusal | None:
         """The receiver's :meth:`accept`: a whole file in the spool's ``incoming/`` is moved
-        into the spool (no copy), then journaled and queued, or held under ``policy``.
+        into the spool (no copy; fsynced first, or by ``synced``, see
+        :meth:`Spool.adopt`), then journaled and queued, or held under ``policy``.
 
         Returns the refusal when the object is held (kept for an admin, not queued).
         """
         item = describe(ds)
-        path = self.spool.adopt(item.sop_uid, received)
+        path = self.spool.adopt(item.sop_uid, received, synced)
         return self._journal(ds, item, path, source, path.stat().st_size, policy)
 
     def _journal(

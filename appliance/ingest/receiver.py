@@ -171,8 +171,9 @@ def _store(event: evt.Event, ingest: Ingest, policy: StorePolicy) -> int | Datas
     source = f"dicom:{ae_title}"
     try:
         path = event.dataset_path
+        synced = ingest.spool.sync_soon(path)  # the disk works while the object is checked
         ds = scan_file(path, event.context.transfer_syntax, HEADER_KEYWORDS, policy.max_inflated)
-        refusal = ingest.receive(path, ds, source, policy.overwrite)
+        refusal = ingest.receive(path, ds, source, policy.overwrite, synced)
     except SpoolFull as exc:
         log.error("refused an object from %s: %s", ae_title, exc)
         return _status(OUT_OF_RESOURCES, f"Out of resources: {exc}")

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from appliance.durable import fsync_dir, write_atomic
@@ -16,6 +17,9 @@ MIN_FREE_BYTES = 512 * 1024**2
 # A file being received (C-STORE, STOW) is written more often than this: twice the
 # receiver's idle timeout, and nginx gives up on a silent STOW client sooner.
 STALE_PARTIAL = 60.0
+# fsyncs begun by sync_soon() at once: one per association that is storing (an fsync
+# holds no lock; more associations than this wait for a thread, not for each other).
+SYNC_THREADS = 8
 log = logging.getLogger("neuronova.spool")
 
 
@@ -33,6 +37,7 @@ class Spool:
         self._low = False
         self.incoming = root / "incoming"
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self._syncing = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="spool-fsync")
 
     def free_bytes(self) -> int:
         """Free space on the spool's file system."""
@@ -49,18 +54,25 @@ class Spool:
         fsync_dir(self.root)
         return final
 
-    def adopt(self, sop_uid: str, received: Path) -> Path:
+    def sync_soon(self, received: Path) -> Future[None]:
+        """Begin the fsync of a file received into :attr:`incoming`, on a thread of the
+        spool's: the receiver checks the object meanwhile (the disk and the CPU work at
+        once), then hands the future to :meth:`adopt`."""
+        return self._syncing.submit(_fsync_file, received)
+
+    def adopt(self, sop_uid: str, received: Path, synced: Future[None] | None = None) -> Path:
         """Make a file received into :attr:`incoming` durable under its spool name.
 
         The receiver writes each data set there as it arrives (pynetdicom's chunked
-        receive), so it is fsynced and renamed, never copied. Raises as :meth:`write`.
+        receive), so it is fsynced and renamed, never copied: fsynced here, or by
+        ``synced`` (:meth:`sync_soon`), which is waited for before the rename. Raises as
+        :meth:`write`, and the fsync's error.
         """
         final = self._name(sop_uid, received.stat().st_size)
-        fd = os.open(received, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if synced is None:
+            _fsync_file(received)
+        else:
+            synced.result()
         os.replace(received, final)
         fsync_dir(self.root)
         return final
@@ -109,3 +121,11 @@ class Spool:
         for path in partial:
             path.unlink(missing_ok=True)
         return len(partial)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ log = logging.getLogger("neuronova.worker")
 MAX_ATTEMPTS = 12
 BACKOFF_CAP = 120.0
 IMAGES_RETRY = 30.0
+# A preview (JPEG) task that finds an object being ingested waits this long: on 2 cores
+# its CPU would be taken from the transcoding that makes objects viewable.
+IMAGES_AFTER_INGEST = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,14 @@ class Pipeline:
         self.journal = journal or Journal(layout.database_file)
         self.frames_root = layout.frames_dir
         self.orthanc = OrthancStore(settings)
+        self._ingesting = _Count()
 
     def process(self, sop_uid: str, spool_path: str) -> Outcome:
         """Run every step for one spool file; safe to call twice for the same file."""
+        with self._ingesting:
+            return self._process(sop_uid, spool_path)
+
+    def _process(self, sop_uid: str, spool_path: str) -> Outcome:
         if not self.journal.claim(sop_uid, spool_path):
             if self.journal.superseded(sop_uid, spool_path):
                 Path(spool_path).unlink(missing_ok=True)  # a newer copy of this SOP won
@@ -191,8 +200,13 @@ class Pipeline:
         """Write the JPEGs of a stored HTJ2K instance from its copy in Orthanc (idempotent).
 
         The journal's ``images_at`` records it, so :meth:`Ingest.recover` queues again
-        what a crash interrupted; a newer copy of the instance makes this a no-op.
+        what a crash interrupted; a newer copy of the instance makes this a no-op. While
+        this worker ingests an object, it is done :data:`IMAGES_AFTER_INGEST` seconds
+        later instead (ingest tasks come first in the queue, and this keeps a preview
+        started between two of them from taking their CPU).
         """
+        if self._ingesting.value:
+            return Outcome("later", retry_in=IMAGES_AFTER_INGEST)
         if not self.journal.images_pending_for(sop_uid, spool_path):
             return Outcome("skipped")
         try:
@@ -244,6 +258,22 @@ class Pipeline:
             images_at=now_iso() if images else None,
         )
         Path(spool_path).unlink(missing_ok=True)
+
+
+class _Count:
+    """How many threads are inside a ``with`` block of it now."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.value += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.value -= 1
 
 
 def _stored_bytes(source: pydicom.Dataset, result: TranscodeResult) -> bytes:

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from samples import native_dataset, read
 
 from appliance.store.frame_files import BOUNDARY, instance_dir
+from appliance.transcode import frames as frame_writer
 from appliance.transcode.codec import TranscodeResult, dataset_to_bytes, transcode_to_htj2k
 from appliance.transcode.frames import render, thumbnail, write_instance_files
 
@@ -226,3 +227,19 @@ def test_valid_uid_paths(tmp_path: Path) -> None:
     uid = "1.2.840.10008.5.1.4.1.1.2." + "9" * 38
     assert len(uid) == 64
     assert instance_dir(tmp_path, "1.2", "1.3", uid) == tmp_path / "1.2" / "1.3" / uid
+
+
+def test_only_the_folders_made_now_are_reported_for_their_parents_fsync(tmp_path):
+    """write_instance_files fsyncs the parent of each folder it made, not every ancestor:
+    the first instance of a study makes study, series, instance and frames folders; the
+    next instance of the series only its own two."""
+    first = tmp_path / "1.2" / "1.2.3" / "1.2.3.4" / "frames"
+    assert frame_writer._make_folders(first) == [
+        tmp_path / "1.2",
+        tmp_path / "1.2" / "1.2.3",
+        first.parent,
+        first,
+    ]
+    second = tmp_path / "1.2" / "1.2.3" / "1.2.3.5" / "frames"
+    assert frame_writer._make_folders(second) == [second.parent, second]
+    assert frame_writer._make_folders(second) == [] and second.is_dir()

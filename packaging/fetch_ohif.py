@@ -465,6 +465,17 @@ def chunk_files(root: Path, chunks: list[str]) -> list[str]:
     return files
 
 
+def lazy_chunks(root: Path, chunks: list[str]) -> list[str]:
+    """``chunks`` and, after them, every chunk their scripts import in turn (the viewports
+    and panels the extensions load lazily, in a fourth round), to the end."""
+    found = list(chunks)
+    for chunk in found:  # grows while it is read: a breadth-first closure
+        for script in root.glob(f"{chunk}.bundle.*.js"):
+            imported = CHUNK_ID_RE.findall(read_text(script))
+            found += [c for c in dict.fromkeys(imported) if c not in found]
+    return found
+
+
 def rename_to_content_hash(root: Path, name: str) -> str:
     """Give a changed ``app.bundle.HASH.js`` the hash of its new content, so that no
     browser keeps the published one it cached as immutable; update its references."""
@@ -492,7 +503,7 @@ def trim_main_bundle(root: Path, report: PatchReport) -> list[str]:
     name = main_bundle_name(root)
     text, report.removed_plugins = trim_plugins(read_text(root / name))
     write_text(root / name, text)
-    chunks = plugin_chunks(text, KEPT_PLUGINS + VIEWER_MODE_EXTENSIONS)
+    chunks = lazy_chunks(root, plugin_chunks(text, KEPT_PLUGINS + VIEWER_MODE_EXTENSIONS))
     report.main_bundle = rename_to_content_hash(root, name)
     return chunk_files(root, chunks)
 
@@ -504,7 +515,7 @@ def preload_links(files: list[str], codec: str, base: str = PUBLIC_PATH) -> str:
     once the 17 MB bundle has run; asked for at once, it comes from the HTTP cache by then
     (it is cached as immutable). A fetch() from a worker is a CORS-mode,
     same-origin-credentials request: hence ``as="fetch"`` and ``crossorigin``. The chunks
-    are what webpack would fetch in three rounds, one after another, once the bundle has
+    are what webpack would fetch in four rounds, one after another, once the bundle has
     run (its script and link tags have no ``crossorigin``, and neither do these).
     """
     links = [f'<link rel="preload" href="{base}{files[0]}" as="script">']

@@ -177,6 +177,13 @@ def make_dist(root: Path, bundle: str = JS_BUNDLE) -> None:
     (root / "sw.js").write_text('precache(["/app.bundle.0f6159c501addfe9.js"]);')
     for chunk in CHUNK_SCRIPTS:
         (root / chunk_script(chunk)).write_text(f"chunk({chunk});")
+    # Lazy imports: 9 (kept) loads 55, which loads 56; 99 (not kept) loads 66.
+    for chunk, imported in (("9", "55"), ("55", "56"), ("99", "66")):
+        (root / chunk_script(chunk)).write_text(
+            f"__webpack_require__.e(/* import() */ {imported}).then(x);"
+        )
+    for chunk in ("56", "66"):
+        (root / chunk_script(chunk)).write_text(f"chunk({chunk});")
     for chunk in CHUNK_STYLES:
         (root / f"{chunk}.css").write_text(".x{}")
 
@@ -263,11 +270,13 @@ def test_the_viewer_routes_chunks_are_preloaded_once_each(tmp_path: Path) -> Non
     chunks = [chunk_script(c) for c in scripts]
     chunks[1:1] = ["8.css"]
     chunks.insert(chunks.index(chunk_script("9")) + 1, "9.css")
+    chunks += [chunk_script("55"), chunk_script("56")]  # what the chunks load lazily
     assert report.preloads == [report.main_bundle, CODEC, *chunks]
     text = (tmp_path / "index.html").read_text()
     assert f'<link rel="preload" href="/pacs-viewer/{chunk_script("7")}" as="script">' in text
     assert '<link rel="preload" href="/pacs-viewer/8.css" as="style">' in text
     assert chunk_script("99") not in text  # the chunk of a mode that is not kept
+    assert chunk_script("66") not in text
 
 
 def test_a_chunk_without_files_fails_loudly(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ from bench.synthetic import ct_file_dataset, make_slices, write_series
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-IMAGE = "localhost/neuronova-deploy-test"
+IMAGE = f"localhost/nndeploy{os.getpid()}/neuronova"  # one per run: runs may overlap
 ARTIFACTS = REPO / "test-artifacts" / "deploy"
 BROKEN_APP = """#!/bin/sh
 case "$*" in *"service --init app"*) echo "this release is broken: the app exits" >&2; exit 3;; esac
@@ -192,8 +192,9 @@ def example_settings() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def site(vm) -> Iterator[Site]:
-    """The VM's .env (every setting of .env.example); the project removed at the end."""
+def site(vm, releases) -> Iterator[Site]:
+    """The VM's .env (every setting of .env.example); the project removed at the end
+    (before the releases' images)."""
     ports = {"HTTP_PORT": free_port(), "HTTPS_PORT": free_port(), "DICOM_PORT": free_port()}
     project = f"nndeploy{os.getpid()}"
     env = {**example_settings(), "REDIS_IMAGE": REDIS_IMAGE, "REDIS_PASSWORD": os.urandom(12).hex(),

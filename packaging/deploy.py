@@ -56,6 +56,7 @@ KEEP_VERSIONS = 3
 IMAGE_SETTING = "NEURONOVA_IMAGE"  # the setting of compose.yaml the deploy sets itself
 CURRENT_FILE, HISTORY_FILE = "current-version", "deployed-versions"
 RECEIVER_SERVICE = "receiver"
+KEPT_TO_THE_END = {RECEIVER_SERVICE, "redis"}  # while the receiver takes objects in
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
 PROJECT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 REQUIRED_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?")
@@ -141,6 +142,20 @@ class Target:
         """``cd`` into the release's folder (its .env applies) and run compose there."""
         command = [*self.compose, "-p", self.project, "-f", "compose.yaml", *args]
         return f"cd {shlex.quote(self.release_dir(version))} && {shlex.join(command)}"
+
+    def containers_by_service(self) -> dict[str, list[str]]:
+        """The project's containers by service, from their names (``P_service_1`` with
+        podman-compose, ``P-service-1`` with docker compose)."""
+        label = shlex.quote(f"label=com.docker.compose.project={self.project}")
+        said = self.remote.run(f"{self.engine} ps -a --filter {label} --format '{{{{.Names}}}}'",
+                               "switch")  # fmt: skip
+        pattern = re.compile(rf"^{re.escape(self.project)}[-_](.+)[-_][0-9]+$")
+        found: dict[str, list[str]] = {}
+        for name in said.split():
+            match = pattern.match(name)
+            if match:
+                found.setdefault(match.group(1), []).append(name)
+        return found
 
     def containers_script(self) -> str:
         """A shell line printing ``NAME STATUS RESTARTS HEALTHY`` for each container of the
@@ -324,16 +339,46 @@ def write_release_env(target: Target, version: str) -> None:
 
 
 def stop(target: Target, version: str, grace: float) -> None:
-    """Stop ``version``: its receiver first (it finishes its open associations within
-    ``grace``), then the rest; the volumes stay."""
-    seconds = str(int(grace))
-    target.remote.run(target.compose_command(version, "stop", "-t", seconds, RECEIVER_SERVICE),
-                      "switch")  # fmt: skip
+    """Stop ``version`` keeping the DICOM port open as long as it can: first the services
+    a modality does not need, then the receiver (it finishes its open associations within
+    ``grace``), then the rest with ``down`` (Redis, which the receiver queues to); the
+    volumes stay."""
+    engine = target.engine
+    by_service = target.containers_by_service()
+    first = [name for service, names in by_service.items() if service not in KEPT_TO_THE_END
+             for name in names]  # fmt: skip
+    if first:
+        target.remote.run(f"{engine} stop -t 10 {shlex.join(first)}", "switch")
+    receivers = by_service.get(RECEIVER_SERVICE, [])
+    if receivers:
+        target.remote.run(f"{engine} stop -t {int(grace)} {shlex.join(receivers)}", "switch")
     target.remote.run(target.compose_command(version, "down", "-t", "10"), "switch")
+    remove_leftovers(target)
+
+
+def remove_leftovers(target: Target) -> None:
+    """Remove what ``down`` left of the project (podman-compose 1.0.3 leaves a container
+    that was restarting in a loop, and its ``up`` would then start that old container
+    instead of creating the new one)."""
+    left = [name for names in target.containers_by_service().values() for name in names]
+    if left:
+        target.remote.run(f"{target.engine} rm -f {shlex.join(left)} >/dev/null", "switch")
+    still = [name for names in target.containers_by_service().values() for name in names]
+    if still:
+        raise DeployError("switch", f"could not remove {', '.join(still)}")
 
 
 def start(target: Target, version: str) -> None:
+    """``up -d`` of ``version``; every appliance container runs its image."""
     target.remote.run(target.compose_command(version, "up", "-d"), "switch")
+    label = shlex.quote(f"label=com.docker.compose.project={target.project}")
+    said = target.remote.run(f"{target.engine} ps -a --filter {label} "
+                             "--format '{{.Names}} {{.Image}}'", "switch")  # fmt: skip
+    expected = target.image_ref(version)
+    stale = [f"{name} ({image})" for name, image in (line.split() for line in said.splitlines())
+             if image.startswith(f"{target.image}:") and image != expected]  # fmt: skip
+    if stale:
+        raise DeployError("switch", f"not running {expected}: {', '.join(stale)}")
 
 
 def wait_healthy(target: Target, services: int, timeout: float) -> None:

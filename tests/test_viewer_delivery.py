@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import brotli
 import pytest
 from conftest import Appliance, make_appliance, require_tool
+from test_fetch_ohif import fetch_ohif
 
 from appliance import metrics
 from spa_dist import spa_root
@@ -216,6 +217,19 @@ def test_index_html_is_revalidated_and_preloads_the_bundle_and_codec(served, coo
     # A route of the single-page app is the same document, revalidated the same way.
     route = "/pacs-viewer/viewer?StudyInstanceUIDs=1.2.3"
     assert https(served, route, {"Cookie": cookie, "If-None-Match": etag})[0] == 304
+
+
+def test_the_installed_viewer_registers_one_mode_and_serves_every_preload(served, cookie):
+    # What packaging/fetch_ohif.py left in the real dist: the bundle's plugin list holds
+    # only the kept modes and extensions, and each file index.html preloads is served.
+    bundle = (VIEWER / main_bundle()).read_text(encoding="utf-8", errors="surrogateescape")
+    assert fetch_ohif.trim_plugins(bundle)[1] == []
+    page = https(served, "/pacs-viewer/", {"Cookie": cookie})[2].decode()
+    preloads = re.findall(r'<link rel="preload" href="(/pacs-viewer/[^"]+)"', page)
+    chunks = [href for href in preloads if re.search(r"/\d+\.(?:bundle\.[0-9a-f]+\.js|css)$", href)]
+    assert len(chunks) > len(fetch_ohif.VIEWER_MODE_EXTENSIONS)
+    for href in preloads:
+        assert https(served, href, {"Accept-Encoding": "br"})[0] == 200, href
 
 
 # -- the session check -------------------------------------------------------------------

@@ -273,9 +273,11 @@ async def check_orthanc_via_nginx(ctx: Context) -> Check:
 
 
 def _latest_instance(db: sqlite_utils.Database) -> tuple[str, str, str] | None:
+    """A recently stored instance: the last updated, which the (state, updated_at) index
+    finds at once (ordering by stored_at read every stored instance of the archive)."""
     row = db.execute(
         "SELECT study_uid, series_uid, sop_uid FROM instances WHERE state = 'stored' "
-        "ORDER BY stored_at DESC LIMIT 1"
+        "ORDER BY updated_at DESC LIMIT 1"
     ).fetchone()
     return tuple(row) if row else None
 

@@ -153,15 +153,19 @@ class Appliance:
     process: subprocess.Popen | None = None
 
     @classmethod
-    def create(cls, home: Path) -> Appliance:
-        """Initialize ``home`` (settings, secrets, database) and a radiologist to log in as."""
+    def create(cls, home: Path, ours: Path | None = None) -> Appliance:
+        """Initialize ``home`` (settings, secrets, database) and a radiologist to log in as.
+
+        ``ours`` is the bench's own folder above ``home`` (the temporary directory unless
+        given) whose folders may be opened to nginx's workers.
+        """
         ports = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
         values: dict[str, object] = {"bind": LOOPBACK, "redirect_to_https": False}
         values.update({p: free_port() for p in ports})
         settings = load_settings(home, values, environ={})
         init_home(settings)
         # mkdtemp's folders are 0700; nginx's workers run as [internal] nginx_user as root.
-        let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [home])
+        let_workers_reach(worker_user(settings), ours or Path(tempfile.gettempdir()), [home])
         appliance = cls(settings)
         appliance.cli("user", "add", BENCH_USER, "--role", "radiologist", "--password-stdin",
                       stdin=appliance.password + "\n")  # fmt: skip

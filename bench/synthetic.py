@@ -1,4 +1,5 @@
-"""Synthetic CT series for the benchmarks: a realistic 512x512 phantom, and Part 10 files.
+"""Synthetic CT series for the benchmarks: a realistic 512x512 phantom, and Part 10 files;
+small images of CT, MR, CR and DX studies for filling an archive (bench/scale.py).
 
 The slices are 512x512 signed 16-bit CT (stored value = HU + 1024, Rescale Intercept
 -1024): a body of ellipses of different HU (fat, soft tissue, liver, lungs, aorta with
@@ -19,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
 
 SIZE = 512
 NOISE_HU = 12.0
@@ -159,3 +167,112 @@ def write_series(directory: Path, slices: list[np.ndarray]) -> Series:
         sops.append(str(ds.SOPInstanceUID))
         files.append(path)
     return Series(study_uid, series_uid, sops, files, pixels_digest(slices))
+
+
+# Small images of several modalities, for filling an archive (bench/scale.py): the size
+# of a real archive is in its count of instances, studies and patients, not in its pixels.
+SMALL_SOP_CLASSES = {
+    "CT": CTImageStorage,
+    "MR": MRImageStorage,
+    "CR": ComputedRadiographyImageStorage,
+    "DX": DigitalXRayImageStorageForPresentation,
+}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Who and when: the patient and study attributes of a synthesized study."""
+
+    patient_name: str
+    patient_id: str
+    birth_date: str
+    sex: str
+    study_uid: str
+    study_date: str
+    study_time: str
+    accession: str
+    description: str
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """One series of a synthesized study: ``count`` images of ``rows`` x ``columns``."""
+
+    series_uid: str
+    modality: str
+    number: int
+    description: str
+    count: int
+    rows: int
+    columns: int
+
+
+def small_image(spec: SeriesSpec, index: int, rng: np.random.Generator) -> np.ndarray:
+    """A cheap ``rows`` x ``columns`` image: a disc that changes along the series, with
+    noise; int16 HU + 1024 for CT, 12-bit unsigned for the other modalities."""
+    y, x = np.ogrid[0 : spec.rows, 0 : spec.columns]
+    t = index / max(spec.count - 1, 1)
+    radius = min(spec.rows, spec.columns) * (0.25 + 0.15 * np.sin(np.pi * t))
+    inside = (y - spec.rows / 2) ** 2 + (x - spec.columns / 2) ** 2 < radius**2
+    base = np.where(inside, 1100.0, 30.0 if spec.modality == "CT" else 200.0)
+    noisy = base + rng.normal(0.0, NOISE_HU, base.shape)
+    kind = np.int16 if spec.modality == "CT" else np.uint16
+    return np.clip(np.round(noisy), 0, 4095).astype(kind)
+
+
+def small_dataset(
+    study: StudySpec, series: SeriesSpec, index: int, sop_uid: str, pixels: np.ndarray
+) -> Dataset:
+    """A complete image dataset (Explicit VR Little Endian) of ``series.modality``."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SMALL_SOP_CLASSES[series.modality]
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = sop_uid
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName, ds.PatientID = study.patient_name, study.patient_id
+    ds.PatientBirthDate, ds.PatientSex = study.birth_date, study.sex
+    ds.StudyInstanceUID, ds.StudyID = study.study_uid, "1"
+    ds.StudyDate, ds.StudyTime = study.study_date, study.study_time
+    ds.AccessionNumber, ds.ReferringPhysicianName = study.accession, ""
+    ds.StudyDescription = study.description
+    ds.SeriesInstanceUID, ds.SeriesNumber = series.series_uid, series.number
+    ds.SeriesDescription, ds.Modality = series.description, series.modality
+    ds.Manufacturer, ds.ManufacturerModelName = "NeuroNova bench", "synthetic.py"
+    ds.InstanceNumber = index + 1
+    if series.modality in ("CT", "MR"):
+        ds.ImagePositionPatient = [0, 0, -index * SLICE_THICKNESS_MM]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SliceThickness, ds.PixelSpacing = SLICE_THICKNESS_MM, [1, 1]
+    if series.modality == "DX":
+        ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    signed = series.modality == "CT"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16 if signed else 12, 15 if signed else 11
+    ds.PixelRepresentation = int(signed)
+    if signed:
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = INTERCEPT, 1, "HU"
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def write_small_study(
+    directory: Path, study: StudySpec, series: list[SeriesSpec], seed: int
+) -> list[Path]:
+    """Write every image of ``study`` as Part 10 files in ``directory``; their paths.
+
+    The SOP Instance UIDs derive from the series UID and the image's number, so the same
+    specs give the same UIDs.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = []
+    for spec in series:
+        for index in range(spec.count):
+            sop_uid = generate_uid(entropy_srcs=[spec.series_uid, str(index)])
+            ds = small_dataset(study, spec, index, sop_uid, small_image(spec, index, rng))
+            path = directory / f"{spec.number:03d}-{index + 1:04d}.dcm"
+            pydicom.dcmwrite(path, ds, enforce_file_format=True)
+            files.append(path)
+    return files

@@ -1,0 +1,62 @@
+"""bench/scale.py end to end at a tiny size: it fills through the real appliance, grows a
+larger home from the smaller one, reuses the cache, and its figures are sane."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import scale
+
+pytestmark = pytest.mark.slow
+
+SIZES = (150, 400)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One bench run at two tiny sizes: (its cache, its results)."""
+    root = tmp_path_factory.mktemp("scale")
+    out, cache = root / "scale.json", root / "cache"
+    argv = ["--sizes", ",".join(map(str, SIZES)), "--cache", str(cache), "--probe-slices", "12",
+            "--new-instances", "30", "--requests", "4", "--out", str(out)]  # fmt: skip
+    assert scale.main(argv) == 0
+    return cache, json.loads(out.read_text())
+
+
+def test_each_size_is_filled_and_the_larger_grew_from_the_smaller(run: tuple[Path, dict]) -> None:
+    _, results = run
+    small, large = results["sizes"]
+    assert SIZES[0] <= small["instances"] < SIZES[1] <= large["instances"]
+    assert large["fill"][0] == small["fill"][0]  # the first fill step is the smaller home's
+    assert large["fill"][-1]["from"] == small["instances"]
+    expected = sum(scale.study_size(i) for i in range(large["studies"]))
+    assert large["instances"] == expected
+
+
+def test_a_cached_size_is_reused(run: tuple[Path, dict]) -> None:
+    cache, results = run
+    meta = json.loads((scale.entry_path(cache, SIZES[1]) / "scale.json").read_text())
+    assert scale.filled(cache, SIZES[1], 2).path == scale.entry_path(cache, SIZES[1])
+    assert json.loads((scale.entry_path(cache, SIZES[1]) / "scale.json").read_text()) == meta
+    assert meta["instances"] == results["sizes"][1]["instances"]
+
+
+def test_the_figures_are_sane(run: tuple[Path, dict]) -> None:
+    _, results = run
+    for size in results["sizes"]:
+        for name, figure in size["searches"].items():
+            assert 0 < figure["p50_ms"] <= figure["p95_ms"] <= figure["max_ms"], name
+            assert figure["matches"] >= 1, name
+        assert size["searches"]["series_metadata"]["matches"] == 12
+        assert size["probe"]["instances"] == 12 and size["probe"]["cstore_instances_per_s"] > 0
+        backup = size["backup"]
+        assert backup["incremental"]["new_instances"] == 30
+        assert 0 < backup["incremental"]["bytes_copied"] < backup["full"]["bytes_copied"]
+        assert backup["unchanged_via_proxy"]["orthanc_rest_calls"]["total"] > 0
+        disk = size["disk"]["bytes_per_instance"]
+        assert disk["orthanc_storage"] > 0 and disk["frames"] > 0 and disk["orthanc_index"] > 0
+        assert size["startup_to_healthy_s"] > 0 and size["doctor"]["checks"]
+    assert set(results["growth"][0]["per_10x"]) >= {"qido_patient_id_p95_ms", "doctor_s"}

@@ -172,7 +172,7 @@ async def test_dicomweb_read_is_an_empty_x_accel_redirect(client):
     assert resp.status == 200
     assert await resp.read() == b""
     assert resp.headers["X-Accel-Redirect"] == (
-        "/internal-orthanc/api/pacs/dicom-web/studies?PatientName=DOE%2A&limit=5"
+        "/internal-orthanc/api/pacs/dicom-web/studies?PatientName=DOE*&limit=5"
     )
 
 

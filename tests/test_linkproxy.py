@@ -53,7 +53,9 @@ async def fetch(port: int, size: int) -> float:
 
 async def test_time_grows_with_the_bytes_at_the_links_rate() -> None:
     server, proxy, port = await through_proxy()
-    one, two = await fetch(port, 1 * MB), await fetch(port, 2 * MB)
+    # The best of three: a busy machine can only make a transfer slower.
+    one = min([await fetch(port, 1 * MB) for _ in range(3)])
+    two = min([await fetch(port, 2 * MB) for _ in range(3)])
     await proxy.close()
     server.close()
     # Never faster than the line rate, and twice the bytes takes about twice the time.
@@ -85,8 +87,11 @@ async def test_a_round_trip_costs_at_least_the_configured_delay() -> None:
 
 async def test_connections_share_the_rate() -> None:
     server, proxy, port = await through_proxy()
-    alone = await fetch(port, 2 * MB)
-    together = await asyncio.gather(fetch(port, 2 * MB), fetch(port, 2 * MB))
+    alone = min([await fetch(port, 2 * MB) for _ in range(2)])
+    together = min(
+        [await asyncio.gather(fetch(port, 2 * MB), fetch(port, 2 * MB)) for _ in range(2)],
+        key=max,
+    )
     await proxy.close()
     server.close()
     # Two at once move twice the bytes over the same link: the last one ends about when

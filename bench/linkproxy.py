@@ -1,7 +1,9 @@
 """A network link emulated at the TCP level: a shaping proxy for the viewer bench.
 
-Usage: ``python -m bench.linkproxy --link clinic-100m --to 127.0.0.1:8443 [--port 0]``
-(prints ``listening on 127.0.0.1:PORT`` once it accepts connections).
+Usage: ``python -m bench.linkproxy --link clinic-100m --to 127.0.0.1:8443 [--port 0]
+[--netns NAME]`` (prints ``listening on 127.0.0.1:PORT`` once it accepts connections).
+With ``--netns`` it listens on the loopback of that network namespace (the browser's, see
+bench/viewer.py) and relays to ``--to`` in its own; ``--link loopback`` relays unshaped.
 
 Each TCP connection the browser opens is accepted on loopback and relayed to the
 appliance's nginx; each direction of it goes through a :class:`Pipe` that behaves like one
@@ -23,6 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import os
+import socket
 import sys
 import time
 from collections import deque
@@ -30,11 +35,13 @@ from dataclasses import dataclass
 
 CHUNK = 16 * 1024  # bytes read at a time: the link's granularity
 LOOPBACK = "127.0.0.1"
+CLONE_NEWNET = 0x40000000
 
 
 @dataclass(frozen=True)
 class Link:
-    """A symmetric link: ``rate_bps`` each way, ``rtt_s`` round trip, a bottleneck queue."""
+    """A symmetric link: ``rate_bps`` each way (0: unlimited), ``rtt_s`` round trip, a
+    bottleneck queue."""
 
     name: str
     rate_bps: float
@@ -52,11 +59,14 @@ class Link:
         return int(self.rate_bps / 8 * self.delay_s) + self.queue_bytes
 
     def describe(self) -> str:
+        if not self.rate_bps:
+            return "unshaped relay"
         rate = (f"{self.rate_bps / 1e9:g} Gbit/s" if self.rate_bps >= 1e9
                 else f"{self.rate_bps / 1e6:g} Mbit/s")  # fmt: skip
         return f"{rate}, {self.rtt_s * 1e3:g} ms RTT"
 
 
+UNSHAPED = Link("loopback", 0.0, 0.0, queue_bytes=4 * 1024 * 1024)
 LINKS: dict[str, Link] = {
     link.name: link
     for link in (
@@ -84,6 +94,8 @@ class Pipe:
     def schedule(self, size: int) -> float:
         """When ``size`` bytes read now arrive at the far end (monotonic seconds)."""
         now = time.monotonic()
+        if not self.link.rate_bps:
+            return now
         self._free_at = max(now, self._free_at) + size * 8 / self.link.rate_bps
         return self._free_at + self.link.delay_s
 
@@ -149,9 +161,10 @@ class LinkProxy:
         self.connections = 0
         self._server: asyncio.Server | None = None
 
-    async def start(self, port: int = 0) -> int:
-        """Listen; the port."""
-        self._server = await asyncio.start_server(self._serve, LOOPBACK, port)
+    async def start(self, port: int = 0, netns: str | None = None) -> int:
+        """Listen (on the loopback of network namespace ``netns``, if given); the port."""
+        listening = listening_socket(port, netns)
+        self._server = await asyncio.start_server(self._serve, sock=listening)
         return self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -161,7 +174,8 @@ class LinkProxy:
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
-        await asyncio.sleep(self.link.rtt_s)  # SYN, SYN-ACK: the client's first byte waits
+        if self.link.rtt_s:
+            await asyncio.sleep(self.link.rtt_s)  # SYN, SYN-ACK: the client's first byte waits
         try:
             server_r, server_w = await asyncio.open_connection(*self.target)
         except OSError:
@@ -180,10 +194,29 @@ class LinkProxy:
                     await writer.wait_closed()
 
 
-async def serve(link: Link, target: tuple[str, int], port: int) -> None:
+def listening_socket(port: int, netns: str | None) -> socket.socket:
+    """A socket listening on 127.0.0.1:``port``; in network namespace ``netns`` if given
+    (this thread enters it for the socket's creation only: the relayed connections are
+    made from this process's own namespace)."""
+    if netns is None:
+        return socket.create_server((LOOPBACK, port))
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as own, open(f"/run/netns/{netns}") as target:
+        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot enter network namespace {netns}")
+        try:
+            return socket.create_server((LOOPBACK, port))
+        finally:
+            if libc.setns(own.fileno(), CLONE_NEWNET) != 0:  # relaying from there: stop
+                print(f"cannot return to the own network namespace: errno {ctypes.get_errno()}",
+                      file=sys.stderr)  # fmt: skip
+                os._exit(1)
+
+
+async def serve(link: Link, target: tuple[str, int], port: int, netns: str | None) -> None:
     """Run a proxy until cancelled, saying where it listens on stdout."""
     proxy = LinkProxy(link, target)
-    bound = await proxy.start(port)
+    bound = await proxy.start(port, netns)
     print(f"listening on {LOOPBACK}:{bound} ({link.name}: {link.describe()})", flush=True)
     try:
         await asyncio.Event().wait()
@@ -193,16 +226,18 @@ async def serve(link: Link, target: tuple[str, int], port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--link", choices=sorted(LINKS), required=True)
+    parser.add_argument("--link", choices=[UNSHAPED.name, *LINKS], required=True)
     parser.add_argument("--to", required=True, metavar="HOST:PORT",
                         help="where to relay (loopback)")  # fmt: skip
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
+    parser.add_argument("--netns", help="listen in this network namespace (/run/netns/NAME)")
     args = parser.parse_args(argv)
     host, _, port = args.to.rpartition(":")
     if host not in (LOOPBACK, "localhost"):
         parser.error("the proxy relays to loopback only (--to 127.0.0.1:PORT)")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(LINKS[args.link], (host, int(port)), args.port))
+        link = LINKS.get(args.link, UNSHAPED)
+        asyncio.run(serve(link, (host, int(port)), args.port, args.netns))
     return 0
 
 

@@ -18,14 +18,18 @@ its frames come from Orthanc's DICOMweb plugin, uncompressed, through the same g
 
 The browser reaches the viewer as users do: ``https://`` to nginx's TLS port (HTTP/2),
 through bench/linkproxy.py, a shaping proxy per link (rate and delay per direction, bounded
-buffers) on loopback; ``loopback`` goes to nginx directly. Chromium trusts the appliance's
+buffers); ``loopback`` is the same relay unshaped. Chromium runs in a network namespace of
+its own (containers that other work starts on the machine change its interfaces, and
+Chromium drops its connections when they change): the proxies listen on that namespace's
+loopback and relay to nginx on the machine's. Chromium trusts the appliance's
 self-signed certificate by its key (``--ignore-certificate-errors-spki-list``), so that
 it caches as it does for a trusted site (with a certificate error it would cache nothing).
 Each run opens the viewer in a fresh browser context (empty cache) holding a new session
 of the bench radiologist, waits for every frame, closes the page and opens the viewer
 again in the same context (the second visit: the browser's cache as the first left it).
-As a cross-check, the HTJ2K study is also loaded once per link (first round) straight from
-nginx with Chrome's own emulation of the link (DevTools ``Network.emulateNetworkConditions``).
+As a cross-check, the HTJ2K study is also loaded once per link (first round) through the
+unshaped relay with Chrome's own emulation of the link (DevTools
+``Network.emulateNetworkConditions``).
 """
 
 from __future__ import annotations
@@ -162,19 +166,29 @@ def emulation(link: Link) -> dict[str, Any]:
 
 
 class Routes:
-    """How the browser reaches nginx's TLS port on each link: a proxy per shaped link."""
+    """How the browser reaches nginx's TLS port on each link.
 
-    def __init__(self, https_port: int) -> None:
+    Chromium runs in a network namespace of its own (only its loopback): in the machine's
+    namespace, interfaces that other work adds and removes (containers) make it drop every
+    connection (``net::ERR_NETWORK_CHANGED``). Each link is a proxy listening on that
+    namespace's loopback and relaying to nginx; ``loopback`` is the relay unshaped."""
+
+    def __init__(self, https_port: int, workdir: Path) -> None:
         self.https_port = https_port
+        self.netns = f"nn-viewer-bench-{os.getpid()}"
+        self.chromium = workdir / "chromium-in-netns"
         self.proxies: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
 
     def start(self, names: list[str]) -> Routes:
-        for name in names:
-            if name == "loopback":
-                continue
-            command = [sys.executable, "-m", "bench.linkproxy", "--link", name,
-                       "--to", f"{LOOPBACK}:{self.https_port}"]  # fmt: skip
+        subprocess.run(["ip", "netns", "add", self.netns], check=True, timeout=20)
+        subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True,
+                       timeout=20)  # fmt: skip
+        self.chromium.write_text(f'#!/bin/sh\nexec ip netns exec {self.netns} {CHROMIUM} "$@"\n')
+        self.chromium.chmod(0o755)
+        for name in dict.fromkeys(["loopback", *names]):
+            command = [sys.executable, "-m", "bench.linkproxy", "--link", name, "--netns",
+                       self.netns, "--to", f"{LOOPBACK}:{self.https_port}"]  # fmt: skip
             proxy = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
                                      env=python_env(), cwd=REPO)  # fmt: skip
             self.proxies[name] = proxy
@@ -185,8 +199,8 @@ class Routes:
         return self
 
     def base(self, name: str) -> str:
-        """The viewer's origin on link ``name`` (``direct``: nginx itself)."""
-        return f"https://{LOOPBACK}:{self.ports.get(name, self.https_port)}"
+        """The viewer's origin on link ``name``, as the browser reaches it."""
+        return f"https://{LOOPBACK}:{self.ports[name]}"
 
     def pids(self) -> list[int]:
         return [proxy.pid for proxy in self.proxies.values()]
@@ -194,12 +208,13 @@ class Routes:
     def stop(self) -> None:
         for proxy in self.proxies.values():
             stop_process(proxy, timeout=10)
+        subprocess.run(["ip", "netns", "delete", self.netns], timeout=20)
 
 
 @contextlib.contextmanager
-def routes(https_port: int, names: list[str]) -> Iterator[Routes]:
+def routes(https_port: int, names: list[str], workdir: Path) -> Iterator[Routes]:
     """:class:`Routes` started for ``names``, always stopped."""
-    started = Routes(https_port)
+    started = Routes(https_port, workdir)
     try:
         yield started.start(names)
     finally:
@@ -498,7 +513,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         "`https://.../pacs-viewer/viewer?StudyInstanceUIDs=...` over HTTPS (HTTP/2: "
         f"protocols seen {setup['protocols_seen']}), through `bench/linkproxy.py` (a TCP "
         "proxy per link: rate and delay per direction shared by all connections, a bounded "
-        "queue, a round trip per new connection); `loopback` is nginx direct. Chromium "
+        "queue, a round trip per new connection); `loopback` is the same relay unshaped; "
+        "Chromium runs in a network namespace of its own, the proxies relay from its "
+        "loopback to nginx (other work's containers change the machine's interfaces, which "
+        "makes Chromium drop its connections). Chromium "
         "trusts the appliance's self-signed certificate by its key "
         "(`--ignore-certificate-errors-spki-list`), so it caches as for a trusted site. "
         "Each run: a fresh browser context (empty cache) with a new session; the first "
@@ -512,7 +530,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"trips a perfect client needs ({PERFECT_CLIENT_ROUND_TRIPS} for the whole load: "
         "TCP, TLS, document, scripts, series search, metadata, frames; 1 for the frames "
         "alone, which the first -> all row is compared with). The Chrome's-emulation column "
-        "is the HTJ2K study loaded from nginx directly with DevTools' "
+        "is the HTJ2K study loaded through the unshaped relay with DevTools' "
         "`Network.emulateNetworkConditions` (a cross-check: it delays each response, it "
         "does not shape TCP).",
         "",
@@ -539,7 +557,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     for name in setup["links"]:
-        describe = LINKS[name].describe() if name in LINKS else "no shaping, nginx direct"
+        describe = LINKS[name].describe() if name in LINKS else "the relay, unshaped"
         lines += [f"## {name} ({describe})", "", link_table(name, s[name], n), ""]
     if setup.get("note"):
         lines += [f"Note: {setup['note']}", ""]
@@ -581,7 +599,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     appliance = Appliance.create(workdir / "home")
     args.screenshots.mkdir(parents=True, exist_ok=True)
     gate = QuietGate(args.quiet_wait)
-    with running(appliance), routes(appliance.settings.https_port, names) as links:
+    with running(appliance), routes(appliance.settings.https_port, names, workdir) as links:
         htj2k = write_series(workdir / "htj2k", slices)
         reference = write_reference(workdir / "uncompressed", slices)
         print(f"pushing {args.slices} slices with storescu ...", flush=True)
@@ -593,7 +611,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         runs: list[dict[str, Any]] = []
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
-                executable_path=str(CHROMIUM),
+                executable_path=str(links.chromium),
                 args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"],
             )
             chromium = f"Chromium {browser.version}"

@@ -16,8 +16,9 @@ What it does, each step named in its output and, when one fails, in its error:
    the VM.
 4. ``image``: ``ENGINE load`` of the release's image archive (``podman save`` /
    ``docker save``) copied to the VM, or ``ENGINE pull`` from the registry.
-5. ``switch``: the running version's receiver stops first (it finishes the associations
-   it has open, so modalities lose nothing), the rest goes ``down`` (volumes kept), then
+5. ``switch``: the running version stops, the DICOM port last: nginx, the app, the
+   workers and Orthanc, then the receiver (it finishes the associations it has open, so
+   modalities lose nothing), then Redis with ``down`` (volumes kept); then
    ``compose up -d`` of the new release.
 6. ``healthy``: every container's health check passes (bounded in time).
 7. ``login page``, ``C-ECHO``, ``/api/health``: what a user and a modality do, from

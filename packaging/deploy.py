@@ -144,12 +144,16 @@ class Target:
         command = [*self.compose, "-p", self.project, "-f", "compose.yaml", *args]
         return f"cd {shlex.quote(self.release_dir(version))} && {shlex.join(command)}"
 
-    def containers_by_service(self) -> dict[str, list[str]]:
+    def ps(self, fields: str) -> str:
+        """The engine's ``ps -a`` of the project's containers, printing ``fields``
+        (a Go template such as ``{{.Names}}``)."""
+        label = shlex.quote(f"label=com.docker.compose.project={self.project}")
+        return f"{self.engine} ps -a --filter {label} --format {shlex.quote(fields)}"
+
+    def containers_by_service(self, step: str = "switch") -> dict[str, list[str]]:
         """The project's containers by service, from their names (``P_service_1`` with
         podman-compose, ``P-service-1`` with docker compose)."""
-        label = shlex.quote(f"label=com.docker.compose.project={self.project}")
-        said = self.remote.run(f"{self.engine} ps -a --filter {label} --format '{{{{.Names}}}}'",
-                               "switch")  # fmt: skip
+        said = self.remote.run(self.ps("{{.Names}}"), step)
         pattern = re.compile(rf"^{re.escape(self.project)}[-_](.+)[-_][0-9]+$")
         found: dict[str, list[str]] = {}
         for name in said.split():
@@ -161,13 +165,13 @@ class Target:
     def containers_script(self) -> str:
         """A shell line printing ``NAME STATUS RESTARTS HEALTHY`` for each container of the
         project."""
-        engine, label = self.engine, shlex.quote(f"label=com.docker.compose.project={self.project}")
+        engine = self.engine
         if engine == "podman":  # health checks run from systemd timers, if any: run them
             health = f'{engine} healthcheck run "$c" >/dev/null 2>&1 && h=yes || h=no'
         else:
             health = (f'[ "$({engine} inspect -f "{{{{.State.Health.Status}}}}" "$c")" = healthy ]'
                       " && h=yes || h=no")  # fmt: skip
-        names = f"{engine} ps -a --filter {label} --format '{{{{.Names}}}}'"
+        names = self.ps("{{.Names}}")
         state = f"{engine} inspect -f '{{{{.State.Status}}}} {{{{.RestartCount}}}}' \"$c\""
         return f'for c in $({names}); do s=$({state}); {health}; echo "$c $s $h"; done'
 
@@ -372,9 +376,7 @@ def remove_leftovers(target: Target) -> None:
 def start(target: Target, version: str) -> None:
     """``up -d`` of ``version``; every appliance container runs its image."""
     target.remote.run(target.compose_command(version, "up", "-d"), "switch")
-    label = shlex.quote(f"label=com.docker.compose.project={target.project}")
-    said = target.remote.run(f"{target.engine} ps -a --filter {label} "
-                             "--format '{{.Names}} {{.Image}}'", "switch")  # fmt: skip
+    said = target.remote.run(target.ps("{{.Names}} {{.Image}}"), "switch")
     expected = target.image_ref(version)
     stale = [f"{name} ({image})" for name, image in (line.split() for line in said.splitlines())
              if image.startswith(f"{target.image}:") and image != expected]  # fmt: skip
@@ -436,12 +438,11 @@ def read_checks(target: Target, args: dict) -> Checks:
 
 def certificate(target: Target) -> bytes:
     """The DER certificate the appliance serves (its home volume), read over SSH."""
-    engine = target.engine
-    label = shlex.quote(f"label=com.docker.compose.project={target.project}")
-    script = (f"c=$({engine} ps --filter {label} --format '{{{{.Names}}}}' | grep -E "
-              f"'[-_]nginx[-_][0-9]+$' | head -1); "
-              f"{engine} exec \"$c\" cat /var/lib/neuronova/tls/server.crt")  # fmt: skip
-    pem = target.remote.run(script, "login page")
+    nginx = target.containers_by_service("login page").get("nginx")
+    if not nginx:
+        raise DeployError("login page", "no nginx container")
+    pem = target.remote.run(f"{target.engine} exec {shlex.quote(nginx[0])} cat "
+                            "/var/lib/neuronova/tls/server.crt", "login page")  # fmt: skip
     match = re.search(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.S)
     if match is None:
         raise DeployError("login page", "no certificate in the appliance's home volume")

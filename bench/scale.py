@@ -10,7 +10,9 @@ going back in time, of patients of whom some come back; CT studies of one series
 100-300 slices, MR studies of 3-5 series of 20-40 slices, CR and DX studies of 1-3
 images. The filled home is kept in ``--cache`` (outside the repository) under
 ``r<recipe>-<size>``; a later run reuses it, and a larger size grows from the largest
-smaller one. A fill ends once every instance is stored with its previews.
+smaller one. A fill ends once every instance is stored with its previews; then the home
+is backed up beside it (``backup/``: the smaller home's backup grown by one backup, or a
+first full one), so that measuring needs no full backup.
 
 Measure, at each size, on a copy of the cached home (the cache stays as filled):
 start-up to healthy; ``neuronova doctor``; QIDO study searches (name wildcard, patient
@@ -18,11 +20,11 @@ ID, date range + modality) and the worklist's first page through nginx with a re
 (p50/p95 over ``--requests`` requests each); FHIR ImagingStudy search; the retention dry
 run (``[retention] years = 1``); a ``--probe-slices`` 512x512 CT in one association
 (C-STORE throughput, then last Success to every instance stored) and its series
-metadata; a full backup, ``--new-instances`` new instances, the incremental backup after
-them (time, bytes, what the backup's own status counts), then a backup with nothing new
-through a counting proxy in front of Orthanc (REST calls, from outside the backup); disk
-per instance by part of the home. Results, with each figure's growth per 10x instances
-between sizes, go to ``bench/results/scale.json`` and ``.md``.
+metadata; ``--new-instances`` new instances, the incremental backup after them into a
+copy of the cached backup (time, bytes, what the backup's own status counts), then a
+backup with nothing new through a counting proxy in front of Orthanc (REST calls, from
+outside the backup); disk per instance by part of the home. Results, with each figure's
+growth per 10x instances between sizes, go to ``bench/results/scale.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -253,6 +255,10 @@ class Entry:
         return self.path / "home"
 
     @property
+    def backup(self) -> Path:
+        return self.path / "backup"
+
+    @property
     def meta(self) -> dict[str, Any]:
         return json.loads((self.path / "scale.json").read_text())
 
@@ -323,6 +329,8 @@ def filled(cache: Path, size: int, streams: int) -> Entry:
     """The cached home of ``size`` instances, filling (or growing a smaller one) if needed."""
     target = Entry(entry_path(cache, size))
     if (target.path / "scale.json").is_file():
+        if not target.backup.is_dir():  # filled before homes were kept with their backup
+            add_backup(target, largest_below(cache, size - 1))
         return target
     base = largest_below(cache, size)
     partial = target.path.with_name(target.path.name + ".partial")
@@ -343,11 +351,36 @@ def filled(cache: Path, size: int, streams: int) -> Entry:
         appliance = appliance_at(partial / "home", meta["password"])
     with tempfile.TemporaryDirectory(dir=cache) as workdir, running_quietly(appliance):
         step = fill(appliance, meta, size, Path(workdir), streams)
+        meta["backup"] = cache_backup(appliance, meta, partial / "backup", base)
     Entry(partial).save(meta | {"size": size})
     partial.rename(target.path)
     per_1000 = step["seconds"] / max(step["to"] - step["from"], 1) * 1000
     print(f"filled {target.path}: {step} ({per_1000:.1f} s per 1000 instances)", flush=True)
     return target
+
+
+def cache_backup(
+    appliance: Appliance, meta: dict[str, Any], dest: Path, base: Entry | None
+) -> dict[str, Any]:
+    """Back the filled home up into ``dest``: the smaller home's backup copied and grown by
+    one backup (incremental), or a first full one. Measuring then needs no full backup."""
+    grown_from = 0
+    if base is not None and base.backup.is_dir():
+        subprocess.run(["cp", "-a", str(base.backup), str(dest)], check=True)
+        grown_from = base.meta["instances"]
+    record = backup(appliance, dest)
+    print(f"backup of the filled home: {record}", flush=True)
+    return record | {"grown_from": grown_from, "instances_added": meta["instances"] - grown_from}
+
+
+def add_backup(entry: Entry, base: Entry | None) -> None:
+    """Give a cached home that has none its backup (see :func:`cache_backup`)."""
+    meta, partial = entry.meta, entry.path / "backup.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    with running_quietly(appliance_at(entry.home, meta["password"])) as appliance:
+        meta["backup"] = cache_backup(appliance, meta, partial, base)
+    partial.rename(entry.backup)
+    entry.save(meta)
 
 
 @contextlib.contextmanager
@@ -555,9 +588,9 @@ def orthanc_port_seen_as(appliance: Appliance, port: int) -> Iterator[None]:
 def backup_figures(
     appliance: Appliance, meta: dict[str, Any], workdir: Path, new: int, streams: int
 ) -> dict[str, Any]:
-    """Full backup; ``new`` instances; incremental; nothing-new backup through the proxy."""
+    """``new`` instances, the incremental backup after them (into a copy of the cached
+    home's backup), then a backup with nothing new through the counting proxy."""
     dest = workdir / "backup"
-    full = backup(appliance, dest)
     added = add_instances(appliance, meta, new, workdir, streams)
     incremental = backup(appliance, dest) | {"new_instances": added}
     with (
@@ -567,7 +600,7 @@ def backup_figures(
         unchanged = backup(appliance, dest)
         calls = proxy.summary()
     return {
-        "full": full,
+        "at_fill": meta["backup"],
         "incremental": incremental,
         "unchanged_via_proxy": unchanged | {"orthanc_rest_calls": calls},
     }
@@ -616,7 +649,8 @@ def measure(entry: Entry, args: argparse.Namespace, probe: Any) -> dict[str, Any
     meta = entry.meta
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
         workdir = Path(tmp)
-        subprocess.run(["cp", "-a", str(entry.home), str(workdir / "home")], check=True)
+        for part in ("home", "backup"):
+            subprocess.run(["cp", "-a", str(entry.path / part), str(workdir / part)], check=True)
         disk = disk_figures(workdir / "home", meta["instances"])
         appliance = appliance_at(workdir / "home", meta["password"])
         before = background_percent(2.0)
@@ -669,7 +703,9 @@ def headline(size: dict[str, Any]) -> dict[str, float]:
         out[f"{name}_p50_ms"], out[f"{name}_p95_ms"] = figure["p50_ms"], figure["p95_ms"]
     b = size["backup"]
     out |= {
-        "backup_full_s": b["full"]["wall_seconds"],
+        "backup_at_fill_s_per_1000_added": round(
+            b["at_fill"]["wall_seconds"] / max(b["at_fill"]["instances_added"], 1) * 1000, 2
+        ),
         "backup_incremental_s": b["incremental"]["wall_seconds"],
         "backup_incremental_bytes": b["incremental"]["bytes_copied"],
         "backup_incremental_files": b["incremental"]["files"],
@@ -740,7 +776,10 @@ def render_markdown(r: dict[str, Any]) -> str:
             "^ (1 / decades of instances): 1.0 = flat, 10 = linear in the archive. Latencies "
             f"are over {r['args']['requests']} requests each after one warm-up, through nginx "
             "with a real login. The backup with nothing new runs through a counting proxy in "
-            "front of Orthanc (its time includes the proxy); `files` is the backup's own count.",
+            "front of Orthanc (its time includes the proxy); `files` is the backup's own count. "
+            "The backup at fill is the one taken when the home was filled (a full one for the "
+            "first size, else the smaller size's backup grown by one backup), per 1000 instances "
+            "it added.",
             "",
             markdown_table(header, rows),
             "",

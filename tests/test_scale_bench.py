@@ -32,12 +32,15 @@ def test_each_size_is_filled_and_the_larger_grew_from_the_smaller(run: tuple[Pat
     assert SIZES[0] <= small["instances"] < SIZES[1] <= large["instances"]
     assert large["fill"][0] == small["fill"][0]  # the first fill step is the smaller home's
     assert large["fill"][-1]["from"] == small["instances"]
+    assert small["backup"]["at_fill"]["grown_from"] == 0
+    assert large["backup"]["at_fill"]["grown_from"] == small["instances"]
     expected = sum(scale.study_size(i) for i in range(large["studies"]))
     assert large["instances"] == expected
 
 
 def test_a_cached_size_is_reused(run: tuple[Path, dict]) -> None:
     cache, results = run
+    assert (scale.entry_path(cache, SIZES[1]) / "backup").is_dir()
     meta = json.loads((scale.entry_path(cache, SIZES[1]) / "scale.json").read_text())
     assert scale.filled(cache, SIZES[1], 2).path == scale.entry_path(cache, SIZES[1])
     assert json.loads((scale.entry_path(cache, SIZES[1]) / "scale.json").read_text()) == meta
@@ -54,7 +57,9 @@ def test_the_figures_are_sane(run: tuple[Path, dict]) -> None:
         assert size["probe"]["instances"] == 12 and size["probe"]["cstore_instances_per_s"] > 0
         backup = size["backup"]
         assert backup["incremental"]["new_instances"] == 30
-        assert 0 < backup["incremental"]["bytes_copied"] < backup["full"]["bytes_copied"]
+        assert backup["at_fill"]["bytes_copied"] > 0
+        unchanged = backup["unchanged_via_proxy"]["bytes_copied"]
+        assert 0 <= unchanged < backup["incremental"]["bytes_copied"]
         assert backup["unchanged_via_proxy"]["orthanc_rest_calls"]["total"] > 0
         disk = size["disk"]["bytes_per_instance"]
         assert disk["orthanc_storage"] > 0 and disk["frames"] > 0 and disk["orthanc_index"] > 0

@@ -212,6 +212,7 @@ INDEXES: list[tuple[str, list[str]]] = [
     ("studies", ["patient_name"]),
     ("studies", ["patient_id"]),
     ("studies", ["updated_at"]),
+    ("studies", ["received_at"]),
     ("fhir_push", ["state"]),
     ("audit", ["event", "username", "ts"]),
     ("audit", ["event", "client", "ts"]),

@@ -45,11 +45,24 @@ def _database_of_0_1_0(layout: HomeLayout) -> None:
         db.close()
 
 
+def _studies_by_received_date(layout: HomeLayout) -> None:
+    db = open_database(layout.database_file)
+    try:
+        db["studies"].create_index(["received_at"], if_not_exists=True)
+    finally:
+        db.close()
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "app database of NeuroNova 0.1.0: its tables, columns and indexes",
         _database_of_0_1_0,
+    ),
+    Migration(
+        2,
+        "index of studies by received date (retention by received date reads only what expired)",
+        _studies_by_received_date,
     ),
 )
 

@@ -13,6 +13,7 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import sqlite_utils
 
 from appliance.config import load_settings
@@ -96,10 +97,10 @@ class _SameConnection(Journal):
         return query(self.db)
 
 
-def test_the_retention_rule_by_study_date_reads_only_what_expired(tmp_path):
-    """(By received date it reads every study: studies.received_at has no index. Adding
-    one is a home migration, left to the next session.)"""
-    by = "study_date"
+@pytest.mark.parametrize("by", ["study_date", "received"])
+def test_the_retention_rule_reads_only_what_expired(tmp_path, by):
+    """By received date it read every study until migration 2 indexed studies.received_at
+    (7.6x the steps at 8x the archive)."""
     settings = load_settings(tmp_path, {"retention_years": 1, "retention_by": by}, environ={})
 
     def dry_run(db: sqlite_utils.Database, _path: Path) -> list:

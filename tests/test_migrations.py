@@ -20,6 +20,8 @@ from appliance.layout import HomeLayout
 from appliance.migrations import MIGRATIONS, Migration, read_record
 from appliance.version import current
 
+LAST = MIGRATIONS[-1].number  # the test's own migrations come after the real ones
+
 
 def test_a_new_home_records_every_migration_and_the_version(tmp_path, runner):
     home = tmp_path / "h"
@@ -28,7 +30,9 @@ def test_a_new_home_records_every_migration_and_the_version(tmp_path, runner):
     assert f"Migrated the home for NeuroNova {current()}: 1: app database" in first.output
     record = json.loads((home / "version.json").read_text())
     assert record["version"] == current()
-    assert [(m["number"], m["version"]) for m in record["migrations"]] == [(1, current())]
+    assert [(m["number"], m["version"]) for m in record["migrations"]] == [
+        (m.number, current()) for m in MIGRATIONS
+    ]
     second = runner.invoke(cli, ["init", "--home", str(home)])
     assert "Migrated" not in second.output  # run once
     assert json.loads((home / "version.json").read_text()) == record
@@ -51,6 +55,24 @@ def test_a_home_of_0_1_0_gets_migration_1(tmp_path):
     assert "pending" in db["users"].columns_dict and db["fhir_push"].exists()
     assert [row["pending"] for row in db["users"].rows] == [0]  # backfilled
     assert read_record(layout).level == MIGRATIONS[-1].number
+
+
+def test_migration_2_indexes_studies_by_received_date_on_an_older_home(tmp_path):
+    """A home a 0.2 build migrated (level 1) has no index on studies.received_at; the next
+    start adds it and records migration 2."""
+    settings = load_settings(tmp_path / "h", environ={})
+    init_home(settings)
+    layout = HomeLayout(settings.home)
+    record = json.loads(layout.record_file.read_text())
+    record["migrations"] = record["migrations"][:1]
+    layout.record_file.write_text(json.dumps(record))
+    with sqlite3.connect(layout.database_file) as con:
+        con.execute("DROP INDEX idx_studies_received_at")
+    con.close()
+    init_home(settings)
+    indexes = {index.name for index in open_database(layout.database_file)["studies"].indexes}
+    assert "idx_studies_received_at" in indexes
+    assert read_record(layout).level == 2
 
 
 def newer_record(home) -> None:
@@ -76,7 +98,7 @@ def test_an_older_version_refuses_a_home_a_newer_one_migrated(home, runner, comm
     assert "Traceback" not in result.output
     assert result.output.startswith(
         f"Error: {home} was migrated by NeuroNova 9.0.0 (migration 99: split the audit "
-        f"trail); this is NeuroNova {current()}, which knows migrations up to 1"
+        f"trail); this is NeuroNova {current()}, which knows migrations up to {LAST}"
     )
     assert "Install NeuroNova 9.1.0 or newer (apt-get install neuronova" in result.output
     assert (home / "version.json").read_text() == before  # nothing changed
@@ -112,7 +134,7 @@ def test_two_starts_at_once_run_a_migration_once(tmp_path, monkeypatch):
         entered.set()
         time.sleep(0.5)
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", (*MIGRATIONS, Migration(2, "slow", slow)))
+    monkeypatch.setattr(migrations, "MIGRATIONS", (*MIGRATIONS, Migration(LAST + 1, "slow", slow)))
     errors: list[BaseException] = []
 
     def start() -> None:
@@ -129,7 +151,7 @@ def test_two_starts_at_once_run_a_migration_once(tmp_path, monkeypatch):
         thread.join(60)
     assert errors == [] and len(runs) == 1
     record = read_record(HomeLayout(settings.home))
-    assert [m.number for m in record.migrations] == [1, 2]
+    assert [m.number for m in record.migrations] == [*range(1, LAST + 1), LAST + 1]
 
 
 def test_a_start_cut_short_goes_on_from_the_last_recorded_migration(tmp_path, monkeypatch):
@@ -142,20 +164,20 @@ def test_a_start_cut_short_goes_on_from_the_last_recorded_migration(tmp_path, mo
 
     monkeypatch.setattr(migrations, "MIGRATIONS", (
         *MIGRATIONS,
-        Migration(2, "two", lambda layout: applied.append(2)),
-        Migration(3, "three", fails),
+        Migration(LAST + 1, "two", lambda layout: applied.append(2)),
+        Migration(LAST + 2, "three", fails),
     ))  # fmt: skip
     with pytest.raises(OSError):
         init_home(settings)
     layout = HomeLayout(settings.home)
-    assert read_record(layout).level == 2
+    assert read_record(layout).level == LAST + 1
     monkeypatch.setattr(migrations, "MIGRATIONS", (
         *MIGRATIONS,
-        Migration(2, "two", lambda layout: applied.append(2)),
-        Migration(3, "three", lambda layout: applied.append(3)),
+        Migration(LAST + 1, "two", lambda layout: applied.append(2)),
+        Migration(LAST + 2, "three", lambda layout: applied.append(3)),
     ))  # fmt: skip
     init_home(settings)
-    assert applied == [2, 3] and read_record(layout).level == 3
+    assert applied == [2, 3] and read_record(layout).level == LAST + 2
 
 
 def test_migrations_are_numbered_in_order():

@@ -37,13 +37,17 @@ def expired_studies(
     if not settings.retention_years:
         return []
     limit = cutoff(settings.retention_years, today)
+    # Oldest first by the rule's own date, so that SQLite walks that date's index and reads
+    # only the expired studies (ordered by the other date it would read them all).
     if settings.retention_by == "study_date":
         where, arg = "study_date != '' AND study_date < ?", limit.strftime("%Y%m%d")
+        order = "study_date, received_at"
     else:
         where, arg = "received_at < ?", limit.isoformat()
+        order = "received_at"
     sql = (
         "SELECT study_uid, patient_id, patient_name, study_date, received_at FROM studies "
-        f"WHERE {where} ORDER BY study_date, received_at, study_uid"
+        f"WHERE {where} ORDER BY {order}, study_uid"
     )
     return journal.read(lambda db: list(db.query(sql, [arg])))
 

@@ -320,6 +320,65 @@ describe('audit trail', () => {
   });
 });
 
+describe('administration', () => {
+  it("approves a pending account in the words of its button, not 'Enable'", async () => {
+    const patches: unknown[] = [];
+    installFetch((url, init) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'boss', role: 'admin' });
+      if (url.pathname === '/api/admin/users') {
+        return json(200, {
+          items: [
+            { username: 'boss', role: 'admin', disabled: false, created_at: '2026-11-01T08:00:00+00:00' },
+            { username: 'newbie', role: 'radiologist', disabled: true, pending: true, created_at: '2026-11-29T08:00:00+00:00' },
+          ],
+        });
+      }
+      if (url.pathname === '/api/admin/users/newbie' && init.method === 'PATCH') {
+        patches.push(JSON.parse(String(init.body)));
+        return json(200, {});
+      }
+    });
+    await render('/admin/users');
+    const row = await waitFor(() => container.querySelector<HTMLElement>('[data-testid="user-row"][data-username="newbie"]'));
+    expect(row.textContent).toContain('Awaiting approval');
+    const toggle = row.querySelector<HTMLButtonElement>('[data-testid="user-toggle"]')!;
+    expect(toggle.textContent).toBe('Approve');
+    await act(async () => toggle.click());
+    const dialog = byTestId('confirm-dialog')!;
+    expect(dialog.querySelector('h2')!.textContent).toBe('Approve user');
+    expect(dialog.textContent).toContain('newbie will be able to sign in.');
+    expect(byTestId('confirm-ok')!.textContent).toBe('Approve');
+    await act(async () => byTestId('confirm-ok')!.click());
+    await settle(50);
+    expect(patches).toEqual([{ disabled: false }]);
+    expect(requests.filter((r) => r === 'GET /api/admin/users')).toHaveLength(2);
+  });
+
+  it('removes a modality only after the confirmation, and not when Escape cancels it', async () => {
+    installFetch((url, init) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'boss', role: 'admin' });
+      if (url.pathname === '/api/admin/modalities') {
+        return json(200, { open: false, items: [{ ae_title: 'CT_1', host: '', description: '', created_at: '2026-11-01T08:00:00+00:00' }] });
+      }
+      if (url.pathname === '/api/admin/modalities/CT_1' && init.method === 'DELETE') return json(200, {});
+    });
+    await render('/admin/modalities');
+    const remove = await waitFor(() => byTestId('modality-delete'));
+    await act(async () => remove.click());
+    expect(byTestId('confirm-dialog')!.textContent).toContain('CT_1 will no longer be able to send studies.');
+    expect(byTestId('confirm-dialog')!.textContent).toContain('It is the last registered modality');
+    expect(document.activeElement).toBe(byTestId('confirm-cancel'));
+    await act(async () => {
+      document.activeElement!.dispatchEvent(new KeyboardEvent('keydown', { key: 'Escape', bubbles: true }));
+    });
+    expect(byTestId('confirm-ok')).toBeNull();
+    await act(async () => remove.click());
+    await act(async () => byTestId('confirm-ok')!.click());
+    await settle(50);
+    expect(requests.filter((r) => r.startsWith('DELETE'))).toEqual(['DELETE /api/admin/modalities/CT_1']);
+  });
+});
+
 describe('system checks', () => {
   it('shows each doctor check with its fix, and runs them again on demand', async () => {
     const REPORT = {

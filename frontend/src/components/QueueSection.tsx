@@ -1,8 +1,9 @@
 import { useState } from 'react';
 import { endpoints, type FailedObject, type QueueKind, type TaskOutcome } from '../lib/api';
 import { formatCount, formatDateTime, formatDuration } from '../lib/format';
+import { useAction } from '../lib/useAction';
 import { useFetch } from '../lib/useFetch';
-import { StatusTable, type Column } from './StatusTable';
+import { actionsColumn, DataTable, type Column } from './DataTable';
 import { Badge, ErrorBanner, Spinner } from './ui';
 
 export const QUEUE_REFRESH_MS = 3_000;
@@ -37,21 +38,17 @@ export function QueueSection() {
   const queue = useFetch((signal) => endpoints.queue(signal), 'queue', { intervalMs: QUEUE_REFRESH_MS });
   const [retrying, setRetrying] = useState<string | null>(null);
   const [outcome, setOutcome] = useState<string | null>(null);
-  const [error, setError] = useState<unknown>(null);
+  const retrial = useAction();
   const q = queue.data;
 
   async function retry(which: { sop_uids: string[] } | { all: true }, key: string) {
     setRetrying(key);
-    setError(null);
-    try {
+    const queued = await retrial.run(async () => {
       const done = await endpoints.retryFailed(which);
       setOutcome(`Queued ${done.queued.length} object(s) again.`);
-      queue.reload();
-    } catch (e) {
-      setError(e);
-    } finally {
-      setRetrying(null);
-    }
+    });
+    if (queued) queue.reload();
+    setRetrying(null);
   }
 
   const failedColumns: Column<FailedObject>[] = [
@@ -60,20 +57,17 @@ export function QueueSection() {
     { header: 'Source', cell: (f) => f.source, className: 'small' },
     { header: 'Attempts', cell: (f) => count(f.attempts), className: 'num' },
     { header: 'Reason', cell: (f) => f.error, className: 'small detail-cell' },
-    {
-      header: '',
-      cell: (f) => (
-        <button
-          type="button"
-          className="btn btn-sm"
-          onClick={() => retry({ sop_uids: [f.sop_uid] }, f.sop_uid)}
-          disabled={retrying !== null}
-          data-testid="retry-one"
-        >
-          {retrying === f.sop_uid ? <Spinner /> : null} Retry
-        </button>
-      ),
-    },
+    actionsColumn((f) => (
+      <button
+        type="button"
+        className="btn btn-sm"
+        onClick={() => retry({ sop_uids: [f.sop_uid] }, f.sop_uid)}
+        disabled={retrying !== null}
+        data-testid="retry-one"
+      >
+        {retrying === f.sop_uid ? <Spinner /> : null} Retry
+      </button>
+    )),
   ];
 
   return (
@@ -93,7 +87,7 @@ export function QueueSection() {
           {q.error}
         </div>
       )}
-      <StatusTable
+      <DataTable
         columns={KIND_COLUMNS}
         rows={q?.kinds}
         rowKey={(k) => k.kind}
@@ -121,14 +115,14 @@ export function QueueSection() {
           </span>
         )}
       </h3>
-      <ErrorBanner error={error} />
-      <StatusTable
+      <DataTable
         columns={failedColumns}
         rows={q?.failed}
         rowKey={(f) => f.sop_uid}
         rowProps={(f) => ({ 'data-testid': 'failed-row', 'data-sop': f.sop_uid })}
         loading={queue.loading}
         empty="No failed object."
+        error={retrial.error}
         testId="failed-table"
       />
       {q && q.failed_total > q.failed.length && (

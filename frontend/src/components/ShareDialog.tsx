@@ -1,7 +1,8 @@
 import { useState, type FormEvent } from 'react';
 import { endpoints, type CreatedShare, type Study } from '../lib/api';
 import { formatDateTime, formatDicomDate, formatPersonName, formatRelative } from '../lib/format';
-import { CopyField, ErrorBanner, Modal } from './ui';
+import { useAction } from '../lib/useAction';
+import { CopyField, DialogButtons, ErrorBanner, Modal } from './ui';
 
 const EXPIRY_CHOICES = [
   [24, '24 hours'],
@@ -22,21 +23,12 @@ export function absoluteUrl(url: string): string {
 export function ShareDialog({ study, onClose }: { study: Study; onClose: () => void }) {
   const [hours, setHours] = useState<number>(72);
   const [note, setNote] = useState('');
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<unknown>(null);
+  const { busy, error, run } = useAction();
   const [created, setCreated] = useState<CreatedShare | null>(null);
 
-  async function submit(e: FormEvent) {
+  function submit(e: FormEvent) {
     e.preventDefault();
-    setBusy(true);
-    setError(null);
-    try {
-      setCreated(await endpoints.createShare(study.study_uid, hours, note.trim()));
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
+    void run(async () => setCreated(await endpoints.createShare(study.study_uid, hours, note.trim())));
   }
 
   const name = formatPersonName(study.patient_name) || 'Unnamed patient';
@@ -53,14 +45,7 @@ export function ShareDialog({ study, onClose }: { study: Study; onClose: () => v
             Done
           </button>
         ) : (
-          <>
-            <button type="button" className="btn" onClick={onClose} disabled={busy}>
-              Cancel
-            </button>
-            <button type="submit" form="share-form" className="btn btn-primary" disabled={busy} data-testid="share-create">
-              {busy ? 'Creating…' : 'Create link'}
-            </button>
-          </>
+          <DialogButtons form="share-form" label="Create link" busyLabel="Creating…" busy={busy} onCancel={onClose} testId="share-create" />
         )
       }
     >

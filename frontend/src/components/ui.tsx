@@ -51,7 +51,7 @@ export function Badge({ tone = 'neutral', children, title }: { tone?: Tone; chil
   );
 }
 
-/** A modal dialog on the native <dialog> element (focus trap and Esc come free). */
+/** A modal dialog on the native <dialog> element (focus trap from the browser; Escape closes). */
 export function Modal({
   title,
   open,
@@ -93,6 +93,13 @@ export function Modal({
         e.preventDefault();
         onClose();
       }}
+      onKeyDown={(e) => {
+        // Escape closes through onClose (the browser's own cancel is then not fired).
+        if (e.key === 'Escape') {
+          e.preventDefault();
+          onClose();
+        }
+      }}
       onClick={(e) => {
         // A click on the backdrop (the dialog element itself) closes.
         if (e.target === ref.current) onClose();
@@ -114,66 +121,63 @@ export function Modal({
   );
 }
 
-export function ConfirmDialog({
-  open,
-  title,
-  message,
-  confirmLabel,
-  danger,
-  onConfirm,
-  onClose,
+/** A toolbar's drop-down filter: choices are values, or [value, label] pairs; `all`
+ * labels a first choice "" that means no filter. */
+export function FilterSelect({
+  label,
+  value,
+  choices,
+  all,
+  onChange,
+  testId,
 }: {
-  open: boolean;
-  title: string;
-  message: ReactNode;
-  confirmLabel: string;
-  danger?: boolean;
-  onConfirm: () => Promise<void>;
-  onClose: () => void;
+  label: string;
+  value: string;
+  choices: readonly (string | readonly [string, string])[];
+  all?: string;
+  onChange: (value: string) => void;
+  testId?: string;
 }) {
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<unknown>(null);
-  useEffect(() => {
-    if (open) setError(null);
-  }, [open]);
-  async function go() {
-    setBusy(true);
-    setError(null);
-    try {
-      await onConfirm();
-      onClose();
-    } catch (e) {
-      setError(e);
-    } finally {
-      setBusy(false);
-    }
-  }
   return (
-    <Modal
-      title={title}
-      open={open}
-      onClose={onClose}
-      testId="confirm-dialog"
-      footer={
-        <>
-          <button type="button" className="btn" onClick={onClose} disabled={busy}>
-            Cancel
-          </button>
-          <button
-            type="button"
-            className={`btn ${danger ? 'btn-danger' : 'btn-primary'}`}
-            onClick={go}
-            disabled={busy}
-            data-testid="confirm-ok"
-          >
-            {busy ? 'Working…' : confirmLabel}
-          </button>
-        </>
-      }
-    >
-      <div className="confirm-message">{message}</div>
-      <ErrorBanner error={error} />
-    </Modal>
+    <select className="input select" value={value} onChange={(e) => onChange(e.target.value)} aria-label={label} data-testid={testId}>
+      {all && <option value="">{all}</option>}
+      {choices.map((c) => {
+        const [v, text] = typeof c === 'string' ? [c, c] : c;
+        return (
+          <option key={v} value={v}>
+            {text}
+          </option>
+        );
+      })}
+    </select>
+  );
+}
+
+/** A form dialog's buttons: Cancel, and the submit button of `form` (its busy wording while it runs). */
+export function DialogButtons({
+  form,
+  label,
+  busyLabel,
+  busy,
+  onCancel,
+  testId,
+}: {
+  form: string;
+  label: string;
+  busyLabel: string;
+  busy: boolean;
+  onCancel: () => void;
+  testId?: string;
+}) {
+  return (
+    <>
+      <button type="button" className="btn" onClick={onCancel} disabled={busy}>
+        Cancel
+      </button>
+      <button type="submit" form={form} className="btn btn-primary" disabled={busy} data-testid={testId}>
+        {busy ? busyLabel : label}
+      </button>
+    </>
   );
 }
 

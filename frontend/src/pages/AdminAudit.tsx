@@ -3,7 +3,8 @@ import { auditExportUrl, endpoints, type AuditEvent, type AuditQuery } from '../
 import { formatDateTime } from '../lib/format';
 import { setSearchParams, useLocation } from '../lib/router';
 import { useFetch } from '../lib/useFetch';
-import { Badge, EmptyRow, ErrorBanner, PageHeader, Spinner } from '../components/ui';
+import { DataTable, none, type Column } from '../components/DataTable';
+import { Badge, FilterSelect, PageHeader, Spinner } from '../components/ui';
 import { detailText, eventTone } from './AdminSystem';
 
 // The server's event kinds (appliance/security/audit.py EVENTS; tests/test_audit_events.py
@@ -40,6 +41,37 @@ const PERIODS: [string, string][] = [
 const PAGE = 200;
 const EXPORT_LIMIT = 10_000; // the server's most (appliance/web/admin.py)
 const TEXT_FIELDS = ['user', 'study', 'patient'] as const;
+
+/** "ID (Name)" of the event's patient, from whichever of the two it recorded. */
+function patientText(e: AuditEvent): string {
+  const name = (e.detail as Record<string, unknown> | null)?.patient_name;
+  return e.patient_id || name ? `${e.patient_id ?? ''}${name ? ` (${String(name)})` : ''}` : '';
+}
+
+/** The event's detail without the patient's name (shown in the Patient column). */
+function otherDetail(e: AuditEvent): string {
+  const { patient_name: _name, ...rest } = (e.detail ?? {}) as Record<string, unknown>;
+  return detailText(rest);
+}
+
+const AUDIT_COLUMNS: Column<AuditEvent>[] = [
+  {
+    header: 'Last seen',
+    cell: (e) => (
+      <span title={e.last_ts && e.last_ts !== e.ts ? `first ${formatDateTime(e.ts, true)}` : undefined}>
+        {formatDateTime(e.last_ts ?? e.ts, true)}
+      </span>
+    ),
+    className: 'nowrap mono small',
+  },
+  { header: 'Event', cell: (e) => <Badge tone={eventTone(e.event)}>{e.event}</Badge> },
+  { header: 'Count', cell: (e) => e.count ?? 1, className: 'mono small' },
+  { header: 'User', cell: (e) => e.username || none },
+  { header: 'Client', cell: (e) => e.client || none, className: 'mono small' },
+  { header: 'Patient', cell: (e) => patientText(e) || none, className: 'small' },
+  { header: 'Study', cell: (e) => e.study_uid || none, className: 'mono small detail-cell' },
+  { header: 'Detail', cell: (e) => otherDetail(e) || none, className: 'small detail-cell' },
+];
 
 /** The filters in the page's URL (``since`` defaults to 24h; ``all`` means any time). */
 function readQuery(params: URLSearchParams): Required<Omit<AuditQuery, 'limit'>> {
@@ -89,33 +121,8 @@ export function AdminAuditPage() {
         }
       />
       <form className="toolbar" role="search" onSubmit={submit}>
-        <select
-          className="input select"
-          value={q.event}
-          onChange={(e) => update({ event: e.target.value })}
-          aria-label="Event"
-          data-testid="audit-event"
-        >
-          <option value="">All events</option>
-          {AUDIT_EVENTS.map((name) => (
-            <option key={name} value={name}>
-              {name}
-            </option>
-          ))}
-        </select>
-        <select
-          className="input select"
-          value={q.since}
-          onChange={(e) => update({ since: e.target.value })}
-          aria-label="Period"
-          data-testid="audit-since"
-        >
-          {PERIODS.map(([value, label]) => (
-            <option key={value} value={value}>
-              {label}
-            </option>
-          ))}
-        </select>
+        <FilterSelect label="Event" value={q.event} choices={AUDIT_EVENTS} all="All events" onChange={(event) => update({ event })} testId="audit-event" />
+        <FilterSelect label="Period" value={q.since} choices={PERIODS} onChange={(since) => update({ since })} testId="audit-since" />
         {TEXT_FIELDS.map((field) => (
           <input
             key={field}
@@ -131,55 +138,18 @@ export function AdminAuditPage() {
           Apply
         </button>
       </form>
-      <ErrorBanner error={audit.error} onRetry={audit.reload} />
-      <div className="table-wrap">
-        <table className="table" data-testid="audit-trail">
-          <thead>
-            <tr>
-              <th scope="col">Last seen</th>
-              <th scope="col">Event</th>
-              <th scope="col">Count</th>
-              <th scope="col">User</th>
-              <th scope="col">Client</th>
-              <th scope="col">Patient</th>
-              <th scope="col">Study</th>
-              <th scope="col">Detail</th>
-            </tr>
-          </thead>
-          <tbody>
-            {audit.loading && (
-              <EmptyRow colSpan={8}>
-                <Spinner /> Loading…
-              </EmptyRow>
-            )}
-            {!audit.loading && items.length === 0 && <EmptyRow colSpan={8}>No events match.</EmptyRow>}
-            {!audit.loading && items.map((e: AuditEvent) => <AuditRow key={`${e.id}-${e.ts}`} e={e} />)}
-          </tbody>
-        </table>
-      </div>
+      <DataTable
+        columns={AUDIT_COLUMNS}
+        rows={audit.loading ? null : audit.data?.items}
+        rowKey={(e) => `${e.id}-${e.ts}`}
+        rowProps={() => ({ 'data-testid': 'audit-trail-row' })}
+        loading={audit.loading}
+        empty="No events match."
+        error={audit.error}
+        onRetry={audit.reload}
+        testId="audit-trail"
+      />
       {items.length === PAGE && <p className="muted small">Showing the latest {PAGE}; narrow the filters or export for more.</p>}
     </div>
-  );
-}
-
-function AuditRow({ e }: { e: AuditEvent }) {
-  const { patient_name: name, ...rest } = (e.detail ?? {}) as Record<string, unknown>;
-  return (
-    <tr data-testid="audit-trail-row">
-      <td className="nowrap mono small" title={e.last_ts && e.last_ts !== e.ts ? `first ${formatDateTime(e.ts, true)}` : undefined}>
-        {formatDateTime(e.last_ts ?? e.ts, true)}
-      </td>
-      <td>
-        <Badge tone={eventTone(e.event)}>{e.event}</Badge>
-      </td>
-      <td className="mono small">{e.count ?? 1}</td>
-      <td>{e.username || <span className="muted">—</span>}</td>
-      <td className="mono small">{e.client || <span className="muted">—</span>}</td>
-      <td className="small">
-        {e.patient_id || name ? `${e.patient_id ?? ''}${name ? ` (${String(name)})` : ''}` : <span className="muted">—</span>}
-      </td>
-      <td className="mono small detail-cell">{e.study_uid || <span className="muted">—</span>}</td>
-      <td className="small detail-cell">{detailText(rest) || <span className="muted">—</span>}</td>
-    </tr>
   );
 }

@@ -1,8 +1,11 @@
 import { useState, type FormEvent } from 'react';
 import { endpoints, type Modality } from '../lib/api';
 import { formatDateTime } from '../lib/format';
+import { useAction } from '../lib/useAction';
 import { useFetch } from '../lib/useFetch';
-import { ConfirmDialog, EmptyRow, ErrorBanner, PageHeader, Spinner } from '../components/ui';
+import { ConfirmAction } from '../components/ConfirmAction';
+import { actionsColumn, DataTable, none, type Column } from '../components/DataTable';
+import { ErrorBanner, PageHeader } from '../components/ui';
 
 /** DICOM AE title (PS3.5 table 6.2-1, AE): 1-16 chars, default repertoire, no backslash. */
 export function aeTitleProblem(ae: string): string | null {
@@ -12,13 +15,25 @@ export function aeTitleProblem(ae: string): string | null {
   return null;
 }
 
+/** The modalities' columns; the last one's button asks to remove that modality. */
+const modalityColumns = (onRemove: (m: Modality) => void): Column<Modality>[] => [
+  { header: 'AE title', cell: (m) => m.ae_title, className: 'mono strong' },
+  { header: 'Host', cell: (m) => m.host || <span className="muted">any host</span>, className: 'mono' },
+  { header: 'Description', cell: (m) => m.description || none },
+  { header: 'Registered', cell: (m) => formatDateTime(m.created_at), className: 'nowrap' },
+  actionsColumn((m) => (
+    <button type="button" className="btn btn-sm btn-danger-outline" onClick={() => onRemove(m)} data-testid="modality-delete">
+      Remove
+    </button>
+  )),
+];
+
 export function AdminModalitiesPage() {
   const { data, error, loading, reload } = useFetch((signal) => endpoints.modalities(signal), 'modalities');
   const [ae, setAe] = useState('');
   const [host, setHost] = useState('');
   const [description, setDescription] = useState('');
-  const [busy, setBusy] = useState(false);
-  const [formError, setFormError] = useState<unknown>(null);
+  const { busy, error: formError, setError: setFormError, run } = useAction();
   const [deleting, setDeleting] = useState<Modality | null>(null);
 
   async function add(e: FormEvent) {
@@ -29,22 +44,14 @@ export function AdminModalitiesPage() {
       setFormError(problem);
       return;
     }
-    setBusy(true);
-    setFormError(null);
-    try {
-      const body: { ae_title: string; host?: string; description?: string } = { ae_title: title };
-      if (host.trim()) body.host = host.trim();
-      if (description.trim()) body.description = description.trim();
-      await endpoints.createModality(body);
-      setAe('');
-      setHost('');
-      setDescription('');
-      reload();
-    } catch (err) {
-      setFormError(err);
-    } finally {
-      setBusy(false);
-    }
+    const body: { ae_title: string; host?: string; description?: string } = { ae_title: title };
+    if (host.trim()) body.host = host.trim();
+    if (description.trim()) body.description = description.trim();
+    if (!(await run(() => endpoints.createModality(body)))) return;
+    setAe('');
+    setHost('');
+    setDescription('');
+    reload();
   }
 
   const items = data?.items ?? [];
@@ -87,57 +94,27 @@ export function AdminModalitiesPage() {
         <ErrorBanner error={formError} />
       </section>
 
-      <div className="table-wrap">
-        <table className="table" data-testid="modalities-table">
-          <thead>
-            <tr>
-              <th scope="col">AE title</th>
-              <th scope="col">Host</th>
-              <th scope="col">Description</th>
-              <th scope="col">Registered</th>
-              <th scope="col">
-                <span className="sr-only">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {loading && !data && (
-              <EmptyRow colSpan={5}>
-                <Spinner /> Loading…
-              </EmptyRow>
-            )}
-            {data && items.length === 0 && <EmptyRow colSpan={5}>No modalities registered.</EmptyRow>}
-            {items.map((m) => (
-              <tr key={m.ae_title} data-testid="modality-row" data-ae-title={m.ae_title}>
-                <td className="mono strong">{m.ae_title}</td>
-                <td className="mono">{m.host || <span className="muted">any host</span>}</td>
-                <td>{m.description || <span className="muted">—</span>}</td>
-                <td className="nowrap">{formatDateTime(m.created_at)}</td>
-                <td className="col-actions">
-                  <button type="button" className="btn btn-sm btn-danger-outline" onClick={() => setDeleting(m)} data-testid="modality-delete">
-                    Remove
-                  </button>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
-      <ConfirmDialog
-        open={!!deleting}
+      <DataTable
+        columns={modalityColumns(setDeleting)}
+        rows={data?.items}
+        rowKey={(m) => m.ae_title}
+        rowProps={(m) => ({ 'data-testid': 'modality-row', 'data-ae-title': m.ae_title })}
+        loading={loading}
+        empty="No modalities registered."
+        testId="modalities-table"
+      />
+      <ConfirmAction
+        target={deleting}
         title="Remove modality"
-        message={
-          <p>
-            <strong className="mono">{deleting?.ae_title}</strong> will no longer be able to send studies.
+        message={(m) => (
+          <>
+            <strong className="mono">{m.ae_title}</strong> will no longer be able to send studies.
             {items.length === 1 && ' It is the last registered modality: afterwards any device will be accepted again.'}
-          </p>
-        }
+          </>
+        )}
         confirmLabel="Remove"
-        danger
-        onConfirm={async () => {
-          if (deleting) await endpoints.deleteModality(deleting.ae_title);
-          reload();
-        }}
+        onConfirm={(m) => endpoints.deleteModality(m.ae_title)}
+        onDone={reload}
         onClose={() => setDeleting(null)}
       />
     </div>

@@ -3,7 +3,7 @@ import { formatBytes, formatCount, formatDateTime, formatDuration } from '../lib
 import { Link } from '../lib/router';
 import { useFetch } from '../lib/useFetch';
 import { QueueSection } from '../components/QueueSection';
-import { StatusTable, type Column } from '../components/StatusTable';
+import { DataTable, none, type Column } from '../components/DataTable';
 import { Badge, ErrorBanner, PageHeader, Spinner, type Tone } from '../components/ui';
 
 const REFRESH_MS = 10_000;
@@ -71,7 +71,6 @@ export function fhirPushMetric(p: FhirPushInfo): { value: string; sub: string; t
 }
 
 const CHECK_TONES: Record<DoctorCheck['status'], Tone> = { OK: 'ok', WARN: 'warn', FAIL: 'bad' };
-const none = <span className="muted">—</span>;
 const CHECK_COLUMNS: Column<DoctorCheck>[] = [
   { header: 'Check', cell: (c) => c.name, className: 'mono small' },
   { header: 'Result', cell: (c) => <Badge tone={CHECK_TONES[c.status] ?? 'bad'}>{c.status}</Badge> },
@@ -99,14 +98,15 @@ function DoctorSection() {
         </button>
         {doc.data && <span className="muted small"> took {doc.data.took_ms} ms, same as `neuronova doctor`</span>}
       </h2>
-      <ErrorBanner error={doc.error} onRetry={doc.reload} />
-      <StatusTable
+      <DataTable
         columns={CHECK_COLUMNS}
         rows={doc.data?.checks}
         rowKey={(c) => c.name}
         rowProps={(c) => ({ 'data-testid': 'doctor-row', 'data-status': c.status })}
         loading={doc.loading}
         loadingText="Running checks…"
+        error={doc.error}
+        onRetry={doc.reload}
         testId="doctor-table"
       />
     </section>
@@ -250,14 +250,15 @@ export function AdminSystemPage() {
             Full audit trail
           </Link>
         </h2>
-        <ErrorBanner error={audit.error} onRetry={audit.reload} />
-        <StatusTable
+        <DataTable
           columns={EVENT_COLUMNS}
           rows={audit.data?.items}
           rowKey={(e, i) => `${e.ts}-${i}`}
           rowProps={() => ({ 'data-testid': 'audit-row' })}
           loading={audit.loading}
           empty="No events recorded."
+          error={audit.error}
+          onRetry={audit.reload}
           testId="audit-table"
         />
       </section>

@@ -3,10 +3,98 @@ import { endpoints, type AdminUser, type Role } from '../lib/api';
 import { ROLE_LABEL, useAuth } from '../lib/auth';
 import { formatDateTime } from '../lib/format';
 import { useFetch } from '../lib/useFetch';
-import { Badge, ConfirmDialog, EmptyRow, ErrorBanner, Modal, PageHeader, Spinner } from '../components/ui';
+import { ConfirmAction } from '../components/ConfirmAction';
+import { actionsColumn, DataTable, type Column } from '../components/DataTable';
+import { Badge, DialogButtons, ErrorBanner, Modal, PageHeader } from '../components/ui';
+import { useAction } from '../lib/useAction';
 
 const ROLES: Role[] = ['radiologist', 'technologist', 'admin'];
 const MIN_PASSWORD = 10; // the server refuses shorter ones (appliance/users.py)
+
+/** What the Approve/Enable/Disable button does to an account, in its words. */
+function accessChange(u: AdminUser): { verb: string; outcome: string } {
+  if (u.pending) return { verb: 'Approve', outcome: 'will be able to sign in.' };
+  if (u.disabled) return { verb: 'Enable', outcome: 'will be able to sign in again.' };
+  return { verb: 'Disable', outcome: 'will no longer be able to sign in.' };
+}
+
+function statusBadge(u: AdminUser) {
+  if (u.pending) return <Badge tone="warn">Awaiting approval</Badge>;
+  if (u.disabled) return <Badge tone="bad">Disabled</Badge>;
+  return <Badge tone="ok">Active</Badge>;
+}
+
+/** The accounts' columns: the role is changed in place, the buttons open a dialog. */
+function userColumns({
+  me,
+  savingRole,
+  onRole,
+  onPassword,
+  onToggle,
+}: {
+  me: string | undefined;
+  savingRole: string | null;
+  onRole: (u: AdminUser, role: Role) => void;
+  onPassword: (u: AdminUser) => void;
+  onToggle: (u: AdminUser) => void;
+}): Column<AdminUser>[] {
+  return [
+    {
+      header: 'User name',
+      cell: (u) => (
+        <>
+          <span className="strong">{u.username}</span>
+          {u.username === me && <span className="muted small"> (you)</span>}
+        </>
+      ),
+      className: 'nowrap-strict',
+    },
+    {
+      header: 'Role',
+      cell: (u) => (
+        <select
+          className="input select input-sm"
+          value={u.role}
+          disabled={u.username === me || savingRole === u.username}
+          title={u.username === me ? 'You cannot change your own role' : undefined}
+          onChange={(e) => onRole(u, e.target.value as Role)}
+          aria-label={`Role of ${u.username}`}
+          data-testid="user-role"
+        >
+          {ROLES.map((r) => (
+            <option key={r} value={r}>
+              {ROLE_LABEL[r]}
+            </option>
+          ))}
+        </select>
+      ),
+    },
+    { header: 'Status', cell: statusBadge },
+    { header: 'Created', cell: (u) => formatDateTime(u.created_at), className: 'nowrap' },
+    {
+      header: 'Last sign-in',
+      cell: (u) => (u.last_login ? formatDateTime(u.last_login) : <span className="muted">Never</span>),
+      className: 'nowrap',
+    },
+    actionsColumn((u) => (
+      <div className="row-actions">
+        <button type="button" className="btn btn-sm" onClick={() => onPassword(u)} data-testid="user-password">
+          Set password
+        </button>
+        <button
+          type="button"
+          className={`btn btn-sm ${u.disabled ? '' : 'btn-danger-outline'}`}
+          disabled={u.username === me}
+          title={u.username === me ? 'You cannot disable your own account' : undefined}
+          onClick={() => onToggle(u)}
+          data-testid="user-toggle"
+        >
+          {accessChange(u).verb}
+        </button>
+      </div>
+    )),
+  ];
+}
 
 export function AdminUsersPage() {
   const { user: me } = useAuth();
@@ -14,22 +102,15 @@ export function AdminUsersPage() {
   const [creating, setCreating] = useState(false);
   const [pwFor, setPwFor] = useState<AdminUser | null>(null);
   const [toggling, setToggling] = useState<AdminUser | null>(null);
-  const [rowError, setRowError] = useState<unknown>(null);
+  const roleChange = useAction();
   const [savingRole, setSavingRole] = useState<string | null>(null);
 
   const users = [...(data?.items ?? [])].sort((a, b) => a.username.localeCompare(b.username));
 
   async function changeRole(u: AdminUser, role: Role) {
-    setRowError(null);
     setSavingRole(u.username);
-    try {
-      await endpoints.updateUser(u.username, { role });
-      reload();
-    } catch (e) {
-      setRowError(e);
-    } finally {
-      setSavingRole(null);
-    }
+    if (await roleChange.run(() => endpoints.updateUser(u.username, { role }))) reload();
+    setSavingRole(null);
   }
 
   return (
@@ -43,88 +124,18 @@ export function AdminUsersPage() {
           </button>
         }
       />
-      <ErrorBanner error={error} onRetry={reload} />
-      <ErrorBanner error={rowError} />
-      <div className="table-wrap">
-        <table className="table" data-testid="users-table">
-          <thead>
-            <tr>
-              <th scope="col">User name</th>
-              <th scope="col">Role</th>
-              <th scope="col">Status</th>
-              <th scope="col">Created</th>
-              <th scope="col">Last sign-in</th>
-              <th scope="col">
-                <span className="sr-only">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {loading && !data && (
-              <EmptyRow colSpan={6}>
-                <Spinner /> Loading…
-              </EmptyRow>
-            )}
-            {data && users.length === 0 && <EmptyRow colSpan={6}>No users.</EmptyRow>}
-            {users.map((u) => {
-              const self = u.username === me?.username;
-              return (
-                <tr key={u.username} data-testid="user-row" data-username={u.username} className={u.disabled ? 'row-dim' : ''}>
-                  <td className="nowrap-strict">
-                    <span className="strong">{u.username}</span>
-                    {self && <span className="muted small"> (you)</span>}
-                  </td>
-                  <td>
-                    <select
-                      className="input select input-sm"
-                      value={u.role}
-                      disabled={self || savingRole === u.username}
-                      title={self ? 'You cannot change your own role' : undefined}
-                      onChange={(e) => void changeRole(u, e.target.value as Role)}
-                      aria-label={`Role of ${u.username}`}
-                      data-testid="user-role"
-                    >
-                      {ROLES.map((r) => (
-                        <option key={r} value={r}>
-                          {ROLE_LABEL[r]}
-                        </option>
-                      ))}
-                    </select>
-                  </td>
-                  <td>
-                    {u.pending ? (
-                      <Badge tone="warn">Awaiting approval</Badge>
-                    ) : u.disabled ? (
-                      <Badge tone="bad">Disabled</Badge>
-                    ) : (
-                      <Badge tone="ok">Active</Badge>
-                    )}
-                  </td>
-                  <td className="nowrap">{formatDateTime(u.created_at)}</td>
-                  <td className="nowrap">{u.last_login ? formatDateTime(u.last_login) : <span className="muted">Never</span>}</td>
-                  <td className="col-actions">
-                    <div className="row-actions">
-                      <button type="button" className="btn btn-sm" onClick={() => setPwFor(u)} data-testid="user-password">
-                        Set password
-                      </button>
-                      <button
-                        type="button"
-                        className={`btn btn-sm ${u.disabled ? '' : 'btn-danger-outline'}`}
-                        disabled={self}
-                        title={self ? 'You cannot disable your own account' : undefined}
-                        onClick={() => setToggling(u)}
-                        data-testid="user-toggle"
-                      >
-                        {u.pending ? 'Approve' : u.disabled ? 'Enable' : 'Disable'}
-                      </button>
-                    </div>
-                  </td>
-                </tr>
-              );
-            })}
-          </tbody>
-        </table>
-      </div>
+      <ErrorBanner error={roleChange.error} />
+      <DataTable
+        columns={userColumns({ me: me?.username, savingRole, onRole: changeRole, onPassword: setPwFor, onToggle: setToggling })}
+        rows={data ? users : undefined}
+        rowKey={(u) => u.username}
+        rowProps={(u) => ({ 'data-testid': 'user-row', 'data-username': u.username, className: u.disabled ? 'row-dim' : '' })}
+        loading={loading}
+        empty="No users."
+        error={error}
+        onRetry={reload}
+        testId="users-table"
+      />
 
       {creating && (
         <CreateUserDialog
@@ -136,26 +147,18 @@ export function AdminUsersPage() {
         />
       )}
       {pwFor && <PasswordDialog user={pwFor} onClose={() => setPwFor(null)} />}
-      <ConfirmDialog
-        open={!!toggling}
-        title={toggling?.disabled ? 'Enable user' : 'Disable user'}
-        message={
-          toggling?.disabled ? (
-            <p>
-              <strong>{toggling?.username}</strong> will be able to sign in again.
-            </p>
-          ) : (
-            <p>
-              <strong>{toggling?.username}</strong> will no longer be able to sign in.
-            </p>
-          )
-        }
-        confirmLabel={toggling?.disabled ? 'Enable' : 'Disable'}
+      <ConfirmAction
+        target={toggling}
+        title={toggling ? `${accessChange(toggling).verb} user` : ''}
+        message={(u) => (
+          <>
+            <strong>{u.username}</strong> {accessChange(u).outcome}
+          </>
+        )}
+        confirmLabel={toggling ? accessChange(toggling).verb : ''}
         danger={!toggling?.disabled}
-        onConfirm={async () => {
-          if (toggling) await endpoints.updateUser(toggling.username, { disabled: !toggling.disabled });
-          reload();
-        }}
+        onConfirm={(u) => endpoints.updateUser(u.username, { disabled: !u.disabled })}
+        onDone={reload}
         onClose={() => setToggling(null)}
       />
     </div>
@@ -173,8 +176,7 @@ function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreat
   const [role, setRole] = useState<Role>('radiologist');
   const [password, setPassword] = useState('');
   const [confirm, setConfirm] = useState('');
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<unknown>(null);
+  const { busy, error, setError, run } = useAction();
 
   async function submit(e: FormEvent) {
     e.preventDefault();
@@ -188,16 +190,7 @@ function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreat
       setError(p);
       return;
     }
-    setBusy(true);
-    setError(null);
-    try {
-      await endpoints.createUser(name, role, password);
-      onCreated();
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
+    if (await run(() => endpoints.createUser(name, role, password))) onCreated();
   }
 
   return (
@@ -207,14 +200,7 @@ function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreat
       onClose={onClose}
       testId="create-user-dialog"
       footer={
-        <>
-          <button type="button" className="btn" onClick={onClose} disabled={busy}>
-            Cancel
-          </button>
-          <button type="submit" form="create-user-form" className="btn btn-primary" disabled={busy} data-testid="create-user-submit">
-            {busy ? 'Adding…' : 'Add user'}
-          </button>
-        </>
+        <DialogButtons form="create-user-form" label="Add user" busyLabel="Adding…" busy={busy} onCancel={onClose} testId="create-user-submit" />
       }
     >
       <form id="create-user-form" onSubmit={submit} autoComplete="off">
@@ -251,8 +237,7 @@ function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreat
 function PasswordDialog({ user, onClose }: { user: AdminUser; onClose: () => void }) {
   const [password, setPassword] = useState('');
   const [confirm, setConfirm] = useState('');
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<unknown>(null);
+  const { busy, error, setError, run } = useAction();
   const [done, setDone] = useState(false);
 
   async function submit(e: FormEvent) {
@@ -262,16 +247,7 @@ function PasswordDialog({ user, onClose }: { user: AdminUser; onClose: () => voi
       setError(p);
       return;
     }
-    setBusy(true);
-    setError(null);
-    try {
-      await endpoints.updateUser(user.username, { password });
-      setDone(true);
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
+    if (await run(() => endpoints.updateUser(user.username, { password }))) setDone(true);
   }
 
   return (
@@ -285,14 +261,7 @@ function PasswordDialog({ user, onClose }: { user: AdminUser; onClose: () => voi
             Done
           </button>
         ) : (
-          <>
-            <button type="button" className="btn" onClick={onClose} disabled={busy}>
-              Cancel
-            </button>
-            <button type="submit" form="password-form" className="btn btn-primary" disabled={busy}>
-              {busy ? 'Saving…' : 'Set password'}
-            </button>
-          </>
+          <DialogButtons form="password-form" label="Set password" busyLabel="Saving…" busy={busy} onCancel={onClose} />
         )
       }
     >

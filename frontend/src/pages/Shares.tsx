@@ -2,7 +2,9 @@ import { useState } from 'react';
 import { endpoints, type Share } from '../lib/api';
 import { formatDateTime, formatRelative, parseTimestamp } from '../lib/format';
 import { useFetch } from '../lib/useFetch';
-import { Badge, ConfirmDialog, EmptyRow, ErrorBanner, PageHeader, Spinner } from '../components/ui';
+import { ConfirmAction } from '../components/ConfirmAction';
+import { actionsColumn, DataTable, none, type Column } from '../components/DataTable';
+import { Badge, PageHeader } from '../components/ui';
 
 type Filter = 'active' | 'all';
 
@@ -12,6 +14,44 @@ function shareState(s: Share, now: number): 'active' | 'revoked' | 'expired' {
   if (exp && exp.getTime() <= now) return 'expired';
   return 'active';
 }
+
+type ShareState = ReturnType<typeof shareState>;
+type ShareRow = { share: Share; state: ShareState };
+
+function stateBadge({ share, state }: ShareRow) {
+  if (state === 'revoked') return <Badge tone="bad">Revoked</Badge>;
+  if (state === 'expired') return <Badge tone="neutral">Expired</Badge>;
+  return <Badge tone="ok">{`Active · ${formatRelative(share.expires_at).replace(/^in /, '')} left`}</Badge>;
+}
+
+/** The links' columns; an active link's last cell has its Revoke button. */
+const shareColumns = (onRevoke: (s: Share) => void): Column<ShareRow>[] => [
+  {
+    header: 'Study UID',
+    cell: ({ share }) => (
+      <span className="truncate uid" title={share.study_uid}>
+        {share.study_uid}
+      </span>
+    ),
+    className: 'mono small',
+  },
+  { header: 'Note', cell: ({ share }) => share.note || none },
+  { header: 'Created by', cell: ({ share }) => share.created_by },
+  { header: 'Created', cell: ({ share }) => formatDateTime(share.created_at), className: 'nowrap' },
+  {
+    header: 'Expires',
+    cell: ({ share }) => <span title={formatRelative(share.expires_at)}>{formatDateTime(share.expires_at)}</span>,
+    className: 'nowrap',
+  },
+  { header: 'Status', cell: stateBadge },
+  actionsColumn(({ share, state }) =>
+    state === 'active' ? (
+      <button type="button" className="btn btn-sm btn-danger-outline" onClick={() => onRevoke(share)} data-testid="revoke-share">
+        Revoke
+      </button>
+    ) : null,
+  ),
+];
 
 export function SharesPage() {
   const { data, error, loading, reload } = useFetch((signal) => endpoints.shares(signal), 'shares');
@@ -48,77 +88,34 @@ export function SharesPage() {
           </>
         }
       />
-      <ErrorBanner error={error} onRetry={reload} />
-      <div className="table-wrap">
-        <table className="table" data-testid="shares-table">
-          <thead>
-            <tr>
-              <th scope="col">Study UID</th>
-              <th scope="col">Note</th>
-              <th scope="col">Created by</th>
-              <th scope="col">Created</th>
-              <th scope="col">Expires</th>
-              <th scope="col">Status</th>
-              <th scope="col">
-                <span className="sr-only">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {loading && !data && (
-              <EmptyRow colSpan={7}>
-                <Spinner /> Loading…
-              </EmptyRow>
-            )}
-            {data && items.length === 0 && (
-              <EmptyRow colSpan={7}>
-                {filter === 'active' ? 'No active links. Share a study from the worklist.' : 'No links have been created.'}
-              </EmptyRow>
-            )}
-            {items.map(({ share: s, state }) => (
-              <tr key={s.id} data-testid="share-row" data-share-id={s.id} className={state !== 'active' ? 'row-dim' : ''}>
-                <td className="mono small">
-                  <span className="truncate uid" title={s.study_uid}>
-                    {s.study_uid}
-                  </span>
-                </td>
-                <td>{s.note || <span className="muted">—</span>}</td>
-                <td>{s.created_by}</td>
-                <td className="nowrap">{formatDateTime(s.created_at)}</td>
-                <td className="nowrap" title={formatRelative(s.expires_at)}>
-                  {formatDateTime(s.expires_at)}
-                </td>
-                <td>
-                  <Badge tone={state === 'active' ? 'ok' : state === 'revoked' ? 'bad' : 'neutral'}>
-                    {state === 'active' ? `Active · ${formatRelative(s.expires_at).replace(/^in /, '')} left` : state === 'revoked' ? 'Revoked' : 'Expired'}
-                  </Badge>
-                </td>
-                <td className="col-actions">
-                  {state === 'active' && (
-                    <button type="button" className="btn btn-sm btn-danger-outline" onClick={() => setRevoking(s)} data-testid="revoke-share">
-                      Revoke
-                    </button>
-                  )}
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
-      <ConfirmDialog
-        open={!!revoking}
+      <DataTable
+        columns={shareColumns(setRevoking)}
+        rows={data ? items : undefined}
+        rowKey={({ share }) => share.id}
+        rowProps={({ share, state }) => ({
+          'data-testid': 'share-row',
+          'data-share-id': share.id,
+          className: state !== 'active' ? 'row-dim' : '',
+        })}
+        loading={loading}
+        empty={filter === 'active' ? 'No active links. Share a study from the worklist.' : 'No links have been created.'}
+        error={error}
+        onRetry={reload}
+        testId="shares-table"
+      />
+      <ConfirmAction
+        target={revoking}
         title="Revoke link"
-        message={
-          <p>
-            The link{revoking?.note ? ` “${revoking.note}”` : ''} stops working immediately. This cannot be undone.
-          </p>
-        }
+        message={(s) => (
+          <>
+            The link{s.note ? ` “${s.note}”` : ''} to study <strong className="mono">{s.study_uid}</strong> stops working
+            immediately.
+          </>
+        )}
+        irreversible
         confirmLabel="Revoke link"
-        danger
-        onConfirm={async () => {
-          if (revoking) await endpoints.revokeShare(revoking.id);
-          reload();
-        }}
+        onConfirm={(s) => endpoints.revokeShare(s.id)}
+        onDone={reload}
         onClose={() => setRevoking(null)}
       />
     </div>

@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'react';
+import { Fragment, useEffect, useState, type MouseEvent } from 'react';
 import { endpoints, viewerUrl, type Study } from '../lib/api';
 import { canShare, isAdmin, useAuth } from '../lib/auth';
 import {
@@ -12,8 +12,9 @@ import {
 } from '../lib/format';
 import { setSearchParams, useLocation } from '../lib/router';
 import { useDebounced, useFetch } from '../lib/useFetch';
-import { ConfirmDialog, EmptyRow, ErrorBanner, Spinner } from '../components/ui';
-import { Pagination } from '../components/Pagination';
+import { ConfirmAction } from '../components/ConfirmAction';
+import { actionsColumn, DataTable, none, type Column } from '../components/DataTable';
+import { FilterSelect, Spinner } from '../components/ui';
 import { ShareDialog } from '../components/ShareDialog';
 
 const MODALITIES = ['CT', 'MR', 'CR', 'DX', 'MG', 'US', 'XA', 'RF', 'NM', 'PT', 'OT'];
@@ -194,20 +195,14 @@ export function WorklistPage() {
             </button>
           </span>
         )}
-        <select
-          className="input select"
+        <FilterSelect
+          label="Modality"
           value={filters.modality}
-          onChange={(e) => update({ modality: e.target.value })}
-          aria-label="Modality"
-          data-testid="worklist-modality"
-        >
-          <option value="">All modalities</option>
-          {MODALITIES.map((m) => (
-            <option key={m} value={m}>
-              {m}
-            </option>
-          ))}
-        </select>
+          choices={MODALITIES}
+          all="All modalities"
+          onChange={(modality) => update({ modality })}
+          testId="worklist-modality"
+        />
         <div className="segmented" role="group" aria-label="Study date range">
           {(
             [
@@ -229,25 +224,22 @@ export function WorklistPage() {
           ))}
         </div>
         <div className="date-range">
-          <input
-            className="input"
-            type="date"
-            value={dicomDateToIso(filters.from)}
-            max={dicomDateToIso(filters.to) || undefined}
-            onChange={(e) => update({ from: isoDateToDicom(e.target.value) })}
-            aria-label="Study date from"
-            data-testid="worklist-date-from"
-          />
-          <span className="muted">–</span>
-          <input
-            className="input"
-            type="date"
-            value={dicomDateToIso(filters.to)}
-            min={dicomDateToIso(filters.from) || undefined}
-            onChange={(e) => update({ to: isoDateToDicom(e.target.value) })}
-            aria-label="Study date to"
-            data-testid="worklist-date-to"
-          />
+          {(['from', 'to'] as const).map((end) => (
+            <Fragment key={end}>
+              {end === 'to' && <span className="muted">–</span>}
+              <input
+                className="input"
+                type="date"
+                value={dicomDateToIso(filters[end])}
+                // Each end is bounded by the other.
+                min={end === 'to' ? dicomDateToIso(filters.from) || undefined : undefined}
+                max={end === 'from' ? dicomDateToIso(filters.to) || undefined : undefined}
+                onChange={(e) => update({ [end]: isoDateToDicom(e.target.value) })}
+                aria-label={`Study date ${end}`}
+                data-testid={`worklist-date-${end}`}
+              />
+            </Fragment>
+          ))}
         </div>
         {filtered && (
           <button
@@ -263,168 +255,169 @@ export function WorklistPage() {
         )}
       </div>
 
-      <ErrorBanner error={error} onRetry={reload} />
-
-      <div className={`table-wrap${busy && data ? ' is-busy' : ''}`}>
-        <table className="table worklist" data-testid="worklist">
-          <thead>
-            <tr>
-              <SortHeader k="patient_name" label="Patient" sort={filters.sort} onSort={sortBy} />
-              <SortHeader k="patient_id" label="Patient ID" sort={filters.sort} onSort={sortBy} />
-              <SortHeader k="study_date" label="Study date" sort={filters.sort} onSort={sortBy} />
-              <SortHeader k="modalities" label="Modality" sort={filters.sort} onSort={sortBy} />
-              <SortHeader k="description" label="Description" sort={filters.sort} onSort={sortBy} />
-              <th className="num col-counts" scope="col">
-                Series / images
-              </th>
-              <th scope="col" className="col-progress">
-                Ingest
-              </th>
-              <th scope="col" className="col-actions">
-                <span className="sr-only">Actions</span>
-              </th>
-            </tr>
-          </thead>
-          <tbody>
-            {loading && !data && (
-              <EmptyRow colSpan={8}>
-                <Spinner /> Loading studies…
-              </EmptyRow>
-            )}
-            {data && data.items.length === 0 && (
-              <EmptyRow colSpan={8}>
-                {filtered ? 'No studies match these filters.' : 'No studies yet. Studies appear here as modalities send them.'}
-              </EmptyRow>
-            )}
-            {data?.items.map((s) => (
-              <StudyRow
-                key={s.study_uid}
-                study={s}
-                onShare={sharing ? () => setShareStudy(s) : undefined}
-                onDelete={admin ? () => setDeleting(s) : undefined}
-              />
-            ))}
-          </tbody>
-        </table>
-      </div>
-
-      {data && total > 0 && (
-        <Pagination
-          page={Math.min(filters.page, pages)}
-          pages={pages}
-          total={total}
-          size={filters.size}
-          sizes={PAGE_SIZES}
-          onPage={(page) => writeFilters({ ...filters, page })}
-          onSize={(size) => writeFilters({ ...filters, size, page: 1 })}
-          noun="studies"
-        />
-      )}
+      <DataTable
+        columns={studyColumns({
+          sort: filters.sort,
+          onSort: sortBy,
+          onShare: sharing ? setShareStudy : undefined,
+          onDelete: admin ? setDeleting : undefined,
+        })}
+        rows={data?.items}
+        rowKey={(s) => s.study_uid}
+        rowProps={studyRowProps}
+        loading={loading}
+        loadingText="Loading studies…"
+        empty={filtered ? 'No studies match these filters.' : 'No studies yet. Studies appear here as modalities send them.'}
+        error={error}
+        onRetry={reload}
+        busy={busy}
+        className="worklist"
+        testId="worklist"
+        pagination={
+          data && total > 0
+            ? {
+                page: Math.min(filters.page, pages),
+                pages,
+                total,
+                size: filters.size,
+                sizes: PAGE_SIZES,
+                onPage: (page) => writeFilters({ ...filters, page }),
+                onSize: (size) => writeFilters({ ...filters, size, page: 1 }),
+                noun: 'studies',
+              }
+            : undefined
+        }
+      />
 
       {shareStudy && <ShareDialog study={shareStudy} onClose={() => setShareStudy(null)} />}
-      <ConfirmDialog
-        open={!!deleting}
+      <ConfirmAction
+        target={deleting}
         title="Delete study"
-        message={
-          <p data-testid="delete-study-message">
-            Delete the {deleting?.study_date ? `${formatDicomDate(deleting.study_date)} ` : ''}study of{' '}
-            <strong>{formatPersonName(deleting?.patient_name ?? '') || 'an unnamed patient'}</strong>
-            {deleting?.patient_id ? ` (ID ${deleting.patient_id})` : ''}: its images, previews and worklist entry are
-            removed from the archive and the disk. This cannot be undone.
-          </p>
-        }
+        message={(s) => (
+          <>
+            Delete the {s.study_date ? `${formatDicomDate(s.study_date)} ` : ''}study of{' '}
+            <strong>{formatPersonName(s.patient_name ?? '') || 'an unnamed patient'}</strong>
+            {s.patient_id ? ` (ID ${s.patient_id})` : ''}: its images, previews and worklist entry are removed from the
+            archive and the disk.
+          </>
+        )}
+        irreversible
         confirmLabel="Delete study"
-        danger
-        onConfirm={async () => {
-          if (deleting) await endpoints.deleteStudy(deleting.study_uid);
-          reload();
-        }}
+        onConfirm={(s) => endpoints.deleteStudy(s.study_uid)}
+        onDone={reload}
         onClose={() => setDeleting(null)}
+        testId="delete-study-message"
       />
     </div>
   );
 }
 
-function SortHeader({
-  k,
-  label,
-  sort,
-  onSort,
-}: {
-  k: SortKey;
-  label: string;
-  sort: string;
-  onSort: (k: SortKey) => void;
-}) {
+/** A sortable column's header: a button that sorts by it (again: the other way). */
+function sortable(k: SortKey, label: string, sort: string, onSort: (k: SortKey) => void): Pick<Column<Study>, 'header' | 'sort' | 'headerClassName'> {
   const active = sort.replace(/^-/, '') === k;
   const desc = sort.startsWith('-');
-  return (
-    <th scope="col" aria-sort={active ? (desc ? 'descending' : 'ascending') : 'none'} className={`col-${k}`}>
+  return {
+    sort: active ? (desc ? 'descending' : 'ascending') : 'none',
+    headerClassName: `col-${k}`,
+    header: (
       <button type="button" className={`sort-btn${active ? ' active' : ''}`} onClick={() => onSort(k)} data-testid={`sort-${k}`}>
         {label}
         <span className="sort-ind" aria-hidden="true">
           {active ? (desc ? '▼' : '▲') : '↕'}
         </span>
       </button>
-    </th>
+    ),
+  };
+}
+
+/** A study's row opens the viewer on a double click outside its links and buttons. */
+function studyRowProps(study: Study) {
+  return {
+    'data-testid': 'study-row',
+    'data-study-uid': study.study_uid,
+    onDoubleClick: (e: MouseEvent<HTMLTableRowElement>) => {
+      if ((e.target as HTMLElement).closest('a,button')) return;
+      window.location.assign(viewerUrl(study.study_uid));
+    },
+  };
+}
+
+function patientCell(study: Study) {
+  const name = formatPersonName(study.patient_name);
+  return (
+    <>
+      <span className={name ? 'strong' : 'muted'}>{name || 'Unnamed patient'}</span>
+      {study.patient_id && <span className="sub-id mono">{study.patient_id}</span>}
+    </>
   );
 }
 
-function StudyRow({ study, onShare, onDelete }: { study: Study; onShare?: () => void; onDelete?: () => void }) {
-  const name = formatPersonName(study.patient_name);
-  const href = viewerUrl(study.study_uid);
-  return (
-    <tr
-      data-testid="study-row"
-      data-study-uid={study.study_uid}
-      onDoubleClick={(e) => {
-        if ((e.target as HTMLElement).closest('a,button')) return;
-        window.location.assign(href);
-      }}
-    >
-      <td className="col-patient_name">
-        <span className={name ? 'strong' : 'muted'}>{name || 'Unnamed patient'}</span>
-        {study.patient_id && <span className="sub-id mono">{study.patient_id}</span>}
-      </td>
-      <td className="mono col-patient_id">{study.patient_id || <span className="muted">—</span>}</td>
-      <td className="nowrap col-study_date">{formatDicomDate(study.study_date) || <span className="muted">—</span>}</td>
-      <td className="col-modalities">
-        {(study.modalities ?? []).map((m) => (
+/** The worklist's columns; Share and Delete only for the roles given their handler. */
+function studyColumns({
+  sort,
+  onSort,
+  onShare,
+  onDelete,
+}: {
+  sort: string;
+  onSort: (k: SortKey) => void;
+  onShare?: (s: Study) => void;
+  onDelete?: (s: Study) => void;
+}): Column<Study>[] {
+  return [
+    { ...sortable('patient_name', 'Patient', sort, onSort), cell: patientCell, className: 'col-patient_name' },
+    { ...sortable('patient_id', 'Patient ID', sort, onSort), cell: (s) => s.patient_id || none, className: 'mono col-patient_id' },
+    {
+      ...sortable('study_date', 'Study date', sort, onSort),
+      cell: (s) => formatDicomDate(s.study_date) || none,
+      className: 'nowrap col-study_date',
+    },
+    {
+      ...sortable('modalities', 'Modality', sort, onSort),
+      cell: (s) =>
+        (s.modalities ?? []).map((m) => (
           <span key={m} className="chip">
             {m}
           </span>
-        ))}
-      </td>
-      <td className="col-description">
-        <span className="truncate" title={study.description}>
-          {study.description || <span className="muted">—</span>}
+        )),
+      className: 'col-modalities',
+    },
+    {
+      ...sortable('description', 'Description', sort, onSort),
+      cell: (s) => (
+        <span className="truncate" title={s.description}>
+          {s.description || none}
         </span>
-      </td>
-      <td className="num col-counts">
-        {formatCount(study.series_count)} / {formatCount(study.instance_count)}
-      </td>
-      <td className="col-progress">
-        <IngestProgress study={study} />
-      </td>
-      <td className="col-actions">
+      ),
+      className: 'col-description',
+    },
+    {
+      header: 'Series / images',
+      cell: (s) => `${formatCount(s.series_count)} / ${formatCount(s.instance_count)}`,
+      className: 'num col-counts',
+    },
+    { header: 'Ingest', cell: (s) => <IngestProgress study={s} />, className: 'col-progress' },
+    {
+      ...actionsColumn((s: Study) => (
         <div className="row-actions">
-          <a className="btn btn-sm btn-primary" href={href} data-testid="open-viewer">
+          <a className="btn btn-sm btn-primary" href={viewerUrl(s.study_uid)} data-testid="open-viewer">
             Open
           </a>
           {onShare && (
-            <button type="button" className="btn btn-sm" onClick={onShare} data-testid="share-study">
+            <button type="button" className="btn btn-sm" onClick={() => onShare(s)} data-testid="share-study">
               Share
             </button>
           )}
           {onDelete && (
-            <button type="button" className="btn btn-sm btn-danger-outline" onClick={onDelete} data-testid="delete-study">
+            <button type="button" className="btn btn-sm btn-danger-outline" onClick={() => onDelete(s)} data-testid="delete-study">
               Delete
             </button>
           )}
         </div>
-      </td>
-    </tr>
-  );
+      )),
+      headerClassName: 'col-actions',
+    },
+  ];
 }
 
 export function IngestProgress({ study }: { study: Study }) {

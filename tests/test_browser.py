@@ -462,6 +462,14 @@ def test_an_admin_deletes_a_study_from_the_worklist(appliance, study, new_contex
     row.get_by_test_id("delete-study").click()
     message = page.get_by_test_id("delete-study-message")
     message.wait_for()
+    # Cancel has the focus and Escape cancels: nothing is deleted.
+    cancel = page.get_by_test_id("confirm-cancel")
+    assert cancel.evaluate("button => button === document.activeElement")
+    page.keyboard.press("Escape")
+    message.wait_for(state="detached")
+    assert row.count() == 1
+    row.get_by_test_id("delete-study").click()
+    message.wait_for()
     assert "DOOMED, PHANTOM" in message.inner_text() and PATIENT_ID in message.inner_text()
     page.screenshot(path=ARTIFACTS / "10-delete-study-confirmation.png")
     page.get_by_test_id("confirm-ok").click()

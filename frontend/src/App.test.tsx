@@ -180,6 +180,8 @@ describe('worklist', () => {
     expect(link.getAttribute('href')).toBe('/pacs-viewer/viewer?StudyInstanceUIDs=1.2.840.113619.2.55.3.1');
     expect(byTestId('worklist-total')!.textContent).toContain('1,234 studies');
     expect(byTestId('page-range')!.textContent).toContain('1–50 of 1,234');
+    // The counts header hides with its cells on narrow screens (.worklist .col-counts).
+    expect(container.querySelector('thead th.num.col-counts')!.textContent).toBe('Series / images');
     // Radiologists share but do not see admin pages.
     expect(row.querySelector('[data-testid="share-study"]')).not.toBeNull();
     expect(row.querySelector('[data-testid="delete-study"]')).toBeNull();

@@ -59,7 +59,8 @@ describe('DataTable', () => {
     expect([...table.querySelectorAll('thead th')].map((th) => th.getAttribute('scope'))).toEqual(['col', 'col', 'col']);
     expect(texts('thead th')).toEqual(['Name', 'Count', 'Actions']);
     expect(table.querySelector('thead th .sr-only')!.textContent).toBe('Actions');
-    expect(table.querySelectorAll('thead th')[1].className).toBe('num');
+    // Headers take their cells' layout classes (alignment, width), not their text style.
+    expect([...table.querySelectorAll('thead th')].map((th) => th.className)).toEqual(['', 'num', 'col-actions']);
     expect(texts('tbody tr[data-testid="fruit-row"] td:first-child')).toEqual(['apple', 'pear']);
     expect(container.querySelector('tr[data-name="pear"] td.num.mono')!.textContent).toBe('12');
     expect(container.querySelector('tr[data-name="pear"] td.col-actions button')!.textContent).toBe('Eat pear');
@@ -103,7 +104,7 @@ describe('DataTable', () => {
 
   it('dims the rows during a refresh, marks the sorted column and pages below the table', async () => {
     const onPage = vi.fn();
-    const sorted: Column<Fruit>[] = [{ ...COLUMNS[0], sort: 'ascending', headerClassName: 'col-name' }, COLUMNS[1]];
+    const sorted: Column<Fruit>[] = [{ ...COLUMNS[0], sort: 'ascending', className: 'strong col-name' }, COLUMNS[1]];
     await render(
       <DataTable
         columns={sorted}

@@ -8,8 +8,6 @@ export interface Column<T> {
   cell: (row: T) => ReactNode;
   /** Class of the column's cells, e.g. "num" (right-aligned figures) or "mono small". */
   className?: string;
-  /** Class of the header cell; by default "num" when the cells are figures. */
-  headerClassName?: string;
   /** aria-sort of a sortable column (its header then holds the sort button). */
   sort?: ThHTMLAttributes<HTMLTableCellElement>['aria-sort'];
 }
@@ -24,8 +22,10 @@ export function actionsColumn<T>(cell: (row: T) => ReactNode): Column<T> {
   return { header: <span className="sr-only">Actions</span>, cell, className: 'col-actions' };
 }
 
+/** The header shares its cells' layout classes: "num" (alignment) and "col-*" (width, hiding). */
 function headerClass<T>(c: Column<T>): string | undefined {
-  return c.headerClassName ?? (c.className?.split(' ').includes('num') ? 'num' : undefined);
+  const layout = (c.className ?? '').split(' ').filter((name) => name === 'num' || name.startsWith('col-'));
+  return layout.length ? layout.join(' ') : undefined;
 }
 
 /**

@@ -313,12 +313,11 @@ export function WorklistPage() {
 }
 
 /** A sortable column's header: a button that sorts by it (again: the other way). */
-function sortable(k: SortKey, label: string, sort: string, onSort: (k: SortKey) => void): Pick<Column<Study>, 'header' | 'sort' | 'headerClassName'> {
+function sortable(k: SortKey, label: string, sort: string, onSort: (k: SortKey) => void): Pick<Column<Study>, 'header' | 'sort'> {
   const active = sort.replace(/^-/, '') === k;
   const desc = sort.startsWith('-');
   return {
     sort: active ? (desc ? 'descending' : 'ascending') : 'none',
-    headerClassName: `col-${k}`,
     header: (
       <button type="button" className={`sort-btn${active ? ' active' : ''}`} onClick={() => onSort(k)} data-testid={`sort-${k}`}>
         {label}
@@ -397,26 +396,23 @@ function studyColumns({
       className: 'num col-counts',
     },
     { header: 'Ingest', cell: (s) => <IngestProgress study={s} />, className: 'col-progress' },
-    {
-      ...actionsColumn((s: Study) => (
-        <div className="row-actions">
-          <a className="btn btn-sm btn-primary" href={viewerUrl(s.study_uid)} data-testid="open-viewer">
-            Open
-          </a>
-          {onShare && (
-            <button type="button" className="btn btn-sm" onClick={() => onShare(s)} data-testid="share-study">
-              Share
-            </button>
-          )}
-          {onDelete && (
-            <button type="button" className="btn btn-sm btn-danger-outline" onClick={() => onDelete(s)} data-testid="delete-study">
-              Delete
-            </button>
-          )}
-        </div>
-      )),
-      headerClassName: 'col-actions',
-    },
+    actionsColumn((s: Study) => (
+      <div className="row-actions">
+        <a className="btn btn-sm btn-primary" href={viewerUrl(s.study_uid)} data-testid="open-viewer">
+          Open
+        </a>
+        {onShare && (
+          <button type="button" className="btn btn-sm" onClick={() => onShare(s)} data-testid="share-study">
+            Share
+          </button>
+        )}
+        {onDelete && (
+          <button type="button" className="btn btn-sm btn-danger-outline" onClick={() => onDelete(s)} data-testid="delete-study">
+            Delete
+          </button>
+        )}
+      </div>
+    )),
   ];
 }
 

@@ -14,8 +14,9 @@ The two viewers, served by the same appliance (real nginx, app, Orthanc) in one 
 - ``stock``: the same pinned OHIF 3.13.2 dist with OHIF's own registrations (seven modes,
   three extensions), patched only as much as serving it here needs
   (``patch_tree(trim=False)``: the public path, and the main bundle and codec preloads
-  that were there before this work). Built from the cached tarball at every run. Both
-  use the same ``app-config.js``.
+  that were there before this work). Built from the cached tarball once per version
+  (kept beside it, ``~/.cache/neuronova/ohif-stock-*``). Both use the same
+  ``app-config.js``.
 
 The files that differ (index.html, and the main bundle, which has another content hash
 in ours) sit side by side; nginx serves a copy of ``spa_dist`` made of symbolic links
@@ -111,6 +112,31 @@ def build_stock(fetch_ohif: ModuleType, target: Path) -> Path:
     for name in ("index.html", fetch_ohif.main_bundle_name(target)):
         fetch_ohif.compress_file(target / name)
     fetch_ohif.make_world_readable(target)
+    return target
+
+
+def stock_viewer(fetch_ohif: ModuleType) -> Path:
+    """The stock viewer, built once per OHIF version and install format in the cache
+    (brotli's best on the 17 MB bundle takes minutes on 2 cores)."""
+    cache = fetch_ohif.default_cache_dir()
+    stock = cache / f"ohif-stock-{fetch_ohif.OHIF_VERSION}-{fetch_ohif.INSTALL_FORMAT}"
+    if (stock / "index.html.br").is_file():
+        return stock
+    print(f"building the stock viewer into {stock} ...", flush=True)
+    staged = cache / f".{stock.name}.partial"
+    shutil.rmtree(staged, ignore_errors=True)
+    os.replace(build_stock(fetch_ohif, staged), stock)
+    return stock
+
+
+def own_copy(stock: Path, bundle: str, target: Path) -> Path:
+    """The stock viewer's index.html and main bundle (and siblings) copied to ``target``,
+    where nginx's workers can read them (the cache is under a home they may not enter)."""
+    target.mkdir(parents=True)
+    for path in [*stock.glob("index.html*"), *stock.glob(bundle + "*")]:
+        shutil.copy(path, target / path.name)
+    for path in [target, *target.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return target
 
 
@@ -318,10 +344,11 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     fetch_ohif = load_fetch_ohif()
     ours = installed_viewer(fetch_ohif)
-    print("building the stock viewer from the cached tarball ...", flush=True)
-    stock = build_stock(fetch_ohif, workdir / "stock")
+    cached = stock_viewer(fetch_ohif)
+    bundle = fetch_ohif.main_bundle_name(cached)
+    stock = own_copy(cached, bundle, workdir / "stock")
     overlay = workdir / "overlay"
-    viewer = make_overlay(overlay, ours, stock, fetch_ohif.main_bundle_name(stock))
+    viewer = make_overlay(overlay, ours, stock, bundle)
     show(viewer, ours)
     # `python -m` puts the working folder first on sys.path: not the repository, whose
     # spa_dist would hide the overlay's.

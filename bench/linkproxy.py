@@ -138,6 +138,8 @@ class Pipe:
                 in_flight.clear()
 
         delivering = asyncio.create_task(deliver())
+        # A far end that closed ends the delivery with an error: the relay ends, no report.
+        delivering.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             while not delivering.done() and (data := await reader.read(CHUNK)):
                 await self.admit(len(data))

@@ -24,9 +24,10 @@ Chromium drops its connections when they change): the proxies listen on that nam
 loopback and relay to nginx on the machine's. Chromium trusts the appliance's
 self-signed certificate by its key (``--ignore-certificate-errors-spki-list``), so that
 it caches as it does for a trusted site (with a certificate error it would cache nothing).
-Each run opens the viewer in a fresh browser context (empty cache) holding a new session
-of the bench radiologist, waits for every frame, closes the page and opens the viewer
-again in the same context (the second visit: the browser's cache as the first left it).
+Each run opens the viewer in a new Chromium (a persistent profile in an empty folder: a
+cold disk cache) holding a new session of the bench radiologist, waits for every frame,
+closes the page and opens the viewer again in the same browser (the second visit: the
+browser's cache as the first left it).
 As a cross-check, the HTJ2K study is also loaded once per link (first round) through the
 unshaped relay with Chrome's own emulation of the link (DevTools
 ``Network.emulateNetworkConditions``).
@@ -40,11 +41,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -236,11 +239,16 @@ def browser_processes() -> list[int]:
 
 
 class Loader:
-    """Measures viewer loads of one appliance in one browser."""
+    """Measures viewer loads of one appliance, each in a browser of its own.
 
-    def __init__(self, browser, appliance: Appliance, links: Routes, views: list[np.ndarray],
-                 shots: Path, gate: QuietGate) -> None:  # fmt: skip
-        self.browser, self.appliance, self.links = browser, appliance, links
+    ``launch(profile)`` starts Chromium with a persistent context in the empty folder
+    ``profile``: a cold cache, and a disk cache as a user's browser has (an in-memory
+    context's cache holds about as much as the 300 frames, which pushed the viewer's own
+    files out of it before the second visit)."""
+
+    def __init__(self, launch: Callable[[Path], Any], appliance: Appliance, links: Routes,
+                 views: list[np.ndarray], shots: Path, gate: QuietGate) -> None:  # fmt: skip
+        self.launch, self.appliance, self.links = launch, appliance, links
         self.views, self.shots, self.gate = views, shots, gate
 
     def cpu(self) -> dict[str, float]:
@@ -270,10 +278,11 @@ class Loader:
 
         ``emulate``: straight to nginx with Chrome's emulation of that link instead."""
         quiet = self.gate.wait()
+        profile = Path(tempfile.mkdtemp(prefix="nn-viewer-profile-"))
+        context = self.launch(profile)
         others = OthersMeter([p for p in [self.appliance.process.pid if self.appliance.process
                                           else 0] if p] + browser_processes()).start()  # fmt: skip
         cpu_before = self.cpu()
-        context = self.browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
         base = self.links.base("loopback" if emulate else link)
         conditions = emulation(emulate) if emulate else None
         url = f"{base}/pacs-viewer/viewer?StudyInstanceUIDs={series.study_uid}"
@@ -293,6 +302,7 @@ class Loader:
                 again.page.close()
         finally:
             context.close()
+            shutil.rmtree(profile, ignore_errors=True)
         result.update(before_run=quiet, others_cpu_percent_during_run=others.percent(),
                       emulated_by="devtools" if emulate else "proxy" if link in LINKS
                       else "none")  # fmt: skip
@@ -519,13 +529,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         "makes Chromium drop its connections). Chromium "
         "trusts the appliance's self-signed certificate by its key "
         "(`--ignore-certificate-errors-spki-list`), so it caches as for a trusted site. "
-        "Each run: a fresh browser context (empty cache) with a new session; the first "
+        "Each run: a new Chromium with a persistent profile in an empty folder (a cold "
+        "disk cache, as a user's browser has) and a new session; the first "
         "image is when a probe on every animation frame first sees the image on "
         "Cornerstone's canvas, and OHIF's own `studyToFirstImage` mark (page clock, 0 = "
         "navigation start); frames are complete at a 200 or the 206 of their last byte "
         "range; a first pass of a slice is its first response (a progressive frame's first "
         "byte range, or the whole frame); then the page is closed and the viewer opened "
-        "again in the same context (second visit). Bytes: encoded lengths on the wire "
+        "again in the same browser (second visit). Bytes: encoded lengths on the wire "
         "(headers included, 10^6 per MB). Floor: bytes at the link's rate plus the round "
         f"trips a perfect client needs ({PERFECT_CLIENT_ROUND_TRIPS} for the whole load: "
         "TCP, TLS, document, scripts, series search, metadata, frames; 1 for the frames "
@@ -609,13 +620,21 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         studies = {"htj2k": htj2k, "uncompressed": reference}
         pin = spki_pin(cert_file(appliance.layout))
         runs: list[dict[str, Any]] = []
+        options = {
+            "executable_path": str(links.chromium),
+            "args": [*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"],
+        }
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=str(links.chromium),
-                args=[*CHROMIUM_ARGS, f"--ignore-certificate-errors-spki-list={pin}"],
-            )
+            browser = pw.chromium.launch(**options)
             chromium = f"Chromium {browser.version}"
-            loader = Loader(browser, appliance, links, views, args.screenshots, gate)
+            browser.close()
+
+            def launch(profile: Path) -> Any:
+                return pw.chromium.launch_persistent_context(
+                    str(profile), viewport=VIEWPORT, device_scale_factor=1, **options
+                )
+
+            loader = Loader(launch, appliance, links, views, args.screenshots, gate)
             # One untimed load of each first: warms nginx, Orthanc and the page cache.
             for label, series in studies.items():
                 loader.run("loopback", label, series, second_visit=False)
@@ -634,7 +653,6 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         run = loader.run(name, "htj2k", htj2k, emulate=LINKS[name],
                                          second_visit=False)  # fmt: skip
                         runs.append({**run, "round": number + 1})
-            browser.close()
 
     for run in runs:
         if run["shown_correlation"] < MIN_CORRELATION:

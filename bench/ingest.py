@@ -480,6 +480,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     m, setup = results["machine"], results["setup"]
     n, journal = setup["slices"], a["journal"]
     others = [r["other_processes_cpu_percent"] for side in (o, d, a) for r in side["rounds"]]
+    note = [f"Note: {setup['note']}", ""] if setup.get("note") else []
     return "\n".join([
         f"# Ingest benchmark ({n} x 512x512 int16 CT slices, "
         f"{setup['series_bytes'] / 1e6:.0f} MB of Part 10 files)", "",
@@ -487,7 +488,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{m['storescu']}. Order: {setup['order']}; medians of {setup['rounds']} rounds. "
         f"Appliance queue workers: {a['workers']}; instances not yet stored when storescu "
         f"finished: {a['not_yet_stored_when_cstore_done_each_round']}. CPU used by processes "
-        f"the benchmark did not start, per push: {others} % of one core.", "",
+        f"the benchmark did not start, per push: {others} % of one core.", "", *note,
         markdown_table(["", "median s", "per instance ms", "each round s"],
                        _push_rows(o, d, a, n)), "",
         f"Journal (last round): {journal['instances_stored_htj2k']} instances stored with ts_out "
@@ -574,6 +575,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "each round, fresh servers every time; the codec figures last, with none of the "
             "servers running",
             "machine_load_before_each_round_then_codec": quiet,
+            "note": args.note,
         },
         "machine": machine(),
         "orthanc": orthanc,
@@ -594,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="(b)-then-(a) rounds (median)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--note", default="", help="a remark printed with the results")
     parser.add_argument(
         "--quiet-wait", type=float, default=240.0, help="seconds in all to wait for quiet"
     )

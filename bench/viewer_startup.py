@@ -331,6 +331,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             "Requests and bytes are those sent before that moment (encoded, headers "
             "included).",
             "",
+            *([f"Note: {setup['note']}", ""] if setup.get("note") else []),
             "Per run:",
             "",
             per_run,
@@ -389,6 +390,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "setup": {
             "slices": args.slices,
             "runs": args.runs,
+            "note": args.note,
             "ohif": fetch_ohif.OHIF_VERSION,
             "chromium": chromium,
             "viewport": VIEWPORT,
@@ -414,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=REPO / "bench" / "results" / "viewer_startup.json")  # fmt: skip
     parser.add_argument("--quiet-budget", type=float, default=600.0,
                         help="seconds the whole run may wait for a quieter machine")  # fmt: skip
+    parser.add_argument("--note", default="", help="a remark printed with the results")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()

@@ -121,8 +121,12 @@ def mutate_field(rng: random.Random, manifest: dict[str, Any], target: Target) -
 
 def _other_digests(manifest: dict[str, Any]) -> list[str]:
     """Digests the manifest names elsewhere (an object of another size or content)."""
-    entries = [e for section in ("files", "databases", "orthanc")
-               if isinstance(manifest.get(section), dict) for e in manifest[section].values()]
+    entries = [
+        e
+        for section in ("files", "databases", "orthanc")
+        if isinstance(manifest.get(section), dict)
+        for e in manifest[section].values()
+    ]
     return [e["sha256"] for e in entries if isinstance(e, dict) and "sha256" in e][:20]
 
 
@@ -189,4 +193,3 @@ def _replace(path: Path, make: Callable[[], None]) -> None:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} chars)"
-

@@ -80,6 +80,7 @@ def wait_stored(appliance: Appliance, count: int) -> None:
 
 def wait_prepared(appliance: Appliance, count: int) -> None:
     """Until ``count`` instances are stored with their JPEGs written (nothing left queued)."""
+
     def prepared() -> int:
         rows = appliance.journal_rows("state, images_at")
         return sum(1 for state, images_at in rows if state == "stored" and images_at)
@@ -154,11 +155,15 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {
         "slices": args.slices,
         "machine": machine(),
-        "during": during | {"storescu_still_sending_after": still_sending,
-                            "verify_seconds": round(verify_seconds, 2),
-                            "inconsistencies": 0},  # verify ran with check=True: exit 0
+        "during": during
+        | {
+            "storescu_still_sending_after": still_sending,
+            "verify_seconds": round(verify_seconds, 2),
+            "inconsistencies": 0,
+        },  # verify ran with check=True: exit 0
         "catch_up": catch_up,
-        "incremental": incremental | {
+        "incremental": incremental
+        | {
             "new_instances": NEW_INSTANCES,
             "new_part10_bytes": new_bytes,
             "repository_bytes": tree_bytes(dest),

@@ -394,8 +394,11 @@ def _summary(report: BuildReport) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command line: build, print the summary (``--json`` prints the report instead)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", default=None,
-                        help="version to stamp (default: this checkout's, from its git tags)")
+    parser.add_argument(
+        "--version",
+        default=None,
+        help="version to stamp (default: this checkout's, from its git tags)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "dist", help="output folder")
     parser.add_argument("--bundle", type=Path, default=None, help="package this bundle again")
     parser.add_argument("--no-lintian", dest="lint", action="store_false", help="skip lintian")

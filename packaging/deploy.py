@@ -542,37 +542,80 @@ def roll_back(target: Target, report: Report, args: dict) -> None:
 @click.option("--host", required=True, help="The VM's address (SSH, and the checks).")
 @click.option("--user", default="root", help="SSH user on the VM (it runs the engine).")
 @click.option("--port", "ssh_port", type=int, default=22, help="SSH port.")
-@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="SSH private key file (no passphrase) [default: the key itself from "
-                   "the environment variable DEPLOY_SSH_KEY].")
-@click.option("--known-hosts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="known_hosts file holding the VM's host key [default: the lines of "
-                   "DEPLOY_KNOWN_HOSTS].")
-@click.option("--version", "version", required=True,
-              help="The release to deploy (1.4.0 or its tag v1.4.0); the image's tag.")
+@click.option(
+    "--key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="SSH private key file (no passphrase) [default: the key itself from "
+    "the environment variable DEPLOY_SSH_KEY].",
+)
+@click.option(
+    "--known-hosts",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="known_hosts file holding the VM's host key [default: the lines of DEPLOY_KNOWN_HOSTS].",
+)
+@click.option(
+    "--version",
+    "version",
+    required=True,
+    help="The release to deploy (1.4.0 or its tag v1.4.0); the image's tag.",
+)
 @click.option("--image", default="neuronova", help="Image repository (the tag is the version).")
-@click.option("--image-archive", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The release's image archive (podman/docker save); without it the VM "
-                   "pulls the image from its registry.")
-@click.option("--dir", "directory", default="/srv/neuronova",
-              help="Folder on the VM: .env, releases/, current-version.")
-@click.option("--engine", type=click.Choice(["podman", "docker"]), default="docker",
-              help="Container engine on the VM.")
-@click.option("--compose", "compose", default=None,
-              help="Compose command on the VM [default: `docker compose`, or `podman-compose`].")
+@click.option(
+    "--image-archive",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The release's image archive (podman/docker save); without it the VM "
+    "pulls the image from its registry.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    default="/srv/neuronova",
+    help="Folder on the VM: .env, releases/, current-version.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["podman", "docker"]),
+    default="docker",
+    help="Container engine on the VM.",
+)
+@click.option(
+    "--compose",
+    "compose",
+    default=None,
+    help="Compose command on the VM [default: `docker compose`, or `podman-compose`].",
+)
 @click.option("--project", default="neuronova", help="Compose project name (volume prefix).")
-@click.option("--containers", type=int, default=6,
-              help="Containers the profile runs (6, more with WORKER_REPLICAS).")
-@click.option("--healthy-timeout", type=float, default=300.0,
-              help="Seconds for every container to become healthy.")
-@click.option("--stop-grace", type=float, default=30.0,
-              help="Seconds the old receiver gets to finish its open associations.")
+@click.option(
+    "--containers",
+    type=int,
+    default=6,
+    help="Containers the profile runs (6, more with WORKER_REPLICAS).",
+)
+@click.option(
+    "--healthy-timeout",
+    type=float,
+    default=300.0,
+    help="Seconds for every container to become healthy.",
+)
+@click.option(
+    "--stop-grace",
+    type=float,
+    default=30.0,
+    help="Seconds the old receiver gets to finish its open associations.",
+)
 @click.option("--check-host", default=None, help="Address for the checks [default: --host].")
-@click.option("--calling-aet", default="NEURONOVA-DEPLOY",
-              help="Calling AE title of the C-ECHO (must be allowed if the appliance "
-                   "keeps a modality allow-list).")
-@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write what happened (steps, seconds) as JSON here.")
+@click.option(
+    "--calling-aet",
+    default="NEURONOVA-DEPLOY",
+    help="Calling AE title of the C-ECHO (must be allowed if the appliance "
+    "keeps a modality allow-list).",
+)
+@click.option(
+    "--report",
+    "report_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write what happened (steps, seconds) as JSON here.",
+)
 def main(**args) -> None:
     """Deploy a NeuroNova release to a VM over SSH; roll back if it does not come up.
 
@@ -618,8 +661,10 @@ def run_deploy(remote: Remote, version: str, args: dict) -> None:
         report.failed_check, report.failure = failed.step, failed.detail
         write_report(args["report_file"], report)
         if failed.step == "record":
-            raise click.ClickException(f"{version} runs, but recording it failed: {failed}; "
-                                       f"write {version} into {CURRENT_FILE} by hand") from None
+            raise click.ClickException(
+                f"{version} runs, but recording it failed: {failed}; "
+                f"write {version} into {CURRENT_FILE} by hand"
+            ) from None
         raise click.ClickException(f"{version} was not deployed: {failed} (the running "
                                    "version was not touched)") from None  # fmt: skip
     write_report(args["report_file"], report)
@@ -634,8 +679,10 @@ def outcome(report: Report) -> str:
         return f"{failed}; rolled back to {report.previous}, which runs and passes every check"
     if report.previous is None:
         return f"{failed}; there was no previous version to roll back to"
-    return (f"{failed}; the rollback to {report.previous} failed as well "
-            f"({report.rollback_failure}): see `compose ps` and `compose logs` on the VM")
+    return (
+        f"{failed}; the rollback to {report.previous} failed as well "
+        f"({report.rollback_failure}): see `compose ps` and `compose logs` on the VM"
+    )
 
 
 def write_report(path: Path | None, report: Report) -> None:

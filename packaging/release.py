@@ -215,8 +215,12 @@ def import_key() -> None:
 
 
 @cli.command("apt-repo")
-@click.option("--repo", type=click.Path(path_type=Path), required=True,
-              help="The repository folder (made if missing; .debs already in it stay).")
+@click.option(
+    "--repo",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The repository folder (made if missing; .debs already in it stay).",
+)
 @click.option("--key", required=True, help="The signing key's fingerprint or id.")
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path, exists=True, dir_okay=False))
 def apt_repo(repo: Path, key: str, files: tuple[Path, ...]) -> None:

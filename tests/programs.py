@@ -53,22 +53,41 @@ def _programs(package: str, used_by: str, *names: str) -> list[Program]:
 REQUIRED: tuple[Program, ...] = (
     # The appliance's own services.
     *_programs("nginx-light", "the appliance's web server", "/usr/sbin/nginx"),
-    *_programs("libnginx-mod-http-brotli-static", "nginx sends the viewer's .br files",
-               "/usr/lib/nginx/modules/ngx_http_brotli_static_module.so"),
+    *_programs(
+        "libnginx-mod-http-brotli-static",
+        "nginx sends the viewer's .br files",
+        "/usr/lib/nginx/modules/ngx_http_brotli_static_module.so",
+    ),
     *_programs("orthanc", "the archive", "/usr/sbin/Orthanc"),
-    *_programs("orthanc-dicomweb", "the archive's DICOMweb plugin",
-               "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
+    *_programs(
+        "orthanc-dicomweb",
+        "the archive's DICOMweb plugin",
+        "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
+    ),
     *_programs("rclone", "off-site backups (tests/test_backup_schedule.py)", "rclone"),
     # Modalities and codecs.
-    *_programs("dcmtk", "the modality (storescu, echoscu) and reference codecs",
-               "/usr/bin/storescu", "/usr/bin/echoscu", "dcmcjpeg", "dcmcjpls", "dcmdump"),
-    *_programs("openjph-tools", "the reference HTJ2K encoder (tests/test_codec.py)",
-               "ojph_compress"),
+    *_programs(
+        "dcmtk",
+        "the modality (storescu, echoscu) and reference codecs",
+        "/usr/bin/storescu",
+        "/usr/bin/echoscu",
+        "dcmcjpeg",
+        "dcmcjpls",
+        "dcmdump",
+    ),
+    *_programs(
+        "openjph-tools", "the reference HTJ2K encoder (tests/test_codec.py)", "ojph_compress"
+    ),
     # Browser and front end.
-    *_programs("chromium", "browser tests (Playwright drives Debian's Chromium)",
-               "/usr/bin/chromium"),
-    Program("node", "nodejs", "the test OpenID provider, Vitest, the viewer's app-config",
-            at_least=(20, 19)),  # Debian 12's is 18: setup.sh --test installs 22 then
+    *_programs(
+        "chromium", "browser tests (Playwright drives Debian's Chromium)", "/usr/bin/chromium"
+    ),
+    Program(
+        "node",
+        "nodejs",
+        "the test OpenID provider, Vitest, the viewer's app-config",
+        at_least=(20, 19),
+    ),  # Debian 12's is 18: setup.sh --test installs 22 then
     *_programs("npm", "the OHIF dist, the front end and the test IdP", "npm"),
     # Queue, network and load.
     *_programs("redis-server", "the Redis queue (tests/test_redis_queue.py)", "redis-server"),
@@ -78,8 +97,9 @@ REQUIRED: tuple[Program, ...] = (
     *_programs("procps", "leftover processes (tests/test_run.py)", "pgrep"),
     *_programs("util-linux", "the bare-root package test's namespaces", "unshare", "setpriv"),
     # The package and its bare-system test.
-    *_programs("debootstrap", "bare bookworm roots (package test, container base image)",
-               "debootstrap"),
+    *_programs(
+        "debootstrap", "bare bookworm roots (package test, container base image)", "debootstrap"
+    ),
     *_programs("dpkg", "packaging/build.py makes the .deb", "dpkg-deb"),
     *_programs("lintian", "packaging/build.sh checks the .deb", "lintian"),
     *_programs("patchelf", "the bundle's library paths", "patchelf"),
@@ -98,8 +118,11 @@ REQUIRED: tuple[Program, ...] = (
     *_programs("runc", "podman's runtime here (crun refuses this kernel)", "runc"),
     *_programs("conmon", "podman's container monitor", "conmon"),
     *_programs("netavark", "podman's networks", "/usr/lib/podman/netavark"),
-    *_programs("aardvark-dns", "service names on the profile's internal network",
-               "/usr/lib/podman/aardvark-dns"),
+    *_programs(
+        "aardvark-dns",
+        "service names on the profile's internal network",
+        "/usr/lib/podman/aardvark-dns",
+    ),
     *_programs("iptables", "netavark's firewall rules for every container network", "iptables"),
     # The deploy to a VM (tests/test_deploy.py): sshd stands in for the VM.
     *_programs("openssh-server", "the VM the deploy goes to", "/usr/sbin/sshd"),
@@ -114,8 +137,10 @@ def missing(programs: tuple[Program, ...] = REQUIRED) -> list[Program]:
 
 def install_hint(absent: list[Program]) -> str:
     """What to tell someone whose machine lacks ``absent``."""
-    names = ", ".join(program.name + (" >= " + ".".join(map(str, program.at_least))
-                                      if program.at_least else "") for program in absent)
+    names = ", ".join(
+        program.name + (" >= " + ".".join(map(str, program.at_least)) if program.at_least else "")
+        for program in absent
+    )
     packages = " ".join(sorted({program.package for program in absent}))
     return (f"the test suite needs programs this machine lacks: {names}. "
             f"Run `bash scripts/setup.sh --test`, or apt-get install {packages}")  # fmt: skip

@@ -245,9 +245,7 @@ def test_push_refuses_a_tampered_manifest_on_the_remote(sftp: SftpRemote, tmp_pa
         assert objects <= {p.name for p in (served / "data").rglob("*") if p.is_file()}
 
 
-def test_push_refuses_a_remote_holding_another_repository(
-    sftp: SftpRemote, tmp_path: Path
-) -> None:
+def test_push_refuses_a_remote_holding_another_repository(sftp: SftpRemote, tmp_path: Path) -> None:
     first = _fake_repository(tmp_path / "first", days=1)
     second = _fake_repository(tmp_path / "second", days=1)
     remote = offsite.Remote("offsite:shared", sftp.config)
@@ -393,8 +391,11 @@ def test_an_unencrypted_off_site_copy_is_replaced_after_the_migration(
     assert neuronova("backup", str(dest), *home).returncode == 0
     legacy = unencrypted_copy(Repository(dest, key), tmp_path / "old", key)
     remote = offsite.Remote("offsite:migrated", sftp.config)
-    subprocess.run([sftp.rclone, "--config", str(sftp.config), "copy", str(legacy.root),
-                    remote.path], check=True, capture_output=True)  # as pushed before
+    subprocess.run(
+        [sftp.rclone, "--config", str(sftp.config), "copy", str(legacy.root), remote.path],
+        check=True,
+        capture_output=True,
+    )  # as pushed before
     served = sftp.config.parent / "served" / "migrated"
     texts = clear_texts(layout.home)
     assert shown_in_clear(served, texts)

@@ -459,8 +459,7 @@ def test_the_last_three_versions_are_kept(vm, deploy_module):
     assert sorted(p.name for p in (folder / "releases").iterdir()) == ["0.2", "0.3", "0.4"]
 
 
-def test_the_workflow_runs_the_deploy_with_options_it_knows(tmp_path, monkeypatch,
-                                                            deploy_module):
+def test_the_workflow_runs_the_deploy_with_options_it_knows(tmp_path, monkeypatch, deploy_module):
     """.github/workflows/deploy.yml installs the script's two libraries and runs the script;
     its command line parses (the options exist, the required ones are there)."""
     steps = yaml.safe_load((REPO / ".github" / "workflows" / "deploy.yml").read_text())[

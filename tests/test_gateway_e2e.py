@@ -238,7 +238,8 @@ def test_stow_over_https_names_https_retrieve_urls(appliance, pushed, tmp_path):
     assert item["00081190"]["Value"] == [f"{origin}/api/pacs/dicom-web/studies"]
     plain = stow(appliance, tech_token, own.files[0])
     assert plain.json()["00081199"]["Value"][0]["00081190"]["Value"][0].startswith(
-        f"{appliance.url}/")
+        f"{appliance.url}/"
+    )
 
 
 def test_stow_of_garbage_reports_a_failure(appliance, pushed):

@@ -243,4 +243,3 @@ def home_folders() -> set[str]:
     layout = HomeLayout(Path("."))
     made = [*layout.entry_dirs(), *layout.private_dirs(), *layout.shared_dirs()]
     return {path.as_posix() for path in made if path != Path(".")}
-

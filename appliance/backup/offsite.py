@@ -223,8 +223,10 @@ def check_config(path: Path) -> None:
     try:
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
-        raise BackupError(f"no rclone config at {path}: create it with "
-                          f"`rclone config --config {path}` ([backup] rclone_config).") from None
+        raise BackupError(
+            f"no rclone config at {path}: create it with "
+            f"`rclone config --config {path}` ([backup] rclone_config)."
+        ) from None
     if mode & 0o077:
         raise BackupError(f"{path} holds the remote's credentials but has mode {mode:o}: "
                           f"run `chmod 600 {path}`.")  # fmt: skip

@@ -85,10 +85,16 @@ def create(dest: Path, home: Path | None) -> None:
 
 def keep_options(command: Callable) -> Callable:
     """``--keep-daily`` and ``--keep-weekly``, defaulting to ``[backup]`` of the home."""
-    daily = click.option("--keep-daily", type=click.IntRange(min=1),
-                         help="Days to keep a snapshot of (default: [backup] keep_daily).")
-    weekly = click.option("--keep-weekly", type=click.IntRange(min=0),
-                          help="ISO weeks to keep one of (default: [backup] keep_weekly).")
+    daily = click.option(
+        "--keep-daily",
+        type=click.IntRange(min=1),
+        help="Days to keep a snapshot of (default: [backup] keep_daily).",
+    )
+    weekly = click.option(
+        "--keep-weekly",
+        type=click.IntRange(min=0),
+        help="ISO weeks to keep one of (default: [backup] keep_weekly).",
+    )
     return weekly(daily(command))  # fmt: skip
 
 

@@ -189,9 +189,7 @@ def _store(event: evt.Event, ingest: Ingest, policy: StorePolicy) -> int | Datas
     return SUCCESS
 
 
-def _report_held(
-    ingest: Ingest, ds: Dataset, source: str, address: str, refusal: Refusal
-) -> None:
+def _report_held(ingest: Ingest, ds: Dataset, source: str, address: str, refusal: Refusal) -> None:
     log.warning("held an object from %s: %s", source, refusal.reason)
     ingest.journal.read(
         lambda db: audit.record(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 from collections.abc import Callable
@@ -60,3 +61,62 @@ def create_inside(home: Path, rel: str, mode: int) -> int:
         return os.open(name, flags, mode, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+class ObjectReader:
+    """What restore and verify ask of a repository's objects, whatever its format.
+
+    A format says where an object lives (:meth:`object_path`), how many bytes its file
+    holds for a content of ``size`` (:meth:`stored_size`), and how it is read and checked
+    (:meth:`copy_to`, raising :class:`BackupError` when damaged).
+    """
+
+    def object_path(self, sha256: str) -> Path:
+        raise NotImplementedError
+
+    def stored_size(self, size: int) -> int:
+        """The size of the file holding a content of ``size`` bytes."""
+        raise NotImplementedError
+
+    def copy_to(self, sha256: str, dst: BinaryIO | None) -> None:
+        """Read an object (into ``dst``, if any); :class:`BackupError` if damaged."""
+        raise NotImplementedError
+
+    def problem(self, sha256: str, size: int) -> str | None:
+        """None if the object is a plain file of the size a content of ``size`` bytes is
+        stored in; otherwise what is wrong."""
+        path = self.object_path(sha256)
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return f"{path}: missing"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{path}: not a plain file"
+        if info.st_size != self.stored_size(size):
+            return (f"{path}: {info.st_size} bytes, the manifest's {size} bytes are stored "
+                    f"in {self.stored_size(size)}")  # fmt: skip
+        return None
+
+    def check(self, sha256: str, size: int) -> str | None:
+        """:meth:`problem`, or a failed check of the content; None if the object is whole."""
+        if problem := self.problem(sha256, size):
+            return problem
+        try:
+            self.copy_to(sha256, None)
+        except BackupError as exc:
+            return str(exc)
+        return None
+
+    def copy_out(self, sha256: str, home: Path, rel: str, mode: int) -> None:
+        """Write an object's content to the new file ``home/rel`` with ``mode``.
+
+        No symbolic link is followed below ``home``; a content failing its check raises
+        :class:`BackupError` (the part written stays for the caller to remove).
+        """
+        write_new(home, rel, mode, lambda dst: self.copy_to(sha256, dst))
+
+    def read(self, sha256: str) -> bytes:
+        """An object's content, checked."""
+        buffer = io.BytesIO()
+        self.copy_to(sha256, buffer)
+        return buffer.getvalue()

@@ -9,20 +9,18 @@ into the repository's encrypted folders and then removes them.
 from __future__ import annotations
 
 import hashlib
-import io
 import shutil
-import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from appliance.backup.errors import BackupError
-from appliance.backup.files import open_plain, read_limited, write_new
+from appliance.backup.files import ObjectReader, open_plain, read_limited
 from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse, signed
 
 CHUNK = 1 << 20
 
 
-class LegacyRepository:
+class LegacyRepository(ObjectReader):
     """The unencrypted objects and manifests of a format 1 repository in ``root``."""
 
     encrypted = False
@@ -63,38 +61,8 @@ class LegacyRepository:
     def has(self, sha256: str) -> bool:
         return self.object_path(sha256).is_file()
 
-    def problem(self, sha256: str, size: int) -> str | None:
-        """None if the object is a plain file of ``size`` bytes; otherwise what is wrong."""
-        path = self.object_path(sha256)
-        try:
-            info = path.lstat()
-        except FileNotFoundError:
-            return f"{path}: missing"
-        if not stat.S_ISREG(info.st_mode):
-            return f"{path}: not a plain file"
-        if info.st_size != size:
-            return f"{path}: {info.st_size} bytes, the manifest says {size}"
-        return None
-
-    def check(self, sha256: str, size: int) -> str | None:
-        """:meth:`problem`, or a checksum mismatch; None if the object is whole."""
-        if problem := self.problem(sha256, size):
-            return problem
-        try:
-            self.copy_to(sha256, None)
-        except BackupError as exc:
-            return str(exc)
-        return None
-
-    def copy_out(self, sha256: str, home: Path, rel: str, mode: int) -> None:
-        """Write an object's content to the new file ``home/rel`` with ``mode``."""
-        write_new(home, rel, mode, lambda dst: self.copy_to(sha256, dst))
-
-    def read(self, sha256: str) -> bytes:
-        """An object's content, checked against its SHA-256."""
-        buffer = io.BytesIO()
-        self.copy_to(sha256, buffer)
-        return buffer.getvalue()
+    def stored_size(self, size: int) -> int:
+        return size  # in the clear
 
     def copy_to(self, sha256: str, dst: BinaryIO | None) -> None:
         """Read an object (into ``dst``, if any); :class:`BackupError` if damaged."""

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from typing import Any, BinaryIO
 
 from appliance.backup.crypto import RepositoryKeys, encrypted_size, manifest_domain
 from appliance.backup.errors import BackupError
-from appliance.backup.files import open_plain, read_limited, write_new
+from appliance.backup.files import ObjectReader, open_plain, read_limited
 from appliance.backup.legacy import LegacyRepository
 from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse
 from appliance.security.keys import write_private_file
@@ -53,7 +52,7 @@ class Stored:
     copied: int  # bytes of content newly stored (0 when the content was there)
 
 
-class Repository:
+class Repository(ObjectReader):
     """The encrypted objects and snapshot manifests under one destination folder."""
 
     encrypted = True
@@ -181,44 +180,8 @@ class Repository:
         os.replace(tmp.name, target)
         return Stored(sha256, size, size)
 
-    def problem(self, sha256: str, size: int) -> str | None:
-        """None if the object is a plain file of the size ``size`` bytes encrypt to;
-        otherwise what is wrong."""
-        path = self.object_path(sha256)
-        try:
-            info = path.lstat()
-        except FileNotFoundError:
-            return f"{path}: missing"
-        if not stat.S_ISREG(info.st_mode):
-            return f"{path}: not a plain file"
-        if info.st_size != encrypted_size(size):
-            return (f"{path}: {info.st_size} bytes, the manifest's {size} bytes encrypted "
-                    f"take {encrypted_size(size)}")  # fmt: skip
-        return None
-
-    def check(self, sha256: str, size: int) -> str | None:
-        """:meth:`problem`, or a failed authentication or checksum; None if whole."""
-        if problem := self.problem(sha256, size):
-            return problem
-        try:
-            self.copy_to(sha256, None)
-        except BackupError as exc:
-            return str(exc)
-        return None
-
-    def copy_out(self, sha256: str, home: Path, rel: str, mode: int) -> None:
-        """Write an object's content to the new file ``home/rel`` with ``mode``.
-
-        No symbolic link is followed below ``home``; a content failing its check raises
-        :class:`BackupError` (the part written stays for the caller to remove).
-        """
-        write_new(home, rel, mode, lambda dst: self.copy_to(sha256, dst))
-
-    def read(self, sha256: str) -> bytes:
-        """An object's content, authenticated and checked against its SHA-256."""
-        buffer = io.BytesIO()
-        self.copy_to(sha256, buffer)
-        return buffer.getvalue()
+    def stored_size(self, size: int) -> int:
+        return encrypted_size(size)
 
     def copy_to(self, sha256: str, dst: BinaryIO | None) -> None:
         """Decrypt an object (into ``dst``, if any); :class:`BackupError` if damaged."""

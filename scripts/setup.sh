@@ -20,6 +20,8 @@ packages=(nginx-light libnginx-mod-http-brotli-static orthanc orthanc-dicomweb d
 command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$with_tests" = 1 ]; then
   packages+=(openjph-tools chromium chromium-driver redis-server iproute2 wrk)
+  # bench/frames.py's HTTP/2 figures (h2load); the benches run from the same set-up
+  packages+=(nghttp2-client)
   # pgrep and systemd-analyze (tests/programs.py): a minimal root has neither, and they
   # came only by accident (chromium -> GTK -> dconf -> dbus-user-session -> systemd).
   packages+=(procps systemd)

@@ -28,6 +28,8 @@ without running PyInstaller. Prints what it made, with sizes and times.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import json
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -150,6 +153,22 @@ def stamp(bundle: Path, version: str) -> None:
     target.unlink(missing_ok=True)
     target.write_text(version + "\n")
     os.chmod(target, 0o644)
+
+
+@contextlib.contextmanager
+def linking_lock(bundle: Path) -> Iterator[None]:
+    """Held while a stamped copy of ``bundle`` is made and archived. Making hard links to
+    the bundle's files changes their ctime, which ``tar`` in another build archiving its
+    own copy of the same bundle at that moment reports as a file changed while it read
+    it (exit 1); two builds from one bundle (the test suite's) therefore take turns."""
+    try:
+        lock = open(bundle.parent / f".{bundle.name}.lock", "a")  # noqa: SIM115
+    except OSError:  # a bundle in a folder we may not write: nobody else links it here
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def stamped_copy(bundle: Path, version: str, work: Path) -> Path:
@@ -362,15 +381,16 @@ def build(version: str, out: Path, bundle: Path | None = None, lint: bool = True
     if bundle is None:
         bundle = build_bundle(out / "bundle")
         report.seconds["bundle"] = time.monotonic() - started
-    bundle = stamped_copy(bundle, version, out / "stamped")
-    report.bundle, report.sizes["bundle"] = str(bundle), du_bytes(bundle)
-    step = time.monotonic()
-    tarball = write_tarball(bundle, version, out)
-    report.seconds["tarball"] = time.monotonic() - step
-    report.tarball, report.sizes["tarball"] = str(tarball), tarball.stat().st_size
-    step = time.monotonic()
-    deb = build_deb(bundle, debian_version(version), out)
-    report.seconds["deb"] = time.monotonic() - step
+    with linking_lock(bundle):
+        bundle = stamped_copy(bundle, version, out / "stamped")
+        report.bundle, report.sizes["bundle"] = str(bundle), du_bytes(bundle)
+        step = time.monotonic()
+        tarball = write_tarball(bundle, version, out)
+        report.seconds["tarball"] = time.monotonic() - step
+        report.tarball, report.sizes["tarball"] = str(tarball), tarball.stat().st_size
+        step = time.monotonic()
+        deb = build_deb(bundle, debian_version(version), out)
+        report.seconds["deb"] = time.monotonic() - step
     report.deb, report.sizes["deb"] = str(deb), deb.stat().st_size
     report.seconds["build"] = time.monotonic() - started
     if lint:

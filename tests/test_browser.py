@@ -184,7 +184,7 @@ def viewport_picture(page) -> tuple[bytes, np.ndarray]:
     return png, canvas_picture(png)
 
 
-def wait_for_image(page, recorder: Recorder, slices, name: str, timeout: float = 45) -> dict:
+def wait_for_image(page, recorder: Recorder, slices, name: str, timeout: float = 90) -> dict:
     """Wait until OHIF reports its first image and the canvas shows one of the slices.
 
     Returns facts for the assertions: OHIF's timings, the matching slice and scores.

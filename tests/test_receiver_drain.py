@@ -24,7 +24,7 @@ from appliance.supervise.runner import RECEIVER_STOP_TIMEOUT
 from bench.synthetic import make_slices, write_series
 
 pytestmark = pytest.mark.slow
-KEEPS_SENDING = 6.0  # seconds the modality goes on sending after the stop began
+KEEPS_SENDING = 5.0  # seconds after SIGTERM the modality goes on sending (past the old 4 s)
 
 
 def refuses(port: int) -> bool:
@@ -52,12 +52,13 @@ def test_an_open_association_finishes_after_sigterm_and_the_next_receiver_stores
     try:
         assert assoc.is_established
         assert assoc.send_c_store(series.files[0]).Status == 0x0000
+        stopped = time.monotonic()
         appliance.process.send_signal(signal.SIGTERM)
         wait_for(lambda: refuses(port), 30, "the receiver to stop listening")
         assert appliance.process.poll() is None
         # The association opened before the stop is still served, to its end, also past
-        # the 4 s the supervisor used to give the receiver before killing it.
-        stopped = time.monotonic()
+        # the 4 s the supervisor used to give the receiver before killing it (timed from
+        # the signal: on a loaded machine the sends alone once took the 15 s it has).
         sent = 0
         while time.monotonic() - stopped < KEEPS_SENDING:
             assert assoc.send_c_store(series.files[1]).Status == 0x0000

@@ -3,6 +3,7 @@ the objects held back by the overwrite policy)."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -183,6 +184,7 @@ SCHEMA: dict[str, dict] = {
             "updated_at": str,
             "patient_birth_date": str,  # FHIR Patient
             "patient_sex": str,
+            "patient_key": str,  # patient_key(patient_id): the FHIR Patient id, searched
         },
         "pk": "study_uid",
     },
@@ -213,6 +215,7 @@ INDEXES: list[tuple[str, list[str]]] = [
     ("studies", ["patient_id"]),
     ("studies", ["updated_at"]),
     ("studies", ["received_at"]),
+    ("studies", ["patient_key"]),
     ("fhir_push", ["state"]),
     ("audit", ["event", "username", "ts"]),
     ("audit", ["event", "client", "ts"]),
@@ -285,6 +288,17 @@ def converge_schema(db: sqlite_utils.Database) -> None:
     )
     # Aggregated audit rows (appliance.security.audit.record): one row per key; NULL keys repeat.
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_audit_dedupe ON audit (dedupe)")
+
+
+def patient_key(patient_id: str | None) -> str:
+    """The FHIR id of the patient with DICOM Patient ID ``patient_id`` (none: ``""``).
+
+    A DICOM Patient ID may hold characters a FHIR id may not (``[A-Za-z0-9-.]{1,64}``),
+    and an id in a URL should not reveal a medical record number: the id is the first
+    128 bits of the ID's SHA-256, hex. Each study row keeps it (``studies.patient_key``,
+    indexed) so that a search by FHIR id is an index look-up.
+    """
+    return hashlib.sha256((patient_id or "").encode()).hexdigest()[:32]
 
 
 def now_iso() -> str:

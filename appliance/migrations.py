@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from appliance.db import converge_schema, now_iso, open_database
+from appliance.db import converge_schema, now_iso, open_database, patient_key
 from appliance.durable import fsync_dir, write_atomic
 from appliance.errors import ConfigError, HomeTooNewError
 from appliance.layout import HomeLayout
@@ -53,6 +53,24 @@ def _studies_by_received_date(layout: HomeLayout) -> None:
         db.close()
 
 
+def _studies_by_patient_key(layout: HomeLayout) -> None:
+    """Keep each study's FHIR Patient id (``patient_key``) beside its Patient ID, indexed:
+    a FHIR search by patient hashed every distinct Patient ID of the archive."""
+    db = open_database(layout.database_file)
+    try:
+        if "patient_key" not in db["studies"].columns_dict:
+            db["studies"].add_column("patient_key", str)
+        missing = db.execute("SELECT DISTINCT patient_id FROM studies WHERE patient_key IS NULL")
+        with db.conn:
+            db.conn.executemany(
+                "UPDATE studies SET patient_key = ? WHERE patient_id IS ? AND patient_key IS NULL",
+                [(patient_key(pid), pid) for (pid,) in missing.fetchall()],
+            )
+        db["studies"].create_index(["patient_key"], if_not_exists=True)
+    finally:
+        db.close()
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -63,6 +81,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         2,
         "index of studies by received date (retention by received date reads only what expired)",
         _studies_by_received_date,
+    ),
+    Migration(
+        3,
+        "FHIR Patient id kept with each study and indexed (a search by patient reads one)",
+        _studies_by_patient_key,
     ),
 )
 

@@ -40,8 +40,7 @@ from fhirclient.server import FHIRServer
 from pydicom.uid import generate_uid
 from samples import native_dataset
 
-from appliance.db import open_database
-from appliance.fhir.resources import patient_key
+from appliance.db import open_database, patient_key
 from appliance.layout import HomeLayout
 
 pytestmark = pytest.mark.slow

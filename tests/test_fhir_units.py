@@ -9,7 +9,7 @@ from fhir.resources.R4B.patient import Patient
 
 from appliance.cli import cli as neuronova_cli
 from appliance.config import load_settings
-from appliance.db import open_database
+from appliance.db import open_database, patient_key
 from appliance.fhir.assemble import pushed_imaging_study
 from appliance.fhir.push import (
     PushFailed,
@@ -19,7 +19,7 @@ from appliance.fhir.push import (
     push_authorization,
 )
 from appliance.fhir.query import MAX_COUNT, SearchError, parse_search
-from appliance.fhir.resources import build_imaging_study, build_patient, patient_key
+from appliance.fhir.resources import build_imaging_study, build_patient
 from appliance.layout import HomeLayout
 
 

@@ -13,7 +13,7 @@ import pytest
 from appliance import migrations
 from appliance.cli import cli
 from appliance.config import load_settings
-from appliance.db import open_database
+from appliance.db import open_database, patient_key
 from appliance.errors import HomeTooNewError
 from appliance.home import init_home
 from appliance.layout import HomeLayout
@@ -57,22 +57,52 @@ def test_a_home_of_0_1_0_gets_migration_1(tmp_path):
     assert read_record(layout).level == MIGRATIONS[-1].number
 
 
-def test_migration_2_indexes_studies_by_received_date_on_an_older_home(tmp_path):
-    """A home a 0.2 build migrated (level 1) has no index on studies.received_at; the next
-    start adds it and records migration 2."""
+def home_at_level(tmp_path, level: int, *undo: str):
+    """A new home whose record stops at migration ``level``, its database taken back by the
+    SQL statements ``undo``: (settings, layout) of a home as an older build left it."""
     settings = load_settings(tmp_path / "h", environ={})
     init_home(settings)
     layout = HomeLayout(settings.home)
     record = json.loads(layout.record_file.read_text())
-    record["migrations"] = record["migrations"][:1]
+    record["migrations"] = record["migrations"][:level]
     layout.record_file.write_text(json.dumps(record))
     with sqlite3.connect(layout.database_file) as con:
-        con.execute("DROP INDEX idx_studies_received_at")
+        for statement in undo:
+            con.execute(statement)
     con.close()
+    return settings, layout
+
+
+def test_migration_2_indexes_studies_by_received_date_on_an_older_home(tmp_path):
+    """A home a 0.2 build migrated (level 1) has no index on studies.received_at; the next
+    start adds it and records migration 2."""
+    settings, layout = home_at_level(tmp_path, 1, "DROP INDEX idx_studies_received_at")
     init_home(settings)
     indexes = {index.name for index in open_database(layout.database_file)["studies"].indexes}
     assert "idx_studies_received_at" in indexes
-    assert read_record(layout).level == 2
+    assert read_record(layout).level == LAST
+
+
+def test_migration_3_keeps_each_studys_fhir_patient_id_on_an_older_home(tmp_path):
+    """A home at level 2 has studies without ``patient_key``; the next start adds the
+    column, fills it (an absent Patient ID is the key of "") and indexes it, once."""
+    settings, layout = home_at_level(
+        tmp_path,
+        2,
+        "DROP INDEX idx_studies_patient_key",
+        "ALTER TABLE studies DROP COLUMN patient_key",
+        "INSERT INTO studies (study_uid, patient_id) VALUES "
+        "('1.1', 'A-1'), ('1.2', 'A-1'), ('1.3', NULL), ('1.4', 'B 2')",
+    )
+    init_home(settings)
+    db = open_database(layout.database_file)
+    keys = dict(db.execute("SELECT study_uid, patient_key FROM studies").fetchall())
+    expected = {"1.1": "A-1", "1.2": "A-1", "1.3": "", "1.4": "B 2"}
+    assert keys == {uid: patient_key(pid) for uid, pid in expected.items()}
+    assert "idx_studies_patient_key" in {index.name for index in db["studies"].indexes}
+    assert read_record(layout).level == LAST
+    migrations._studies_by_patient_key(layout)  # again: nothing changes
+    assert dict(db.execute("SELECT study_uid, patient_key FROM studies").fetchall()) == keys
 
 
 def newer_record(home) -> None:

@@ -20,6 +20,7 @@ from appliance.ingest.intake import Ingest
 from appliance.layout import HomeLayout
 from appliance.security import audit
 from appliance.security.users import create_user
+from appliance.store import worklist
 from appliance.web.app import create_app
 
 PASSWORD = "correct horse battery"
@@ -286,12 +287,12 @@ def _ingest_copies(settings, count: int) -> None:
         ingest.accept(path.read_bytes(), ds, source="test")
 
 
-async def test_worklist_searches_sorts_and_pages(client, settings):
+async def test_worklist_searches_sorts_and_pages(client, settings, monkeypatch):
     _ingest_copies(settings, 30)
     headers = await bearer(client)
     resp = await client.get("/api/studies?limit=10&sort=patient_name", headers=headers)
     page = await resp.json()
-    assert page["total"] == 30 and len(page["items"]) == 10
+    assert page["total"] == 30 and page["total_exact"] and len(page["items"]) == 10
     assert page["items"][0]["patient_name"] == "Doe^Patient000"
     progress = {"received": 1, "transcoded": 0, "stored": 0, "failed": 0}
     assert page["items"][0]["progress"] == progress
@@ -306,6 +307,11 @@ async def test_worklist_searches_sorts_and_pages(client, settings):
     assert [s["patient_id"] for s in one["items"]] == ["PID017"]
     dated = await (await client.get("/api/studies?date_from=20261201", headers=headers)).json()
     assert dated["total"] == 2
+    monkeypatch.setattr(worklist, "COUNT_AHEAD", 5)  # counts 5 studies past the page
+    second = await (await client.get("/api/studies?limit=10&offset=10", headers=headers)).json()
+    assert (second["total"], second["total_exact"], len(second["items"])) == (25, False, 10)
+    last = await (await client.get("/api/studies?limit=10&offset=20", headers=headers)).json()
+    assert (last["total"], last["total_exact"]) == (30, True)
     bad = await client.get("/api/studies?sort=password_hash", headers=headers)
     assert bad.status == 400
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlite_utils
 
+from appliance.db import patient_key
 from appliance.fhir.index import Row, study_contents
 from appliance.fhir.resources import (
     ENDPOINT_ID,
@@ -19,7 +20,6 @@ from appliance.fhir.resources import (
     build_endpoint,
     build_imaging_study,
     patient_identifier,
-    patient_key,
     person_name,
 )
 
@@ -28,7 +28,7 @@ References = Callable[[Row], tuple[Resource, Resource]]
 
 def read_references(study: Row) -> tuple[Resource, Resource]:
     """The subject and endpoint References of the read API (relative, resolvable here)."""
-    subject: Resource = {"reference": f"Patient/{patient_key(study['patient_id'] or '')}"}
+    subject: Resource = {"reference": f"Patient/{patient_key(study['patient_id'])}"}
     name = person_name(study.get("patient_name"))
     if name:
         subject["display"] = name

@@ -11,7 +11,6 @@ from typing import Any
 import sqlite_utils
 
 from appliance.fhir.query import ACCESSION_KEY, ANY_KEY, UID_KEY, Page, Search
-from appliance.fhir.resources import patient_key
 
 STARTED = "(study_date || substr(coalesce(study_time, '') || '000000', 1, 6))"
 PATIENT = "coalesce(patient_id, '')"
@@ -22,25 +21,15 @@ def _marks(values: tuple[str, ...] | list[str]) -> str:
     return ", ".join("?" for _ in values)
 
 
-def patient_ids_of(db: sqlite_utils.Database, keys: tuple[str, ...]) -> list[str]:
-    """The DICOM Patient IDs whose FHIR ids (:func:`patient_key`) are ``keys``.
-
-    One pass over the distinct Patient IDs (a covering index scan; the hash cannot be
-    looked up in SQL).
-    """
-    wanted = set(keys)
-    rows = db.execute(f"SELECT DISTINCT {PATIENT} FROM studies")
-    return [pid for (pid,) in rows.fetchall() if patient_key(pid) in wanted]
-
-
-def _where(db: sqlite_utils.Database, search: Search, scope: str | None) -> tuple[str, list[Any]]:
+def _where(search: Search, scope: str | None) -> tuple[str, list[Any]]:
     """The WHERE clause of a search over ``studies``; ``scope`` pins it to one study."""
     clauses, args = ["1 = 1"], []
     for name, values in search.groups:
-        if name == "patient_key":
-            name, values = "patient_id", tuple(patient_ids_of(db, values))
         if not values:
             clauses.append("0")
+        elif name == "patient_key":  # the FHIR id kept beside the Patient ID, indexed
+            clauses.append(f"patient_key IN ({_marks(values)})")
+            args += values
         elif name == "study_uid":
             clauses.append(f"study_uid IN ({_marks(values)})")
             args += values
@@ -85,7 +74,7 @@ def search_studies(
     db: sqlite_utils.Database, search: Search, scope: str | None = None
 ) -> tuple[int, list[Row]]:
     """(total, one page of study rows), newest study first."""
-    where, args = _where(db, search, scope)
+    where, args = _where(search, scope)
     total = db.execute(f"SELECT count(*) FROM studies WHERE {where}", args).fetchone()[0]
     page = _page_rows(
         db,
@@ -139,7 +128,7 @@ def search_patients(
 ) -> tuple[int, list[Row]]:
     """(total, one page of patient rows): one per Patient ID, with the demographics of
     its most recently updated study (SQLite takes bare columns from the max() row)."""
-    where, args = _where(db, search, scope)
+    where, args = _where(search, scope)
     total = db.execute(
         f"SELECT count(DISTINCT {PATIENT}) FROM studies WHERE {where}", args
     ).fetchone()[0]
@@ -153,12 +142,13 @@ def search_patients(
     return total, page
 
 
-def patient_row(db: sqlite_utils.Database, patient_id: str) -> Row | None:
-    """The patient row of one DICOM Patient ID, or ``None`` if no study has it."""
+def patient_row(db: sqlite_utils.Database, key: str) -> Row | None:
+    """The patient row of one FHIR Patient id (:func:`appliance.db.patient_key`), or
+    ``None`` if no study has it."""
     rows = list(
         db.query(
-            f"SELECT {PATIENT_COLUMNS} FROM studies WHERE {PATIENT} = ? GROUP BY {PATIENT}",
-            [patient_id],
+            f"SELECT {PATIENT_COLUMNS} FROM studies WHERE patient_key = ? GROUP BY {PATIENT}",
+            [key],
         )
     )
     return rows[0] if rows else None

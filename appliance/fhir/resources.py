@@ -8,10 +8,11 @@ system, SOP Classes as ``urn:oid:`` codes).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
+
+from appliance.db import patient_key
 
 FHIR_VERSION = "4.0.1"
 FHIR_JSON = "application/fhir+json"
@@ -22,17 +23,6 @@ V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 ENDPOINT_ID = "dicomweb"
 DICOMWEB_PATH = "/api/pacs/dicom-web"
 Resource = dict[str, Any]
-
-
-def patient_key(patient_id: str) -> str:
-    """The FHIR id of the patient with DICOM Patient ID ``patient_id``.
-
-    A DICOM Patient ID may hold characters a FHIR id may not (``[A-Za-z0-9-.]{1,64}``),
-    and an id in a URL should not reveal a medical record number: the id is the first
-    128 bits of the ID's SHA-256, hex. :func:`appliance.fhir.index.patient_id_of` maps
-    it back.
-    """
-    return hashlib.sha256(patient_id.encode()).hexdigest()[:32]
 
 
 def fhir_meta(iso: str | None) -> Resource | None:

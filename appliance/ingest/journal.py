@@ -22,7 +22,7 @@ import sqlite_utils
 from pydicom import Dataset
 
 from appliance.config import OVERWRITE_POLICIES
-from appliance.db import now_iso, open_database
+from appliance.db import now_iso, open_database, patient_key
 from appliance.uids import is_valid_uid
 
 RECEIVED, PROCESSING, STORED, FAILED = "received", "processing", "stored", "failed"
@@ -98,10 +98,11 @@ HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesI
 UPSERT_STUDY = """
 INSERT INTO studies (study_uid, patient_name, patient_id, study_date, study_time, description,
                      accession, modalities, received_at, updated_at, patient_birth_date,
-                     patient_sex)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     patient_sex, patient_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (study_uid) DO UPDATE SET
     patient_name = excluded.patient_name, patient_id = excluded.patient_id,
+    patient_key = excluded.patient_key,
     study_date = excluded.study_date, study_time = excluded.study_time,
     description = excluded.description, accession = excluded.accession,
     updated_at = excluded.updated_at, patient_birth_date = excluded.patient_birth_date,
@@ -227,7 +228,8 @@ class Journal:
                   _text(ds, "SeriesNumber"), item.sop_uid,
                   _text(ds, "BodyPartExamined")]  # fmt: skip
         study = [item.study_uid, *(_text(ds, k) for k in STUDY_KEYWORDS), modality, now, now,
-                 _text(ds, "PatientBirthDate"), _text(ds, "PatientSex")]  # fmt: skip
+                 _text(ds, "PatientBirthDate"), _text(ds, "PatientSex"),
+                 patient_key(_text(ds, "PatientID"))]  # fmt: skip
         with self._tx() as db:
             refusal = _refusal(db, ds, item, source, policy)
             if refusal is not None:

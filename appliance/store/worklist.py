@@ -16,6 +16,9 @@ SORT_COLUMNS = {
     "updated_at": "updated_at {d}",
 }
 MAX_LIMIT = 200
+# Studies counted past the page: beyond them the total is a lower bound ("1,250+ studies"),
+# so counting costs what the page costs however large the archive (issue 20).
+COUNT_AHEAD = 1000
 
 
 class WorklistQueryError(ValueError):
@@ -67,11 +70,12 @@ class WorklistQuery:
 
 
 def search_studies(db: sqlite_utils.Database, query: WorklistQuery) -> dict[str, Any]:
-    """One page of studies with series/instance counts and ingest progress."""
+    """One page of studies with series/instance counts and ingest progress, and the
+    total: exact when ``total_exact``, else at least that many (see :data:`COUNT_AHEAD`)."""
     if not 1 <= query.limit <= MAX_LIMIT or query.offset < 0:
         raise WorklistQueryError(f"limit must be 1-{MAX_LIMIT} and offset at least 0")
     where, args = query.where()
-    total = db.execute(f"SELECT count(*) FROM studies WHERE {where}", args).fetchone()[0]
+    total, exact = _bounded_count(db, where, args, query.offset + query.limit + COUNT_AHEAD)
     studies = list(
         db.query(
             f"SELECT * FROM studies WHERE {where} ORDER BY {query.order_by()} LIMIT ? OFFSET ?",
@@ -79,7 +83,16 @@ def search_studies(db: sqlite_utils.Database, query: WorklistQuery) -> dict[str,
         )
     )
     _add_counts(db, studies)
-    return {"total": total, "items": [_item(s) for s in studies]}
+    return {"total": total, "total_exact": exact, "items": [_item(s) for s in studies]}
+
+
+def _bounded_count(
+    db: sqlite_utils.Database, where: str, args: list[Any], most: int
+) -> tuple[int, bool]:
+    """(studies matching ``where``, counted up to ``most``; whether that is all of them)."""
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM studies WHERE {where} LIMIT ?)"
+    found = db.execute(sql, [*args, most + 1]).fetchone()[0]
+    return min(found, most), found <= most
 
 
 def _add_counts(db: sqlite_utils.Database, studies: list[dict[str, Any]]) -> None:

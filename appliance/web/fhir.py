@@ -17,7 +17,7 @@ import sqlite_utils
 from aiohttp import web
 
 from appliance.fhir.assemble import imaging_studies
-from appliance.fhir.index import patient_ids_of, patient_row, search_patients, search_studies
+from appliance.fhir.index import patient_row, search_patients, search_studies
 from appliance.fhir.query import (
     MAX_COUNT,
     Search,
@@ -226,13 +226,10 @@ async def search_patient(request: web.Request) -> web.Response:
 @routes.get("/Patient/{id}")
 @requires(*STAFF, shares=True)
 async def read_patient(request: web.Request) -> web.Response:
-    """Patient read by id (:func:`~appliance.fhir.resources.patient_key`)."""
+    """Patient read by id (:func:`~appliance.db.patient_key`)."""
     key = request.match_info["id"]
     db = _db(request)
-    found = []
-    if PATIENT_KEY_RE.fullmatch(key):
-        found = patient_ids_of(db, (key,))
-    row = patient_row(db, found[0]) if found else None
+    row = patient_row(db, key) if PATIENT_KEY_RE.fullmatch(key) else None
     if row is None:
         raise ApiError(404, "not_found", f"No Patient with id {key[:80]!r}.")
     scope = _scope(request)

@@ -193,6 +193,17 @@ describe('worklist', () => {
     expect(q).toContain('offset=0');
   });
 
+  it('marks a total the server counted only so far past the page with a plus', async () => {
+    installFetch((url) => {
+      if (url.pathname === '/api/auth/me') return json(200, { username: 'rad', role: 'radiologist' });
+      if (url.pathname === '/api/studies') return json(200, { total: 1050, total_exact: false, items: [STUDY] });
+    });
+    await render('/');
+    await waitFor(() => byTestId('study-row'));
+    expect(byTestId('worklist-total')!.textContent).toContain('1,050+ studies');
+    expect(byTestId('page-range')!.textContent).toContain('1–50 of 1,050+ studies');
+  });
+
   it('debounces the search box and resets to the first page', async () => {
     installFetch((url) => {
       if (url.pathname === '/api/auth/me') return json(200, { username: 'tech', role: 'technologist' });

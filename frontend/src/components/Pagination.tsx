@@ -4,6 +4,7 @@ export function Pagination({
   page,
   pages,
   total,
+  exact = true,
   size,
   sizes,
   onPage,
@@ -13,6 +14,8 @@ export function Pagination({
   page: number;
   pages: number;
   total: number;
+  /** false: `total` is a lower bound, shown as "1,050+". */
+  exact?: boolean;
   size: number;
   sizes: number[];
   onPage: (page: number) => void;
@@ -24,7 +27,7 @@ export function Pagination({
   return (
     <div className="pagination" data-testid="pagination">
       <div className="muted small" data-testid="page-range">
-        {formatCount(first)}–{formatCount(last)} of {formatCount(total)} {noun}
+        {formatCount(first)}–{formatCount(last)} of {formatCount(total)}{exact ? '' : '+'} {noun}
       </div>
       <div className="pagination-controls">
         <label className="small muted page-size">

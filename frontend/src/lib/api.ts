@@ -79,7 +79,9 @@ export interface Study {
 }
 
 export interface StudyList {
+  /** Exact when total_exact; else at least this many (the server counts only so far past the page). */
   total: number;
+  total_exact?: boolean;
   items: Study[];
 }
 

@@ -110,6 +110,7 @@ export function WorklistPage() {
 
   const update = (patch: Partial<Filters>) => writeFilters({ ...filters, page: 1, ...patch });
   const total = data?.total ?? 0;
+  const exact = data?.total_exact ?? true; // false: "1,050+", counted only so far past the page
   const pages = Math.max(1, Math.ceil(total / filters.size));
 
   // Past the last page (e.g. studies deleted, filters narrowed): go to the last one.
@@ -151,7 +152,7 @@ export function WorklistPage() {
           <p className="page-subtitle" data-testid="worklist-total" aria-live="polite">
             {loading && !data
               ? 'Loading studies…'
-              : `${formatCount(total)} ${total === 1 ? 'study' : 'studies'}${filtered ? ' match the filters' : ''}`}
+              : `${formatCount(total)}${exact ? '' : '+'} ${total === 1 && exact ? 'study' : 'studies'}${filtered ? ' match the filters' : ''}`}
           </p>
         </div>
         <div className="page-actions">
@@ -279,6 +280,7 @@ export function WorklistPage() {
                 page: Math.min(filters.page, pages),
                 pages,
                 total,
+                exact,
                 size: filters.size,
                 sizes: PAGE_SIZES,
                 onPage: (page) => writeFilters({ ...filters, page }),

@@ -153,15 +153,17 @@ class Appliance:
     process: subprocess.Popen | None = None
 
     @classmethod
-    def create(cls, home: Path, ours: Path | None = None) -> Appliance:
+    def create(
+        cls, home: Path, ours: Path | None = None, extra: dict[str, object] | None = None
+    ) -> Appliance:
         """Initialize ``home`` (settings, secrets, database) and a radiologist to log in as.
 
         ``ours`` is the bench's own folder above ``home`` (the temporary directory unless
-        given) whose folders may be opened to nginx's workers.
+        given) whose folders may be opened to nginx's workers; ``extra``: more settings.
         """
         ports = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
         values: dict[str, object] = {"bind": LOOPBACK, "redirect_to_https": False}
-        values.update({p: free_port() for p in ports})
+        values.update({p: free_port() for p in ports} | (extra or {}))
         settings = load_settings(home, values, environ={})
         init_home(settings)
         # mkdtemp's folders are 0700; nginx's workers run as [internal] nginx_user as root.

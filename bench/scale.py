@@ -1,6 +1,12 @@
 """An archive of years: what each operation costs as the archive grows (issue 20).
 
-Usage: ``python bench/scale.py [--sizes 10000,50000,250000] [--cache DIR] [--fill-only]``
+Usage: ``python bench/scale.py [--sizes 10000,50000,250000] [--index sqlite|postgresql]
+[--cache DIR] [--fill-only] [--no-backups]``
+
+Orthanc's index is SQLite in the home (the default) or, with ``--index postgresql``, a
+PostgreSQL 15 server the bench makes (``bench/pg.py``) and keeps beside each cached home;
+each index has its own cached homes (the same recipe, so the same instances) and its
+section of the results, and the markdown compares them at the sizes both measured.
 
 Fill. A home is filled through the real receiver and pipeline: dcmtk's storescu sends
 small synthetic images (``bench/synthetic.py``) to a running appliance in ``--streams``
@@ -25,6 +31,9 @@ copy of the cached backup (time, bytes, what the backup's own status counts), th
 backup with nothing new through a counting proxy in front of Orthanc (REST calls, from
 outside the backup); disk per instance by part of the home. Results, with each figure's
 growth per 10x instances between sizes, go to ``bench/results/scale.json`` and ``.md``.
+``--no-backups`` skips the cached backup and the backup figures (a first full backup of
+a large home takes about as long as its fill; ``bench/backup_scale.py`` measures the
+incremental backup on a cached home by itself).
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ from bench.harness import (
     wait_for,
     write_results,
 )
+from bench.pg import PgServer, pg_server
 from bench.synthetic import SeriesSpec, StudySpec, make_slices, write_series, write_small_study
 
 RECIPE = 1  # bump when plan_study or the images change: cached homes are keyed by it
@@ -129,6 +139,7 @@ GIVEN = (
 )
 RETENTION_ENV = next(f.env_var for f in FIELDS if f.attr == "retention_years")
 MEASURE_TIMEOUT = 1800.0
+INDEXES = ("sqlite", "postgresql")  # where Orthanc keeps its index ([orthanc] index)
 
 
 # ----------------------------------------------------------------------------- recipe
@@ -195,11 +206,13 @@ def ours(path: Path) -> Path:
     return temp if temp in path.parents else path.parent
 
 
-def appliance_at(home: Path, password: str) -> Appliance:
-    """The appliance of an existing home on free loopback ports of its own."""
+def appliance_at(home: Path, password: str, extra: dict[str, object] | None = None) -> Appliance:
+    """The appliance of an existing home on free loopback ports of its own (``extra``:
+    more settings, e.g. where Orthanc's index is)."""
     ports = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
     values: dict[str, object] = {"bind": LOOPBACK, "redirect_to_https": False}
-    settings = load_settings(home, values | {p: free_port() for p in ports}, environ={})
+    values |= {p: free_port() for p in ports} | (extra or {})
+    settings = load_settings(home, values, environ={})
     let_workers_reach(worker_user(settings), ours(home), [home])
     return Appliance(settings, password)
 
@@ -246,13 +259,18 @@ def send_parallel(appliance: Appliance, groups: list[list[Path]]) -> None:
 
 @dataclass
 class Entry:
-    """A cached filled home: ``<cache>/r<recipe>-<size>/{home, scale.json}``."""
+    """A cached filled home: ``<cache>/r<recipe>-[<index>-]<size>/{home, backup, pg,
+    scale.json}`` (``pg``: the PostgreSQL server of Orthanc's index, if it is there)."""
 
     path: Path
 
     @property
     def home(self) -> Path:
         return self.path / "home"
+
+    @property
+    def index(self) -> str:
+        return "postgresql" if self.path.name.startswith(f"r{RECIPE}-postgresql-") else "sqlite"
 
     @property
     def backup(self) -> Path:
@@ -266,18 +284,38 @@ class Entry:
         (self.path / "scale.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def entry_path(cache: Path, size: int) -> Path:
-    return cache / f"r{RECIPE}-{size}"
+def entry_prefix(index: str) -> str:
+    """Cached homes' names: ``r1-10000`` (SQLite index, as ever), ``r1-postgresql-10000``."""
+    return f"r{RECIPE}-" if index == "sqlite" else f"r{RECIPE}-{index}-"
 
 
-def largest_below(cache: Path, size: int) -> Entry | None:
-    """The cached home of the largest size up to ``size`` (same recipe), if any."""
+def entry_path(cache: Path, size: int, index: str = "sqlite") -> Path:
+    return cache / f"{entry_prefix(index)}{size}"
+
+
+def largest_below(cache: Path, size: int, index: str = "sqlite") -> Entry | None:
+    """The cached home of the largest size up to ``size`` (same recipe and index), if any."""
     found = []
-    for path in cache.glob(f"r{RECIPE}-*"):
-        number = path.name.rsplit("-", 1)[1]
+    for path in cache.glob(f"{entry_prefix(index)}*"):
+        number = path.name.removeprefix(entry_prefix(index))
         if number.isdigit() and int(number) <= size and (path / "scale.json").is_file():
             found.append((int(number), path))
     return Entry(max(found)[1]) if found else None
+
+
+@contextlib.contextmanager
+def orthanc_index(folder: Path, index: str, create: bool = False) -> Iterator[PgServer | None]:
+    """Orthanc's index for the home in ``folder``: SQLite, in the home (``None``), or the
+    PostgreSQL server in ``folder/pg``, started (``create``: made) for the block."""
+    if index == "sqlite":
+        yield None
+        return
+    with pg_server(folder / "pg", create=create) as server:
+        yield server
+
+
+def settings_of(server: PgServer | None) -> dict[str, object]:
+    return {} if server is None else server.settings()
 
 
 def write_batch(
@@ -302,6 +340,7 @@ def fill(
     """Send recipe studies from ``meta['studies']`` on until the home holds ``size``
     instances, all stored with previews; the step's record (instances, seconds)."""
     start, studies, instances = time.perf_counter(), meta["studies"], meta["instances"]
+    load_before = os.getloadavg()[0]
     while instances < size:
         batch_dir = workdir / f"batch-{studies}"
         groups, next_study = write_batch(batch_dir, studies, size - instances, streams)
@@ -319,44 +358,58 @@ def fill(
         "to": instances,
         "seconds": round(seconds, 1),
         "streams": streams,
+        "path": "receiver",  # storescu -> receiver -> queue -> Orthanc, like a modality
+        "load_average_before_after": [round(load, 1) for load in (load_before, os.getloadavg()[0])],
     }
     meta.update(studies=studies, instances=instances)
     meta["fill"].append(step)
     return step
 
 
-def filled(cache: Path, size: int, streams: int) -> Entry:
-    """The cached home of ``size`` instances, filling (or growing a smaller one) if needed."""
-    target = Entry(entry_path(cache, size))
+def filled(
+    cache: Path, size: int, streams: int, index: str = "sqlite", backups: bool = True
+) -> Entry:
+    """The cached home of ``size`` instances, filling (or growing a smaller one) if needed;
+    with its backup unless not ``backups``."""
+    target = Entry(entry_path(cache, size, index))
     if (target.path / "scale.json").is_file():
-        if not target.backup.is_dir():  # filled before homes were kept with their backup
-            add_backup(target, largest_below(cache, size - 1))
+        if backups and not target.backup.is_dir():  # filled without its backup
+            add_backup(target, largest_below(cache, size - 1, index))
         return target
-    base = largest_below(cache, size)
+    base = largest_below(cache, size, index)
     partial = target.path.with_name(target.path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    if base is None:
-        appliance = Appliance.create(partial / "home", ours=ours(partial / "home"))
-        meta = {
-            "recipe": RECIPE,
-            "password": appliance.password,
-            "studies": 0,
-            "instances": 0,
-            "fill": [],
-        }
-    else:
-        subprocess.run(["cp", "-a", str(base.home), str(partial / "home")], check=True)
-        meta = base.meta
-        appliance = appliance_at(partial / "home", meta["password"])
-    with tempfile.TemporaryDirectory(dir=cache) as workdir, running_quietly(appliance):
-        step = fill(appliance, meta, size, Path(workdir), streams)
-        meta["backup"] = cache_backup(appliance, meta, partial / "backup", base)
-    Entry(partial).save(meta | {"size": size})
+    if base is not None:
+        for part in ("home", "pg") if index != "sqlite" else ("home",):
+            subprocess.run(["cp", "-a", str(base.path / part), str(partial / part)], check=True)
+    with (
+        orthanc_index(partial, index, create=base is None) as server,
+        tempfile.TemporaryDirectory(dir=cache) as workdir,
+    ):
+        appliance, meta = _filling(partial / "home", base, server)
+        with running_quietly(appliance):
+            step = fill(appliance, meta, size, Path(workdir), streams)
+            if backups:
+                meta["backup"] = cache_backup(appliance, meta, partial / "backup", base)
+    Entry(partial).save(meta | {"size": size, "index": index})
     partial.rename(target.path)
     per_1000 = step["seconds"] / max(step["to"] - step["from"], 1) * 1000
     print(f"filled {target.path}: {step} ({per_1000:.1f} s per 1000 instances)", flush=True)
     return target
+
+
+def _filling(
+    home: Path, base: Entry | None, server: PgServer | None
+) -> tuple[Appliance, dict[str, Any]]:
+    """The appliance to fill ``home`` (a new one, or ``base``'s copy) and its record."""
+    if base is not None:
+        return appliance_at(home, base.meta["password"], settings_of(server)), base.meta
+    appliance = Appliance.create(home, ours=ours(home), extra=settings_of(server))
+    if server is not None:
+        server.create_owner(appliance.settings.orthanc_db_password_path.read_text().strip())
+    meta = {"recipe": RECIPE, "password": appliance.password, "studies": 0, "instances": 0}
+    return appliance, meta | {"fill": []}
 
 
 def cache_backup(
@@ -377,8 +430,11 @@ def add_backup(entry: Entry, base: Entry | None) -> None:
     """Give a cached home that has none its backup (see :func:`cache_backup`)."""
     meta, partial = entry.meta, entry.path / "backup.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    with running_quietly(appliance_at(entry.home, meta["password"])) as appliance:
-        meta["backup"] = cache_backup(appliance, meta, partial, base)
+    with (
+        orthanc_index(entry.path, entry.index) as server,
+        running_quietly(appliance_at(entry.home, meta["password"], settings_of(server))) as app,
+    ):
+        meta["backup"] = cache_backup(app, meta, partial, base)
     partial.rename(entry.backup)
     entry.save(meta)
 
@@ -606,8 +662,9 @@ def backup_figures(
     }
 
 
-def disk_figures(home: Path, instances: int) -> dict[str, Any]:
-    """Bytes on disk (allocated blocks) per instance, by part of the home."""
+def disk_figures(home: Path, instances: int, server: PgServer | None = None) -> dict[str, Any]:
+    """Bytes on disk (allocated blocks) per instance, by part of the home (Orthanc's index
+    in PostgreSQL: the server's data folder)."""
     parts = {
         "orthanc_storage": 0,
         "orthanc_index": 0,
@@ -624,6 +681,8 @@ def disk_figures(home: Path, instances: int) -> dict[str, Any]:
             size = os.lstat(os.path.join(root, name)).st_blocks * 512
             parts[_part_of(rel, name)] += size
             files += 1
+    if server is not None:
+        parts["orthanc_index"] += server.size_bytes()
     per = {k: round(v / max(instances, 1)) for k, v in parts.items()}
     return {
         "bytes_per_instance": per,
@@ -647,13 +706,17 @@ def _part_of(rel: Path, name: str) -> str:
 def measure(entry: Entry, args: argparse.Namespace, probe: Any) -> dict[str, Any]:
     """Every figure at the size of ``entry``, on a copy of its home."""
     meta = entry.meta
-    with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
-        workdir = Path(tmp)
-        for part in ("home", "backup"):
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.cache)))
+        workdir.chmod(0o711)  # PostgreSQL runs as nobody under root: it passes through
+        parts = ("home", "pg") if entry.index != "sqlite" else ("home",)
+        for part in (*parts, "backup") if args.backups else parts:
             subprocess.run(["cp", "-a", str(entry.path / part), str(workdir / part)], check=True)
-        disk = disk_figures(workdir / "home", meta["instances"])
-        appliance = appliance_at(workdir / "home", meta["password"])
+        server = stack.enter_context(orthanc_index(workdir, entry.index))
+        disk = disk_figures(workdir / "home", meta["instances"], server)
+        appliance = appliance_at(workdir / "home", meta["password"], settings_of(server))
         before = background_percent(2.0)
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         appliance.start()
         startup = time.perf_counter() - start
@@ -674,15 +737,18 @@ def measure(entry: Entry, args: argparse.Namespace, probe: Any) -> dict[str, Any
             token = appliance.login()
             ids = (probe.study_uid, probe.series_uid)
             figures["searches"] = search_figures(appliance, token, meta, args.requests, ids)
-            figures["backup"] = backup_figures(
-                appliance, meta, workdir, args.new_instances, args.streams
-            )
+            if args.backups:
+                figures["backup"] = backup_figures(
+                    appliance, meta, workdir, args.new_instances, args.streams
+                )
         finally:
             appliance.stop()
         figures["load"] = {
             "others_cpu_percent_before": before,
             "others_cpu_percent_during": meter.percent(),
+            "load_average_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         }
+        figures["index"] = entry.index
     return figures
 
 
@@ -701,17 +767,21 @@ def headline(size: dict[str, Any]) -> dict[str, float]:
     }
     for name, figure in size["searches"].items():
         out[f"{name}_p50_ms"], out[f"{name}_p95_ms"] = figure["p50_ms"], figure["p95_ms"]
-    b = size["backup"]
-    out |= {
-        "backup_at_fill_s_per_1000_added": round(
-            b["at_fill"]["wall_seconds"] / max(b["at_fill"]["instances_added"], 1) * 1000, 2
-        ),
-        "backup_incremental_s": b["incremental"]["wall_seconds"],
-        "backup_incremental_bytes": b["incremental"]["bytes_copied"],
-        "backup_incremental_files": b["incremental"]["files"],
-        "backup_unchanged_s_via_proxy": b["unchanged_via_proxy"]["wall_seconds"],
-        "backup_unchanged_rest_calls": b["unchanged_via_proxy"]["orthanc_rest_calls"]["total"],
-    }
+    b = size.get("backup")
+    out |= (
+        {}
+        if b is None
+        else {
+            "backup_at_fill_s_per_1000_added": round(
+                b["at_fill"]["wall_seconds"] / max(b["at_fill"]["instances_added"], 1) * 1000, 2
+            ),
+            "backup_incremental_s": b["incremental"]["wall_seconds"],
+            "backup_incremental_bytes": b["incremental"]["bytes_copied"],
+            "backup_incremental_files": b["incremental"]["files"],
+            "backup_unchanged_s_via_proxy": b["unchanged_via_proxy"]["wall_seconds"],
+            "backup_unchanged_rest_calls": b["unchanged_via_proxy"]["orthanc_rest_calls"]["total"],
+        }
+    )
     for part, value in size["disk"]["bytes_per_instance"].items():
         out[f"disk_{part}_bytes_per_instance"] = value
     return out
@@ -732,71 +802,116 @@ def growth(sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return steps
 
 
-def fill_rate(size: dict[str, Any]) -> str:
-    step = size["fill"][-1]
-    per = step["seconds"] / max(step["to"] - step["from"], 1) * 1000
-    return f"{step['from']}->{step['to']}: {step['seconds']} s ({per:.1f} s / 1000)"
+def fill_steps(sizes: list[dict[str, Any]]) -> list[list[Any]]:
+    """One row per fill step of the largest home (a larger home holds the smaller's steps)."""
+    rows = []
+    for step in sizes[-1]["fill"] if sizes else []:
+        per = step["seconds"] / max(step["to"] - step["from"], 1) * 1000
+        load = step.get("load_average_before_after", "-")
+        rows.append([f"{step['from']:,}->{step['to']:,}", step.get("path", "receiver"),
+                     step["streams"], step["seconds"], round(per, 1), load])  # fmt: skip
+    return rows
 
 
-def render_markdown(r: dict[str, Any]) -> str:
-    """The tables of bench/results/scale.md."""
-    m, sizes = r["machine"], r["sizes"]
+def index_section(index: str, run: dict[str, Any]) -> list[str]:
+    """The figures, growth and fill of one Orthanc index's run."""
+    sizes = run["sizes"]
     header = [
         "figure",
         *(f"{s['instances']:,}" for s in sizes),
-        *(f"x per 10x ({g['from']:,}->{g['to']:,})" for g in r["growth"]),
+        *(f"x per 10x ({g['from']:,}->{g['to']:,})" for g in run["growth"]),
     ]
     names = list(headline(sizes[0])) if sizes else []
     rows = [
         [
             name,
-            *(headline(s)[name] for s in sizes),
-            *(g["per_10x"].get(name, "-") for g in r["growth"]),
+            *(headline(s).get(name, "-") for s in sizes),
+            *(g["per_10x"].get(name, "-") for g in run["growth"]),
         ]
         for name in names
     ]
-    fills = [
-        [
-            f"{s['instances']:,}",
-            s["studies"],
-            fill_rate(s),
-            s["load"]["others_cpu_percent_before"],
-            s["load"]["others_cpu_percent_during"],
-        ]
+    load = [
+        [f"{s['instances']:,}", s["studies"], s["load"]["others_cpu_percent_before"],
+         s["load"]["others_cpu_percent_during"], s["load"].get("load_average_before_after", "-")]
         for s in sizes
+    ]  # fmt: skip
+    return [
+        f"## Orthanc's index: {index} (`--index {index} --sizes {run['args']['sizes']}`)",
+        "",
+        markdown_table(header, rows),
+        "",
+        "### Machine load while measuring",
+        "",
+        markdown_table(
+            ["instances", "studies", "others' CPU % before", "during", "load average before/after"],
+            load,
+        ),
+        "",
+        "### Fill steps of the largest home",
+        "",
+        markdown_table(
+            ["instances", "path", "streams", "seconds", "s per 1000", "load average before/after"],
+            fill_steps(sizes),
+        ),
+        "",
     ]
-    return "\n".join(
-        [
-            "# Scale: an archive of years (issue 20)",
-            "",
-            f"Measured on {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, by "
-            f"`python bench/scale.py --sizes {r['args']['sizes']}` (recipe {RECIPE}; see the "
-            "module docstring). Each size is measured on a copy of a home filled through the "
-            "real receiver and pipeline. Growth is (figure at the larger size / at the smaller) "
-            "^ (1 / decades of instances): 1.0 = flat, 10 = linear in the archive. Latencies "
-            f"are over {r['args']['requests']} requests each after one warm-up, through nginx "
-            "with a real login. The backup with nothing new runs through a counting proxy in "
-            "front of Orthanc (its time includes the proxy); `files` is the backup's own count. "
-            "The backup at fill is the one taken when the home was filled (a full one for the "
-            "first size, else the smaller size's backup grown by one backup), per 1000 instances "
-            "it added.",
-            "",
-            markdown_table(header, rows),
-            "",
-            "## Fill (through storescu, the receiver, the queue and Orthanc)",
-            "",
-            markdown_table(
-                [
-                    "instances",
-                    "studies",
-                    "last fill step",
-                    "others' CPU % before",
-                    "during measures",
-                ],
-                fills,
-            ),
-        ]
-    )
+
+
+def comparison(indexes: dict[str, Any]) -> list[str]:
+    """PostgreSQL's figures over SQLite's at the sizes both measured (same recipe: the
+    homes hold the same instances)."""
+    if not {"sqlite", "postgresql"} <= set(indexes):
+        return []
+    lite = {s["instances"]: headline(s) for s in indexes["sqlite"]["sizes"]}
+    pg = {s["instances"]: headline(s) for s in indexes["postgresql"]["sizes"]}
+    common = sorted(set(lite) & set(pg))
+    if not common:
+        return []
+    names = [name for name in lite[common[0]] if name in pg[common[0]]]
+    rows = [
+        [name, *(round(pg[n][name] / lite[n][name], 2) if lite[n][name] else "-" for n in common)]
+        for name in names
+    ]
+    return [
+        "## PostgreSQL over SQLite (same homes; below 1 = PostgreSQL better for times)",
+        "",
+        markdown_table(["figure", *(f"{n:,}" for n in common)], rows),
+        "",
+    ]
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """bench/results/scale.md: each index's figures and growth, then their comparison."""
+    m = r["machine"]
+    intro = [
+        "# Scale: an archive of years (issue 20)",
+        "",
+        f"Measured on {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, by "
+        f"`python bench/scale.py` (recipe {RECIPE}; see the module docstring). Each size is "
+        "measured on a copy of a home filled through the real receiver and pipeline. Growth "
+        "is (figure at the larger size / at the smaller) ^ (1 / decades of instances): 1.0 = "
+        "flat, 10 = linear in the archive. Latencies are p50/p95 over the run's requests "
+        "after one warm-up, through nginx with a real login. The backup with nothing new runs "
+        "through a counting proxy in front of Orthanc (its time includes the proxy); `files` "
+        "is the backup's own count. The backup at fill is the one taken when the home was "
+        "filled (a full one for the first size, else the smaller size's backup grown by one "
+        "backup), per 1000 instances it added.",
+        "",
+    ]
+    sections = [line for index, run in r["indexes"].items() for line in index_section(index, run)]
+    return "\n".join(intro + sections + comparison(r["indexes"]))
+
+
+def merged(out: Path, index: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The results file with this run as ``index``'s, other indexes' runs kept (the same
+    recipe only: another recipe's homes are not comparable)."""
+    results = {"machine": machine(), "recipe": RECIPE, "indexes": {}}
+    if out.is_file():
+        earlier = json.loads(out.read_text())
+        if earlier.get("recipe") == RECIPE:
+            results["indexes"] = earlier.get("indexes", {})
+    results["indexes"][index] = run
+    return results
 
 
 # ----------------------------------------------------------------------------- main
@@ -845,6 +960,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-instances", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=40, help="per search figure")
     parser.add_argument("--fill-only", action="store_true", help="fill the cache, measure nothing")
+    parser.add_argument(
+        "--no-backups",
+        dest="backups",
+        action="store_false",
+        help="neither back a filled home up nor measure backups (a full backup of a large "
+        "home takes long; bench/backup_scale.py measures the incremental one on its own)",
+    )
+    parser.add_argument(
+        "--index",
+        choices=INDEXES,
+        default="sqlite",
+        help="Orthanc's index: sqlite (in the home) or postgresql (a PostgreSQL 15 server the "
+        "bench makes and keeps with each cached home; apt-get install postgresql-15 "
+        "orthanc-postgresql). Each index has its own homes and its section of the results",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
     args = parser.parse_args(argv)
     if not (
@@ -857,26 +987,28 @@ def main(argv: list[str] | None = None) -> int:
             "--streams 1-8, --probe-slices 2-2000, --new-instances 1-20000, --requests 1-1000"
         )
     args.cache.mkdir(parents=True, exist_ok=True)
-    entries = [filled(args.cache, size, args.streams) for size in args.sizes]
+    entries = [
+        filled(args.cache, size, args.streams, args.index, args.backups) for size in args.sizes
+    ]
     if args.fill_only:
         for entry in entries:
             print(f"{entry.path}: {entry.meta['instances']} instances, fill {entry.meta['fill']}")
         return 0
     probe = probe_series(args.cache, args.probe_slices)
     sizes = [measure(entry, args, probe) for entry in entries]
-    results = {
-        "machine": machine(),
-        "recipe": RECIPE,
+    run = {
         "args": {
             "sizes": ",".join(map(str, args.sizes)),
             "streams": args.streams,
             "probe_slices": args.probe_slices,
             "new_instances": args.new_instances,
             "requests": args.requests,
+            "backups": args.backups,
         },
         "sizes": sizes,
         "growth": growth(sizes),
     }
+    results = merged(args.out, args.index, run)
     write_results(args.out, results, render_markdown(results))
     return 0
 

@@ -23,7 +23,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     argv = ["--sizes", ",".join(map(str, SIZES)), "--cache", str(cache), "--probe-slices", "12",
             "--new-instances", "30", "--requests", "4", "--out", str(out)]  # fmt: skip
     assert scale.main(argv) == 0
-    return cache, json.loads(out.read_text())
+    return cache, json.loads(out.read_text())["indexes"]["sqlite"]
 
 
 def test_each_size_is_filled_and_the_larger_grew_from_the_smaller(run: tuple[Path, dict]) -> None:

@@ -28,6 +28,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,15 @@ class Field:
     show: Callable[[Any], str] = _shown
 
 
+def _iso_time(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) > 64:
+        return False
+    try:
+        return datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
+
+
 def _integer(low: int, high: int) -> Callable[[Any], bool]:
     return lambda value: type(value) is int and low <= value <= high
 
@@ -83,6 +93,33 @@ def _matching(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
 DIGEST = Field(_matching(HEX64), "a SHA-256 (64 lowercase hex digits)")
 SIZE = Field(_integer(0, MAX_OBJECT_SIZE), f"a whole number of bytes up to {MAX_OBJECT_SIZE}")
 TEXT = Field(lambda v: isinstance(v, str) and len(v) <= MAX_TEXT, f"text up to {MAX_TEXT} chars")
+SEQ = _integer(0, (1 << 63) - 1)
+WITNESS = {"seq": SEQ, "id": _matching(ORTHANC_ID),
+           "type": _matching(re.compile(r"[A-Za-z]{1,64}")),
+           "date": _matching(re.compile(r"[0-9T]{1,32}"))}  # fmt: skip
+MAX_WITNESSES = 8
+MTIME = _integer(-(1 << 63), (1 << 63) - 1)
+
+
+def _orthanc_log(value: Any) -> bool:
+    """``{"last": seq, "witnesses": [{"seq", "id", "type", "date"}, ...]}``
+    (:mod:`appliance.backup.orthanc_log`)."""
+    if not isinstance(value, dict) or set(value) != {"last", "witnesses"} or not SEQ(value["last"]):
+        return False
+    witnesses = value["witnesses"]
+    return isinstance(witnesses, list) and len(witnesses) <= MAX_WITNESSES and all(
+        isinstance(w, dict) and set(w) == set(WITNESS) and all(WITNESS[k](w[k]) for k in w)
+        for w in witnesses
+    )
+
+
+def _folders(value: Any) -> bool:
+    """Folder path -> its mtime in ns (:mod:`appliance.backup.home_files`)."""
+    return isinstance(value, dict) and all(
+        path_problem(rel) is None and MTIME(mtime) for rel, mtime in value.items()
+    )
+
+
 TOP: dict[str, Field] = {
     "format": Field(_integer(1, FORMAT), f"1 to {FORMAT}"),
     "name": Field(_matching(SNAPSHOT), "a snapshot name (letters, digits, '._-')"),
@@ -90,8 +127,13 @@ TOP: dict[str, Field] = {
     "home": TEXT,
     "bytes_copied": SIZE,
     "mac": Field(_matching(HEX64), "an HMAC-SHA256 (64 lowercase hex digits)"),
+    "orthanc_log": Field(_orthanc_log, "the position in Orthanc's change log"),
+    "folders": Field(_folders, "folders of the home (normalised paths) with their mtime"),
+    "walked": Field(_iso_time, "a date and time (ISO 8601, with its offset)"),
 }
-OPTIONAL = ("created", "home", "bytes_copied", "mac")  # "mac": none before signed snapshots
+# "mac": none before signed snapshots; "orthanc_log", "folders", "walked": none before
+# incremental snapshots
+OPTIONAL = ("created", "home", "bytes_copied", "mac", "orthanc_log", "folders", "walked")
 ENTRY: dict[str, dict[str, Field]] = {
     "files": {
         "sha256": DIGEST,

@@ -18,10 +18,8 @@ Everything goes into the repository encrypted with keys wrapped by the home's ba
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import sqlite3
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from appliance.backup import orthanc_log
+from appliance.backup.home_files import put_file, walk_home
 from appliance.backup.legacy import LegacyRepository
-from appliance.backup.manifest import FORMAT, SECTIONS, SKIPPED, backup_key
+from appliance.backup.manifest import FORMAT, SECTIONS, backup_key
 from appliance.backup.migrate import migrate_locked, needs_migration
 from appliance.backup.repository import SNAPSHOT_NAME, BackupError, Repository, readable
 from appliance.config import Settings
@@ -46,6 +46,22 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class Work:
+    """What a backup had to look at: it grows with what changed, not with the archive."""
+
+    files_examined: int  # files stat'ed (those in folders that changed; all in a full walk)
+    folders_checked: int  # folders stat'ed (listed only if they changed)
+    full_walk: bool  # every file stat'ed (first snapshot, then weekly)
+    orthanc_asked: int  # instances whose attachment Orthanc was asked about
+    orthanc_listing: str  # why every instance was asked about ("": only the changed ones)
+    orthanc_deleted: int  # instances of the previous snapshot found deleted
+
+    def record(self) -> dict[str, Any]:
+        """The fields of the backup's status record."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class SnapshotResult:
     """What one backup did."""
 
@@ -54,6 +70,7 @@ class SnapshotResult:
     instances: int
     bytes_copied: int
     seconds: float
+    work: Work
 
 
 def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> SnapshotResult:
@@ -65,26 +82,30 @@ def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> Snapsho
         )
     started = time.monotonic()
     orthanc = OrthancStore(settings)
-    instances = _orthanc_instances(orthanc)
+    _orthanc_answers(orthanc)
     repo = Repository(dest, backup_key(HomeLayout(settings.home), create=True))
     repo.create()
     with repo.locked():
         if needs_migration(dest):  # a repository from before encryption: encrypted first
             migrate_locked(repo, progress, allow_unsigned=False)
-        result = _snapshot_into(repo, settings, orthanc, instances, progress)
+        result = _snapshot_into(repo, settings, orthanc, progress)
     return dataclasses.replace(result, seconds=time.monotonic() - started)
 
 
 def _snapshot_into(
-    repo: Repository, settings: Settings, orthanc: OrthancStore, instances: list[str],
-    progress: Progress,
-) -> SnapshotResult:  # fmt: skip
+    repo: Repository, settings: Settings, orthanc: OrthancStore, progress: Progress
+) -> SnapshotResult:
     """The snapshot itself, under the repository's lock (``seconds`` left at 0)."""
     layout = HomeLayout(settings.home)
     previous = repo.latest() or {}
-    files = list(_home_files(layout.home))
-    total, done, copied = len(instances) + len(files) + 2, 0, 0
-    manifest: dict[str, Any] = {"format": FORMAT, "files": {}, "databases": {}, "orthanc": {}}
+    try:
+        instances = orthanc_log.plan(orthanc, previous)
+    except OrthancUnavailable as exc:
+        raise _stopped(exc) from exc
+    walk = walk_home(layout.home, previous)
+    total, done, copied = len(instances.ask) + len(walk.examine) + 2, 0, 0
+    manifest: dict[str, Any] = {"format": FORMAT, "files": dict(walk.kept), "databases": {},
+                                "orthanc": dict(instances.kept)}  # fmt: skip
     databases = (("db/appliance.db", layout.database_file), ("db/queue.db", layout.queue_file))
     for name, path in databases:
         if path.exists():
@@ -92,8 +113,8 @@ def _snapshot_into(
             copied += n
         done += 1
         progress(done, total)
-    for rel, path in files:
-        entry, n = _put_file(repo, path, previous.get("files", {}).get(rel))
+    for rel, path in walk.examine:
+        entry, n = put_file(repo, path, previous.get("files", {}).get(rel))
         if entry is not None:
             manifest["files"][rel] = entry
         copied += n
@@ -101,14 +122,11 @@ def _snapshot_into(
         progress(done, total)
     storage = layout.orthanc_dir / "storage"
     known = previous.get("orthanc", {})
-    for instance_id in instances:
+    for instance_id in instances.ask:
         try:
             entry, n = _put_instance(repo, orthanc, storage, instance_id, known)
         except OrthancUnavailable as exc:
-            raise BackupError(
-                f"Orthanc stopped answering during the backup ({exc}); "
-                "no snapshot was written. Run the backup again."
-            ) from exc
+            raise _stopped(exc) from exc
         if entry is not None:
             manifest["orthanc"][instance_id] = entry
         copied += n
@@ -116,9 +134,19 @@ def _snapshot_into(
         progress(done, total)
     name = datetime.now(UTC).strftime(SNAPSHOT_NAME)
     manifest.update(name=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
-                    home=str(layout.home), bytes_copied=copied)  # fmt: skip
+                    home=str(layout.home), bytes_copied=copied, orthanc_log=instances.position,
+                    folders=walk.folders, walked=walk.walked)  # fmt: skip
     repo.save(name, manifest)
-    return SnapshotResult(name, len(manifest["files"]), len(manifest["orthanc"]), copied, 0.0)
+    return SnapshotResult(
+        name, len(manifest["files"]), len(manifest["orthanc"]), copied, 0.0,
+        Work(len(walk.examine), walk.folders_checked, walk.full, len(instances.ask),
+             instances.listing, instances.deletions),
+    )  # fmt: skip
+
+
+def _stopped(exc: OrthancUnavailable) -> BackupError:
+    return BackupError(f"Orthanc stopped answering during the backup ({exc}); "
+                       "no snapshot was written. Run the backup again.")  # fmt: skip
 
 
 def verify(dest: Path, progress: Progress, key: bytes | None = None) -> list[str]:
@@ -266,39 +294,6 @@ def restore_instances(
     return len(entries)
 
 
-def _home_files(home: Path) -> Iterator[tuple[str, Path]]:
-    """Every file of the home a snapshot holds, as (path in the home, path)."""
-    key = HomeLayout(home).backup_key_file  # a backup never holds the key that signs it
-    for top in sorted(home.iterdir()):
-        if top.name in SKIPPED:
-            continue
-        if top.is_file():
-            yield top.name, top
-            continue
-        for root, _dirs, names in os.walk(top):
-            for name in sorted(names):
-                path = Path(root) / name
-                if path != key:
-                    yield str(path.relative_to(home)), path
-
-
-def _put_file(repo: Repository, path: Path, before: dict[str, Any] | None):
-    """(manifest entry, bytes copied); (None, 0) if the file went away meanwhile."""
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            return None, 0
-        same = (before and before["size"] == info.st_size and before["mtime_ns"] == info.st_mtime_ns
-                and repo.has(before["sha256"]))  # fmt: skip
-        stored = None if same else repo.put(path)
-    except FileNotFoundError:
-        return None, 0
-    entry = {"sha256": before["sha256"] if same else stored.sha256,
-             "size": info.st_size if same else stored.size,  # the size of what was read
-             "mtime_ns": info.st_mtime_ns, "mode": info.st_mode & 0o777}  # fmt: skip
-    return entry, 0 if same else stored.copied
-
-
 def _put_database(repo: Repository, path: Path, scratch_in: Path) -> tuple[dict[str, Any], int]:
     """The database's online-backup copy (made in the home's ``scratch_in``: never in the
     clear in the repository) put in."""
@@ -316,9 +311,10 @@ def _put_database(repo: Repository, path: Path, scratch_in: Path) -> tuple[dict[
     return {"sha256": stored.sha256, "size": stored.size}, stored.copied
 
 
-def _orthanc_instances(orthanc: OrthancStore) -> list[str]:
+def _orthanc_answers(orthanc: OrthancStore) -> None:
+    """Refuse to start (:class:`BackupError`) unless Orthanc answers."""
     try:
-        return orthanc.instance_ids()
+        orthanc.newest_change()
     except OrthancUnavailable as exc:
         raise BackupError(
             f"cannot list Orthanc's instances ({exc}). Is NeuroNova running? "

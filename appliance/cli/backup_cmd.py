@@ -287,7 +287,7 @@ def restore(src: Path, home: Path, key_file: Path | None, allow_unsigned: bool) 
             click.echo(f"Warning: snapshot {manifest['name']} is not signed; nothing shows "
                        "that it was not changed since it was taken.", err=True)  # fmt: skip
         settings = dataclasses.replace(load_settings(home, {}), orthanc_port=_free_port())
-        with _orthanc(settings) as store, _bar("Restoring images") as progress:
+        with orthanc_alone(settings) as store, _bar("Restoring images") as progress:
             count = snapshot.restore_instances(repo, manifest, store.store, progress)
     click.echo(
         f"Restored snapshot {manifest['name']} into {home}: {len(manifest['files'])} files, "
@@ -308,7 +308,7 @@ def _bar(label: str) -> Iterator[Any]:
 
 
 @contextmanager
-def _orthanc(settings: Settings) -> Iterator[OrthancStore]:
+def orthanc_alone(settings: Settings) -> Iterator[OrthancStore]:
     """Orthanc alone on the restored home (a free loopback port), stopped afterwards."""
     render_orthanc_conf(settings)
     process = subprocess.Popen(orthanc_command(settings), env=orthanc_environment() or None,

@@ -7,6 +7,7 @@ import base64
 import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 from appliance import loopback
 from appliance.config import Settings
@@ -63,6 +64,19 @@ class OrthancStore:
     def instance_ids(self) -> list[str]:
         """Orthanc's ids of every instance it holds."""
         return json.loads(self._call("/instances"))
+
+    def instance_count(self) -> int:
+        """How many instances Orthanc holds (``/statistics``)."""
+        return json.loads(self._call("/statistics"))["CountInstances"]
+
+    def changes(self, since: int, limit: int) -> dict[str, Any]:
+        """Orthanc's change log after sequence number ``since``: at most ``limit`` changes
+        (``Changes``), whether that is all (``Done``) and the last number (``Last``)."""
+        return json.loads(self._call(f"/changes?since={since}&limit={limit}"))
+
+    def newest_change(self) -> dict[str, Any]:
+        """The newest change of Orthanc's log (in ``Changes``, if any) and ``Last``."""
+        return json.loads(self._call("/changes?last"))
 
     def attachment_uuid(self, instance_id: str) -> str | None:
         """The storage file name of an instance's DICOM file; None if the instance is gone."""

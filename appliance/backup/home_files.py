@@ -1,0 +1,138 @@
+"""Which files of the home a snapshot looks at: those in folders that changed since the last.
+
+A folder's mtime moves whenever an entry in it is created, removed or renamed, and every
+writer of the home replaces a file by writing a new one and renaming it over the old
+(frame files, previews and series metadata through ``appliance.durable.write_atomic``,
+secrets and settings likewise). So a snapshot records each folder's mtime (``folders``)
+and the next one stats every folder but lists only those whose mtime moved: a folder that
+did not move holds the same files, whose entries are taken from the previous manifest
+without a ``stat`` of each. A day's new studies cost their own files; the archive's frame
+files and previews (several per instance) are not touched.
+
+What this does not see, a file rewritten in place (its folder's mtime stays), is caught by
+a full walk, which stats every file as before: the first snapshot, then whenever the last
+full walk is more than :data:`FULL_WALK_EVERY` old. A folder whose mtime is within
+:data:`SETTLE_NS` of the snapshot is listed again next time (a second change within the
+clock's granularity would not move it).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from appliance.backup.manifest import SKIPPED
+from appliance.backup.repository import Repository
+from appliance.layout import HomeLayout
+
+FULL_WALK_EVERY = timedelta(days=7)
+SETTLE_NS = 2_000_000_000
+UNSETTLED = -1  # a folder's recorded mtime when it must be listed again next time
+
+
+@dataclass
+class HomeWalk:
+    """The files a snapshot reads, and what it keeps of the previous one."""
+
+    examine: list[tuple[str, Path]] = field(default_factory=list)  # stat (and put if changed)
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)  # entries that stay as they were
+    folders: dict[str, int] = field(default_factory=dict)  # the manifest's ``folders``
+    walked: str = ""  # when the last full walk was (ISO, UTC)
+    full: bool = False
+    folders_checked: int = 0
+
+
+def walk_home(home: Path, previous: dict[str, Any], now: datetime | None = None) -> HomeWalk:
+    """The walk of ``home`` after the snapshot ``previous`` (``{}``: none, a full walk)."""
+    now = now or datetime.now(UTC)
+    walked = previous.get("walked")
+    full = walked is None or now - datetime.fromisoformat(walked) > FULL_WALK_EVERY
+    walk = HomeWalk(walked=now.isoformat(timespec="seconds") if full else walked, full=full)
+    _Walker(home, {} if full else previous, walk).top()
+    return walk
+
+
+class _Walker:
+    """One walk: the previous manifest's files and folders grouped by folder."""
+
+    def __init__(self, home: Path, previous: dict[str, Any], walk: HomeWalk) -> None:
+        self.home, self.walk = home, walk
+        self.key = HomeLayout(home).backup_key_file  # a backup never holds the key it uses
+        self.before: dict[str, int] = previous.get("folders", {})
+        self.files_in: dict[str, list[str]] = defaultdict(list)
+        self.entries = previous.get("files", {})
+        for rel in self.entries:
+            self.files_in[rel.rpartition("/")[0]].append(rel)
+        self.folders_in: dict[str, list[str]] = defaultdict(list)
+        for rel in self.before:
+            self.folders_in[rel.rpartition("/")[0]].append(rel)
+        self.settled_before = time.time_ns() - SETTLE_NS
+
+    def top(self) -> None:
+        """The home's own files, always looked at, and its folders but the skipped ones."""
+        for entry in sorted(os.scandir(self.home), key=lambda e: e.name):
+            if entry.name in SKIPPED:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                self.folder(entry.name)
+            else:
+                self.walk.examine.append((entry.name, Path(entry.path)))
+
+    def folder(self, rel: str) -> None:
+        """One folder: listed if it changed, else taken from the previous manifest."""
+        pending = [rel]
+        while pending:
+            rel = pending.pop()
+            try:
+                mtime = os.lstat(self.home / rel).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            self.walk.folders_checked += 1
+            self.walk.folders[rel] = mtime if mtime < self.settled_before else UNSETTLED
+            if self.before.get(rel, UNSETTLED) == mtime != UNSETTLED:
+                self.walk.kept.update((f, self.entries[f]) for f in self.files_in.get(rel, ()))
+                pending += self.folders_in.get(rel, ())
+            else:
+                pending += self._list(rel)
+
+    def _list(self, rel: str) -> list[str]:
+        """Put the folder's files up for examination; its sub-folders."""
+        folders = []
+        try:
+            entries = list(os.scandir(self.home / rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        for entry in entries:
+            child = f"{rel}/{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(child)
+            elif Path(entry.path) != self.key:
+                self.walk.examine.append((child, Path(entry.path)))
+        return folders
+
+
+def put_file(repo: Repository, path: Path, before: dict[str, Any] | None):
+    """(manifest entry, bytes copied); (None, 0) if the file went away meanwhile.
+
+    The content is read only if its (size, mtime) changed, or the repository lost the
+    object the previous entry names.
+    """
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return None, 0
+        same = (before and before["size"] == info.st_size and before["mtime_ns"] == info.st_mtime_ns
+                and repo.has(before["sha256"]))  # fmt: skip
+        stored = None if same else repo.put(path)
+    except FileNotFoundError:
+        return None, 0
+    entry = {"sha256": before["sha256"] if same else stored.sha256,
+             "size": info.st_size if same else stored.size,  # the size of what was read
+             "mtime_ns": info.st_mtime_ns, "mode": info.st_mode & 0o777}  # fmt: skip
+    return entry, 0 if same else stored.copied

@@ -1,0 +1,217 @@
+"""An incremental backup costs what changed, not what is stored (issue 20).
+
+A real Orthanc runs on an initialised home; instances go in through its REST API, each
+with the frame files and previews the pipeline would write (atomically, as it does).
+Backups run through a counting proxy in front of Orthanc, so the REST calls are counted
+from outside the backup's code. The same new work costs the same calls and the same files
+examined whether the archive holds n or 2n instances; and after stores, a replacement and
+deletions, an incremental chain ends with the manifest a full run makes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import free_port
+from pydicom.uid import generate_uid
+
+from appliance import loopback
+from appliance.backup import home_files
+from appliance.backup.home_files import walk_home
+from appliance.backup.manifest import backup_key
+from appliance.backup.repository import Repository
+from appliance.backup.snapshot import SnapshotResult, take_snapshot
+from appliance.cli.backup_cmd import orthanc_alone
+from appliance.config import Settings, load_settings
+from appliance.durable import write_atomic
+from appliance.layout import HomeLayout
+from appliance.store.frame_files import frame_relpath, image_relpath, remove_study_files
+from appliance.store.orthanc import OrthancStore, orthanc_auth_header, orthanc_url
+from bench.counting_proxy import CountingProxy
+from bench.synthetic import SeriesSpec, StudySpec, small_dataset, small_image
+
+N = 40  # instances stored before the first measure; 2N before the second
+NEW = 8  # the day's new instances, each time
+
+
+@pytest.fixture
+def settings(home: Path) -> Iterator[Settings]:
+    """Settings of an initialised home whose Orthanc runs alone on a free port."""
+    settings = dataclasses.replace(load_settings(home, {}), orthanc_port=free_port())
+    with orthanc_alone(settings):
+        yield settings
+
+
+def study(settings: Settings, count: int, seed: int) -> list[tuple[str, str, str, str]]:
+    """Store a study of ``count`` instances in Orthanc with its frame files and previews;
+    (Orthanc ID, study, series, SOP UID) of each."""
+    spec = StudySpec("INCR^TEST", f"P{seed}", "19700101", "O", generate_uid(), "20261207",
+                     "120000", f"A{seed}", "incremental backup test")  # fmt: skip
+    series = SeriesSpec(generate_uid(), "CT", 1, "axial", count, 16, 16)
+    rng = np.random.default_rng(seed)
+    return [_store(settings, spec, series, i, small_image(series, i, rng)) for i in range(count)]
+
+
+def _store(settings: Settings, spec: StudySpec, series: SeriesSpec, index: int, pixels) -> tuple:
+    ds = small_dataset(spec, series, index, generate_uid(), pixels)
+    data = _part10(ds)
+    orthanc_id = OrthancStore(settings).store(data)
+    _write_frames(settings, ds, data)
+    return orthanc_id, spec.study_uid, series.series_uid, ds.SOPInstanceUID
+
+
+def _part10(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _write_frames(settings: Settings, ds: pydicom.Dataset, data: bytes) -> None:
+    """The instance's frame file and previews, written as the pipeline writes them."""
+    root = HomeLayout(settings.home).frames_dir
+    uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    for rel in (frame_relpath(*uids, 1), image_relpath(*uids, "rendered"),
+                image_relpath(*uids, "thumbnail")):  # fmt: skip
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(root / rel, data[-2000:])
+
+
+def backup(settings: Settings, dest: Path) -> tuple[SnapshotResult, dict[str, Any]]:
+    """A snapshot through a counting proxy: its result and the proxy's counts."""
+    with CountingProxy(settings.orthanc_port) as proxy:
+        seen = dataclasses.replace(settings, orthanc_port=proxy.port)
+        result = take_snapshot(seen, dest, lambda _done, _total: None)
+        return result, proxy.summary()
+
+
+def rest(settings: Settings, method: str, path: str) -> None:
+    """One call of Orthanc's REST API the appliance itself does not make."""
+    request = urllib.request.Request(orthanc_url(settings) + path, method=method,
+                                     headers={"Authorization": orthanc_auth_header(settings)})
+    with loopback.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200
+
+
+def manifest(settings: Settings, dest: Path) -> dict[str, Any]:
+    """The newest snapshot's manifest in ``dest``."""
+    found = Repository(dest, backup_key(HomeLayout(settings.home))).latest()
+    assert found is not None
+    return found
+
+
+def test_the_same_new_work_costs_the_same_at_n_and_2n(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Folders count as settled at once (the test writes nothing while a backup runs), so
+    # the folders of the studies stored before a backup are not listed again after it.
+    monkeypatch.setattr(home_files, "SETTLE_NS", 0)
+    dest, costs, stored = tmp_path / "backup", [], 0
+    for size in (N, 2 * N):
+        while stored < size:
+            stored += len(study(settings, N // 2, seed=stored))
+        backup(settings, dest)  # what was stored so far
+        stored += len(study(settings, NEW, seed=size + 1))
+        result, calls = backup(settings, dest)
+        assert result.work.orthanc_listing == "", result.work
+        assert not result.work.full_walk
+        assert result.instances == stored
+        costs.append((calls["total"], result.work.orthanc_asked, result.work.files_examined))
+    small, large = costs
+    assert small == large, f"the same {NEW} new instances cost {small} at {N}, {large} at 2N"
+    calls, asked, examined = small
+    assert asked == NEW
+    assert calls <= NEW + 8, f"{calls} REST calls for {NEW} new instances"
+    top = sum(1 for p in settings.home.iterdir() if p.is_file())  # always looked at
+    assert examined == 3 * NEW + top, f"{examined} files examined for {NEW} new instances"
+
+
+def test_an_incremental_chain_ends_as_a_full_run(settings: Settings, tmp_path: Path):
+    first = study(settings, 5, seed=1)
+    second = study(settings, 6, seed=2)
+    chain = tmp_path / "chain"
+    backup(settings, chain)
+    study(settings, 4, seed=3)
+    orthanc = OrthancStore(settings)
+    replaced_id, *uids = second[0]  # a replacement: same SOP Instance UID, other content
+    ds = pydicom.dcmread(io.BytesIO(orthanc.fetch(uids[2])))
+    ds.SeriesDescription = "replaced"
+    assert orthanc.store(_part10(ds)) == replaced_id
+    _write_frames(settings, ds, _part10(ds))
+    rest(settings, "DELETE", f"/instances/{second[1][0]}")  # one instance
+    assert orthanc.delete_study(first[0][1])  # and a whole study, as retention does
+    remove_study_files(HomeLayout(settings.home).frames_dir, first[0][1])
+    result, _calls = backup(settings, chain)
+    assert result.work.orthanc_listing == "" and result.work.orthanc_deleted == 6
+    assert result.work.orthanc_asked == 4 + 1  # the new study and the replaced instance
+    full_result, _calls = backup(settings, tmp_path / "full")
+    assert full_result.work.orthanc_listing == "first snapshot" and full_result.work.full_walk
+    _same_content(manifest(settings, chain), manifest(settings, tmp_path / "full"))
+
+
+def test_a_reset_orthanc_gets_a_full_listing(settings: Settings, tmp_path: Path):
+    """Orthanc's database replaced (its log restarts): the next snapshot lists everything,
+    says why, and is what a full run makes."""
+    study(settings, 5, seed=1)
+    chain = tmp_path / "chain"
+    backup(settings, chain)
+    for orthanc_id in OrthancStore(settings).instance_ids():
+        rest(settings, "DELETE", f"/instances/{orthanc_id}")
+    study(settings, 3, seed=2)  # a new log would have started at 1; this one says it all
+    rest(settings, "DELETE", "/changes")  # the log cleared
+    study(settings, 2, seed=3)
+    result, _calls = backup(settings, chain)
+    assert "none of the changes earlier snapshots saw" in result.work.orthanc_listing
+    assert result.instances == 5
+    backup(settings, tmp_path / "full")
+    _same_content(manifest(settings, chain), manifest(settings, tmp_path / "full"))
+
+
+def _same_content(chain: dict[str, Any], full: dict[str, Any]) -> None:
+    assert chain["orthanc"] == full["orthanc"]
+    assert chain["files"] == full["files"]
+    assert chain["folders"].keys() == full["folders"].keys()
+
+
+def test_only_changed_folders_are_listed_and_a_weekly_walk_sees_the_rest(tmp_path: Path):
+    home = tmp_path / "home"
+    for n in range(20):
+        write_atomic(_mkdirs(home / f"frames/s{n}/x/1"), b"frame")
+    old = datetime.now(UTC) - timedelta(days=1)
+    _age(home, old)
+    first = walk_home(home, {})
+    assert first.full and len(first.examine) == 20
+    previous = {"files": {rel: {"size": 5} for rel, _ in first.examine},
+                "folders": first.folders, "walked": first.walked}  # fmt: skip
+    write_atomic(_mkdirs(home / "frames/s3/x/2"), b"new")
+    rewritten = home / "frames/s4/x/1"  # rewritten in place: its folder's mtime stays
+    folder_time = rewritten.parent.stat().st_mtime_ns
+    rewritten.write_bytes(b"other")
+    os.utime(rewritten.parent, ns=(folder_time, folder_time))
+    then = walk_home(home, previous)
+    assert not then.full
+    assert sorted(rel for rel, _ in then.examine) == ["frames/s3/x/1", "frames/s3/x/2"]
+    assert len(then.kept) == 19 and then.folders_checked == len(first.folders)
+    weekly = walk_home(home, previous, now=datetime.now(UTC) + timedelta(days=8))
+    assert weekly.full and "frames/s4/x/1" in {rel for rel, _ in weekly.examine}
+
+
+def _mkdirs(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _age(root: Path, when: datetime) -> None:
+    """Every folder below ``root`` changed long enough ago to be settled."""
+    stamp = int(when.timestamp() * 1e9)
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        os.utime(folder, ns=(stamp, stamp))

@@ -605,7 +605,8 @@ def backup(appliance: Appliance, dest: Path) -> dict[str, Any]:
     """``neuronova backup DEST``: wall time and the backup's own status record."""
     seconds, _ = run_cli(appliance, "backup", str(dest))
     record = json.loads(appliance.layout.backup_status_file.read_text())
-    keep = ("files", "instances", "bytes_copied", "seconds", "snapshot")
+    keep = ("files", "instances", "bytes_copied", "seconds", "snapshot", "files_examined",
+            "folders_checked", "full_walk", "orthanc_asked", "orthanc_listing")  # fmt: skip
     return {"wall_seconds": round(seconds, 2)} | {k: record.get(k) for k in keep}
 
 

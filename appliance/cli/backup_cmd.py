@@ -79,8 +79,12 @@ def create(dest: Path, home: Path | None) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"Snapshot {done['snapshot']}: {done['files']} files, {done['instances']} Orthanc "
-        f"instances, {done['bytes_copied']} bytes copied in {done['seconds']:.1f} s."
+        f"instances, {done['bytes_copied']} bytes copied in {done['seconds']:.1f} s "
+        f"({done['files_examined']} files examined, {done['orthanc_asked']} instances asked "
+        f"about{'; every file checked' if done['full_walk'] else ''})."
     )
+    if done["orthanc_listing"]:
+        click.echo(f"Every Orthanc instance was asked about: {done['orthanc_listing']}.")
 
 
 def keep_options(command: Callable) -> Callable:

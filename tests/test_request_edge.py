@@ -17,6 +17,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -29,6 +30,8 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 from samples import native_dataset
 
+import bundled_nginx
+from appliance import internal_locations
 from appliance.config import load_settings
 from appliance.home import init_home
 from appliance.ingest.modalities import ModalityError, validate_ae_title
@@ -339,6 +342,16 @@ def test_nginx_takes_large_bodies_only_on_the_stow_location(tmp_path):
     assert sizes[0] == "64k;" and set(sizes[1:]) == {"300m;"}
     stow = conf.split('location ~ "^/api/pacs/dicom-web/studies(/[^/]+)?$"')[1:]
     assert stow and all("client_max_body_size 300m;" in after.split("}")[0] for after in stow)
+
+
+def test_nginx_internal_locations_come_from_the_python_constants(tmp_path):
+    template = (Path(bundled_nginx.__file__).parent / "server.conf.template").read_text()
+    assert "/internal-" not in template  # named once, in appliance/internal_locations.py
+    conf = render_nginx_conf(make_appliance(tmp_path).settings).read_text()
+    for location in internal_locations.ALL:
+        blocks = conf.split(f"location {location}/ {{")[1:]
+        assert len(blocks) == 2  # the HTTPS server and the plain one (redirect off in tests)
+        assert all(block.split("\n")[1].strip() == "internal;" for block in blocks)
 
 
 # ------------------------------------------------- the real appliance: memory and STOW

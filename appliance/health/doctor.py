@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import sqlite_utils
 
+from appliance import internal_locations
 from appliance.backup.status import read_status
 from appliance.config import Settings, is_loopback_host
 from appliance.health.probes import probe_receiver, probe_worker
@@ -49,7 +50,11 @@ CLOCK_SKEW_MAX_S = 300
 # A daily backup plus slack for a slow night; a week without one is a FAIL.
 BACKUP_WARN_AGE_S = 26 * 3600
 BACKUP_FAIL_AGE_S = 7 * 86400
-INTERNAL_PATHS = ("/internal-orthanc/system", "/internal-frames/x", "/internal-app/api/health")
+INTERNAL_PATHS = (
+    f"{internal_locations.ORTHANC}/system",
+    f"{internal_locations.FRAMES}/x",
+    f"{internal_locations.APP}/api/health",
+)
 QIDO_PATH = "/api/pacs/dicom-web/studies?limit=1"
 
 
@@ -292,7 +297,7 @@ async def check_token_frame(ctx: Context) -> Check:
         what = "frame 1 of the newest stored image"
     status, headers, _ = await ctx.get(ctx.app_url + path, auth=True)
     target = headers.get("X-Accel-Redirect", "")
-    if status != 200 or not target.startswith("/internal-"):
+    if status != 200 or not target.startswith(internal_locations.ALL):
         return Check(
             "token_frame",
             FAIL,

@@ -23,10 +23,11 @@ import secrets
 import shutil
 from pathlib import Path
 
+from appliance import internal_locations
 from appliance.uids import is_valid_uid
 
 BOUNDARY = "neuronova-frame-3f9c1a7e52d84b06"
-LOCATION = "/internal-frames"
+LOCATION = internal_locations.FRAMES
 IMAGE_NAMES = {"rendered": "rendered.jpg", "thumbnail": "thumbnail.jpg"}
 
 

@@ -43,11 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance import internal_locations
 from appliance.durable import write_atomic
 from appliance.store import growing_gzip
 from appliance.store.frame_files import instance_dir
 
-LOCATION = "/internal-metadata"
+LOCATION = internal_locations.METADATA
 FILE_NAME = "metadata.json.gz"
 PARTS = ".instances"
 LOCK = ".metadata.lock"

@@ -12,6 +12,7 @@ from pathlib import Path
 from yarl import URL
 
 import bundled_nginx
+from appliance import internal_locations
 from appliance.config import Settings, is_host_name
 from appliance.errors import MissingBinaryError
 from appliance.layout import HomeLayout
@@ -199,6 +200,7 @@ def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
         "server_names": " ".join(server_names(settings, layout)),
         "max_upload": f"{settings.max_upload_mb}m",
         "viewer_precompressed": precompressed(brotli is not None),
+        **internal_locations.template_values(),
     }
     app_server = bundled_nginx.template_text("server.conf.template")
     tls = TLS_SETTINGS.format(cert=cert_file(layout), key=key_file(layout))

@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator
 import httptools
 from aiohttp import web
 
+from appliance import internal_locations
 from appliance.errors import PortInUseError
 from appliance.web.auth import (
     SESSION_COOKIE,
@@ -59,7 +60,7 @@ from appliance.web.keys import FRAMES_DIR, METRICS, READS, SETTINGS
 
 log = logging.getLogger("neuronova.web")
 
-HAND_TO_APP = "/internal-app/"
+HAND_TO_APP = internal_locations.APP + "/"
 MAX_HEADER_BYTES = 32 * 1024
 _WANTED = frozenset({b"authorization", b"cookie", b"accept", b"x-forwarded-for"})
 _PREFIX = ROOT + "/"

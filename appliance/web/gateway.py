@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from appliance import internal_locations
 from appliance.store import frame_files, series_metadata
 from appliance.store.frame_files import frame_relpath, image_relpath
 from appliance.store.orthanc import DICOMWEB_ROOT
@@ -222,7 +223,7 @@ def clean_query(pairs: list[tuple[str, str]], study_only: str | None = None) -> 
 
 def orthanc_redirect(target: Target, query: str) -> str:
     """The ``X-Accel-Redirect`` URI that has nginx fetch ``target`` from Orthanc."""
-    uri = f"/internal-orthanc{DICOMWEB_ROOT}/{target.path}"
+    uri = f"{internal_locations.ORTHANC}{DICOMWEB_ROOT}/{target.path}"
     return f"{uri}?{query}" if query else uri
 
 

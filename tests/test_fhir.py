@@ -242,8 +242,7 @@ def test_patient_read_and_search(appliance, fhir):
 def test_the_endpoint_is_the_public_dicomweb_base(appliance, fhir):
     _, token = fhir
     endpoint = fhir_json(get(appliance, "Endpoint/dicomweb", token))
-    port = appliance.settings.https_port
-    assert endpoint["address"] == f"https://127.0.0.1:{port}/api/pacs/dicom-web"
+    assert endpoint["address"] == f"{appliance.url}/api/pacs/dicom-web"  # as the caller came
     fhir_json(get(appliance, "Endpoint/other", token), 404)
 
 

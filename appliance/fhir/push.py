@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from appliance.db import now_iso
 from appliance.fhir.assemble import pushed_imaging_study
 from appliance.fhir.resources import DICOM_UID_SYSTEM, FHIR_JSON
 from appliance.layout import HomeLayout
+from appliance.public_origin import public_origin
 from appliance.security.keys import read_secret
 
 log = logging.getLogger("neuronova.fhir")
@@ -122,14 +122,6 @@ def conditional_url(push_url: str, study_uid: str) -> str:
     """``<base>/ImagingStudy?identifier=urn:dicom:uid|urn:oid:<UID>``."""
     token = quote(f"{DICOM_UID_SYSTEM}|urn:oid:{study_uid}", safe=":")
     return f"{push_url.rstrip('/')}/ImagingStudy?identifier={token}"
-
-
-def public_origin(settings: Settings) -> str:
-    """Where users reach the appliance, for the pushed Endpoint: ``[web] public_url``,
-    else HTTPS on this host's name."""
-    if settings.public_url:
-        return settings.public_url.rstrip("/")
-    return f"https://{socket.getfqdn()}:{settings.https_port}"
 
 
 def push_authorization(settings: Settings) -> str | None:

@@ -137,7 +137,7 @@ def build_patient(row: dict[str, Any], id_system: str) -> Resource:
 
 def build_endpoint(origin: str) -> Resource:
     """The Endpoint of the appliance's DICOMweb service (WADO-RS, QIDO-RS, STOW-RS) as
-    users reach it at ``origin`` (``[web] public_url`` or this host over HTTPS)."""
+    users reach it at ``origin`` (:func:`appliance.public_origin.public_origin`)."""
     return {
         "resourceType": "Endpoint",
         "id": ENDPOINT_ID,

@@ -69,15 +69,6 @@ def client_secret(request: web.Request, kind: str) -> str | None:
         return None
 
 
-def base_url(request: web.Request) -> str:
-    """This appliance's address as the browser uses it (``[web] public_url`` if set); the
-    Host header has passed nginx's check of the server names."""
-    public = request.config_dict[SETTINGS].public_url
-    if public:
-        return public.rstrip("/")
-    return f"{'https' if is_tls(request) else 'http'}://{request.host}"
-
-
 def safe_next(value: str | None) -> str:
     """A path on this site to go to after signing in; ``/`` for anything else."""
     if not value or len(value) > MAX_NEXT or not value.startswith("/"):

@@ -40,10 +40,8 @@ from appliance.uids import is_valid_uid
 from appliance.web.auth import STAFF, identity, public, reject, requires
 from appliance.web.dicomweb import reader_of
 from appliance.web.errors import ERROR_RENDERER, ApiError
-from appliance.web.federation import base_url
-from appliance.web.inputs import client_address
+from appliance.web.inputs import client_address, request_public_origin
 from appliance.web.keys import DB, SETTINGS, STARTED_AT
-from appliance.web.shares import public_origin
 
 PREFIX = "/api/fhir"
 PATIENT_KEY_RE = re.compile(r"[0-9a-f]{32}")
@@ -65,8 +63,8 @@ def outcome_response(status: int, code: str, message: str) -> web.Response:
 
 
 def fhir_base(request: web.Request) -> str:
-    """This API's base URL as the caller reached it (``[web] public_url`` when set)."""
-    return base_url(request) + PREFIX
+    """This API's base URL where users reach the appliance (:func:`request_public_origin`)."""
+    return request_public_origin(request) + PREFIX
 
 
 def _db(request: web.Request) -> sqlite_utils.Database:
@@ -251,7 +249,7 @@ async def read_endpoint(request: web.Request) -> web.Response:
     """The Endpoint of the DICOMweb service the ImagingStudy resources point to."""
     if request.match_info["id"] != ENDPOINT_ID:
         raise ApiError(404, "not_found", f"No Endpoint with id {request.match_info['id'][:80]!r}.")
-    return fhir_response(build_endpoint(public_origin(request)))
+    return fhir_response(build_endpoint(request_public_origin(request)))
 
 
 def create_fhir_app() -> web.Application:

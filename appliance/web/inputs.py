@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.config import is_loopback_host
+from appliance.public_origin import public_origin
 from appliance.web.errors import ApiError
 from appliance.web.keys import SETTINGS
 
@@ -96,6 +97,11 @@ def browser_origin(request: web.Request) -> str:
     say ``http://`` to a browser on the HTTPS listener.
     """
     return str(request.url.origin().with_scheme("https" if is_tls(request) else "http"))
+
+
+def request_public_origin(request: web.Request) -> str:
+    """:func:`appliance.public_origin.public_origin` for the request being answered."""
+    return public_origin(request.config_dict[SETTINGS], browser_origin(request))
 
 
 def query_int(request: web.Request, name: str, default: int) -> int:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from aiohttp import web
-from yarl import URL
 
 from appliance.db import now_iso
 from appliance.security import audit
@@ -26,8 +25,8 @@ from appliance.web.auth import (
     share_is_live,
 )
 from appliance.web.errors import ApiError
-from appliance.web.inputs import client_address, read_json
-from appliance.web.keys import DB, SETTINGS, TOKENS
+from appliance.web.inputs import client_address, read_json, request_public_origin
+from appliance.web.keys import DB, TOKENS
 
 routes = web.RouteTableDef()
 MAX_HOURS = 24 * 30
@@ -35,14 +34,6 @@ MAX_HOURS = 24 * 30
 
 def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
-
-
-def public_origin(request: web.Request) -> str:
-    """Where users reach the appliance: ``[web] public_url``, else HTTPS on this host."""
-    settings = request.config_dict[SETTINGS]
-    if settings.public_url:
-        return settings.public_url.rstrip("/")
-    return str(URL.build(scheme="https", host=request.url.host, port=settings.https_port))
 
 
 @routes.post("/api/shares")
@@ -81,7 +72,7 @@ async def create_share(request: web.Request) -> web.Response:
         study=study,
         hours=hours,
     )
-    url = f"{public_origin(request)}/api/shares/open?token={quote(token)}"
+    url = f"{request_public_origin(request)}/api/shares/open?token={quote(token)}"
     return web.json_response({**row, "revoked": False, "url": url, "token": token}, status=201)
 
 

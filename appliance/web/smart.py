@@ -24,7 +24,7 @@ from appliance.security.oauth import Client, Endpoints, OAuthError, endpoints_of
 from appliance.store.worklist import studies_of_patient
 from appliance.web import federation
 from appliance.web.auth import public
-from appliance.web.inputs import client_address
+from appliance.web.inputs import client_address, request_public_origin
 from appliance.web.keys import DB, DISCOVERY, HTTP, SETTINGS
 
 routes = web.RouteTableDef()
@@ -68,7 +68,7 @@ async def _ehr(request: web.Request, iss: str) -> tuple[Endpoints, Client]:
     client = Client(
         settings.smart_client_id,
         federation.client_secret(request, KIND),
-        federation.base_url(request) + CALLBACK,
+        request_public_origin(request) + CALLBACK,
         settings.smart_token_auth,
     )
     return endpoints_of(conf, issuer), client

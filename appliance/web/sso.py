@@ -16,7 +16,7 @@ from appliance.security.oauth import Client, Endpoints, OAuthError
 from appliance.web import federation
 from appliance.web.auth import public
 from appliance.web.errors import ApiError
-from appliance.web.inputs import client_address
+from appliance.web.inputs import client_address, request_public_origin
 from appliance.web.keys import DB, DISCOVERY, SETTINGS
 
 routes = web.RouteTableDef()
@@ -32,7 +32,7 @@ async def _provider(request: web.Request) -> tuple[Endpoints, Client]:
     client = Client(
         settings.oidc_client_id,
         federation.client_secret(request, KIND),
-        federation.base_url(request) + CALLBACK,
+        request_public_origin(request) + CALLBACK,
         settings.oidc_token_auth,
     )
     return endpoints, client

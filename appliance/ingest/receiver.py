@@ -32,6 +32,7 @@ from appliance.ingest.intake import Ingest
 from appliance.ingest.journal import HEADER_KEYWORDS, Refusal
 from appliance.ingest.modalities import caller_allowed, list_modalities
 from appliance.ingest.part10 import scan_file
+from appliance.ingest.requestor import Requestor, Requestors
 from appliance.ingest.spool import Spool, SpoolFull
 from appliance.security import audit
 
@@ -97,29 +98,29 @@ class AllowList:
         return self._rows
 
 
-def handle_requested(event: evt.Event, allow: AllowList) -> None:
+def handle_requested(event: evt.Event, allow: AllowList, requestors: Requestors) -> None:
     """A-ASSOCIATE-RQ: reject callers that are not on the allow-list (PS3.8 7.1.1.9), and
     a caller's association beyond :data:`MAX_PER_ADDRESS` (rejected-transient)."""
-    requestor = event.assoc.requestor
-    ae_title = requestor.primitive.calling_ae_title.strip()
-    address = requestor.address
-    if _is_health_probe(ae_title, address):
+    caller = requestors.of(event.assoc)
+    if _is_health_probe(caller):
         return
-    reason = caller_allowed(allow.rows(), ae_title, address)
+    reason = caller_allowed(allow.rows(), caller.ae_title, caller.address)
     # rejected-permanent, service-user, calling AE title not recognized
     rejection = (0x01, 0x01, 0x03)
-    if reason is None and _associations_from(event.assoc, address) > MAX_PER_ADDRESS:
-        reason = f"more than {MAX_PER_ADDRESS} associations from {address} at once"
+    if reason is None and _associations_from(event.assoc, caller.address) > MAX_PER_ADDRESS:
+        reason = f"more than {MAX_PER_ADDRESS} associations from {caller.address} at once"
         rejection = (0x02, 0x03, 0x02)  # rejected-transient, local limit exceeded
     if reason is not None:
-        log.warning("rejected association from %s at %s: %s", ae_title, address, reason)
+        log.warning(
+            "rejected association from %s at %s: %s", caller.ae_title, caller.address, reason
+        )
         event.assoc.acse.send_reject(*rejection)
         event.assoc.kill()  # as pynetdicom does for its own rejections: flush, then close
 
 
-def _is_health_probe(ae_title: str, address: str) -> bool:
+def _is_health_probe(caller: Requestor) -> bool:
     """The local health check: let in whatever the allow-list says, for C-ECHO only."""
-    return ae_title == HEALTH_AE_TITLE and address in ("127.0.0.1", "::1")
+    return caller.ae_title == HEALTH_AE_TITLE and caller.address in ("127.0.0.1", "::1")
 
 
 def _associations_from(assoc: Association, address: str) -> int:
@@ -143,16 +144,18 @@ class StorePolicy:
     overwrite: str
 
 
-def handle_store(event: evt.Event, ingest: Ingest, policy: StorePolicy) -> int | Dataset:
+def handle_store(
+    event: evt.Event, ingest: Ingest, policy: StorePolicy, requestors: Requestors
+) -> int | Dataset:
     """C-STORE: check the data set is whole, spool it durably, journal, queue; then (and
     only then) Success. Held and refused objects get a failure status with the reason.
 
     Every answer is counted by status and calling AE title (``/api/metrics``)."""
-    status = _store(event, ingest, policy)
+    caller = requestors.of(event.assoc)
+    status = _store(event, ingest, policy, caller)
     code = status if isinstance(status, int) else int(status.Status)
-    ae_title = event.assoc.requestor.ae_title.strip()
     try:
-        ingest.journal.read(lambda db: _count_store(db, f"0x{code:04X}", ae_title))
+        ingest.journal.read(lambda db: _count_store(db, f"0x{code:04X}", caller.ae_title))
     except Exception:  # a count must never change the answer
         log.exception("could not count a C-STORE")
     return status
@@ -163,40 +166,39 @@ def _count_store(db: sqlite_utils.Database, status: str, ae_title: str) -> None:
     metrics.add(db, {metrics.key("cstore_total", status=status, calling_ae=calling_ae): 1})
 
 
-def _store(event: evt.Event, ingest: Ingest, policy: StorePolicy) -> int | Dataset:
-    requestor = event.assoc.requestor
-    ae_title = requestor.ae_title.strip()
-    if _is_health_probe(ae_title, requestor.address):
+def _store(
+    event: evt.Event, ingest: Ingest, policy: StorePolicy, caller: Requestor
+) -> int | Dataset:
+    if _is_health_probe(caller):
         return _status(NOT_AUTHORISED, f"Refused: {HEALTH_AE_TITLE} may only C-ECHO")
-    source = f"dicom:{ae_title}"
     try:
         path = event.dataset_path
         synced = ingest.spool.sync_soon(path)  # the disk works while the object is checked
         ds = scan_file(path, event.context.transfer_syntax, HEADER_KEYWORDS, policy.max_inflated)
-        refusal = ingest.receive(path, ds, source, policy.overwrite, synced)
+        refusal = ingest.receive(path, ds, caller.source, policy.overwrite, synced)
     except SpoolFull as exc:
-        log.error("refused an object from %s: %s", ae_title, exc)
+        log.error("refused an object from %s: %s", caller.ae_title, exc)
         return _status(OUT_OF_RESOURCES, f"Out of resources: {exc}")
     except ValueError as exc:
-        log.warning("refused an object from %s: %s", ae_title, exc)
+        log.warning("refused an object from %s: %s", caller.ae_title, exc)
         return _status(CANNOT_UNDERSTAND, f"Cannot understand: {exc}")
     except Exception as exc:  # never let one object take the association down
-        log.exception("could not store an object from %s", ae_title)
+        log.exception("could not store an object from %s", caller.ae_title)
         return _status(PROCESSING_FAILURE, f"Processing failure: {exc.__class__.__name__}")
     if refusal is not None:
-        _report_held(ingest, ds, source, requestor.address, refusal)
+        _report_held(ingest, ds, caller, refusal)
         return _status(NOT_AUTHORISED, refusal.comment)
     return SUCCESS
 
 
-def _report_held(ingest: Ingest, ds: Dataset, source: str, address: str, refusal: Refusal) -> None:
-    log.warning("held an object from %s: %s", source, refusal.reason)
+def _report_held(ingest: Ingest, ds: Dataset, caller: Requestor, refusal: Refusal) -> None:
+    log.warning("held an object from %s: %s", caller.source, refusal.reason)
     ingest.journal.read(
         lambda db: audit.record(
             db,
             audit.OBJECT_HELD,
-            username=source,
-            client=address,
+            username=caller.source,
+            client=caller.address,
             study_uid=str(ds.get("StudyInstanceUID", "")),
             patient_id=str(ds.get("PatientID", "")),
             reason=refusal.reason,
@@ -212,8 +214,9 @@ class ObjectSizeCap:
     no object larger than the limit reaches the disk, however it is sent.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, requestors: Requestors) -> None:
         self.max_bytes = max_bytes
+        self._requestors = requestors
         self._sizes: weakref.WeakKeyDictionary[Association, int] = weakref.WeakKeyDictionary()
 
     def on_pdu(self, event: evt.Event) -> None:
@@ -229,10 +232,10 @@ class ObjectSizeCap:
             self._abort(event.assoc)
 
     def _abort(self, assoc: Association) -> None:
-        requestor = assoc.requestor
+        caller = self._requestors.of(assoc)
         log.warning(
             "aborted the association from %s at %s: an object exceeds %d MB",
-            requestor.ae_title.strip(), requestor.address, self.max_bytes // 1024**2,
+            caller.ae_title, caller.address, self.max_bytes // 1024**2,
         )  # fmt: skip
         abort = A_ABORT_RQ()
         abort.source, abort.reason_diagnostic = 0x02, 0x00  # service-provider
@@ -278,11 +281,13 @@ def handlers(ingest: Ingest, settings: Settings) -> list[tuple]:
     """The event handlers bound when the server starts."""
     allow = AllowList(ingest)
     policy = StorePolicy(settings.max_inflated_mb * 1024**2, settings.overwrite)
+    requestors = Requestors()
+    cap = ObjectSizeCap(settings.max_object_mb * 1024**2, requestors)
     return [
-        (evt.EVT_REQUESTED, handle_requested, [allow]),
+        (evt.EVT_REQUESTED, handle_requested, [allow, requestors]),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [ingest, policy]),
-        (evt.EVT_PDU_RECV, ObjectSizeCap(settings.max_object_mb * 1024**2).on_pdu),
+        (evt.EVT_C_STORE, handle_store, [ingest, policy, requestors]),
+        (evt.EVT_PDU_RECV, cap.on_pdu),
         (evt.EVT_CONN_OPEN, handle_connection, [ingest.spool]),
     ]
 
@@ -353,5 +358,5 @@ def finish_associations(server: ThreadedAssociationServer, timeout: float) -> No
     left = [assoc for assoc in open_now if assoc.is_alive()]
     for assoc in left:
         log.warning("aborted the association from %s: still open %d s after the stop",
-                    assoc.requestor.ae_title.strip(), timeout)  # fmt: skip
+                    Requestor.of(assoc).ae_title, timeout)  # fmt: skip
         assoc.abort()

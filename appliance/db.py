@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import sqlite_utils
 
@@ -241,6 +243,16 @@ BACKFILL: dict[tuple[str, str], str] = {
     ("audit", "count"): "UPDATE audit SET count = 1",
     ("users", "pending"): "UPDATE users SET pending = 0",
 }
+
+
+class Transactions(Protocol):
+    """Runs transactions on the app database, serialized with its other users
+    (:class:`appliance.ingest.journal.Journal`)."""
+
+    def transaction(self) -> AbstractContextManager[sqlite_utils.Database]:
+        """The database inside one transaction: committed when the block ends, rolled
+        back if it raises."""
+        ...
 
 
 def open_database(path: Path, *, threads: bool = False) -> sqlite_utils.Database:

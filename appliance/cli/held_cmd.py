@@ -64,9 +64,8 @@ def accept(held_id: int, home: Path | None) -> None:
     instance and change its study's patient name and ID."""
     settings, ingest = _open(home)
     item = ingest.release_held(held_id)
-    ingest.journal.read(
-        lambda db: audit_admin_change(db, "held_accepted", held_id=held_id, sop_uid=item.sop_uid)
-    )
+    with ingest.journal.transaction() as db:
+        audit_admin_change(db, "held_accepted", held_id=held_id, sop_uid=item.sop_uid)
     when = (
         "the running appliance's worker is storing it now"
         if worker_running(settings)
@@ -82,9 +81,6 @@ def discard(held_id: int, home: Path | None) -> None:
     """Delete held object ID and its file; what is archived stays as it is."""
     ingest = _open(home)[1]
     row = ingest.discard_held(held_id)
-    ingest.journal.read(
-        lambda db: audit_admin_change(
-            db, "held_discarded", held_id=held_id, sop_uid=row["sop_uid"]
-        )
-    )
+    with ingest.journal.transaction() as db:
+        audit_admin_change(db, "held_discarded", held_id=held_id, sop_uid=row["sop_uid"])
     click.echo(f"Discarded held object {held_id} (SOP {row['sop_uid']}).")

@@ -204,10 +204,9 @@ def retry(sop_uids: tuple[str, ...], home: Path | None) -> None:
     ingest = Ingest(settings)
     again = ingest.retry_failed(list(sop_uids) or None)
     if again:
-        ingest.journal.read(
-            lambda db: audit_admin_change(db, "ingest_retried", all=not sop_uids,
-                                          count=len(again), sop_uids=again[:AUDITED_UIDS])
-        )  # fmt: skip
+        with ingest.journal.transaction() as db:
+            audit_admin_change(db, "ingest_retried", all=not sop_uids, count=len(again),
+                               sop_uids=again[:AUDITED_UIDS])  # fmt: skip
     _report_retry(len(again), worker_running(settings))
     missing = sorted(set(sop_uids) - set(again))
     if missing:

@@ -27,7 +27,7 @@ from urllib.parse import quote
 import sqlite_utils
 
 from appliance.config import Settings
-from appliance.db import now_iso
+from appliance.db import Transactions, now_iso
 from appliance.fhir.assemble import pushed_imaging_study
 from appliance.fhir.resources import DICOM_UID_SYSTEM, FHIR_JSON
 from appliance.layout import HomeLayout
@@ -151,24 +151,23 @@ class PushFailed(Exception):
 class Pusher:
     """Pushes studies of one data home's index to ``[fhir] push_url``."""
 
-    def __init__(self, settings: Settings, read: Any) -> None:
-        """``read(query)`` runs ``query(db)`` on the app database, serialized with the
-        journal's writes (:meth:`appliance.ingest.journal.Journal.read`)."""
-        self.settings, self.read = settings, read
+    def __init__(self, settings: Settings, journal: Transactions) -> None:
+        """``journal`` runs the transactions on the app database (the ingest journal)."""
+        self.settings, self.journal = settings, journal
 
     def push(self, study_uid: str) -> PushOutcome:
         """Push one study if it is pending; safe to run twice for the same study."""
-        row = self.read(
-            lambda db: db.execute(
+        with self.journal.transaction() as db:
+            row = db.execute(
                 "SELECT state, generation, attempts FROM fhir_push WHERE study_uid = ?",
                 [study_uid],
             ).fetchone()
-        )
         if row is None or row[0] != PENDING:
             return PushOutcome("skipped")
         _, generation, attempts = row
         origin, system = public_origin(self.settings), self.settings.smart_identifier_system
-        resource = self.read(lambda db: pushed_imaging_study(db, study_uid, system, origin))
+        with self.journal.transaction() as db:
+            resource = pushed_imaging_study(db, study_uid, system, origin)
         try:
             status = self._send(study_uid, resource)
         except PushFailed as exc:
@@ -205,7 +204,7 @@ class Pusher:
         """Done, unless the study changed during the push: then push it again."""
         done = GONE if deleted else PUSHED
 
-        def update(db: sqlite_utils.Database) -> str:
+        with self.journal.transaction() as db:
             db.execute(
                 "UPDATE fhir_push SET state = CASE WHEN generation = ? THEN ? ELSE 'pending' "
                 "END, attempts = 0, error = NULL, status = ?, pushed_at = ?, due_at = ? "
@@ -213,9 +212,7 @@ class Pusher:
                 [generation, done, status, now_iso(), _iso_in(SETTLE), study_uid],
             )
             row = db.execute("SELECT state FROM fhir_push WHERE study_uid = ?", [study_uid])
-            return row.fetchone()[0]
-
-        state = self.read(update)
+            state = row.fetchone()[0]
         log.info(
             "%s ImagingStudy %s (HTTP %d)", "deleted" if deleted else "pushed", study_uid, status
         )
@@ -225,13 +222,12 @@ class Pusher:
         give_up = not exc.transient or attempts >= MAX_ATTEMPTS
         delay = min(BACKOFF_BASE * 2 ** (attempts - 1), BACKOFF_CAP)
         state = FAILED if give_up else PENDING
-        self.read(
-            lambda db: db.execute(
+        with self.journal.transaction() as db:
+            db.execute(
                 "UPDATE fhir_push SET state = ?, error = ?, status = ?, attempts = ?, "
                 "due_at = ? WHERE study_uid = ?",
                 [state, str(exc)[:MAX_ERROR], exc.status, attempts, _iso_in(delay), study_uid],
             )
-        )
         if give_up:
             log.error("FHIR push of %s failed after %d attempt(s): %s", study_uid, attempts, exc)
             return PushOutcome(FAILED)

@@ -155,7 +155,8 @@ def handle_store(
     status = _store(event, ingest, policy, caller)
     code = status if isinstance(status, int) else int(status.Status)
     try:
-        ingest.journal.read(lambda db: _count_store(db, f"0x{code:04X}", caller.ae_title))
+        with ingest.journal.transaction() as db:
+            _count_store(db, f"0x{code:04X}", caller.ae_title)
     except Exception:  # a count must never change the answer
         log.exception("could not count a C-STORE")
     return status
@@ -193,8 +194,8 @@ def _store(
 
 def _report_held(ingest: Ingest, ds: Dataset, caller: Requestor, refusal: Refusal) -> None:
     log.warning("held an object from %s: %s", caller.source, refusal.reason)
-    ingest.journal.read(
-        lambda db: audit.record(
+    with ingest.journal.transaction() as db:
+        audit.record(
             db,
             audit.OBJECT_HELD,
             username=caller.source,
@@ -203,7 +204,6 @@ def _report_held(ingest: Ingest, ds: Dataset, caller: Requestor, refusal: Refusa
             patient_id=str(ds.get("PatientID", "")),
             reason=refusal.reason,
         )
-    )
 
 
 class ObjectSizeCap:

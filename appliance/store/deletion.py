@@ -85,23 +85,24 @@ def delete_study(
         for path in spool_files:
             Path(path).unlink(missing_ok=True)
     finally:
-        journal.read(lambda db: db.execute("DELETE FROM deleting WHERE study_uid = ?", [study_uid]))
+        with journal.transaction() as db:
+            db.execute("DELETE FROM deleting WHERE study_uid = ?", [study_uid])
     if patient is None and not in_orthanc and not freed:
         raise StudyNotFound(f"no study {study_uid} in the archive")
     result = DeletedStudy(study_uid, *(patient or ("", "")), instances, freed,
                           round(time.monotonic() - started, 3))  # fmt: skip
-    journal.read(lambda db: _audit(db, result, username, client))
+    with journal.transaction() as db:
+        _audit(db, result, username, client)
     return result
 
 
 def _mark(journal: Journal, study_uid: str, username: str) -> None:
-    def insert(db: sqlite_utils.Database) -> int:
-        return db.execute(
+    with journal.transaction() as db:
+        inserted = db.execute(
             "INSERT OR IGNORE INTO deleting (study_uid, username, started_at) VALUES (?, ?, ?)",
             [study_uid, username, now_iso()],
         ).rowcount
-
-    if not journal.read(insert):
+    if not inserted:
         raise StudyDeletionError(f"study {study_uid} is being deleted already")
 
 
@@ -138,8 +139,7 @@ def _delete_in_orthanc(settings: Settings, study_uid: str) -> bool:
 def _forget(journal: Journal, study_uid: str) -> tuple[tuple[str, str] | None, list[str], int]:
     """Remove the study's journal rows; returns its patient (ID, name), the spool files
     still waiting or held, and how many instances it had."""
-
-    def forget(db: sqlite_utils.Database) -> tuple[tuple[str, str] | None, list[str], int]:
+    with journal.transaction() as db:
         row = db.execute(
             "SELECT patient_id, patient_name FROM studies WHERE study_uid = ?", [study_uid]
         ).fetchone()
@@ -155,10 +155,8 @@ def _forget(journal: Journal, study_uid: str) -> tuple[tuple[str, str] | None, l
         for table in ("instances", "series", "studies", "held"):
             db.execute(f"DELETE FROM {table} WHERE study_uid = ?", [study_uid])
         mark_deleted(db, study_uid)  # the clinic's FHIR server forgets it too
-        patient = (row[0] or "", row[1] or "") if row else None
-        return patient, spool, count
-
-    return journal.read(forget)
+    patient = (row[0] or "", row[1] or "") if row else None
+    return patient, spool, count
 
 
 def _audit(db: sqlite_utils.Database, done: DeletedStudy, username: str,

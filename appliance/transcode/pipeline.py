@@ -100,15 +100,17 @@ class Pipeline:
             took = metrics.observation(
                 "transcode_seconds", time.perf_counter() - started, metrics.TRANSCODE_BUCKETS
             )
-            self.journal.read(lambda db: metrics.add(db, took))
+            with self.journal.transaction() as db:
+                metrics.add(db, took)
             if self.settings.fhir_push_url:
-                study = self.journal.read(lambda db: mark_stored(db, sop_uid))
+                with self.journal.transaction() as db:
+                    study = mark_stored(db, sop_uid)
                 outcome = dataclasses.replace(outcome, push_study=study)
         return outcome
 
     def push_study(self, study_uid: str) -> PushOutcome:
         """Push a changed study to ``[fhir] push_url`` as ImagingStudy (idempotent)."""
-        return Pusher(self.settings, self.journal.read).push(study_uid)
+        return Pusher(self.settings, self.journal).push(study_uid)
 
     def overdue_pushes(self) -> list[str]:
         """The studies whose FHIR push is overdue (none when ``push_url`` is off)."""

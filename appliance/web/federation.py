@@ -1,5 +1,6 @@
 """The browser's side of signing in elsewhere: one flow for single sign-on and SMART.
 
+:class:`SignInFlow` runs the steps; ``web/sso.py`` and ``web/smart.py`` configure it.
 :func:`start` records the request and sends the browser to the authorization server
 with a binding cookie; :func:`finish` checks the answer (state once, from the same
 browser), exchanges the code and verifies the ID token; :func:`open_session` opens the
@@ -17,8 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
+from appliance.config import Settings
 from appliance.layout import HomeLayout
 from appliance.security import audit
+from appliance.security.federated import Policy, sign_in
 from appliance.security.oauth import (
     STATE_TTL,
     Client,
@@ -32,7 +35,7 @@ from appliance.security.oauth import (
     verify_id_token,
 )
 from appliance.web.errors import json_error
-from appliance.web.inputs import client_address, is_tls
+from appliance.web.inputs import client_address, is_tls, request_public_origin
 from appliance.web.keys import DB, DISCOVERY, HTTP, SESSIONS, SETTINGS, STATES
 from appliance.web.login import set_session_cookies
 
@@ -185,3 +188,85 @@ def _page(status: int, title: str, head: str, body: str) -> web.Response:
     return web.Response(
         status=status, text=text, content_type="text/html", headers={"Cache-Control": "no-store"}
     )
+
+
+class SignInFlow:
+    """The steps of signing in with an authorization server, the same for single sign-on
+    (``[oidc]``) and SMART launches (``[smart]``); a subclass configures them.
+
+    Starting: (1) the issuer, checked; (2) its endpoints and this app as its client;
+    (3) the browser on to its authorization endpoint. The callback: (4) the pending
+    request its ``state`` names; (5) the answer verified (:func:`finish`); (6) where the
+    user lands, the user signed in under the flow's :class:`Policy`; (7) an audit row
+    and a session. Any :class:`OAuthError` is a refusal, audited and explained.
+    """
+
+    kind: str  # "oidc" or "smart": the settings section and the pending requests' kind
+    callback_path: str
+    refused_event: str
+    signed_in_event: str
+
+    def issuer(self, request: web.Request, named: str) -> str:
+        """The issuer to use, given the one the request (or the pending request) names."""
+        raise NotImplementedError
+
+    async def endpoints(self, request: web.Request, issuer: str) -> Endpoints:
+        """The authorization server's endpoints for ``issuer``."""
+        raise NotImplementedError
+
+    def credentials(self, settings: Settings) -> tuple[str, str]:
+        """This app's client ID and token endpoint authentication method."""
+        raise NotImplementedError
+
+    def authorization(self, request: web.Request, issuer: str) -> tuple[str, str, dict[str, str]]:
+        """The scope, where to go after signing in, and extra authorization parameters."""
+        raise NotImplementedError
+
+    async def landing(
+        self, request: web.Request, answer: Answer, issuer: str, endpoints: Endpoints
+    ) -> tuple[str, dict[str, str]]:
+        """Where the signed-in user goes, and what the audit row says beside user and role."""
+        raise NotImplementedError
+
+    def client(self, request: web.Request) -> Client:
+        """This app as the server's client, with its redirect URI where users reach us."""
+        client_id, token_auth = self.credentials(request.app[SETTINGS])
+        return Client(
+            client_id,
+            client_secret(request, self.kind),
+            request_public_origin(request) + self.callback_path,
+            token_auth,
+        )
+
+    async def begin(self, request: web.Request, named_issuer: str) -> web.Response:
+        """Steps 1-3: on to the authorization endpoint (302), or a refusal."""
+        try:
+            issuer = self.issuer(request, named_issuer)
+            scope, next_, extra = self.authorization(request, issuer)
+            endpoints = await self.endpoints(request, issuer)
+            client = self.client(request)
+            return await start(request, self.kind, endpoints, client, scope, issuer, next_, **extra)
+        except OAuthError as exc:
+            return refused(request, exc, self.refused_event)
+
+    async def complete(self, request: web.Request) -> web.Response:
+        """Steps 4-7: the server's answer verified, the user signed in, a session opened."""
+        try:
+            pending = take_pending(request, self.kind)
+            issuer = self.issuer(request, pending.issuer)
+            endpoints = await self.endpoints(request, issuer)
+            answer = await finish(request, pending, endpoints, self.client(request))
+            policy = Policy.from_settings(request.app[SETTINGS], self.kind)
+            target, detail = await self.landing(request, answer, issuer, endpoints)
+            username, role = sign_in(request.app[DB], policy, endpoints.issuer, answer.claims)
+        except OAuthError as exc:
+            return refused(request, exc, self.refused_event)
+        audit.record(
+            request.app[DB],
+            self.signed_in_event,
+            username=username,
+            client=client_address(request),
+            **detail,
+            role=role,
+        )
+        return open_session(request, username, role, target)

@@ -18,104 +18,93 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from appliance.config import Settings
 from appliance.security import audit
-from appliance.security.federated import Policy, sign_in
-from appliance.security.oauth import Client, Endpoints, OAuthError, endpoints_of, fetch_json
+from appliance.security.oauth import Endpoints, OAuthError, endpoints_of, fetch_json
 from appliance.store.worklist import studies_of_patient
 from appliance.web import federation
 from appliance.web.auth import public
-from appliance.web.inputs import client_address, request_public_origin
 from appliance.web.keys import DB, DISCOVERY, HTTP, SETTINGS
 
 routes = web.RouteTableDef()
-KIND = "smart"
-CALLBACK = "/smart/callback"
 SCOPE = "openid profile fhirUser launch launch/patient patient/Patient.read"
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 MAX_LAUNCH = 2048
 
 
-def _allowed_issuer(request: web.Request, iss: str) -> str:
-    """``iss`` without a trailing slash, if ``[smart] issuers`` lists it."""
-    wanted = iss.strip().rstrip("/")
-    if not wanted or wanted not in request.app[SETTINGS].smart_issuer_list:
-        raise OAuthError(
-            403,
-            "issuer_not_allowed",
-            f"This appliance does not accept launches from {iss[:200]!r}; "
-            "an admin adds the EHR's FHIR base URL to [smart] issuers.",
-        )
-    return wanted
+class SmartLaunch(federation.SignInFlow):
+    """An EHR's launch of the appliance as a SMART app, for an issuer in ``[smart] issuers``."""
+
+    kind = "smart"
+    callback_path = "/smart/callback"
+    refused_event = audit.SMART_REFUSED
+    signed_in_event = audit.SMART_LAUNCH
+
+    def issuer(self, request: web.Request, named: str) -> str:
+        """``named`` without a trailing slash, if ``[smart] issuers`` lists it."""
+        wanted = named.strip().rstrip("/")
+        if not wanted or wanted not in request.app[SETTINGS].smart_issuer_list:
+            raise OAuthError(
+                403,
+                "issuer_not_allowed",
+                f"This appliance does not accept launches from {named[:200]!r}; "
+                "an admin adds the EHR's FHIR base URL to [smart] issuers.",
+            )
+        return wanted
+
+    async def endpoints(self, request: web.Request, issuer: str) -> Endpoints:
+        """The EHR's endpoints from its SMART configuration."""
+        discovery = request.app[DISCOVERY]
+        conf = await discovery.document(issuer + "/.well-known/smart-configuration")
+        openid_issuer = conf.get("issuer")
+        if not isinstance(openid_issuer, str) or not openid_issuer:
+            raise OAuthError(
+                502,
+                "no_openid_issuer",
+                "The EHR's SMART configuration names no OpenID Connect issuer; the appliance "
+                "needs an ID token to know the user (capability sso-openid-connect).",
+            )
+        if "jwks_uri" not in conf:
+            conf = {**conf, "jwks_uri": (await discovery.openid(openid_issuer)).jwks_uri}
+        if not request.app[SETTINGS].smart_client_id:
+            raise OAuthError(
+                503, "smart_not_configured", "Set [smart] client_id to allow launches."
+            )
+        return endpoints_of(conf, openid_issuer)
+
+    def credentials(self, settings: Settings) -> tuple[str, str]:
+        return settings.smart_client_id, settings.smart_token_auth
+
+    def authorization(self, request: web.Request, issuer: str) -> tuple[str, str, dict[str, str]]:
+        """The ``launch`` scope with the EHR's launch context, the EHR as the audience."""
+        context = request.query.get("launch", "")
+        if not context or len(context) > MAX_LAUNCH:
+            raise OAuthError(400, "missing_launch", "The EHR sent no launch context.")
+        return SCOPE, "/", {"launch": context, "aud": issuer}
+
+    async def landing(
+        self, request: web.Request, answer: federation.Answer, issuer: str, endpoints: Endpoints
+    ) -> tuple[str, dict[str, str]]:
+        """The patient in context; their study in the viewer, or their worklist."""
+        patient_id = await _patient_id(request, issuer, answer.tokens)
+        return _target(request, patient_id), {"patient_id": patient_id, "issuer": issuer}
 
 
-async def _ehr(request: web.Request, iss: str) -> tuple[Endpoints, Client]:
-    """The EHR's endpoints from its SMART configuration, and this app as its client."""
-    discovery = request.app[DISCOVERY]
-    conf = await discovery.document(iss + "/.well-known/smart-configuration")
-    issuer = conf.get("issuer")
-    if not isinstance(issuer, str) or not issuer:
-        raise OAuthError(
-            502,
-            "no_openid_issuer",
-            "The EHR's SMART configuration names no OpenID Connect issuer; the appliance "
-            "needs an ID token to know the user (capability sso-openid-connect).",
-        )
-    if "jwks_uri" not in conf:
-        conf = {**conf, "jwks_uri": (await discovery.openid(issuer)).jwks_uri}
-    settings = request.app[SETTINGS]
-    if not settings.smart_client_id:
-        raise OAuthError(503, "smart_not_configured", "Set [smart] client_id to allow launches.")
-    client = Client(
-        settings.smart_client_id,
-        federation.client_secret(request, KIND),
-        request_public_origin(request) + CALLBACK,
-        settings.smart_token_auth,
-    )
-    return endpoints_of(conf, issuer), client
+FLOW = SmartLaunch()
 
 
 @routes.get("/smart/launch")
 @public
 async def launch(request: web.Request) -> web.Response:
     """The EHR's launch: on to its authorization endpoint with the launch context."""
-    try:
-        iss = _allowed_issuer(request, request.query.get("iss", ""))
-        context = request.query.get("launch", "")
-        if not context or len(context) > MAX_LAUNCH:
-            raise OAuthError(400, "missing_launch", "The EHR sent no launch context.")
-        endpoints, client = await _ehr(request, iss)
-        return await federation.start(
-            request, KIND, endpoints, client, SCOPE, iss, "/", launch=context, aud=iss
-        )
-    except OAuthError as exc:
-        return federation.refused(request, exc, audit.SMART_REFUSED)
+    return await FLOW.begin(request, request.query.get("iss", ""))
 
 
-@routes.get(CALLBACK)
+@routes.get(FLOW.callback_path)
 @public
 async def callback(request: web.Request) -> web.Response:
     """The EHR's answer: the user and the patient in context; on to their images."""
-    try:
-        pending = federation.take_pending(request, KIND)
-        iss = _allowed_issuer(request, pending.issuer)
-        endpoints, client = await _ehr(request, iss)
-        answer = await federation.finish(request, pending, endpoints, client)
-        policy = Policy.from_settings(request.app[SETTINGS], KIND)
-        patient_id = await _patient_id(request, iss, answer.tokens)
-        username, role = sign_in(request.app[DB], policy, endpoints.issuer, answer.claims)
-    except OAuthError as exc:
-        return federation.refused(request, exc, audit.SMART_REFUSED)
-    target = _target(request, patient_id)
-    audit.record(
-        request.app[DB],
-        audit.SMART_LAUNCH,
-        username=username,
-        client=client_address(request),
-        patient_id=patient_id,
-        issuer=iss,
-        role=role,
-    )
-    return federation.open_session(request, username, role, target)
+    return await FLOW.complete(request)
 
 
 async def _patient_id(request: web.Request, iss: str, tokens: dict[str, Any]) -> str:

@@ -10,32 +10,50 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from appliance.config import Settings
 from appliance.security import audit
-from appliance.security.federated import Policy, sign_in
-from appliance.security.oauth import Client, Endpoints, OAuthError
+from appliance.security.oauth import Endpoints
 from appliance.web import federation
 from appliance.web.auth import public
 from appliance.web.errors import ApiError
-from appliance.web.inputs import client_address, request_public_origin
-from appliance.web.keys import DB, DISCOVERY, SETTINGS
+from appliance.web.keys import DISCOVERY, SETTINGS
 
 routes = web.RouteTableDef()
-KIND = "oidc"
-CALLBACK = "/api/auth/oidc/callback"
 
 
-async def _provider(request: web.Request) -> tuple[Endpoints, Client]:
-    settings = request.app[SETTINGS]
-    if not settings.oidc_enabled:
-        raise ApiError(404, "sso_not_configured", "Single sign-on is not set up ([oidc] issuer).")
-    endpoints = await request.app[DISCOVERY].openid(settings.oidc_issuer)
-    client = Client(
-        settings.oidc_client_id,
-        federation.client_secret(request, KIND),
-        request_public_origin(request) + CALLBACK,
-        settings.oidc_token_auth,
-    )
-    return endpoints, client
+class SingleSignOn(federation.SignInFlow):
+    """Staff sign-in with the ``[oidc]`` provider."""
+
+    kind = "oidc"
+    callback_path = "/api/auth/oidc/callback"
+    refused_event = audit.SSO_REFUSED
+    signed_in_event = audit.SSO_LOGIN
+
+    def issuer(self, request: web.Request, named: str) -> str:
+        settings = request.app[SETTINGS]
+        if not settings.oidc_enabled:
+            raise ApiError(
+                404, "sso_not_configured", "Single sign-on is not set up ([oidc] issuer)."
+            )
+        return settings.oidc_issuer
+
+    async def endpoints(self, request: web.Request, issuer: str) -> Endpoints:
+        return await request.app[DISCOVERY].openid(issuer)
+
+    def credentials(self, settings: Settings) -> tuple[str, str]:
+        return settings.oidc_client_id, settings.oidc_token_auth
+
+    def authorization(self, request: web.Request, issuer: str) -> tuple[str, str, dict[str, str]]:
+        next_ = federation.safe_next(request.query.get("next"))
+        return request.app[SETTINGS].oidc_scopes, next_, {}
+
+    async def landing(
+        self, request: web.Request, answer: federation.Answer, issuer: str, endpoints: Endpoints
+    ) -> tuple[str, dict[str, str]]:
+        return answer.pending.next, {"issuer": endpoints.issuer}
+
+
+FLOW = SingleSignOn()
 
 
 @routes.get("/api/auth/oidc")
@@ -52,35 +70,11 @@ async def configuration(request: web.Request) -> web.Response:
 @public
 async def start(request: web.Request) -> web.Response:
     """Send the browser to the provider's sign-in page (``next``: where to go after)."""
-    next_ = federation.safe_next(request.query.get("next"))
-    try:
-        endpoints, client = await _provider(request)
-        scope = request.app[SETTINGS].oidc_scopes
-        return await federation.start(
-            request, KIND, endpoints, client, scope, endpoints.issuer, next_
-        )
-    except OAuthError as exc:
-        return federation.refused(request, exc, audit.SSO_REFUSED)
+    return await FLOW.begin(request, "")
 
 
-@routes.get(CALLBACK)
+@routes.get(FLOW.callback_path)
 @public
 async def callback(request: web.Request) -> web.Response:
     """The provider's answer: verify it, map the user, open a session."""
-    try:
-        pending = federation.take_pending(request, KIND)
-        endpoints, client = await _provider(request)
-        answer = await federation.finish(request, pending, endpoints, client)
-        policy = Policy.from_settings(request.app[SETTINGS], KIND)
-        username, role = sign_in(request.app[DB], policy, endpoints.issuer, answer.claims)
-    except OAuthError as exc:
-        return federation.refused(request, exc, audit.SSO_REFUSED)
-    audit.record(
-        request.app[DB],
-        audit.SSO_LOGIN,
-        username=username,
-        client=client_address(request),
-        issuer=endpoints.issuer,
-        role=role,
-    )
-    return federation.open_session(request, username, role, pending.next)
+    return await FLOW.complete(request)

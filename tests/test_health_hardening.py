@@ -32,17 +32,11 @@ from appliance.errors import ConfigError
 from appliance.health.report import PROBE_INTERVAL, STATUS_KEY_HEADER
 from appliance.home import init_home
 from appliance.layout import HomeLayout
+from appliance.supervise.leftovers import boot_id, process_start_ticks, reap_leftovers
 from appliance.supervise.logs import MIB
 from appliance.supervise.nginx import render_nginx_conf
 from appliance.supervise.nginx_user import let_workers_reach, worker_user
-from appliance.supervise.supervisor import (
-    ChildSpec,
-    LogLimits,
-    Supervisor,
-    boot_id,
-    process_start_ticks,
-    reap_leftovers,
-)
+from appliance.supervise.supervisor import ChildSpec, LogLimits, Supervisor
 
 PASSWORD = "a long enough password 1"
 

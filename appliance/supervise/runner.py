@@ -21,12 +21,13 @@ from appliance.home import require_initialized
 from appliance.layout import HomeLayout
 from appliance.programs import find_program
 from appliance.supervise.binaries import NGINX
+from appliance.supervise.leftovers import reap_leftovers
 from appliance.supervise.lock import HomeLock
 from appliance.supervise.logs import MIB
 from appliance.supervise.nginx import nginx_command, render_nginx_conf
 from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
 from appliance.supervise.ports import settle_ports
-from appliance.supervise.supervisor import ChildSpec, LogLimits, Supervisor, reap_leftovers
+from appliance.supervise.supervisor import ChildSpec, LogLimits, Supervisor
 
 # The receiver finishes its open associations for up to ingest.receiver.DRAIN_TIMEOUT
 # (15 s) after SIGTERM; it gets that and a margin before it is killed.

@@ -24,16 +24,15 @@ from typing import Any
 
 from appliance.errors import ApplianceError
 from appliance.security.keys import write_private_file
+from appliance.supervise.leftovers import boot_id, process_start_ticks
 from appliance.supervise.logs import MIB, RotatingOutput, rotate
 
 log = logging.getLogger("neuronova.supervisor")
 
-BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 MAX_FAST_FAILURES = 5
 STABLE_AFTER = 10.0
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 STOP_BUDGET = 25.0  # within the package's systemd TimeoutStopSec (30 s)
-REAP_WAIT = 5.0  # seconds for processes killed by reap_leftovers to be gone
 LOG_CHECK_INTERVAL = 5.0
 OUTPUT_CHUNK = 64 * 1024
 
@@ -273,85 +272,6 @@ def _last_line(log_file: Path) -> str:
     except OSError:
         return ""
     return f"\n  last log line: {lines[-1][:300]}" if lines else ""
-
-
-def boot_id() -> str:
-    """This boot's random id: pids and start times from another boot mean nothing now."""
-    return BOOT_ID_FILE.read_text().strip()
-
-
-def _proc_stat(pid: int | str) -> list[str] | None:
-    """The fields of ``/proc/PID/stat`` from field 3 on (after the command name)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (field 22 of ``/proc/PID/stat``)."""
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def reap_leftovers(state_file: Path) -> int:
-    """Kill processes left by a run that died without stopping its children.
-
-    Children run in sessions of their own whose ids are their pids, as recorded in the
-    state file with their start times and the boot id; grandchildren (nginx's workers)
-    keep that session id after their parent dies. A state file present at start means
-    the last run did not stop cleanly. Pids are reused, so a process is killed only when
-    the boot is the same, the session's leader (if alive) is the recorded process (same
-    start time), and the process started no earlier than that leader.
-    """
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        return 0
-    if state.get("boot_id") != boot_id():
-        log.info("the last run's state is from another boot (or unverifiable): nothing to reap")
-        return 0
-    leaders = {
-        c["pid"]: c["start_ticks"]
-        for c in state.get("children", {}).values()
-        if c.get("pid") and c.get("start_ticks") is not None
-    }
-    killed = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        fields = _proc_stat(stat.parent.name)
-        if fields and _left_by_last_run(int(fields[3]), int(fields[19]), leaders):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(stat.parent.name), signal.SIGKILL)
-                killed.append(int(stat.parent.name))
-    if killed:
-        log.warning("killed %d process(es) left by a run that did not stop cleanly", len(killed))
-        _wait_ended(killed, REAP_WAIT)
-    return len(killed)
-
-
-def _wait_ended(pids: list[int], timeout: float) -> None:
-    """Wait until every one of ``pids`` has exited (a zombie has: its sockets are closed).
-
-    SIGKILL is delivered asynchronously: until the processes are gone, the ports they
-    listened on are still taken, and the new run's port check would find them so.
-    """
-    deadline = time.monotonic() + timeout
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.02)
-        alive = [pid for pid in alive if (fields := _proc_stat(pid)) and fields[0] != "Z"]
-    if alive:
-        log.warning("processes %s left by the last run are still there after SIGKILL", alive)
-
-
-def _left_by_last_run(session: int, started: int, leaders: dict[int, int]) -> bool:
-    """Whether a process of ``session`` started at ``started`` belongs to a recorded child."""
-    if session not in leaders:
-        return False
-    leader_now = process_start_ticks(session)
-    if leader_now is not None and leader_now != leaders[session]:
-        return False  # the pid is another process now: the session is not ours
-    return started >= leaders[session]
 
 
 def _describe_exit(code: int) -> str:

@@ -21,7 +21,7 @@ from appliance.db import open_database, patient_key
 from appliance.fhir.index import patient_row
 from appliance.fhir.index import search_studies as fhir_search
 from appliance.fhir.query import parse_search
-from appliance.health.doctor import _latest_instance
+from appliance.health.path_checks import _latest_instance
 from appliance.ingest.journal import Journal
 from appliance.store.retention import expired_studies
 from appliance.store.worklist import WorklistQuery

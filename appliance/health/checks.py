@@ -1,0 +1,65 @@
+"""The vocabulary of ``neuronova doctor``'s checks: an outcome (:class:`Check`) and what
+every check is given (:class:`Context`)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import sqlite_utils
+
+from appliance.config import Settings
+from appliance.layout import HomeLayout
+from appliance.transcode.queue import Queue
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check's outcome: ``status`` is OK, WARN or FAIL; ``fix`` says what to do."""
+
+    name: str
+    status: str
+    message: str
+    fix: str = ""
+
+
+@dataclass
+class Context:
+    """What the checks share: settings, database, HTTP client, queue and probe token."""
+
+    settings: Settings
+    db: sqlite_utils.Database
+    http: aiohttp.ClientSession
+    queue: Queue
+    token: str = ""
+
+    @property
+    def layout(self) -> HomeLayout:
+        return HomeLayout(self.settings.home)
+
+    @property
+    def nginx_url(self) -> str:
+        """nginx on loopback, as a browser on this machine reaches it."""
+        s = self.settings
+        if s.redirect_to_https:
+            return f"https://{s.probe_host}:{s.https_port}"
+        return f"http://{s.probe_host}:{s.http_port}"
+
+    @property
+    def app_url(self) -> str:
+        return f"http://{self.settings.app_host}:{self.settings.app_port}"
+
+    async def get(self, url: str, auth: bool = False) -> tuple[int, Any, bytes]:
+        """GET ``url`` (our own self-signed certificate accepted): status, headers, body."""
+        headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
+        tls: ssl.SSLContext | bool = not url.startswith("https:")
+        async with self.http.get(url, headers=headers, ssl=tls, allow_redirects=False) as resp:
+            return resp.status, resp.headers, await resp.read()
+
+
+CheckFn = Callable[[Context], Awaitable[Check]]

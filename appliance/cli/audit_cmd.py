@@ -8,31 +8,13 @@ from typing import Any
 
 import click
 
-from appliance.cli.options import home_database, home_option
+from appliance.cli.options import home_database, home_option, limit_option, since_option
 from appliance.security import audit as trail
-
-
-class Since(click.ParamType):
-    """A duration back from now (``30m``, ``1h``, ``2d``) or an ISO 8601 time."""
-
-    name = "WHEN"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        """The ISO time (UTC, seconds) that audit timestamps are compared with."""
-        try:
-            return trail.since_iso(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 @click.command()
 @home_option
-@click.option(
-    "--since",
-    type=Since(),
-    default=None,
-    help="Only events since then: 30m, 1h, 2d or an ISO time (UTC unless an offset is given).",
-)
+@since_option("events")
 @click.option(
     "--event",
     type=click.Choice(trail.EVENTS),
@@ -43,14 +25,7 @@ class Since(click.ParamType):
 @click.option("--user", metavar="NAME", default=None, help="Only events of this user name.")
 @click.option("--study", metavar="UID", default=None, help="Only events about this study.")
 @click.option("--patient", metavar="ID", default=None, help="Only events about this patient ID.")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 10000),
-    metavar="N",
-    default=50,
-    show_default=True,
-    help="At most this many events.",
-)
+@limit_option(50, "At most this many events.")
 @click.option(
     "--format",
     "output",

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import sqlite_utils
 
-from appliance.cli.options import audit_admin_change, home_option, settings_from
+from appliance.cli.options import audit_admin_change, home_option, limit_option, settings_from
 from appliance.db import open_database
 from appliance.home import require_initialized
 from appliance.ingest.importer import worker_running
@@ -76,14 +76,7 @@ def _time(iso: str | None) -> str:
 @ingest.command("status")
 @home_option
 @click.option("--study", metavar="UID", default=None, help="Only this Study Instance UID.")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 10000),
-    metavar="N",
-    default=20,
-    show_default=True,
-    help="Show at most this many studies, most recently active first.",
-)
+@limit_option(20, "Show at most this many studies, most recently active first.")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (all failures).")
 def status(home: Path | None, study: str | None, limit: int, as_json: bool) -> None:
     """Show per-study ingest progress, totals and the failed objects with their errors."""

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from appliance.cli.audit_cmd import Since
-from appliance.cli.options import home_option, settings_from
+from appliance.cli.options import home_option, settings_from, since_option
 from appliance.layout import HomeLayout
 from appliance.supervise.log_reader import (
     COMPONENTS,
@@ -28,12 +27,7 @@ from appliance.supervise.log_reader import (
 )
 @home_option
 @click.option("-f", "--follow", "following", is_flag=True, help="Keep showing new lines.")
-@click.option(
-    "--since",
-    type=Since(),
-    default=None,
-    help="Only lines since then: 30m, 1h, 2d or an ISO time (UTC unless an offset is given).",
-)
+@since_option("lines")
 @click.option(
     "--for",
     "follow_for",

@@ -31,6 +31,41 @@ def home_option(fn: F) -> F:
     )(fn)
 
 
+class Since(click.ParamType):
+    """A duration back from now (``30m``, ``1h``, ``2d``) or an ISO 8601 time."""
+
+    name = "WHEN"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """The ISO time (UTC, seconds) that audit timestamps are compared with."""
+        try:
+            return audit.since_iso(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def since_option(what: str) -> Callable[[F], F]:
+    """``--since WHEN``: only ``what`` (events, lines) since a time or a duration ago."""
+    return click.option(
+        "--since",
+        type=Since(),
+        default=None,
+        help=f"Only {what} since then: 30m, 1h, 2d or an ISO time (UTC unless an offset is given).",
+    )
+
+
+def limit_option(default: int, help_text: str) -> Callable[[F], F]:
+    """``--limit N`` (1-10000): how many rows a listing shows at most."""
+    return click.option(
+        "--limit",
+        type=click.IntRange(1, 10000),
+        metavar="N",
+        default=default,
+        show_default=True,
+        help=help_text,
+    )
+
+
 def network_options(fn: F) -> F:
     """``--http-port``, ``--dicom-port`` and ``--bind``, overriding the settings file."""
     fn = click.option(

@@ -63,15 +63,7 @@ async def create_share(request: web.Request) -> web.Response:
     }
     request.app[DB]["shares"].insert(row)
     token = request.app[TOKENS].issue_share(share_id, study, who.username, expires_at)
-    audit.record(
-        request.app[DB],
-        audit.SHARE_CREATED,
-        username=who.username,
-        client=client_address(request),
-        share=share_id,
-        study=study,
-        hours=hours,
-    )
+    _audit_change(request, audit.SHARE_CREATED, share_id, study=study, hours=hours)
     url = f"{request_public_origin(request)}/api/shares/open?token={quote(token)}"
     return web.json_response({**row, "revoked": False, "url": url, "token": token}, status=201)
 
@@ -99,14 +91,15 @@ async def revoke_share(request: web.Request) -> web.Response:
     if who.role != "admin" and share["created_by"] != who.username:
         raise reject(request, 403, "role_denied", "Only its creator or an admin may revoke it.")
     request.app[DB]["shares"].update(share_id, {"revoked_at": now_iso()})
-    audit.record(
-        request.app[DB],
-        audit.SHARE_REVOKED,
-        username=who.username,
-        client=client_address(request),
-        share=share_id,
-    )
+    _audit_change(request, audit.SHARE_REVOKED, share_id)
     return web.Response(status=204)
+
+
+def _audit_change(request: web.Request, event: str, share_id: str, **detail: object) -> None:
+    """A share created or revoked, by the caller."""
+    who = identity(request).username
+    client = client_address(request)
+    audit.record(request.app[DB], event, username=who, client=client, share=share_id, **detail)
 
 
 def _audit_open(request: web.Request, claims: Claims) -> None:

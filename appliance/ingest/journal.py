@@ -191,23 +191,40 @@ class Journal:
         self._lock = threading.Lock()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite_utils.Database]:
-        """The database inside one transaction, serialized with every other use of the
-        journal: committed when the block ends, rolled back if it raises::
-
-            with journal.transaction() as db:
-                db.execute(...)
-        """
+    def _serialized(self) -> Iterator[sqlite_utils.Database]:
+        """The database, used by one thread at a time (each write statement commits)."""
         with self._lock, self.db.conn:
             yield self.db
 
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """The database inside one transaction, serialized with every other use of the
+        journal: all of the block's writes are committed when it ends, none if it raises::
+
+            with journal.transaction() as db:
+                db.execute(...)
+
+        ``BEGIN IMMEDIATE`` takes SQLite's write lock at the start (waiting up to the
+        busy timeout for other processes), so a block that reads and then writes never
+        finds its snapshot outdated.
+        """
+        with self._lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
     def read(self, query: Callable[[sqlite_utils.Database], T]) -> T:
-        """The result of ``query(db)``, run in its own :meth:`transaction`."""
-        with self.transaction() as db:
+        """The result of ``query(db)``, serialized with the journal's other uses."""
+        with self._serialized() as db:
             return query(db)
 
     def _update(self, sql: str, args: list[Any]) -> bool:
-        with self.transaction() as db:
+        with self._serialized() as db:
             return db.execute(sql, args).rowcount == 1
 
     def record_received(
@@ -236,7 +253,7 @@ class Journal:
         study = [item.study_uid, *(_text(ds, k) for k in STUDY_KEYWORDS), modality, now, now,
                  _text(ds, "PatientBirthDate"), _text(ds, "PatientSex"),
                  patient_key(_text(ds, "PatientID"))]  # fmt: skip
-        with self.transaction() as db:
+        with self._serialized() as db:
             refusal = _refusal(db, ds, item, source, policy)
             if refusal is not None:
                 held = [item.sop_uid, item.study_uid, source, str(spool_path), refusal.reason,
@@ -250,18 +267,18 @@ class Journal:
 
     def held(self) -> list[dict[str, Any]]:
         """The objects the overwrite policy held back, oldest first."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             return list(db["held"].rows_where(order_by="id"))
 
     def held_object(self, held_id: int) -> dict[str, Any] | None:
         """One held object's row, or None."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             rows = list(db["held"].rows_where("id = ?", [held_id]))
         return rows[0] if rows else None
 
     def forget_held(self, held_id: int) -> None:
         """Remove a held object's row (accepted or discarded)."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             db.execute("DELETE FROM held WHERE id = ?", [held_id])
 
     def claim(self, sop_uid: str, spool_path: str) -> bool:
@@ -276,14 +293,14 @@ class Journal:
 
     def superseded(self, sop_uid: str, spool_path: str) -> bool:
         """True when a newer copy of this SOP Instance replaced ``spool_path``."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             row = db.execute("SELECT spool_path FROM instances WHERE sop_uid = ?", [sop_uid])
             found = row.fetchone()
         return found is not None and found[0] != spool_path
 
     def release(self, sop_uid: str, spool_path: str, error: str) -> int:
         """Give the object back for a retry; returns its attempt count."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             db.execute(
                 "UPDATE instances SET state = ?, error = ?, updated_at = ? "
                 "WHERE sop_uid = ? AND spool_path = ?",
@@ -312,7 +329,7 @@ class Journal:
 
     def first_of_series(self, sop_uid: str, series_uid: str) -> bool:
         """True when this instance's picture stands for its series (``series.first_sop``)."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             row = db.execute(
                 "SELECT first_sop FROM series WHERE series_uid = ?", [series_uid]
             ).fetchone()
@@ -327,7 +344,7 @@ class Journal:
 
     def images_pending_for(self, sop_uid: str, spool_path: str) -> bool:
         """Whether this stored copy of the instance still lacks its JPEGs."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             row = db.execute(
                 "SELECT 1 FROM instances WHERE sop_uid = ? AND spool_path = ? AND state = ? "
                 "AND images_at IS NULL",
@@ -337,7 +354,7 @@ class Journal:
 
     def images_pending(self) -> list[tuple[str, str]]:
         """(sop_uid, spool_path) of stored objects whose JPEGs are still to be written."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             rows = db.execute(
                 "SELECT sop_uid, spool_path FROM instances WHERE state = ? AND frames > 0 "
                 "AND images_at IS NULL",
@@ -347,7 +364,7 @@ class Journal:
 
     def reset_interrupted(self) -> int:
         """After a crash: objects left ``processing`` go back to ``received``."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             return db.execute(
                 "UPDATE instances SET state = ? WHERE state = ?", [RECEIVED, PROCESSING]
             ).rowcount
@@ -358,7 +375,7 @@ class Journal:
         if sop_uids:
             where += f" AND sop_uid IN ({', '.join('?' for _ in sop_uids)})"
             args += sop_uids
-        with self.transaction() as db:
+        with self._serialized() as db:
             rows = db.execute(f"SELECT sop_uid, spool_path FROM instances WHERE {where}", args)
             found = [(r[0], r[1]) for r in rows.fetchall()]
             db.execute(
@@ -368,7 +385,7 @@ class Journal:
 
     def pending(self) -> list[tuple[str, str]]:
         """(sop_uid, spool_path) of every object waiting for the queue."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             rows = db.execute(
                 "SELECT sop_uid, spool_path FROM instances WHERE state = ?", [RECEIVED]
             )
@@ -376,7 +393,7 @@ class Journal:
 
     def knows_spool_file(self, spool_path: str) -> str | None:
         """The state of the journal row for this spool file (``held`` too), if any."""
-        with self.transaction() as db:
+        with self._serialized() as db:
             row = db.execute(
                 "SELECT state FROM instances WHERE spool_path = ? "
                 "UNION ALL SELECT 'held' FROM held WHERE spool_path = ?",

@@ -1,0 +1,54 @@
+"""The journal's transaction API: one serialized transaction per block, all or nothing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from appliance.db import Transactions
+from appliance.ingest.journal import Journal
+
+ADD = "INSERT INTO modalities (ae_title, created_at) VALUES (?, '2026-01-01')"
+
+
+def _titles(journal: Journal) -> list[str]:
+    return journal.read(lambda db: [r[0] for r in db.execute("SELECT ae_title FROM modalities")])
+
+
+def test_a_block_commits_when_it_ends(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "app.db")
+    with journal.transaction() as db:
+        db.execute(ADD, ["CT_A"])
+        db.execute(ADD, ["CT_B"])
+    other = Journal(tmp_path / "app.db")  # another connection sees the commit
+    assert sorted(_titles(other)) == ["CT_A", "CT_B"]
+
+
+def test_a_block_that_raises_leaves_nothing(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "app.db")
+    with pytest.raises(RuntimeError), journal.transaction() as db:
+        db.execute(ADD, ["CT_A"])
+        raise RuntimeError("halfway")
+    assert _titles(journal) == []
+
+
+def test_blocks_on_separate_connections_take_turns(tmp_path: Path) -> None:
+    """Each thread has a connection of its own, as the receiver, worker and app do."""
+    Journal(tmp_path / "app.db")
+
+    def add(start: int) -> None:
+        journal: Transactions = Journal(tmp_path / "app.db")
+        for n in range(start, start + 50):
+            with journal.transaction() as db:  # read, then write what was read
+                count = db.execute("SELECT count(*) FROM modalities").fetchone()[0]
+                db.execute(ADD, [f"AE{n}_{count}"])
+
+    threads = [threading.Thread(target=add, args=(k * 50,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    titles = _titles(Journal(tmp_path / "app.db"))
+    assert sorted(int(t.split("_")[1]) for t in titles) == list(range(200))  # no lost update

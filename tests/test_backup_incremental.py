@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import shutil
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -173,6 +174,25 @@ def test_a_reset_orthanc_gets_a_full_listing(settings: Settings, tmp_path: Path)
     assert "none of the changes earlier snapshots saw" in result.work.orthanc_listing
     assert result.instances == 5
     backup(settings, tmp_path / "full")
+    _same_content(manifest(settings, chain), manifest(settings, tmp_path / "full"))
+
+
+def test_a_new_orthanc_database_gets_a_full_listing(home: Path, tmp_path: Path):
+    """Orthanc started again on an empty database (as after a restore): its log restarts
+    at 1, the snapshot after it lists everything and says why."""
+    settings = dataclasses.replace(load_settings(home, {}), orthanc_port=free_port())
+    chain = tmp_path / "chain"
+    with orthanc_alone(settings):
+        study(settings, 6, seed=1)
+        backup(settings, chain)
+    orthanc_dir = HomeLayout(settings.home).orthanc_dir
+    for part in ("index", "storage"):
+        shutil.rmtree(orthanc_dir / part)
+    with orthanc_alone(settings):
+        study(settings, 2, seed=2)
+        result, _calls = backup(settings, chain)
+        backup(settings, tmp_path / "full")
+    assert result.work.orthanc_listing and result.work.orthanc_asked == result.instances == 2
     _same_content(manifest(settings, chain), manifest(settings, tmp_path / "full"))
 
 

@@ -23,6 +23,9 @@ CONFIG_FILENAME = "neuronova.toml"
 # What may replace an archived instance (dcm4chee's overwrite policies, appliance.ingest.journal).
 OVERWRITE_POLICIES = ("never", "same-source", "always")
 RETENTION_BY = ("study_date", "received")
+# Where Orthanc keeps its index: SQLite files in the home, or a PostgreSQL database
+# (Debian's orthanc-postgresql plugin; appliance.store.orthanc_index).
+ORTHANC_INDEXES = ("sqlite", "postgresql")
 # How a confidential client proves itself at a token endpoint (RFC 7591
 # token_endpoint_auth_method): the Authorization header, or the form body.
 TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
@@ -111,6 +114,25 @@ FIELDS: tuple[Field, ...] = (
         "Host the services reach Orthanc at; not loopback lets Orthanc take remote clients",
     ),
     Field("internal", "nginx_user", "nginx_user", str, "User nginx's workers run as under root"),
+    Field(
+        "orthanc",
+        "index",
+        "orthanc_index",
+        str,
+        "Orthanc's index: sqlite (in the home) or postgresql (a PostgreSQL server, below)",
+    ),
+    Field("orthanc", "db_host", "orthanc_db_host", str, "PostgreSQL host (index = postgresql)"),
+    Field("orthanc", "db_port", "orthanc_db_port", int, "PostgreSQL port"),
+    Field("orthanc", "db_name", "orthanc_db_name", str, "PostgreSQL database of Orthanc's index"),
+    Field("orthanc", "db_user", "orthanc_db_user", str, "PostgreSQL role Orthanc logs in as"),
+    Field(
+        "orthanc",
+        "db_password_file",
+        "orthanc_db_password_file",
+        str,
+        "File (mode 0600) holding that role's password, relative to the home; generated at "
+        "first start when inside the home",
+    ),
     Field("queue", "redis_url", "redis_url", str, "Redis URL for the task queue (cloud profile)"),
     Field("queue", "workers", "workers", int, "Parallel transcoding workers"),
     Field("logs", "max_mb", "log_max_mb", int, "Size in MiB at which a log file is rotated"),
@@ -213,6 +235,8 @@ _TIME_OF_DAY = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 _RCLONE_REMOTE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_. -]*:.*$")
 
 
+# A PostgreSQL database or role name the appliance accepts (no quoting needed anywhere).
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_NAME = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}$")
 
@@ -250,6 +274,12 @@ class Settings:
     orthanc_host: str = "127.0.0.1"
     cloudflare: bool = False
     nginx_user: str = "nobody"
+    orthanc_index: str = "sqlite"
+    orthanc_db_host: str = "127.0.0.1"
+    orthanc_db_port: int = 5432
+    orthanc_db_name: str = "orthanc"
+    orthanc_db_user: str = "neuronova"
+    orthanc_db_password_file: str = "secrets/orthanc-db-password"
     redis_url: str = ""
     workers: int = 2
     log_max_mb: int = 50
@@ -310,6 +340,7 @@ class Settings:
                 f"[web] public_url must start with https:// (got {self.public_url!r}), "
                 "for example https://pacs.clinic.example"
             )
+        self._check_orthanc_index()
         for key in ("internal_listen", "app_host", "orthanc_host"):
             if not is_host_name(getattr(self, key)):
                 raise ConfigError(
@@ -343,6 +374,28 @@ class Settings:
             )
         if self.backup_remote and not self.backup_destination:
             raise ConfigError("[backup] remote needs [backup] destination (copied from there)")
+
+    def _check_orthanc_index(self) -> None:
+        if self.orthanc_index not in ORTHANC_INDEXES:
+            raise ConfigError(
+                f"[orthanc] index must be one of {', '.join(ORTHANC_INDEXES)} "
+                f"(got {self.orthanc_index!r})"
+            )
+        if not is_host_name(self.orthanc_db_host):
+            raise ConfigError(
+                f"[orthanc] db_host: {self.orthanc_db_host!r} is not a host name or IPv4 address"
+            )
+        for key in ("db_name", "db_user"):
+            if not _DB_NAME.match(getattr(self, f"orthanc_{key}")):
+                raise ConfigError(
+                    f"[orthanc] {key} must be 1-63 letters, digits or '_' "
+                    f"(got {getattr(self, f'orthanc_{key}')!r})"
+                )
+
+    @property
+    def orthanc_db_password_path(self) -> Path:
+        """``[orthanc] db_password_file``, relative to the home unless absolute."""
+        return self.home / self.orthanc_db_password_file
 
     @property
     def backup_hour_minute(self) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from appliance.migrations import migrate, read_record, refuse_newer
 from appliance.security import users
 from appliance.security.keys import load_or_create_secret
 from appliance.security.tls import ensure_certificate
+from appliance.store.orthanc_index import ensure_password
 from appliance.version import current as current_version
 
 FIRST_ADMIN = "admin"
@@ -57,6 +58,7 @@ def _init_locked(settings: Settings, layout: HomeLayout) -> InitResult:
     load_or_create_secret(layout.jwt_key_file, 48)
     load_or_create_secret(layout.orthanc_password_file, 24)
     load_or_create_secret(layout.status_key_file, 32)
+    ensure_password(settings)
     new_key = not layout.backup_key_file.exists()
     backup_key = load_or_create_secret(layout.backup_key_file, 32)
     ensure_certificate(layout)

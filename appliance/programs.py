@@ -14,6 +14,9 @@ from appliance.errors import MissingBinaryError
 
 SEARCH_ENV = "NEURONOVA_BINARY_PATH"
 SYSTEM_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+# Debian's Orthanc plugins (links to /usr/lib/orthanc/*.so.VERSION), and the bundle's copy.
+ORTHANC_PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
+BUNDLE_ORTHANC_PLUGINS = "orthanc-plugins"
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,17 @@ def find_program(program: Program) -> Path:
             f"or point {SEARCH_ENV} at the folder that holds it."
         )
     return Path(found)
+
+
+def find_orthanc_plugin(name: str, debian_package: str) -> Path:
+    """The Orthanc plugin ``name`` (a ``.so``), from the bundle or Debian's plugin folders;
+    :class:`MissingBinaryError` naming ``debian_package`` otherwise."""
+    dirs = [bundle / BUNDLE_ORTHANC_PLUGINS for bundle in filter(None, [bundle_dir()])]
+    for folder in [*dirs, *map(Path, ORTHANC_PLUGIN_DIRS)]:
+        candidate = folder / name
+        if candidate.exists():
+            return candidate
+    raise MissingBinaryError(
+        f"Orthanc's plugin {name} was not found in {', '.join(ORTHANC_PLUGIN_DIRS)}. "
+        f"Install it with `sudo apt-get install {debian_package}`."
+    )

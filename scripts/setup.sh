@@ -14,8 +14,9 @@ SUDO=""
 
 # rclone: the daily backup's off-site copies ([backup] remote, docs/operations.md).
 # libnginx-mod-http-brotli-static: nginx sends the viewer's precompressed .br files.
-packages=(nginx-light libnginx-mod-http-brotli-static orthanc orthanc-dicomweb dcmtk rclone
-          python3-venv python3-dev curl ca-certificates)
+# orthanc-postgresql: Orthanc's index in PostgreSQL ([orthanc] index; the bundle ships it).
+packages=(nginx-light libnginx-mod-http-brotli-static orthanc orthanc-dicomweb
+          orthanc-postgresql dcmtk rclone python3-venv python3-dev curl ca-certificates)
 # npm fetches the OHIF viewer; a machine that already has Node.js (e.g. NodeSource) keeps it.
 command -v npm >/dev/null || packages+=(nodejs npm)
 if [ "$with_tests" = 1 ]; then
@@ -36,6 +37,9 @@ if [ "$with_tests" = 1 ]; then
   # runs iptables, which podman only suggests: without it every container on a network
   # fails with "netavark: No such file or directory".
   packages+=(podman podman-compose runc netavark aardvark-dns iptables)
+  # Throwaway PostgreSQL clusters for Orthanc's PostgreSQL index (tests/pg_cluster.py,
+  # tests/test_orthanc_postgresql.py, bench/orthanc_index.py); not the system's cluster.
+  packages+=(postgresql-15)
   # The deploy's test (tests/test_deploy.py): a VM stood in by sshd on a loopback port.
   packages+=(openssh-server openssh-client)
 fi

@@ -64,6 +64,19 @@ REQUIRED: tuple[Program, ...] = (
         "the archive's DICOMweb plugin",
         "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
     ),
+    *_programs(
+        "orthanc-postgresql",
+        "Orthanc's index in PostgreSQL ([orthanc] index)",
+        "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so",
+    ),
+    *_programs(
+        "postgresql-15",
+        "throwaway PostgreSQL clusters (tests/pg_cluster.py)",
+        "/usr/lib/postgresql/15/bin/initdb",
+        "/usr/lib/postgresql/15/bin/pg_ctl",
+        "/usr/lib/postgresql/15/bin/postgres",
+        "/usr/lib/postgresql/15/bin/psql",
+    ),
     *_programs("rclone", "off-site backups (tests/test_backup_schedule.py)", "rclone"),
     # Modalities and codecs.
     *_programs(

@@ -31,6 +31,7 @@ from appliance.home import init_home, require_initialized
 from appliance.layout import HomeLayout
 from appliance.programs import find_program
 from appliance.security.keys import write_private_file
+from appliance.store.orthanc_index import wait_for_server
 from appliance.supervise.binaries import NGINX
 from appliance.supervise.logs import configure_logging
 from appliance.supervise.nginx import nginx_command, render_nginx_conf
@@ -117,6 +118,7 @@ def receiver(home: Path | None) -> None:
 def orthanc(home: Path | None) -> None:
     """Orthanc with its generated configuration (replaces this process)."""
     settings = _settings(home)
+    wait_for_server(settings)  # compose's depends_on does not wait for health everywhere
     render_orthanc_conf(settings)
     command = orthanc_command(settings)
     sys.stdout.flush()

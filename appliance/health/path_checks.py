@@ -1,6 +1,6 @@
 """``neuronova doctor``'s checks of the services and of the paths a user's request takes:
 listening sockets, exposure beyond loopback, DICOM, nginx's internal locations, Orthanc
-behind nginx, a token's frame."""
+behind nginx and its index, a token's frame."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import sqlite_utils
 
 from appliance import internal_locations
 from appliance.config import Settings, is_loopback_host
+from appliance.errors import MissingBinaryError
 from appliance.health.checks import FAIL, OK, Check, Context
 from appliance.health.probes import probe_receiver
 from appliance.health.sockets import listeners, owned_inodes
+from appliance.store import orthanc_index
 
 INTERNAL_PATHS = (
     f"{internal_locations.ORTHANC}/system",
@@ -141,6 +143,23 @@ async def check_orthanc_via_nginx(ctx: Context) -> Check:
         f"study query through nginx answered HTTP {status}",
         fix,
     )
+
+
+async def check_orthanc_index(ctx: Context) -> Check:
+    """Orthanc's index: its PostgreSQL plugin installed and server answering, if chosen."""
+    s = ctx.settings
+    if not orthanc_index.uses_postgresql(s):
+        return Check("orthanc_index", OK, "Orthanc's index is SQLite, in the home")
+    try:
+        orthanc_index.index_plugins(s)
+    except MissingBinaryError as exc:
+        return Check("orthanc_index", FAIL, str(exc), "then restart `neuronova run`")
+    answers = orthanc_index.server_answers
+    if not await asyncio.to_thread(answers, s.orthanc_db_host, s.orthanc_db_port):
+        return Check("orthanc_index", FAIL, orthanc_index.unreachable_message(s),
+                     "then restart `neuronova run`")  # fmt: skip
+    where = f"{s.orthanc_db_name} at {s.orthanc_db_host}:{s.orthanc_db_port}"
+    return Check("orthanc_index", OK, f"Orthanc's index is PostgreSQL ({where}), answering")
 
 
 def _latest_instance(db: sqlite_utils.Database) -> tuple[str, str, str] | None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.errors import MissingBinaryError
-from appliance.programs import Program, bundle_dir
+from appliance.programs import Program, bundle_dir, find_orthanc_plugin
 
 NGINX = Program("nginx", "nginx-light")
 # Serves the viewer's precompressed .br files (packaging/fetch_ohif.py writes them);
@@ -17,20 +16,11 @@ BROTLI_STATIC_PACKAGE = "libnginx-mod-http-brotli-static"
 BUNDLE_NGINX_MODULES = "nginx-modules"
 ORTHANC = Program("Orthanc", "orthanc")
 DICOMWEB_PLUGIN = "libOrthancDicomWeb.so"
-PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
 
 
 def find_dicomweb_plugin() -> Path:
     """The Orthanc DICOMweb plugin; :class:`MissingBinaryError` naming the package otherwise."""
-    dirs = [str(bundle / "orthanc-plugins") for bundle in filter(None, [bundle_dir()])]
-    for folder in [*dirs, *PLUGIN_DIRS]:
-        candidate = Path(folder) / DICOMWEB_PLUGIN
-        if candidate.exists():
-            return candidate
-    raise MissingBinaryError(
-        f"Orthanc's DICOMweb plugin ({DICOMWEB_PLUGIN}) was not found in {', '.join(PLUGIN_DIRS)}. "
-        "Install it with `sudo apt-get install orthanc-dicomweb`."
-    )
+    return find_orthanc_plugin(DICOMWEB_PLUGIN, "orthanc-dicomweb")
 
 
 def find_nginx_module(name: str, nginx: Path) -> Path | None:

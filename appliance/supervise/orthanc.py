@@ -18,11 +18,12 @@ from appliance.layout import HomeLayout
 from appliance.programs import bundle_dir, find_program
 from appliance.security.keys import read_secret, write_private_file
 from appliance.store.orthanc import DICOMWEB_ROOT, ORTHANC_USER
+from appliance.store.orthanc_index import index_config, index_plugins
 from appliance.supervise.binaries import ORTHANC, find_dicomweb_plugin
 
 
-def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str, Any]:
-    """Orthanc's JSON configuration for this data home."""
+def orthanc_config(settings: Settings, password: str, plugins: list[Path]) -> dict[str, Any]:
+    """Orthanc's JSON configuration for this data home (its index: :mod:`orthanc_index`)."""
     layout = HomeLayout(settings.home)
     return {
         "Name": "NeuroNova",
@@ -43,7 +44,7 @@ def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str,
         "DicomServerEnabled": False,
         "DicomModalities": {},
         "OrthancPeers": {},
-        "Plugins": [str(plugin)],
+        "Plugins": [str(plugin) for plugin in plugins],
         "DicomWeb": {
             "Enable": True,
             "Root": DICOMWEB_ROOT + "/",
@@ -62,6 +63,7 @@ def orthanc_config(settings: Settings, password: str, plugin: Path) -> dict[str,
         "Locale": "C.UTF-8",
         "ExecuteLuaEnabled": False,
         "RestApiWriteToFileSystemEnabled": False,
+        **index_config(settings),
     }
 
 
@@ -69,7 +71,8 @@ def render_orthanc_conf(settings: Settings) -> Path:
     """Write Orthanc's configuration (mode 0600: it holds the credentials)."""
     layout = HomeLayout(settings.home)
     password = read_secret(layout.orthanc_password_file)
-    config = orthanc_config(settings, password, find_dicomweb_plugin())
+    plugins = [find_dicomweb_plugin(), *index_plugins(settings)]
+    config = orthanc_config(settings, password, plugins)
     write_private_file(layout.orthanc_conf, json.dumps(config, indent=2).encode())
     return layout.orthanc_conf
 

@@ -20,6 +20,7 @@ from appliance.health.probes import (
 from appliance.home import require_initialized
 from appliance.layout import HomeLayout
 from appliance.programs import find_program
+from appliance.store.orthanc_index import wait_for_server
 from appliance.supervise.binaries import NGINX
 from appliance.supervise.leftovers import reap_leftovers
 from appliance.supervise.lock import HomeLock
@@ -139,6 +140,7 @@ def run_appliance(settings: Settings) -> None:
         settings = settle_ports(settings)
         find_program(NGINX)
         render_orthanc_conf(settings)
+        wait_for_server(settings)
         render_nginx_conf(settings)
         log.info(
             "starting NeuroNova: web http://%s:%d/, DICOM %s port %d, home %s",

@@ -1,0 +1,103 @@
+"""A throwaway PostgreSQL cluster for a test: ``initdb`` into a temporary folder, started
+with ``pg_ctl`` on a free port, listening on loopback only, never the system's cluster.
+
+PostgreSQL refuses to run as root, so under root the cluster runs as ``nobody``
+(``setpriv``), in a folder that user owns. The superuser logs in only through the
+cluster's own socket folder; Orthanc's role logs in over TCP with a password
+(scram-sha-256), as on a clinic box set up by docs/install-clinic.md.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conftest import free_port, require_tool
+
+from appliance.store.orthanc_index import server_answers
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PACKAGE = "postgresql-15"
+RUN_AS = "nobody"
+
+
+@dataclass
+class Cluster:
+    """One PostgreSQL cluster in ``folder`` on ``port``; ``prefix`` runs a command in the
+    network namespace it lives in (empty: this one)."""
+
+    folder: Path
+    port: int
+    prefix: list[str] = field(default_factory=list)
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def sockets(self) -> Path:
+        return self.folder / "run"
+
+    def run(self, program: str, *args: str, stdin: str | None = None) -> str:
+        """``program`` of PostgreSQL 15 as the cluster's user; its stdout (fails loudly)."""
+        binary = require_tool(str(PG_BIN / program), PACKAGE)
+        command = [*self.prefix, *_as_owner(), binary, *args]
+        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{program} {args}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        """Run SQL as the superuser through the cluster's socket; psql's unaligned output.
+        The statement goes on stdin, so a failure's message does not repeat a password."""
+        return self.run("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self.sockets),
+                        "-p", str(self.port), "-U", "postgres", "-d", database,
+                        stdin=statement)  # fmt: skip
+
+    def create_owner(self, role: str, password: str, database: str) -> None:
+        """A login role with ``password`` and a database it owns (names are checked by
+        the appliance's settings; the password is passed as a literal, quotes doubled)."""
+        literal = "'" + password.replace("'", "''") + "'"
+        self.sql(f"CREATE ROLE {role} LOGIN PASSWORD {literal}")
+        self.sql(f"CREATE DATABASE {database} OWNER {role} ENCODING 'UTF8' TEMPLATE template0")
+
+    def answers(self) -> bool:
+        return server_answers("127.0.0.1", self.port, timeout=1.0)
+
+
+def _as_owner() -> list[str]:
+    if os.geteuid() != 0:
+        return []
+    return [require_tool("setpriv", "util-linux"), f"--reuid={RUN_AS}", "--regid=nogroup",
+            "--clear-groups"]  # fmt: skip
+
+
+@contextmanager
+def pg_cluster(prefix: Sequence[str] = (), listen: str = "127.0.0.1") -> Iterator[Cluster]:
+    """Initialise and start a cluster (listening on ``listen``); stop and remove it after."""
+    folder = Path(tempfile.mkdtemp(prefix="nn-pg-"))
+    cluster = Cluster(folder, free_port(), list(prefix))
+    cluster.sockets.mkdir()
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(RUN_AS)
+        for path in (folder, cluster.sockets):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    try:
+        cluster.run("initdb", "-D", str(cluster.data), "-U", "postgres", "-E", "UTF8",
+                    "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")  # fmt: skip
+        options = (f"-c listen_addresses={listen} -p {cluster.port} "
+                   f"-c unix_socket_directories={cluster.sockets} -c fsync=off")  # fmt: skip
+        cluster.run("pg_ctl", "-D", str(cluster.data), "-l", str(folder / "server.log"),
+                    "-o", options, "-w", "start")  # fmt: skip
+        yield cluster
+    finally:
+        if (cluster.data / "postmaster.pid").exists():
+            cluster.run("pg_ctl", "-D", str(cluster.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+

@@ -5,9 +5,11 @@ Usage: ``python bench/cloud.py [--rounds 3] [--keep] [--out FILE.json]``
 No image registry is reachable here, so the base images are made locally (design.md
 fact 12): ``debian:bookworm-slim`` is a ``debootstrap --variant=minbase bookworm`` root
 imported with ``podman import``, and the Redis image is the same with Debian's
-``redis-server`` included. The roots are kept in ``/var/cache/neuronova-test/`` and the
-images in podman's store, so later runs reuse them. Then the bundle is built
-(``packaging/build.py``), the appliance image is built from it with
+``redis-server`` included. PostgreSQL's image (Orthanc's index) is built with
+``packaging/postgres/Dockerfile`` on a root with Debian's ``postgresql-15`` installed
+into it (no default cluster, no service started). The roots are kept in
+``/var/cache/neuronova-test/`` and the images in podman's store, so later runs reuse
+them. Then the bundle is built (``packaging/build.py``), the appliance image from it with
 ``packaging/Dockerfile``, and ``compose.yaml`` is brought up ``--rounds`` times with
 podman-compose on free 127.0.0.1 ports, timed until every container's health check passes
 (podman runs health checks from systemd timers, which this machine lacks, so they are run
@@ -43,8 +45,12 @@ REDIS_IMAGE = "localhost/neuronova-test/redis:bookworm"
 ROOT_CACHE = Path("/var/cache/neuronova-test")
 MIRROR = "http://deb.debian.org/debian"
 REDIS_CMD = '["/usr/bin/redis-server"]'
+POSTGRES_BASE_IMAGE = "localhost/neuronova-test/postgres-base:bookworm"
+POSTGRES_IMAGE = "localhost/neuronova-test/postgres:bookworm"
+POSTGRES_PACKAGE = "postgresql-15"
 HEALTHY_TIMEOUT = 180.0
-SERVICES = ("redis", "orthanc", "app", "worker", "receiver", "nginx")
+SERVICES = ("redis", "postgres", "orthanc", "app", "worker", "receiver", "nginx")
+VOLUMES = ("home", "queue", "index", "dbsecret")
 
 
 def podman(*args: str, timeout: float = 300, check: bool = True) -> str:
@@ -102,9 +108,52 @@ def import_root(root: Path, tag: str, changes: Sequence[str] = ()) -> None:
 
 
 def ensure_base_images() -> None:
-    """The Debian base image and the Redis image, made locally the first time."""
+    """The Debian base image, the Redis image and PostgreSQL's, made locally the first time."""
     import_root(bookworm_root("minbase"), BASE_IMAGE)
     import_root(bookworm_root("redis", ["redis-server"]), REDIS_IMAGE, [f"CMD {REDIS_CMD}"])
+    import_root(postgres_root(), POSTGRES_BASE_IMAGE)
+    if subprocess.run(["podman", "image", "exists", POSTGRES_IMAGE]).returncode != 0:
+        podman("build", "-q", "--build-arg", f"BASE={POSTGRES_BASE_IMAGE}",
+               "-t", POSTGRES_IMAGE, str(REPO / "packaging" / "postgres"))  # fmt: skip
+
+
+def postgres_root() -> Path:
+    """The minbase root with ``postgresql-15`` installed by apt in a chroot, cached.
+
+    Not ``debootstrap --include``: its maintainer scripts would make a default cluster
+    and may start it; here a ``policy-rc.d`` forbids starting services and
+    ``createcluster.d`` turns the default cluster off, as packaging/postgres/Dockerfile does.
+    """
+    root = ROOT_CACHE / "bookworm-postgres"
+    with open(ROOT_CACHE / "bookworm-postgres.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "usr" / "lib" / "postgresql" / "15" / "bin" / "postgres").exists():
+            _install_into_copy(bookworm_root("minbase"), root, POSTGRES_PACKAGE)
+    return root
+
+
+def _install_into_copy(base: Path, root: Path, package: str) -> None:
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(base), str(partial)], check=True, timeout=600)
+    policy = partial / "usr" / "sbin" / "policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    conf = partial / "etc" / "postgresql-common" / "createcluster.d"
+    conf.mkdir(parents=True)
+    (conf / "neuronova.conf").write_text("create_main_cluster = false\n")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", package],
+                    ["apt-get", "clean"]):  # fmt: skip
+        done = subprocess.run(["chroot", str(partial), *command], env=env, capture_output=True,
+                              text=True, timeout=900)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} in a chroot failed: {done.stderr[-2000:]}")
+    policy.unlink()
+    for listing in (partial / "var" / "lib" / "apt" / "lists").glob("*_*"):
+        listing.unlink()
+    partial.rename(root)
 
 
 def check_engine(workdir: Path) -> None:
@@ -177,6 +226,7 @@ class Profile:
             **os.environ,
             "NEURONOVA_IMAGE": self.image,
             "REDIS_IMAGE": REDIS_IMAGE,
+            "POSTGRES_IMAGE": POSTGRES_IMAGE,
             "REDIS_PASSWORD": secrets.token_hex(16),
             "BIND": "127.0.0.1",
             **{key: str(port) for key, port in self.ports.items()},
@@ -239,7 +289,7 @@ class Profile:
         if volumes:
             for network in ("internal", "public"):
                 podman("network", "rm", "-f", f"{self.name}_{network}", check=False)
-            for volume in ("home", "queue"):
+            for volume in VOLUMES:
                 podman("volume", "rm", "-f", f"{self.name}_{volume}", check=False)
 
     def volume_path(self, volume: str = "home") -> Path:

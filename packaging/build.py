@@ -62,6 +62,9 @@ SYSTEM_SOURCES = {
     ),
     "bin/Orthanc": "/usr/sbin/Orthanc",
     "orthanc-plugins/libOrthancDicomWeb.so": "/usr/lib/orthanc/libOrthancDicomWeb.so.1.7",
+    "orthanc-plugins/libOrthancPostgreSQLIndex.so": (
+        "/usr/lib/orthanc/libOrthancPostgreSQLIndex.so.4.0"
+    ),
 }
 # Programs that need nothing but glibc (Go): no rpath to set, and they stay executable.
 SELF_CONTAINED_PROGRAMS = {"bin/rclone": "/usr/bin/rclone"}

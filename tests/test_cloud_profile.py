@@ -4,8 +4,9 @@ The base images are made locally (no registry: bench/cloud.py), the bundle is bu
 this checkout and the appliance image from it; compose.yaml is brought up with
 podman-compose on free 127.0.0.1 ports with two worker containers. Then, from outside:
 a CT series pushed with dcmtk's storescu to the published DICOM port, login through nginx
-over HTTPS, a QIDO query, one frame read pixel-identical; only nginx and the DICOM port
-published, Orthanc, the app and Redis unreachable from another container network; no
+over HTTPS, a QIDO query, one frame read pixel-identical, with Orthanc's index in the
+profile's PostgreSQL; only nginx and the DICOM port published, Orthanc, the app, Redis
+and PostgreSQL unreachable from another container network; no
 object processed twice; ``down`` and ``up`` again keep the study and the users. Every
 container, volume and network of the project is removed at the end.
 """
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.slow
 
 SLICES = 12
 HTJ2K = "1.2.840.10008.1.2.4.201"
-INTERNAL = {"orthanc": 18042, "app": 18081, "redis": 6379}
+INTERNAL = {"orthanc": 18042, "app": 18081, "redis": 6379, "postgres": 5432}
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,32 @@ def test_a_pushed_series_is_found_and_its_frames_read(profile, pushed):
     assert np.array_equal(imagecodecs.htj2k_decode(codestream).astype(np.int16), slices[3])
 
 
+def test_orthanc_indexes_the_series_in_postgresql(profile, pushed):
+    """The series' SOP Instance UIDs are rows of Orthanc's index in the postgres service
+    (read as its superuser through the local socket), and Orthanc made no SQLite index."""
+    series, _ = pushed
+    query = "SELECT value FROM dicomidentifiers WHERE taggroup = 8 AND tagelement = 24"
+    rows = podman("exec", "--user", "postgres", profile.containers("postgres")[0],
+                  "psql", "-X", "-At", "-d", "orthanc", "-c", query).split()  # fmt: skip
+    assert set(series.sop_uids) <= set(rows)
+    index_dir = profile.volume_path() / "orthanc" / "index"
+    assert not list(index_dir.glob("index*"))
+
+
+def test_the_database_password_was_generated_for_orthanc_alone(profile):
+    """Generated at postgres' first start, 0600 and owned by the appliance's user; only
+    Orthanc's container mounts it (read-only), and no log holds it."""
+    secret = profile.volume_path("dbsecret") / "password"
+    assert secret.stat().st_mode & 0o777 == 0o600 and secret.stat().st_uid == 10001
+    password = secret.read_text().strip()
+    assert len(password) >= 24
+    fmt = "{{range .Mounts}}{{.Destination}} {{end}}"
+    mounting = [c for c in profile.containers()
+                if "/run/neuronova-db" in podman("inspect", "--format", fmt, c)]  # fmt: skip
+    assert sorted(c.split("_")[-2] for c in mounting) == ["orthanc", "postgres"]
+    assert not any(password in profile.logs(c, 5000) for c in profile.containers())
+
+
 def test_only_nginx_and_the_dicom_port_are_published(profile):
     published = {}
     for container in profile.containers():
@@ -146,7 +173,7 @@ def test_only_nginx_and_the_dicom_port_are_published(profile):
         published[container.split("_")[-2]] = sorted(line for line in lines if ":" in line)
     ports = profile.ports
     assert published == {
-        "redis": [], "orthanc": [], "app": [], "worker": [],
+        "redis": [], "postgres": [], "orthanc": [], "app": [], "worker": [],
         "receiver": [f"127.0.0.1:{ports['DICOM_PORT']}"],
         "nginx": sorted([f"127.0.0.1:{ports['HTTP_PORT']}", f"127.0.0.1:{ports['HTTPS_PORT']}"]),
     }  # fmt: skip

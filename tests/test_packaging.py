@@ -118,6 +118,7 @@ def test_build_writes_the_tarball_and_a_lintian_clean_deb(built):
         for part in ("bin/nginx", "bin/Orthanc", "bin/rclone",
                      "nginx-modules/ngx_http_brotli_static_module.so",
                      "orthanc-plugins/libOrthancDicomWeb.so",
+                     "orthanc-plugins/libOrthancPostgreSQLIndex.so",
                      "dcmtk/dicom.dic", "spa_dist/pacs-viewer/index.html",
                      "spa_dist/main/index.html", "bundled_nginx/nginx.conf.template"):  # fmt: skip
             tar.getmember(f"neuronova-{FIRST}/_internal/{part}")

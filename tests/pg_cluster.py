@@ -45,27 +45,33 @@ class Cluster:
     def sockets(self) -> Path:
         return self.folder / "run"
 
-    def run(self, program: str, *args: str, stdin: str | None = None) -> str:
-        """``program`` of PostgreSQL 15 as the cluster's user; its stdout (fails loudly)."""
+    def run(
+        self, program: str, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> str:
+        """``program`` of PostgreSQL 15 as the cluster's user (with ``env`` added to its
+        environment); its stdout (fails loudly)."""
         binary = require_tool(str(PG_BIN / program), PACKAGE)
         command = [*self.prefix, *_as_owner(), binary, *args]
-        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **(env or {})})  # fmt: skip
         assert done.returncode == 0, f"{program} {args}: {done.stdout}{done.stderr}"
         return done.stdout
 
     def sql(self, statement: str, database: str = "postgres") -> str:
-        """Run SQL as the superuser through the cluster's socket; psql's unaligned output.
-        The statement goes on stdin, so a failure's message does not repeat a password."""
+        """Run SQL (on stdin) as the superuser through the cluster's socket; psql's
+        unaligned output."""
         return self.run("psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", str(self.sockets),
                         "-p", str(self.port), "-U", "postgres", "-d", database,
                         stdin=statement)  # fmt: skip
 
     def create_owner(self, role: str, password: str, database: str) -> None:
-        """A login role with ``password`` and a database it owns (names are checked by
-        the appliance's settings; the password is passed as a literal, quotes doubled)."""
-        literal = "'" + password.replace("'", "''") + "'"
-        self.sql(f"CREATE ROLE {role} LOGIN PASSWORD {literal}")
-        self.sql(f"CREATE DATABASE {database} OWNER {role} ENCODING 'UTF8' TEMPLATE template0")
+        """A login role with ``password`` and a database it owns, made with the commands
+        docs/install-clinic.md gives (the password through the environment, never argv)."""
+        where = ["-h", str(self.sockets), "-p", str(self.port), "-U", "postgres"]
+        self.run("createuser", *where, role)
+        self.run("createdb", *where, "-O", role, "-E", "UTF8", database)
+        self.run("psql", *where, "-X", "-q", "-v", "ON_ERROR_STOP=1", env={"PW": password},
+                 stdin=f"\\getenv pw PW\nALTER ROLE {role} PASSWORD :'pw';\n")  # fmt: skip
 
     def answers(self) -> bool:
         return server_answers("127.0.0.1", self.port, timeout=1.0)

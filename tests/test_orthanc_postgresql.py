@@ -1,6 +1,6 @@
 """Orthanc's index in PostgreSQL (``[orthanc] index = "postgresql"``), on this host.
 
-The appliance runs against a throwaway PostgreSQL 15 cluster (tests/pg_cluster.py) set up
+The appliance runs against a throwaway PostgreSQL 15 cluster (bench/pg_cluster.py) set up
 as docs/install-clinic.md tells a clinic's IT person: a role with the password the
 appliance generated at first start, and a database it owns. A CT series goes in through
 the DICOM port (dcmtk's storescu) and comes back through the gateway: QIDO by patient
@@ -22,7 +22,6 @@ import requests
 from click.testing import CliRunner
 from conftest import api_token, free_port, make_appliance, run_cli, storescu, wait_stored
 from netns import host_pair, require_netns
-from pg_cluster import pg_cluster
 
 from appliance.cli import cli as neuronova_cli
 from appliance.config import load_settings
@@ -33,12 +32,12 @@ from appliance.store import orthanc_index
 from appliance.store.orthanc_index import POSTGRESQL_PACKAGE, POSTGRESQL_PLUGIN
 from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.harness import ACCEPT, split_multipart
+from bench.pg_cluster import DATABASE, pg_cluster
 from bench.synthetic import make_slices, write_series
 
 pytestmark = pytest.mark.slow
 
 SLICES = 6
-ROLE, DATABASE = "neuronova", "orthanc"
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +49,10 @@ def cluster():
 @pytest.fixture(scope="module")
 def running(cluster, tmp_path_factory):
     """The appliance on the cluster, with a CT series stored: (appliance, series, slices)."""
-    appliance = make_appliance(
-        tmp_path_factory.mktemp("pg"),
-        orthanc_index="postgresql",
-        orthanc_db_port=cluster.port,
-        orthanc_db_name=DATABASE,
-        orthanc_db_user=ROLE,
-    )
+    appliance = make_appliance(tmp_path_factory.mktemp("pg"), **cluster.index_settings())
     password_file = appliance.settings.orthanc_db_password_path
     assert password_file.stat().st_mode & 0o777 == 0o600
-    cluster.create_owner(ROLE, password_file.read_text().strip(), DATABASE)
+    cluster.serve(appliance.settings)
     appliance.start()
     slices = make_slices(SLICES)
     series = write_series(tmp_path_factory.mktemp("series"), slices)

@@ -1,10 +1,12 @@
-"""A throwaway PostgreSQL cluster for a test: ``initdb`` into a temporary folder, started
-with ``pg_ctl`` on a free port, listening on loopback only, never the system's cluster.
+"""A PostgreSQL cluster of the bench's or test's own for Orthanc's index: ``initdb`` into
+a folder (a temporary one, or one kept beside a filled home and started again), started
+with ``pg_ctl`` on a free port, listening on loopback only; never the system's cluster.
 
 PostgreSQL refuses to run as root, so under root the cluster runs as ``nobody``
 (``setpriv``), in a folder that user owns. The superuser logs in only through the
 cluster's own socket folder; Orthanc's role logs in over TCP with a password
-(scram-sha-256), as on a clinic box set up by docs/install-clinic.md.
+(scram-sha-256), as on a clinic box set up by docs/install-clinic.md. Used by
+tests/test_orthanc_postgresql.py and, with ``--index postgresql``, by the benches.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import free_port, require_tool
-
+from appliance.config import Settings
 from appliance.store.orthanc_index import server_answers
+from bench.harness import free_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+ROLE, DATABASE = "neuronova", "orthanc"  # the appliance's defaults
 PACKAGE = "postgresql-15"
 RUN_AS = "nobody"
 
@@ -50,8 +53,11 @@ class Cluster:
     ) -> str:
         """``program`` of PostgreSQL 15 as the cluster's user (with ``env`` added to its
         environment); its stdout (fails loudly)."""
-        binary = require_tool(str(PG_BIN / program), PACKAGE)
-        command = [*self.prefix, *_as_owner(), binary, *args]
+        binary = PG_BIN / program
+        if not binary.exists():
+            raise RuntimeError(f"{binary} is missing: `bash scripts/setup.sh --test` installs "
+                               f"{PACKAGE}")  # fmt: skip
+        command = [*self.prefix, *_as_owner(), str(binary), *args]
         done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120,
                               env={**os.environ, **(env or {})})  # fmt: skip
         assert done.returncode == 0, f"{program} {args}: {done.stdout}{done.stderr}"
@@ -76,27 +82,37 @@ class Cluster:
     def answers(self) -> bool:
         return server_answers("127.0.0.1", self.port, timeout=1.0)
 
+    def index_settings(self) -> dict[str, object]:
+        """Settings overrides that put an appliance's Orthanc index in this cluster."""
+        return {"orthanc_index": "postgresql", "orthanc_db_port": self.port,
+                "orthanc_db_name": DATABASE, "orthanc_db_user": ROLE}  # fmt: skip
+
+    def serve(self, settings: Settings) -> None:
+        """Give the appliance of ``settings`` (its home set up: the password generated)
+        its role and database, unless an earlier run did."""
+        if not self.sql(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'").strip():
+            password = settings.orthanc_db_password_path.read_text().strip()
+            self.create_owner(ROLE, password, DATABASE)
+
 
 def _as_owner() -> list[str]:
     if os.geteuid() != 0:
         return []
-    return [require_tool("setpriv", "util-linux"), f"--reuid={RUN_AS}", "--regid=nogroup",
-            "--clear-groups"]  # fmt: skip
+    return ["setpriv", f"--reuid={RUN_AS}", "--regid=nogroup", "--clear-groups"]
 
 
 @contextmanager
-def pg_cluster(prefix: Sequence[str] = (), listen: str = "127.0.0.1") -> Iterator[Cluster]:
-    """Initialise and start a cluster (listening on ``listen``); stop and remove it after."""
-    folder = Path(tempfile.mkdtemp(prefix="nn-pg-"))
+def pg_cluster(
+    prefix: Sequence[str] = (), listen: str = "127.0.0.1", folder: Path | None = None
+) -> Iterator[Cluster]:
+    """Start a cluster listening on ``listen`` (initialised first unless ``folder`` holds
+    one); stop it after, and remove it unless it lives in the caller's ``folder``."""
+    kept = folder is not None
+    folder = folder or Path(tempfile.mkdtemp(prefix="nn-pg-"))
     cluster = Cluster(folder, free_port(), list(prefix))
-    cluster.sockets.mkdir()
-    if os.geteuid() == 0:
-        user = pwd.getpwnam(RUN_AS)
-        for path in (folder, cluster.sockets):
-            os.chown(path, user.pw_uid, user.pw_gid)
     try:
-        cluster.run("initdb", "-D", str(cluster.data), "-U", "postgres", "-E", "UTF8",
-                    "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")  # fmt: skip
+        if not (cluster.data / "PG_VERSION").exists():
+            _initdb(cluster)
         options = (f"-c listen_addresses={listen} -p {cluster.port} "
                    f"-c unix_socket_directories={cluster.sockets} -c fsync=off")  # fmt: skip
         cluster.run("pg_ctl", "-D", str(cluster.data), "-l", str(folder / "server.log"),
@@ -104,6 +120,17 @@ def pg_cluster(prefix: Sequence[str] = (), listen: str = "127.0.0.1") -> Iterato
         yield cluster
     finally:
         if (cluster.data / "postmaster.pid").exists():
-            cluster.run("pg_ctl", "-D", str(cluster.data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
+            cluster.run("pg_ctl", "-D", str(cluster.data), "-m", "fast", "-w", "stop")
+        if not kept:
+            shutil.rmtree(folder, ignore_errors=True)
 
+
+def _initdb(cluster: Cluster) -> None:
+    cluster.folder.mkdir(parents=True, exist_ok=True)
+    cluster.sockets.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        user = pwd.getpwnam(RUN_AS)
+        for path in (cluster.folder, cluster.sockets):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    cluster.run("initdb", "-D", str(cluster.data), "-U", "postgres", "-E", "UTF8",
+                "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")  # fmt: skip

@@ -103,10 +103,14 @@ def _as_owner() -> list[str]:
 
 @contextmanager
 def pg_cluster(
-    prefix: Sequence[str] = (), listen: str = "127.0.0.1", folder: Path | None = None
+    prefix: Sequence[str] = (),
+    listen: str = "127.0.0.1",
+    folder: Path | None = None,
+    durable: bool = False,
 ) -> Iterator[Cluster]:
     """Start a cluster listening on ``listen`` (initialised first unless ``folder`` holds
-    one); stop it after, and remove it unless it lives in the caller's ``folder``."""
+    one); stop it after, and remove it unless it lives in the caller's ``folder``.
+    ``durable``: fsync on, as a real server (benches); tests run without it."""
     kept = folder is not None
     folder = folder or Path(tempfile.mkdtemp(prefix="nn-pg-"))
     cluster = Cluster(folder, free_port(), list(prefix))
@@ -114,7 +118,7 @@ def pg_cluster(
         if not (cluster.data / "PG_VERSION").exists():
             _initdb(cluster)
         options = (f"-c listen_addresses={listen} -p {cluster.port} "
-                   f"-c unix_socket_directories={cluster.sockets} -c fsync=off")  # fmt: skip
+                   f"-c unix_socket_directories={cluster.sockets} -c fsync={durable}")  # fmt: skip
         cluster.run("pg_ctl", "-D", str(cluster.data), "-l", str(folder / "server.log"),
                     "-o", options, "-w", "start")  # fmt: skip
         yield cluster

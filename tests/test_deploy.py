@@ -38,7 +38,9 @@ from conftest import free_port, require_tool, storescu_command, wait_for
 from pydicom.uid import generate_uid
 
 from bench.cloud import (
+    POSTGRES_IMAGE,
     REDIS_IMAGE,
+    VOLUMES,
     build_image,
     check_engine,
     ensure_base_images,
@@ -197,8 +199,9 @@ def site(vm, releases) -> Iterator[Site]:
     (before the releases' images)."""
     ports = {"HTTP_PORT": free_port(), "HTTPS_PORT": free_port(), "DICOM_PORT": free_port()}
     project = f"nndeploy{os.getpid()}"
-    env = {**example_settings(), "REDIS_IMAGE": REDIS_IMAGE, "REDIS_PASSWORD": os.urandom(12).hex(),
-           "BIND": "127.0.0.1", **{k: str(v) for k, v in ports.items()}}  # fmt: skip
+    env = {**example_settings(), "REDIS_IMAGE": REDIS_IMAGE, "POSTGRES_IMAGE": POSTGRES_IMAGE,
+           "REDIS_PASSWORD": os.urandom(12).hex(), "BIND": "127.0.0.1",
+           **{k: str(v) for k, v in ports.items()}}  # fmt: skip
     made = Site(vm, project, ports, env)
     made.write_env()
     yield made
@@ -209,7 +212,7 @@ def site(vm, releases) -> Iterator[Site]:
            f"label=io.podman.compose.project={project}").split()), check=False)  # fmt: skip
     for name in ("internal", "public"):
         podman("network", "rm", "-f", f"{project}_{name}", check=False)
-    for name in ("home", "queue"):
+    for name in VOLUMES:
         podman("volume", "rm", "-f", f"{project}_{name}", check=False)
 
 

@@ -5,7 +5,7 @@ Usage: ``python bench/orthanc_index.py [--sizes 2000,5000,10000] [--requests 30]
 The same files (bench/scale.py's study mix: CT and MR series, CR/DX singles, several
 patients a day) are written once and stored, in the same order, into two Orthancs
 configured by the appliance (``[orthanc] index = "sqlite"`` and ``"postgresql"``, the
-latter on a PostgreSQL 15 cluster of the bench's own, bench/pg_cluster.py). At each size:
+latter on a PostgreSQL 15 server of the bench's own, bench/pg.py). At each size:
 the store rate of the step that reached it (REST ``POST /instances``, two clients), QIDO
 study searches through Orthanc's DICOMweb plugin (name wildcard, patient ID, date range
 and modality; p50/p95), the time from starting Orthanc to its first answered search,
@@ -37,7 +37,7 @@ from appliance.layout import HomeLayout
 from appliance.store.orthanc import DICOMWEB_ROOT, orthanc_auth_header
 from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
 from bench.harness import REPO, free_port, machine, markdown_table, run_in_workdir
-from bench.pg_cluster import DATABASE, Cluster, pg_cluster
+from bench.pg import DATABASE, PgServer, throwaway_pg_server
 from bench.scale import plan_study, study_size
 from bench.synthetic import write_small_study
 
@@ -137,7 +137,7 @@ def latency(orthanc: Orthanc, query: str, requests_count: int) -> dict[str, floa
     return {"p50": round(statistics.median(times), 1), "p95": round(cuts[18], 1)}
 
 
-def index_bytes(settings: Settings, cluster: Cluster | None) -> int:
+def index_bytes(settings: Settings, cluster: PgServer | None) -> int:
     """The index on disk: SQLite's files, or the PostgreSQL database's size."""
     if cluster is None:
         folder = HomeLayout(settings.home).orthanc_dir / "index"
@@ -146,18 +146,18 @@ def index_bytes(settings: Settings, cluster: Cluster | None) -> int:
 
 
 @contextlib.contextmanager
-def index_home(kind: str, workdir: Path) -> Iterator[tuple[Settings, Cluster | None]]:
+def index_home(kind: str, workdir: Path) -> Iterator[tuple[Settings, PgServer | None]]:
     """A fresh home with Orthanc's index of ``kind`` (and its cluster)."""
     home = workdir / kind / "home"
     values: dict[str, object] = {"orthanc_port": free_port()}
     with contextlib.ExitStack() as stack:
-        cluster = stack.enter_context(pg_cluster(durable=True)) if kind == "postgresql" else None
+        cluster = stack.enter_context(throwaway_pg_server()) if kind == "postgresql" else None
         if cluster is not None:
-            values |= cluster.index_settings()
+            values |= cluster.settings()
         settings = load_settings(home, values, environ={})
         init_home(settings)
         if cluster is not None:
-            cluster.serve(settings)
+            cluster.create_owner(settings.orthanc_db_password_path.read_text().strip())
         yield settings, cluster
 
 
@@ -220,7 +220,7 @@ def render(results: dict[str, Any]) -> str:
         "# Orthanc's index: SQLite vs PostgreSQL (bench/orthanc_index.py)",
         "",
         f"Orthanc 1.10.1 alone, configured by the appliance; PostgreSQL 15 with "
-        "orthanc-postgresql 4.0 on a cluster of the bench's own on loopback (fsync on, "
+        "orthanc-postgresql 4.0 on a server of the bench's own on loopback (fsync on, "
         "defaults otherwise), same machine, same files in the same order. "
         f"{m['nproc']} cores, {m['cpu_model']}; load average before "
         f"{load['before'][0]:.1f}, after {load['after'][0]:.1f}. Store: REST POST with "

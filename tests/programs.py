@@ -71,7 +71,7 @@ REQUIRED: tuple[Program, ...] = (
     ),
     *_programs(
         "postgresql-15",
-        "throwaway PostgreSQL clusters (bench/pg_cluster.py)",
+        "throwaway PostgreSQL clusters (bench/pg.py)",
         "/usr/lib/postgresql/15/bin/initdb",
         "/usr/lib/postgresql/15/bin/pg_ctl",
         "/usr/lib/postgresql/15/bin/postgres",

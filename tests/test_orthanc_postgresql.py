@@ -1,6 +1,6 @@
 """Orthanc's index in PostgreSQL (``[orthanc] index = "postgresql"``), on this host.
 
-The appliance runs against a throwaway PostgreSQL 15 cluster (bench/pg_cluster.py) set up
+The appliance runs against a throwaway PostgreSQL 15 cluster (bench/pg.py) set up
 as docs/install-clinic.md tells a clinic's IT person: a role with the password the
 appliance generated at first start, and a database it owns. A CT series goes in through
 the DICOM port (dcmtk's storescu) and comes back through the gateway: QIDO by patient
@@ -32,7 +32,7 @@ from appliance.store import orthanc_index
 from appliance.store.orthanc_index import POSTGRESQL_PACKAGE, POSTGRESQL_PLUGIN
 from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.harness import ACCEPT, split_multipart
-from bench.pg_cluster import DATABASE, pg_cluster
+from bench.pg import DATABASE, throwaway_pg_server
 from bench.synthetic import make_slices, write_series
 
 pytestmark = pytest.mark.slow
@@ -42,17 +42,17 @@ SLICES = 6
 
 @pytest.fixture(scope="module")
 def cluster():
-    with pg_cluster() as made:
+    with throwaway_pg_server() as made:
         yield made
 
 
 @pytest.fixture(scope="module")
 def running(cluster, tmp_path_factory):
     """The appliance on the cluster, with a CT series stored: (appliance, series, slices)."""
-    appliance = make_appliance(tmp_path_factory.mktemp("pg"), **cluster.index_settings())
+    appliance = make_appliance(tmp_path_factory.mktemp("pg"), **cluster.settings())
     password_file = appliance.settings.orthanc_db_password_path
     assert password_file.stat().st_mode & 0o777 == 0o600
-    cluster.serve(appliance.settings)
+    cluster.create_owner(password_file.read_text().strip())
     appliance.start()
     slices = make_slices(SLICES)
     series = write_series(tmp_path_factory.mktemp("series"), slices)
@@ -128,16 +128,15 @@ def test_postgresql_set_up_as_documented_is_not_reachable_from_another_machine()
     """listen_addresses = 'localhost' (docs/install-clinic.md): the server namespace's
     loopback reaches it (the control), a client namespace does not."""
     require_netns()
-    with (
-        host_pair(subnet="198.18.79") as pair,
-        pg_cluster(pair.exec_prefix(pair.server), listen="localhost") as server,
-    ):
-        probe = ("import sys; from appliance.store.orthanc_index import server_answers as a;"
-                 f"print(a(sys.argv[1], {server.port}))")  # fmt: skip
+    with host_pair(subnet="198.18.79") as pair:
+        prefix = tuple(pair.exec_prefix(pair.server))
+        with throwaway_pg_server(prefix=prefix, listen="localhost") as server:
+            probe = ("import sys; from appliance.store.orthanc_index import server_answers as a;"
+                     f"print(a(sys.argv[1], {server.port}))")  # fmt: skip
 
-        def answers(namespace: str, host: str) -> str:
-            return pair.run(namespace, sys.executable, "-c", probe, host).stdout.strip()
+            def answers(namespace: str, host: str) -> str:
+                return pair.run(namespace, sys.executable, "-c", probe, host).stdout.strip()
 
-        assert answers(pair.server, "127.0.0.1") == "True"
-        assert answers(pair.server, pair.server_ip) == "False"
-        assert answers(pair.client, pair.server_ip) == "False"
+            assert answers(pair.server, "127.0.0.1") == "True"
+            assert answers(pair.server, pair.server_ip) == "False"
+            assert answers(pair.client, pair.server_ip) == "False"

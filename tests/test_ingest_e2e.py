@@ -21,7 +21,7 @@ from samples import TEST_FILES, renamed_copy
 from appliance.db import open_database
 from appliance.ingest.modalities import add_modality, remove_modality
 from appliance.layout import HomeLayout
-from appliance.transcode import codec
+from appliance.transcode import pixels
 from bench.synthetic import make_slices, write_series
 
 pytestmark = pytest.mark.slow
@@ -110,7 +110,7 @@ def test_every_transfer_syntax_is_stored_with_identical_pixels(
     if action == "kept":  # the very bytes the modality sent
         assert back.PixelData == ds.PixelData
     else:  # the original decoded as the worker does (its lossless JPEG / JPEG-LS plugin)
-        assert codec.DECODER_DEPENDENCIES
+        assert pixels.DECODER_DEPENDENCIES
         assert np.array_equal(back.pixel_array, ds.pixel_array)
 
 

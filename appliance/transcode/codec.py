@@ -1,7 +1,7 @@
 """Transcode any incoming DICOM object to HTJ2K lossless, verified, or say why it is kept.
 
 Pixels are decoded once with pydicom (pylibjpeg-openjpeg for JPEG 2000, imagecodecs for
-lossless JPEG and JPEG-LS, registered below as a pydicom decoding plugin), every frame is
+lossless JPEG and JPEG-LS, registered in :mod:`appliance.transcode.pixels`), every frame is
 encoded with OpenJPH through ``imagecodecs.htj2k_encode`` (reversible 5/3 wavelet, RPCL,
 one tile-part per resolution, TLM markers, at least 5 decomposition levels and more for
 images over 2048 pixels: the shape PS3.5 10.18 asks of HTJ2K with RPCL Options, see
@@ -30,24 +30,26 @@ from __future__ import annotations
 import copy
 import io
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import imagecodecs
 import numpy as np
 import pydicom
 from pydicom import uid as tsuid
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
-from pydicom.pixels import get_decoder
+from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.uid import UID
 
 from appliance.transcode.codestream import colour_transform, decomposition_levels
-
-if TYPE_CHECKING:
-    from pydicom.pixels.decoders.base import DecodeRunner
+from appliance.transcode.pixels import (
+    TranscodeError,
+    decode_all,
+    encapsulated_frames,
+    native_frames,
+    sop_of,
+    verified_htj2k_frames,
+)
 
 TARGET_SYNTAX = tsuid.HTJ2KLossless
 
@@ -83,56 +85,6 @@ HTJ2K_ENCODE_OPTIONS = {
 _MAX_BOT_OFFSET = 2**32 - 1
 _WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 _VERIFIER = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="htj2k-verify")
-
-# pydicom decoding plugin interface (see pydicom's "decoder plugins" guide): pydicom has
-# no decoder for lossless JPEG or JPEG-LS unless GPL libjpeg or pyjpegls is installed;
-# imagecodecs (already a dependency) decodes both.
-DECODER_DEPENDENCIES = {
-    tsuid.JPEGLossless: ("imagecodecs",),
-    tsuid.JPEGLosslessSV1: ("imagecodecs",),
-    tsuid.JPEGLSLossless: ("imagecodecs",),
-}
-
-
-def is_available(uid: str) -> bool:
-    """Tell pydicom whether this module can decode ``uid`` (decoding plugin hook).
-
-    Parameters
-    ----------
-    uid
-        A transfer syntax UID.
-
-    Returns
-    -------
-    bool
-        True for lossless JPEG (process 14) and lossless JPEG-LS.
-    """
-    return uid in DECODER_DEPENDENCIES
-
-
-def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
-    """Decode one lossless JPEG or JPEG-LS frame for pydicom (decoding plugin hook)."""
-    if runner.transfer_syntax == tsuid.JPEGLSLossless:
-        arr = imagecodecs.jpegls_decode(src)
-    else:
-        arr = imagecodecs.jpegsof3_decode(src)
-    runner.set_option("planar_configuration", 0)
-    runner.set_option("bits_allocated", 8 * arr.dtype.itemsize)
-    return arr.tobytes()
-
-
-def _register_decoding_plugin() -> None:
-    for uid in DECODER_DEPENDENCIES:
-        decoder = get_decoder(uid)
-        if "imagecodecs" not in decoder.available_plugins:
-            decoder.add_plugin("imagecodecs", (__name__, "_decode_frame"))
-
-
-_register_decoding_plugin()
-
-
-class TranscodeError(Exception):
-    """Pixel data could not be decoded, encoded or verified; the message names the SOP."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +165,7 @@ def transcode_to_htj2k(ds: Dataset) -> TranscodeResult:
     reason = _keep_reason(ds, syntax)
     if reason is not None:
         return _kept(ds, syntax, reason)
-    arr, photometric = _decode_all(ds, syntax)
+    arr, photometric = decode_all(ds, syntax)
     reason = _photometric_reason(photometric, arr)
     if reason is not None:
         return _kept(ds, syntax, reason)
@@ -225,7 +177,7 @@ def transcode_to_htj2k(ds: Dataset) -> TranscodeResult:
     out = _htj2k_dataset(ds, codestreams, "YBR_RCT" if rct else photometric)
     for index, check in enumerate(checks, start=1):
         if (error := check.result()) is not None:
-            raise TranscodeError(f"{_sop(ds)}: frame {index}: {error}")
+            raise TranscodeError(f"{sop_of(ds)}: frame {index}: {error}")
     return TranscodeResult(out, True, None, str(TARGET_SYNTAX), codestreams, arr[0])
 
 
@@ -247,15 +199,11 @@ def dataset_to_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def _sop(ds: Dataset) -> str:
-    return str(ds.get("SOPInstanceUID", "<no SOP Instance UID>"))
-
-
 def _transfer_syntax(ds: Dataset) -> UID:
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if not syntax:
-        raise TranscodeError(f"{_sop(ds)}: no (0002,0010) Transfer Syntax UID in file meta")
+        raise TranscodeError(f"{sop_of(ds)}: no (0002,0010) Transfer Syntax UID in file meta")
     return UID(syntax)
 
 
@@ -289,27 +237,11 @@ def _photometric_reason(photometric: str, arr: np.ndarray) -> str | None:
     return f"Photometric Interpretation {photometric} is not transcoded"
 
 
-def _decode_all(ds: Dataset, syntax: UID) -> tuple[np.ndarray, str]:
-    """All frames as (frames, rows, columns[, samples]) and their photometric."""
-    try:
-        arr, meta = get_decoder(syntax).as_array(ds, as_rgb=False)
-    except Exception as exc:  # pydicom raises many types for bad or truncated data
-        raise TranscodeError(f"{_sop(ds)}: cannot decode {syntax.name} pixel data: {exc}") from exc
-    samples = int(meta["samples_per_pixel"])
-    shape = (int(meta["number_of_frames"]), int(meta["rows"]), int(meta["columns"]))
-    arr = arr.reshape(shape + ((samples,) if samples > 1 else ()))
-    kind = "i" if ds.get("PixelRepresentation", 0) else "u"
-    dtype = np.dtype(f"{kind}{ds.BitsAllocated // 8}")
-    if arr.dtype != dtype:
-        arr = arr.astype(dtype)
-    return arr, str(meta["photometric_interpretation"])
-
-
 def _encode(frame: np.ndarray, rct: bool, ds: Dataset) -> bytes:
     try:
         return _htj2k_encode(frame, rct)
     except imagecodecs.Htj2kError as exc:
-        raise TranscodeError(f"{_sop(ds)}: HTJ2K encoding failed: {exc}") from exc
+        raise TranscodeError(f"{sop_of(ds)}: HTJ2K encoding failed: {exc}") from exc
 
 
 def _htj2k_encode(frame: np.ndarray, rct: bool) -> bytes:
@@ -412,49 +344,9 @@ def _kept(ds: Dataset, syntax: UID, reason: str) -> TranscodeResult:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         frames = []
     elif syntax in _HTJ2K_LOSSLESS:
-        frames, pixels = _verified_htj2k_frames(ds)
+        frames, pixels = verified_htj2k_frames(ds)
     elif syntax.is_encapsulated:
-        frames = list(_encapsulated_frames(ds))
+        frames = list(encapsulated_frames(ds))
     else:
-        frames = _native_frames(ds, syntax)
+        frames = native_frames(ds, syntax)
     return TranscodeResult(ds, False, reason, str(syntax), frames, pixels)
-
-
-def _encapsulated_frames(ds: Dataset) -> Iterator[bytes]:
-    eot = ds.get("ExtendedOffsetTable")
-    offsets = (eot, ds.ExtendedOffsetTableLengths) if eot is not None else None
-    nr_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    return generate_frames(ds.PixelData, number_of_frames=nr_frames, extended_offsets=offsets)
-
-
-def _verified_htj2k_frames(ds: Dataset) -> tuple[list[bytes], np.ndarray]:
-    """Frames of a received HTJ2K lossless dataset, each checked to decode."""
-    expected = (ds.Rows, ds.Columns) + ((ds.SamplesPerPixel,) if ds.SamplesPerPixel > 1 else ())
-    frames = list(_encapsulated_frames(ds))
-    first = None
-    for index, frame in enumerate(frames, start=1):
-        try:
-            decoded = imagecodecs.htj2k_decode(frame, planar=False)
-        except imagecodecs.Htj2kError as exc:
-            raise TranscodeError(f"{_sop(ds)}: HTJ2K frame {index} does not decode") from exc
-        if decoded.shape != expected:
-            raise TranscodeError(
-                f"{_sop(ds)}: HTJ2K frame {index} is {decoded.shape}, expected {expected}"
-            )
-        first = decoded if first is None else first
-    return frames, first
-
-
-def _native_frames(ds: Dataset, syntax: UID) -> list[bytes]:
-    """Little endian bytes of each frame of a native dataset, as stored."""
-    decoder = get_decoder(syntax)
-    try:
-        if syntax.is_little_endian and ds.get("BitsAllocated") != 1:
-            return [bytes(buf) for buf, _ in decoder.iter_buffer(ds)]
-        arr, meta = decoder.as_array(ds, raw=True, correct_unused_bits=False)
-    except Exception as exc:  # pydicom raises many types for bad or truncated data
-        raise TranscodeError(f"{_sop(ds)}: cannot read {syntax.name} pixel data: {exc}") from exc
-    arr = arr.reshape(int(meta["number_of_frames"]), -1)
-    if ds.get("BitsAllocated") == 1:
-        return [np.packbits(frame, bitorder="little").tobytes() for frame in arr]
-    return [frame.astype(frame.dtype.newbyteorder("<"), copy=False).tobytes() for frame in arr]

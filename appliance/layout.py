@@ -102,7 +102,7 @@ class HomeLayout:
 
     @property
     def workers_lock_file(self) -> Path:
-        """Every running worker holds a shared lock on it (appliance.transcode.worker)."""
+        """Every running worker holds a shared lock on it (appliance.jobs.worker)."""
         return self.run_dir / "workers.lock"
 
     @property

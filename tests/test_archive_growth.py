@@ -23,7 +23,7 @@ from appliance.fhir.index import search_studies as fhir_search
 from appliance.fhir.query import parse_search
 from appliance.health.path_checks import _latest_instance
 from appliance.ingest.journal import Journal
-from appliance.store.retention import expired_studies
+from appliance.lifecycle.retention import expired_studies
 from appliance.store.worklist import WorklistQuery
 from appliance.store.worklist import search_studies as worklist_page
 

@@ -46,10 +46,10 @@ from appliance.backup.status import next_backup, read_status
 from appliance.cli import cli as neuronova_cli
 from appliance.config import load_settings
 from appliance.errors import ConfigError
+from appliance.jobs.queue import create_queue
+from appliance.jobs.work import worker_work
 from appliance.layout import HomeLayout
 from appliance.store.orthanc import OrthancStore
-from appliance.transcode.pipeline import Pipeline
-from appliance.transcode.queue import create_queue
 from bench.synthetic import Series, make_slices, write_series
 
 SLICES = 5
@@ -279,7 +279,7 @@ def test_daily_backup_goes_off_site_and_restores_from_there(
                                    backup_rclone_config=str(sftp.config))  # fmt: skip
     # The periodic task's own function, with the worker's work behind it (the consumer
     # calls this at [backup] time; test_huey_fires_... checks that it does).
-    task = create_queue(settings, work=lambda: Pipeline(settings)).backup
+    task = create_queue(settings, work=worker_work(settings)).backup
     assert task.call_local() is True
     record = read_status(layout)
     assert record["ok"] and record["remote"] == REMOTE and record["remote_snapshots"] == 1

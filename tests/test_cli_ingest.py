@@ -26,8 +26,8 @@ from appliance.db import open_database
 from appliance.ingest.importer import UnusableFile, read_object
 from appliance.ingest.intake import Ingest
 from appliance.ingest.journal import Journal
+from appliance.jobs.queue import create_queue
 from appliance.security import audit
-from appliance.transcode.queue import create_queue
 
 DICOMDIR = TEST_FILES / "dicomdirtests" / "DICOMDIR"
 # Distinct SOP Instance UIDs, three transfer syntaxes.
@@ -49,7 +49,7 @@ def rows(home: Path, sql: str, args: list | None = None) -> list[tuple]:
 
 def accept(settings: Settings, *names: str) -> list[str]:
     """Accept pydicom test files the way the receiver does; returns their SOP UIDs."""
-    ingest = Ingest(settings)
+    ingest = Ingest(settings, create_queue(settings))
     uids = []
     for name in names:
         data = (TEST_FILES / name).read_bytes()

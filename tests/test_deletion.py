@@ -22,13 +22,14 @@ from appliance.config import load_settings
 from appliance.db import now_iso, open_database
 from appliance.home import init_home
 from appliance.ingest.intake import Ingest
+from appliance.jobs.queue import create_queue
+from appliance.jobs.work import worker_work
 from appliance.layout import HomeLayout
-from appliance.store.deletion import StudyDeletionError, delete_study
+from appliance.lifecycle.deletion import StudyDeletionError, delete_study
+from appliance.lifecycle.retention import cutoff, expired_studies
 from appliance.store.frame_files import remove_study_files
 from appliance.store.orthanc import OrthancStore
-from appliance.store.retention import cutoff, expired_studies
 from appliance.transcode.pipeline import Pipeline
-from appliance.transcode.queue import create_queue
 from bench.synthetic import make_slices, write_series
 
 STUDY, OTHER = "1.2.3.4", "1.2.3.5"
@@ -60,7 +61,7 @@ def settings(tmp_path: Path):
 
 @pytest.fixture
 def ingest(settings) -> Ingest:
-    return Ingest(settings)
+    return Ingest(settings, create_queue(settings))
 
 
 def receive(ingest: Ingest, ds: pydicom.Dataset):
@@ -98,7 +99,7 @@ def test_retention_is_off_by_default_and_expires_by_study_date_or_received(tmp_p
     def home(name: str, **values: object):
         settings = load_settings(tmp_path / name, values, environ={})
         init_home(settings)
-        ingest = Ingest(settings)
+        ingest = Ingest(settings, create_queue(settings))
         for date in ("19990101", "20250101", ""):
             ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
             ds.StudyInstanceUID, ds.SOPInstanceUID = f"1.2.{date or 0}", f"1.2.{date or 0}.1"
@@ -123,8 +124,8 @@ def test_the_worker_runs_retention_hourly_and_keeps_what_orthanc_cannot_delete(s
     assert not queue.retention.task_class().validate_datetime(dt.datetime(2026, 1, 1, 5, 18))
     receive(ingest, pydicom.dcmread(TEST_FILES / "CT_small.dcm"))  # StudyDate 20040119
     on = dataclasses.replace(settings, retention_years=1)
-    pipeline = Pipeline(on, ingest.journal)
-    assert create_queue(on, work=lambda: pipeline).retention.call_local() == 0  # Orthanc down
+    work = worker_work(on, ingest.journal)
+    assert create_queue(on, work=work).retention.call_local() == 0  # Orthanc down
     assert ingest.journal.read(lambda db: db["studies"].count) == 1
 
 

@@ -28,8 +28,8 @@ from appliance.health.doctor import (
 )
 from appliance.health.probes import WORKER_HEARTBEAT_MAX_AGE
 from appliance.health.sockets import listeners
+from appliance.jobs.queue import create_queue
 from appliance.layout import HomeLayout
-from appliance.transcode.queue import create_queue
 from bench.synthetic import make_slices, write_series
 
 PASSWORD = "doctor-test-pass-1"

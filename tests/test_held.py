@@ -17,6 +17,7 @@ from appliance.config import ConfigError, load_settings
 from appliance.db import open_database
 from appliance.home import init_home
 from appliance.ingest.intake import HeldError, Ingest
+from appliance.jobs.queue import create_queue
 from appliance.layout import HomeLayout
 from appliance.security.users import create_user
 from appliance.web.app import create_app
@@ -54,7 +55,7 @@ def ct(**attributes: str) -> pydicom.Dataset:
     ],
 )
 def test_what_each_policy_holds(settings, policy, same_source, other_source, other_patient):
-    ingest = Ingest(settings)
+    ingest = Ingest(settings, create_queue(settings))
     assert receive(ingest, ct(), "dicom:CT_A", policy) is None
 
     def outcome(ds: pydicom.Dataset, source: str) -> str:
@@ -70,7 +71,7 @@ def test_what_each_policy_holds(settings, policy, same_source, other_source, oth
 
 
 def test_a_held_object_survives_recovery_untouched(settings):
-    ingest = Ingest(settings)
+    ingest = Ingest(settings, create_queue(settings))
     receive(ingest, ct(), "dicom:CT_A", "same-source")
     refusal = receive(ingest, ct(), "dicom:CT_B", "same-source")
     assert refusal.comment == "Refused: the instance is archived from another source"
@@ -88,7 +89,7 @@ async def test_admins_list_accept_and_discard_held_objects(aiohttp_client, setti
     db = open_database(HomeLayout(settings.home).database_file)
     create_user(db, "boss", "admin", PASSWORD)
     create_user(db, "rad", "radiologist", PASSWORD)
-    ingest = Ingest(settings)
+    ingest = Ingest(settings, create_queue(settings))
     receive(ingest, ct(), "dicom:CT_A", "same-source")
     receive(ingest, ct(), "dicom:CT_B", "same-source")
     receive(ingest, ct(PatientID="OTHER"), "dicom:CT_A", "same-source")
@@ -118,7 +119,7 @@ async def test_admins_list_accept_and_discard_held_objects(aiohttp_client, setti
 
 
 def test_a_held_object_whose_file_is_gone_is_a_clear_error(settings):
-    ingest = Ingest(settings)
+    ingest = Ingest(settings, create_queue(settings))
     receive(ingest, ct(), "dicom:CT_A", "never")
     receive(ingest, ct(), "dicom:CT_A", "never")
     row = ingest.journal.held()[0]
@@ -132,7 +133,7 @@ def test_an_import_is_held_by_the_policy_like_a_modality(settings, tmp_path):
     CD cannot replace what a modality sent, nor rename an archived study's patient; an
     import run again over its own objects still goes through (same source)."""
     cli = CliRunner()
-    ingest = Ingest(settings)
+    ingest = Ingest(settings, create_queue(settings))
     receive(ingest, ct(), "dicom:CT_A", "same-source")
     cd = tmp_path / "cd"
     cd.mkdir()

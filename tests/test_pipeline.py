@@ -21,10 +21,10 @@ from appliance.home import init_home
 from appliance.ingest.intake import SETTLE_SECONDS, Ingest
 from appliance.ingest.journal import Journal
 from appliance.ingest.spool import STALE_PARTIAL
+from appliance.jobs.queue import create_queue
 from appliance.layout import HomeLayout
 from appliance.transcode import pipeline as pipeline_module
 from appliance.transcode.pipeline import Pipeline
-from appliance.transcode.queue import create_queue
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The queue monitor (appliance.transcode.monitor): tasks by kind from Huey, the journal
+"""The queue monitor (appliance.jobs.monitor): tasks by kind from Huey, the journal
 and the workers' activity; ``/api/admin/queue`` and its retry; the slow test fails an
 object for real in the running appliance, fixes it and retries it from the API."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
@@ -25,18 +26,20 @@ from appliance.config import Settings, load_settings
 from appliance.db import open_database
 from appliance.home import init_home
 from appliance.ingest.intake import Ingest
-from appliance.layout import HomeLayout
-from appliance.security import audit
-from appliance.security.users import create_user
-from appliance.transcode import monitor as monitor_module
-from appliance.transcode.activity import (
+from appliance.ingest.journal import Journal
+from appliance.jobs import monitor as monitor_module
+from appliance.jobs.activity import (
     LIVE_FOR_S,
     TaskActivity,
     activity_dir,
     forget_stopped_workers,
 )
-from appliance.transcode.monitor import QueueMonitor, on
-from appliance.transcode.queue import Queue, create_queue
+from appliance.jobs.monitor import QueueMonitor, on
+from appliance.jobs.queue import Queue, create_queue
+from appliance.jobs.work import worker_work
+from appliance.layout import HomeLayout
+from appliance.security import audit
+from appliance.security.users import create_user
 from appliance.web.app import create_app
 from appliance.web.queue import MAX_RETRY_UIDS
 
@@ -60,6 +63,11 @@ def accept(settings: Settings, queue: Queue) -> tuple[str, str]:
     ingest.accept(_bytes(ds), ds, source="test")
     sop = str(ds.SOPInstanceUID)
     return sop, ingest.journal.db["instances"].get(sop)["spool_path"]
+
+
+def journal(settings: Settings) -> Journal:
+    """The home's ingest journal."""
+    return Journal(HomeLayout(settings.home).database_file)
 
 
 def _bytes(ds: pydicom.Dataset) -> bytes:
@@ -137,7 +145,8 @@ def test_running_tasks_and_last_outcomes_come_from_the_workers(settings: Setting
     layout = HomeLayout(settings.home)
     activity = TaskActivity.for_this_process(layout)
     work = BrokenWork(activity)
-    queue = create_queue(settings, work=lambda: work)
+    failing = replace(worker_work(settings), apply_retention=work.apply_retention)
+    queue = create_queue(settings, work=failing)
     activity.attach(queue.huey)
     queue.huey.execute(queue.retention.task_class())  # as the consumer runs a periodic task
     assert work.running_seen == {"retention": 1}
@@ -173,7 +182,7 @@ def test_a_redis_queue_is_read_through_the_same_api(
 
 def test_an_unreachable_queue_still_shows_the_failed_objects(settings: Settings) -> None:
     sop, spool = accept(settings, create_queue(settings))
-    Ingest(settings).journal.fail(sop, spool, "cannot read the spooled object")
+    journal(settings).fail(sop, spool, "cannot read the spooled object")
     nothing_there = load_settings(
         settings.home, {"redis_url": f"redis://127.0.0.1:{free_port()}/0"}, environ={}
     )
@@ -185,7 +194,7 @@ def test_an_unreachable_queue_still_shows_the_failed_objects(settings: Settings)
 
 def test_ingest_status_prints_the_queue_by_kind_and_retry_is_audited(settings: Settings) -> None:
     sop, spool = accept(settings, create_queue(settings))
-    Ingest(settings).journal.fail(sop, spool, "Orthanc refused it")
+    journal(settings).fail(sop, spool, "Orthanc refused it")
     runner = CliRunner()
     home = ["--home", str(settings.home)]
     shown = runner.invoke(cli, ["ingest", "status", *home])
@@ -248,7 +257,7 @@ async def test_retry_refuses_bad_input_with_a_json_reason(client, body, error) -
 
 async def test_queue_api_is_for_admins_and_retry_is_audited(client, settings: Settings) -> None:
     sop, spool = accept(settings, create_queue(settings))
-    Ingest(settings).journal.fail(sop, spool, "Orthanc refused it")
+    journal(settings).fail(sop, spool, "Orthanc refused it")
     reader = await bearer(client, "rad")
     assert (await client.get("/api/admin/queue", headers=reader)).status == 403
     denied = await client.post("/api/admin/queue/retry", json={"all": True}, headers=reader)
@@ -274,7 +283,7 @@ async def test_queue_api_is_for_admins_and_retry_is_audited(client, settings: Se
 
 async def test_retry_with_the_queue_storage_down_is_a_503(aiohttp_client, settings) -> None:
     sop, spool = accept(settings, create_queue(settings))
-    Ingest(settings).journal.fail(sop, spool, "Orthanc refused it")
+    journal(settings).fail(sop, spool, "Orthanc refused it")
     down = load_settings(
         settings.home, {"redis_url": f"redis://127.0.0.1:{free_port()}/0"}, environ={}
     )
@@ -299,7 +308,7 @@ def test_a_failed_object_shows_with_its_reason_and_comes_back_on_retry(appliance
     repaired, the System page's retry stores it."""
     ds = renamed_copy(CT, tmp_path / "ct.dcm")
     settings = appliance.settings
-    ingest = Ingest(settings)
+    ingest = Ingest(settings, create_queue(settings))
     ingest.accept(b"DICM but not really", ds, source="test")
     sop = ds.SOPInstanceUID
 

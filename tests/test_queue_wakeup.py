@@ -1,5 +1,5 @@
 """The queue worker takes new work up when it is queued, not at its next poll
-(appliance.transcode.wakeup): Huey's real consumer on the real SQLite queue, the task
+(appliance.jobs.wakeup): Huey's real consumer on the real SQLite queue, the task
 queued by another process as the receiver queues it."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from conftest import wait_for
 from huey import Huey
 
 from appliance.config import Settings, load_settings
-from appliance.transcode.queue import create_queue
-from appliance.transcode.wakeup import Wakeup
+from appliance.jobs.queue import create_queue
+from appliance.jobs.wakeup import Wakeup
 
 AN_HOUR = 3600.0
 

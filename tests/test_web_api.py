@@ -17,6 +17,7 @@ from appliance.config import load_settings
 from appliance.db import open_database
 from appliance.home import init_home
 from appliance.ingest.intake import Ingest
+from appliance.jobs.queue import create_queue
 from appliance.layout import HomeLayout
 from appliance.security import audit
 from appliance.security.users import create_user
@@ -272,7 +273,7 @@ async def test_modality_allow_list_api(client):
 
 def _ingest_copies(settings, count: int) -> None:
     """Journal ``count`` studies (copies of CT_small with new UIDs), as the receiver would."""
-    ingest = Ingest(settings)
+    ingest = Ingest(settings, create_queue(settings))
     for n in range(count):
         ds = pydicom.dcmread(CT)
         ds.StudyInstanceUID = f"1.2.826.0.1.3680043.10.1.{n}"

@@ -15,10 +15,10 @@ from appliance.cli.options import home_option, settings_from
 from appliance.db import open_database
 from appliance.health.doctor import EXIT_CODES, FAIL, OK, Check, overall, report, run_doctor
 from appliance.home import require_initialized
+from appliance.jobs.queue import create_queue
 from appliance.security.keys import read_secret
 from appliance.security.sessions import SessionStore
 from appliance.security.tokens import TokenService
-from appliance.transcode.queue import create_queue
 
 COLOURS = {OK: "green", FAIL: "red"}
 HTTP_TIMEOUT = 5.0

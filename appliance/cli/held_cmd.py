@@ -14,15 +14,16 @@ import click
 
 from appliance.cli.options import audit_admin_change, home_option, settings_from
 from appliance.config import Settings
+from appliance.health.probes import worker_running
 from appliance.home import require_initialized
-from appliance.ingest.importer import worker_running
 from appliance.ingest.intake import Ingest
+from appliance.jobs.queue import create_queue
 
 
 def _open(home: Path | None) -> tuple[Settings, Ingest]:
     settings = settings_from(home)
     require_initialized(settings)
-    return settings, Ingest(settings)
+    return settings, Ingest(settings, create_queue(settings))
 
 
 @click.group()

@@ -8,8 +8,11 @@ import click
 
 from appliance.cli.options import home_option, settings_from
 from appliance.config import Settings
+from appliance.health.probes import worker_running
 from appliance.home import require_initialized
-from appliance.ingest.importer import Importer, ImportFailure, ImportReport, worker_running
+from appliance.ingest.importer import Importer, ImportFailure, ImportReport
+from appliance.ingest.intake import Ingest
+from appliance.jobs.queue import create_queue
 
 MAX_FAILURE_LINES = 50
 
@@ -55,7 +58,7 @@ def import_(path: Path, home: Path | None, wait: bool, timeout: int) -> None:
     """
     settings = settings_from(home)
     require_initialized(settings)
-    importer = Importer(settings, path)
+    importer = Importer(settings, path, Ingest(settings, create_queue(settings)))
     with click.progressbar(
         importer.files(), label="Importing", show_pos=True, item_show_func=_name
     ) as progress:

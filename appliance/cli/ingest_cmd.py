@@ -11,11 +11,11 @@ import sqlite_utils
 
 from appliance.cli.options import audit_admin_change, home_option, limit_option, settings_from
 from appliance.db import open_database
+from appliance.health.probes import worker_running
 from appliance.home import require_initialized
-from appliance.ingest.importer import worker_running
 from appliance.ingest.intake import Ingest
-from appliance.transcode.monitor import AUDITED_UIDS, QueueMonitor, QueueState, failed_objects, on
-from appliance.transcode.queue import create_queue
+from appliance.jobs.monitor import AUDITED_UIDS, QueueMonitor, QueueState, failed_objects, on
+from appliance.jobs.queue import create_queue
 
 FAILED_SHOWN = 20
 STUDIES_SQL = """
@@ -194,7 +194,7 @@ def retry(sop_uids: tuple[str, ...], home: Path | None) -> None:
     """
     settings = settings_from(home)
     require_initialized(settings)
-    ingest = Ingest(settings)
+    ingest = Ingest(settings, create_queue(settings))
     again = ingest.retry_failed(list(sop_uids) or None)
     if again:
         with ingest.journal.transaction() as db:

@@ -99,7 +99,7 @@ def app(home: Path | None) -> None:
 @home_option
 def worker(home: Path | None) -> None:
     """The task-queue consumer (HTJ2K transcoding)."""
-    from appliance.transcode.worker import serve
+    from appliance.jobs.worker import serve
 
     serve(_settings(home))
 
@@ -109,8 +109,10 @@ def worker(home: Path | None) -> None:
 def receiver(home: Path | None) -> None:
     """The DICOM receiver (C-ECHO, C-STORE) on the DICOM port."""
     from appliance.ingest.receiver import serve
+    from appliance.jobs.queue import create_queue
 
-    serve(_settings(home, dicom_level=logging.WARNING))
+    settings = _settings(home, dicom_level=logging.WARNING)
+    serve(settings, create_queue(settings))
 
 
 @service.command("orthanc")

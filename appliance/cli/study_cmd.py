@@ -10,8 +10,8 @@ import click
 from appliance.cli.options import cli_user, home_option, settings_from
 from appliance.home import require_initialized
 from appliance.ingest.journal import Journal
-from appliance.store.deletion import delete_study
-from appliance.store.retention import apply_retention, expired_studies
+from appliance.lifecycle.deletion import delete_study
+from appliance.lifecycle.retention import apply_retention, expired_studies
 
 
 @click.group()

@@ -30,13 +30,13 @@ from appliance.config import Settings
 from appliance.db import Transactions, now_iso
 from appliance.fhir.assemble import pushed_imaging_study
 from appliance.fhir.resources import DICOM_UID_SYSTEM, FHIR_JSON
+from appliance.fhir.tasks import SETTLE
 from appliance.layout import HomeLayout
 from appliance.public_origin import public_origin
 from appliance.security.keys import read_secret
 
 log = logging.getLogger("neuronova.fhir")
 PENDING, PUSHED, FAILED, GONE = "pending", "pushed", "failed", "gone"
-SETTLE = 5.0  # seconds between a study's first change and its push: let the series land
 SWEEP_GRACE = 60.0  # seconds a pending push may be overdue before the sweep queues it
 SWEEP_LIMIT = 500
 MAX_ATTEMPTS = 10
@@ -154,6 +154,21 @@ class Pusher:
     def __init__(self, settings: Settings, journal: Transactions) -> None:
         """``journal`` runs the transactions on the app database (the ingest journal)."""
         self.settings, self.journal = settings, journal
+
+    def instance_stored(self, sop_uid: str) -> str | None:
+        """:func:`mark_stored` for a stored instance (nothing when ``[fhir] push_url`` is
+        off); the study whose push task to queue, if any."""
+        if not self.settings.fhir_push_url:
+            return None
+        with self.journal.transaction() as db:
+            return mark_stored(db, sop_uid)
+
+    def overdue(self) -> list[str]:
+        """:func:`overdue_pushes` (none when ``[fhir] push_url`` is off)."""
+        if not self.settings.fhir_push_url:
+            return []
+        with self.journal.transaction() as db:
+            return overdue_pushes(db)
 
     def push(self, study_uid: str) -> PushOutcome:
         """Push one study if it is pending; safe to run twice for the same study."""

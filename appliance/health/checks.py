@@ -12,8 +12,8 @@ import aiohttp
 import sqlite_utils
 
 from appliance.config import Settings
+from appliance.jobs.queue import Queue
 from appliance.layout import HomeLayout
-from appliance.transcode.queue import Queue
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 

@@ -38,8 +38,8 @@ from appliance.health.upkeep_checks import (
     check_token_failures,
     check_worker,
 )
+from appliance.jobs.queue import Queue
 from appliance.security.sessions import SessionStore
-from appliance.transcode.queue import Queue
 
 EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}
 PROBE_USER = "neuronova-doctor"

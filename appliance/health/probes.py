@@ -111,3 +111,8 @@ def probe_worker(settings: Settings) -> Report:
     if age > WORKER_HEARTBEAT_MAX_AGE:
         return error(f"no worker heartbeat for {age:.0f} s")
     return ok(heartbeat_age_s=round(age, 1))
+
+
+def worker_running(settings: Settings) -> bool:
+    """Whether a queue worker is consuming this home's queue now (its heartbeat is fresh)."""
+    return probe_worker(settings)["status"] == "ok"

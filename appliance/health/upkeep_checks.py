@@ -13,10 +13,10 @@ import sqlite_utils
 from appliance.backup.status import read_status
 from appliance.health.checks import FAIL, OK, WARN, Check, Context
 from appliance.health.probes import probe_worker
+from appliance.jobs.monitor import QueueMonitor
 from appliance.security import audit
 from appliance.security.tls.describe import EXPIRY_WARNING_DAYS, certificate_info
 from appliance.security.tls.files import TLSError
-from appliance.transcode.monitor import QueueMonitor
 
 # A CT series transcodes in seconds; an object waiting 10 min means the worker is behind,
 # an hour that it is stuck.

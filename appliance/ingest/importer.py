@@ -26,7 +26,6 @@ from pydicom.filereader import data_element_generator
 from pydicom.uid import DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 from appliance.config import Settings
-from appliance.health.probes import probe_worker
 from appliance.ingest.intake import Ingest
 from appliance.ingest.journal import FAILED, STORED, Received, describe
 from appliance.ingest.spool import SpoolFull
@@ -81,11 +80,6 @@ class ImportReport:
     def kept(self) -> int:
         """Stored objects kept as received (not transcoded)."""
         return self.stored - self.transcoded
-
-
-def worker_running(settings: Settings) -> bool:
-    """Whether a queue worker is consuming this home's queue now (its heartbeat is fresh)."""
-    return probe_worker(settings)["status"] == "ok"
 
 
 def find_files(root: Path, on_error: Callable[[Path, str], None]) -> list[Path]:
@@ -238,8 +232,8 @@ def _load(path: Path) -> tuple[bytes, Dataset, Received]:
 class Importer:
     """Imports files into one data home's pipeline, filling an :class:`ImportReport`."""
 
-    def __init__(self, settings: Settings, root: Path, ingest: Ingest | None = None) -> None:
-        self.ingest = ingest or Ingest(settings)
+    def __init__(self, settings: Settings, root: Path, ingest: Ingest) -> None:
+        self.ingest = ingest
         self.policy = settings.overwrite
         self.report = ImportReport(root)
         self._by_sop: dict[str, Path] = {}

@@ -10,6 +10,7 @@ import logging
 import time
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Protocol
 
 import pydicom
 
@@ -18,7 +19,6 @@ from appliance.errors import ApplianceError
 from appliance.ingest.journal import ALWAYS, Journal, Received, Refusal, describe
 from appliance.ingest.spool import Spool
 from appliance.layout import HomeLayout
-from appliance.transcode.queue import Queue, create_queue
 
 log = logging.getLogger("neuronova.ingest")
 SETTLE_SECONDS = 60
@@ -28,17 +28,30 @@ class HeldError(ApplianceError):
     """No such held object, or its file is gone."""
 
 
+class IngestQueue(Protocol):
+    """Where accepted objects go on: the task queue (:class:`appliance.jobs.queue.Queue`,
+    which the caller builds: the queue sits in a layer above ingest)."""
+
+    def enqueue_ingest(self, sop_uid: str, spool_path: str, delay: float | None = None) -> None:
+        """Queue the ingest of one spooled object."""
+        ...
+
+    def enqueue_images(self, sop_uid: str, spool_path: str) -> None:
+        """Queue the JPEGs of a stored instance."""
+        ...
+
+
 class Ingest:
     """The entry to the pipeline for one data home."""
 
     def __init__(
-        self, settings: Settings, journal: Journal | None = None, queue: Queue | None = None
+        self, settings: Settings, queue: IngestQueue, journal: Journal | None = None
     ) -> None:
         layout = HomeLayout(settings.home)
         self.spool = Spool(layout.spool_dir, min_free=settings.min_free_mb * 1024**2,
                            warn_free=settings.warn_free_bytes)  # fmt: skip
         self.journal = journal or Journal(layout.database_file)
-        self.queue = queue or create_queue(settings)
+        self.queue = queue
 
     def accept(
         self, data: bytes, ds: pydicom.Dataset, source: str, policy: str = ALWAYS

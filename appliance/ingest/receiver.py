@@ -28,7 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance import metrics
 from appliance.config import Settings
-from appliance.ingest.intake import Ingest
+from appliance.ingest.intake import Ingest, IngestQueue
 from appliance.ingest.journal import HEADER_KEYWORDS, Refusal
 from appliance.ingest.modalities import caller_allowed, list_modalities
 from appliance.ingest.part10 import scan_file
@@ -302,9 +302,10 @@ def receive_to_disk(spool: Spool) -> None:
     tempfile.tempdir = str(spool.incoming)
 
 
-def serve(settings: Settings) -> None:
-    """Listen on ``settings.bind:dicom_port`` until SIGTERM or SIGINT."""
-    ingest = Ingest(settings)
+def serve(settings: Settings, queue: IngestQueue) -> None:
+    """Listen on ``settings.bind:dicom_port`` until SIGTERM or SIGINT; what is received
+    goes on to ``queue``."""
+    ingest = Ingest(settings, queue)
     receive_to_disk(ingest.spool)
     ae = build_ae(settings)
     server = ae.start_server(

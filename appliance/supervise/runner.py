@@ -15,7 +15,7 @@ from appliance.health.probes import (
     probe_nginx,
     probe_orthanc,
     probe_receiver,
-    probe_worker,
+    worker_running,
 )
 from appliance.home import require_initialized
 from appliance.layout import HomeLayout
@@ -67,7 +67,7 @@ def build_specs(settings: Settings, session: aiohttp.ClientSession) -> list[Chil
         return (await probe_orthanc(settings, session))["status"] == "ok"
 
     async def worker_ready() -> bool:
-        return probe_worker(settings)["status"] == "ok"
+        return worker_running(settings)
 
     async def app_ready() -> bool:
         url = f"http://127.0.0.1:{settings.app_port}/api/health/live"

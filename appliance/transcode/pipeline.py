@@ -10,7 +10,6 @@ is recorded with its reason and kept for ``neuronova ingest retry``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import logging
 import threading
@@ -25,10 +24,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from appliance import metrics
-from appliance.backup.daily import run_daily_backup
 from appliance.config import Settings
 from appliance.db import now_iso
-from appliance.fhir.push import Pusher, PushOutcome, mark_stored, overdue_pushes
 from appliance.ingest.journal import FAILED, STORED, Journal, stored_in_series
 from appliance.layout import HomeLayout
 from appliance.store import series_metadata
@@ -38,7 +35,6 @@ from appliance.store.orthanc import (
     OrthancStore,
     OrthancUnavailable,
 )
-from appliance.store.retention import apply_retention
 from appliance.transcode.codec import (
     HTJ2K_ENCODE_OPTIONS,
     TranscodeError,
@@ -65,7 +61,6 @@ class Outcome:
     state: str
     retry_in: float | None = None
     images_later: bool = False
-    push_study: str | None = None  # a study to push to the FHIR server (appliance.fhir.push)
 
 
 class Pipeline:
@@ -73,7 +68,6 @@ class Pipeline:
 
     def __init__(self, settings: Settings, journal: Journal | None = None) -> None:
         layout = HomeLayout(settings.home)
-        self.settings = settings
         self.journal = journal or Journal(layout.database_file)
         self.frames_root = layout.frames_dir
         self.orthanc = OrthancStore(settings)
@@ -102,19 +96,7 @@ class Pipeline:
             )
             with self.journal.transaction() as db:
                 metrics.add(db, took)
-            if self.settings.fhir_push_url:
-                with self.journal.transaction() as db:
-                    study = mark_stored(db, sop_uid)
-                outcome = dataclasses.replace(outcome, push_study=study)
         return outcome
-
-    def push_study(self, study_uid: str) -> PushOutcome:
-        """Push a changed study to ``[fhir] push_url`` as ImagingStudy (idempotent)."""
-        return Pusher(self.settings, self.journal).push(study_uid)
-
-    def overdue_pushes(self) -> list[str]:
-        """The studies whose FHIR push is overdue (none when ``push_url`` is off)."""
-        return self.journal.read(overdue_pushes) if self.settings.fhir_push_url else []
 
     def _process_claimed(self, sop_uid: str, spool_path: str) -> Outcome:
         try:
@@ -224,14 +206,6 @@ class Pipeline:
             write_images(self.frames_root, ds, str(ds.file_meta.TransferSyntaxUID))
         self.journal.images_written(sop_uid, spool_path)
         return Outcome(STORED)
-
-    def apply_retention(self) -> int:
-        """Delete the studies ``[retention]`` expires; returns how many went."""
-        return len(apply_retention(self.settings, self.journal))
-
-    def daily_backup(self) -> bool | None:
-        """Take the daily backup per ``[backup]``; the result goes to the status file."""
-        return run_daily_backup(self.settings)
 
     def _retry(self, sop_uid: str, spool_path: str, error: str) -> Outcome:
         """Try again later with backoff. After :data:`MAX_ATTEMPTS` the object fails, but

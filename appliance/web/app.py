@@ -14,13 +14,13 @@ from appliance.config import Settings
 from appliance.db import open_database
 from appliance.errors import PortInUseError
 from appliance.ingest.intake import Ingest
+from appliance.jobs.queue import create_queue
 from appliance.layout import HomeLayout
 from appliance.metrics import Tally
 from appliance.security.audit import ReadLedger
 from appliance.security.keys import read_secret
 from appliance.security.sessions import SessionStore
 from appliance.security.tokens import TokenService
-from appliance.transcode.queue import create_queue
 from appliance.web import (
     admin,
     dicomweb,

@@ -8,12 +8,12 @@ from aiohttp import web
 
 from appliance.config import Settings
 from appliance.health.report import CachedHealth
+from appliance.jobs.queue import Queue
 from appliance.metrics import Tally
 from appliance.security.audit import ReadLedger
 from appliance.security.oauth import Discovery, StateStore
 from appliance.security.sessions import SessionStore
 from appliance.security.tokens import TokenService
-from appliance.transcode.queue import Queue
 from appliance.web.ingest import PipelineIngest
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -28,8 +28,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from appliance import metrics
 from appliance.backup.status import backup_age
+from appliance.jobs.monitor import INGEST, QueueState
 from appliance.layout import HomeLayout
-from appliance.transcode.monitor import INGEST, QueueState
 from appliance.web.auth import requires
 from appliance.web.errors import Handler
 from appliance.web.keys import DB, METRICS, SETTINGS

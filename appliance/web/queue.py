@@ -7,14 +7,14 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.security import audit
-from appliance.transcode.monitor import (
+from appliance.jobs.monitor import (
     AUDITED_UIDS,
     FAILED_SHOWN,
     STORAGE_ERRORS,
     QueueMonitor,
     QueueState,
 )
+from appliance.security import audit
 from appliance.uids import is_valid_uid
 from appliance.web.auth import identity, requires
 from appliance.web.errors import ApiError

@@ -7,7 +7,7 @@ import dataclasses
 
 from aiohttp import web
 
-from appliance.store.deletion import StudyDeletionError, StudyNotFound, delete_study
+from appliance.lifecycle.deletion import StudyDeletionError, StudyNotFound, delete_study
 from appliance.store.worklist import (
     WorklistQuery,
     WorklistQueryError,

@@ -1,6 +1,6 @@
 """Retention: studies older than ``[retention] years`` (off at 0, the default), by their
 StudyDate or by the date they were received, deleted like an admin's deletion
-(:mod:`appliance.store.deletion`), audited as user ``retention``.
+(:mod:`appliance.lifecycle.deletion`), audited as user ``retention``.
 
 A study without a StudyDate is never expired by ``study_date``. The queue's worker runs
 :func:`apply_retention` hourly when it is on; ``neuronova retention --dry-run`` lists what
@@ -15,7 +15,12 @@ from typing import Any
 
 from appliance.config import Settings
 from appliance.ingest.journal import Journal
-from appliance.store.deletion import DeletedStudy, StudyDeletionError, StudyNotFound, delete_study
+from appliance.lifecycle.deletion import (
+    DeletedStudy,
+    StudyDeletionError,
+    StudyNotFound,
+    delete_study,
+)
 
 log = logging.getLogger("neuronova.retention")
 RETENTION_USER = "retention"

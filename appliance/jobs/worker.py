@@ -11,10 +11,11 @@ from pathlib import Path
 
 from appliance.config import Settings
 from appliance.ingest.intake import Ingest
+from appliance.jobs.activity import TaskActivity, forget_stopped_workers
+from appliance.jobs.queue import Queue, create_queue
+from appliance.jobs.work import worker_work
 from appliance.layout import HomeLayout
-from appliance.transcode.activity import TaskActivity, forget_stopped_workers
-from appliance.transcode.pipeline import Pipeline, warm_up_codec
-from appliance.transcode.queue import Queue, create_queue
+from appliance.transcode.pipeline import warm_up_codec
 
 log = logging.getLogger("neuronova.worker")
 HEARTBEAT_INTERVAL = 2.0
@@ -62,7 +63,7 @@ def serve(settings: Settings) -> None:
     """
     os.nice(WORKER_NICENESS)
     warm_up_codec()  # before any worker thread runs the codec (see its docstring)
-    queue = create_queue(settings, work=lambda: Pipeline(settings))
+    queue = create_queue(settings, work=worker_work(settings))
     recover_beside_others(settings, queue)
     huey = queue.huey
     consumer = huey.create_consumer(

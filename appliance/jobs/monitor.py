@@ -7,7 +7,7 @@ One place computes the queue's state for ``neuronova ingest status``, the System
   scheduled (retries waiting for their time), counted by task name;
 - the ingest journal: received objects waiting or claimed, the oldest of them, objects
   whose JPEGs are still to come, and failed objects with their reason;
-- the workers' activity files (:mod:`appliance.transcode.activity`): tasks running and
+- the workers' activity files (:mod:`appliance.jobs.activity`): tasks running and
   each kind's last outcome; the backup status file for the last backup.
 
 Reading pending tasks unpickles each one (about 5 us); at most :data:`SCAN_LIMIT` are
@@ -29,9 +29,9 @@ from huey.api import TaskWrapper
 
 from appliance.backup.status import read_status
 from appliance.config import Settings
+from appliance.jobs.activity import read_activity
+from appliance.jobs.queue import Queue
 from appliance.layout import HomeLayout
-from appliance.transcode.activity import read_activity
-from appliance.transcode.queue import Queue
 
 try:  # the cloud profile's queue; an install for the appliance profile may lack the package
     from redis.exceptions import RedisError

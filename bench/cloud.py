@@ -15,7 +15,7 @@ podman-compose on free 127.0.0.1 ports, timed until every container's health che
 (podman runs health checks from systemd timers, which this machine lacks, so they are run
 here with ``podman healthcheck run``). Each round ends with ``down -v``.
 
-``tests/test_cloud_profile.py`` uses the same machinery (:class:`Profile`).
+``tests/packaging/test_cloud_profile.py`` uses the same machinery (:class:`Profile`).
 """
 
 from __future__ import annotations

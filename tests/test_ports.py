@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 
 import pytest
-from ports import BLOCK_SIZE, PortPool, PortTaken, on_a_reserved_port, reserve_port
 
 from appliance.supervise.ports import ephemeral_low
+from tests.support.ports import BLOCK_SIZE, PortPool, PortTaken, on_a_reserved_port, reserve_port
 
 
 def test_two_runs_never_hold_the_same_port():

@@ -17,6 +17,7 @@ from appliance.version import (
     image_tag,
     is_release,
 )
+from tests.support.paths import REPO
 
 
 @pytest.mark.parametrize(
@@ -95,7 +96,7 @@ def test_the_image_tag_is_the_version_in_the_characters_a_tag_allows():
 
 
 def test_neuronova_version_and_dash_dash_version_say_the_checkout_s_version(runner):
-    repo = Path(__file__).resolve().parent.parent
+    repo = REPO
     assert current() == from_git(repo)
     assert runner.invoke(cli, ["version"]).output == f"neuronova {current()}\n"
     assert runner.invoke(cli, ["--version"]).output == f"neuronova {current()}\n"

@@ -7,7 +7,7 @@ import { DataTable, none, type Column } from '../components/DataTable';
 import { Badge, FilterSelect, PageHeader, Spinner } from '../components/ui';
 import { detailText, eventTone } from './AdminSystem';
 
-// The server's event kinds (appliance/security/audit.py EVENTS; tests/test_audit_events.py
+// The server's event kinds (appliance/security/audit.py EVENTS; tests/security/test_audit_events.py
 // keeps the two lists equal); reads of patient data first.
 export const AUDIT_EVENTS = [
   'study_read',

@@ -1,0 +1,1 @@
+"""Backups, restore and the daily schedule (appliance.backup)."""

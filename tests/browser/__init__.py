@@ -1,0 +1,1 @@
+"""Headless Chromium against the real appliance: the main app and the viewer."""

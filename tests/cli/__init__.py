@@ -1,0 +1,1 @@
+"""The command line (appliance.cli) through click's CliRunner."""

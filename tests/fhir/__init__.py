@@ -1,0 +1,1 @@
+"""The FHIR API and push (appliance.fhir)."""

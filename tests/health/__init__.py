@@ -1,0 +1,1 @@
+"""Health, doctor, metrics and disk-pressure warnings (appliance.health, appliance.metrics)."""

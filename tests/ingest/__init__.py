@@ -1,0 +1,1 @@
+"""The DICOM receiver, the journal and ingest end to end (appliance.ingest)."""

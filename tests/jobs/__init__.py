@@ -1,0 +1,1 @@
+"""The task queue, its worker and monitor, on SQLite and Redis."""

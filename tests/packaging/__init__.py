@@ -1,0 +1,1 @@
+"""The bundle, .deb, apt repository, release, deploy and cloud profile (packaging/)."""

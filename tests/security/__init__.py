@@ -1,0 +1,1 @@
+"""Tokens, sessions, sign-on, TLS and the audit trail (appliance.security)."""

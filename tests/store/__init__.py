@@ -1,0 +1,1 @@
+"""Orthanc storage, deletion, series metadata and retention (appliance.store)."""

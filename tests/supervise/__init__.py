@@ -1,0 +1,1 @@
+"""neuronova run: the supervised services, their logs and network exposure."""

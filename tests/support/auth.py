@@ -1,0 +1,44 @@
+"""Signing in to the web app (aiohttp's test client) and to a running appliance, and
+tokens forged the way an attacker would make them."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+
+from appliance.db import open_database
+from appliance.layout import HomeLayout
+from appliance.security import audit
+from appliance.security.tokens import AUDIENCE_WEB, ISSUER
+
+PASSWORD = "correct horse battery"
+
+
+async def login(client, username="rad", password=PASSWORD, **headers):
+    return await client.post(
+        "/api/auth/login", json={"username": username, "password": password}, headers=headers
+    )
+
+
+async def bearer(client, username="rad") -> dict[str, str]:
+    body = await (await login(client, username)).json()
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+def audit_events(settings, event):
+    db = open_database(HomeLayout(settings.home).database_file)
+    return audit.recent(db, event=event)
+
+
+
+def forged(appliance, **changes) -> str:
+    key = HomeLayout(appliance.settings.home).jwt_key_file.read_text().strip()
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE_WEB, "iat": now, "exp": now + 300, "jti": "j",
+              "sub": "admin", "role": "admin", "sid": "nope"}  # fmt: skip
+    algorithm = changes.pop("algorithm", "HS256")
+    key = changes.pop("key", key)
+    claims.update(changes)
+    return jwt.encode(claims, key, algorithm=algorithm)
+

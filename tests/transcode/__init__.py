@@ -1,0 +1,1 @@
+"""HTJ2K transcoding, frame files and the ingest pipeline (appliance.transcode)."""

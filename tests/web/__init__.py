@@ -1,0 +1,1 @@
+"""The aiohttp app and the nginx gateway (appliance.web)."""

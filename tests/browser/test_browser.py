@@ -37,10 +37,8 @@ from tests.support.browsing import (
     ARTIFACTS,
     SESSION_COOKIE,
     Recorder,
-    add_radiologist,
     fetch_status,
     poll,
-    send_as_patient,
     sign_in,
     sign_in_to_the_viewer,
     viewer_path,
@@ -56,22 +54,9 @@ SLICES = 16
 PATIENT_ID, PATIENT_NAME = "NNBROWSER01", "BROWSER^PHANTOM"  # found with the worklist search
 USER = "rad.browser"
 PASSWORD = "browser test password"
+CALLING_AE = "BROWSERSCU"  # the study fixture (tests/browser/conftest.py) sends from it
 JWT_RE = re.compile(r"eyJ[\w-]{5,}\.eyJ[\w-]{5,}\.[\w-]{10,}")
 TABLET = {"width": 820, "height": 1180}
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def study(appliance, tmp_path_factory):
-    """(series, slices): a CT series pushed with storescu and stored as HTJ2K."""
-    add_radiologist(appliance, USER, PASSWORD)
-    slices = make_slices(SLICES)
-    series = write_series(tmp_path_factory.mktemp("browser-ct"), slices)
-    send_as_patient(appliance, series.files, (PATIENT_ID, PATIENT_NAME), "BROWSERSCU")
-    wait_stored(appliance, series.sop_uids)
-    return series, slices
 
 
 def find_on_worklist(page, study_uid: str):

@@ -23,18 +23,16 @@ import requests
 from appliance.store.frame_files import BOUNDARY, frame_relpath
 from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.browser import correlation
-from bench.synthetic import INTERCEPT, make_slices, write_series
+from bench.synthetic import INTERCEPT
 from bench.viewer_load import completes
 from tests.support.browsing import (
     ARTIFACTS,
     Recorder,
-    add_radiologist,
     poll,
-    send_as_patient,
     sign_in,
     viewer_path,
 )
-from tests.support.running import run_cli, wait_stored
+from tests.support.running import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -42,6 +40,7 @@ SLICES = 6
 PATIENT_ID, PATIENT_NAME = "NNPROGRESSIVE01", "PROGRESSIVE^PHANTOM"
 USER = "rad.progressive"
 PASSWORD = "progressive frames test password"
+CALLING_AE = "PROGRESSIVE"  # the study fixture (tests/browser/conftest.py) sends from it
 ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
 SUBRESOLUTION, FULL_RESOLUTION = 6, 8  # cornerstone's ImageQualityStatus
 FIRST_RANGE = "bytes=0-32767"  # FIRST_RANGE_BYTES of packaging/fetch_ohif.py
@@ -76,17 +75,6 @@ watch();
 
 def sop_of(response) -> str:
     return response.url.split("/instances/")[1].split("/")[0]
-
-
-@pytest.fixture(scope="module")
-def study(appliance, tmp_path_factory):
-    """(series, slices): a CT series pushed with storescu and stored as HTJ2K."""
-    add_radiologist(appliance, USER, PASSWORD)
-    slices = make_slices(SLICES)
-    series = write_series(tmp_path_factory.mktemp("progressive-ct"), slices)
-    send_as_patient(appliance, series.files, (PATIENT_ID, PATIENT_NAME), "PROGRESSIVE")
-    wait_stored(appliance, series.sop_uids)
-    return series, slices
 
 
 def test_byte_ranges_pass_the_gate_with_the_session_cookie(appliance, study) -> None:

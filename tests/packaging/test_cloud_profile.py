@@ -22,7 +22,6 @@ from collections.abc import Iterator
 import imagecodecs
 import numpy as np
 import pytest
-import requests
 
 from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.cloud import (
@@ -34,6 +33,7 @@ from bench.cloud import (
 )
 from bench.harness import ACCEPT, split_multipart
 from bench.synthetic import Series, make_slices, write_series
+from tests.support.clients import HttpsClient
 from tests.support.tools import require_tool, storescu_command
 from tests.support.waiting import wait_for
 
@@ -73,34 +73,9 @@ def profile(image, tmp_path_factory) -> Iterator[Profile]:
         up.down(volumes=True)
 
 
-class Client:
+def client_of(profile: Profile) -> HttpsClient:
     """HTTPS through the published nginx port, trusting the profile's own certificate."""
-
-    def __init__(self, profile: Profile) -> None:
-        self.base = f"https://127.0.0.1:{profile.ports['HTTPS_PORT']}"
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self.session.verify = str(profile.volume_path() / "tls" / "server.crt")
-
-    def serving(self) -> bool:
-        """Whether the app answers through nginx now (401: no session yet)."""
-        try:
-            return self.session.get(f"{self.base}/api/auth/check", timeout=5).status_code == 401
-        except requests.RequestException:
-            return False
-
-    def login(self, username: str, password: str) -> str:
-        resp = self.session.post(f"{self.base}/api/auth/login", timeout=10,
-                                 json={"username": username, "password": password})  # fmt: skip
-        assert resp.status_code == 200, resp.text
-        return resp.json()["access_token"]
-
-    def instances(self, token: str, series) -> list[dict]:
-        url = (f"{self.base}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
-               f"{series.series_uid}/instances")  # fmt: skip
-        resp = self.session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        assert resp.status_code in (200, 204), resp.text
-        return resp.json() if resp.status_code == 200 else []
+    return HttpsClient(profile.ports["HTTPS_PORT"], profile.volume_path() / "tls" / "server.crt")
 
 
 def admin_password(profile: Profile) -> str:
@@ -118,18 +93,19 @@ def pushed(profile, tmp_path_factory):
     command = storescu_command(profile.ports["DICOM_PORT"], series.files, "CT_SCANNER")
     sent = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert sent.returncode == 0, sent.stderr
-    client = Client(profile)
+    client = client_of(profile)
     token = client.login("admin", admin_password(profile))
-    wait_for(lambda: len(client.instances(token, series)) == SLICES, 120,
+    uids = series.study_uid, series.series_uid
+    wait_for(lambda: len(client.instances(token, *uids)) == SLICES, 120,
              f"{SLICES} instances listed by QIDO")  # fmt: skip
     return series, slices
 
 
 def test_a_pushed_series_is_found_and_its_frames_read(profile, pushed):
     series, slices = pushed
-    client = Client(profile)
+    client = client_of(profile)
     token = client.login("admin", admin_password(profile))
-    found = client.instances(token, series)
+    found = client.instances(token, series.study_uid, series.series_uid)
     assert {i["00080018"]["Value"][0] for i in found} == set(series.sop_uids)
     url = (f"{client.base}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
            f"{series.series_uid}/instances/{series.sop_uids[3]}/frames/1")  # fmt: skip
@@ -317,10 +293,10 @@ def test_nginx_follows_the_app_to_a_new_address(profile, pushed):
     try:
         podman("start", app, timeout=60)
         assert internal_address(profile, "app") != before
-        client = Client(profile)
+        client = client_of(profile)
         wait_for(client.serving, 60, "the app answering through nginx again")
         token = client.login("admin", admin_password(profile))
-        assert len(client.instances(token, series)) == SLICES
+        assert len(client.instances(token, series.study_uid, series.series_uid)) == SLICES
     finally:
         podman("rm", "-f", "-t", "0", squatter, check=False)
 
@@ -337,16 +313,16 @@ def test_down_and_up_keep_the_study_and_the_users(profile, pushed):
     profile.down()
     assert profile.containers() == []
     profile.up()
-    client = Client(profile)
+    client = client_of(profile)
     token = client.login("reader", "reader-pass-1234")
-    assert len(client.instances(token, series)) == SLICES
+    assert len(client.instances(token, series.study_uid, series.series_uid)) == SLICES
     client.login("admin", admin_password(profile))
 
 
 def test_the_public_health_check_is_ok(profile):
     """/api/health (what a load balancer or Cloudflare polls) through nginx: the app
     leaves nginx and the receiver to their containers' checks."""
-    client = Client(profile)
+    client = client_of(profile)
     resp = client.session.get(f"{client.base}/api/health", timeout=10)
     assert (resp.status_code, resp.json()) == (200, {"status": "ok"})
 

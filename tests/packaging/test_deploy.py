@@ -31,7 +31,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import requests
 import yaml
 from pydicom.uid import generate_uid
 
@@ -45,6 +44,7 @@ from bench.cloud import (
     podman,
 )
 from bench.synthetic import ct_file_dataset, make_slices, write_series
+from tests.support.clients import HttpsClient
 from tests.support.paths import REPO
 from tests.support.ports import reserve_port
 from tests.support.scripts import packaging_script
@@ -236,34 +236,16 @@ def deploy(site: Site, version: str, archive: Path, report: Path) -> subprocess.
     return done
 
 
-class Client:
+def client_of(site: Site) -> HttpsClient:
     """A user of the appliance, over HTTPS on the published port."""
-
-    def __init__(self, site: Site) -> None:
-        self.base = f"https://127.0.0.1:{site.ports['HTTPS_PORT']}"
-        self.session = requests.Session()
-        self.session.trust_env = False
-        self.session.verify = str(site.volume() / "tls" / "server.crt")
-
-    def login(self, username: str, password: str) -> str:
-        resp = self.session.post(f"{self.base}/api/auth/login", timeout=10,
-                                 json={"username": username, "password": password})  # fmt: skip
-        assert resp.status_code == 200, resp.text
-        return resp.json()["access_token"]
-
-    def instances(self, token: str, study_uid: str, series_uid: str) -> int:
-        url = (f"{self.base}/api/pacs/dicom-web/studies/{study_uid}/series/{series_uid}/"
-               "instances")  # fmt: skip
-        resp = self.session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        assert resp.status_code in (200, 204), resp.text
-        return len(resp.json()) if resp.status_code == 200 else 0
+    return HttpsClient(site.ports["HTTPS_PORT"], site.volume() / "tls" / "server.crt")
 
 
 def reader_sees(site: Site, series) -> int:
     """How many instances of ``series`` the reader added after the first deploy sees."""
-    client = Client(site)
+    client = client_of(site)
     token = client.login("reader", "reader-pass-1234")
-    return client.instances(token, series.study_uid, series.series_uid)
+    return len(client.instances(token, series.study_uid, series.series_uid))
 
 
 def admin_password(site: Site) -> str:
@@ -411,9 +393,10 @@ def test_an_upgrade_while_a_modality_sends_loses_nothing(site, first, releases, 
     assert site.running_image() == f"{IMAGE}:1.0.1"
     wait_stored(site, modality.acknowledged, 300)
     assert reader_sees(site, series) == 6
-    client = Client(site)
+    client = client_of(site)
     token = client.login("reader", "reader-pass-1234")
-    assert client.instances(token, modality.study, modality.series) == len(modality.acknowledged)
+    listed = client.instances(token, modality.study, modality.series)
+    assert len(listed) == len(modality.acknowledged)
 
 
 def test_a_broken_release_is_rolled_back_to_the_previous_one(site, first, releases, tmp_path):
@@ -429,7 +412,7 @@ def test_a_broken_release_is_rolled_back_to_the_previous_one(site, first, releas
     assert site.current_version() == "1.0.1"
     assert site.running_image() == f"{IMAGE}:1.0.1"
     assert reader_sees(site, series) == 6
-    Client(site).login("admin", admin_password(site))
+    client_of(site).login("admin", admin_password(site))
     history = (site.vm.folder / "deployed-versions").read_text().split()
     assert history == ["1.0.0", "1.0.1"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

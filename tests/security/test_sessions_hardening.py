@@ -50,6 +50,16 @@ def _session_of(response) -> str:
     return pyjwt.decode(token, options={"verify_signature": False})["sid"]
 
 
+async def _token_in_its_second_half(client):
+    """(the app's tokens, an access token of a new session of rad's that expires in 60 s,
+    in the second half of its life); the client's own cookies are cleared."""
+    first = await login(client)
+    tokens = client.server.app[TOKENS]
+    old, _ = tokens.issue_access("rad", "radiologist", _session_of(first), ttl=60)
+    client.session.cookie_jar.clear()
+    return tokens, old
+
+
 # -- expired tokens -----------------------------------------------------------------------
 
 
@@ -66,10 +76,7 @@ async def test_an_expired_access_token_is_refused_as_cookie_and_as_bearer(client
 
 
 async def test_a_live_cookie_in_the_second_half_of_its_life_is_renewed(client):
-    first = await login(client)
-    tokens = client.server.app[TOKENS]
-    old, _ = tokens.issue_access("rad", "radiologist", _session_of(first), ttl=60)
-    client.session.cookie_jar.clear()
+    tokens, old = await _token_in_its_second_half(client)
     resp = await client.get("/api/auth/me", headers={"Cookie": f"nn_session={old}"})
     assert resp.status == 200
     assert (
@@ -223,10 +230,7 @@ def test_an_open_viewer_renews_its_cookie_before_it_expires():
 
 
 async def test_the_session_check_renews_a_cookie_in_the_second_half_of_its_life(client):
-    first = await login(client)
-    tokens = client.server.app[TOKENS]
-    old, _ = tokens.issue_access("rad", "radiologist", _session_of(first), ttl=60)
-    client.session.cookie_jar.clear()
+    tokens, old = await _token_in_its_second_half(client)
     resp = await client.get("/api/auth/check", headers={"Cookie": f"nn_session={old}"})
     assert resp.status == 204
     assert tokens.verify(resp.cookies["nn_session"].value).expires_at > time.time() + 600

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.clients import curl_status
 from tests.support.netns import host_pair, require_netns
 from tests.support.running import make_appliance
 from tests.support.tools import require_tool
@@ -27,35 +28,14 @@ def remote(tmp_path_factory):
         appliance.prefix = pair.exec_prefix(pair.server)
         appliance.start(wait=False)
         health = f"http://127.0.0.1:{appliance.settings.http_port}/api/health"
-        wait_for(
-            lambda: (
-                pair.run(
-                    pair.server, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", health
-                ).stdout
-                == "200"
-            ),
-            60,
-            "the appliance in the namespace to be healthy",
-        )
+        wait_for(lambda: pair.run(pair.server, *curl_status(health)).stdout == "200", 60,
+                 "the appliance in the namespace to be healthy")  # fmt: skip
         yield appliance, pair
         appliance.stop()
 
 
 def _curl_from_client(pair, url: str, *extra: str) -> str:
-    result = pair.run(
-        pair.client,
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "5",
-        *extra,
-        url,
-    )
-    return result.stdout
+    return pair.run(pair.client, *curl_status(url, "--max-time", "5", *extra)).stdout
 
 
 def test_remote_machine_reaches_nginx(remote):
@@ -92,18 +72,8 @@ def test_orthanc_refuses_a_remote_client_even_with_its_credentials(remote):
     auth = orthanc_auth_header(appliance.settings)
     url = f"http://{pair.server_ip}:{appliance.settings.orthanc_port}/system"
     assert _curl_from_client(pair, url, "-H", f"Authorization: {auth}") in ("401", "403")
-    local = pair.run(
-        pair.server,
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        f"Authorization: {auth}",
-        f"http://127.0.0.1:{appliance.settings.orthanc_port}/system",
-    )
+    local_url = f"http://127.0.0.1:{appliance.settings.orthanc_port}/system"
+    local = pair.run(pair.server, *curl_status(local_url, "-H", f"Authorization: {auth}"))
     assert local.stdout == "200"
 
 

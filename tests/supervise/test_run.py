@@ -15,7 +15,7 @@ import time
 import pytest
 
 from appliance.layout import HomeLayout
-from tests.support.clients import http_get
+from tests.support.clients import curl_status, http_get
 from tests.support.running import run_cli
 from tests.support.waiting import wait_for
 
@@ -32,13 +32,7 @@ def test_health_is_green_through_nginx(appliance):
 
 
 def test_status_command_prints_the_same_health(appliance):
-    result = subprocess.run(
-        [sys.executable, "-m", "appliance", "status", "--home", str(appliance.settings.home)],
-        capture_output=True,
-        text=True,
-        env=appliance.env,
-        timeout=30,
-    )
+    result = run_cli(appliance, "status", timeout=30)
     assert result.returncode == 0, result.stderr
     assert "NeuroNova: OK" in result.stdout
     for component in ("nginx", "app", "orthanc", "queue", "receiver"):
@@ -75,40 +69,12 @@ def test_orthanc_refuses_a_client_not_on_127_0_0_1_even_with_credentials(applian
 
     auth = orthanc_auth_header(appliance.settings)
     port = appliance.settings.orthanc_port
-    local = subprocess.run(
-        [
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            f"Authorization: {auth}",
-            f"http://127.0.0.1:{port}/system",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    other = subprocess.run(
-        [
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--interface",
-            "127.0.0.2",
-            "-H",
-            f"Authorization: {auth}",
-            f"http://127.0.0.2:{port}/system",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
+    credentials = ("-H", f"Authorization: {auth}")
+    local = subprocess.run(curl_status(f"http://127.0.0.1:{port}/system", *credentials),
+                           capture_output=True, text=True, timeout=10)  # fmt: skip
+    other = subprocess.run(curl_status(f"http://127.0.0.2:{port}/system", "--interface",
+                                       "127.0.0.2", *credentials),
+                           capture_output=True, text=True, timeout=10)  # fmt: skip
     assert local.stdout == "200"
     assert other.stdout in ("401", "403"), other.stdout
 
@@ -156,13 +122,7 @@ def test_sigterm_stops_everything_within_10_seconds(appliance_factory):
 
 
 def test_second_run_on_the_same_home_is_refused(appliance):
-    result = subprocess.run(
-        [sys.executable, "-m", "appliance", "run", "--home", str(appliance.settings.home)],
-        capture_output=True,
-        text=True,
-        env=appliance.env,
-        timeout=30,
-    )
+    result = run_cli(appliance, "run", timeout=30)
     assert result.returncode == 1
     assert "Error: NeuroNova is already running on" in result.stderr
     assert f"(pid {appliance.process.pid})" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import requests
@@ -30,3 +31,42 @@ def api_token(appliance: Appliance, username: str, password: str) -> str:
                          json={"username": username, "password": password})  # fmt: skip
     resp.raise_for_status()
     return resp.json()["access_token"]
+
+
+def curl_status(url: str, *options: str) -> list[str]:
+    """A curl command printing only the HTTP status of a GET of ``url`` ("000": no answer),
+    for requests made from elsewhere (a network namespace, another source address)."""
+    return ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *options, url]
+
+
+class HttpsClient:
+    """A user of an appliance over HTTPS on its published port, trusting the appliance's own
+    certificate (the cloud profile's containers, a deployed "VM")."""
+
+    def __init__(self, https_port: int, certificate: Path) -> None:
+        self.base = f"https://127.0.0.1:{https_port}"
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.verify = str(certificate)
+
+    def serving(self) -> bool:
+        """Whether the app answers through nginx now (401: no session yet)."""
+        try:
+            return self.session.get(f"{self.base}/api/auth/check", timeout=5).status_code == 401
+        except requests.RequestException:
+            return False
+
+    def login(self, username: str, password: str) -> str:
+        """An access token of ``username``."""
+        resp = self.session.post(f"{self.base}/api/auth/login", timeout=10,
+                                 json={"username": username, "password": password})  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        return resp.json()["access_token"]
+
+    def instances(self, token: str, study_uid: str, series_uid: str) -> list[dict]:
+        """The series' instances as QIDO-RS lists them (none: an empty list)."""
+        url = (f"{self.base}/api/pacs/dicom-web/studies/{study_uid}/series/{series_uid}/"
+               "instances")  # fmt: skip
+        resp = self.session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert resp.status_code in (200, 204), resp.text
+        return resp.json() if resp.status_code == 200 else []

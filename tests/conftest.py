@@ -1,13 +1,15 @@
-"""Fixtures every folder's tests share: temporary homes, the real appliance started as a
-subprocess, the session's PyInstaller bundle and headless Chromium; and the run's hooks.
+"""Fixtures every folder's tests share, and the run's hooks: temporary homes (made by the
+CLI, or with users for the web app alone), the real appliance started as a subprocess,
+and headless Chromium (the browser tests and single sign-on use it).
 
-Helpers live in :mod:`tests.support`; fixtures used by one folder's tests live in the
-``conftest.py`` of that folder.
+Helpers live in the :mod:`tests.support` package, never imported from a conftest. A
+fixture that several modules of one folder use lives in that folder's ``conftest.py``
+(``tests/packaging/``: the bundle; ``tests/jobs/``: a Redis server; ``tests/browser/``:
+a pushed study); one that a single module uses stays in that module, beside its tests.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import tempfile
@@ -26,7 +28,7 @@ from appliance.security.users import create_user
 from appliance.web.app import create_app
 from tests.support import programs
 from tests.support.auth import PASSWORD
-from tests.support.running import Appliance, make_appliance
+from tests.support.running import Appliance, make_appliance, running_appliance
 from tests.support.tools import require_tool
 
 
@@ -74,39 +76,8 @@ def appliance_factory(tmp_path_factory) -> Iterator[Callable[..., Appliance]]:
 @pytest.fixture(scope="session")
 def appliance(tmp_path_factory) -> Iterator[Appliance]:
     """One running appliance shared by the tests that do not disturb it."""
-    running = make_appliance(tmp_path_factory.mktemp("shared")).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory) -> Path:
-    """One PyInstaller bundle of this checkout per run: the package test and the cloud
-    profile's image both wrap it (PyInstaller is the longest step of either). With
-    pytest-xdist, the first worker that needs it builds it under a lock in the run's
-    shared folder, and another worker waits for it and takes it."""
-    from bench.packaging import load_build
-
-    shared = run_folder(tmp_path_factory)
-    done = shared / "bundle.done"
-    with open(shared / "bundle.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.exists():
-            return Path(done.read_text())
-        build = load_build()
-        try:
-            made = build.build_bundle(shared / "bundle")
-        except build.BuildError as exc:
-            pytest.fail(f"packaging/build.py: {exc}", pytrace=False)
-        done.write_text(str(made))
-        return made
-
-
-def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder every worker of this run shares: pytest-xdist gives each worker a folder
-    of its own inside it (``popen-gwN``); without xdist, the run's own folder."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with running_appliance(tmp_path_factory.mktemp("shared")) as running:
+        yield running
 
 
 # --------------------------------------------------------------------------- CLI homes
@@ -181,4 +152,3 @@ def settings(tmp_path: Path) -> Settings:
 async def client(aiohttp_client, settings: Settings):
     """The web app on that home, under aiohttp's test client (no nginx, no Orthanc)."""
     return await aiohttp_client(create_app(settings))
-

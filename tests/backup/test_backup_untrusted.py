@@ -33,7 +33,7 @@ from appliance.backup.repository import Repository, readable
 from appliance.layout import HomeLayout
 from bench.synthetic import make_slices, write_series
 from tests.support.backups import clear_texts, neuronova, shown_in_clear, unencrypted_copy
-from tests.support.running import Appliance, make_appliance, run_cli, wait_stored
+from tests.support.running import Appliance, run_cli, running_appliance, wait_stored
 from tests.support.running import storescu as send
 from tests.support.tools import DCMTK_STORESCU, require_tool
 
@@ -57,9 +57,8 @@ def backup(appliance_module: Appliance, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def appliance_module(tmp_path_factory) -> Iterator[Appliance]:
     """One running appliance for the module (its home is never restored over)."""
-    running = make_appliance(tmp_path_factory.mktemp("appliance")).start()
-    yield running
-    running.stop()
+    with running_appliance(tmp_path_factory.mktemp("appliance")) as running:
+        yield running
 
 
 def _key_file(appliance: Appliance) -> Path:

@@ -14,22 +14,12 @@ from click.testing import CliRunner
 from appliance.cli import cli as neuronova
 from appliance.config import ConfigError, load_settings
 from appliance.db import open_database
-from appliance.home import init_home
 from appliance.ingest.intake import HeldError, Ingest
 from appliance.jobs.queue import create_queue
 from appliance.layout import HomeLayout
-from appliance.security.users import create_user
 from appliance.web.app import create_app
+from tests.support.auth import bearer
 from tests.support.samples import TEST_FILES
-
-PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def settings(tmp_path):
-    settings = load_settings(tmp_path / "home", environ={})
-    init_home(settings)
-    return settings
 
 
 def receive(ingest: Ingest, ds: pydicom.Dataset, source: str, policy: str):
@@ -87,21 +77,13 @@ def test_an_unknown_policy_is_a_config_error(tmp_path):
 
 async def test_admins_list_accept_and_discard_held_objects(aiohttp_client, settings):
     db = open_database(HomeLayout(settings.home).database_file)
-    create_user(db, "boss", "admin", PASSWORD)
-    create_user(db, "rad", "radiologist", PASSWORD)
     ingest = Ingest(settings, create_queue(settings))
     receive(ingest, ct(), "dicom:CT_A", "same-source")
     receive(ingest, ct(), "dicom:CT_B", "same-source")
     receive(ingest, ct(PatientID="OTHER"), "dicom:CT_A", "same-source")
     client = await aiohttp_client(create_app(settings))
-
-    async def headers(user: str) -> dict[str, str]:
-        body = {"username": user, "password": PASSWORD}
-        token = (await (await client.post("/api/auth/login", json=body)).json())["access_token"]
-        return {"Authorization": f"Bearer {token}"}
-
-    admin = await headers("boss")
-    assert (await client.get("/api/admin/held", headers=await headers("rad"))).status == 403
+    admin = await bearer(client, "boss")
+    assert (await client.get("/api/admin/held", headers=await bearer(client, "rad"))).status == 403
     items = (await (await client.get("/api/admin/held", headers=admin)).json())["items"]
     assert [i["source"] for i in items] == ["dicom:CT_B", "dicom:CT_A"]
     first, second = items[0]["id"], items[1]["id"]

@@ -32,8 +32,8 @@ from appliance.security import audit
 from tests.support.running import (
     Appliance,
     journal_states,
-    make_appliance,
     run_cli,
+    running_appliance,
     storescu,
     wait_stored,
 )
@@ -47,9 +47,8 @@ NOT_AUTHORISED = 0x0124
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory) -> Iterator[Appliance]:
     """An appliance of this module's own: its tests change the allow-list."""
-    running = make_appliance(tmp_path_factory.mktemp("receiver")).start()
-    yield running
-    running.stop()
+    with running_appliance(tmp_path_factory.mktemp("receiver")) as running:
+        yield running
 
 
 @pytest.fixture

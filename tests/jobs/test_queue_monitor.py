@@ -21,7 +21,6 @@ from pydicom.uid import generate_uid
 from appliance.cli import cli
 from appliance.config import Settings, load_settings
 from appliance.db import open_database
-from appliance.home import init_home
 from appliance.ingest.intake import Ingest
 from appliance.ingest.journal import Journal
 from appliance.jobs import monitor as monitor_module
@@ -36,24 +35,16 @@ from appliance.jobs.queue import Queue, create_queue
 from appliance.jobs.work import worker_work
 from appliance.layout import HomeLayout
 from appliance.security import audit
-from appliance.security.users import create_user
 from appliance.web.app import create_app
 from appliance.web.queue import MAX_RETRY_UIDS
+from tests.support.auth import PASSWORD, bearer
 from tests.support.clients import api_token
 from tests.support.ports import reserve_port
 from tests.support.running import run_cli, wait_stored
 from tests.support.samples import TEST_FILES, renamed_copy
 from tests.support.waiting import wait_for
 
-PASSWORD = "correct horse battery"
 CT = TEST_FILES / "CT_small.dcm"
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    settings = load_settings(tmp_path / "home", environ={})
-    init_home(settings)
-    return settings
 
 
 def accept(settings: Settings, queue: Queue) -> tuple[str, str]:
@@ -222,20 +213,6 @@ def test_ingest_status_prints_the_queue_by_kind_and_retry_is_audited(settings: S
 # --------------------------------------------------------------------- the admin API
 
 
-@pytest.fixture
-async def client(aiohttp_client, settings: Settings):
-    db = open_database(HomeLayout(settings.home).database_file)
-    create_user(db, "boss", "admin", PASSWORD)
-    create_user(db, "rad", "radiologist", PASSWORD)
-    db.close()
-    return await aiohttp_client(create_app(settings))
-
-
-async def bearer(client, username: str) -> dict[str, str]:
-    login = await client.post("/api/auth/login", json={"username": username, "password": PASSWORD})
-    return {"Authorization": f"Bearer {(await login.json())['access_token']}"}
-
-
 @pytest.mark.parametrize(
     ("body", "error"),
     [
@@ -289,9 +266,6 @@ async def test_retry_with_the_queue_storage_down_is_a_503(aiohttp_client, settin
     down = load_settings(
         settings.home, {"redis_url": f"redis://127.0.0.1:{reserve_port()}/0"}, environ={}
     )
-    db = open_database(HomeLayout(settings.home).database_file)
-    create_user(db, "boss", "admin", PASSWORD)
-    db.close()
     client = await aiohttp_client(create_app(down))
     boss = await bearer(client, "boss")
     resp = await client.post("/api/admin/queue/retry", json={"all": True}, headers=boss)

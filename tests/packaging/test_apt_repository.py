@@ -102,12 +102,6 @@ def installed_version(root: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def key() -> Iterator[SigningKey]:
-    with throwaway_key() as made:
-        yield made
-
-
-@pytest.fixture(scope="module")
 def debs(bundle, tmp_path_factory) -> Iterator[dict[str, Path]]:
     """The .deb of each version: the run's bundle stamped 1.0.0, then 1.0.1."""
     require_tool("apt-ftparchive", "apt-utils")

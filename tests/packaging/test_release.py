@@ -25,7 +25,7 @@ import yaml
 
 from appliance.version import current
 from tests.support.paths import REPO
-from tests.support.signing import SigningKey, output_values, release, throwaway_key
+from tests.support.signing import output_values, release, throwaway_key
 from tests.support.tools import require_tool
 
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -136,12 +136,6 @@ def test_import_key_takes_the_armored_secret_from_the_environment(tmp_path):
             assert refused.returncode == 1 and "holds no armored private key" in refused.stderr
         finally:
             subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def key() -> Iterator[SigningKey]:
-    with throwaway_key() as made:
-        yield made
 
 
 @pytest.fixture(scope="module")

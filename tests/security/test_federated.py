@@ -21,13 +21,6 @@ ISSUER = "https://idp.example"
 POLICY = Policy("oidc", "preferred_username", "groups", [("rads", "radiologist")], "")
 
 
-@pytest.fixture
-def db(tmp_path):
-    database = open_database(tmp_path / "app.db")
-    yield database
-    database.close()
-
-
 def claims(name: str, *groups: str, sub: str | None = None) -> dict:
     return {"sub": sub or f"sub-{name}", "preferred_username": name, "groups": list(groups)}
 

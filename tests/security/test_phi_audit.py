@@ -37,13 +37,6 @@ FLOOD = 10_000
 # --- unit: aggregation on a real database ---------------------------------------------
 
 
-@pytest.fixture
-def db(tmp_path: Path):
-    database = open_database(tmp_path / "app.db")
-    yield database
-    database.close()
-
-
 def test_a_key_counts_repeats_on_one_row_that_moves_to_the_end(db) -> None:
     for n in range(3):
         audit.record(db, audit.STUDY_QUERY, username="rad", key="k", filters=f"PatientID={n}")

@@ -36,7 +36,7 @@ from appliance.web.app import create_app
 from appliance.web.keys import TOKENS
 from tests.support.auth import PASSWORD, audit_events, bearer, forged, login
 from tests.support.certificates import issue, key_pem, pem
-from tests.support.running import Appliance, make_appliance
+from tests.support.running import Appliance, make_appliance, running_appliance
 from tests.support.scripts import packaging_script
 from tests.support.tools import require_tool
 from tests.support.waiting import wait_for
@@ -270,10 +270,8 @@ def test_hsts_is_sent_only_with_a_clinic_certificate(tmp_path):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[Appliance]:
     """The appliance as installed: plain HTTP redirects, names checked."""
-    running = make_appliance(tmp_path_factory.mktemp("https"), redirect_to_https=True)
-    running.start()
-    yield running
-    running.stop()
+    with running_appliance(tmp_path_factory.mktemp("https"), redirect_to_https=True) as running:
+        yield running
 
 
 def _https(appliance: Appliance, method: str, path: str, host: str = "127.0.0.1", **kw):

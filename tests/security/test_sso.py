@@ -24,7 +24,14 @@ from appliance.db import open_database
 from appliance.layout import HomeLayout
 from appliance.security.keys import write_private_file
 from bench.synthetic import make_slices, write_series
-from tests.support.idp import IdP, browserless_session, planned_issuer, running_idp, sign_in_at_idp
+from tests.support.idp import (
+    IdP,
+    browserless_session,
+    fill_idp_form,
+    planned_issuer,
+    running_idp,
+    sign_in_at_idp,
+)
 from tests.support.running import Appliance, make_appliance, run_cli, storescu, wait_stored
 
 pytestmark = [pytest.mark.slow]
@@ -137,9 +144,7 @@ def test_sso_in_browser(setup, new_context) -> None:
     page = new_context().new_page()
     page.goto(f"{appliance.url}/login")
     page.get_by_role("link", name="Sign in with Fixture IdP").click()
-    page.fill("#login", "dr.sso")
-    page.fill("#password", PASSWORD)
-    page.click("#submit")
+    fill_idp_form(page, "dr.sso", PASSWORD)
     page.wait_for_url(f"{appliance.url}/")
     me = page.evaluate("fetch('/api/auth/me').then(r => r.json())")
     assert me["username"] == "dr.sso" and me["role"] == "radiologist"
@@ -250,9 +255,7 @@ def test_smart_launch_opens_the_viewer(setup, one_study, new_context) -> None:
     appliance, idp = setup
     page = new_context().new_page()
     page.goto(launch_url(appliance, idp, "launch-one"))
-    page.fill("#login", "dr.sso")
-    page.fill("#password", PASSWORD)
-    page.click("#submit")
+    fill_idp_form(page, "dr.sso", PASSWORD)
     try:
         page.wait_for_url("**/pacs-viewer/viewer?StudyInstanceUIDs=*")
     except playwright_api.TimeoutError:
@@ -269,9 +272,7 @@ def test_smart_launch_without_studies_shows_the_worklist(setup, new_context) -> 
     appliance, idp = setup
     page = new_context().new_page()
     page.goto(launch_url(appliance, idp, "launch-none"))
-    page.fill("#login", "replay.user")
-    page.fill("#password", PASSWORD)
-    page.click("#submit")
+    fill_idp_form(page, "replay.user", PASSWORD)
     page.wait_for_url(f"**/?patient={NO_STUDY_MRN}")
     page.wait_for_selector(f"[data-testid=worklist-patient]:has-text('{NO_STUDY_MRN}')")
     me = page.evaluate("fetch('/api/auth/me').then(r => r.json())")

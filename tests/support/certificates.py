@@ -72,8 +72,6 @@ def issue(
     return Issued(cert, key)
 
 
-
 def new_key() -> ec.EllipticCurvePrivateKey:
     """A fresh P-256 private key."""
     return ec.generate_private_key(ec.SECP256R1())
-

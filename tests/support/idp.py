@@ -110,3 +110,10 @@ def sign_in_at_idp(
             return location
         response = session.get(location, allow_redirects=False)
     raise AssertionError("the provider never redirected back")
+
+
+def fill_idp_form(page, login: str, password: str) -> None:
+    """Sign in on the provider's own login form in the browser (playwright's ``page``)."""
+    page.fill("#login", login)
+    page.fill("#password", password)
+    page.click("#submit")

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -139,6 +141,17 @@ def make_appliance(tmp_path: Path, **overrides: object) -> Appliance:
     let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [home])
     return Appliance(settings, result.admin_password, output=tmp_path / "run.out",
                      own_ports=tuple(chosen))  # fmt: skip
+
+
+@contextmanager
+def running_appliance(folder: Path, **overrides: object) -> Iterator[Appliance]:
+    """An appliance on a new home in ``folder`` (see :func:`make_appliance`), started and
+    healthy; stopped on the way out."""
+    appliance = make_appliance(folder, **overrides).start()
+    try:
+        yield appliance
+    finally:
+        appliance.stop()
 
 
 def run_cli(

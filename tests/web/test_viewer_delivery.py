@@ -24,7 +24,7 @@ import pytest
 
 from appliance import metrics
 from spa_dist import spa_root
-from tests.support.running import Appliance, make_appliance
+from tests.support.running import Appliance, make_appliance, running_appliance
 from tests.support.scripts import packaging_script
 from tests.support.tools import require_tool
 
@@ -56,9 +56,8 @@ def hashed_files() -> list[str]:
 def served(tmp_path_factory) -> Iterator[Appliance]:
     if not (VIEWER / "index.html").is_file():
         pytest.skip("the OHIF viewer is not installed (bash scripts/setup.sh fetches it)")
-    running = make_appliance(tmp_path_factory.mktemp("viewer-delivery")).start()
-    yield running
-    running.stop()
+    with running_appliance(tmp_path_factory.mktemp("viewer-delivery")) as running:
+        yield running
 
 
 Response = tuple[int, http.client.HTTPMessage, bytes]

@@ -22,10 +22,6 @@ from tests.support.auth import PASSWORD, audit_events, bearer, login
 CT = get_testdata_file("CT_small.dcm")
 
 
-
-
-
-
 async def test_login_sets_httponly_strict_cookies_and_returns_a_token(client):
     resp = await login(client)
     assert resp.status == 200

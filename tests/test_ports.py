@@ -1,4 +1,4 @@
-"""The test run's port reservations (tests/ports.py): what keeps fixtures from colliding."""
+"""The test run's port reservations (tests/support/ports.py): what keeps fixtures from colliding."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The signed apt repository a clinic adds once (docs/install-clinic.md), proved in a bare
-Debian minbase root (tests/bare_root.py) against the repository served from a loopback
+Debian minbase root (tests/support/bare_root.py) against the repository served from a loopback
 HTTP server, made by the release's own step (``packaging/release.py apt-repo``) and signed
 with a throw-away key:
 

@@ -2,7 +2,7 @@
 ``debootstrap --variant=minbase bookworm`` root (no Python, nginx or Orthanc there), start
 the appliance inside that root as its systemd unit would, use it from outside over
 loopback, then upgrade to a second build, remove and purge. The bare root and the
-appliance in it: tests/bare_root.py.
+appliance in it: tests/support/bare_root.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Users from single sign-on and SMART launches, and the store of sign-ins in flight, on a
-real SQLite file (the end-to-end flows against the real provider: tests/test_sso.py)."""
+real SQLite file (the end-to-end flows against the real provider: tests/security/test_sso.py)."""
 
 from __future__ import annotations
 

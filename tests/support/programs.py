@@ -78,7 +78,7 @@ REQUIRED: tuple[Program, ...] = (
         "/usr/lib/postgresql/15/bin/postgres",
         "/usr/lib/postgresql/15/bin/psql",
     ),
-    *_programs("rclone", "off-site backups (tests/test_backup_schedule.py)", "rclone"),
+    *_programs("rclone", "off-site backups (tests/backup/test_backup_schedule.py)", "rclone"),
     # Modalities and codecs.
     *_programs(
         "dcmtk",
@@ -90,7 +90,9 @@ REQUIRED: tuple[Program, ...] = (
         "dcmdump",
     ),
     *_programs(
-        "openjph-tools", "the reference HTJ2K encoder (tests/test_codec.py)", "ojph_compress"
+        "openjph-tools",
+        "the reference HTJ2K encoder (tests/transcode/test_codec.py)",
+        "ojph_compress",
     ),
     # Browser and front end.
     *_programs(
@@ -104,11 +106,11 @@ REQUIRED: tuple[Program, ...] = (
     ),  # Debian 12's is 18: setup.sh --test installs 22 then
     *_programs("npm", "the OHIF dist, the front end and the test IdP", "npm"),
     # Queue, network and load.
-    *_programs("redis-server", "the Redis queue (tests/test_redis_queue.py)", "redis-server"),
+    *_programs("redis-server", "the Redis queue (tests/jobs/test_redis_queue.py)", "redis-server"),
     *_programs("redis-tools", "the Redis queue's readiness check", "redis-cli"),
     *_programs("iproute2", "test hosts in network namespaces; listening sockets", "ip", "ss"),
     *_programs("curl", "requests from a network namespace", "curl"),
-    *_programs("procps", "leftover processes (tests/test_run.py)", "pgrep"),
+    *_programs("procps", "leftover processes (tests/supervise/test_run.py)", "pgrep"),
     *_programs("util-linux", "the bare-root package test's namespaces", "unshare", "setpriv"),
     # The package and its bare-system test.
     *_programs(
@@ -119,15 +121,15 @@ REQUIRED: tuple[Program, ...] = (
     *_programs("patchelf", "the bundle's library paths", "patchelf"),
     *_programs("binutils", "the bundle's libraries (readelf, strip)", "readelf", "strip"),
     *_programs("systemd", "the package's unit is checked (systemd-analyze)", "systemd-analyze"),
-    # The release: signed apt repository and checksums (tests/test_release.py,
-    # tests/test_apt_repository.py).
+    # The release: signed apt repository and checksums (tests/packaging/test_release.py,
+    # tests/packaging/test_apt_repository.py).
     *_programs("apt-utils", "the release's apt repository index", "apt-ftparchive"),
     *_programs("gnupg", "the release's signatures (throw-away keys)", "gpg", "gpgconf"),
     *_programs("gpgv", "the release's signatures checked as apt checks them", "gpgv"),
     *_programs("coreutils", "the release's checksums checked", "sha256sum"),
     *_programs("git", "versions from tags (tests/test_version.py)", "git"),
     # The cloud profile on a real container engine (design.md fact 12).
-    *_programs("podman", "the cloud profile (tests/test_cloud_profile.py)", "podman"),
+    *_programs("podman", "the cloud profile (tests/packaging/test_cloud_profile.py)", "podman"),
     *_programs("podman-compose", "compose.yaml brought up", "podman-compose"),
     *_programs("runc", "podman's runtime here (crun refuses this kernel)", "runc"),
     *_programs("conmon", "podman's container monitor", "conmon"),
@@ -138,7 +140,7 @@ REQUIRED: tuple[Program, ...] = (
         "/usr/lib/podman/aardvark-dns",
     ),
     *_programs("iptables", "netavark's firewall rules for every container network", "iptables"),
-    # The deploy to a VM (tests/test_deploy.py): sshd stands in for the VM.
+    # The deploy to a VM (tests/packaging/test_deploy.py): sshd stands in for the VM.
     *_programs("openssh-server", "the VM the deploy goes to", "/usr/sbin/sshd"),
     *_programs("openssh-client", "the deploy reaches the VM", "ssh", "scp", "ssh-keygen"),
 )

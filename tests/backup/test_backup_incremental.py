@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from conftest import free_port
 from pydicom.uid import generate_uid
 
 from appliance import loopback
@@ -40,6 +39,7 @@ from appliance.store.frame_files import frame_relpath, image_relpath, remove_stu
 from appliance.store.orthanc import OrthancStore, orthanc_auth_header, orthanc_url
 from bench.counting_proxy import CountingProxy
 from bench.synthetic import SeriesSpec, StudySpec, small_dataset, small_image
+from tests.support.ports import reserve_port
 
 N = 40  # instances stored before the first measure; 2N before the second
 NEW = 8  # the day's new instances, each time
@@ -48,7 +48,7 @@ NEW = 8  # the day's new instances, each time
 @pytest.fixture
 def settings(home: Path) -> Iterator[Settings]:
     """Settings of an initialised home whose Orthanc runs alone on a free port."""
-    settings = dataclasses.replace(load_settings(home, {}), orthanc_port=free_port())
+    settings = dataclasses.replace(load_settings(home, {}), orthanc_port=reserve_port())
     with orthanc_alone(settings):
         yield settings
 
@@ -180,7 +180,7 @@ def test_a_reset_orthanc_gets_a_full_listing(settings: Settings, tmp_path: Path)
 def test_a_new_orthanc_database_gets_a_full_listing(home: Path, tmp_path: Path):
     """Orthanc started again on an empty database (as after a restore): its log restarts
     at 1, the snapshot after it lists everything and says why."""
-    settings = dataclasses.replace(load_settings(home, {}), orthanc_port=free_port())
+    settings = dataclasses.replace(load_settings(home, {}), orthanc_port=reserve_port())
     chain = tmp_path / "chain"
     with orthanc_alone(settings):
         study(settings, 6, seed=1)

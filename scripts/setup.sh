@@ -38,7 +38,7 @@ if [ "$with_tests" = 1 ]; then
   # fails with "netavark: No such file or directory".
   packages+=(podman podman-compose runc netavark aardvark-dns iptables)
   # Throwaway PostgreSQL clusters for Orthanc's PostgreSQL index (bench/pg.py,
-  # tests/test_orthanc_postgresql.py, bench/orthanc_index.py); not the system's cluster.
+  # tests/supervise/test_orthanc_postgresql.py, bench/orthanc_index.py); not the system's cluster.
   packages+=(postgresql-15)
   # The deploy's test (tests/packaging/test_deploy.py): a VM stood in by sshd on a loopback port.
   packages+=(openssh-server openssh-client)

@@ -20,8 +20,6 @@ import numpy as np
 import pytest
 import requests
 from click.testing import CliRunner
-from conftest import api_token, free_port, make_appliance, run_cli, storescu, wait_stored
-from netns import host_pair, require_netns
 
 from appliance.cli import cli as neuronova_cli
 from appliance.config import load_settings
@@ -34,6 +32,10 @@ from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.harness import ACCEPT, split_multipart
 from bench.pg import DATABASE, throwaway_pg_server
 from bench.synthetic import make_slices, write_series
+from tests.support.clients import api_token
+from tests.support.netns import host_pair, require_netns
+from tests.support.ports import reserve_port
+from tests.support.running import make_appliance, run_cli, storescu, wait_stored
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +109,7 @@ def test_the_doctor_says_which_index_answers(running):
 def test_no_server_is_refused_at_start_naming_what_to_install(tmp_path):
     runner = CliRunner()
     home = tmp_path / "home"
-    port = str(free_port())  # nothing listens there
+    port = str(reserve_port())  # nothing listens there
     env = {"NEURONOVA_ORTHANC_INDEX": "postgresql", "NEURONOVA_ORTHANC_DB_PORT": port}
     assert runner.invoke(neuronova_cli, ["init", "--home", str(home)], env=env).exit_code == 0
     settings = load_settings(home, environ=env)

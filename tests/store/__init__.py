@@ -1,1 +1,1 @@
-"""Orthanc storage, deletion, series metadata and retention (appliance.store)."""
+"""Orthanc storage, series metadata and the archive's growth (appliance.store)."""

@@ -1,0 +1,1 @@
+"""Deleting a study and the retention rule (appliance.lifecycle)."""

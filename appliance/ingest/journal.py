@@ -198,15 +198,10 @@ class Journal:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
-        """The database inside one transaction, serialized with every other use of the
-        journal: all of the block's writes are committed when it ends, none if it raises::
-
-            with journal.transaction() as db:
-                db.execute(...)
-
-        ``BEGIN IMMEDIATE`` takes SQLite's write lock at the start (waiting up to the
-        busy timeout for other processes), so a block that reads and then writes never
-        finds its snapshot outdated.
+        """``with journal.transaction() as db:`` one transaction, serialized with every
+        other use of the journal: the block's writes are all committed, or none if it
+        raises. ``BEGIN IMMEDIATE`` takes SQLite's write lock first (waiting up to the
+        busy timeout), so a block that reads, then writes, never has an outdated snapshot.
         """
         with self._lock:
             conn = self.db.conn

@@ -39,7 +39,7 @@ def init_home(settings: Settings) -> InitResult:
     starts at once (containers sharing one home volume) set up and migrate it once.
     Raises :class:`~appliance.errors.HomeTooNewError` on a home a newer version migrated.
     """
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     settings.home.mkdir(parents=True, exist_ok=True)
     fd = os.open(layout.init_lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -77,7 +77,7 @@ def _init_locked(settings: Settings, layout: HomeLayout) -> InitResult:
 def require_initialized(settings: Settings) -> HomeLayout:
     """The layout of an initialized home; :class:`NotInitializedError` otherwise, and
     :class:`~appliance.errors.HomeTooNewError` when a newer version migrated it."""
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     if not layout.database_file.exists():
         raise NotInitializedError(
             f"{settings.home} is not a NeuroNova home yet. "

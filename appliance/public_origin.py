@@ -28,8 +28,8 @@ def public_origin(settings: Settings, browser_origin: str | None = None) -> str:
     browser_origin
         ``scheme://host[:port]`` of the request being answered, if any.
     """
-    if settings.public_url:
-        return settings.public_url.rstrip("/")
+    if settings.web.public_url:
+        return settings.web.public_url.rstrip("/")
     if browser_origin:
         return browser_origin.rstrip("/")
-    return f"https://{socket.getfqdn()}:{settings.https_port}"
+    return f"https://{socket.getfqdn()}:{settings.web.https_port}"

@@ -55,7 +55,7 @@ ROWS = ("wall_seconds", "bytes_copied", "orthanc_rest_calls", "files_examined",
 def counted_backup(appliance, dest: Path) -> dict[str, Any]:
     """``neuronova backup DEST`` through the counting proxy: its figures and REST calls."""
     with (
-        CountingProxy(appliance.settings.orthanc_port) as proxy,
+        CountingProxy(appliance.settings.internal.orthanc_port) as proxy,
         orthanc_port_seen_as(appliance, proxy.port),
     ):
         figures = backup(appliance, dest)

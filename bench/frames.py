@@ -461,7 +461,7 @@ def build_targets(
     ]
     auth = {"Authorization": f"Bearer {token}", "Accept": ACCEPT}
     static = [f"{STATIC}/{p}/frames/1" for p in relative]
-    appliance_tls = f"https://{LOOPBACK}:{appliance.settings.https_port}"
+    appliance_tls = f"https://{LOOPBACK}:{appliance.settings.web.https_port}"
     return [
         Target("a_xaccel", appliance.url, dicomweb, auth),
         Target("b_static", nginx.url, static, {"Accept": ACCEPT}),

@@ -75,11 +75,9 @@ from pynetdicom import _config as pynetdicom_config
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance import loopback
-from appliance.config import Settings
+from appliance.config import Settings, settings_environment
 from appliance.ingest.receiver import TRANSFER_SYNTAXES
-from appliance.layout import HomeLayout
 from appliance.store.orthanc import orthanc_auth_header, orthanc_url
-from appliance.supervise.runner import settings_environment
 from bench.backup_mutations import Target, mutate_backup
 from bench.harness import LOOPBACK, REPO, Appliance, http, python_env, running
 from bench.mutations import (
@@ -222,7 +220,7 @@ def cstore_batch(
         for syntax_pair in sorted({(m.sop_class, m.syntax) for m, _ in pending}):
             ae.add_requested_context(*syntax_pair)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ANSWER_TIMEOUT
-        assoc = ae.associate(LOOPBACK, settings.dicom_port, ae_title=settings.ae_title)
+        assoc = ae.associate(LOOPBACK, settings.dicom.port, ae_title=settings.dicom.ae_title)
         if not assoc.is_established:
             figures.finding("association refused", f"{len(pending)} objects not sent")
             return acknowledged
@@ -291,7 +289,7 @@ def stow(
     elif broken == "empty":
         body = b""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": kind}
-    url = f"http://{LOOPBACK}:{settings.http_port}{DICOMWEB}/studies"
+    url = f"http://{LOOPBACK}:{settings.web.http_port}{DICOMWEB}/studies"
     labels = " | ".join(m.label for m, _ in items) + (f" [{broken}]" if broken else "")
     try:
         status, _, answer = http(url, body, headers, timeout=120)
@@ -525,7 +523,7 @@ def fuzz_gateway(
             break
         request, label = gateway_request(rng, urls, token)
         figures.inputs["requests through nginx"] += 1
-        _exchange(settings.http_port, request, "nginx", label, figures)
+        _exchange(settings.web.http_port, request, "nginx", label, figures)
 
 
 def _exchange(
@@ -591,7 +589,7 @@ def fuzz_frame_gate(
             break
         request, label, authorized = gate_request(rng, known.frame_url, token)
         figures.inputs["raw requests to the frame gate"] += 1
-        answer = _exchange(settings.gate_port, request, "frame gate", label, figures)
+        answer = _exchange(settings.internal.gate_port, request, "frame gate", label, figures)
         if answer is None or answer.status is None:
             continue
         redirect = answer.headers.get("x-accel-redirect", "")
@@ -604,7 +602,7 @@ def fuzz_frame_gate(
 
 def journal(settings: Settings) -> dict[str, tuple[str, str]]:
     """SOP Instance UID -> (state, error) for every journal row (read-only)."""
-    uri = f"file:{HomeLayout(settings.home).database_file}?mode=ro"
+    uri = f"file:{settings.layout.database_file}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
         rows = db.execute("SELECT sop_uid, state, coalesce(error, '') FROM instances")
         return {sop: (state, error) for sop, state, error in rows}
@@ -674,19 +672,19 @@ def account(settings: Settings, sent: list[Sent], deadline: float, figures: Figu
 
 def supervisor_children(settings: Settings) -> dict[str, tuple[int, str]]:
     """Child name -> (pid, state) from ``run/supervisor.json``."""
-    state = json.loads(HomeLayout(settings.home).state_file.read_text())
+    state = json.loads(settings.layout.state_file.read_text())
     return {name: (c["pid"], c["state"]) for name, c in state["children"].items()}
 
 
 def log_sizes(settings: Settings) -> dict[Path, int]:
     """Each appliance log file and its size now."""
-    return {path: path.stat().st_size for path in HomeLayout(settings.home).log_dir.glob("*.log")}
+    return {path: path.stat().st_size for path in settings.layout.log_dir.glob("*.log")}
 
 
 def new_tracebacks(settings: Settings, since: dict[Path, int]) -> list[tuple[str, str]]:
     """(log file, exception line) of each traceback logged after ``since`` (:func:`log_sizes`)."""
     found = []
-    for path in sorted(HomeLayout(settings.home).log_dir.glob("*.log")):
+    for path in sorted(settings.layout.log_dir.glob("*.log")):
         with path.open("rb") as log:
             start = since.get(path, 0)
             log.seek(start if start <= path.stat().st_size else 0)  # 0: rotated meanwhile
@@ -715,7 +713,7 @@ def restore_mutants(settings: Settings, backup: Path, budget: Budget, seed: int,
     """``neuronova restore`` of mutated copies of ``backup``: each must be refused with an
     ``Error:`` line and nothing written (the target absent or empty, nothing beside it),
     unless the manifest was encrypted again with the key and still validates."""
-    rng, key_file = random.Random(seed + 3), HomeLayout(settings.home).backup_key_file
+    rng, key_file = random.Random(seed + 3), settings.layout.backup_key_file
     key, deadline = key_file.read_bytes().strip(), time.monotonic() + budget.restore_seconds
     with tempfile.TemporaryDirectory(prefix="nn-fuzz-restore-") as tmp:
         for index in range(budget.restores):
@@ -784,7 +782,7 @@ def store_known(settings: Settings, token: str) -> Known:
     seed = corpus()[-1]
     sop_uid = uid_for(random.Random("the known object"))  # never one of the fuzz inputs
     boundary = "fuzzknown"
-    url = f"http://{LOOPBACK}:{settings.http_port}{DICOMWEB}/studies"
+    url = f"http://{LOOPBACK}:{settings.web.http_port}{DICOMWEB}/studies"
     headers = {"Authorization": f"Bearer {token}", "Content-Type": stow_type(boundary)}
     status, _, answer = http(url, multipart([seed.part10(sop_uid)], boundary), headers, 60)
     if status != 200:
@@ -827,7 +825,7 @@ def fuzz(settings: Settings, token: str, budget: Budget, seed: int = 7) -> Figur
 
 def still_serving(settings: Settings, token: str, known: Known, figures: Figures) -> dict[str, int]:
     """After the run: ``/api/health`` and the known object's first frame through nginx."""
-    base = f"http://{LOOPBACK}:{settings.http_port}"
+    base = f"http://{LOOPBACK}:{settings.web.http_port}"
     bearer = {"Authorization": f"Bearer {token}"}
     answers = {
         "/api/health": http(base + "/api/health"),
@@ -846,7 +844,7 @@ def technologist_token(settings: Settings, password: str) -> str:
     subprocess.run(command, input=password + "\n", capture_output=True, text=True,
                    env=appliance_env(settings), timeout=60, check=True)  # fmt: skip
     body = json.dumps({"username": FUZZ_USER, "password": password}).encode()
-    url = f"http://{LOOPBACK}:{settings.http_port}/api/auth/login"
+    url = f"http://{LOOPBACK}:{settings.web.http_port}/api/auth/login"
     status, _, answer = http(url, body, {"Content-Type": "application/json"})
     if status != 200:
         raise RuntimeError(f"login failed: HTTP {status} {answer[:200]!r}")

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance import loopback
-from appliance.config import Settings, load_settings
+from appliance.config import Settings, load_settings, settings_environment
 from appliance.home import init_home
 from appliance.layout import HomeLayout
 from appliance.supervise.nginx_user import let_workers_reach, worker_user
-from appliance.supervise.runner import settings_environment
+from appliance.supervise.ports import PORT_SETTINGS
 from tests.support.ports import reserve_port
 
 LOOPBACK = "127.0.0.1"
@@ -161,8 +161,8 @@ class Appliance:
         ``ours`` is the bench's own folder above ``home`` (the temporary directory unless
         given) whose folders may be opened to nginx's workers; ``extra``: more settings.
         """
-        ports = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
-        values: dict[str, object] = {"bind": LOOPBACK, "redirect_to_https": False}
+        ports = PORT_SETTINGS
+        values: dict[str, object] = {"network.bind": LOOPBACK, "web.redirect_to_https": False}
         values.update({p: free_port() for p in ports} | (extra or {}))
         settings = load_settings(home, values, environ={})
         init_home(settings)
@@ -179,11 +179,11 @@ class Appliance:
 
     @property
     def layout(self) -> HomeLayout:
-        return HomeLayout(self.settings.home)
+        return self.settings.layout
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.settings.http_port}"
+        return f"http://{LOOPBACK}:{self.settings.web.http_port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -249,7 +249,7 @@ class Appliance:
         instance fails at once.
         """
         start = time.perf_counter()
-        pushed = storescu(files, self.settings.dicom_port, self.settings.ae_title)
+        pushed = storescu(files, self.settings.dicom.port, self.settings.dicom.ae_title)
 
         def all_stored() -> bool:
             states = self.journal_states()

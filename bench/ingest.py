@@ -260,7 +260,7 @@ def push_and_watch(appliance: Appliance, series: Series, token: str) -> dict[str
     assert appliance.process is not None
     others = OthersMeter([appliance.process.pid]).start()
     settings = appliance.settings
-    process = start_storescu(series.files, settings.dicom_port, settings.ae_title)
+    process = start_storescu(series.files, settings.dicom.port, settings.dicom.ae_title)
     waiter = _watch_exit(process, clock)
     backlog = None
     deadline = time.monotonic() + STORE_TIMEOUT
@@ -363,7 +363,7 @@ def bench_appliance(series: Series, slices: list[np.ndarray], home: Path) -> dic
         "viewable_after_cstore_s": round(viewable - times["cstore_done"], 3),
         "not_yet_stored_when_cstore_done": times["not_yet_stored_when_cstore_done"],
         "other_processes_cpu_percent": times["other_processes_cpu_percent"],
-        "workers": appliance.settings.workers,
+        "workers": appliance.settings.queue.workers,
         "journal": journal,
         "frames": frames,
     }

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.backup.repository import Repository
 from appliance.config import load_settings
-from appliance.layout import HomeLayout
 from appliance.store.orthanc import OrthancStore
 from appliance.supervise.nginx_user import let_workers_reach, worker_user
+from appliance.supervise.ports import PORT_SETTINGS
 from bench.harness import (
     LOOPBACK,
     REPO,
@@ -104,8 +104,8 @@ def new_bytes_by_part(dest: Path, key: bytes) -> dict[str, int]:
 
 def restored_appliance(home: Path) -> Appliance:
     """The restored home on free ports of its own (its settings file keeps the old ones)."""
-    ports = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
-    values: dict[str, object] = {"bind": LOOPBACK, "redirect_to_https": False}
+    ports = PORT_SETTINGS
+    values: dict[str, object] = {"network.bind": LOOPBACK, "web.redirect_to_https": False}
     settings = load_settings(home, values | {p: free_port() for p in ports}, environ={})
     let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [home])
     return Appliance(settings)
@@ -132,16 +132,16 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     original = Appliance.create(workdir / "home")
     with running(original):
         original.push(first.files)
-        sending = start_storescu(second.files, original.settings.dicom_port, "NEURONOVA")
+        sending = start_storescu(second.files, original.settings.dicom.port, "NEURONOVA")
         during = backup(original, dest)
         still_sending = sending.poll() is None
         finish_storescu(sending)
-        key = HomeLayout(original.settings.home).backup_key_file
+        key = original.settings.layout.backup_key_file
         verify_seconds = neuronova(original.env, "backup", "verify", str(dest),
                                    "--key-file", str(key))  # fmt: skip
         wait_prepared(original, 2 * args.slices)
         catch_up = backup(original, dest)
-        storescu(extra.files, original.settings.dicom_port, "NEURONOVA")
+        storescu(extra.files, original.settings.dicom.port, "NEURONOVA")
         wait_prepared(original, 2 * args.slices + NEW_INSTANCES)
         incremental = backup(original, dest)
         incremental_parts = new_bytes_by_part(dest, key.read_bytes().strip())

@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.config import Settings, load_settings
 from appliance.home import init_home
-from appliance.layout import HomeLayout
 from appliance.store.orthanc import DICOMWEB_ROOT, orthanc_auth_header
 from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
 from bench.harness import REPO, free_port, machine, markdown_table, run_in_workdir
@@ -62,7 +61,7 @@ class Orthanc:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.base = f"http://127.0.0.1:{settings.orthanc_port}"
+        self.base = f"http://127.0.0.1:{settings.internal.orthanc_port}"
         self.session = requests.Session()
         self.session.trust_env = False
         self.session.headers["Authorization"] = orthanc_auth_header(settings)
@@ -72,7 +71,7 @@ class Orthanc:
         """Start Orthanc; seconds until a study search answers."""
         render_orthanc_conf(self.settings)
         started = time.monotonic()
-        log = open(HomeLayout(self.settings.home).home / "orthanc.out", "ab")  # noqa: SIM115
+        log = open(self.settings.layout.home / "orthanc.out", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(orthanc_command(self.settings), stdout=log, stderr=log,
                                         env={**os.environ, **orthanc_environment()})  # fmt: skip
         while time.monotonic() - started < START_TIMEOUT:
@@ -140,7 +139,7 @@ def latency(orthanc: Orthanc, query: str, requests_count: int) -> dict[str, floa
 def index_bytes(settings: Settings, cluster: PgServer | None) -> int:
     """The index on disk: SQLite's files, or the PostgreSQL database's size."""
     if cluster is None:
-        folder = HomeLayout(settings.home).orthanc_dir / "index"
+        folder = settings.layout.orthanc_dir / "index"
         return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     return int(cluster.sql(f"SELECT pg_database_size('{DATABASE}')").strip())
 
@@ -149,7 +148,7 @@ def index_bytes(settings: Settings, cluster: PgServer | None) -> int:
 def index_home(kind: str, workdir: Path) -> Iterator[tuple[Settings, PgServer | None]]:
     """A fresh home with Orthanc's index of ``kind`` (and its cluster)."""
     home = workdir / kind / "home"
-    values: dict[str, object] = {"orthanc_port": free_port()}
+    values: dict[str, object] = {"internal.orthanc_port": free_port()}
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(throwaway_pg_server()) if kind == "postgresql" else None
         if cluster is not None:

@@ -30,7 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.config import FIELDS
+from appliance.config import DECLARED
+from appliance.supervise.ports import PORT_SETTINGS
 from bench.harness import (
     LOOPBACK,
     REPO,
@@ -61,11 +62,11 @@ def load_build() -> Any:
 
 def settings_env(home: Path) -> dict[str, str]:
     """An empty environment but the data home and loopback settings on free ports."""
-    by_attr = {field.attr: field.env_var for field in FIELDS}
-    values: dict[str, object] = {"bind": LOOPBACK, "redirect_to_https": "false"}
-    for attr in ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port"):
-        values[attr] = free_port()
-    env = {by_attr[attr]: str(value) for attr, value in values.items()}
+    env_var = {declared.path: declared.env_var for declared in DECLARED}
+    values: dict[str, object] = {"network.bind": LOOPBACK, "web.redirect_to_https": "false"}
+    for path in PORT_SETTINGS:
+        values[path] = free_port()
+    env = {env_var[path]: str(value) for path, value in values.items()}
     return {"NEURONOVA_HOME": str(home), **env}
 
 

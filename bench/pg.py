@@ -65,11 +65,11 @@ class PgServer:
     def settings(self) -> dict[str, object]:
         """The appliance's settings for an index in this server (password: in the home)."""
         return {
-            "orthanc_index": "postgresql",
-            "orthanc_db_host": LOOPBACK,
-            "orthanc_db_port": self.port,
-            "orthanc_db_name": DATABASE,
-            "orthanc_db_user": ROLE,
+            "orthanc.index": "postgresql",
+            "orthanc.db_host": LOOPBACK,
+            "orthanc.db_port": self.port,
+            "orthanc.db_name": DATABASE,
+            "orthanc.db_user": ROLE,
         }
 
     def create_owner(self, password: str) -> None:

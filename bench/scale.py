@@ -59,8 +59,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.config import FIELDS, load_settings
+from appliance.config import DECLARED, load_settings
 from appliance.supervise.nginx_user import let_workers_reach, worker_user
+from appliance.supervise.ports import PORT_SETTINGS
 from bench.counting_proxy import CountingProxy
 from bench.harness import (
     LOOPBACK,
@@ -137,7 +138,7 @@ GIVEN = (
     "TINA",
     "UWE",
 )
-RETENTION_ENV = next(f.env_var for f in FIELDS if f.attr == "retention_years")
+RETENTION_ENV = next(d.env_var for d in DECLARED if d.path == "retention.years")
 MEASURE_TIMEOUT = 1800.0
 INDEXES = ("sqlite", "postgresql")  # where Orthanc keeps its index ([orthanc] index)
 
@@ -208,10 +209,9 @@ def ours(path: Path) -> Path:
 
 def appliance_at(home: Path, password: str, extra: dict[str, object] | None = None) -> Appliance:
     """The appliance of an existing home on free loopback ports of its own (``extra``:
-    more settings, e.g. where Orthanc's index is)."""
-    ports = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
-    values: dict[str, object] = {"bind": LOOPBACK, "redirect_to_https": False}
-    values |= {p: free_port() for p in ports} | (extra or {})
+    more settings by ``section.key``, e.g. where Orthanc's index is)."""
+    values: dict[str, object] = {"network.bind": LOOPBACK, "web.redirect_to_https": False}
+    values |= {p: free_port() for p in PORT_SETTINGS} | (extra or {})
     settings = load_settings(home, values, environ={})
     let_workers_reach(worker_user(settings), ours(home), [home])
     return Appliance(settings, password)
@@ -248,7 +248,7 @@ def wait_settled(appliance: Appliance, stored: int, timeout: float = FILL_TIMEOU
 
 def send_parallel(appliance: Appliance, groups: list[list[Path]]) -> None:
     """One storescu association per non-empty group, all at once."""
-    port, ae = appliance.settings.dicom_port, appliance.settings.ae_title
+    port, ae = appliance.settings.dicom.port, appliance.settings.dicom.ae_title
     running = [start_storescu(files, port, ae) for files in groups if files]
     for process in running:
         finish_storescu(process, timeout=FILL_TIMEOUT)
@@ -581,7 +581,7 @@ def retention_figures(appliance: Appliance) -> dict[str, Any]:
 
 def probe_figures(appliance: Appliance, probe: list[Path], study_uid: str) -> dict[str, Any]:
     """The probe CT in one association: C-STORE rate, then last Success to all stored."""
-    sent = storescu(probe, appliance.settings.dicom_port, appliance.settings.ae_title)
+    sent = storescu(probe, appliance.settings.dicom.port, appliance.settings.dicom.ae_title)
     after = time.perf_counter()
     wait_for(
         lambda: (
@@ -651,7 +651,7 @@ def backup_figures(
     added = add_instances(appliance, meta, new, workdir, streams)
     incremental = backup(appliance, dest) | {"new_instances": added}
     with (
-        CountingProxy(appliance.settings.orthanc_port) as proxy,
+        CountingProxy(appliance.settings.internal.orthanc_port) as proxy,
         orthanc_port_seen_as(appliance, proxy.port),
     ):
         unchanged = backup(appliance, dest)

@@ -610,7 +610,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     appliance = Appliance.create(workdir / "home")
     args.screenshots.mkdir(parents=True, exist_ok=True)
     gate = QuietGate(args.quiet_wait)
-    with running(appliance), routes(appliance.settings.https_port, names, workdir) as links:
+    with running(appliance), routes(appliance.settings.web.https_port, names, workdir) as links:
         htj2k = write_series(workdir / "htj2k", slices)
         reference = write_reference(workdir / "uncompressed", slices)
         print(f"pushing {args.slices} slices with storescu ...", flush=True)

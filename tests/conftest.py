@@ -23,7 +23,6 @@ from appliance.cli import cli as neuronova_cli
 from appliance.config import Settings, load_settings
 from appliance.db import open_database
 from appliance.home import init_home
-from appliance.layout import HomeLayout
 from appliance.security.users import create_user
 from appliance.web.app import create_app
 from tests.support import programs
@@ -63,8 +62,8 @@ def appliance_factory(tmp_path_factory) -> Iterator[Callable[..., Appliance]]:
     """Make appliances in fresh homes; every one started is stopped at teardown."""
     made: list[Appliance] = []
 
-    def make(**overrides: object) -> Appliance:
-        appliance = make_appliance(tmp_path_factory.mktemp("appliance"), **overrides)
+    def make(overrides: dict[str, object] | None = None) -> Appliance:
+        appliance = make_appliance(tmp_path_factory.mktemp("appliance"), overrides)
         made.append(appliance)
         return appliance
 
@@ -141,7 +140,7 @@ def settings(tmp_path: Path) -> Settings:
     ``tech`` (technologist) and ``boss`` (admin), all with :data:`tests.support.auth.PASSWORD`."""
     settings = load_settings(tmp_path / "home", environ={})
     init_home(settings)
-    db = open_database(HomeLayout(settings.home).database_file)
+    db = open_database(settings.layout.database_file)
     for name, role in (("rad", "radiologist"), ("tech", "technologist"), ("boss", "admin")):
         create_user(db, name, role, PASSWORD)
     db.close()

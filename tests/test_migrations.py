@@ -16,7 +16,6 @@ from appliance.config import load_settings
 from appliance.db import open_database, patient_key
 from appliance.errors import HomeTooNewError
 from appliance.home import init_home
-from appliance.layout import HomeLayout
 from appliance.migrations import MIGRATIONS, Migration, read_record
 from appliance.version import current
 
@@ -43,7 +42,7 @@ def test_a_home_of_0_1_0_gets_migration_1(tmp_path):
     added (here the users' single sign-on columns and the FHIR push table)."""
     settings = load_settings(tmp_path / "h", environ={})
     init_home(settings)
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     layout.record_file.unlink()
     with sqlite3.connect(layout.database_file) as con:
         con.execute("ALTER TABLE users DROP COLUMN pending")
@@ -62,7 +61,7 @@ def home_at_level(tmp_path, level: int, *undo: str):
     SQL statements ``undo``: (settings, layout) of a home as an older build left it."""
     settings = load_settings(tmp_path / "h", environ={})
     init_home(settings)
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     record = json.loads(layout.record_file.read_text())
     record["migrations"] = record["migrations"][:level]
     layout.record_file.write_text(json.dumps(record))
@@ -180,7 +179,7 @@ def test_two_starts_at_once_run_a_migration_once(tmp_path, monkeypatch):
     for thread in threads:
         thread.join(60)
     assert errors == [] and len(runs) == 1
-    record = read_record(HomeLayout(settings.home))
+    record = read_record(settings.layout)
     assert [m.number for m in record.migrations] == [*range(1, LAST + 1), LAST + 1]
 
 
@@ -199,7 +198,7 @@ def test_a_start_cut_short_goes_on_from_the_last_recorded_migration(tmp_path, mo
     ))  # fmt: skip
     with pytest.raises(OSError):
         init_home(settings)
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     assert read_record(layout).level == LAST + 1
     monkeypatch.setattr(migrations, "MIGRATIONS", (
         *MIGRATIONS,

@@ -15,7 +15,9 @@ from appliance.web.keys import SETTINGS
 
 
 def test_the_public_url_comes_first(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, public_url="https://pacs.clinic.example/")
+    settings = Settings(home=tmp_path).with_values(
+        {"web.public_url": "https://pacs.clinic.example/"}
+    )
     assert public_origin(settings, "http://10.0.0.5:8080") == "https://pacs.clinic.example"
     assert public_origin(settings) == "https://pacs.clinic.example"
 
@@ -26,7 +28,7 @@ def test_without_it_the_origin_the_browser_used(tmp_path: Path) -> None:
 
 
 def test_without_a_request_https_on_this_machines_name(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, https_port=9443)
+    settings = Settings(home=tmp_path).with_values({"web.https_port": 9443})
     assert public_origin(settings) == f"https://{socket.getfqdn()}:9443"
 
 
@@ -51,7 +53,7 @@ async def test_a_request_is_answered_with_its_browser_origin(
     aiohttp_client, tmp_path: Path, public_url: str, headers: dict, expected: str
 ) -> None:
     app = web.Application()
-    app[SETTINGS] = Settings(home=tmp_path, public_url=public_url)
+    app[SETTINGS] = Settings(home=tmp_path).with_values({"web.public_url": public_url})
     app.router.add_get("/origin", _origin)
     client = await aiohttp_client(app)
     resp = await client.get("/origin", headers=headers)

@@ -20,7 +20,6 @@ from appliance.backup.repository import BackupError, Repository, RepositoryBusy
 from appliance.backup.snapshot import Progress, take_snapshot
 from appliance.backup.status import write_status
 from appliance.config import Settings
-from appliance.layout import HomeLayout
 
 log = logging.getLogger("neuronova.backup")
 FAILURES = (BackupError, OSError, sqlite3.Error)
@@ -29,7 +28,7 @@ FAILURES = (BackupError, OSError, sqlite3.Error)
 
 def keep_of(settings: Settings) -> Keep:
     """``[backup] keep_daily`` and ``keep_weekly``."""
-    return Keep(settings.backup_keep_daily, settings.backup_keep_weekly)
+    return Keep(settings.backup.keep_daily, settings.backup.keep_weekly)
 
 
 def backup_now(
@@ -42,8 +41,8 @@ def backup_now(
     before it is raised (one of :data:`FAILURES`), except :class:`RepositoryBusy`: the
     backup already using ``dest`` records its own result.
     """
-    layout = HomeLayout(settings.home)
-    remote = settings.backup_remote if daily else ""
+    layout = settings.layout
+    remote = settings.backup.remote if daily else ""
     record: dict[str, Any] = {"dest": str(dest), "snapshot": None, "remote": remote or None}
     try:
         result = take_snapshot(settings, dest, progress)
@@ -71,9 +70,9 @@ def run_daily_backup(settings: Settings) -> bool | None:
     Returns None when no destination is set or another backup is using it (several
     workers each queue the periodic task), else whether the backup succeeded.
     """
-    if not settings.backup_destination:
+    if not settings.backup.destination:
         return None
-    dest = Path(settings.backup_destination)
+    dest = Path(settings.backup.destination)
     try:
         record = backup_now(settings, dest, lambda _done, _total: None, daily=True)
     except RepositoryBusy as exc:  # e.g. a second worker's scheduler queued it too
@@ -84,7 +83,7 @@ def run_daily_backup(settings: Settings) -> bool | None:
         return False
     except Exception as exc:  # recorded and logged: the worker goes on
         log.exception("daily backup into %s failed unexpectedly", dest)
-        write_status(HomeLayout(settings.home), ok=False, dest=str(dest), snapshot=None,
+        write_status(settings.layout, ok=False, dest=str(dest), snapshot=None,
                      error=f"unexpected error: {exc!r}")  # fmt: skip
         return False
     log.info("daily backup %s into %s: %s bytes copied", record["snapshot"], dest,

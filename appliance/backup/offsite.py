@@ -63,7 +63,7 @@ class Remote:
     @classmethod
     def from_settings(cls, settings: Settings, path: str | None = None) -> Remote:
         """``[backup] remote`` (or ``path``) with ``[backup] rclone_config``."""
-        return cls((path or settings.backup_remote).rstrip("/"), settings.rclone_config_path)
+        return cls((path or settings.backup.remote).rstrip("/"), settings.rclone_config_path)
 
     def child(self, folder: str) -> str:
         """``folder`` inside the remote path (``NAME:`` alone is the remote's root)."""

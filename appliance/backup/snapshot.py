@@ -83,7 +83,7 @@ def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> Snapsho
     started = time.monotonic()
     orthanc = OrthancStore(settings)
     _orthanc_answers(orthanc)
-    repo = Repository(dest, backup_key(HomeLayout(settings.home), create=True))
+    repo = Repository(dest, backup_key(settings.layout, create=True))
     repo.create()
     with repo.locked():
         if needs_migration(dest):  # a repository from before encryption: encrypted first
@@ -96,7 +96,7 @@ def _snapshot_into(
     repo: Repository, settings: Settings, orthanc: OrthancStore, progress: Progress
 ) -> SnapshotResult:
     """The snapshot itself, under the repository's lock (``seconds`` left at 0)."""
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     previous = repo.latest() or {}
     try:
         instances = orthanc_log.plan(orthanc, previous)

@@ -44,10 +44,10 @@ def backup_age(layout: HomeLayout) -> float | None:
 
 def next_backup(settings: Settings, now: datetime | None = None) -> datetime | None:
     """When the daily backup runs next (UTC), or None when ``[backup] destination`` is off."""
-    if not settings.backup_destination:
+    if not settings.backup.destination:
         return None
     now = now or datetime.now(UTC)
-    hour, minute = settings.backup_hour_minute
+    hour, minute = settings.backup.hour_minute
     at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     return at if at > now else at + timedelta(days=1)
 
@@ -55,15 +55,15 @@ def next_backup(settings: Settings, now: datetime | None = None) -> datetime | N
 def backup_summary(settings: Settings) -> dict[str, Any]:
     """The last backup (with its age) and the daily schedule: what `status` and the System
     page show. ``daily`` is None when the daily backup is off."""
-    last = read_status(HomeLayout(settings.home))
+    last = read_status(settings.layout)
     upcoming = next_backup(settings)
     daily = None if upcoming is None else {
-        "destination": settings.backup_destination,
-        "time_utc": settings.backup_time,
+        "destination": settings.backup.destination,
+        "time_utc": settings.backup.time,
         "next": upcoming.isoformat(timespec="seconds"),
-        "keep_daily": settings.backup_keep_daily,
-        "keep_weekly": settings.backup_keep_weekly,
-        "remote": settings.backup_remote or None,
+        "keep_daily": settings.backup.keep_daily,
+        "keep_weekly": settings.backup.keep_weekly,
+        "remote": settings.backup.remote or None,
     }
     age = None if last is None else round(max(0.0, time.time() - float(last["finished_unix"])))
     return {"last": last, "age_s": age, "daily": daily}

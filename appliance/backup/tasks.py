@@ -16,7 +16,7 @@ from appliance.config import Settings
 def backup_schedule(settings: Settings) -> Callable[[datetime], bool]:
     """Daily at ``[backup] time`` (UTC, as Huey's periodic tasks run); the task does
     nothing when ``[backup] destination`` is empty."""
-    hour, minute = settings.backup_hour_minute
+    hour, minute = settings.backup.hour_minute
     return crontab(minute=str(minute), hour=str(hour))
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import subprocess
 import sys
@@ -24,7 +23,6 @@ from appliance.backup.repository import Repository
 from appliance.cli.options import home_option, settings_from
 from appliance.config import Settings, load_settings
 from appliance.home import require_initialized
-from appliance.layout import HomeLayout
 from appliance.security.keys import load_or_create_secret, write_private_file
 from appliance.store.orthanc import OrthancStore, OrthancUnavailable
 from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
@@ -163,7 +161,7 @@ def _progress_line(line: str) -> None:
 
 def _home_repository(dest: Path, home: Path | None) -> Repository:
     """DEST, its signed manifests checked with the backup key of the home (if it has one)."""
-    return Repository(dest, backup_key(HomeLayout(settings_from(home).home)))
+    return Repository(dest, backup_key(settings_from(home).layout))
 
 
 def _require_repository(dest: Path) -> None:
@@ -262,7 +260,7 @@ def verify_cmd(dest: Path, key_file: Path | None, home: Path | None) -> None:
 def _home_key(home: Path | None) -> bytes | None:
     """The home's backup key if this machine has the home and we may read it, else None."""
     try:
-        return backup_key(HomeLayout(settings_from(home).home))
+        return backup_key(settings_from(home).layout)
     except OSError:  # another user's home (e.g. the package's, as a login user)
         return None
 
@@ -290,7 +288,7 @@ def restore(src: Path, home: Path, key_file: Path | None, allow_unsigned: bool) 
         if not repo.trusted(manifest):
             click.echo(f"Warning: snapshot {manifest['name']} is not signed; nothing shows "
                        "that it was not changed since it was taken.", err=True)  # fmt: skip
-        settings = dataclasses.replace(load_settings(home, {}), orthanc_port=_free_port())
+        settings = load_settings(home, {"internal.orthanc_port": _free_port()})
         with orthanc_alone(settings) as store, _bar("Restoring images") as progress:
             count = snapshot.restore_instances(repo, manifest, store.store, progress)
     click.echo(

@@ -16,7 +16,12 @@ import click
 from appliance import loopback
 from appliance.backup.status import backup_summary
 from appliance.cli.backup_cmd import KEY_ADVICE
-from appliance.cli.options import home_option, network_options, settings_from
+from appliance.cli.options import (
+    home_option,
+    network_options,
+    network_overrides,
+    settings_from,
+)
 from appliance.config import Settings
 from appliance.health.report import STATUS_KEY_HEADER, status_key
 from appliance.home import InitResult, init_home, require_initialized
@@ -53,7 +58,7 @@ def init(home: Path | None, **network: object) -> None:
     Running it again on an existing home changes nothing. The admin password is printed
     once; store it safely.
     """
-    settings = settings_from(home, **network)
+    settings = settings_from(home, network_overrides(network))
     result = init_home(settings)
     _report_init(settings, result)
     if not result.created:
@@ -71,7 +76,7 @@ def run(home: Path | None, verbose: bool, **network: object) -> None:
     any that crash, and stops them all on Ctrl-C or SIGTERM. Logs go to the terminal and
     to HOME/logs/.
     """
-    settings = settings_from(home, **network)
+    settings = settings_from(home, network_overrides(network))
     _report_init(settings, init_home(settings))
     limits = log_limits(settings)
     configure_logging(
@@ -82,16 +87,16 @@ def run(home: Path | None, verbose: bool, **network: object) -> None:
         component="supervisor",
     )
     click.echo(
-        f"Web:   http://{settings.probe_host}:{settings.http_port}/  and  "
-        f"https://{settings.probe_host}:{settings.https_port}/"
+        f"Web:   http://{settings.network.probe_host}:{settings.web.http_port}/  and  "
+        f"https://{settings.network.probe_host}:{settings.web.https_port}/"
     )
-    click.echo(f"DICOM: AE title {settings.ae_title}, port {settings.dicom_port}")
+    click.echo(f"DICOM: AE title {settings.dicom.ae_title}, port {settings.dicom.port}")
     run_appliance(settings)
 
 
 def fetch_health(settings: Settings, timeout: float = 10.0) -> tuple[int, dict] | None:
     """GET /api/health through nginx, with the status key; ``None`` when nothing answers."""
-    url = f"http://{settings.probe_host}:{settings.http_port}/api/health"
+    url = f"http://{settings.network.probe_host}:{settings.web.http_port}/api/health"
     request = urllib.request.Request(url, headers={STATUS_KEY_HEADER: status_key(settings)})
     try:
         with loopback.urlopen(request, timeout=timeout) as resp:
@@ -118,7 +123,7 @@ def status(home: Path | None, as_json: bool) -> None:
     answer = fetch_health(settings)
     if answer is None:
         raise click.ClickException(
-            f"NeuroNova is not answering on port {settings.http_port} for {settings.home}. "
+            f"NeuroNova is not answering on port {settings.web.http_port} for {settings.home}. "
             "Start it with `neuronova run`."
         )
     code, report = answer

@@ -152,7 +152,7 @@ def _exit_status(settings: Settings, report: ImportReport, waited: bool, timeout
     if report.held:
         raise click.ClickException(
             f"{len(report.held)} object(s) were held by the overwrite policy ([dicom] "
-            f"overwrite = {settings.overwrite}; listed above). Review them with `neuronova "
+            f"overwrite = {settings.dicom.overwrite}; listed above). Review them with `neuronova "
             "held list`, then `neuronova held accept ID` or `neuronova held discard ID`."
         )
     if waited and report.pending:

@@ -89,7 +89,7 @@ def status(home: Path | None, study: str | None, limit: int, as_json: bool) -> N
         click.echo(json.dumps({**progress, "queue": queue}, indent=2))
         return
     if not progress["totals"]["received"]:
-        _print_nothing(study, settings.ae_title, settings.dicom_port)
+        _print_nothing(study, settings.dicom.ae_title, settings.dicom.port)
     else:
         _print_studies(progress["studies"])
         _print_totals(progress["totals"])

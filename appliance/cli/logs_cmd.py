@@ -9,7 +9,6 @@ from pathlib import Path
 import click
 
 from appliance.cli.options import home_option, settings_from, since_option
-from appliance.layout import HomeLayout
 from appliance.supervise.log_reader import (
     COMPONENTS,
     DEFAULT_COMPONENTS,
@@ -49,7 +48,7 @@ def logs(
     components merged by time; each line is prefixed with its component. The appliance's
     JSON lines are shown as text.
     """
-    log_dir = HomeLayout(settings_from(home).home).log_dir
+    log_dir = settings_from(home).layout.log_dir
     if not log_dir.is_dir():
         raise click.ClickException(f"no logs in {log_dir}; start the appliance: neuronova run")
     components = (component,) if component else DEFAULT_COMPONENTS

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import getpass
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import sqlite_utils
 
-from appliance.config import Settings, load_settings
+from appliance.config import Declared, Settings, declared_setting, load_settings
 from appliance.db import open_database
 from appliance.home import require_initialized
 from appliance.security import audit
@@ -66,32 +66,45 @@ def limit_option(default: int, help_text: str) -> Callable[[F], F]:
     )
 
 
+# The settings ``init`` and ``run`` also take as options (highest precedence): by option.
+NETWORK_OPTIONS = {
+    "--http-port": "web.http_port",
+    "--dicom-port": "dicom.port",
+    "--bind": "network.bind",
+}
+
+
 def network_options(fn: F) -> F:
-    """``--http-port``, ``--dicom-port`` and ``--bind``, overriding the settings file."""
-    fn = click.option(
-        "--bind",
-        metavar="ADDR",
-        default=None,
-        help="Address nginx and the DICOM port listen on [default: 0.0.0.0].",
-    )(fn)
-    fn = click.option(
-        "--dicom-port",
-        type=click.IntRange(1, 65535),
-        default=None,
-        help="DICOM port for modalities [default: 11112].",
-    )(fn)
-    fn = click.option(
-        "--http-port",
-        type=click.IntRange(1, 65535),
-        default=None,
-        help="Web port for browsers [default: 8080].",
-    )(fn)
+    """``--http-port``, ``--dicom-port`` and ``--bind``, overriding the settings file; their
+    help and default come from the settings' declaration. :func:`network_overrides` reads
+    them back."""
+    for flag, path in reversed(NETWORK_OPTIONS.items()):
+        fn = _setting_option(flag, declared_setting(path))(fn)
     return fn
 
 
-def settings_from(home: Path | None, **overrides: Any) -> Settings:
-    """Settings for ``home`` with command-line overrides applied, and the internal ports
-    of the appliance running on it (one it had to move off a taken default)."""
+def _setting_option(flag: str, declared: Declared) -> Callable[[F], F]:
+    is_port = declared.key.endswith("port")
+    return click.option(
+        flag,
+        type=click.IntRange(1, 65535) if is_port else declared.type,
+        metavar="PORT" if is_port else "ADDR",
+        default=None,
+        help=f"{declared.help} [default: {declared.default}; setting [{declared.section}] "
+        f"{declared.key}, or {declared.env_var}].",
+    )
+
+
+def network_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of :func:`network_options` (click's keyword arguments) by ``section.key``."""
+    return {
+        path: options[flag.lstrip("-").replace("-", "_")] for flag, path in NETWORK_OPTIONS.items()
+    }
+
+
+def settings_from(home: Path | None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Settings for ``home`` with command-line overrides (by ``section.key``) applied, and the
+    internal ports of the appliance running on it (one it had to move off a taken default)."""
     return live_ports(load_settings(home, overrides))
 
 

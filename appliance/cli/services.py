@@ -28,7 +28,6 @@ from appliance.health.probes import (
     probe_worker,
 )
 from appliance.home import init_home, require_initialized
-from appliance.layout import HomeLayout
 from appliance.programs import find_program
 from appliance.security.keys import write_private_file
 from appliance.store.orthanc_index import wait_for_server
@@ -56,7 +55,7 @@ def service(ctx: click.Context, init_first: bool) -> None:
 
 def first_admin_password_file(settings: Settings) -> Path:
     """Where ``service --init`` leaves the first admin's password (mode 0600)."""
-    return HomeLayout(settings.home).secrets_dir / "first-admin-password"
+    return settings.layout.secrets_dir / "first-admin-password"
 
 
 def prepare_home(settings: Settings) -> None:
@@ -69,7 +68,7 @@ def prepare_home(settings: Settings) -> None:
         write_private_file(path, result.admin_password.encode() + b"\n")
         log.info("created the home; the first admin password (user admin) is in %s", path)
     if result.backup_key is not None:
-        key_file = HomeLayout(settings.home).backup_key_file
+        key_file = settings.layout.backup_key_file
         log.info("the backup key is in %s: keep a copy away from this machine, restore needs "
                  "it (`neuronova backup key`)", key_file)  # fmt: skip
 
@@ -139,7 +138,7 @@ def nginx(home: Path | None) -> None:
     settings = _settings(home)
     render_nginx_conf(settings, stdout_logs=True)
     command = nginx_command(find_program(NGINX), settings, stdout_logs=True)
-    sys.exit(run_following(command, [settings.app_host, settings.orthanc_host]))
+    sys.exit(run_following(command, [settings.internal.app_host, settings.internal.orthanc_host]))
 
 
 def resolve(hosts: list[str]) -> list[list[str]]:
@@ -183,7 +182,9 @@ async def probe_service(name: str, settings: Settings) -> Report:
             return await probe_orthanc(settings, session)
         if name == "nginx":
             return await probe_nginx(settings, session)
-        return await probe_http(session, f"http://127.0.0.1:{settings.app_port}/api/health/live")
+        return await probe_http(
+            session, f"http://127.0.0.1:{settings.internal.app_port}/api/health/live"
+        )
 
 
 @service.command("check")

@@ -55,13 +55,13 @@ def retention(dry_run: bool, yes: bool, home: Path | None) -> None:
     """Delete the studies older than [retention] years (by [retention] by: study_date or
     received). The running worker does this hourly when years is above 0."""
     settings = settings_from(home)
-    if not settings.retention_years:
+    if not settings.retention.years:
         raise click.ClickException(
             "retention is off: set [retention] years (and by) in neuronova.toml first"
         )
     journal = Journal(require_initialized(settings).database_file)
     expired = expired_studies(settings, journal)
-    rule = f"older than {settings.retention_years} years by {settings.retention_by}"
+    rule = f"older than {settings.retention.years} years by {settings.retention.by}"
     click.echo(f"{len(expired)} studies {rule}:")
     for s in expired:
         received = (s["received_at"] or "")[:10]

@@ -35,7 +35,7 @@ def show(home: Path | None) -> None:
     layout = require_initialized(settings)
     info = certs.certificate_info(layout)
     click.echo(f"File:      {certs.cert_file(layout)}")
-    click.echo(f"Port:      {settings.https_port} (HTTPS)")
+    click.echo(f"Port:      {settings.web.https_port} (HTTPS)")
     _echo_info(info)
     if info.self_signed:
         click.echo(

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from appliance.cli.options import home_database, home_option
+from appliance.roles import ROLES
 from appliance.security import users as accounts
 from appliance.security.sessions import revoke_user_sessions
 
@@ -35,7 +36,7 @@ def user() -> None:
 @click.argument("name")
 @click.option(
     "--role",
-    type=click.Choice(accounts.ROLES),
+    type=click.Choice(ROLES),
     required=True,
     help="admin: everything; radiologist: read and share; technologist: read and upload.",
 )

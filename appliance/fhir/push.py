@@ -31,7 +31,6 @@ from appliance.db import Transactions, now_iso
 from appliance.fhir.assemble import pushed_imaging_study
 from appliance.fhir.resources import DICOM_UID_SYSTEM, FHIR_JSON
 from appliance.fhir.tasks import SETTLE
-from appliance.layout import HomeLayout
 from appliance.public_origin import public_origin
 from appliance.security.keys import read_secret
 
@@ -130,7 +129,7 @@ def push_authorization(settings: Settings) -> str | None:
     ``None`` without that file. Kept out of the settings so that ``config show`` never
     prints it; refused unless only its owner can read it (:class:`PushFailed`, not
     retried)."""
-    path = HomeLayout(settings.home).fhir_push_authorization_file
+    path = settings.layout.fhir_push_authorization_file
     try:
         if path.stat().st_mode & 0o077:
             raise PushFailed(0, False, f"{path} must be readable by its owner only (chmod 600)")
@@ -158,14 +157,14 @@ class Pusher:
     def instance_stored(self, sop_uid: str) -> str | None:
         """:func:`mark_stored` for a stored instance (nothing when ``[fhir] push_url`` is
         off); the study whose push task to queue, if any."""
-        if not self.settings.fhir_push_url:
+        if not self.settings.fhir.push_url:
             return None
         with self.journal.transaction() as db:
             return mark_stored(db, sop_uid)
 
     def overdue(self) -> list[str]:
         """:func:`overdue_pushes` (none when ``[fhir] push_url`` is off)."""
-        if not self.settings.fhir_push_url:
+        if not self.settings.fhir.push_url:
             return []
         with self.journal.transaction() as db:
             return overdue_pushes(db)
@@ -180,7 +179,7 @@ class Pusher:
         if row is None or row[0] != PENDING:
             return PushOutcome("skipped")
         _, generation, attempts = row
-        origin, system = public_origin(self.settings), self.settings.smart_identifier_system
+        origin, system = public_origin(self.settings), self.settings.smart.identifier_system
         with self.journal.transaction() as db:
             resource = pushed_imaging_study(db, study_uid, system, origin)
         try:
@@ -198,7 +197,7 @@ class Pusher:
         if authorization:
             headers["Authorization"] = authorization
         request = urllib.request.Request(
-            conditional_url(self.settings.fhir_push_url, study_uid),
+            conditional_url(self.settings.fhir.push_url, study_uid),
             data=json.dumps(resource).encode() if resource is not None else None,
             headers=headers,
             method="PUT" if resource is not None else "DELETE",

@@ -40,19 +40,19 @@ class Context:
 
     @property
     def layout(self) -> HomeLayout:
-        return HomeLayout(self.settings.home)
+        return self.settings.layout
 
     @property
     def nginx_url(self) -> str:
         """nginx on loopback, as a browser on this machine reaches it."""
         s = self.settings
-        if s.redirect_to_https:
-            return f"https://{s.probe_host}:{s.https_port}"
-        return f"http://{s.probe_host}:{s.http_port}"
+        if s.web.redirect_to_https:
+            return f"https://{s.network.probe_host}:{s.web.https_port}"
+        return f"http://{s.network.probe_host}:{s.web.http_port}"
 
     @property
     def app_url(self) -> str:
-        return f"http://{self.settings.app_host}:{self.settings.app_port}"
+        return f"http://{self.settings.internal.app_host}:{self.settings.internal.app_port}"
 
     async def get(self, url: str, auth: bool = False) -> tuple[int, Any, bytes]:
         """GET ``url`` (our own self-signed certificate accepted): status, headers, body."""

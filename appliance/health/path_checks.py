@@ -28,18 +28,18 @@ QIDO_PATH = "/api/pacs/dicom-web/studies?limit=1"
 
 def _expected_ports(s: Settings) -> dict[int, tuple[str, bool]]:
     """Port -> (service, may listen beyond loopback)."""
-    internal_public = not is_loopback_host(s.internal_listen)
+    internal_public = not is_loopback_host(s.internal.listen)
     ports = {
-        s.http_port: ("nginx (HTTP)", True),
-        s.https_port: ("nginx (HTTPS)", True),
-        s.dicom_port: ("DICOM receiver", True),
-        s.app_port: ("web app", internal_public),
-        s.gate_port: ("frame gate", internal_public),
+        s.web.http_port: ("nginx (HTTP)", True),
+        s.web.https_port: ("nginx (HTTPS)", True),
+        s.dicom.port: ("DICOM receiver", True),
+        s.internal.app_port: ("web app", internal_public),
+        s.internal.gate_port: ("frame gate", internal_public),
     }
-    if not s.orthanc_remote:
+    if not s.internal.orthanc_remote:
         # Orthanc 1.10.1 cannot choose its address: it binds every interface and refuses
         # non-loopback clients (RemoteAccessAllowed false) and unauthenticated requests.
-        ports[s.orthanc_port] = ("Orthanc", True)
+        ports[s.internal.orthanc_port] = ("Orthanc", True)
     return ports
 
 
@@ -96,7 +96,7 @@ async def check_dicom(ctx: Context) -> Check:
         return Check(
             "dicom",
             FAIL,
-            f"C-ECHO to {ctx.settings.ae_title}: {probe['error']}",
+            f"C-ECHO to {ctx.settings.dicom.ae_title}: {probe['error']}",
             f"see {ctx.layout.log_dir}/receiver.log",
         )
     return Check("dicom", OK, f"C-ECHO answered in {probe['latency_ms']} ms")
@@ -155,10 +155,10 @@ async def check_orthanc_index(ctx: Context) -> Check:
     except MissingBinaryError as exc:
         return Check("orthanc_index", FAIL, str(exc), "then restart `neuronova run`")
     answers = orthanc_index.server_answers
-    if not await asyncio.to_thread(answers, s.orthanc_db_host, s.orthanc_db_port):
+    if not await asyncio.to_thread(answers, s.orthanc.db_host, s.orthanc.db_port):
         return Check("orthanc_index", FAIL, orthanc_index.unreachable_message(s),
                      "then restart `neuronova run`")  # fmt: skip
-    where = f"{s.orthanc_db_name} at {s.orthanc_db_host}:{s.orthanc_db_port}"
+    where = f"{s.orthanc.db_name} at {s.orthanc.db_host}:{s.orthanc.db_port}"
     return Check("orthanc_index", OK, f"Orthanc's index is PostgreSQL ({where}), answering")
 
 

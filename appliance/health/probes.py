@@ -13,7 +13,6 @@ from pynetdicom.sop_class import Verification
 
 from appliance.config import Settings
 from appliance.ingest.receiver import HEALTH_AE_TITLE
-from appliance.layout import HomeLayout
 from appliance.store.orthanc import orthanc_auth_header, orthanc_url
 
 WORKER_HEARTBEAT_MAX_AGE = 15.0
@@ -53,10 +52,10 @@ async def probe_http(
 async def probe_nginx(settings: Settings, session: aiohttp.ClientSession) -> Report:
     """Our nginx (not another program on its port) answers its loopback health location."""
     try:
-        instance = HomeLayout(settings.home).nginx_instance_file.read_bytes().strip()
+        instance = settings.layout.nginx_instance_file.read_bytes().strip()
     except FileNotFoundError:
         return error("nginx has not been configured yet")
-    url = f"http://{settings.probe_host}:{settings.http_port}/nginx-health"
+    url = f"http://{settings.network.probe_host}:{settings.web.http_port}/nginx-health"
     return await probe_http(session, url, expect_body=instance)
 
 
@@ -95,15 +94,15 @@ def echo(host: str, port: int, called_ae: str, timeout: float = 3.0) -> Report:
 async def probe_receiver(settings: Settings) -> Report:
     """The DICOM receiver answers a C-ECHO on its port."""
     report = await asyncio.to_thread(
-        echo, settings.probe_host, settings.dicom_port, settings.ae_title
+        echo, settings.network.probe_host, settings.dicom.port, settings.dicom.ae_title
     )
-    report.update(ae_title=settings.ae_title, port=settings.dicom_port)
+    report.update(ae_title=settings.dicom.ae_title, port=settings.dicom.port)
     return report
 
 
 def probe_worker(settings: Settings) -> Report:
     """The queue's consumer has written its heartbeat recently."""
-    heartbeat = HomeLayout(settings.home).worker_heartbeat_file
+    heartbeat = settings.layout.worker_heartbeat_file
     try:
         age = time.time() - heartbeat.stat().st_mtime
     except FileNotFoundError:

@@ -23,7 +23,6 @@ from appliance.health.probes import (
     probe_receiver,
     probe_worker,
 )
-from appliance.layout import HomeLayout
 from appliance.security.keys import read_secret
 from appliance.version import current as app_version
 
@@ -35,7 +34,7 @@ STATUS_KEY_HEADER = "X-NeuroNova-Status-Key"
 def status_key(settings: Settings) -> str:
     """The home's status key: sent in :data:`STATUS_KEY_HEADER` from loopback, it shows
     the full report to whoever can read the home's secrets (``neuronova status``)."""
-    return read_secret(HomeLayout(settings.home).status_key_file)
+    return read_secret(settings.layout.status_key_file)
 
 
 def queue_report(settings: Settings, huey: Huey) -> Report:
@@ -45,7 +44,7 @@ def queue_report(settings: Settings, huey: Huey) -> Report:
     except Exception as exc:  # the backend (SQLite file or Redis) is unreachable
         return error(f"queue storage unreachable: {exc.__class__.__name__}")
     report = probe_worker(settings)
-    report.update(pending=pending, backend="redis" if settings.redis_url else "sqlite")
+    report.update(pending=pending, backend="redis" if settings.queue.redis_url else "sqlite")
     return report
 
 
@@ -66,7 +65,7 @@ async def check_health(
     container) nginx and the receiver take probes from loopback only: their containers'
     health checks probe them, and the report says so.
     """
-    apart = not is_loopback_host(settings.internal_listen)
+    apart = not is_loopback_host(settings.internal.listen)
     nginx, orthanc, receiver, queue = await asyncio.gather(
         _own_container() if apart else probe_nginx(settings, session),
         probe_orthanc(settings, session),
@@ -89,13 +88,13 @@ async def check_health(
 def warnings(settings: Settings, db: sqlite_utils.Database) -> list[str]:
     """Conditions that do not stop the appliance but need the administrator's attention."""
     found = []
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     free = shutil.disk_usage(layout.spool_dir).free
-    if free < settings.warn_free_bytes:
+    if free < settings.dicom.warn_free_bytes:
         found.append(
             f"disk nearly full: {free // 1024**2} MiB free in {layout.home} (warning below "
-            f"[dicom] warn_free_mb = {settings.warn_free_bytes // 1024**2}); new DICOM "
-            f"objects are refused below {settings.min_free_mb} MiB (status 0xA700)"
+            f"[dicom] warn_free_mb = {settings.dicom.warn_free_bytes // 1024**2}); new DICOM "
+            f"objects are refused below {settings.dicom.min_free_mb} MiB (status 0xA700)"
         )
     if not db["modalities"].count:
         found.append(

@@ -35,7 +35,9 @@ async def check_queue(ctx: Context) -> Check:
     monitor = QueueMonitor(ctx.settings, ctx.queue)
     queued = await asyncio.to_thread(monitor.queued)
     if queued.error:  # the SQLite file or Redis did not answer
-        backend = "[queue] redis_url" if ctx.settings.redis_url else str(ctx.layout.queue_file)
+        backend = (
+            "[queue] redis_url" if ctx.settings.queue.redis_url else str(ctx.layout.queue_file)
+        )
         return Check("queue", FAIL, queued.error, f"check {backend}")
     state = monitor.combine(ctx.db, queued, failed_limit=0)
     age = state.oldest_pending_age_s
@@ -69,7 +71,7 @@ async def check_disk(ctx: Context) -> Check:
     """Free space where the image store lives."""
     store = ctx.layout.orthanc_dir
     free_mb = (await asyncio.to_thread(shutil.disk_usage, store)).free // 1024**2
-    limit = ctx.settings.min_free_mb
+    limit = ctx.settings.dicom.min_free_mb
     text = f"{free_mb} MiB free for {store}"
     fix = (
         "free space or move the home to a larger disk; the receiver refuses objects "
@@ -77,7 +79,7 @@ async def check_disk(ctx: Context) -> Check:
     )
     if free_mb < limit:
         return Check("disk", FAIL, text + " (new objects are refused)", fix)
-    if free_mb * 1024**2 < ctx.settings.warn_free_bytes:  # the margin `status` warns at
+    if free_mb * 1024**2 < ctx.settings.dicom.warn_free_bytes:  # the margin `status` warns at
         return Check("disk", WARN, text, fix)
     return Check("disk", OK, text)
 

@@ -234,7 +234,7 @@ class Importer:
 
     def __init__(self, settings: Settings, root: Path, ingest: Ingest) -> None:
         self.ingest = ingest
-        self.policy = settings.overwrite
+        self.policy = settings.dicom.overwrite
         self.report = ImportReport(root)
         self._by_sop: dict[str, Path] = {}
         self._processed = 0

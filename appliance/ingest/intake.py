@@ -18,7 +18,6 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.ingest.journal import ALWAYS, Journal, Received, Refusal, describe
 from appliance.ingest.spool import Spool
-from appliance.layout import HomeLayout
 
 log = logging.getLogger("neuronova.ingest")
 SETTLE_SECONDS = 60
@@ -47,9 +46,9 @@ class Ingest:
     def __init__(
         self, settings: Settings, queue: IngestQueue, journal: Journal | None = None
     ) -> None:
-        layout = HomeLayout(settings.home)
-        self.spool = Spool(layout.spool_dir, min_free=settings.min_free_mb * 1024**2,
-                           warn_free=settings.warn_free_bytes)  # fmt: skip
+        layout = settings.layout
+        self.spool = Spool(layout.spool_dir, min_free=settings.dicom.min_free_mb * 1024**2,
+                           warn_free=settings.dicom.warn_free_bytes)  # fmt: skip
         self.journal = journal or Journal(layout.database_file)
         self.queue = queue
 

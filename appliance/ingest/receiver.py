@@ -264,7 +264,7 @@ def build_ae(settings: Settings) -> AE:
     Slow callers are bounded: ARTIM (:data:`ARTIM_TIMEOUT`) for the association request
     after connecting, :data:`IDLE_TIMEOUT` without a PDU in an association.
     """
-    ae = AE(ae_title=settings.ae_title)
+    ae = AE(ae_title=settings.dicom.ae_title)
     ae.add_supported_context(Verification)
     for context in StoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
@@ -280,9 +280,9 @@ def build_ae(settings: Settings) -> AE:
 def handlers(ingest: Ingest, settings: Settings) -> list[tuple]:
     """The event handlers bound when the server starts."""
     allow = AllowList(ingest)
-    policy = StorePolicy(settings.max_inflated_mb * 1024**2, settings.overwrite)
+    policy = StorePolicy(settings.dicom.max_inflated_mb * 1024**2, settings.dicom.overwrite)
     requestors = Requestors()
-    cap = ObjectSizeCap(settings.max_object_mb * 1024**2, requestors)
+    cap = ObjectSizeCap(settings.dicom.max_object_mb * 1024**2, requestors)
     return [
         (evt.EVT_REQUESTED, handle_requested, [allow, requestors]),
         (evt.EVT_C_ECHO, handle_echo),
@@ -303,20 +303,22 @@ def receive_to_disk(spool: Spool) -> None:
 
 
 def serve(settings: Settings, queue: IngestQueue) -> None:
-    """Listen on ``settings.bind:dicom_port`` until SIGTERM or SIGINT; what is received
+    """Listen on ``settings.network.bind:dicom_port`` until SIGTERM or SIGINT; what is received
     goes on to ``queue``."""
     ingest = Ingest(settings, queue)
     receive_to_disk(ingest.spool)
     ae = build_ae(settings)
     server = ae.start_server(
-        (settings.bind, settings.dicom_port), block=False, evt_handlers=handlers(ingest, settings)
+        (settings.network.bind, settings.dicom.port),
+        block=False,
+        evt_handlers=handlers(ingest, settings),
     )
     log.info(
         "DICOM receiver listening on %s:%d as AE title %s (overwrite policy %s)",
-        settings.bind,
-        settings.dicom_port,
-        settings.ae_title,
-        settings.overwrite,
+        settings.network.bind,
+        settings.dicom.port,
+        settings.dicom.ae_title,
+        settings.dicom.overwrite,
     )
     wait_for_stop_signal()
     server.shutdown()

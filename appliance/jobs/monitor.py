@@ -147,7 +147,7 @@ class QueueMonitor:
     def __init__(self, settings: Settings, queue: Queue) -> None:
         self.settings = settings
         self.queue = queue
-        self.layout = HomeLayout(settings.home)
+        self.layout = settings.layout
 
     def queued(self) -> Queued:
         """Read Huey's storage (safe from any thread; Redis may be slow or down).
@@ -196,7 +196,7 @@ class QueueMonitor:
         backups = kinds.setdefault(BACKUPS, KindState(BACKUPS, LABELS[BACKUPS], True, None, None))
         backups.last = _last_backup(self.layout) or backups.last
         return QueueState(
-            backend="redis" if self.settings.redis_url else "sqlite",
+            backend="redis" if self.settings.queue.redis_url else "sqlite",
             pending=None if queued.error else queued.pending.total() + queued.unclassified,
             scheduled=None if queued.error else queued.scheduled.total(),
             unclassified=queued.unclassified,

@@ -23,7 +23,6 @@ from appliance.backup.tasks import register_backup_task
 from appliance.config import Settings
 from appliance.fhir.tasks import PushWork, register_push_tasks
 from appliance.jobs.wakeup import Wakeup
-from appliance.layout import HomeLayout
 from appliance.lifecycle.tasks import register_retention_task
 from appliance.transcode.tasks import IngestWork, register_ingest_tasks
 
@@ -151,12 +150,12 @@ def create_queue(
     Task return values are not stored (``results=False``): nothing reads them (the
     journal holds every outcome), and Huey would keep one row per task forever.
     """
-    if settings.redis_url:
+    if settings.queue.redis_url:
         huey: Huey = RedisHuey(
-            QUEUE_NAME, url=settings.redis_url, immediate=immediate, results=False
+            QUEUE_NAME, url=settings.queue.redis_url, immediate=immediate, results=False
         )
     else:
-        path = HomeLayout(settings.home).queue_file
+        path = settings.layout.queue_file
         path.parent.mkdir(parents=True, exist_ok=True)
         huey = LocalHuey(
             QUEUE_NAME, filename=str(path), immediate=immediate, timeout=30, results=False

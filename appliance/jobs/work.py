@@ -14,7 +14,6 @@ from appliance.config import Settings
 from appliance.fhir.push import Pusher
 from appliance.ingest.journal import Journal
 from appliance.jobs.queue import Work
-from appliance.layout import HomeLayout
 from appliance.lifecycle.retention import apply_retention
 from appliance.transcode.pipeline import Pipeline
 
@@ -26,7 +25,7 @@ def worker_work(settings: Settings, journal: Journal | None = None) -> Work:
 
     @functools.cache
     def the_journal() -> Journal:
-        return journal or Journal(HomeLayout(settings.home).database_file)
+        return journal or Journal(settings.layout.database_file)
 
     @functools.cache
     def pipeline() -> Pipeline:

@@ -14,7 +14,6 @@ from appliance.ingest.intake import Ingest
 from appliance.jobs.activity import TaskActivity, forget_stopped_workers
 from appliance.jobs.queue import Queue, create_queue
 from appliance.jobs.work import worker_work
-from appliance.layout import HomeLayout
 from appliance.transcode.pipeline import warm_up_codec
 
 log = logging.getLogger("neuronova.worker")
@@ -39,7 +38,7 @@ def recover_beside_others(settings: Settings, queue: Queue) -> int:
     downgraded only after recovery, so a worker starting meanwhile waits for it. Returns
     the lock's descriptor (held until the process ends).
     """
-    fd = os.open(HomeLayout(settings.home).workers_lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(settings.layout.workers_lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         alone = True
@@ -55,7 +54,7 @@ WORKER_NICENESS = 10
 
 
 def serve(settings: Settings) -> None:
-    """Run the consumer with ``settings.workers`` threads until SIGTERM or SIGINT.
+    """Run the consumer with ``settings.queue.workers`` threads until SIGTERM or SIGINT.
 
     The worker runs at a lower CPU priority than the receiver and the web app:
     acknowledging modalities and serving viewers come first, transcoding uses what is
@@ -67,21 +66,21 @@ def serve(settings: Settings) -> None:
     recover_beside_others(settings, queue)
     huey = queue.huey
     consumer = huey.create_consumer(
-        workers=settings.workers,
+        workers=settings.queue.workers,
         worker_type="thread",
         periodic=True,
         check_worker_health=True,
     )  # an idle worker waits to be woken (both queues' dequeue blocks), it does not poll
     stop = threading.Event()
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     forget_stopped_workers(layout)
     activity = TaskActivity.for_this_process(layout)
     activity.attach(huey)
     beat = (layout.worker_heartbeat_file, activity, stop)
     beating = threading.Thread(target=_beat, args=beat, daemon=True, name="heartbeat")
     beating.start()
-    backend = "Redis" if settings.redis_url else "SQLite"
-    log.info("queue worker started: %d workers, %s backend", settings.workers, backend)
+    backend = "Redis" if settings.queue.redis_url else "SQLite"
+    log.info("queue worker started: %d workers, %s backend", settings.queue.workers, backend)
     try:
         consumer.run()
     finally:

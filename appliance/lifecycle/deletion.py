@@ -30,7 +30,6 @@ from appliance.db import now_iso
 from appliance.errors import ApplianceError
 from appliance.fhir.push import mark_deleted
 from appliance.ingest.journal import PROCESSING, Journal
-from appliance.layout import HomeLayout
 from appliance.security import audit
 from appliance.store.frame_files import remove_study_files
 from appliance.store.orthanc import OrthancRejected, OrthancStore, OrthancUnavailable
@@ -81,7 +80,7 @@ def delete_study(
         _drain(journal, study_uid)
         in_orthanc = _delete_in_orthanc(settings, study_uid)
         patient, spool_files, instances = _forget(journal, study_uid)
-        freed = remove_study_files(HomeLayout(settings.home).frames_dir, study_uid)
+        freed = remove_study_files(settings.layout.frames_dir, study_uid)
         for path in spool_files:
             Path(path).unlink(missing_ok=True)
     finally:

@@ -39,12 +39,12 @@ def expired_studies(
     settings: Settings, journal: Journal, today: dt.date | None = None
 ) -> list[dict[str, Any]]:
     """The studies the retention rule would delete now, oldest first (none when it is off)."""
-    if not settings.retention_years:
+    if not settings.retention.years:
         return []
-    limit = cutoff(settings.retention_years, today)
+    limit = cutoff(settings.retention.years, today)
     # Oldest first by the rule's own date, so that SQLite walks that date's index and reads
     # only the expired studies (ordered by the other date it would read them all).
-    if settings.retention_by == "study_date":
+    if settings.retention.by == "study_date":
         where, arg = "study_date != '' AND study_date < ?", limit.strftime("%Y%m%d")
         order = "study_date, received_at"
     else:
@@ -68,5 +68,5 @@ def apply_retention(settings: Settings, journal: Journal) -> list[DeletedStudy]:
             log.warning("retention: %s", exc)
     if deleted:
         log.info("retention deleted %d studies older than %d years (by %s)",
-                 len(deleted), settings.retention_years, settings.retention_by)  # fmt: skip
+                 len(deleted), settings.retention.years, settings.retention.by)  # fmt: skip
     return deleted

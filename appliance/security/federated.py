@@ -40,15 +40,15 @@ class Policy:
     @classmethod
     def from_settings(cls, settings: Settings, source: str) -> Policy:
         """The ``[oidc]`` or ``[smart]`` policy of ``settings``."""
-        oidc = source == "oidc"
+        section = settings.oidc if source == "oidc" else settings.smart
         return cls(
             source=source,
-            username_claim=getattr(settings, f"{source}_username_claim"),
-            role_claim=getattr(settings, f"{source}_role_claim"),
-            role_map=parse_role_map(getattr(settings, f"{source}_role_map"), source),
-            default_role=getattr(settings, f"{source}_default_role"),
-            auto_create=settings.oidc_auto_create if oidc else True,
-            require_approval=settings.oidc_require_approval if oidc else False,
+            username_claim=section.username_claim,
+            role_claim=section.role_claim,
+            role_map=parse_role_map(section.role_map, source),
+            default_role=section.default_role,
+            auto_create=settings.oidc.auto_create if section is settings.oidc else True,
+            require_approval=settings.oidc.require_approval if section is settings.oidc else False,
         )
 
 

@@ -14,8 +14,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from appliance.db import now_iso
 from appliance.errors import UserError
+from appliance.roles import ROLES
 
-ROLES = ("admin", "radiologist", "technologist")
 SHARERS = ("admin", "radiologist")  # the roles that may create share links
 MIN_PASSWORD_LENGTH = 10
 USERNAME_MAX = 64

@@ -11,7 +11,6 @@ from typing import Any
 
 from appliance import loopback
 from appliance.config import Settings
-from appliance.layout import HomeLayout
 from appliance.security.keys import read_secret
 
 TIMEOUT = 60
@@ -27,13 +26,13 @@ METADATA_ORIGIN = f"http://{METADATA_HOST}"
 
 def orthanc_auth_header(settings: Settings) -> str:
     """The ``Authorization`` header value for Orthanc's REST API."""
-    password = read_secret(HomeLayout(settings.home).orthanc_password_file)
+    password = read_secret(settings.layout.orthanc_password_file)
     return "Basic " + base64.b64encode(f"{ORTHANC_USER}:{password}".encode()).decode()
 
 
 def orthanc_url(settings: Settings) -> str:
     """Base URL of Orthanc's REST API (loopback, or ``[internal] orthanc_host``)."""
-    return f"http://{settings.orthanc_host}:{settings.orthanc_port}"
+    return f"http://{settings.internal.orthanc_host}:{settings.internal.orthanc_port}"
 
 
 class OrthancUnavailable(Exception):

@@ -38,7 +38,7 @@ class IndexServerError(ApplianceError):
 
 def uses_postgresql(settings: Settings) -> bool:
     """Whether Orthanc's index is in PostgreSQL (``[orthanc] index = "postgresql"``)."""
-    return settings.orthanc_index == "postgresql"
+    return settings.orthanc.index == "postgresql"
 
 
 def index_plugins(settings: Settings) -> list[Path]:
@@ -73,10 +73,10 @@ def index_config(settings: Settings) -> dict[str, Any]:
         "PostgreSQL": {
             "EnableIndex": True,
             "EnableStorage": False,  # the DICOM files stay in the home's storage folder
-            "Host": settings.orthanc_db_host,
-            "Port": settings.orthanc_db_port,
-            "Database": settings.orthanc_db_name,
-            "Username": settings.orthanc_db_user,
+            "Host": settings.orthanc.db_host,
+            "Port": settings.orthanc.db_port,
+            "Database": settings.orthanc.db_name,
+            "Username": settings.orthanc.db_user,
             "Password": _password(settings),
             "Lock": True,  # one Orthanc per database
             "EnableSsl": False,
@@ -116,7 +116,7 @@ def wait_for_server(settings: Settings, timeout: float = 60.0) -> None:
     """
     if not uses_postgresql(settings):
         return
-    host, port = settings.orthanc_db_host, settings.orthanc_db_port
+    host, port = settings.orthanc.db_host, settings.orthanc.db_port
     deadline = time.monotonic() + timeout
     while not server_answers(host, port):
         if time.monotonic() >= deadline:
@@ -128,7 +128,7 @@ def unreachable_message(settings: Settings) -> str:
     """What to do when the index's PostgreSQL server does not answer."""
     return (
         f"[orthanc] index = postgresql, but no PostgreSQL server answers at "
-        f"{settings.orthanc_db_host}:{settings.orthanc_db_port}. Install and start it "
+        f"{settings.orthanc.db_host}:{settings.orthanc.db_port}. Install and start it "
         "(`sudo apt-get install postgresql orthanc-postgresql`), create the role and "
-        "database (docs/install-clinic.md), or set [orthanc] index = \"sqlite\"."
+        'database (docs/install-clinic.md), or set [orthanc] index = "sqlite".'
     )

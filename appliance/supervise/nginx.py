@@ -83,7 +83,7 @@ def _listen(settings: Settings, port: int, tls: bool = False, default: bool = Fa
     # HTTP/2 on the TLS port (browsers speak it only over TLS): the viewer's frames and
     # files multiplexed on one connection instead of six HTTP/1.1 ones per host.
     suffix = (" http2 ssl" if tls else "") + (" default_server" if default else "")
-    return f"        listen {settings.bind}:{port}{suffix};"
+    return f"        listen {settings.network.bind}:{port}{suffix};"
 
 
 def server_names(settings: Settings, layout: HomeLayout) -> list[str]:
@@ -93,9 +93,9 @@ def server_names(settings: Settings, layout: HomeLayout) -> list[str]:
     ``localhost``), the DNS names of an installed certificate, the host of ``[web]
     public_url``, ``[web] server_names``, and any IP address.
     """
-    names = ["localhost", *host_names(), *settings.server_name_list]
-    if settings.public_url:
-        names.append(URL(settings.public_url).host or "")
+    names = ["localhost", *host_names(), *settings.web.server_name_list]
+    if settings.web.public_url:
+        names.append(URL(settings.web.public_url).host or "")
     with contextlib.suppress(TLSError):
         names += certificate_info(layout).names
     valid = [n.lower() for n in names if is_host_name(n) and not n.replace(".", "").isdigit()]
@@ -150,7 +150,9 @@ def nginx_logs(layout: HomeLayout, stdout_logs: bool) -> tuple[str, str]:
 
 def real_ip_settings(settings: Settings) -> str:
     """With ``[web] cloudflare``, the realip lines trusting Cloudflare's ranges only."""
-    return bundled_nginx.template_text("cloudflare.conf.template") if settings.cloudflare else ""
+    return (
+        bundled_nginx.template_text("cloudflare.conf.template") if settings.web.cloudflare else ""
+    )
 
 
 def brotli_static_module() -> Path | None:
@@ -177,7 +179,7 @@ def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
     ``stdout_logs`` sends nginx's logs to its stdout and stderr (in a container) instead
     of ``HOME/logs``.
     """
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     temp_dir = layout.run_dir / "nginx" / "temp"
     for sub in TEMP_SUBDIRS:
         (temp_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -196,9 +198,9 @@ def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
         "instance_id": instance_id,
         "frames_boundary": FRAMES_BOUNDARY,
         "app_proxy": APP_PROXY,
-        "https_port": str(settings.https_port),
+        "https_port": str(settings.web.https_port),
         "server_names": " ".join(server_names(settings, layout)),
-        "max_upload": f"{settings.max_upload_mb}m",
+        "max_upload": f"{settings.web.max_upload_mb}m",
         "viewer_precompressed": precompressed(brotli is not None),
         **internal_locations.template_values(),
     }
@@ -208,19 +210,19 @@ def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
         app_server,
         {
             **common,
-            "listen": _listen(settings, settings.https_port, tls=True),
+            "listen": _listen(settings, settings.web.https_port, tls=True),
             "server_extra": tls,
             **_headers(hsts=_clinic_certificate(layout)),
         },
     )
     plain_template = (
-        "redirect.conf.template" if settings.redirect_to_https else "server.conf.template"
+        "redirect.conf.template" if settings.web.redirect_to_https else "server.conf.template"
     )
     plain = render_template(
         bundled_nginx.template_text(plain_template),
         {
             **common,
-            "listen": _listen(settings, settings.http_port),
+            "listen": _listen(settings, settings.web.http_port),
             "server_extra": "",
             **_headers(hsts=False),
         },
@@ -228,9 +230,9 @@ def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
     unknown = render_template(
         bundled_nginx.template_text("unknown-host.conf.template"),
         {
-            "listen": _listen(settings, settings.http_port, default=True)
+            "listen": _listen(settings, settings.web.http_port, default=True)
             + "\n"
-            + _listen(settings, settings.https_port, tls=True, default=True),
+            + _listen(settings, settings.web.https_port, tls=True, default=True),
             "server_extra": tls,
             "message": UNKNOWN_HOST,
         },
@@ -247,12 +249,12 @@ def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
             "access_log": access_log,
             "temp_dir": str(temp_dir),
             "mime_types": str(bundled_nginx.mime_types_path()),
-            "app_host": settings.app_host,
-            "orthanc_host": settings.orthanc_host,
+            "app_host": settings.internal.app_host,
+            "orthanc_host": settings.internal.orthanc_host,
             "real_ip": real_ip_settings(settings),
-            "app_port": str(settings.app_port),
-            "gate_port": str(settings.gate_port),
-            "orthanc_port": str(settings.orthanc_port),
+            "app_port": str(settings.internal.app_port),
+            "gate_port": str(settings.internal.gate_port),
+            "orthanc_port": str(settings.internal.orthanc_port),
             "servers": servers,
         },
     )
@@ -262,7 +264,7 @@ def render_nginx_conf(settings: Settings, stdout_logs: bool = False) -> Path:
 
 def nginx_command(nginx: Path, settings: Settings, stdout_logs: bool = False) -> list[str]:
     """The argv that starts nginx in the foreground with every compiled-in path overridden."""
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     error_log = nginx_logs(layout, stdout_logs)[0]
     prefix = layout.nginx_conf.parent
     return [

@@ -27,11 +27,12 @@ def worker_user(settings: Settings) -> pwd.struct_passwd | None:
     the appliance's own, unprivileged, user)."""
     if os.geteuid() != 0:
         return None
+    user = settings.internal.nginx_user
     try:
-        return pwd.getpwnam(settings.nginx_user)
+        return pwd.getpwnam(user)
     except KeyError:
         raise ConfigError(
-            f"[internal] nginx_user: there is no user {settings.nginx_user!r} on this system "
+            f"[internal] nginx_user: there is no user {user!r} on this system "
             "(nginx's worker processes run as it); create it or name another one"
         ) from None
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import Settings
-from appliance.layout import HomeLayout
 from appliance.programs import bundle_dir, find_program
 from appliance.security.keys import read_secret, write_private_file
 from appliance.store.orthanc import DICOMWEB_ROOT, ORTHANC_USER
@@ -24,17 +23,17 @@ from appliance.supervise.binaries import ORTHANC, find_dicomweb_plugin
 
 def orthanc_config(settings: Settings, password: str, plugins: list[Path]) -> dict[str, Any]:
     """Orthanc's JSON configuration for this data home (its index: :mod:`orthanc_index`)."""
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     return {
         "Name": "NeuroNova",
         "StorageDirectory": str(layout.orthanc_dir / "storage"),
         "IndexDirectory": str(layout.orthanc_dir / "index"),
         "StorageCompression": False,
         "HttpServerEnabled": True,
-        "HttpPort": settings.orthanc_port,
+        "HttpPort": settings.internal.orthanc_port,
         # Only when Orthanc runs in its own container (cloud profile), reached over the
         # profile's internal network; credentials stay on and no port of it is published.
-        "RemoteAccessAllowed": settings.orthanc_remote,
+        "RemoteAccessAllowed": settings.internal.orthanc_remote,
         "AuthenticationEnabled": True,
         "RegisteredUsers": {ORTHANC_USER: password},
         "SslEnabled": False,
@@ -69,7 +68,7 @@ def orthanc_config(settings: Settings, password: str, plugins: list[Path]) -> di
 
 def render_orthanc_conf(settings: Settings) -> Path:
     """Write Orthanc's configuration (mode 0600: it holds the credentials)."""
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     password = read_secret(layout.orthanc_password_file)
     plugins = [find_dicomweb_plugin(), *index_plugins(settings)]
     config = orthanc_config(settings, password, plugins)
@@ -79,7 +78,7 @@ def render_orthanc_conf(settings: Settings) -> Path:
 
 def orthanc_command(settings: Settings) -> list[str]:
     """The argv that starts Orthanc with the generated configuration."""
-    return [str(find_program(ORTHANC)), str(HomeLayout(settings.home).orthanc_conf)]
+    return [str(find_program(ORTHANC)), str(settings.layout.orthanc_conf)]
 
 
 def orthanc_environment() -> dict[str, str]:

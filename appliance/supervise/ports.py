@@ -15,7 +15,6 @@ cause in that program's own log. Checked here first:
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import json
@@ -26,34 +25,36 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.config import FIELDS, Settings
+from appliance.config import DECLARED, Settings
 from appliance.errors import PortInUseError
 from appliance.health.sockets import listeners
-from appliance.layout import HomeLayout
 from appliance.security.keys import write_private_file
 
 log = logging.getLogger("neuronova.supervisor")
 
-PUBLIC_PORTS = ("http_port", "https_port", "dicom_port")
+PUBLIC_PORTS = ("web.http_port", "web.https_port", "dicom.port")
+# ``[internal]`` keys; also the keys of ``run/ports.json``.
 INTERNAL_PORTS = ("app_port", "gate_port", "orthanc_port")
+# Every port setting of an all-in-one appliance, by ``section.key``.
+PORT_SETTINGS = (*PUBLIC_PORTS, *(f"internal.{key}" for key in INTERNAL_PORTS))
 LOWEST_CHOSEN_PORT = 20000  # chosen ports: above the registered services many boxes run
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
+DEFAULTS = {declared.path: declared.default for declared in DECLARED}
 
 
 @dataclass(frozen=True)
 class PlannedListener:
     """One address and port the appliance will listen on, and the setting behind it."""
 
-    attr: str
+    path: str  # section.key
     host: str
     port: int
 
 
 def planned_listeners(settings: Settings) -> list[PlannedListener]:
     """The listeners of an all-in-one ``neuronova run``: public ones, then internal ones."""
-    hosts = {attr: settings.bind for attr in PUBLIC_PORTS}
-    hosts |= {attr: settings.internal_listen for attr in INTERNAL_PORTS}
-    return [PlannedListener(attr, host, getattr(settings, attr)) for attr, host in hosts.items()]
+    hosts = {path: settings.network.bind for path in PUBLIC_PORTS}
+    hosts |= {f"internal.{key}": settings.internal.listen for key in INTERNAL_PORTS}
+    return [PlannedListener(path, host, settings.value(path)) for path, host in hosts.items()]
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -126,7 +127,7 @@ def _owns_any(process: Path, inodes: set[int]) -> bool:
 
 
 def _taken(planned: PlannedListener, holder: str | None) -> PortInUseError:
-    field = next(f for f in FIELDS if f.attr == planned.attr)
+    field = next(d for d in DECLARED if d.path == planned.path)
     held_by = f" by {holder}" if holder else " by another program"
     return PortInUseError(
         f"port {planned.port} on {planned.host} ([{field.section}] {field.key}) is "
@@ -148,30 +149,31 @@ def settle_ports(settings: Settings) -> Settings:
         if port_is_free(listener.host, listener.port):
             continue
         holder = holder_of(listener.port)
-        if listener.attr not in INTERNAL_PORTS or listener.port != DEFAULTS[listener.attr]:
+        section, key = listener.path.split(".")
+        if section != "internal" or listener.port != DEFAULTS[listener.path]:
             raise _taken(listener, holder)
-        moved[listener.attr] = port = choose_free_port(listener.host, claimed)
+        moved[key] = port = choose_free_port(listener.host, claimed)
         claimed.add(port)
         by = f" by {holder}" if holder else ""
         log.warning("internal port %d ([internal] %s) is in use%s; using %d this time",
-                    listener.port, listener.attr, by, port)  # fmt: skip
-    settled = dataclasses.replace(settings, **moved)
-    ports = {attr: getattr(settled, attr) for attr in INTERNAL_PORTS}
-    write_private_file(HomeLayout(settings.home).ports_file, json.dumps(ports).encode())
+                    listener.port, key, by, port)  # fmt: skip
+    settled = settings.with_values({f"internal.{key}": port for key, port in moved.items()})
+    ports = {key: getattr(settled.internal, key) for key in INTERNAL_PORTS}
+    write_private_file(settings.layout.ports_file, json.dumps(ports).encode())
     return settled
 
 
 def live_ports(settings: Settings) -> Settings:
     """``settings`` with the internal ports the running appliance uses, when it runs."""
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     if not _running(layout.lock_file):
         return settings
     try:
         ports = json.loads(layout.ports_file.read_text())
     except (OSError, ValueError):
         return settings
-    recorded = {attr: ports[attr] for attr in INTERNAL_PORTS if isinstance(ports.get(attr), int)}
-    return dataclasses.replace(settings, **recorded)
+    recorded = {key: ports[key] for key in INTERNAL_PORTS if isinstance(ports.get(key), int)}
+    return settings.with_values({f"internal.{key}": port for key, port in recorded.items()})
 
 
 def _running(lock_file: Path) -> bool:

@@ -9,7 +9,7 @@ import sys
 
 import aiohttp
 
-from appliance.config import FIELDS, HOME_ENV, Settings
+from appliance.config import Settings, settings_environment
 from appliance.health.probes import (
     probe_http,
     probe_nginx,
@@ -18,7 +18,6 @@ from appliance.health.probes import (
     worker_running,
 )
 from appliance.home import require_initialized
-from appliance.layout import HomeLayout
 from appliance.programs import find_program
 from appliance.store.orthanc_index import wait_for_server
 from appliance.supervise.binaries import NGINX
@@ -43,23 +42,14 @@ def self_command() -> list[str]:
     return [sys.executable, "-m", "appliance"]
 
 
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """Environment variables that give a child process exactly these settings."""
-    env = {HOME_ENV: str(settings.home)}
-    for field in FIELDS:
-        value = getattr(settings, field.attr)
-        env[field.env_var] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
-
-
 def log_limits(settings: Settings) -> LogLimits:
     """The ``[logs]`` settings: rotate at ``max_mb`` MiB, keep ``keep`` old files."""
-    return LogLimits(max_bytes=settings.log_max_mb * MIB, keep=settings.log_keep)
+    return LogLimits(max_bytes=settings.logs.max_mb * MIB, keep=settings.logs.keep)
 
 
 def build_specs(settings: Settings, session: aiohttp.ClientSession) -> list[ChildSpec]:
     """The children in start order: storage first, the public entry points last."""
-    logs = HomeLayout(settings.home).log_dir
+    logs = settings.layout.log_dir
     env = settings_environment(settings)
     service = [*self_command(), "service"]
 
@@ -70,7 +60,7 @@ def build_specs(settings: Settings, session: aiohttp.ClientSession) -> list[Chil
         return worker_running(settings)
 
     async def app_ready() -> bool:
-        url = f"http://127.0.0.1:{settings.app_port}/api/health/live"
+        url = f"http://127.0.0.1:{settings.internal.app_port}/api/health/live"
         return (await probe_http(session, url))["status"] == "ok"
 
     async def receiver_ready() -> bool:
@@ -81,7 +71,7 @@ def build_specs(settings: Settings, session: aiohttp.ClientSession) -> list[Chil
 
     apps = [
         ChildSpec(name, [*service, "app"], logs / f"{name}.log", app_ready, env=env)
-        for name in ["app", *(f"app{n}" for n in range(2, settings.app_processes + 1))]
+        for name in ["app", *(f"app{n}" for n in range(2, settings.internal.app_processes + 1))]
     ]
     return [
         ChildSpec(
@@ -122,7 +112,7 @@ async def _supervise(settings: Settings) -> None:
     async with aiohttp.ClientSession(timeout=timeout) as session:
         supervisor = Supervisor(
             build_specs(settings, session),
-            HomeLayout(settings.home).state_file,
+            settings.layout.state_file,
             limits=log_limits(settings),
         )
         await supervisor.run_until(stop)
@@ -144,10 +134,10 @@ def run_appliance(settings: Settings) -> None:
         render_nginx_conf(settings)
         log.info(
             "starting NeuroNova: web http://%s:%d/, DICOM %s port %d, home %s",
-            settings.probe_host,
-            settings.http_port,
-            settings.ae_title,
-            settings.dicom_port,
+            settings.network.probe_host,
+            settings.web.http_port,
+            settings.dicom.ae_title,
+            settings.dicom.port,
             settings.home,
         )
         asyncio.run(_supervise(settings))

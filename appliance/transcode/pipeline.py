@@ -27,7 +27,6 @@ from appliance import metrics
 from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.ingest.journal import FAILED, STORED, Journal, stored_in_series
-from appliance.layout import HomeLayout
 from appliance.store import series_metadata
 from appliance.store.orthanc import (
     METADATA_ORIGIN,
@@ -67,7 +66,7 @@ class Pipeline:
     """The ingest steps for one data home."""
 
     def __init__(self, settings: Settings, journal: Journal | None = None) -> None:
-        layout = HomeLayout(settings.home)
+        layout = settings.layout
         self.journal = journal or Journal(layout.database_file)
         self.frames_root = layout.frames_dir
         self.orthanc = OrthancStore(settings)

@@ -19,7 +19,6 @@ from appliance.fhir.push import push_status
 from appliance.health.doctor import report, run_doctor
 from appliance.ingest.intake import HeldError, Ingest
 from appliance.ingest.modalities import add_modality, list_modalities, remove_modality
-from appliance.layout import HomeLayout
 from appliance.migrations import record_summary
 from appliance.security import audit, users
 from appliance.version import current as app_version
@@ -241,7 +240,7 @@ async def system(request: web.Request) -> web.Response:
     settings = app[SETTINGS]
     health, queue = await asyncio.gather(app[HEALTH].report(), queue_state(app, 0))
     db = app[DB]
-    images = HomeLayout(settings.home).orthanc_dir
+    images = settings.layout.orthanc_dir
     disk = shutil.disk_usage(images)
     return web.json_response(
         {
@@ -251,8 +250,8 @@ async def system(request: web.Request) -> web.Response:
                 "path": str(images),
                 "free_bytes": disk.free,
                 "total_bytes": disk.total,
-                "warn_free_bytes": settings.warn_free_bytes,
-                "refuse_free_bytes": settings.min_free_mb * 1024**2,
+                "warn_free_bytes": settings.dicom.warn_free_bytes,
+                "refuse_free_bytes": settings.dicom.min_free_mb * 1024**2,
             },
             "warnings": health.get("warnings", []),
             "ingest": {"failed": queue.failed_total},
@@ -268,9 +267,9 @@ async def system(request: web.Request) -> web.Response:
 def _fhir_push_summary(settings: Settings, db: sqlite_utils.Database) -> dict[str, Any] | None:
     """Studies by push state and the latest failures, or None when ``[fhir] push_url`` is
     empty (no push)."""
-    if not settings.fhir_push_url:
+    if not settings.fhir.push_url:
         return None
-    return {"url": settings.fhir_push_url, **push_status(db, failures=5)}
+    return {"url": settings.fhir.push_url, **push_status(db, failures=5)}
 
 
 @routes.get("/api/admin/doctor")

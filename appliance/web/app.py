@@ -15,7 +15,6 @@ from appliance.db import open_database
 from appliance.errors import PortInUseError
 from appliance.ingest.intake import Ingest
 from appliance.jobs.queue import create_queue
-from appliance.layout import HomeLayout
 from appliance.metrics import Tally
 from appliance.security.audit import ReadLedger
 from appliance.security.keys import read_secret
@@ -73,7 +72,7 @@ ROUTE_TABLES = (
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     """The app database, open for the app's lifetime, with the token and session stores."""
-    layout = HomeLayout(app[SETTINGS].home)
+    layout = app[SETTINGS].layout
     app[DB] = open_database(layout.database_file)
     app[TOKENS] = TokenService(read_secret(layout.jwt_key_file))
     app[SESSIONS] = SessionStore(app[DB], app[TOKENS])
@@ -94,7 +93,7 @@ async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
     """The task queue the app enqueues work on."""
     app[QUEUE] = create_queue(app[SETTINGS])
     settings = app[SETTINGS]
-    app[INGEST] = PipelineIngest(Ingest(settings, queue=app[QUEUE]), settings.overwrite)
+    app[INGEST] = PipelineIngest(Ingest(settings, queue=app[QUEUE]), settings.dicom.overwrite)
     yield
 
 
@@ -106,7 +105,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[STARTED_AT] = time.time()
-    app[FRAMES_DIR] = str(HomeLayout(settings.home).frames_dir)
+    app[FRAMES_DIR] = str(settings.layout.frames_dir)
     app[HEALTH] = health.cached_health(app)
     app[METRICS] = Tally()
     app.cleanup_ctx.extend(
@@ -131,14 +130,14 @@ def serve(settings: Settings) -> None:
     The port is opened with ``SO_REUSEPORT``, so ``app_processes`` copies share it and
     the kernel spreads nginx's connections over them.
     """
-    host = settings.internal_listen
+    host = settings.internal.listen
     logging.getLogger("aiohttp.server").addFilter(MALFORMED_REQUEST_LOG)
-    log.info("web app listening on %s:%d", host, settings.app_port)
+    log.info("web app listening on %s:%d", host, settings.internal.app_port)
     try:
         web.run_app(
             create_app(settings),
             host=host,
-            port=settings.app_port,
+            port=settings.internal.app_port,
             reuse_port=True,
             access_log=None,
             print=None,
@@ -149,6 +148,6 @@ def serve(settings: Settings) -> None:
         if exc.errno != errno.EADDRINUSE:
             raise
         raise PortInUseError(
-            f"the web app cannot listen on {host}:{settings.app_port} (in use); "
+            f"the web app cannot listen on {host}:{settings.internal.app_port} (in use); "
             "set [internal] app_port in the settings to a free port"
         ) from None

@@ -19,7 +19,6 @@ from typing import Any
 from aiohttp import web
 
 from appliance.config import Settings
-from appliance.layout import HomeLayout
 from appliance.security import audit
 from appliance.security.federated import Policy, sign_in
 from appliance.security.oauth import (
@@ -65,7 +64,7 @@ async def federation_ctx(app: web.Application) -> AsyncIterator[None]:
 def client_secret(request: web.Request, kind: str) -> str | None:
     """The ``oidc`` or ``smart`` client secret (``HOME/secrets``, mode 0600), or ``None``
     (a public client)."""
-    path = HomeLayout(request.app[SETTINGS].home).client_secret_file(kind)
+    path = request.app[SETTINGS].layout.client_secret_file(kind)
     try:
         return path.read_text().strip() or None
     except FileNotFoundError:

@@ -79,7 +79,7 @@ def _scope(request: web.Request) -> str | None:
 
 def _parse(request: web.Request, resource: str) -> Search:
     lenient = "handling=lenient" in request.headers.get("Prefer", "").replace(" ", "")
-    id_system = request.config_dict[SETTINGS].smart_identifier_system
+    id_system = request.config_dict[SETTINGS].smart.identifier_system
     try:
         return parse_search(resource, list(request.query.items()), id_system, lenient)
     except SearchError as exc:
@@ -216,7 +216,7 @@ async def search_patient(request: web.Request) -> web.Response:
     """Patient search by identifier, name or id (a share link: its study's patient)."""
     search = _parse(request, "Patient")
     total, rows = search_patients(_db(request), search, _scope(request))
-    system = request.config_dict[SETTINGS].smart_identifier_system
+    system = request.config_dict[SETTINGS].smart.identifier_system
     _audit(request, "fhir/Patient", None, None)
     return _bundle(request, "Patient", search, total, [build_patient(r, system) for r in rows])
 
@@ -234,7 +234,7 @@ async def read_patient(request: web.Request) -> web.Response:
     if scope is not None and not _shared_patient(db, scope, row["patient_id"]):
         raise reject(request, 403, "study_not_shared", "This share link opens another patient.")
     _audit(request, "fhir/Patient/id", None, row["patient_id"])
-    return fhir_response(build_patient(row, request.config_dict[SETTINGS].smart_identifier_system))
+    return fhir_response(build_patient(row, request.config_dict[SETTINGS].smart.identifier_system))
 
 
 def _shared_patient(db: sqlite_utils.Database, study_uid: str, patient_id: str) -> bool:

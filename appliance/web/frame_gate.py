@@ -250,7 +250,7 @@ async def frame_gate_ctx(app: web.Application) -> AsyncIterator[None]:
     Needs the app's database, token and session stores (a later cleanup context than
     the one that opens them).
     """
-    host, port = app[SETTINGS].internal_listen, app[SETTINGS].gate_port
+    host, port = app[SETTINGS].internal.listen, app[SETTINGS].internal.gate_port
     gate = FrameGate(app)
     tally = app[METRICS]
     approved = {"route": "frame_gate", "status": "200"}

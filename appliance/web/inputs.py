@@ -80,7 +80,7 @@ def client_address(request: web.Request) -> str:
         trusted = ipaddress.ip_address(peer).is_loopback
     except ValueError:
         trusted = False
-    trusted = trusted or not is_loopback_host(request.config_dict[SETTINGS].internal_listen)
+    trusted = trusted or not is_loopback_host(request.config_dict[SETTINGS].internal.listen)
     forwarded = request.headers.get("X-Forwarded-For", "")
     return forwarded.split(",")[0].strip() if trusted and forwarded else peer
 

@@ -29,7 +29,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from appliance import metrics
 from appliance.backup.status import backup_age
 from appliance.jobs.monitor import INGEST, QueueState
-from appliance.layout import HomeLayout
 from appliance.web.auth import requires
 from appliance.web.errors import Handler
 from appliance.web.keys import DB, METRICS, SETTINGS
@@ -129,7 +128,7 @@ class Collector:
         yield _histogram(found)
         yield from self._queue()
         yield from self._disk()
-        age = backup_age(HomeLayout(self.app[SETTINGS].home))
+        age = backup_age(self.app[SETTINGS].layout)
         yield GaugeMetricFamily(
             PREFIX + "backup_age_seconds",
             "Seconds since the last successful backup finished; NaN when there was none.",
@@ -172,7 +171,7 @@ class Collector:
         )
 
     def _disk(self) -> Iterator[Metric]:
-        layout = HomeLayout(self.app[SETTINGS].home)
+        layout = self.app[SETTINGS].layout
         free = GaugeMetricFamily(
             PREFIX + "disk_free_bytes",
             "Free bytes on the file systems of the image store and the receiver's spool.",

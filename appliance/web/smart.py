@@ -43,7 +43,7 @@ class SmartLaunch(federation.SignInFlow):
     def issuer(self, request: web.Request, named: str) -> str:
         """``named`` without a trailing slash, if ``[smart] issuers`` lists it."""
         wanted = named.strip().rstrip("/")
-        if not wanted or wanted not in request.app[SETTINGS].smart_issuer_list:
+        if not wanted or wanted not in request.app[SETTINGS].smart.issuer_list:
             raise OAuthError(
                 403,
                 "issuer_not_allowed",
@@ -66,14 +66,14 @@ class SmartLaunch(federation.SignInFlow):
             )
         if "jwks_uri" not in conf:
             conf = {**conf, "jwks_uri": (await discovery.openid(openid_issuer)).jwks_uri}
-        if not request.app[SETTINGS].smart_client_id:
+        if not request.app[SETTINGS].smart.client_id:
             raise OAuthError(
                 503, "smart_not_configured", "Set [smart] client_id to allow launches."
             )
         return endpoints_of(conf, openid_issuer)
 
     def credentials(self, settings: Settings) -> tuple[str, str]:
-        return settings.smart_client_id, settings.smart_token_auth
+        return settings.smart.client_id, settings.smart.token_auth
 
     def authorization(self, request: web.Request, issuer: str) -> tuple[str, str, dict[str, str]]:
         """The ``launch`` scope with the EHR's launch context, the EHR as the audience."""
@@ -121,7 +121,7 @@ async def _patient_id(request: web.Request, iss: str, tokens: dict[str, Any]) ->
             "Accept": "application/fhir+json",
         },
     )
-    system = request.app[SETTINGS].smart_identifier_system
+    system = request.app[SETTINGS].smart.identifier_system
     value = dicom_patient_id(resource, system)
     if value is None:
         raise OAuthError(

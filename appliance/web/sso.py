@@ -31,21 +31,21 @@ class SingleSignOn(federation.SignInFlow):
 
     def issuer(self, request: web.Request, named: str) -> str:
         settings = request.app[SETTINGS]
-        if not settings.oidc_enabled:
+        if not settings.oidc.enabled:
             raise ApiError(
                 404, "sso_not_configured", "Single sign-on is not set up ([oidc] issuer)."
             )
-        return settings.oidc_issuer
+        return settings.oidc.issuer
 
     async def endpoints(self, request: web.Request, issuer: str) -> Endpoints:
         return await request.app[DISCOVERY].openid(issuer)
 
     def credentials(self, settings: Settings) -> tuple[str, str]:
-        return settings.oidc_client_id, settings.oidc_token_auth
+        return settings.oidc.client_id, settings.oidc.token_auth
 
     def authorization(self, request: web.Request, issuer: str) -> tuple[str, str, dict[str, str]]:
         next_ = federation.safe_next(request.query.get("next"))
-        return request.app[SETTINGS].oidc_scopes, next_, {}
+        return request.app[SETTINGS].oidc.scopes, next_, {}
 
     async def landing(
         self, request: web.Request, answer: federation.Answer, issuer: str, endpoints: Endpoints
@@ -62,7 +62,7 @@ async def configuration(request: web.Request) -> web.Response:
     """Whether the login page shows "Sign in with ..." and the name on the button."""
     settings = request.app[SETTINGS]
     return web.json_response(
-        {"enabled": settings.oidc_enabled, "display_name": settings.oidc_display_name}
+        {"enabled": settings.oidc.enabled, "display_name": settings.oidc.display_name}
     )
 
 

@@ -232,7 +232,7 @@ async def _store_part(
             failure = await _write_part(part, out, upload)
         if failure is not None:
             return failure
-        max_inflated = request.app[SETTINGS].max_inflated_mb * MB
+        max_inflated = request.app[SETTINGS].dicom.max_inflated_mb * MB
         outcome, ds = await asyncio.to_thread(_identify, partial, study, max_inflated)
         if outcome.failure is not None:
             return outcome
@@ -268,7 +268,7 @@ async def store_instances(request: web.Request, study: str | None) -> web.Respon
     if content_encoding(request) is not None:
         raise ApiError(415, "unsupported_encoding", "Send STOW-RS uploads uncompressed.")
     settings = request.app[SETTINGS]
-    upload = Upload(settings.max_upload_mb * MB, settings.max_object_mb * MB,
+    upload = Upload(settings.web.max_upload_mb * MB, settings.dicom.max_object_mb * MB,
                     request.app[INGEST].ingest.spool)  # fmt: skip
     upload.check_length(request.content_length)
     try:

@@ -68,7 +68,7 @@ async def delete(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", str(exc)) from None
     except StudyDeletionError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    if request.app[SETTINGS].fhir_push_url:  # delete it from the FHIR server now, not at a sweep
+    if request.app[SETTINGS].fhir.push_url:  # delete it from the FHIR server now, not at a sweep
         request.app[QUEUE].push(study_uid)
     return web.json_response(dataclasses.asdict(done))
 

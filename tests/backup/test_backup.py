@@ -25,11 +25,12 @@ from appliance.layout import HomeLayout
 from appliance.store.frame_files import frame_relpath
 from appliance.store.orthanc import OrthancStore
 from appliance.supervise.nginx_user import let_workers_reach, worker_user
+from appliance.supervise.ports import PORT_SETTINGS
 from bench.synthetic import make_slices, write_series
 from tests.support.backups import clear_texts, neuronova, shown_in_clear
 from tests.support.clients import api_token
 from tests.support.ports import reserve_port
-from tests.support.running import PORT_SETTINGS, Appliance, run_cli, wait_stored
+from tests.support.running import Appliance, run_cli, wait_stored
 from tests.support.running import storescu as send
 from tests.support.tools import DCMTK_STORESCU, require_tool
 from tests.support.waiting import wait_for
@@ -43,7 +44,7 @@ def wait_prepared(appliance: Appliance, sop_uids) -> None:
     """Until every one of ``sop_uids`` is stored with its JPEGs written (``images_at``)."""
 
     def prepared() -> bool:
-        db = open_database(HomeLayout(appliance.settings.home).database_file)
+        db = open_database(appliance.settings.layout.database_file)
         marks = ",".join("?" for _ in sop_uids)
         done = db.execute(f"SELECT count(*) FROM instances WHERE sop_uid IN ({marks}) AND "
                           "state = 'stored' AND images_at IS NOT NULL", list(sop_uids))  # fmt: skip
@@ -56,7 +57,7 @@ def wait_prepared(appliance: Appliance, sop_uids) -> None:
 
 def restored_appliance(home: Path, password: str) -> Appliance:
     """An appliance on the restored home, on free ports of its own."""
-    overrides = {"bind": "127.0.0.1", "redirect_to_https": False}
+    overrides = {"network.bind": "127.0.0.1", "web.redirect_to_https": False}
     ports = {p: reserve_port() for p in PORT_SETTINGS}
     settings = load_settings(home, overrides | ports, environ={})
     let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [home])
@@ -115,14 +116,14 @@ def test_backup_while_sending_then_restore(appliance_factory, tmp_path: Path) ->
     # The backup runs while the second series arrives.
     sending = subprocess.Popen(
         [DCMTK_STORESCU, "-aet", "STORESCU", "-aec", "NEURONOVA", "127.0.0.1",
-         str(original.settings.dicom_port), *map(str, second.files)],
+         str(original.settings.dicom.port), *map(str, second.files)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     backed = run_cli(original, "backup", str(dest))
     assert sending.wait(timeout=300) == 0
     assert backed.returncode == 0, backed.stderr
     assert "Snapshot " in backed.stdout
-    key_file = HomeLayout(original.settings.home).backup_key_file
+    key_file = original.settings.layout.backup_key_file
     keyless = neuronova("backup", "verify", str(dest))  # no key: nothing can be read
     assert keyless.returncode == 1 and "Traceback" not in keyless.stderr
     assert f"{dest} is encrypted: give the backup key" in keyless.stderr
@@ -130,7 +131,7 @@ def test_backup_while_sending_then_restore(appliance_factory, tmp_path: Path) ->
     assert verified.returncode == 0, verified.stderr
     assert tree_modes(dest) <= {0o700, 0o600}  # as sensitive as the home: never world-readable
     assert shown_in_clear(dest, clear_texts(original.settings.home)) == []
-    first_copy = read_status(HomeLayout(original.settings.home))
+    first_copy = read_status(original.settings.layout)
     assert first_copy["ok"] and first_copy["bytes_copied"] > 0
 
     # Incremental: after 10 new instances, a backup copies about those only. Before them,
@@ -141,11 +142,11 @@ def test_backup_while_sending_then_restore(appliance_factory, tmp_path: Path) ->
     assert send(original, third.files).returncode == 0
     wait_prepared(original, third.sop_uids)
     assert run_cli(original, "backup", str(dest)).returncode == 0
-    again = read_status(HomeLayout(original.settings.home))
+    again = read_status(original.settings.layout)
     assert again["instances"] == 2 * SLICES + 10
     assert 0 < again["bytes_copied"] < 2 * third.total_bytes + 1_000_000
     assert run_cli(original, "backup", str(dest)).returncode == 0
-    idle = read_status(HomeLayout(original.settings.home))
+    idle = read_status(original.settings.layout)
     assert idle["bytes_copied"] < 1_000_000  # nothing new but the databases
     shown = run_cli(original, "status")
     assert f"last backup: ok, 0.0 h ago, into {dest}" in shown.stdout, shown.stdout
@@ -197,7 +198,7 @@ def _same_frame(restored: Appliance, series, original: Appliance) -> None:
            f"{series.series_uid}/instances/{series.sop_uids[0]}/frames/1")  # fmt: skip
     resp = requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert resp.status_code == 200
-    assert resp.content == (HomeLayout(original.settings.home).frames_dir / rel).read_bytes()
+    assert resp.content == (original.settings.layout.frames_dir / rel).read_bytes()
 
 
 def _same_records(original: Appliance, restored: Appliance, restored_audit: list) -> None:

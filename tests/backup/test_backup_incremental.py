@@ -10,7 +10,6 @@ deletions, an incremental chain ends with the manifest a full run makes.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import shutil
@@ -34,7 +33,6 @@ from appliance.backup.snapshot import SnapshotResult, take_snapshot
 from appliance.cli.backup_cmd import orthanc_alone
 from appliance.config import Settings, load_settings
 from appliance.durable import write_atomic
-from appliance.layout import HomeLayout
 from appliance.store.frame_files import frame_relpath, image_relpath, remove_study_files
 from appliance.store.orthanc import OrthancStore, orthanc_auth_header, orthanc_url
 from bench.counting_proxy import CountingProxy
@@ -48,7 +46,7 @@ NEW = 8  # the day's new instances, each time
 @pytest.fixture
 def settings(home: Path) -> Iterator[Settings]:
     """Settings of an initialised home whose Orthanc runs alone on a free port."""
-    settings = dataclasses.replace(load_settings(home, {}), orthanc_port=reserve_port())
+    settings = load_settings(home, {"internal.orthanc_port": reserve_port()})
     with orthanc_alone(settings):
         yield settings
 
@@ -79,7 +77,7 @@ def _part10(ds: pydicom.Dataset) -> bytes:
 
 def _write_frames(settings: Settings, ds: pydicom.Dataset, data: bytes) -> None:
     """The instance's frame file and previews, written as the pipeline writes them."""
-    root = HomeLayout(settings.home).frames_dir
+    root = settings.layout.frames_dir
     uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     for rel in (frame_relpath(*uids, 1), image_relpath(*uids, "rendered"),
                 image_relpath(*uids, "thumbnail")):  # fmt: skip
@@ -89,23 +87,26 @@ def _write_frames(settings: Settings, ds: pydicom.Dataset, data: bytes) -> None:
 
 def backup(settings: Settings, dest: Path) -> tuple[SnapshotResult, dict[str, Any]]:
     """A snapshot through a counting proxy: its result and the proxy's counts."""
-    with CountingProxy(settings.orthanc_port) as proxy:
-        seen = dataclasses.replace(settings, orthanc_port=proxy.port)
+    with CountingProxy(settings.internal.orthanc_port) as proxy:
+        seen = settings.with_values({"internal.orthanc_port": proxy.port})
         result = take_snapshot(seen, dest, lambda _done, _total: None)
         return result, proxy.summary()
 
 
 def rest(settings: Settings, method: str, path: str) -> None:
     """One call of Orthanc's REST API the appliance itself does not make."""
-    request = urllib.request.Request(orthanc_url(settings) + path, method=method,
-                                     headers={"Authorization": orthanc_auth_header(settings)})
+    request = urllib.request.Request(
+        orthanc_url(settings) + path,
+        method=method,
+        headers={"Authorization": orthanc_auth_header(settings)},
+    )
     with loopback.urlopen(request, timeout=30) as answer:
         assert answer.status == 200
 
 
 def manifest(settings: Settings, dest: Path) -> dict[str, Any]:
     """The newest snapshot's manifest in ``dest``."""
-    found = Repository(dest, backup_key(HomeLayout(settings.home))).latest()
+    found = Repository(dest, backup_key(settings.layout)).latest()
     assert found is not None
     return found
 
@@ -150,7 +151,7 @@ def test_an_incremental_chain_ends_as_a_full_run(settings: Settings, tmp_path: P
     _write_frames(settings, ds, _part10(ds))
     rest(settings, "DELETE", f"/instances/{second[1][0]}")  # one instance
     assert orthanc.delete_study(first[0][1])  # and a whole study, as retention does
-    remove_study_files(HomeLayout(settings.home).frames_dir, first[0][1])
+    remove_study_files(settings.layout.frames_dir, first[0][1])
     result, _calls = backup(settings, chain)
     assert result.work.orthanc_listing == "" and result.work.orthanc_deleted == 6
     assert result.work.orthanc_asked == 4 + 1  # the new study and the replaced instance
@@ -180,12 +181,12 @@ def test_a_reset_orthanc_gets_a_full_listing(settings: Settings, tmp_path: Path)
 def test_a_new_orthanc_database_gets_a_full_listing(home: Path, tmp_path: Path):
     """Orthanc started again on an empty database (as after a restore): its log restarts
     at 1, the snapshot after it lists everything and says why."""
-    settings = dataclasses.replace(load_settings(home, {}), orthanc_port=reserve_port())
+    settings = load_settings(home, {"internal.orthanc_port": reserve_port()})
     chain = tmp_path / "chain"
     with orthanc_alone(settings):
         study(settings, 6, seed=1)
         backup(settings, chain)
-    orthanc_dir = HomeLayout(settings.home).orthanc_dir
+    orthanc_dir = settings.layout.orthanc_dir
     for part in ("index", "storage"):
         shutil.rmtree(orthanc_dir / part)
     with orthanc_alone(settings):

@@ -114,8 +114,9 @@ def running(tmp_path_factory) -> Iterator[tuple[Appliance, Series]]:
     require_tool(DCMTK_STORESCU, "dcmtk")
     base = tmp_path_factory.mktemp("daily")
     later = (datetime.now(UTC) + timedelta(hours=12)).strftime("%H:%M")  # never fires here
-    appliance = make_appliance(base, backup_destination=str(base / "backups"),
-                               backup_time=later).start()  # fmt: skip
+    appliance = make_appliance(
+        base, {"backup.destination": str(base / "backups"), "backup.time": later}
+    ).start()
     try:
         series = write_series(base / "series", make_slices(SLICES))
         assert send(appliance, series.files).returncode == 0
@@ -129,7 +130,7 @@ def running(tmp_path_factory) -> Iterator[tuple[Appliance, Series]]:
 
 
 def test_huey_fires_the_daily_backup_at_the_configured_time(tmp_path: Path) -> None:
-    settings = load_settings(tmp_path / "home", {"backup_time": "03:45"}, environ={})
+    settings = load_settings(tmp_path / "home", {"backup.time": "03:45"}, environ={})
     huey = create_queue(settings).huey
 
     def due(hour: int, minute: int) -> bool:
@@ -139,7 +140,7 @@ def test_huey_fires_the_daily_backup_at_the_configured_time(tmp_path: Path) -> N
     assert due(3, 45)
     assert not due(3, 46) and not due(15, 45) and not due(4, 45)
     assert next_backup(settings) is None  # no destination: off
-    on = dataclasses.replace(settings, backup_destination="/srv/backup")
+    on = settings.with_values({"backup.destination": "/srv/backup"})
     at = datetime(2026, 3, 1, 3, 45, tzinfo=UTC)
     assert next_backup(on, at - timedelta(minutes=1)) == at
     assert next_backup(on, at) == at + timedelta(days=1)
@@ -148,11 +149,11 @@ def test_huey_fires_the_daily_backup_at_the_configured_time(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"backup_time": "24:00"}, "[backup] time must be HH:MM in UTC"),
-        ({"backup_keep_daily": 0}, "keep_daily must be at least 1"),
-        ({"backup_destination": "backups"}, "destination must be an absolute path"),
-        ({"backup_destination": "/b", "backup_remote": ":sftp,host=h,pass=p:x"}, "NAME:PATH"),
-        ({"backup_remote": "gcs:bucket"}, "remote needs [backup] destination"),
+        ({"backup.time": "24:00"}, "[backup] time must be HH:MM in UTC"),
+        ({"backup.keep_daily": 0}, "keep_daily must be at least 1"),
+        ({"backup.destination": "backups"}, "destination must be an absolute path"),
+        ({"backup.destination": "/b", "backup.remote": ":sftp,host=h,pass=p:x"}, "NAME:PATH"),
+        ({"backup.remote": "gcs:bucket"}, "remote needs [backup] destination"),
     ],
 )
 def test_bad_backup_settings_are_refused(tmp_path: Path, values: dict, message: str) -> None:
@@ -267,10 +268,11 @@ def test_daily_backup_goes_off_site_and_restores_from_there(
     running, sftp: SftpRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     appliance, series = running
-    layout = HomeLayout(appliance.settings.home)
-    dest = Path(appliance.settings.backup_destination)
-    settings = dataclasses.replace(appliance.settings, backup_remote=REMOTE,
-                                   backup_rclone_config=str(sftp.config))  # fmt: skip
+    layout = appliance.settings.layout
+    dest = Path(appliance.settings.backup.destination)
+    settings = appliance.settings.with_values(
+        {"backup.remote": REMOTE, "backup.rclone_config": str(sftp.config)}
+    )
     # The periodic task's own function, with the worker's work behind it (the consumer
     # calls this at [backup] time; test_huey_fires_... checks that it does).
     task = create_queue(settings, work=worker_work(settings)).backup
@@ -326,7 +328,7 @@ def _same_orthanc_files(appliance: Appliance, series: Series, new_home: Path) ->
 def _shown_in_status_and_system_page(appliance: Appliance, dest: Path) -> None:
     shown = run_cli(appliance, "status")
     assert f"last backup: ok, 0.0 h ago, into {dest}" in shown.stdout, shown.stdout
-    assert f"daily backup: {appliance.settings.backup_time} UTC into {dest}; next " in shown.stdout
+    assert f"daily backup: {appliance.settings.backup.time} UTC into {dest}; next " in shown.stdout
     token = api_token(appliance, "admin", appliance.admin_password)
     headers = {"Authorization": f"Bearer {token}"}
     system = requests.get(f"{appliance.url}/api/admin/system", headers=headers, timeout=10)
@@ -341,33 +343,34 @@ def test_a_failing_daily_backup_is_recorded_and_never_raises(
     running, sftp: SftpRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     appliance, _series = running
-    layout = HomeLayout(appliance.settings.home)
+    layout = appliance.settings.layout
     wrong = subprocess.run([sftp.rclone, "obscure", "not-the-password"], capture_output=True,
                            text=True, check=True).stdout.strip()  # fmt: skip
     port = sftp.config.read_text().split("port = ")[1].split()[0]
     refused = write_rclone_conf(tmp_path / "wrong.conf", int(port), wrong)
     cases = [
-        ({"backup_remote": REMOTE, "backup_rclone_config": str(refused)},
+        ({"backup.remote": REMOTE, "backup.rclone_config": str(refused)},
          "off-site copy: rclone lsf offsite:clinic/neuronova failed"),
-        ({"backup_destination": str(layout.home / "backups")}, "is inside the home"),
+        ({"backup.destination": str(layout.home / "backups")}, "is inside the home"),
     ]  # fmt: skip
     for values, reason in cases:
-        settings = dataclasses.replace(appliance.settings, **values)
+        settings = appliance.settings.with_values(values)
         assert run_daily_backup(settings) is False
         record = read_status(layout)
         assert record["ok"] is False and reason in record["error"], record
     open_conf = tmp_path / "open.conf"
     open_conf.write_text(sftp.config.read_text())
     os.chmod(open_conf, 0o644)
-    settings = dataclasses.replace(appliance.settings, backup_remote=REMOTE,
-                                   backup_rclone_config=str(open_conf))  # fmt: skip
+    settings = appliance.settings.with_values(
+        {"backup.remote": REMOTE, "backup.rclone_config": str(open_conf)}
+    )
     assert run_daily_backup(settings) is False
     assert f"run `chmod 600 {open_conf}`" in read_status(layout)["error"]
     assert not _leaks(layout.backup_status_file.read_text() + caplog.text, sftp)
 
     # A second run while one holds the repository (two workers queued it) stands aside.
     before = layout.backup_status_file.read_text()
-    with Repository(Path(appliance.settings.backup_destination)).locked():
+    with Repository(Path(appliance.settings.backup.destination)).locked():
         assert run_daily_backup(appliance.settings) is None
     assert layout.backup_status_file.read_text() == before
     assert json.loads(run_cli(appliance, "status", "--json").stdout)["last_backup"]["ok"] is False
@@ -378,7 +381,7 @@ def test_an_unencrypted_off_site_copy_is_replaced_after_the_migration(
     running, sftp: SftpRemote, tmp_path: Path
 ) -> None:
     appliance, _series = running
-    layout = HomeLayout(appliance.settings.home)
+    layout = appliance.settings.layout
     key = layout.backup_key_file.read_bytes().strip()
     dest = tmp_path / "backup"
     home = ["--home", str(layout.home)]

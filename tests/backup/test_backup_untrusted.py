@@ -62,7 +62,7 @@ def appliance_module(tmp_path_factory) -> Iterator[Appliance]:
 
 
 def _key_file(appliance: Appliance) -> Path:
-    return HomeLayout(appliance.settings.home).backup_key_file
+    return appliance.settings.layout.backup_key_file
 
 
 def _key(appliance: Appliance) -> bytes:

@@ -39,7 +39,6 @@ from fhirclient.server import FHIRServer
 from pydicom.uid import generate_uid
 
 from appliance.db import open_database, patient_key
-from appliance.layout import HomeLayout
 from tests.support.clients import api_token
 from tests.support.running import make_appliance, run_cli, storescu, wait_stored
 from tests.support.samples import native_dataset
@@ -160,7 +159,7 @@ def test_reads_are_in_the_audit_trail(appliance, fhir):
     studies, token = fhir
     fhir_json(get(appliance, f"ImagingStudy/{studies['b_ct']}", token))
     fhir_json(get(appliance, f"Patient/{patient_key('B/7 #x')}", token))
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     sql = (
         "SELECT study_uid, patient_id, detail FROM audit WHERE event = 'study_query' "
         "AND username = 'rad.fhir' AND detail LIKE '%fhir/%'"
@@ -448,7 +447,7 @@ def outcome(code: str, text: str) -> dict:
 def pushing(tmp_path_factory):
     """(stand-in server, an appliance pushing to it, a folder for studies)."""
     standin = FhirStandIn()
-    running = make_appliance(tmp_path_factory.mktemp("push"), fhir_push_url=standin.url)
+    running = make_appliance(tmp_path_factory.mktemp("push"), {"fhir.push_url": standin.url})
     stored = run_cli(running, "config", "fhir-push-authorization", stdin=PUSH_AUTH + "\n")
     assert stored.returncode == 0, stored.stderr
     running.start()
@@ -458,7 +457,7 @@ def pushing(tmp_path_factory):
 
 
 def push_rows(appliance) -> dict[str, dict]:
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     try:
         return {r["study_uid"]: r for r in db["fhir_push"].rows}
     finally:

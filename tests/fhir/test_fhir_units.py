@@ -140,7 +140,7 @@ def test_the_conditional_update_url_encodes_the_token():
 def test_the_push_credential_is_stored_private_and_refused_when_readable(home, runner):
     args = ["config", "fhir-push-authorization", "--home", str(home)]
     assert runner.invoke(neuronova_cli, args, input="Bearer abc\n").exit_code == 0
-    settings = load_settings(home, {"fhir_push_url": "https://fhir.example"}, environ={})
+    settings = load_settings(home, {"fhir.push_url": "https://fhir.example"}, environ={})
     path = HomeLayout(home).fhir_push_authorization_file
     assert path.stat().st_mode & 0o777 == 0o600 and push_authorization(settings) == "Bearer abc"
     empty = runner.invoke(neuronova_cli, args, input="\n")

@@ -19,16 +19,16 @@ from tests.support.clients import api_token
 def test_the_warning_threshold_shows_in_the_health_report(tmp_path: Path) -> None:
     db = open_database(tmp_path / "app.db")
     (tmp_path / "home" / "spool").mkdir(parents=True)
-    calm = load_settings(tmp_path / "home", {"warn_free_mb": 1}, environ={})
-    pressed = load_settings(tmp_path / "home", {"warn_free_mb": 10**9}, environ={})
+    calm = load_settings(tmp_path / "home", {"dicom.warn_free_mb": 1}, environ={})
+    pressed = load_settings(tmp_path / "home", {"dicom.warn_free_mb": 10**9}, environ={})
     assert not any("disk nearly full" in w for w in warnings(calm, db))
     [warning] = [w for w in warnings(pressed, db) if "disk nearly full" in w]
     assert "warning below [dicom] warn_free_mb = 1000000000" in warning
     assert "refused below 512 MiB" in warning
     # a threshold at or below the refusal one still warns first: at twice min_free_mb
-    assert load_settings(tmp_path, {"warn_free_mb": 100}, environ={}).warn_free_bytes == (
-        1024 * 1024**2
-    )
+    assert load_settings(
+        tmp_path, {"dicom.warn_free_mb": 100}, environ={}
+    ).dicom.warn_free_bytes == (1024 * 1024**2)
 
 
 def test_the_spool_logs_each_crossing_once(tmp_path: Path, caplog) -> None:

@@ -115,7 +115,7 @@ def test_a_socket_of_ours_beyond_loopback_fails(home):
 
 def test_an_unreachable_queue_fails(home):
     nothing_there = f"redis://127.0.0.1:{reserve_port()}/0"
-    settings = load_settings(home, {"redis_url": nothing_there}, environ={})
+    settings = load_settings(home, {"queue.redis_url": nothing_there}, environ={})
     ctx = Context(settings, db=None, http=None, queue=create_queue(settings))
     found = asyncio.run(check_queue(ctx))
     assert found.status == "FAIL" and "queue storage unreachable" in found.message
@@ -193,7 +193,7 @@ def test_frozen_orthanc_and_worker_fail_with_the_fix(appliance_factory):
 
 @pytest.mark.slow
 def test_doctor_goes_through_https_when_plain_http_only_redirects(appliance_factory):
-    running = appliance_factory(redirect_to_https=True).start()
+    running = appliance_factory({"web.redirect_to_https": True}).start()
     code, report = _doctor_json(running)
     bad = {c["name"]: c for c in report["checks"] if c["status"] != "OK"}
     assert set(bad) <= KNOWN_WARNINGS, bad

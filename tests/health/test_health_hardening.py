@@ -29,7 +29,6 @@ from appliance.config import default_home, load_settings
 from appliance.errors import ConfigError
 from appliance.health.report import PROBE_INTERVAL, STATUS_KEY_HEADER
 from appliance.home import init_home
-from appliance.layout import HomeLayout
 from appliance.supervise.leftovers import boot_id, process_start_ticks, reap_leftovers
 from appliance.supervise.logs import MIB
 from appliance.supervise.nginx import render_nginx_conf
@@ -72,7 +71,7 @@ def test_health_shows_only_the_status_to_anyone_but_admins(appliance):
 
 def _dicom_connections(appliance) -> int:
     """Closed TCP connections to the DICOM port still in TIME-WAIT (they last 60 s)."""
-    port = appliance.settings.dicom_port
+    port = appliance.settings.dicom.port
     out = subprocess.run(
         ["ss", "-Htan", "state", "time-wait", f"( sport = :{port} or dport = :{port} )"],
         capture_output=True, text=True, check=True,
@@ -93,7 +92,7 @@ def test_health_polled_in_a_loop_opens_few_dicom_associations(appliance_factory)
     elapsed = time.monotonic() - started
     opened = _dicom_connections(appliance) - before
     print(f"{calls} health calls in {elapsed:.1f} s opened {opened} DICOM associations")
-    processes = appliance.settings.app_processes
+    processes = appliance.settings.internal.app_processes
     assert calls >= 50
     assert opened <= processes * (elapsed // PROBE_INTERVAL + 1)
 
@@ -268,8 +267,8 @@ def test_the_appliances_own_log_is_rotated(tmp_path):
 
 @pytest.mark.slow
 def test_nginx_logs_are_rotated_and_reopened(appliance_factory):
-    appliance = appliance_factory(log_max_mb=1, log_keep=2).start()
-    access = HomeLayout(appliance.settings.home).log_dir / "nginx-access.log"
+    appliance = appliance_factory({"logs.max_mb": 1, "logs.keep": 2}).start()
+    access = appliance.settings.layout.log_dir / "nginx-access.log"
     with access.open("ab") as out:  # as if a busy day had filled it
         out.write(b"filler\n" * (3 * MIB // 7))
     wait_for(lambda: access.with_name("nginx-access.log.1").exists(), 15, "the rotation")
@@ -326,7 +325,9 @@ def test_nginx_workers_are_not_root_and_still_serve_frames_and_the_viewer(applia
 
 def test_a_folder_that_keeps_nginx_workers_out_is_a_clear_error(tmp_path):
     assert os.geteuid() == 0, "this test checks what happens when the appliance runs as root"
-    settings = load_settings(tmp_path / "locked" / "home", {"bind": "127.0.0.1"}, environ={})
+    settings = load_settings(
+        tmp_path / "locked" / "home", {"network.bind": "127.0.0.1"}, environ={}
+    )
     init_home(settings)
     let_workers_reach(worker_user(settings), Path(tempfile.gettempdir()), [tmp_path])
     (tmp_path / "locked").chmod(0o700)

@@ -141,7 +141,7 @@ def test_metrics_need_an_admin_token_unless_the_caller_is_on_this_machine(applia
     added = run_cli(appliance, "user", "add", "tech.metrics", "--role", "technologist",
                     "--password-stdin", stdin=PASSWORD + "\n")  # fmt: skip
     assert added.returncode == 0, added.stderr
-    app = f"http://127.0.0.1:{appliance.settings.app_port}/api/metrics"
+    app = f"http://127.0.0.1:{appliance.settings.internal.app_port}/api/metrics"
     remote = {"X-Forwarded-For": "203.0.113.9"}  # as nginx sends it for a remote browser
     cases = [
         ({}, 401, "missing_token"),

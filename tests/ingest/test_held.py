@@ -16,7 +16,6 @@ from appliance.config import ConfigError, load_settings
 from appliance.db import open_database
 from appliance.ingest.intake import HeldError, Ingest
 from appliance.jobs.queue import create_queue
-from appliance.layout import HomeLayout
 from appliance.web.app import create_app
 from tests.support.auth import bearer
 from tests.support.samples import TEST_FILES
@@ -72,11 +71,11 @@ def test_a_held_object_survives_recovery_untouched(settings):
 
 def test_an_unknown_policy_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="overwrite must be one of never, same-source, always"):
-        load_settings(tmp_path, {"overwrite": "sometimes"}, environ={})
+        load_settings(tmp_path, {"dicom.overwrite": "sometimes"}, environ={})
 
 
 async def test_admins_list_accept_and_discard_held_objects(aiohttp_client, settings):
-    db = open_database(HomeLayout(settings.home).database_file)
+    db = open_database(settings.layout.database_file)
     ingest = Ingest(settings, create_queue(settings))
     receive(ingest, ct(), "dicom:CT_A", "same-source")
     receive(ingest, ct(), "dicom:CT_B", "same-source")

@@ -18,7 +18,6 @@ from dicomweb_client.api import DICOMwebClient
 
 from appliance.db import open_database
 from appliance.ingest.modalities import add_modality, remove_modality
-from appliance.layout import HomeLayout
 from appliance.transcode import pixels
 from bench.synthetic import make_slices, write_series
 from tests.support.clients import api_token
@@ -63,7 +62,7 @@ SAMPLES = [
 
 
 def journal(appliance) -> dict[str, dict]:
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     rows = {r["sop_uid"]: r for r in db["instances"].rows}
     db.close()
     return rows
@@ -118,10 +117,10 @@ def test_every_transfer_syntax_is_stored_with_identical_pixels(
 
 
 def test_unregistered_caller_is_rejected_at_association(appliance):
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     add_modality(db, "CT_ROOM_1", "127.0.0.1")
     try:
-        port = str(appliance.settings.dicom_port)
+        port = str(appliance.settings.dicom.port)
         stranger = subprocess.run(
             ["echoscu", "-aet", "INTRUDER", "-aec", "NEURONOVA", "127.0.0.1", port],
             capture_output=True,
@@ -145,7 +144,7 @@ def test_unregistered_caller_is_rejected_at_association(appliance):
 
 def test_wrong_called_ae_title_is_rejected(appliance):
     result = subprocess.run(
-        ["echoscu", "-aec", "SOMEONE_ELSE", "127.0.0.1", str(appliance.settings.dicom_port)],
+        ["echoscu", "-aec", "SOMEONE_ELSE", "127.0.0.1", str(appliance.settings.dicom.port)],
         capture_output=True,
         text=True,
     )
@@ -183,7 +182,7 @@ def test_the_same_instance_twice_is_stored_once(appliance, token, tmp_path):
 
 
 def test_nearly_full_disk_answers_out_of_resources(appliance_factory, tmp_path):
-    full = appliance_factory(min_free_mb=10**9).start()  # more than any disk has
+    full = appliance_factory({"dicom.min_free_mb": 10**9}).start()  # more than any disk has
     ds = renamed_copy(TEST_FILES / "CT_small.dcm", tmp_path / "a.dcm")
     sent = storescu(full, [tmp_path / "a.dcm"], "STORESCU", "-v")
     assert "Received Store Response (Refused: OutOfResources)" in sent.stderr, sent.stderr
@@ -217,7 +216,7 @@ def test_kill_9_during_a_push_loses_nothing(appliance_factory, tmp_path):
                 "-aec",
                 "NEURONOVA",
                 "127.0.0.1",
-                str(appliance.settings.dicom_port),
+                str(appliance.settings.dicom.port),
                 *map(str, series.files),
             ],
             stdout=out,
@@ -246,7 +245,7 @@ def test_kill_9_during_a_push_loses_nothing(appliance_factory, tmp_path):
     assert not list((appliance.settings.home / "spool").glob("*.dcm"))
     # The JPEGs written after "stored" (a lower-priority task) survive the kill as well.
     wait_for(lambda: all(journal(appliance)[s]["images_at"] for s in sops), 120, "JPEGs")
-    frames = HomeLayout(appliance.settings.home).frames_dir / series.study_uid / series.series_uid
+    frames = appliance.settings.layout.frames_dir / series.study_uid / series.series_uid
     for sop in sops:
         assert all(
             (frames / sop / name).stat().st_size for name in ("rendered.jpg", "thumbnail.jpg")

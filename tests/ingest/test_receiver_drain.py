@@ -46,7 +46,7 @@ def test_the_supervisor_gives_the_receiver_its_drain_time():
 def test_an_open_association_finishes_after_sigterm_and_the_next_receiver_stores_it(tmp_path):
     series = write_series(tmp_path / "series", make_slices(2))
     appliance = make_appliance(tmp_path / "appliance").start()
-    port = appliance.settings.dicom_port
+    port = appliance.settings.dicom.port
     ae = AE(ae_title="CT_SCANNER")
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
     assoc = ae.associate("127.0.0.1", port, ae_title="NEURONOVA")

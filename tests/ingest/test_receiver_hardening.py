@@ -27,7 +27,6 @@ from pynetdicom.sop_class import CTImageStorage, RTPlanStorage, Verification
 from appliance.db import open_database
 from appliance.ingest.modalities import add_modality, remove_modality
 from appliance.ingest.receiver import HEALTH_AE_TITLE
-from appliance.layout import HomeLayout
 from appliance.security import audit
 from tests.support.running import (
     Appliance,
@@ -63,7 +62,7 @@ def send_raw(appliance: Appliance, path: Path, sop_class: str, syntax: str, aet:
     """C-STORE a Part 10 file's data set as it is; returns the response status Dataset."""
     ae = AE(ae_title=aet)
     ae.add_requested_context(sop_class, syntax)
-    assoc = ae.associate("127.0.0.1", appliance.settings.dicom_port, ae_title="NEURONOVA")
+    assoc = ae.associate("127.0.0.1", appliance.settings.dicom.port, ae_title="NEURONOVA")
     assert assoc.is_established
     try:
         return assoc.send_c_store(path)
@@ -72,7 +71,7 @@ def send_raw(appliance: Appliance, path: Path, sop_class: str, syntax: str, aet:
 
 
 def database(appliance: Appliance):
-    return open_database(HomeLayout(appliance.settings.home).database_file)
+    return open_database(appliance.settings.layout.database_file)
 
 
 def receiver_log(appliance: Appliance) -> str:
@@ -80,7 +79,7 @@ def receiver_log(appliance: Appliance) -> str:
 
 
 def spool_files(appliance: Appliance) -> list[Path]:
-    spool = HomeLayout(appliance.settings.home).spool_dir
+    spool = appliance.settings.layout.spool_dir
     return [*spool.glob("*.dcm"), *(spool / "incoming").iterdir()]
 
 
@@ -111,7 +110,7 @@ def test_a_re_encoded_object_truncated_inside_an_item_is_refused(receiver, tmp_p
     ae = AE(ae_title="REENCODE")
     ae.add_requested_context(RTPlanStorage, "1.2.840.10008.1.2")
     ae.add_requested_context(CTImageStorage, str(good.file_meta.TransferSyntaxUID))
-    assoc = ae.associate("127.0.0.1", receiver.settings.dicom_port, ae_title="NEURONOVA")
+    assoc = ae.associate("127.0.0.1", receiver.settings.dicom.port, ae_title="NEURONOVA")
     assert assoc.is_established
     try:
         refused, stored = assoc.send_c_store(plan), assoc.send_c_store(good)
@@ -169,7 +168,7 @@ def test_a_deflate_bomb_is_refused_without_filling_memory(receiver, raw_sending,
 
 def test_an_object_over_the_size_limit_aborts_the_association(appliance_factory, tmp_path):
     """With [dicom] max_object_mb = 1, a 2 MB object never reaches the disk whole."""
-    small = appliance_factory(max_object_mb=1).start()
+    small = appliance_factory({"dicom.max_object_mb": 1}).start()
     big = tmp_path / "big.dcm"
     ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -275,7 +274,7 @@ def test_the_health_ae_title_may_only_echo(receiver, tmp_path):
     db = database(receiver)
     add_modality(db, "CT_ROOM_1", "127.0.0.1")
     try:
-        port = str(receiver.settings.dicom_port)
+        port = str(receiver.settings.dicom.port)
         echo = subprocess.run(["echoscu", "-aet", HEALTH_AE_TITLE, "-aec", "NEURONOVA",
                                "127.0.0.1", port], capture_output=True, text=True)  # fmt: skip
         assert echo.returncode == 0, echo.stderr
@@ -291,7 +290,7 @@ def test_the_health_ae_title_may_only_echo(receiver, tmp_path):
 def echo_as(appliance: Appliance, aet: str) -> bool:
     result = subprocess.run(
         ["echoscu", "-aet", aet, "-aec", "NEURONOVA", "127.0.0.1",
-         str(appliance.settings.dicom_port)],
+         str(appliance.settings.dicom.port)],
         capture_output=True, text=True,
     )  # fmt: skip
     return result.returncode == 0
@@ -313,7 +312,7 @@ def test_allow_list_changes_apply_to_the_next_association(receiver):
 
 def test_a_silent_connection_is_closed_after_the_artim_timeout(receiver):
     """A caller that connects and sends nothing held its slot 30 s; now 10 s."""
-    with socket.create_connection(("127.0.0.1", receiver.settings.dicom_port)) as sock:
+    with socket.create_connection(("127.0.0.1", receiver.settings.dicom.port)) as sock:
         sock.settimeout(60)
         started = time.monotonic()
         assert sock.recv(1) == b""
@@ -323,7 +322,7 @@ def test_a_silent_connection_is_closed_after_the_artim_timeout(receiver):
 def test_one_address_cannot_take_every_association_slot(receiver):
     ae = AE(ae_title="GREEDY")
     ae.add_requested_context(Verification)
-    port = receiver.settings.dicom_port
+    port = receiver.settings.dicom.port
     held = []
     try:
         for _ in range(32):

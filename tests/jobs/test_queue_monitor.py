@@ -33,7 +33,6 @@ from appliance.jobs.activity import (
 from appliance.jobs.monitor import QueueMonitor, on
 from appliance.jobs.queue import Queue, create_queue
 from appliance.jobs.work import worker_work
-from appliance.layout import HomeLayout
 from appliance.security import audit
 from appliance.web.app import create_app
 from appliance.web.queue import MAX_RETRY_UIDS
@@ -60,7 +59,7 @@ def accept(settings: Settings, queue: Queue) -> tuple[str, str]:
 
 def journal(settings: Settings) -> Journal:
     """The home's ingest journal."""
-    return Journal(HomeLayout(settings.home).database_file)
+    return Journal(settings.layout.database_file)
 
 
 def _bytes(ds: pydicom.Dataset) -> bytes:
@@ -70,7 +69,7 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
 
 
 def snapshot(settings: Settings, queue: Queue):
-    db = open_database(HomeLayout(settings.home).database_file)
+    db = open_database(settings.layout.database_file)
     try:
         return QueueMonitor(settings, queue).snapshot(on(db))
     finally:
@@ -135,7 +134,7 @@ class BrokenWork:
 
 
 def test_running_tasks_and_last_outcomes_come_from_the_workers(settings: Settings) -> None:
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     activity = TaskActivity.for_this_process(layout)
     work = BrokenWork(activity)
     failing = replace(worker_work(settings), apply_retention=work.apply_retention)
@@ -162,7 +161,7 @@ def test_a_redis_queue_is_read_through_the_same_api(
     settings: Settings,
     redis_url: str,
 ) -> None:
-    on_redis = load_settings(settings.home, {"redis_url": redis_url}, environ={})
+    on_redis = load_settings(settings.home, {"queue.redis_url": redis_url}, environ={})
     queue = create_queue(on_redis)
     queue.enqueue_ingest("1.2.3.1", "/nowhere/1.dcm")
     queue.enqueue_ingest("1.2.3.2", "/nowhere/2.dcm", delay=600)
@@ -177,7 +176,7 @@ def test_an_unreachable_queue_still_shows_the_failed_objects(settings: Settings)
     sop, spool = accept(settings, create_queue(settings))
     journal(settings).fail(sop, spool, "cannot read the spooled object")
     nothing_there = load_settings(
-        settings.home, {"redis_url": f"redis://127.0.0.1:{reserve_port()}/0"}, environ={}
+        settings.home, {"queue.redis_url": f"redis://127.0.0.1:{reserve_port()}/0"}, environ={}
     )
     state = snapshot(nothing_there, create_queue(nothing_there))
     assert state.error is not None and state.error.startswith("queue storage unreachable")
@@ -203,7 +202,7 @@ def test_ingest_status_prints_the_queue_by_kind_and_retry_is_audited(settings: S
     assert [f["sop_uid"] for f in data["failed"]] == [sop]
 
     assert runner.invoke(cli, ["ingest", "retry", *home]).exit_code == 0
-    [row] = audit.recent(open_database(HomeLayout(settings.home).database_file),
+    [row] = audit.recent(open_database(settings.layout.database_file),
                          event=audit.ADMIN_CHANGE)  # fmt: skip
     assert row["username"].startswith("cli:")
     assert row["detail"] == {"action": "ingest_retried", "all": True, "count": 1,
@@ -251,7 +250,7 @@ async def test_queue_api_is_for_admins_and_retry_is_audited(client, settings: Se
     assert await retried.json() == {"queued": [sop], "not_failed": ["1.2.3"]}
     after = await (await client.get("/api/admin/queue", headers=boss)).json()
     assert after["failed"] == [] and after["kinds"][0]["waiting"] == 1
-    [row] = audit.recent(open_database(HomeLayout(settings.home).database_file),
+    [row] = audit.recent(open_database(settings.layout.database_file),
                          event=audit.ADMIN_CHANGE)  # fmt: skip
     assert row["username"] == "boss"
     assert row["detail"] == {"action": "ingest_retried", "all": False, "count": 1,
@@ -264,7 +263,7 @@ async def test_retry_with_the_queue_storage_down_is_a_503(aiohttp_client, settin
     sop, spool = accept(settings, create_queue(settings))
     journal(settings).fail(sop, spool, "Orthanc refused it")
     down = load_settings(
-        settings.home, {"redis_url": f"redis://127.0.0.1:{reserve_port()}/0"}, environ={}
+        settings.home, {"queue.redis_url": f"redis://127.0.0.1:{reserve_port()}/0"}, environ={}
     )
     client = await aiohttp_client(create_app(down))
     boss = await bearer(client, "boss")

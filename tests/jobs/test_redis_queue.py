@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_ingest_runs_on_a_redis_queue(appliance_factory, redis_url, tmp_path):
-    appliance = appliance_factory(redis_url=redis_url).start()
+    appliance = appliance_factory({"queue.redis_url": redis_url}).start()
     _, report = appliance.health()
     assert report["components"]["queue"]["backend"] == "redis"
     series = write_series(tmp_path / "ct", make_slices(4))

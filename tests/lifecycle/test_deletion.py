@@ -4,7 +4,6 @@ is gone from Orthanc, QIDO, the worklist and the disk, with an audit row."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import re
@@ -22,7 +21,6 @@ from appliance.home import init_home
 from appliance.ingest.intake import Ingest
 from appliance.jobs.queue import create_queue
 from appliance.jobs.work import worker_work
-from appliance.layout import HomeLayout
 from appliance.lifecycle.deletion import StudyDeletionError, delete_study
 from appliance.lifecycle.retention import cutoff, expired_studies
 from appliance.store.frame_files import remove_study_files
@@ -56,7 +54,9 @@ def test_remove_study_files_removes_one_study_and_counts_its_bytes(tmp_path: Pat
 
 @pytest.fixture
 def settings(tmp_path: Path):
-    settings = load_settings(tmp_path / "home", {"orthanc_port": reserve_port()}, environ={})
+    settings = load_settings(
+        tmp_path / "home", {"internal.orthanc_port": reserve_port()}, environ={}
+    )
     init_home(settings)
     return settings
 
@@ -98,7 +98,7 @@ def test_with_orthanc_down_nothing_is_removed(settings, ingest):
 
 
 def test_retention_is_off_by_default_and_expires_by_study_date_or_received(tmp_path):
-    def home(name: str, **values: object):
+    def home(name: str, values: dict[str, object] | None = None):
         settings = load_settings(tmp_path / name, values, environ={})
         init_home(settings)
         ingest = Ingest(settings, create_queue(settings))
@@ -111,9 +111,9 @@ def test_retention_is_off_by_default_and_expires_by_study_date_or_received(tmp_p
 
     today = dt.date(2026, 6, 1)
     assert expired_studies(*home("off"), today) == []
-    by_date = expired_studies(*home("date", retention_years=10), today)
+    by_date = expired_studies(*home("date", {"retention.years": 10}), today)
     assert [s["study_uid"] for s in by_date] == ["1.2.19990101"]
-    settings, journal = home("received", retention_years=1, retention_by="received")
+    settings, journal = home("received", {"retention.years": 1, "retention.by": "received"})
     journal.read(lambda db: db.execute("UPDATE studies SET received_at = '2020-01-01T00:00:00' "
                                        "WHERE study_uid = '1.2.0'"))  # fmt: skip
     assert [s["study_uid"] for s in expired_studies(settings, journal, today)] == ["1.2.0"]
@@ -125,7 +125,7 @@ def test_the_worker_runs_retention_hourly_and_keeps_what_orthanc_cannot_delete(s
     assert queue.retention.task_class().validate_datetime(dt.datetime(2026, 1, 1, 5, 17))
     assert not queue.retention.task_class().validate_datetime(dt.datetime(2026, 1, 1, 5, 18))
     receive(ingest, pydicom.dcmread(TEST_FILES / "CT_small.dcm"))  # StudyDate 20040119
-    on = dataclasses.replace(settings, retention_years=1)
+    on = settings.with_values({"retention.years": 1})
     work = worker_work(on, ingest.journal)
     assert create_queue(on, work=work).retention.call_local() == 0  # Orthanc down
     assert ingest.journal.read(lambda db: db["studies"].count) == 1
@@ -167,7 +167,7 @@ def assert_gone(appliance, token: str, series) -> None:
     worklist = requests.get(f"{appliance.url}/api/studies", headers=auth(token),
                             params={"q": series.study_uid}, timeout=10)  # fmt: skip
     assert worklist.json()["total"] == 0
-    layout = HomeLayout(appliance.settings.home)
+    layout = appliance.settings.layout
     assert not (layout.frames_dir / series.study_uid).exists()
     db = open_database(layout.database_file)
     for table in ("instances", "series", "studies"):
@@ -176,7 +176,7 @@ def assert_gone(appliance, token: str, series) -> None:
 
 
 def deletion_audit(appliance, study_uid: str) -> list[dict]:
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     rows = list(db.query("SELECT * FROM audit WHERE event = 'study_deleted' AND study_uid = ?",
                          [study_uid]))  # fmt: skip
     db.close()
@@ -248,7 +248,7 @@ def test_retention_dry_run_lists_exactly_the_old_study_and_the_real_run_deletes_
     appliance, tokens, tmp_path
 ):
     old, young = push(appliance, tmp_path / "old"), push(appliance, tmp_path / "young")
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     with db.conn:  # as if it had been sent with StudyDate 1901-01-01
         db.execute("UPDATE studies SET study_date = '19010101' WHERE study_uid = ?",
                    [old.study_uid])  # fmt: skip
@@ -287,14 +287,14 @@ def test_a_jpeg_task_racing_a_deletion_writes_nothing_back(appliance, tokens, tm
 
     pipeline.orthanc.fetch = fetch_then_delete
     assert pipeline.write_images(sop, spool).state == "stored"
-    assert not (HomeLayout(appliance.settings.home).frames_dir / series.study_uid).exists()
+    assert not (appliance.settings.layout.frames_dir / series.study_uid).exists()
 
 
 @pytest.mark.slow
 def test_an_object_arriving_while_its_study_is_deleted_is_held_not_archived(appliance, tmp_path):
     series = write_series(tmp_path, make_slices(1))
     sop = series.sop_uids[0]
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     with db.conn:  # what delete_study holds while it runs
         db.execute("INSERT INTO deleting (study_uid, username, started_at) VALUES (?, ?, ?)",
                    [series.study_uid, "admin", now_iso()])  # fmt: skip

@@ -137,7 +137,7 @@ def test_cli_lists_and_approves_a_pending_user(home, runner: CliRunner) -> None:
 
 
 def test_token_auth_must_be_a_method_a_client_registers_with(tmp_path) -> None:
-    settings = load_settings(tmp_path, {"smart_token_auth": "client_secret_post"}, environ={})
-    assert settings.smart_token_auth == "client_secret_post"
+    settings = load_settings(tmp_path, {"smart.token_auth": "client_secret_post"}, environ={})
+    assert settings.smart.token_auth == "client_secret_post"
     with pytest.raises(ConfigError, match=r"\[oidc\] token_auth must be one of client_secret_"):
-        load_settings(tmp_path, {"oidc_token_auth": "private_key_jwt"}, environ={})
+        load_settings(tmp_path, {"oidc.token_auth": "private_key_jwt"}, environ={})

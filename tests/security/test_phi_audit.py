@@ -22,7 +22,6 @@ import requests
 
 from appliance.cli import cli
 from appliance.db import open_database
-from appliance.layout import HomeLayout
 from appliance.security import audit
 from bench.synthetic import make_slices, write_series
 from tests.support.clients import api_token
@@ -143,7 +142,7 @@ def study(appliance, tmp_path_factory):
 
 def rows(appliance, where: str, args: list) -> list[dict]:
     """Audit rows (the table's own columns, detail parsed) matching an SQL condition."""
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     found = [
         {**r, "detail": json.loads(r["detail"] or "{}")}
         for r in db.query(f"SELECT * FROM audit WHERE {where} ORDER BY id", args)

@@ -26,7 +26,6 @@ from click.testing import CliRunner
 from appliance.cli import cli
 from appliance.config import load_settings
 from appliance.db import open_database
-from appliance.layout import HomeLayout
 from appliance.security import audit, tls
 from appliance.security.sessions import MAX_FAILURES_PER_USER
 from appliance.security.tokens import ACCESS_TTL
@@ -115,7 +114,7 @@ async def test_a_successful_login_does_not_count_as_a_failure(client):
 
 
 async def test_passwords_are_hashed_with_argon2id(client, settings):
-    db = open_database(HomeLayout(settings.home).database_file)
+    db = open_database(settings.layout.database_file)
     assert get_user(db, "rad")["password_hash"].startswith("$argon2id$v=19$m=19456,t=2,p=1$")
 
 
@@ -128,7 +127,7 @@ def _scrypt_hash(password: str) -> str:
 
 
 async def test_an_old_scrypt_hash_is_replaced_at_the_next_login(client, settings):
-    db = open_database(HomeLayout(settings.home).database_file)
+    db = open_database(settings.layout.database_file)
     db["users"].update("rad", {"password_hash": _scrypt_hash(PASSWORD)})
     assert (await login(client, password="wrong password!")).status == 401
     assert get_user(db, "rad")["password_hash"].startswith("scrypt$")
@@ -183,7 +182,7 @@ async def test_demoting_a_user_to_a_role_that_cannot_share_ends_their_links(clie
 
 async def test_a_share_of_a_user_disabled_before_the_upgrade_is_refused(client, settings):
     share = await _share(client)
-    db = open_database(HomeLayout(settings.home).database_file)
+    db = open_database(settings.layout.database_file)
     db["users"].update("rad", {"disabled": 1})  # as an older version left it: share unrevoked
     assert not await _share_works(client, share)
 
@@ -202,10 +201,9 @@ async def test_share_links_use_the_origin_users_reached(client, settings):
 
 
 async def test_share_links_use_the_configured_public_url(aiohttp_client, settings):
-    from dataclasses import replace
 
     proxied = await aiohttp_client(
-        create_app(replace(settings, public_url="https://pacs.clinic.example/"))
+        create_app(settings.with_values({"web.public_url": "https://pacs.clinic.example/"}))
     )
     share = await _share(proxied)
     assert share["url"].startswith("https://pacs.clinic.example/api/shares/open?token=")
@@ -254,7 +252,7 @@ def test_plain_http_redirects_by_default(tmp_path):
 
 def test_hsts_is_sent_only_with_a_clinic_certificate(tmp_path):
     settings = make_appliance(tmp_path).settings
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     assert "Strict-Transport-Security" not in render_nginx_conf(settings).read_text()
     clinic = issue("pacs.clinic.example", names=("pacs.clinic.example",))
     tls.cert_file(layout).write_bytes(pem(clinic.cert))
@@ -270,13 +268,15 @@ def test_hsts_is_sent_only_with_a_clinic_certificate(tmp_path):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[Appliance]:
     """The appliance as installed: plain HTTP redirects, names checked."""
-    with running_appliance(tmp_path_factory.mktemp("https"), redirect_to_https=True) as running:
+    with running_appliance(
+        tmp_path_factory.mktemp("https"), {"web.redirect_to_https": True}
+    ) as running:
         yield running
 
 
 def _https(appliance: Appliance, method: str, path: str, host: str = "127.0.0.1", **kw):
     conn = http.client.HTTPSConnection(
-        "127.0.0.1", appliance.settings.https_port, context=UNVERIFIED, timeout=10
+        "127.0.0.1", appliance.settings.web.https_port, context=UNVERIFIED, timeout=10
     )
     conn.request(method, path, headers={"Host": host, **kw.pop("headers", {})}, **kw)
     resp = conn.getresponse()
@@ -285,13 +285,15 @@ def _https(appliance: Appliance, method: str, path: str, host: str = "127.0.0.1"
 
 @pytest.mark.slow
 def test_plain_http_answers_only_with_a_redirect(served):
-    conn = http.client.HTTPConnection("127.0.0.1", served.settings.http_port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", served.settings.web.http_port, timeout=10)
     for path in ("/", "/api/auth/login", "/pacs-viewer/"):
         conn.request("GET", path)
         resp = conn.getresponse()
         resp.read()
         assert resp.status == 301
-        assert resp.headers["Location"] == f"https://127.0.0.1:{served.settings.https_port}{path}"
+        assert (
+            resp.headers["Location"] == f"https://127.0.0.1:{served.settings.web.https_port}{path}"
+        )
     assert served.health()[0] == 200  # `neuronova status` from this machine still works
 
 
@@ -300,7 +302,7 @@ def test_plain_http_answers_only_with_a_redirect(served):
 def test_a_foreign_host_name_gets_421(served, host):
     status, _, body = _https(served, "GET", "/api/health", host=host)
     assert status == 421 and json.loads(body)["error"] == "unknown_host"
-    plain = http.client.HTTPConnection("127.0.0.1", served.settings.http_port, timeout=10)
+    plain = http.client.HTTPConnection("127.0.0.1", served.settings.web.http_port, timeout=10)
     plain.request("GET", "/", headers={"Host": host})
     assert plain.getresponse().status == 421
 
@@ -344,7 +346,7 @@ def test_the_access_log_has_no_query_strings(served):
     secret = "SHARETOKEN" + "x" * 20
     _https(served, "GET", f"/api/shares/open?token={secret}")
     _https(served, "GET", "/api/pacs/dicom-web/studies?PatientName=DOE%5EJANE")
-    log = HomeLayout(served.settings.home).log_dir / "nginx-access.log"
+    log = served.settings.layout.log_dir / "nginx-access.log"
     lines = (
         '"GET /api/shares/open HTTP/1.1" 401',
         '"GET /api/pacs/dicom-web/studies HTTP/1.1" 401',
@@ -364,7 +366,7 @@ def test_parallel_wrong_passwords_through_nginx_are_throttled(served):
     """Both app processes share the count: 50 guesses at once, 5 checked, 45 refused."""
 
     async def guess(session: aiohttp.ClientSession, n: int) -> int:
-        url = f"https://127.0.0.1:{served.settings.https_port}/api/auth/login"
+        url = f"https://127.0.0.1:{served.settings.web.https_port}/api/auth/login"
         body = {"username": "guessed", "password": f"wrong password {n}"}
         async with session.post(url, json=body, ssl=False) as resp:
             return resp.status
@@ -375,7 +377,7 @@ def test_parallel_wrong_passwords_through_nginx_are_throttled(served):
 
     statuses = asyncio.run(all_guesses())
     assert sorted(statuses) == [401] * MAX_FAILURES_PER_USER + [429] * 45
-    db = open_database(HomeLayout(served.settings.home).database_file)
+    db = open_database(served.settings.layout.database_file)
     assert len(audit.recent(db, event=audit.LOGIN_FAILED)) == MAX_FAILURES_PER_USER
 
 

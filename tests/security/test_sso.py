@@ -21,7 +21,6 @@ import pydicom
 import pytest
 
 from appliance.db import open_database
-from appliance.layout import HomeLayout
 from appliance.security.keys import write_private_file
 from bench.synthetic import make_slices, write_series
 from tests.support.idp import (
@@ -82,18 +81,20 @@ def setup(tmp_path_factory) -> Iterator[tuple[Appliance, IdP]]:
     issuer, port = planned_issuer()
     appliance = make_appliance(
         tmp_path_factory.mktemp("sso"),
-        oidc_issuer=issuer,
-        oidc_client_id=CLIENT_ID,
-        oidc_display_name="Fixture IdP",
-        oidc_scopes="openid profile groups",
-        oidc_role_map="admins = admin, radiologists = radiologist",
-        smart_issuers=f"{issuer}/fhir",
-        smart_client_id=SMART_CLIENT_ID,
-        smart_identifier_system=MRN_SYSTEM,
-        smart_role_map="Practitioner = radiologist",
-        smart_token_auth="client_secret_post",  # as OpenEMR registers confidential apps
+        {
+            "oidc.issuer": issuer,
+            "oidc.client_id": CLIENT_ID,
+            "oidc.display_name": "Fixture IdP",
+            "oidc.scopes": "openid profile groups",
+            "oidc.role_map": "admins = admin, radiologists = radiologist",
+            "smart.issuers": f"{issuer}/fhir",
+            "smart.client_id": SMART_CLIENT_ID,
+            "smart.identifier_system": MRN_SYSTEM,
+            "smart.role_map": "Practitioner = radiologist",
+            "smart.token_auth": "client_secret_post",  # as OpenEMR registers confidential apps
+        },
     )
-    layout = HomeLayout(appliance.settings.home)
+    layout = appliance.settings.layout
     write_private_file(layout.client_secret_file("oidc"), SECRET.encode())
     write_private_file(layout.client_secret_file("smart"), SMART_SECRET.encode())
     # The provider enforces each client's registered method: the SSO client's secret in
@@ -113,7 +114,7 @@ def setup(tmp_path_factory) -> Iterator[tuple[Appliance, IdP]]:
 
 
 def audit_rows(appliance: Appliance, event: str) -> list[dict]:
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     rows = [
         {**row, "detail": json.loads(row["detail"] or "{}")}
         for row in db["audit"].rows_where("event = ?", [event], order_by="id")

@@ -45,7 +45,7 @@ def fixed_host(monkeypatch):
 def layout(tmp_path) -> HomeLayout:
     settings = load_settings(tmp_path / "h", environ={})
     init_home(settings)
-    layout = HomeLayout(settings.home)
+    layout = settings.layout
     for path in (tls.cert_file(layout), tls.key_file(layout)):  # start without a certificate
         path.unlink()
     return layout
@@ -54,7 +54,7 @@ def layout(tmp_path) -> HomeLayout:
 def test_init_generates_the_certificate(tmp_path):
     settings = load_settings(tmp_path / "h", environ={})
     init_home(settings)
-    assert tls.certificate_info(HomeLayout(settings.home)).generated
+    assert tls.certificate_info(settings.layout).generated
 
 
 @pytest.fixture(scope="module")

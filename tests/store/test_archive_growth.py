@@ -111,7 +111,7 @@ class _SameConnection(Journal):
 def test_the_retention_rule_reads_only_what_expired(tmp_path, by):
     """By received date it read every study until migration 2 indexed studies.received_at
     (7.6x the steps at 8x the archive)."""
-    settings = load_settings(tmp_path, {"retention_years": 1, "retention_by": by}, environ={})
+    settings = load_settings(tmp_path, {"retention.years": 1, "retention.by": by}, environ={})
 
     def dry_run(db: sqlite_utils.Database, _path: Path) -> list:
         found = expired_studies(settings, _SameConnection(db), today=dt.date(2026, 12, 7))

@@ -21,7 +21,6 @@ import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from appliance.layout import HomeLayout
 from appliance.store import series_metadata
 from appliance.store.orthanc import DICOMWEB_ROOT, orthanc_auth_header, orthanc_url
 from bench.synthetic import make_slices, write_series
@@ -225,7 +224,7 @@ def stored_series(appliance, tmp_path_factory):
     series += [(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), [str(ds.SOPInstanceUID)])
                for ds in singles]  # fmt: skip
     wait_stored(appliance, [sop for *_, sops in series for sop in sops])
-    frames_dir = HomeLayout(appliance.settings.home).frames_dir
+    frames_dir = appliance.settings.layout.frames_dir
     for study, uid, _ in series:
         path = Path(frames_dir, study, uid, series_metadata.FILE_NAME)
         wait_for(path.exists, 30, f"the prepared metadata of series {uid}")
@@ -300,7 +299,7 @@ def test_a_series_without_prepared_metadata_comes_from_orthanc(appliance, stored
     """Series stored before metadata was prepared: Orthanc answers through the gateway,
     the same JSON with BulkDataURIs on the client's origin (not http://"host"/...)."""
     token, [*_, (study, uid, _)] = stored_series
-    path = Path(HomeLayout(appliance.settings.home).frames_dir, study, uid)
+    path = Path(appliance.settings.layout.frames_dir, study, uid)
     prepared = path / series_metadata.FILE_NAME
     kept = path / "kept.json.gz"
     shutil.copyfile(prepared, kept)
@@ -322,7 +321,7 @@ def test_frames_metadata_prepares_series_stored_before(appliance, stored_series)
     """`neuronova frames metadata` writes the file of a series that has none (nor parts),
     the same as the worker wrote at ingest."""
     _, [(study, uid, _), *_] = stored_series
-    path = Path(HomeLayout(appliance.settings.home).frames_dir, study, uid)
+    path = Path(appliance.settings.layout.frames_dir, study, uid)
     written = json.loads(gzip.decompress((path / series_metadata.FILE_NAME).read_bytes()))
     shutil.rmtree(path / series_metadata.PARTS)
     (path / series_metadata.FILE_NAME).unlink()

@@ -129,7 +129,7 @@ def test_history_and_follow_hand_over_at_one_mark_so_no_line_falls_between(home)
 
 @pytest.mark.slow
 def test_logs_of_a_running_appliance(appliance):
-    app_log = HomeLayout(appliance.settings.home).log_dir / "app.log"
+    app_log = appliance.settings.layout.log_dir / "app.log"
     first = json.loads(app_log.read_text().splitlines()[0])  # structured: JSON lines
     assert {"time", "severity", "component", "pid", "logger", "message"} <= first.keys()
     assert first["component"] == "app"

@@ -24,10 +24,10 @@ def remote(tmp_path_factory):
     for program, package in (("curl", "curl"), ("echoscu", "dcmtk")):
         require_tool(program, package)
     with host_pair() as pair:
-        appliance = make_appliance(tmp_path_factory.mktemp("netns"), bind="0.0.0.0")
+        appliance = make_appliance(tmp_path_factory.mktemp("netns"), {"network.bind": "0.0.0.0"})
         appliance.prefix = pair.exec_prefix(pair.server)
         appliance.start(wait=False)
-        health = f"http://127.0.0.1:{appliance.settings.http_port}/api/health"
+        health = f"http://127.0.0.1:{appliance.settings.web.http_port}/api/health"
         wait_for(lambda: pair.run(pair.server, *curl_status(health)).stdout == "200", 60,
                  "the appliance in the namespace to be healthy")  # fmt: skip
         yield appliance, pair
@@ -41,7 +41,8 @@ def _curl_from_client(pair, url: str, *extra: str) -> str:
 def test_remote_machine_reaches_nginx(remote):
     appliance, pair = remote
     assert (
-        _curl_from_client(pair, f"http://{pair.server_ip}:{appliance.settings.http_port}/") == "200"
+        _curl_from_client(pair, f"http://{pair.server_ip}:{appliance.settings.web.http_port}/")
+        == "200"
     )
 
 
@@ -53,7 +54,7 @@ def test_remote_machine_reaches_the_dicom_port(remote):
         "-aec",
         "NEURONOVA",
         pair.server_ip,
-        str(appliance.settings.dicom_port),
+        str(appliance.settings.dicom.port),
     )
     assert echo.returncode == 0, echo.stderr
 
@@ -61,7 +62,7 @@ def test_remote_machine_reaches_the_dicom_port(remote):
 @pytest.mark.parametrize("port", ["app_port", "gate_port"])
 def test_remote_machine_cannot_reach_the_app_or_its_frame_gate(remote, port):
     appliance, pair = remote
-    url = f"http://{pair.server_ip}:{getattr(appliance.settings, port)}/api/health/live"
+    url = f"http://{pair.server_ip}:{getattr(appliance.settings.internal, port)}/api/health/live"
     assert _curl_from_client(pair, url) == "000"  # connection refused: loopback only
 
 
@@ -70,14 +71,14 @@ def test_orthanc_refuses_a_remote_client_even_with_its_credentials(remote):
 
     appliance, pair = remote
     auth = orthanc_auth_header(appliance.settings)
-    url = f"http://{pair.server_ip}:{appliance.settings.orthanc_port}/system"
+    url = f"http://{pair.server_ip}:{appliance.settings.internal.orthanc_port}/system"
     assert _curl_from_client(pair, url, "-H", f"Authorization: {auth}") in ("401", "403")
-    local_url = f"http://127.0.0.1:{appliance.settings.orthanc_port}/system"
+    local_url = f"http://127.0.0.1:{appliance.settings.internal.orthanc_port}/system"
     local = pair.run(pair.server, *curl_status(local_url, "-H", f"Authorization: {auth}"))
     assert local.stdout == "200"
 
 
 def test_nginx_health_location_is_loopback_only(remote):
     appliance, pair = remote
-    url = f"http://{pair.server_ip}:{appliance.settings.http_port}/nginx-health"
+    url = f"http://{pair.server_ip}:{appliance.settings.web.http_port}/nginx-health"
     assert _curl_from_client(pair, url) == "403"

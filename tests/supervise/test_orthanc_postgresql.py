@@ -24,7 +24,6 @@ from click.testing import CliRunner
 from appliance.cli import cli as neuronova_cli
 from appliance.config import load_settings
 from appliance.errors import MissingBinaryError
-from appliance.layout import HomeLayout
 from appliance.programs import find_orthanc_plugin
 from appliance.store import orthanc_index
 from appliance.store.orthanc_index import POSTGRESQL_PACKAGE, POSTGRESQL_PLUGIN
@@ -51,7 +50,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def running(cluster, tmp_path_factory):
     """The appliance on the cluster, with a CT series stored: (appliance, series, slices)."""
-    appliance = make_appliance(tmp_path_factory.mktemp("pg"), **cluster.settings())
+    appliance = make_appliance(tmp_path_factory.mktemp("pg"), cluster.settings())
     password_file = appliance.settings.orthanc_db_password_path
     assert password_file.stat().st_mode & 0o777 == 0o600
     cluster.create_owner(password_file.read_text().strip())
@@ -93,9 +92,9 @@ def test_the_index_is_in_postgresql_and_not_in_sqlite(running, cluster):
     appliance, _, _ = running
     count = "SELECT count(*) FROM resources WHERE resourcetype = 3"  # 3: instance
     assert cluster.sql(count, DATABASE).strip() == str(SLICES)
-    index_dir = HomeLayout(appliance.settings.home).orthanc_dir / "index"
+    index_dir = appliance.settings.layout.orthanc_dir / "index"
     assert not list(index_dir.glob("index*")), "Orthanc also made an SQLite index"
-    assert "PostgreSQL" in (HomeLayout(appliance.settings.home).orthanc_conf.read_text())
+    assert "PostgreSQL" in (appliance.settings.layout.orthanc_conf.read_text())
 
 
 def test_the_doctor_says_which_index_answers(running):

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from appliance.layout import HomeLayout
 from tests.support.clients import curl_status, http_get
 from tests.support.running import run_cli
 from tests.support.waiting import wait_for
@@ -60,7 +59,7 @@ def test_unknown_api_path_is_json_404(appliance):
 
 
 def test_orthanc_requires_its_credentials(appliance):
-    status, _, _ = http_get(f"http://127.0.0.1:{appliance.settings.orthanc_port}/system")
+    status, _, _ = http_get(f"http://127.0.0.1:{appliance.settings.internal.orthanc_port}/system")
     assert status == 401
 
 
@@ -68,7 +67,7 @@ def test_orthanc_refuses_a_client_not_on_127_0_0_1_even_with_credentials(applian
     from appliance.store.orthanc import orthanc_auth_header
 
     auth = orthanc_auth_header(appliance.settings)
-    port = appliance.settings.orthanc_port
+    port = appliance.settings.internal.orthanc_port
     credentials = ("-H", f"Authorization: {auth}")
     local = subprocess.run(curl_status(f"http://127.0.0.1:{port}/system", *credentials),
                            capture_output=True, text=True, timeout=10)  # fmt: skip
@@ -149,7 +148,7 @@ def test_missing_nginx_is_a_clear_error(appliance_factory, tmp_path):
 @pytest.mark.parametrize(("port", "what"), [("app_port", "web app"), ("gate_port", "frame gate")])
 def test_a_taken_port_is_a_clear_error(appliance_factory, port, what):
     appliance = appliance_factory()
-    number = getattr(appliance.settings, port)
+    number = getattr(appliance.settings.internal, port)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", number))
         squatter.listen()
@@ -162,15 +161,16 @@ def test_a_taken_port_is_a_clear_error(appliance_factory, port, what):
 
 @pytest.mark.parametrize(
     ("port", "setting"),
-    [("http_port", "[web] http_port"), ("https_port", "[web] https_port"),
-     ("dicom_port", "[dicom] port"), ("app_port", "[internal] app_port"),
-     ("gate_port", "[internal] gate_port"), ("orthanc_port", "[internal] orthanc_port")],
+    [("web.http_port", "[web] http_port"), ("web.https_port", "[web] https_port"),
+     ("dicom.port", "[dicom] port"), ("internal.app_port", "[internal] app_port"),
+     ("internal.gate_port", "[internal] gate_port"),
+     ("internal.orthanc_port", "[internal] orthanc_port")],
 )  # fmt: skip
 def test_run_stops_at_once_naming_a_taken_port_its_setting_and_holder(
     appliance_factory, port, setting
 ):
     appliance = appliance_factory()
-    number = getattr(appliance.settings, port)
+    number = appliance.settings.value(port)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", number))
         squatter.listen()
@@ -186,7 +186,8 @@ def test_two_homes_run_side_by_side_on_the_default_internal_ports(appliance_fact
     """The second appliance finds 18081, 18083 and 18042 taken by the first (or by
     anything else) and moves its internal ports; its CLI and doctor find them."""
     defaults = {"app_port": 18081, "gate_port": 18083, "orthanc_port": 18042}
-    first, second = appliance_factory(**defaults), appliance_factory(**defaults)
+    chosen = {f"internal.{key}": port for key, port in defaults.items()}
+    first, second = appliance_factory(chosen), appliance_factory(chosen)
     first.start()
     second.start()
     moved = json.loads((second.settings.home / "run" / "ports.json").read_text())
@@ -206,7 +207,7 @@ def test_two_homes_run_side_by_side_on_the_default_internal_ports(appliance_fact
 
 
 def test_secret_files_are_0600_and_never_logged(appliance):
-    layout = HomeLayout(appliance.settings.home)
+    layout = appliance.settings.layout
     private = [
         layout.jwt_key_file,
         layout.orthanc_password_file,
@@ -234,7 +235,7 @@ def test_run_shows_a_new_backup_key_once_and_never_logs_it(appliance_factory):
     """A home without a backup key (made before snapshots were signed) gets one at start:
     printed on run's output, like the first admin password, never in HOME/logs."""
     appliance = appliance_factory()
-    layout = HomeLayout(appliance.settings.home)
+    layout = appliance.settings.layout
     layout.backup_key_file.unlink()
     appliance.start()
     key = layout.backup_key_file.read_text().strip()
@@ -251,8 +252,8 @@ def test_https_serves_the_generated_certificate_and_http_redirects(appliance_fac
     import ssl
     import urllib.request
 
-    appliance = appliance_factory(redirect_to_https=True).start(wait=False)
-    port = appliance.settings.https_port
+    appliance = appliance_factory({"web.redirect_to_https": True}).start(wait=False)
+    port = appliance.settings.web.https_port
     unverified = ssl._create_unverified_context()  # the served certificate is compared below
 
     def https_health() -> int:
@@ -267,7 +268,7 @@ def test_https_serves_the_generated_certificate_and_http_redirects(appliance_fac
     served = ssl.get_server_certificate(("127.0.0.1", port))
     on_disk = (appliance.settings.home / "tls" / "server.crt").read_text()
     assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(on_disk)
-    plain = http.client.HTTPConnection("127.0.0.1", appliance.settings.http_port, timeout=10)
+    plain = http.client.HTTPConnection("127.0.0.1", appliance.settings.web.http_port, timeout=10)
     plain.request("GET", "/worklist?x=1")
     redirect = plain.getresponse()
     assert redirect.status == 301

@@ -8,7 +8,6 @@ import time
 import jwt
 
 from appliance.db import open_database
-from appliance.layout import HomeLayout
 from appliance.security import audit
 from appliance.security.tokens import AUDIENCE_WEB, ISSUER
 
@@ -30,7 +29,7 @@ async def bearer(client, username="rad") -> dict[str, str]:
 
 def audit_events(settings, event):
     """The home's recent audit rows of kind ``event``."""
-    db = open_database(HomeLayout(settings.home).database_file)
+    db = open_database(settings.layout.database_file)
     return audit.recent(db, event=event)
 
 
@@ -38,7 +37,7 @@ def forged(appliance, **changes) -> str:
     """An admin access token signed with the appliance's own key, with ``changes`` to its
     claims (``algorithm`` and ``key`` change how it is signed): what an attacker would
     try once the key or a claim is in reach."""
-    key = HomeLayout(appliance.settings.home).jwt_key_file.read_text().strip()
+    key = appliance.settings.layout.jwt_key_file.read_text().strip()
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE_WEB, "iat": now, "exp": now + 300, "jti": "j",
               "sub": "admin", "role": "admin", "sid": "nope"}  # fmt: skip

@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from appliance.config import load_settings, render_toml
+from appliance.supervise.ports import INTERNAL_PORTS
 from bench.cloud import bookworm_root
 from tests.support.ports import reserve_port
 from tests.support.tools import require_tool
@@ -94,9 +95,9 @@ class Installed:
     def configure(self) -> None:
         """Bind to loopback on free ports (as an admin edits neuronova.toml)."""
         self.http_port, self.https_port, self.dicom_port = (reserve_port() for _ in range(3))
-        ports = {name: reserve_port() for name in ("app_port", "gate_port", "orthanc_port")}
-        values = {"bind": "127.0.0.1", "http_port": self.http_port, **ports,
-                  "https_port": self.https_port, "dicom_port": self.dicom_port}  # fmt: skip
+        ports = {f"internal.{name}": reserve_port() for name in INTERNAL_PORTS}
+        values = {"network.bind": "127.0.0.1", "web.http_port": self.http_port, **ports,
+                  "web.https_port": self.https_port, "dicom.port": self.dicom_port}  # fmt: skip
         settings = load_settings(self.home, values, environ={})
         with open(self.home / "neuronova.toml", "w") as f:  # keeps its owner and mode
             f.write(render_toml(settings))

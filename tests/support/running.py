@@ -12,16 +12,15 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.config import Settings, load_settings
+from appliance.config import Settings, load_settings, settings_environment
 from appliance.db import open_database
 from appliance.health.report import STATUS_KEY_HEADER, status_key
 from appliance.home import init_home
-from appliance.layout import HomeLayout
 from appliance.supervise.nginx_user import let_workers_reach, worker_user
-from appliance.supervise.runner import settings_environment
+from appliance.supervise.ports import PORT_SETTINGS
 from tests.support.clients import http_get
 from tests.support.ports import reserve_port
 from tests.support.tools import storescu_command
@@ -29,7 +28,6 @@ from tests.support.waiting import wait_for
 
 START_TIMEOUT = 60.0
 PORT_TRIES = 3  # starts on fresh ports when another program took one meanwhile
-PORT_SETTINGS = ("http_port", "https_port", "dicom_port", "app_port", "gate_port", "orthanc_port")
 
 
 @dataclass
@@ -46,7 +44,7 @@ class Appliance:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.probe_host}:{self.settings.http_port}"
+        return f"http://{self.settings.network.probe_host}:{self.settings.web.http_port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -66,7 +64,7 @@ class Appliance:
                     raise
                 self.stop()
                 ports = {p: reserve_port() for p in self.own_ports}
-                self.settings = replace(self.settings, **ports)
+                self.settings = self.settings.with_values(ports)
                 self._launch()
         wait_for(self.all_running, 10, "every child to be RUNNING")
         return self
@@ -123,13 +121,14 @@ class Appliance:
             return self.process.wait()
 
 
-def make_appliance(tmp_path: Path, **overrides: object) -> Appliance:
-    """An initialized home on free ports, not started yet."""
+def make_appliance(tmp_path: Path, overrides: dict[str, object] | None = None) -> Appliance:
+    """An initialized home on free ports, not started yet; ``overrides`` by ``section.key``."""
+    overrides = overrides or {}
     home = tmp_path / "home"
     chosen = [port for port in PORT_SETTINGS if port not in overrides]
     values = {
-        "bind": "127.0.0.1",
-        "redirect_to_https": False,  # tests talk plain HTTP; the default is checked apart
+        "network.bind": "127.0.0.1",
+        "web.redirect_to_https": False,  # tests talk plain HTTP; the default is checked apart
         **{port: reserve_port() for port in chosen},
         **overrides,
     }
@@ -144,10 +143,12 @@ def make_appliance(tmp_path: Path, **overrides: object) -> Appliance:
 
 
 @contextmanager
-def running_appliance(folder: Path, **overrides: object) -> Iterator[Appliance]:
+def running_appliance(
+    folder: Path, overrides: dict[str, object] | None = None
+) -> Iterator[Appliance]:
     """An appliance on a new home in ``folder`` (see :func:`make_appliance`), started and
     healthy; stopped on the way out."""
-    appliance = make_appliance(folder, **overrides).start()
+    appliance = make_appliance(folder, overrides).start()
     try:
         yield appliance
     finally:
@@ -167,13 +168,13 @@ def storescu(
     appliance: Appliance, files, aet: str = "STORESCU", *extra: str
 ) -> subprocess.CompletedProcess:
     """Send files to the appliance with dcmtk's storescu, as a modality would."""
-    command = storescu_command(appliance.settings.dicom_port, files, aet, *extra)
+    command = storescu_command(appliance.settings.dicom.port, files, aet, *extra)
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 def journal_states(appliance: Appliance, sop_uids) -> dict[str, str]:
     """SOP Instance UID -> ingest state, for those of ``sop_uids`` the journal holds."""
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     marks = ",".join("?" for _ in sop_uids)
     rows = db.execute(f"SELECT sop_uid, state FROM instances WHERE sop_uid IN ({marks})",
                       list(sop_uids)).fetchall()  # fmt: skip

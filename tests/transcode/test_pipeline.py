@@ -21,7 +21,6 @@ from appliance.ingest.intake import SETTLE_SECONDS, Ingest
 from appliance.ingest.journal import Journal
 from appliance.ingest.spool import STALE_PARTIAL
 from appliance.jobs.queue import create_queue
-from appliance.layout import HomeLayout
 from appliance.transcode import pipeline as pipeline_module
 from appliance.transcode.pipeline import Pipeline
 from tests.support.ports import reserve_port
@@ -30,7 +29,9 @@ from tests.support.waiting import wait_for
 
 @pytest.fixture
 def home(tmp_path):
-    settings = load_settings(tmp_path / "home", {"orthanc_port": reserve_port()}, environ={})
+    settings = load_settings(
+        tmp_path / "home", {"internal.orthanc_port": reserve_port()}, environ={}
+    )
     init_home(settings)
     return settings
 
@@ -49,10 +50,10 @@ def test_orthanc_down_means_a_retry_with_backoff(home):
     sop, spool = accept_ct(home)
     outcome = Pipeline(home).process(sop, spool)
     assert outcome.state == "retry" and outcome.retry_in == 2.0
-    row = Journal(HomeLayout(home.home).database_file).db["instances"].get(sop)
+    row = Journal(home.layout.database_file).db["instances"].get(sop)
     assert row["state"] == "received" and "unreachable" in row["error"]
     assert Path(spool).exists()  # nothing is lost while Orthanc is away
-    frames = HomeLayout(home.home).frames_dir
+    frames = home.layout.frames_dir
     assert list(frames.rglob("frames/1"))  # frame files are ready before the store
 
 
@@ -62,7 +63,7 @@ def test_previews_wait_while_an_object_is_ingested(tmp_path):
     connection and never answers, so the ingest stays in its store call until the port
     closes."""
     silent = socket.create_server(("127.0.0.1", 0))
-    settings = load_settings(tmp_path / "home", {"orthanc_port": silent.getsockname()[1]},
+    settings = load_settings(tmp_path / "home", {"internal.orthanc_port": silent.getsockname()[1]},
                              environ={})  # fmt: skip
     init_home(settings)
     sop, spool = accept_ct(settings)
@@ -70,7 +71,7 @@ def test_previews_wait_while_an_object_is_ingested(tmp_path):
     outcomes: list = []
     ingest = threading.Thread(target=lambda: outcomes.append(pipeline.process(sop, spool)))
     ingest.start()
-    journal = Journal(HomeLayout(settings.home).database_file)
+    journal = Journal(settings.layout.database_file)
     wait_for(lambda: journal.db["instances"].get(sop)["state"] == "processing", 30, "the claim")
     later = pipeline.write_images(sop, spool)
     assert later.state == "later" and later.retry_in == pipeline_module.IMAGES_AFTER_INGEST
@@ -100,7 +101,7 @@ def test_too_many_retries_while_orthanc_answers_become_a_visible_failure(
     """A real Orthanc that answers but will not take the object (here: this home's
     credentials are not its own, HTTP 401) fails the object after MAX_ATTEMPTS."""
     monkeypatch.setattr(pipeline_module, "MAX_ATTEMPTS", 2)
-    port = {"orthanc_port": appliance.settings.orthanc_port}
+    port = {"internal.orthanc_port": appliance.settings.internal.orthanc_port}
     settings = load_settings(tmp_path / "home", port, environ={})
     init_home(settings)
     sop, spool = accept_ct(settings)
@@ -170,7 +171,7 @@ def test_an_older_database_gets_images_at_and_its_stored_rows_count_as_done(tmp_
 
 def test_recover_queues_the_jpegs_of_stored_instances_that_lack_them(home):
     sop, spool = accept_ct(home)
-    journal = Journal(HomeLayout(home.home).database_file)
+    journal = Journal(home.layout.database_file)
     journal.db.execute("UPDATE instances SET state = 'stored', frames = 1 WHERE sop_uid = ?", [sop])
     journal.db.conn.commit()
     queue = create_queue(home)
@@ -194,7 +195,7 @@ def test_recover_drops_an_older_copy_instead_of_letting_it_win(home):
     for _ in range(2):
         queue.huey.flush()
         Ingest(home, queue=queue).recover()
-        row = Journal(HomeLayout(home.home).database_file).db["instances"].get(sop)
+        row = Journal(home.layout.database_file).db["instances"].get(sop)
         assert row["spool_path"] == newer and row["state"] == "received"
         assert not Path(older).exists() and Path(newer).exists()
         assert len(queue.huey.pending()) == 1
@@ -207,7 +208,7 @@ def test_recover_leaves_a_fresh_unjournaled_copy_to_the_receiver(home):
     fresh.write_bytes(Path(journaled).read_bytes())
     Ingest(home, queue=create_queue(home, immediate=False)).recover()
     assert fresh.exists()
-    row = Journal(HomeLayout(home.home).database_file).db["instances"].get(sop)
+    row = Journal(home.layout.database_file).db["instances"].get(sop)
     assert row["spool_path"] == journaled
 
 
@@ -215,7 +216,7 @@ def test_recover_leaves_an_object_still_arriving_to_the_receiver(home):
     """A worker (re)starting while a modality sends must not delete the file pynetdicom
     is writing in ``incoming/`` (the C-STORE would then fail); a file nothing wrote to
     for longer than an association may stay idle was interrupted and goes."""
-    incoming = HomeLayout(home.home).spool_dir / "incoming"
+    incoming = home.layout.spool_dir / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     arriving, interrupted = incoming / "arriving.dcm", incoming / "interrupted.dcm"
     for path in (arriving, interrupted):

@@ -47,7 +47,7 @@ def test_the_ranges_file_holds_only_address_ranges():
 def test_the_header_is_ignored_unless_the_request_comes_from_cloudflare(
     appliance_factory, cloudflare
 ):
-    appliance = appliance_factory(cloudflare=cloudflare).start()
+    appliance = appliance_factory({"web.cloudflare": cloudflare}).start()
     conf = (appliance.settings.home / "run" / "nginx" / "nginx.conf").read_text()
     assert ("set_real_ip_from 173.245.48.0/20;" in conf) is cloudflare
     fail_login_claiming(appliance, SPOOFED)

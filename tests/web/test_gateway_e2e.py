@@ -20,7 +20,6 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from appliance.db import open_database
-from appliance.layout import HomeLayout
 from appliance.security.tokens import AUDIENCE_WEB, ISSUER
 from appliance.transcode.codestream import RPCL_SYNTAX
 from bench.synthetic import make_slices, write_series
@@ -233,7 +232,7 @@ def test_stow_over_https_names_https_retrieve_urls(appliance, pushed, tmp_path):
     HTTPS listener it says https:// and that port, though nginx reaches the app by HTTP."""
     _, _, _, tech_token = pushed
     own = write_series(tmp_path / "own-tls", make_slices(1))
-    origin = f"https://127.0.0.1:{appliance.settings.https_port}"
+    origin = f"https://127.0.0.1:{appliance.settings.web.https_port}"
     resp = stow(appliance, tech_token, own.files[0], origin)
     assert resp.status_code == 200, resp.text[:300]
     item = resp.json()["00081199"]["Value"][0]
@@ -267,7 +266,7 @@ def attack(appliance, token: str, path: str = "/api/pacs/dicom-web/studies"):
 
 
 def last_audit(appliance) -> dict:
-    db = open_database(HomeLayout(appliance.settings.home).database_file)
+    db = open_database(appliance.settings.layout.database_file)
     row = db.execute("SELECT event, detail FROM audit ORDER BY id DESC LIMIT 1").fetchone()
     db.close()
     return {"event": row[0], **json.loads(row[1] or "{}")}
@@ -449,7 +448,9 @@ def test_frames_of_htj2k_in_another_transfer_syntax_are_not_acceptable(appliance
 def gate_exchange(appliance, raw: bytes) -> bytes:
     """Send raw bytes to the frame gate's loopback port; everything it answers until it closes
     or goes quiet."""
-    with socket.create_connection(("127.0.0.1", appliance.settings.gate_port), timeout=5) as s:
+    with socket.create_connection(
+        ("127.0.0.1", appliance.settings.internal.gate_port), timeout=5
+    ) as s:
         s.sendall(raw)
         s.settimeout(0.5)
         received = b""
@@ -498,7 +499,7 @@ def test_a_preview_still_queued_answers_503_with_retry_after(appliance, pushed):
     """Previews of a series' other instances are made after 'stored'; until then, 503."""
     series, _, token, _ = pushed
     sop = series.sop_uids[-1]
-    layout = HomeLayout(appliance.settings.home)
+    layout = appliance.settings.layout
     db = open_database(layout.database_file)
     with db.conn:
         db.execute("UPDATE instances SET images_at = NULL WHERE sop_uid = ?", [sop])

@@ -33,7 +33,6 @@ from appliance import internal_locations
 from appliance.config import load_settings
 from appliance.home import init_home
 from appliance.ingest.modalities import ModalityError, validate_ae_title
-from appliance.layout import HomeLayout
 from appliance.security import audit
 from appliance.supervise.nginx import render_nginx_conf
 from appliance.uids import is_valid_uid
@@ -222,8 +221,8 @@ def test_an_upgrade_request_is_answered_then_the_connection_closed():
 @pytest.fixture
 def home(tmp_path):
     """Settings (uploads capped at 1 MB) and the first admin's password."""
-    settings = load_settings(tmp_path / "home", {"max_upload_mb": 1, "gate_port": reserve_port()},
-                             environ={})  # fmt: skip
+    values = {"web.max_upload_mb": 1, "internal.gate_port": reserve_port()}
+    settings = load_settings(tmp_path / "home", values, environ={})
     return settings, init_home(settings).admin_password
 
 
@@ -275,7 +274,7 @@ async def test_an_upload_over_the_setting_is_refused_with_413(client, home):
                              headers={"Authorization": f"Bearer {token}",
                                       "Content-Type": STOW_TYPE})  # fmt: skip
     assert resp.status == 413 and (await resp.json())["error"] == "upload_too_large"
-    assert not list((HomeLayout(settings.home).spool_dir / "incoming").iterdir())
+    assert not list((settings.layout.spool_dir / "incoming").iterdir())
 
 
 async def test_a_compressed_upload_is_refused_with_415(client, home):
@@ -338,7 +337,7 @@ def stow_body(*parts: bytes) -> bytes:
 
 
 def test_nginx_takes_large_bodies_only_on_the_stow_location(tmp_path):
-    settings = make_appliance(tmp_path, max_upload_mb=300).settings
+    settings = make_appliance(tmp_path, {"web.max_upload_mb": 300}).settings
     conf = render_nginx_conf(settings).read_text()
     sizes = [line.split()[1] for line in conf.splitlines() if "client_max_body_size" in line]
     assert sizes[0] == "64k;" and set(sizes[1:]) == {"300m;"}
@@ -416,7 +415,9 @@ def admin_token(appliance) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("to", ["nginx", "app"])
 def test_a_1_gb_gzip_bomb_leaves_the_app_small_and_alive(appliance, to):
-    port = appliance.settings.http_port if to == "nginx" else appliance.settings.app_port
+    port = (
+        appliance.settings.web.http_port if to == "nginx" else appliance.settings.internal.app_port
+    )
     bomb = gzip_bomb(1024 * MiB)
     pids = app_pids(appliance)
     started = time.monotonic()
@@ -470,13 +471,13 @@ def test_a_1_gb_stow_streams_to_the_spool(appliance, admin_token):
     other_study = "/api/pacs/dicom-web/studies/1.2.3.4.6"
     started = time.monotonic()
     (status, body), growth = peak_growth(appliance, lambda: post_streamed(
-        appliance.settings.http_port, other_study, headers, chunks(), length))  # fmt: skip
+        appliance.settings.web.http_port, other_study, headers, chunks(), length))  # fmt: skip
     elapsed = time.monotonic() - started
     print(f"1 GB STOW: {status} in {elapsed:.1f} s, app RSS +{growth / MiB:.1f} MB")
     assert status == 409, body[:300]
     assert "another study" in json.loads(body)["00091001"]["Value"][0]
     assert growth < 100 * MiB
-    spool = HomeLayout(appliance.settings.home).spool_dir
+    spool = appliance.settings.layout.spool_dir
     assert not list((spool / "incoming").iterdir())
 
 

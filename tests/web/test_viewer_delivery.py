@@ -72,7 +72,7 @@ def https(
 ) -> Response:
     """One HTTP/1.1 request over TLS; the body as sent (no decoding)."""
     conn = http.client.HTTPSConnection(
-        "127.0.0.1", appliance.settings.https_port, context=UNVERIFIED, timeout=30
+        "127.0.0.1", appliance.settings.web.https_port, context=UNVERIFIED, timeout=30
     )
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -94,8 +94,8 @@ def cookie(served) -> str:
 
 def auth_checks(appliance: Appliance) -> float:
     """How many session checks (``/api/auth/check`` answered 204) the app has counted."""
-    url = f"http://127.0.0.1:{appliance.settings.http_port}/api/metrics"
-    conn = http.client.HTTPConnection("127.0.0.1", appliance.settings.http_port, timeout=10)
+    url = f"http://127.0.0.1:{appliance.settings.web.http_port}/api/metrics"
+    conn = http.client.HTTPConnection("127.0.0.1", appliance.settings.web.http_port, timeout=10)
     conn.request("GET", url)
     text = conn.getresponse().read().decode()
     found = AUTH_CHECK.search(text)
@@ -121,7 +121,7 @@ def test_the_https_port_negotiates_http2(served):
     context = ssl._create_unverified_context()
     context.set_alpn_protocols(["h2", "http/1.1"])
     with (
-        socket.create_connection(("127.0.0.1", served.settings.https_port)) as raw,
+        socket.create_connection(("127.0.0.1", served.settings.web.https_port)) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as tls,
     ):
         assert tls.selected_alpn_protocol() == "h2"
@@ -129,7 +129,7 @@ def test_the_https_port_negotiates_http2(served):
 
 def test_curl_speaks_http2_to_the_viewer_and_the_api(served, cookie):
     curl = require_tool("curl", "curl")
-    base = f"https://127.0.0.1:{served.settings.https_port}"
+    base = f"https://127.0.0.1:{served.settings.web.https_port}"
     for path, extra in ((f"/pacs-viewer/{main_bundle()}", []),
                         ("/pacs-viewer/", ["-H", f"Cookie: {cookie}"]),
                         ("/api/health", [])):  # fmt: skip
@@ -304,7 +304,7 @@ def test_patient_data_still_needs_a_session(served):
 
 def test_plain_http_still_serves_the_viewer_files_precompressed(served):
     """The plain port (HTTP/1.1, for sites that keep [web] redirect_to_https off)."""
-    conn = http.client.HTTPConnection("127.0.0.1", served.settings.http_port, timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", served.settings.web.http_port, timeout=30)
     conn.request("GET", f"/pacs-viewer/{main_bundle()}", headers={"Accept-Encoding": "br"})
     resp = conn.getresponse()
     body = resp.read()

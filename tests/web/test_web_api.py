@@ -14,7 +14,6 @@ from pydicom.data import get_testdata_file
 
 from appliance.ingest.intake import Ingest
 from appliance.jobs.queue import create_queue
-from appliance.layout import HomeLayout
 from appliance.security import audit
 from appliance.store import worklist
 from tests.support.auth import PASSWORD, audit_events, bearer, login
@@ -143,7 +142,7 @@ async def test_dicomweb_read_is_an_empty_x_accel_redirect(client):
 async def test_frames_request_never_reads_image_bytes(client, settings):
     """With a prepared frame file, the app names it; it never opens it (or Orthanc)."""
     st, se, so = "1.2.3", "1.2.3.4", "1.2.3.4.5"
-    frame = HomeLayout(settings.home).frames_dir / st / se / so / "frames" / "1"
+    frame = settings.layout.frames_dir / st / se / so / "frames" / "1"
     frame.parent.mkdir(parents=True)
     frame.write_bytes(b"x")
     os.chmod(frame, 0)  # unreadable: the app must not need to read it

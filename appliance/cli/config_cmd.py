@@ -1,4 +1,5 @@
-"""``config show``, ``config client-secret``, ``config fhir-push-authorization``."""
+"""``config show``, ``config reference``, ``config client-secret``,
+``config fhir-push-authorization``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import click
 
 from appliance.cli.options import home_option, settings_from
 from appliance.config import render_toml
+from appliance.config.reference import settings_table
 from appliance.home import require_initialized
 from appliance.security.keys import write_private_file
 
@@ -25,6 +27,16 @@ def show(home: Path | None) -> None:
     settings = settings_from(home)
     click.echo(f"# home: {settings.home}")
     click.echo(render_toml(settings), nl=False)
+
+
+@config.command("reference")
+def reference() -> None:
+    """Print every setting as a Markdown table: its [section] key in neuronova.toml, the
+    NEURONOVA_* environment variable that overrides it, its default and its meaning.
+
+    `neuronova config show` prints the values in effect on a home.
+    """
+    click.echo(settings_table(), nl=False)
 
 
 @config.command("client-secret")

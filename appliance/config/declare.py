@@ -17,9 +17,10 @@ from typing import Any
 ENV_PREFIX = "NEURONOVA"
 
 
-def setting(default: Any, help: str) -> Any:
-    """A setting's dataclass field: its built-in default and a one-line help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def setting(default: Any, help: str, doc: str = "") -> Any:
+    """A setting's dataclass field: its built-in default, a one-line help text (the TOML
+    file's comment) and, if there is more to say, ``doc`` (the docs' settings table)."""
+    return dataclasses.field(default=default, metadata={"help": help, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Declared:
     type: type
     default: Any
     help: str
+    doc: str = ""
 
     @property
     def path(self) -> str:
@@ -53,6 +55,6 @@ def declared_in(section: str, section_type: type[Section]) -> list[Declared]:
     """The settings ``section_type`` declares, in declaration order."""
     hints = typing.get_type_hints(section_type)
     return [
-        Declared(section, f.name, hints[f.name], f.default, f.metadata["help"])
+        Declared(section, f.name, hints[f.name], f.default, f.metadata["help"], f.metadata["doc"])
         for f in dataclasses.fields(section_type)
     ]

@@ -58,17 +58,33 @@ class WebSettings(Section):
 
     http_port: int = setting(8080, "HTTP port of the web interface (nginx)")
     https_port: int = setting(8443, "HTTPS port of the web interface (nginx)")
-    redirect_to_https: bool = setting(True, "Redirect plain HTTP to HTTPS")
+    redirect_to_https: bool = setting(
+        True, "Redirect plain HTTP to HTTPS", doc="Loopback may still read `/api/health`"
+    )
     # one STOW-RS request, all its parts
-    max_upload_mb: int = setting(4096, "Largest STOW-RS upload, in MB")
+    max_upload_mb: int = setting(
+        4096,
+        "Largest STOW-RS upload, in MB",
+        doc="Bounds nginx and the app; each object in it at most `[dicom] max_object_mb`",
+    )
     public_url: str = setting(
-        "", "Address users reach the web interface at, if a proxy is in front (share links)"
+        "",
+        "Address users reach the web interface at, if a proxy is in front (share links)",
+        doc=(
+            "A proxy (e.g. Cloudflare) that talks plain HTTP to the appliance also needs "
+            "`redirect_to_https = false`; see *Where users reach the appliance* above"
+        ),
     )
     server_names: str = setting(
         "", "Extra host names users type (comma-separated); other Host headers get 421"
     )
     cloudflare: bool = setting(
-        False, "Take the client address from CF-Connecting-IP on requests from Cloudflare's ranges"
+        False,
+        "Take the client address from CF-Connecting-IP on requests from Cloudflare's ranges",
+        doc=(
+            "Only on requests from Cloudflare's ranges (`bundled_nginx/cloudflare.conf.template`, "
+            "refreshed by `packaging/refresh-cloudflare-ips.sh`)"
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -92,17 +108,33 @@ class DicomSettings(Section):
 
     port: int = setting(11112, "DICOM port modalities send to")
     ae_title: str = setting("NEURONOVA", "AE title of the DICOM receiver")
-    min_free_mb: int = setting(512, "Refuse new objects below this free space")
+    min_free_mb: int = setting(
+        512, "Refuse new objects below this free space", doc="C-STORE then answers 0xA700"
+    )
     warn_free_mb: int = setting(
-        2048, "Warn (health report, log once) below this free space (at least 2 x min_free_mb)"
+        2048,
+        "Warn (health report, log once) below this free space (at least 2 x min_free_mb)",
+        doc="The health report warns and the receiver logs it once per crossing",
     )
     # e.g. 4,000 frames of 512x512 16-bit in one object
-    max_object_mb: int = setting(2048, "Largest object accepted, in MB")
+    max_object_mb: int = setting(
+        2048,
+        "Largest object accepted, in MB",
+        doc="An object growing past this aborts its association",
+    )
     # the worker inflates a Deflated object in memory
-    max_inflated_mb: int = setting(256, "Largest Deflated object, inflated")
+    max_inflated_mb: int = setting(
+        256, "Largest Deflated object, inflated", doc="An object inflating past this gets 0xC000"
+    )
     overwrite: str = setting(
         "same-source",
         "Who may replace an archived instance: never, same-source (its sender) or always",
+        doc=(
+            "`same-source`: an instance is replaced only by the source that sent it (the calling "
+            "AE title, or the user for STOW-RS); no object may change an archived study's patient. "
+            "Refused objects get 0x0124 and are held for an admin (`neuronova held`, Admin API "
+            "`/api/admin/held`)"
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -130,13 +162,28 @@ class InternalSettings(Section):
     listen: str = setting(
         "127.0.0.1",
         "Address the web app and its frame gate listen on (0.0.0.0 only in a container)",
+        doc="The cloud profile sets `0.0.0.0`",
     )
-    app_host: str = setting("127.0.0.1", "Host nginx reaches the web app at")
+    app_host: str = setting(
+        "127.0.0.1", "Host nginx reaches the web app at", doc="The cloud profile sets `app`"
+    )
     orthanc_host: str = setting(
         "127.0.0.1",
         "Host the services reach Orthanc at; not loopback lets Orthanc take remote clients",
+        doc=(
+            "The cloud profile sets `orthanc`: Orthanc then takes clients of its internal network, "
+            "still with credentials"
+        ),
     )
-    nginx_user: str = setting("nobody", "User nginx's workers run as under root")
+    nginx_user: str = setting(
+        "nobody",
+        "User nginx's workers run as under root",
+        doc=(
+            "The home and `run/` (mode 0710) get its group so they can reach frames, logs and "
+            "temporary files; a folder above the home that keeps them out stops `run` with an "
+            "error naming it"
+        ),
+    )
 
     def __post_init__(self) -> None:
         for key, value in (
@@ -190,7 +237,9 @@ class OrthancSettings(Section):
 class QueueSettings(Section):
     """``[queue]``: the task queue and its workers."""
 
-    redis_url: str = setting("", "Redis URL for the task queue (cloud profile)")
+    redis_url: str = setting(
+        "", "Redis URL for the task queue (cloud profile)", doc="Instead of the SQLite queue file"
+    )
     workers: int = setting(2, "Parallel transcoding workers")
 
 
@@ -198,8 +247,14 @@ class QueueSettings(Section):
 class LogsSettings(Section):
     """``[logs]``: rotation of the services' log files."""
 
-    max_mb: int = setting(50, "Size in MiB at which a log file is rotated")
-    keep: int = setting(5, "Rotated files kept of each log (at least 1)")
+    max_mb: int = setting(
+        50,
+        "Size in MiB at which a log file is rotated",
+        doc="Every log in `HOME/logs`: the appliance's, each service's output, nginx's",
+    )
+    keep: int = setting(
+        5, "Rotated files kept of each log (at least 1)", doc="`name.log.1` is the newest"
+    )
 
     def __post_init__(self) -> None:
         if self.max_mb < 1 or self.keep < 1:
@@ -214,9 +269,15 @@ class RetentionSettings(Section):
     """``[retention]``: deleting old studies."""
 
     years: int = setting(
-        0, "Delete studies older than this many years, hourly (0: keep everything)"
+        0,
+        "Delete studies older than this many years, hourly (0: keep everything)",
+        doc="The worker applies it hourly; `neuronova retention --dry-run` lists what would go",
     )
-    by: str = setting("study_date", "Age from study_date or received (date)")
+    by: str = setting(
+        "study_date",
+        "Age from study_date or received (date)",
+        doc="A study without a StudyDate is never deleted by `study_date`",
+    )
 
     def __post_init__(self) -> None:
         if self.years < 0 or self.by not in RETENTION_BY:

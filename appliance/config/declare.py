@@ -12,21 +12,55 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
+
+from appliance.errors import ConfigError
 
 ENV_PREFIX = "NEURONOVA"
 
 
-def setting(default: Any, help: str, doc: str = "") -> Any:
+def setting(
+    default: Any,
+    help: str,
+    doc: str = "",
+    choices: tuple[str, ...] = (),
+    minimum: int | None = None,
+) -> Any:
     """A setting's dataclass field: its built-in default, a one-line help text (the TOML
-    file's comment) and, if there is more to say, ``doc`` (the docs' settings table)."""
-    return dataclasses.field(default=default, metadata={"help": help, "doc": doc})
+    file's comment), if there is more to say ``doc`` (the docs' settings table), and the
+    values it takes: one of ``choices``, or a number of at least ``minimum``."""
+    return dataclasses.field(
+        default=default,
+        metadata={"help": help, "doc": doc, "choices": choices, "minimum": minimum},
+    )
 
 
 @dataclass(frozen=True)
 class Section:
-    """One TOML table; subclasses declare their keys with :func:`setting` and check
-    their values in ``__post_init__`` (raising :class:`~appliance.errors.ConfigError`)."""
+    """One TOML table named ``table``; subclasses declare their keys with :func:`setting`.
+
+    Building one checks the declared ``choices`` and ``minimum`` of each key, then
+    :meth:`check`; both raise :class:`~appliance.errors.ConfigError` naming the key.
+    """
+
+    table: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value, rule = getattr(self, field.name), field.metadata
+            if rule["choices"] and value not in rule["choices"]:
+                raise ConfigError(
+                    f"[{self.table}] {field.name} must be one of {', '.join(rule['choices'])} "
+                    f"(got {value!r})"
+                )
+            if rule["minimum"] is not None and value < rule["minimum"]:
+                raise ConfigError(
+                    f"[{self.table}] {field.name} must be at least {rule['minimum']} (got {value})"
+                )
+        self.check()
+
+    def check(self) -> None:
+        """Checks beyond one key's choices and minimum (none by default)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +73,8 @@ class Declared:
     default: Any
     help: str
     doc: str = ""
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
 
     @property
     def path(self) -> str:
@@ -51,10 +87,10 @@ class Declared:
         return f"{ENV_PREFIX}_{self.section}_{self.key}".upper()
 
 
-def declared_in(section: str, section_type: type[Section]) -> list[Declared]:
+def declared_in(section_type: type[Section]) -> list[Declared]:
     """The settings ``section_type`` declares, in declaration order."""
     hints = typing.get_type_hints(section_type)
     return [
-        Declared(section, f.name, hints[f.name], f.default, f.metadata["help"], f.metadata["doc"])
+        Declared(section_type.table, f.name, hints[f.name], f.default, **f.metadata)
         for f in dataclasses.fields(section_type)
     ]

@@ -1,7 +1,8 @@
 """The settings, one frozen dataclass per TOML table, each key declared once.
 
-A section checks its own values when built (``__post_init__``) and raises
-:class:`~appliance.errors.ConfigError` naming the table and key to fix.
+A section checks its values when built: each key's declared ``choices`` or ``minimum``
+(:class:`~appliance.config.declare.Section`), then what one key cannot say alone
+(``check``); :class:`~appliance.errors.ConfigError` names the table and key to fix.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def _require_url(table: str, key: str, url: str, example: str) -> None:
 class NetworkSettings(Section):
     """``[network]``: where the public listeners are."""
 
+    table = "network"
+
     bind: str = setting("0.0.0.0", "Address nginx and the DICOM receiver listen on")
 
     @property
@@ -55,6 +58,8 @@ class NetworkSettings(Section):
 @dataclass(frozen=True)
 class WebSettings(Section):
     """``[web]``: the web interface behind nginx."""
+
+    table = "web"
 
     http_port: int = setting(8080, "HTTP port of the web interface (nginx)")
     https_port: int = setting(8443, "HTTPS port of the web interface (nginx)")
@@ -87,7 +92,7 @@ class WebSettings(Section):
         ),
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _require_url("web", "public_url", self.public_url, "https://pacs.clinic.example")
         for name in self.server_name_list:
             if not is_host_name(name):
@@ -105,6 +110,8 @@ class WebSettings(Section):
 @dataclass(frozen=True)
 class DicomSettings(Section):
     """``[dicom]``: the DICOM receiver modalities send to."""
+
+    table = "dicom"
 
     port: int = setting(11112, "DICOM port modalities send to")
     ae_title: str = setting("NEURONOVA", "AE title of the DICOM receiver")
@@ -135,14 +142,8 @@ class DicomSettings(Section):
             "Refused objects get 0x0124 and are held for an admin (`neuronova held`, Admin API "
             "`/api/admin/held`)"
         ),
+        choices=OVERWRITE_POLICIES,
     )
-
-    def __post_init__(self) -> None:
-        if self.overwrite not in OVERWRITE_POLICIES:
-            raise ConfigError(
-                f"[dicom] overwrite must be one of {', '.join(OVERWRITE_POLICIES)} "
-                f"(got {self.overwrite!r})"
-            )
 
     @property
     def warn_free_bytes(self) -> int:
@@ -154,6 +155,8 @@ class DicomSettings(Section):
 @dataclass(frozen=True)
 class InternalSettings(Section):
     """``[internal]``: the loopback services nginx and the CLI reach."""
+
+    table = "internal"
 
     app_port: int = setting(18081, "Loopback port of the web application")
     gate_port: int = setting(18083, "Loopback port of the app's frame gate")
@@ -185,7 +188,7 @@ class InternalSettings(Section):
         ),
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         for key, value in (
             ("listen", self.listen),
             ("app_host", self.app_host),
@@ -237,6 +240,8 @@ class OrthancSettings(Section):
 class QueueSettings(Section):
     """``[queue]``: the task queue and its workers."""
 
+    table = "queue"
+
     redis_url: str = setting(
         "", "Redis URL for the task queue (cloud profile)", doc="Instead of the SQLite queue file"
     )
@@ -247,49 +252,47 @@ class QueueSettings(Section):
 class LogsSettings(Section):
     """``[logs]``: rotation of the services' log files."""
 
+    table = "logs"
+
     max_mb: int = setting(
         50,
         "Size in MiB at which a log file is rotated",
         doc="Every log in `HOME/logs`: the appliance's, each service's output, nginx's",
+        minimum=1,
     )
     keep: int = setting(
-        5, "Rotated files kept of each log (at least 1)", doc="`name.log.1` is the newest"
+        5,
+        "Rotated files kept of each log (at least 1)",
+        doc="`name.log.1` is the newest",
+        minimum=1,
     )
-
-    def __post_init__(self) -> None:
-        if self.max_mb < 1 or self.keep < 1:
-            raise ConfigError(
-                f"[logs] max_mb and keep must be at least 1 "
-                f"(got max_mb = {self.max_mb}, keep = {self.keep})"
-            )
 
 
 @dataclass(frozen=True)
 class RetentionSettings(Section):
     """``[retention]``: deleting old studies."""
 
+    table = "retention"
+
     years: int = setting(
         0,
         "Delete studies older than this many years, hourly (0: keep everything)",
         doc="The worker applies it hourly; `neuronova retention --dry-run` lists what would go",
+        minimum=0,
     )
     by: str = setting(
         "study_date",
         "Age from study_date or received (date)",
         doc="A study without a StudyDate is never deleted by `study_date`",
+        choices=RETENTION_BY,
     )
-
-    def __post_init__(self) -> None:
-        if self.years < 0 or self.by not in RETENTION_BY:
-            raise ConfigError(
-                f"[retention] years must be 0 (off) or more and by one of "
-                f"{', '.join(RETENTION_BY)} (got {self.years}, {self.by!r})"
-            )
 
 
 @dataclass(frozen=True)
 class FhirSettings(Section):
     """``[fhir]``: pushing stored studies to a FHIR server."""
+
+    table = "fhir"
 
     push_url: str = setting(
         "",
@@ -297,7 +300,7 @@ class FhirSettings(Section):
         "credentials: HOME/secrets/fhir-push-authorization)",
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         _require_url("fhir", "push_url", self.push_url, "https://fhir.clinic.example/fhir")
 
 
@@ -305,13 +308,15 @@ class FhirSettings(Section):
 class BackupSettings(Section):
     """``[backup]``: the daily backup and its off-site copy."""
 
+    table = "backup"
+
     destination: str = setting(
         "",
         "Absolute folder the daily backup goes into, outside the home (empty: no daily backup)",
     )
     time: str = setting("02:30", "Time of day of the daily backup, HH:MM in UTC")
-    keep_daily: int = setting(7, "Keep the newest snapshot of N days")
-    keep_weekly: int = setting(4, "and of M ISO weeks (0: none)")
+    keep_daily: int = setting(7, "Keep the newest snapshot of N days", minimum=1)
+    keep_weekly: int = setting(4, "and of M ISO weeks (0: none)", minimum=0)
     remote: str = setting(
         "", "rclone remote path each backup is copied to, e.g. gcs:bucket/neuronova (empty: none)"
     )
@@ -320,14 +325,9 @@ class BackupSettings(Section):
         "The rclone.conf (mode 0600) defining that remote; relative to the home",
     )
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if not _TIME_OF_DAY.match(self.time):
             raise ConfigError(f"[backup] time must be HH:MM in UTC (got {self.time!r})")
-        if self.keep_daily < 1 or self.keep_weekly < 0:
-            raise ConfigError(
-                "[backup] keep_daily must be at least 1 and keep_weekly 0 or more "
-                f"(got {self.keep_daily}, {self.keep_weekly})"
-            )
         if self.destination and not Path(self.destination).is_absolute():
             raise ConfigError(
                 f"[backup] destination must be an absolute path (got {self.destination!r})"

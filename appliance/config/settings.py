@@ -94,21 +94,24 @@ class Settings:
 
 
 def _section_types() -> dict[str, type[Section]]:
+    """The sections of :class:`Settings` by attribute, which is each one's TOML table."""
     hints = typing.get_type_hints(Settings)
-    return {
+    sections = {
         f.name: hints[f.name]
         for f in dataclasses.fields(Settings)
         if isinstance(hints[f.name], type) and issubclass(hints[f.name], Section)
     }
+    for name, section_type in sections.items():
+        if section_type.table != name:
+            raise TypeError(f"Settings.{name} holds the section of [{section_type.table}]")
+    return sections
 
 
 SECTIONS: dict[str, type[Section]] = _section_types()
 # Every setting, in the order of the TOML file: the one list the loader, the CLI options,
 # ``config show`` and the generated references (``neuronova config reference``) use.
 DECLARED: tuple[Declared, ...] = tuple(
-    declared
-    for name, section_type in SECTIONS.items()
-    for declared in declared_in(name, section_type)
+    declared for section_type in SECTIONS.values() for declared in declared_in(section_type)
 )
 _BY_PATH = {declared.path: declared for declared in DECLARED}
 

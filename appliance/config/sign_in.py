@@ -28,14 +28,9 @@ def parse_role_map(text: str, section: str = "oidc") -> list[tuple[str, str]]:
     return pairs
 
 
-def _check_client(section: str, token_auth: str, role_map: str, default_role: str) -> None:
-    """The checks ``[oidc]`` and ``[smart]`` share: token method, role map, default role."""
+def _check_roles(section: str, role_map: str, default_role: str) -> None:
+    """The checks ``[oidc]`` and ``[smart]`` share: the role map and the default role."""
     parse_role_map(role_map, section)
-    if token_auth not in TOKEN_AUTH_METHODS:
-        raise ConfigError(
-            f"[{section}] token_auth must be one of {', '.join(TOKEN_AUTH_METHODS)} "
-            f"(got {token_auth!r}): the method the client was registered with"
-        )
     if default_role and default_role not in ROLES:
         raise ConfigError(
             f"[{section}] default_role: {default_role!r} is not a role ({', '.join(ROLES)})"
@@ -52,12 +47,15 @@ def _check_issuers(urls: list[str]) -> None:
 class OidcSettings(Section):
     """``[oidc]``: staff sign-in through an OpenID Connect provider."""
 
+    table = "oidc"
+
     issuer: str = setting("", "OpenID Connect issuer URL for staff sign-in")
     client_id: str = setting("", "Client id registered at the provider")
     token_auth: str = setting(
         "client_secret_basic",
         "How the client secret goes to the token endpoint: client_secret_basic (header) "
         "or client_secret_post (form), as registered at the provider",
+        choices=TOKEN_AUTH_METHODS,
     )
     display_name: str = setting("single sign-on", "Button text: Sign in with ...")
     scopes: str = setting("openid profile email", "Scopes asked for (space-separated)")
@@ -72,8 +70,8 @@ class OidcSettings(Section):
         False, "New single sign-on users wait until an admin enables them"
     )
 
-    def __post_init__(self) -> None:
-        _check_client("oidc", self.token_auth, self.role_map, self.default_role)
+    def check(self) -> None:
+        _check_roles(self.table, self.role_map, self.default_role)
         _check_issuers([self.issuer])
 
     @property
@@ -86,11 +84,14 @@ class OidcSettings(Section):
 class SmartSettings(Section):
     """``[smart]``: SMART App Launch from an EHR."""
 
+    table = "smart"
+
     issuers: str = setting("", "EHR FHIR base URLs that may launch the app")
     client_id: str = setting("", "Client id registered at the EHR")
     token_auth: str = setting(
         "client_secret_basic",
         "client_secret_basic or client_secret_post (OpenEMR's confidential apps: post)",
+        choices=TOKEN_AUTH_METHODS,
     )
     identifier_system: str = setting(
         "", "Patient.identifier system whose value is the DICOM Patient ID (empty: the first)"
@@ -100,8 +101,8 @@ class SmartSettings(Section):
     role_map: str = setting("", "Claim value = role, comma-separated")
     default_role: str = setting("", "Role when none maps (or empty)")
 
-    def __post_init__(self) -> None:
-        _check_client("smart", self.token_auth, self.role_map, self.default_role)
+    def check(self) -> None:
+        _check_roles(self.table, self.role_map, self.default_role)
         _check_issuers(self.issuer_list)
 
     @property

@@ -76,8 +76,9 @@ def test_disk_check_warns_where_status_does_and_fails_where_objects_are_refused(
     HomeLayout(home).orthanc_dir.mkdir(parents=True, exist_ok=True)
     free_mb = shutil.disk_usage(HomeLayout(home).orthanc_dir).free // 1024**2
 
-    def disk(**settings: int) -> str:
-        ctx = Context(load_settings(home, settings, environ={}), db=None, http=None, queue=None)
+    def disk(min_free_mb: int, warn_free_mb: int = 2048) -> str:
+        values = {"dicom.min_free_mb": min_free_mb, "dicom.warn_free_mb": warn_free_mb}
+        ctx = Context(load_settings(home, values, environ={}), db=None, http=None, queue=None)
         return asyncio.run(check_disk(ctx)).status
 
     assert disk(min_free_mb=1, warn_free_mb=2) == "OK"

@@ -247,7 +247,7 @@ async def test_logout_clears_the_site_data(client):
 
 
 def test_plain_http_redirects_by_default(tmp_path):
-    assert load_settings(tmp_path, environ={}).redirect_to_https is True
+    assert load_settings(tmp_path, environ={}).web.redirect_to_https is True
 
 
 def test_hsts_is_sent_only_with_a_clinic_certificate(tmp_path):

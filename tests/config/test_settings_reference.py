@@ -13,7 +13,7 @@ from appliance.config import DECLARED, ConfigError, load_settings, render_toml
 from appliance.config.reference import CLOUD_VARIABLES, settings_table, with_reference
 from appliance.config.settings import declared_setting
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIX = "run `python -m appliance.config.reference README.md .env.example`"
 
 

@@ -232,6 +232,11 @@ def backlog(appliance: Appliance) -> int:
     return journal_count(appliance, "state IN ('received', 'processing')")
 
 
+def previews_pending(appliance: Appliance) -> int:
+    """Stored instances whose previews are not written yet (they wait behind ingest)."""
+    return journal_count(appliance, "state = 'stored' AND images_at IS NULL AND frames > 0")
+
+
 def wait_settled(appliance: Appliance, stored: int, timeout: float = FILL_TIMEOUT) -> None:
     """Until ``stored`` instances are stored and no preview is left to write."""
 
@@ -239,8 +244,7 @@ def wait_settled(appliance: Appliance, stored: int, timeout: float = FILL_TIMEOU
         return (
             backlog(appliance) == 0
             and journal_count(appliance, "state = 'stored'") >= stored
-            and journal_count(appliance, "state = 'stored' AND images_at IS NULL AND frames > 0")
-            == 0
+            and previews_pending(appliance) == 0
         )
 
     wait_for(settled, timeout, f"{stored} instances stored with their previews", 0.5)
@@ -734,7 +738,8 @@ def measure(entry: Entry, args: argparse.Namespace, probe: Any) -> dict[str, Any
                 "retention_dry_run": retention_figures(appliance),
                 "probe": probe_figures(appliance, probe.files, probe.study_uid),
             }
-            wait_settled(appliance, meta["instances"] + len(probe.files), MEASURE_TIMEOUT)
+            wait_for(lambda: backlog(appliance) == 0, MEASURE_TIMEOUT, "ingest to finish", 0.5)
+            figures["previews_pending_at_searches"] = previews_pending(appliance)
             token = appliance.login()
             ids = (probe.study_uid, probe.series_uid)
             figures["searches"] = search_figures(appliance, token, meta, args.requests, ids)
@@ -810,7 +815,8 @@ def fill_steps(sizes: list[dict[str, Any]]) -> list[list[Any]]:
         per = step["seconds"] / max(step["to"] - step["from"], 1) * 1000
         load = step.get("load_average_before_after", "-")
         rows.append([f"{step['from']:,}->{step['to']:,}", step.get("path", "receiver"),
-                     step["streams"], step["seconds"], round(per, 1), load])  # fmt: skip
+                     step["streams"], step["seconds"], round(per, 1), load,
+                     step.get("note", "")])  # fmt: skip
     return rows
 
 
@@ -851,7 +857,7 @@ def index_section(index: str, run: dict[str, Any]) -> list[str]:
         "### Fill steps of the largest home",
         "",
         markdown_table(
-            ["instances", "path", "streams", "seconds", "s per 1000", "load average before/after"],
+            ["instances", "path", "streams", "seconds", "s per 1000", "load average", "note"],
             fill_steps(sizes),
         ),
         "",

@@ -1,5 +1,7 @@
 """bench/scale.py end to end at a tiny size: it fills through the real appliance, grows a
-larger home from the smaller one, reuses the cache, and its figures are sane."""
+larger home from the smaller one, reuses the cache, and its figures are sane; with
+``--index postgresql`` it fills and measures a home whose Orthanc index is in a
+PostgreSQL server of its own, and the results compare both indexes."""
 
 from __future__ import annotations
 
@@ -16,9 +18,13 @@ SIZES = (150, 400)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("scale")
+
+
+@pytest.fixture(scope="module")
+def run(root: Path) -> tuple[Path, dict]:
     """One bench run at two tiny sizes: (its cache, its results)."""
-    root = tmp_path_factory.mktemp("scale")
     out, cache = root / "scale.json", root / "cache"
     argv = ["--sizes", ",".join(map(str, SIZES)), "--cache", str(cache), "--probe-slices", "12",
             "--new-instances", "30", "--requests", "4", "--out", str(out)]  # fmt: skip
@@ -65,3 +71,23 @@ def test_the_figures_are_sane(run: tuple[Path, dict]) -> None:
         assert disk["orthanc_storage"] > 0 and disk["frames"] > 0 and disk["orthanc_index"] > 0
         assert size["startup_to_healthy_s"] > 0 and size["doctor"]["checks"]
     assert set(results["growth"][0]["per_10x"]) >= {"qido_patient_id_p95_ms", "doctor_s"}
+
+
+def test_postgresql_as_orthancs_index_is_measured_beside_sqlite(root: Path, run) -> None:
+    """A run with ``--index postgresql`` keeps the SQLite run's section and compares."""
+    argv = ["--index", "postgresql", "--sizes", str(SIZES[0]), "--no-backups", "--cache",
+            str(root / "cache"), "--probe-slices", "12", "--requests", "4",
+            "--out", str(root / "scale.json")]  # fmt: skip
+    assert scale.main(argv) == 0
+    results = json.loads((root / "scale.json").read_text())["indexes"]
+    assert results["sqlite"] == run[1]
+    (size,) = results["postgresql"]["sizes"]
+    assert size["index"] == "postgresql" and "backup" not in size
+    assert size["instances"] == results["sqlite"]["sizes"][0]["instances"]  # the same recipe
+    assert size["doctor"]["checks"]["orthanc_index"] == "OK"
+    assert size["disk"]["bytes_per_instance"]["orthanc_index"] > 0  # the server's files
+    assert not list(
+        (scale.entry_path(root / "cache", SIZES[0], "postgresql") / "home").rglob("index")
+    )  # Orthanc's SQLite index was never made
+    markdown = (root / "scale.md").read_text()
+    assert "## PostgreSQL over SQLite" in markdown and "qido_patient_id_p95_ms" in markdown

@@ -25,8 +25,9 @@ start-up to healthy; ``neuronova doctor``; QIDO study searches (name wildcard, p
 ID, date range + modality) and the worklist's first page through nginx with a real login
 (p50/p95 over ``--requests`` requests each); FHIR ImagingStudy search; the retention dry
 run (``[retention] years = 1``); a ``--probe-slices`` 512x512 CT in one association
-(C-STORE throughput, then last Success to every instance stored) and its series
-metadata; ``--new-instances`` new instances, the incremental backup after them into a
+(C-STORE throughput, then last Success to every instance stored); once ingest is done
+(previews may still be pending behind it: their count is recorded) the searches and the
+probe's series metadata; ``--new-instances`` new instances, the incremental backup after them into a
 copy of the cached backup (time, bytes, what the backup's own status counts), then a
 backup with nothing new through a counting proxy in front of Orthanc (REST calls, from
 outside the backup); disk per instance by part of the home. Results, with each figure's

@@ -248,7 +248,7 @@ class Journal:
         study = [item.study_uid, *(_text(ds, k) for k in STUDY_KEYWORDS), modality, now, now,
                  _text(ds, "PatientBirthDate"), _text(ds, "PatientSex"),
                  patient_key(_text(ds, "PatientID"))]  # fmt: skip
-        with self._serialized() as db:
+        with self.transaction() as db:
             refusal = _refusal(db, ds, item, source, policy)
             if refusal is not None:
                 held = [item.sop_uid, item.study_uid, source, str(spool_path), refusal.reason,
@@ -370,7 +370,7 @@ class Journal:
         if sop_uids:
             where += f" AND sop_uid IN ({', '.join('?' for _ in sop_uids)})"
             args += sop_uids
-        with self._serialized() as db:
+        with self.transaction() as db:
             rows = db.execute(f"SELECT sop_uid, spool_path FROM instances WHERE {where}", args)
             found = [(r[0], r[1]) for r in rows.fetchall()]
             db.execute(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage
 
 from appliance.db import Transactions
-from appliance.ingest.journal import Journal
+from appliance.ingest.journal import Journal, describe
 
 ADD = "INSERT INTO modalities (ae_title, created_at) VALUES (?, '2026-01-01')"
 
@@ -52,3 +55,19 @@ def test_blocks_on_separate_connections_take_turns(tmp_path: Path) -> None:
         thread.join()
     titles = _titles(Journal(tmp_path / "app.db"))
     assert sorted(int(t.split("_")[1]) for t in titles) == list(range(200))  # no lost update
+
+
+def test_a_received_object_is_journaled_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A failure after the instance row (here a trigger refusing the study row, as a full
+    disk would) leaves no instance without its study."""
+    journal = Journal(tmp_path / "app.db")
+    journal.db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON studies BEGIN SELECT RAISE(ABORT, 'full'); END"
+    )
+    ds = Dataset()
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.1", "1.2.3", "1.2.3.9"
+    ds.SOPClassUID, ds.Modality = CTImageStorage, "CT"
+    with pytest.raises(sqlite3.IntegrityError):
+        journal.record_received(ds, describe(ds), tmp_path / "x.dcm", "dicom:CT_A", 10)
+    count = journal.read(lambda db: db.execute("SELECT count(*) FROM instances").fetchone()[0])
+    assert count == 0

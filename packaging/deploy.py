@@ -9,8 +9,9 @@ Usage (docs/deploy-gcp.md; .github/workflows/deploy.yml runs the same)::
 What it does, each step named in its output and, when one fails, in its error:
 
 1. ``ssh``: reach the VM with the given key and known_hosts (no password, no prompt).
-2. ``upload``: ``compose.yaml`` and ``.env.example`` of this checkout into
-   ``DIR/releases/VERSION/`` on the VM.
+2. ``upload``: ``compose.yaml``, ``.env.example`` and the build folder of the postgres
+   service (packaging/postgres: compose builds its image on the VM unless
+   ``POSTGRES_IMAGE`` names one it has) of this checkout into ``DIR/releases/VERSION/``.
 3. ``settings``: ``DIR/.env`` against ``.env.example``: settings missing, and settings
    compose.yaml requires (``${NAME:?...}``) left empty, are named. Values never leave
    the VM.
@@ -57,6 +58,10 @@ KEEP_VERSIONS = 3
 IMAGE_SETTING = "NEURONOVA_IMAGE"  # the setting of compose.yaml the deploy sets itself
 CURRENT_FILE, HISTORY_FILE = "current-version", "deployed-versions"
 RECEIVER_SERVICE = "receiver"
+# What compose.yaml needs beside it: its settings' names and the postgres image's build.
+POSTGRES_BUILD = "packaging/postgres"
+RELEASE_FILES = ("compose.yaml", ".env.example", f"{POSTGRES_BUILD}/Dockerfile",
+                 f"{POSTGRES_BUILD}/entrypoint.sh")  # fmt: skip
 KEPT_TO_THE_END = {RECEIVER_SERVICE, "redis"}  # while the receiver takes objects in
 VERSION_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$")
 PROJECT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -306,10 +311,12 @@ def check_settings(target: Target, version: str) -> None:
 
 
 def upload(target: Target, version: str) -> None:
-    """compose.yaml and .env.example into the release's folder on the VM."""
+    """compose.yaml, .env.example and the postgres service's build folder into the
+    release's folder on the VM."""
     folder = target.release_dir(version)
-    target.remote.run(f"umask 077 && mkdir -p {shlex.quote(folder)}", "upload")
-    for name in ("compose.yaml", ".env.example"):
+    postgres = f"{folder}/{POSTGRES_BUILD}"
+    target.remote.run(f"umask 077 && mkdir -p {shlex.quote(postgres)}", "upload")
+    for name in RELEASE_FILES:
         target.remote.put(REPO / name, f"{folder}/{name}", "upload")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
@@ -9,9 +10,47 @@ import click
 from appliance.errors import ApplianceError
 from appliance.version import current as app_version
 
+# Each command's module is imported only when that command runs (click's lazy-loading
+# pattern): `neuronova service receiver` must not load the codec, FHIR or the web app,
+# and a quick command starts in a fraction of the time. `neuronova --help` loads them all.
+COMMANDS: dict[str, str] = {
+    "init": "core:init",
+    "run": "core:run",
+    "status": "core:status",
+    "version": "core:version",
+    "config": "config_cmd:config",
+    "user": "users:user",
+    "service": "services:service",
+    "tls": "tls_cmd:tls",
+    "modality": "modality_cmd:modality",
+    "import": "import_cmd:import_",
+    "ingest": "ingest_cmd:ingest",
+    "held": "held_cmd:held",
+    "audit": "audit_cmd:audit",
+    "logs": "logs_cmd:logs",
+    "backup": "backup_cmd:backup",
+    "restore": "backup_cmd:restore",
+    "doctor": "doctor_cmd:doctor",
+    "study": "study_cmd:study",
+    "retention": "study_cmd:retention",
+    "frames": "frames_cmd:frames",
+}
+
 
 class ApplianceGroup(click.Group):
-    """A click group that reports :class:`ApplianceError` as ``Error: ...`` (exit 1)."""
+    """The ``neuronova`` group: loads a command's module when the command is asked for,
+    and reports :class:`ApplianceError` as ``Error: ...`` (exit 1)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = COMMANDS[cmd_name].split(":")
+        module = importlib.import_module(f"appliance.cli.{module_name}")
+        command: click.Command = getattr(module, attribute)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -45,53 +84,6 @@ def _print_version(ctx: click.Context) -> None:
     if not ctx.resilient_parsing:
         click.echo(f"neuronova {app_version()}")
         ctx.exit()
-
-
-def _register() -> None:
-    from appliance.cli import (
-        audit_cmd,
-        backup_cmd,
-        config_cmd,
-        core,
-        doctor_cmd,
-        frames_cmd,
-        held_cmd,
-        import_cmd,
-        ingest_cmd,
-        logs_cmd,
-        modality_cmd,
-        services,
-        study_cmd,
-        tls_cmd,
-        users,
-    )
-
-    for command in (
-        core.init,
-        core.run,
-        core.status,
-        core.version,
-        config_cmd.config,
-        users.user,
-        services.service,
-        tls_cmd.tls,
-        modality_cmd.modality,
-        import_cmd.import_,
-        ingest_cmd.ingest,
-        held_cmd.held,
-        audit_cmd.audit,
-        logs_cmd.logs,
-        backup_cmd.backup,
-        backup_cmd.restore,
-        doctor_cmd.doctor,
-        study_cmd.study,
-        study_cmd.retention,
-        frames_cmd.frames,
-    ):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -215,3 +217,32 @@ def test_a_container_home_logs_where_the_backup_key_is_never_the_key(tmp_path, c
     key_file = tmp_path / "h" / "secrets" / "backup-key"
     assert f"the backup key is in {key_file}" in caplog.text
     assert key_file.read_text().strip() not in caplog.text
+
+
+# Modules a service process must not load: the codec (numpy-heavy imagecodecs), the
+# transcoding pipeline, FHIR, deletion/retention and the web app belong to other commands.
+NOT_FOR_SERVICES = (
+    "imagecodecs",
+    "appliance.transcode",
+    "appliance.fhir",
+    "appliance.lifecycle",
+    "appliance.web",
+)
+
+
+def test_a_command_loads_only_its_own_module(runner):
+    """`neuronova service receiver` (what `run` starts per service) imports the service
+    command alone, not every command's dependencies; `--help` still lists every command."""
+    probe = (
+        "import sys, click\n"
+        "from appliance.cli import cli\n"
+        "cli.get_command(click.Context(cli), 'service')\n"
+        "print('\\n'.join(sys.modules))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "appliance.cli.services" in loaded
+    assert [m for m in loaded if m.startswith(NOT_FOR_SERVICES)] == []
+    everything = runner.invoke(cli, ["--help"]).output
+    assert all(name in everything for name in ("frames", "study", "retention", "service"))

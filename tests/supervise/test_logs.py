@@ -79,12 +79,20 @@ def test_an_unknown_component_is_an_error_naming_the_components(home, runner):
     )
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_follow_shows_new_lines_also_across_a_rotation_and_stops_when_told(home, tmp_path):
     logs = write_logs(home, {"receiver.log": [entry(5, "old")]})
     path = logs / "receiver.log"
     command = [sys.executable, "-m", "appliance", "logs", "-f", "receiver", "--home", str(home)]
     with open(tmp_path / "stderr", "w") as errors:
-        follower = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        # Ctrl-C reaches it as in a terminal even when the suite itself runs in the
+        # background, where the shell makes children ignore SIGINT (and Python then
+        # keeps ignoring it).
+        follower = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True,
+                                    preexec_fn=_interruptible)  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout],
                      daemon=True).start()  # fmt: skip

@@ -46,9 +46,14 @@ def backup_now(
     record: dict[str, Any] = {"dest": str(dest), "snapshot": None, "remote": remote or None}
     try:
         result = take_snapshot(settings, dest, progress)
-        record.update(snapshot=result.name, files=result.files, instances=result.instances,
-                      bytes_copied=result.bytes_copied, seconds=round(result.seconds, 2),
-                      **result.work.record())
+        record.update(
+            snapshot=result.name,
+            files=result.files,
+            instances=result.instances,
+            bytes_copied=result.bytes_copied,
+            seconds=round(result.seconds, 2),
+            **result.work.record(),
+        )
         repo = Repository(dest, backup_key(layout))
         if daily:
             record["pruned"] = len(prune(repo, keep_of(settings)).removed)

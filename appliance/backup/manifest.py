@@ -107,9 +107,13 @@ def _orthanc_log(value: Any) -> bool:
     if not isinstance(value, dict) or set(value) != {"last", "witnesses"} or not SEQ(value["last"]):
         return False
     witnesses = value["witnesses"]
-    return isinstance(witnesses, list) and len(witnesses) <= MAX_WITNESSES and all(
-        isinstance(w, dict) and set(w) == set(WITNESS) and all(WITNESS[k](w[k]) for k in w)
-        for w in witnesses
+    return (
+        isinstance(witnesses, list)
+        and len(witnesses) <= MAX_WITNESSES
+        and all(
+            isinstance(w, dict) and set(w) == set(WITNESS) and all(WITNESS[k](w[k]) for k in w)
+            for w in witnesses
+        )
     )
 
 

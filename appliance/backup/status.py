@@ -57,13 +57,17 @@ def backup_summary(settings: Settings) -> dict[str, Any]:
     page show. ``daily`` is None when the daily backup is off."""
     last = read_status(settings.layout)
     upcoming = next_backup(settings)
-    daily = None if upcoming is None else {
-        "destination": settings.backup.destination,
-        "time_utc": settings.backup.time,
-        "next": upcoming.isoformat(timespec="seconds"),
-        "keep_daily": settings.backup.keep_daily,
-        "keep_weekly": settings.backup.keep_weekly,
-        "remote": settings.backup.remote or None,
-    }
+    daily = (
+        None
+        if upcoming is None
+        else {
+            "destination": settings.backup.destination,
+            "time_utc": settings.backup.time,
+            "next": upcoming.isoformat(timespec="seconds"),
+            "keep_daily": settings.backup.keep_daily,
+            "keep_weekly": settings.backup.keep_weekly,
+            "remote": settings.backup.remote or None,
+        }
+    )
     age = None if last is None else round(max(0.0, time.time() - float(last["finished_unix"])))
     return {"last": last, "age_s": age, "daily": daily}

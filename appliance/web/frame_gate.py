@@ -258,9 +258,7 @@ async def frame_gate_ctx(app: web.Application) -> AsyncIterator[None]:
     tally.watch("frame_gate_handed_to_app_total", {}, lambda: gate.handed)
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(
-            lambda: GateProtocol(gate), host, port, reuse_port=True
-        )
+        server = await loop.create_server(lambda: GateProtocol(gate), host, port, reuse_port=True)
     except OSError as exc:
         raise PortInUseError(
             f"the frame gate cannot listen on {host}:{port} ({exc.strerror}); "

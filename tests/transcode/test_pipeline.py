@@ -28,7 +28,9 @@ from tests.support.waiting import wait_for
 
 
 @pytest.fixture
-def home(tmp_path):
+def settings_home(tmp_path):
+    """The settings of a home made by ``init_home`` whose Orthanc port has nothing behind
+    it (named apart from the root ``home`` fixture, a path made by ``neuronova init``)."""
     settings = load_settings(
         tmp_path / "home", {"internal.orthanc_port": reserve_port()}, environ={}
     )
@@ -46,14 +48,14 @@ def accept_ct(settings) -> tuple[str, str]:
     return row["sop_uid"], row["spool_path"]
 
 
-def test_orthanc_down_means_a_retry_with_backoff(home):
-    sop, spool = accept_ct(home)
-    outcome = Pipeline(home).process(sop, spool)
+def test_orthanc_down_means_a_retry_with_backoff(settings_home):
+    sop, spool = accept_ct(settings_home)
+    outcome = Pipeline(settings_home).process(sop, spool)
     assert outcome.state == "retry" and outcome.retry_in == 2.0
-    row = Journal(home.layout.database_file).db["instances"].get(sop)
+    row = Journal(settings_home.layout.database_file).db["instances"].get(sop)
     assert row["state"] == "received" and "unreachable" in row["error"]
     assert Path(spool).exists()  # nothing is lost while Orthanc is away
-    frames = home.layout.frames_dir
+    frames = settings_home.layout.frames_dir
     assert list(frames.rglob("frames/1"))  # frame files are ready before the store
 
 
@@ -81,12 +83,12 @@ def test_previews_wait_while_an_object_is_ingested(tmp_path):
     assert pipeline.write_images(sop, spool).state == "skipped"  # runs: nothing stored yet
 
 
-def test_an_outage_never_fails_an_object_it_waits(home, monkeypatch):
+def test_an_outage_never_fails_an_object_it_waits(settings_home, monkeypatch):
     """Orthanc really absent past MAX_ATTEMPTS: the object stays queued (retried every
     BACKOFF_CAP seconds at most), to go on by itself when Orthanc is back."""
     monkeypatch.setattr(pipeline_module, "MAX_ATTEMPTS", 2)
-    sop, spool = accept_ct(home)
-    pipeline = Pipeline(home)
+    sop, spool = accept_ct(settings_home)
+    pipeline = Pipeline(settings_home)
     for _ in range(3):
         outcome = pipeline.process(sop, spool)
         assert outcome.state == "retry" and outcome.retry_in <= pipeline_module.BACKOFF_CAP
@@ -114,17 +116,17 @@ def test_too_many_retries_while_orthanc_answers_become_a_visible_failure(
     assert Path(spool).exists()  # kept for `neuronova ingest retry`
 
 
-def test_an_older_copy_is_skipped_and_its_spool_file_removed(home):
-    first_sop, first_spool = accept_ct(home)
-    second_sop, second_spool = accept_ct(home)
+def test_an_older_copy_is_skipped_and_its_spool_file_removed(settings_home):
+    first_sop, first_spool = accept_ct(settings_home)
+    second_sop, second_spool = accept_ct(settings_home)
     assert first_sop == second_sop and first_spool != second_spool
-    assert Pipeline(home).process(first_sop, first_spool).state == "skipped"
+    assert Pipeline(settings_home).process(first_sop, first_spool).state == "skipped"
     assert not Path(first_spool).exists() and Path(second_spool).exists()
 
 
-def test_a_second_task_for_the_same_file_does_nothing(home):
-    sop, spool = accept_ct(home)
-    pipeline = Pipeline(home)
+def test_a_second_task_for_the_same_file_does_nothing(settings_home):
+    sop, spool = accept_ct(settings_home)
+    pipeline = Pipeline(settings_home)
     assert pipeline.journal.claim(sop, spool)
     assert pipeline.process(sop, spool).state == "skipped"
     assert Path(spool).exists()
@@ -169,59 +171,59 @@ def test_an_older_database_gets_images_at_and_its_stored_rows_count_as_done(tmp_
     assert rows["1.1"]["images_at"] == "t1" and rows["1.2"]["images_at"] is None
 
 
-def test_recover_queues_the_jpegs_of_stored_instances_that_lack_them(home):
-    sop, spool = accept_ct(home)
-    journal = Journal(home.layout.database_file)
+def test_recover_queues_the_jpegs_of_stored_instances_that_lack_them(settings_home):
+    sop, spool = accept_ct(settings_home)
+    journal = Journal(settings_home.layout.database_file)
     journal.db.execute("UPDATE instances SET state = 'stored', frames = 1 WHERE sop_uid = ?", [sop])
     journal.db.conn.commit()
-    queue = create_queue(home)
+    queue = create_queue(settings_home)
     queue.huey.flush()
-    Ingest(home, queue=queue).recover()
+    Ingest(settings_home, queue=queue).recover()
     assert [task.name for task in queue.huey.pending()] == ["write_images"]
     assert journal.images_written(sop, spool)
     queue.huey.flush()
-    Ingest(home, queue=queue).recover()
+    Ingest(settings_home, queue=queue).recover()
     assert queue.huey.pending() == []
 
 
-def test_recover_drops_an_older_copy_instead_of_letting_it_win(home):
+def test_recover_drops_an_older_copy_instead_of_letting_it_win(settings_home):
     """Two copies, a crash before the older was processed: the journaled (newer) one wins,
     at this restart and every later one."""
-    sop, older = accept_ct(home)
-    _, newer = accept_ct(home)
+    sop, older = accept_ct(settings_home)
+    _, newer = accept_ct(settings_home)
     settled = time.time() - 2 * SETTLE_SECONDS
     os.utime(older, (settled, settled))
-    queue = create_queue(home)
+    queue = create_queue(settings_home)
     for _ in range(2):
         queue.huey.flush()
-        Ingest(home, queue=queue).recover()
-        row = Journal(home.layout.database_file).db["instances"].get(sop)
+        Ingest(settings_home, queue=queue).recover()
+        row = Journal(settings_home.layout.database_file).db["instances"].get(sop)
         assert row["spool_path"] == newer and row["state"] == "received"
         assert not Path(older).exists() and Path(newer).exists()
         assert len(queue.huey.pending()) == 1
 
 
-def test_recover_leaves_a_fresh_unjournaled_copy_to_the_receiver(home):
+def test_recover_leaves_a_fresh_unjournaled_copy_to_the_receiver(settings_home):
     """A file younger than SETTLE_SECONDS may be a live receiver's, not yet journaled."""
-    sop, journaled = accept_ct(home)
+    sop, journaled = accept_ct(settings_home)
     fresh = Path(journaled).with_name(f"{sop}.fresh0000000.dcm")
     fresh.write_bytes(Path(journaled).read_bytes())
-    Ingest(home, queue=create_queue(home, immediate=False)).recover()
+    Ingest(settings_home, queue=create_queue(settings_home, immediate=False)).recover()
     assert fresh.exists()
-    row = Journal(home.layout.database_file).db["instances"].get(sop)
+    row = Journal(settings_home.layout.database_file).db["instances"].get(sop)
     assert row["spool_path"] == journaled
 
 
-def test_recover_leaves_an_object_still_arriving_to_the_receiver(home):
+def test_recover_leaves_an_object_still_arriving_to_the_receiver(settings_home):
     """A worker (re)starting while a modality sends must not delete the file pynetdicom
     is writing in ``incoming/`` (the C-STORE would then fail); a file nothing wrote to
     for longer than an association may stay idle was interrupted and goes."""
-    incoming = home.layout.spool_dir / "incoming"
+    incoming = settings_home.layout.spool_dir / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     arriving, interrupted = incoming / "arriving.dcm", incoming / "interrupted.dcm"
     for path in (arriving, interrupted):
         path.write_bytes(b"\0" * 1024)
     stale = time.time() - 2 * STALE_PARTIAL
     os.utime(interrupted, (stale, stale))
-    Ingest(home, queue=create_queue(home, immediate=False)).recover()
+    Ingest(settings_home, queue=create_queue(settings_home, immediate=False)).recover()
     assert arriving.exists() and not interrupted.exists()

@@ -12,7 +12,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from appliance.config import Settings
-from appliance.ingest.receiver import HEALTH_AE_TITLE
+from appliance.ingest.requestor import HEALTH_AE_TITLE
 from appliance.store.orthanc import orthanc_auth_header, orthanc_url
 
 WORKER_HEARTBEAT_MAX_AGE = 15.0

@@ -32,15 +32,12 @@ from appliance.ingest.intake import Ingest, IngestQueue
 from appliance.ingest.journal import HEADER_KEYWORDS, Refusal
 from appliance.ingest.modalities import caller_allowed, list_modalities
 from appliance.ingest.part10 import scan_file
-from appliance.ingest.requestor import Requestor, Requestors
+from appliance.ingest.requestor import HEALTH_AE_TITLE, Requestor, Requestors
 from appliance.ingest.spool import Spool, SpoolFull
 from appliance.security import audit
 
 log = logging.getLogger("neuronova.receiver")
 
-# The AE title the appliance's own health probe calls with: allowed from loopback, for
-# C-ECHO only.
-HEALTH_AE_TITLE = "NEURONOVA-HEALTH"
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000

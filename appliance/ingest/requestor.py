@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from pynetdicom.association import Association
 
+# The AE title the appliance's own health probe (appliance.health.probes) calls with: the
+# receiver lets it in from loopback, for C-ECHO only.
+HEALTH_AE_TITLE = "NEURONOVA-HEALTH"
+
 
 @dataclass(frozen=True, slots=True)
 class Requestor:

@@ -26,7 +26,7 @@ from pynetdicom.sop_class import CTImageStorage, RTPlanStorage, Verification
 
 from appliance.db import open_database
 from appliance.ingest.modalities import add_modality, remove_modality
-from appliance.ingest.receiver import HEALTH_AE_TITLE
+from appliance.ingest.requestor import HEALTH_AE_TITLE
 from appliance.security import audit
 from tests.support.running import (
     Appliance,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -253,6 +254,29 @@ class Transactions(Protocol):
         """The database inside one transaction: committed when the block ends, rolled
         back if it raises."""
         ...
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """``with transaction(db):`` the block's writes are all committed, or none if it raises.
+
+    Inside a transaction already open on ``db`` (``journal.transaction()``, say) the block
+    is a SAVEPOINT of it: its writes commit or roll back with the enclosing transaction,
+    where ``with db.conn:`` would commit that early. Otherwise ``BEGIN IMMEDIATE`` takes
+    SQLite's write lock first (waiting up to the busy timeout), so a block that reads,
+    then writes, never works on an outdated snapshot.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():  # sqlite-utils: a SAVEPOINT inside an open transaction
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.conn.rollback()
+        raise
+    db.conn.commit()
 
 
 def open_database(path: Path, *, threads: bool = False) -> sqlite_utils.Database:

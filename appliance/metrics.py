@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 import sqlite_utils
 
+from appliance.db import transaction
+
 FLUSH_INTERVAL = 5.0
 # Transcode time buckets (seconds): a CT slice takes about 25 ms, a large multi-frame
 # object seconds.
@@ -62,9 +64,10 @@ def client_label(db: sqlite_utils.Database, name: str, label: str, value: str) -
 
 
 def add(db: sqlite_utils.Database, amounts: Mapping[Key, float]) -> None:
-    """Add ``amounts`` to their counters, in one transaction."""
+    """Add ``amounts`` to their counters, in one transaction (or in the one already open
+    on ``db``)."""
     if amounts:
-        with db.conn:
+        with transaction(db):
             db.conn.executemany(_ADD, [(n, labels, v) for (n, labels), v in amounts.items()])
 
 

@@ -22,7 +22,7 @@ import sqlite_utils
 from pydicom import Dataset
 
 from appliance.config import OVERWRITE_POLICIES
-from appliance.db import now_iso, open_database, patient_key
+from appliance.db import now_iso, open_database, patient_key, transaction
 from appliance.uids import is_valid_uid
 
 RECEIVED, PROCESSING, STORED, FAILED = "received", "processing", "stored", "failed"
@@ -203,15 +203,8 @@ class Journal:
         raises. ``BEGIN IMMEDIATE`` takes SQLite's write lock first (waiting up to the
         busy timeout), so a block that reads, then writes, never has an outdated snapshot.
         """
-        with self._lock:
-            conn = self.db.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
+        with self._lock, transaction(self.db) as db:
+            yield db
 
     def read(self, query: Callable[[sqlite_utils.Database], T]) -> T:
         """The result of ``query(db)``, serialized with the journal's other uses."""

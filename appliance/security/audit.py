@@ -24,7 +24,7 @@ from typing import Any
 import sqlite_utils
 
 from appliance import metrics
-from appliance.db import now_iso
+from appliance.db import now_iso, transaction
 
 LOGIN_OK = "login_ok"
 LOGIN_FAILED = "login_failed"
@@ -131,20 +131,22 @@ def record(
 
     An event with the ``key`` of an earlier row adds to that row's count (its detail
     becomes the latest one's) or, with ``once``, is dropped. Events of
-    :data:`RATE_AGGREGATED` kinds get a per-minute key of their own.
+    :data:`RATE_AGGREGATED` kinds get a per-minute key of their own. The row and an
+    authentication failure's count are written in one transaction, or in the one already
+    open on ``db``.
     """
     if key is None and event in RATE_AGGREGATED:
         key = window_key(RATE_WINDOW, event, detail.get("reason"), username, client)
     now = now_iso()
     text = json.dumps(detail, sort_keys=True) if detail else None
-    with db.conn:
+    with transaction(db):
         db.execute(
             _KEEP_FIRST if once else _ADD_TO_COUNT,
             [now, now, event, username, client, study_uid, patient_id, text, key],
         )
-    if event in AUTH_FAILURES:
-        reason = str(detail.get("reason") or event)[:64]
-        metrics.add(db, {metrics.key("auth_failures_total", event=event, reason=reason): 1})
+        if event in AUTH_FAILURES:
+            reason = str(detail.get("reason") or event)[:64]
+            metrics.add(db, {metrics.key("auth_failures_total", event=event, reason=reason): 1})
 
 
 def window_key(seconds: int, *parts: str | None) -> str:

@@ -10,8 +10,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
+from appliance import metrics
 from appliance.db import Transactions
 from appliance.ingest.journal import Journal, describe
+from appliance.security import audit
 
 ADD = "INSERT INTO modalities (ae_title, created_at) VALUES (?, '2026-01-01')"
 
@@ -71,3 +73,46 @@ def test_a_received_object_is_journaled_whole_or_not_at_all(tmp_path: Path) -> N
         journal.record_received(ds, describe(ds), tmp_path / "x.dcm", "dicom:CT_A", 10)
     count = journal.read(lambda db: db.execute("SELECT count(*) FROM instances").fetchone()[0])
     assert count == 0
+
+
+def _count_a_store(db) -> None:
+    metrics.add(db, {metrics.key("cstore_total", status="0x0000"): 1})
+
+
+def _audit_a_held_object(db) -> None:
+    audit.record(db, audit.OBJECT_HELD, username="dicom:CT_A", reason="test")
+
+
+def _rows(journal: Journal, table: str) -> int:
+    return journal.read(lambda db: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+@pytest.mark.parametrize(
+    ("write", "table"), [(_count_a_store, "metrics"), (_audit_a_held_object, "audit")]
+)
+def test_a_count_or_audit_row_written_in_a_block_rolls_back_with_it(
+    tmp_path: Path, write, table: str
+) -> None:
+    """metrics.add and audit.record join the block they are called in (a SAVEPOINT): they
+    used ``with db.conn:``, which committed the enclosing block there and then."""
+    journal = Journal(tmp_path / "app.db")
+    with pytest.raises(RuntimeError), journal.transaction() as db:
+        db.execute(ADD, ["CT_A"])
+        write(db)
+        raise RuntimeError("after the write")
+    assert (_titles(journal), _rows(journal, table)) == ([], 0)
+
+
+def test_a_count_that_fails_in_a_block_undoes_only_itself(tmp_path: Path) -> None:
+    """A caller that carries on after a failed count keeps the block's other writes
+    (``with db.conn:`` rolled the whole enclosing block back)."""
+    journal = Journal(tmp_path / "app.db")
+    journal.db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON metrics BEGIN SELECT RAISE(ABORT, 'full'); END"
+    )
+    with journal.transaction() as db:
+        db.execute(ADD, ["CT_A"])
+        with pytest.raises(sqlite3.IntegrityError):
+            _count_a_store(db)
+        db.execute(ADD, ["CT_B"])
+    assert sorted(_titles(Journal(tmp_path / "app.db"))) == ["CT_A", "CT_B"]

@@ -39,7 +39,6 @@ from tests.support.bare_root import (
     copy_of_pristine_root,
     in_root,
     initial_password,
-    qido_instances,
 )
 from tests.support.signing import SigningKey, release, served, throwaway_key
 from tests.support.tools import require_tool, storescu_command
@@ -161,9 +160,9 @@ def try_repository(clinic: Installed, site: Site, name: str, *commands: list[str
 def test_apt_installs_neuronova_from_the_signed_repository(clinic):
     assert installed_version(clinic.root) == V1
     assert in_root(clinic.root, "neuronova", "version") == f"neuronova {V1}\n"
-    session, token = clinic.login("admin", clinic.password)
-    health = session.get(f"{clinic.https}/api/health", timeout=10,
-                         headers={"Authorization": f"Bearer {token}"}).json()  # fmt: skip
+    client, token = clinic.login("admin", clinic.password)
+    health = client.session.get(f"{clinic.https}/api/health", timeout=10,
+                                headers={"Authorization": f"Bearer {token}"}).json()  # fmt: skip
     assert health["components"]["app"]["version"] == V1
 
 
@@ -281,15 +280,15 @@ def test_apt_upgrade_while_a_modality_sends_keeps_everything(clinic, site, debs,
     assert in_root(root, "neuronova", "version") == f"neuronova {V2}\n"
     assert (clinic.home / "neuronova.toml").read_text() == settings_before
     assert "reader" in in_root(root, "neuronova", "user", "list")
-    session, token = clinic.login("reader", "reader-pass-1234")
+    client, token = clinic.login("reader", "reader-pass-1234")
 
     def all_stored() -> bool:
-        listed = qido_instances(clinic, session, token, series)
+        listed = client.instances(token, series.study_uid, series.series_uid)
         return set(modality.acknowledged) <= {i["00080018"]["Value"][0] for i in listed}
 
     wait_for(all_stored, 180, "every acknowledged object to be stored")
     admin, admin_token = clinic.login("admin", clinic.password)
-    system = admin.get(f"{clinic.https}/api/admin/system", timeout=10,
+    system = admin.session.get(f"{clinic.https}/api/admin/system", timeout=10,
                        headers={"Authorization": f"Bearer {admin_token}"}).json()  # fmt: skip
     assert system["version"] == V2
     assert system["home"]["version"] == V2  # the record: 1.0.1 started last,

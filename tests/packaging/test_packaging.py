@@ -33,7 +33,6 @@ from tests.support.bare_root import (
     descendants,
     in_root,
     initial_password,
-    qido_instances,
 )
 from tests.support.paths import REPO
 from tests.support.tools import require_tool, storescu_command
@@ -98,10 +97,10 @@ def pushed(installed, tmp_path_factory):
     command = storescu_command(installed.dicom_port, series.files, "CT_SCANNER")
     sent = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert sent.returncode == 0, sent.stderr
-    session, token = installed.login("admin", installed.password)
+    client, token = installed.login("admin", installed.password)
 
     def listed() -> bool:
-        return len(qido_instances(installed, session, token, series)) == SLICES
+        return len(client.instances(token, series.study_uid, series.series_uid)) == SLICES
 
     wait_for(listed, 120, f"{SLICES} instances to be listed by QIDO")
     return series, slices
@@ -197,13 +196,13 @@ def test_c_echo_is_answered(installed):
 
 def test_a_ct_series_comes_back_as_pixel_identical_htj2k_frames(installed, pushed):
     series, slices = pushed
-    session, token = installed.login("admin", installed.password)
-    found = qido_instances(installed, session, token, series)
+    client, token = installed.login("admin", installed.password)
+    found = client.instances(token, series.study_uid, series.series_uid)
     assert {i["00080018"]["Value"][0] for i in found} == set(series.sop_uids)
     url = (f"{installed.https}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
            f"{series.series_uid}/instances/{series.sop_uids[2]}/frames/1")  # fmt: skip
-    resp = session.get(url, headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT},
-                       timeout=10)  # fmt: skip
+    resp = client.session.get(url, headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT},
+                              timeout=10)  # fmt: skip
     assert resp.status_code == 200, resp.text
     part_type, codestream = split_multipart(resp.headers["Content-Type"], resp.content)
     assert f"transfer-syntax={RPCL_SYNTAX}" in part_type
@@ -211,7 +210,7 @@ def test_a_ct_series_comes_back_as_pixel_identical_htj2k_frames(installed, pushe
 
 
 def test_the_viewer_is_served_after_login(installed):
-    session, _ = installed.login("admin", installed.password)
+    session = installed.login("admin", installed.password)[0].session
     page = session.get(f"{installed.https}/pacs-viewer/", timeout=10)
     assert page.status_code == 200 and "app-config.js" in page.text
     config = session.get(f"{installed.https}/pacs-viewer/app-config.js", timeout=10)
@@ -247,8 +246,8 @@ def test_upgrade_keeps_the_study_the_users_and_the_settings(built, installed, pu
     installed.start()
     users = in_root(installed.root, "neuronova", "user", "list")
     assert "admin" in users and "reader" in users
-    session, token = installed.login("reader", "reader-pass-1234")
-    assert len(qido_instances(installed, session, token, series)) == SLICES
+    client, token = installed.login("reader", "reader-pass-1234")
+    assert len(client.instances(token, series.study_uid, series.series_uid)) == SLICES
 
 
 def test_remove_keeps_the_data_and_purge_deletes_it(installed):

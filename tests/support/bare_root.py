@@ -27,6 +27,7 @@ import requests
 from appliance.config import load_settings, render_toml
 from appliance.supervise.ports import INTERNAL_PORTS
 from bench.cloud import bookworm_root
+from tests.support.clients import HttpsClient
 from tests.support.ports import reserve_port
 from tests.support.tools import require_tool
 from tests.support.waiting import wait_for
@@ -144,19 +145,11 @@ class Installed:
                 os.kill(child, signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def session(self) -> requests.Session:
-        """A session that trusts the appliance's self-signed certificate (made for localhost)."""
-        session = requests.Session()
-        session.trust_env = False
-        session.verify = str(self.home / "tls" / "server.crt")
-        return session
-
-    def login(self, username: str, password: str) -> tuple[requests.Session, str]:
-        session = self.session()
-        resp = session.post(f"{self.https}/api/auth/login", timeout=10,
-                            json={"username": username, "password": password})  # fmt: skip
-        assert resp.status_code == 200, resp.text
-        return session, resp.json()["access_token"]
+    def login(self, username: str, password: str) -> tuple[HttpsClient, str]:
+        """A client trusting the appliance's self-signed certificate (made for localhost),
+        and an access token of ``username``."""
+        client = HttpsClient(self.https_port, self.home / "tls" / "server.crt", host="localhost")
+        return client, client.login(username, password)
 
     def dpkg_install(self, deb: Path) -> str:
         shutil.copy(deb, self.root / "tmp" / deb.name)
@@ -180,11 +173,3 @@ def initial_password(root: Path) -> str:
     password = re.search(r"password:\s+(\S+)", password_file.read_text())
     assert password, password_file.read_text()
     return password.group(1)
-
-
-def qido_instances(installed: Installed, session, token: str, series) -> list[dict]:
-    url = (f"{installed.https}/api/pacs/dicom-web/studies/{series.study_uid}/series/"
-           f"{series.series_uid}/instances")  # fmt: skip
-    resp = session.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    assert resp.status_code in (200, 204), resp.text
-    return resp.json() if resp.status_code == 200 else []

@@ -43,8 +43,8 @@ class HttpsClient:
     """A user of an appliance over HTTPS on its published port, trusting the appliance's own
     certificate (the cloud profile's containers, a deployed "VM")."""
 
-    def __init__(self, https_port: int, certificate: Path) -> None:
-        self.base = f"https://127.0.0.1:{https_port}"
+    def __init__(self, https_port: int, certificate: Path, host: str = "127.0.0.1") -> None:
+        self.base = f"https://{host}:{https_port}"
         self.session = requests.Session()
         self.session.trust_env = False
         self.session.verify = str(certificate)

@@ -101,8 +101,9 @@ class Ingest:
         path = Path(row["spool_path"])
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         item = describe(ds)
-        self.journal.record_received(ds, item, path, row["source"], row["size"] or 0)
-        self.journal.forget_held(held_id)
+        with self.journal.transaction():  # never both journaled and still held
+            self.journal.record_received(ds, item, path, row["source"], row["size"] or 0)
+            self.journal.forget_held(held_id)
         self.queue.enqueue_ingest(item.sop_uid, str(path))
         return item
 

@@ -188,13 +188,19 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.db: sqlite_utils.Database = open_database(path, threads=True)
-        self._lock = threading.Lock()
+        # Reentrant: a method called inside ``transaction()`` joins that transaction.
+        self._lock = threading.RLock()
 
     @contextmanager
     def _serialized(self) -> Iterator[sqlite_utils.Database]:
-        """The database, used by one thread at a time (each write statement commits)."""
-        with self._lock, self.db.conn:
-            yield self.db
+        """The database, used by one thread at a time. Inside ``transaction()`` the block
+        joins that transaction; otherwise what it writes is committed when it ends."""
+        with self._lock:
+            if self.db.conn.in_transaction:
+                yield self.db
+            else:
+                with self.db.conn:  # a write with RETURNING is left open by sqlite-utils
+                    yield self.db
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
@@ -202,6 +208,7 @@ class Journal:
         other use of the journal: the block's writes are all committed, or none if it
         raises. ``BEGIN IMMEDIATE`` takes SQLite's write lock first (waiting up to the
         busy timeout), so a block that reads, then writes, never has an outdated snapshot.
+        The journal's methods, and a nested block, called in the block join it.
         """
         with self._lock, transaction(self.db) as db:
             yield db
@@ -288,7 +295,7 @@ class Journal:
 
     def release(self, sop_uid: str, spool_path: str, error: str) -> int:
         """Give the object back for a retry; returns its attempt count."""
-        with self._serialized() as db:
+        with self.transaction() as db:
             db.execute(
                 "UPDATE instances SET state = ?, error = ?, updated_at = ? "
                 "WHERE sop_uid = ? AND spool_path = ?",

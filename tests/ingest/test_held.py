@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pydicom
@@ -107,6 +108,23 @@ def test_a_held_object_whose_file_is_gone_is_a_clear_error(settings):
     shutil.move(row["spool_path"], settings.home / "elsewhere.dcm")
     with pytest.raises(HeldError, match=f"the file of held object {row['id']} is gone"):
         ingest.release_held(row["id"])
+
+
+def test_accepting_a_held_object_journals_it_and_forgets_it_together(settings):
+    """A failure between the two steps (here a trigger refusing the held row's removal, as a
+    full disk would) leaves the object held and the archived copy journaled as it was:
+    never journaled and still held."""
+    ingest = Ingest(settings, create_queue(settings))
+    receive(ingest, ct(), "dicom:CT_A", "same-source")
+    receive(ingest, ct(), "dicom:CT_B", "same-source")
+    held = ingest.journal.held()[0]
+    ingest.journal.db.execute(
+        "CREATE TRIGGER refuse BEFORE DELETE ON held BEGIN SELECT RAISE(ABORT, 'full'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        ingest.release_held(held["id"])
+    archived = ingest.journal.db["instances"].get(held["sop_uid"])
+    assert (archived["source"], len(ingest.journal.held())) == ("dicom:CT_A", 1)
 
 
 def test_an_import_is_held_by_the_policy_like_a_modality(settings, tmp_path):

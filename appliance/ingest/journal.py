@@ -214,7 +214,8 @@ class Journal:
             yield db
 
     def read(self, query: Callable[[sqlite_utils.Database], T]) -> T:
-        """The result of ``query(db)``, serialized with the journal's other uses."""
+        """The result of ``query(db)``, serialized with the journal's other uses (to write,
+        use :meth:`transaction`)."""
         with self._serialized() as db:
             return query(db)
 

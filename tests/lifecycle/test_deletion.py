@@ -76,9 +76,11 @@ def test_while_a_study_is_deleted_new_objects_are_held_and_waiting_ones_not_clai
     ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
     assert receive(ingest, ds) is None
     sop, spool = ingest.journal.pending()[0]
-    ingest.journal.read(lambda db: db.execute(
-        "INSERT INTO deleting (study_uid, username, started_at) VALUES (?, 'admin', ?)",
-        [str(ds.StudyInstanceUID), now_iso()]))  # fmt: skip
+    with ingest.journal.transaction() as db:
+        db.execute(
+            "INSERT INTO deleting (study_uid, username, started_at) VALUES (?, 'admin', ?)",
+            [str(ds.StudyInstanceUID), now_iso()],
+        )
     assert not ingest.journal.claim(sop, spool)
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     refusal = receive(ingest, ds)
@@ -114,8 +116,10 @@ def test_retention_is_off_by_default_and_expires_by_study_date_or_received(tmp_p
     by_date = expired_studies(*home("date", {"retention.years": 10}), today)
     assert [s["study_uid"] for s in by_date] == ["1.2.19990101"]
     settings, journal = home("received", {"retention.years": 1, "retention.by": "received"})
-    journal.read(lambda db: db.execute("UPDATE studies SET received_at = '2020-01-01T00:00:00' "
-                                       "WHERE study_uid = '1.2.0'"))  # fmt: skip
+    with journal.transaction() as db:
+        db.execute(
+            "UPDATE studies SET received_at = '2020-01-01T00:00:00' WHERE study_uid = '1.2.0'"
+        )
     assert [s["study_uid"] for s in expired_studies(settings, journal, today)] == ["1.2.0"]
     assert cutoff(1, dt.date(2024, 2, 29)) == dt.date(2023, 2, 28)
 
@@ -275,9 +279,10 @@ def test_a_jpeg_task_racing_a_deletion_writes_nothing_back(appliance, tokens, tm
     series = push(appliance, tmp_path, slices=2)
     sop = series.sop_uids[1]
     pipeline = Pipeline(appliance.settings)
-    spool = pipeline.journal.read(lambda db: db.execute(
-        "UPDATE instances SET images_at = NULL WHERE sop_uid = ? RETURNING spool_path", [sop]
-    ).fetchone()[0])  # fmt: skip
+    with pipeline.journal.transaction() as db:
+        spool = db.execute(
+            "UPDATE instances SET images_at = NULL WHERE sop_uid = ? RETURNING spool_path", [sop]
+        ).fetchone()[0]
     fetch = pipeline.orthanc.fetch
 
     def fetch_then_delete(uid: str) -> bytes | None:

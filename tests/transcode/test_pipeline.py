@@ -174,8 +174,8 @@ def test_an_older_database_gets_images_at_and_its_stored_rows_count_as_done(tmp_
 def test_recover_queues_the_jpegs_of_stored_instances_that_lack_them(settings_home):
     sop, spool = accept_ct(settings_home)
     journal = Journal(settings_home.layout.database_file)
-    journal.db.execute("UPDATE instances SET state = 'stored', frames = 1 WHERE sop_uid = ?", [sop])
-    journal.db.conn.commit()
+    with journal.transaction() as db:
+        db.execute("UPDATE instances SET state = 'stored', frames = 1 WHERE sop_uid = ?", [sop])
     queue = create_queue(settings_home)
     queue.huey.flush()
     Ingest(settings_home, queue=queue).recover()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from appliance.config.declare import Section, setting
 from appliance.config.sections import TOKEN_AUTH_METHODS
@@ -85,6 +86,9 @@ class SmartSettings(Section):
     """``[smart]``: SMART App Launch from an EHR."""
 
     table = "smart"
+    # Not settings: an EHR's users are created at their first launch, never held back.
+    auto_create: ClassVar[bool] = True
+    require_approval: ClassVar[bool] = False
 
     issuers: str = setting("", "EHR FHIR base URLs that may launch the app")
     client_id: str = setting("", "Client id registered at the EHR")

@@ -40,15 +40,15 @@ class Policy:
     @classmethod
     def from_settings(cls, settings: Settings, source: str) -> Policy:
         """The ``[oidc]`` or ``[smart]`` policy of ``settings``."""
-        section = settings.oidc if source == "oidc" else settings.smart
+        section = {"oidc": settings.oidc, "smart": settings.smart}[source]
         return cls(
             source=source,
             username_claim=section.username_claim,
             role_claim=section.role_claim,
             role_map=parse_role_map(section.role_map, source),
             default_role=section.default_role,
-            auto_create=settings.oidc.auto_create if section is settings.oidc else True,
-            require_approval=settings.oidc.require_approval if section is settings.oidc else False,
+            auto_create=section.auto_create,
+            require_approval=section.require_approval,
         )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from appliance.db import converge_schema, now_iso, open_database, patient_key
+from appliance.db import converge_schema, now_iso, open_database, patient_key, transaction
 from appliance.durable import fsync_dir, write_atomic
 from appliance.errors import ConfigError, HomeTooNewError
 from appliance.layout import HomeLayout
@@ -61,7 +61,7 @@ def _studies_by_patient_key(layout: HomeLayout) -> None:
         if "patient_key" not in db["studies"].columns_dict:
             db["studies"].add_column("patient_key", str)
         missing = db.execute("SELECT DISTINCT patient_id FROM studies WHERE patient_key IS NULL")
-        with db.conn:
+        with transaction(db):
             db.conn.executemany(
                 "UPDATE studies SET patient_key = ? WHERE patient_id IS ? AND patient_key IS NULL",
                 [(patient_key(pid), pid) for (pid,) in missing.fetchall()],

@@ -30,7 +30,7 @@ from joserfc.errors import ExpiredTokenError, JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import JWSRegistry
 
-from appliance.db import now_iso
+from appliance.db import now_iso, transaction
 from appliance.security.sessions import expires_in, secret_digest
 
 STATE_TTL = 600  # seconds a user has to sign in at the provider
@@ -99,12 +99,10 @@ class StateStore:
         :class:`OAuthError` (429) when the client or everyone has too many in flight.
         """
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("DELETE FROM oauth_states WHERE expires_at < ?", [now_iso()])
+        with transaction(self.db) as db:
+            db.execute("DELETE FROM oauth_states WHERE expires_at < ?", [now_iso()])
             self._check_room(client)
-            self.db["oauth_states"].insert(
+            db["oauth_states"].insert(
                 {
                     "state_hash": secret_digest(state),
                     "kind": kind,
@@ -119,10 +117,6 @@ class StateStore:
                     "expires_at": expires_in(STATE_TTL),
                 }
             )
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
         return state, nonce, verifier
 
     def _check_room(self, client: str) -> None:
@@ -138,8 +132,8 @@ class StateStore:
     def take(self, state: str, browser: str, kind: str) -> Pending:
         """Remove and return the request ``state`` names; :class:`OAuthError` if it is
         unknown, used, expired, of another kind or started by another browser."""
-        with self.db.conn:
-            row = self.db.execute(
+        with transaction(self.db) as db:
+            row = db.execute(
                 "DELETE FROM oauth_states WHERE state_hash = ? "
                 "RETURNING kind, browser_hash, nonce, verifier, issuer, redirect_uri, next, "
                 "expires_at",

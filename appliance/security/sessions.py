@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlite_utils
 
-from appliance.db import now_iso
+from appliance.db import now_iso, transaction
 from appliance.security import audit
 from appliance.security.tokens import TokenService
 
@@ -76,24 +76,18 @@ class SessionStore:
         together, so parallel guesses cannot all pass the count before any has failed.
         Raises :class:`LoginThrottled` when the user or the client is at its limit.
         """
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.db) as db:
             since = audit.iso_ago(FAILURE_WINDOW)
-            conn.execute("DELETE FROM login_attempts WHERE started_at < ?", [since])
+            db.execute("DELETE FROM login_attempts WHERE started_at < ?", [since])
             for column, value, limit in (
                 ("username", username, MAX_FAILURES_PER_USER),
                 ("client", client, MAX_FAILURES_PER_CLIENT),
             ):
                 self._check_limit(column, value, limit)
-            cursor = conn.execute(
+            cursor = db.execute(
                 "INSERT INTO login_attempts (username, client, started_at) VALUES (?, ?, ?)",
                 [username, client, now_iso()],
             )
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
         return int(cursor.lastrowid or 0)
 
     def _check_limit(self, column: str, value: str, limit: int) -> None:
@@ -111,8 +105,8 @@ class SessionStore:
 
     def login_succeeded(self, attempt_id: int) -> None:
         """Stop counting a reserved attempt whose password was right (failures count on)."""
-        with self.db.conn:
-            self.db.execute("DELETE FROM login_attempts WHERE id = ?", [attempt_id])
+        with transaction(self.db) as db:
+            db.execute("DELETE FROM login_attempts WHERE id = ?", [attempt_id])
 
     def start(self, username: str, role: str, client: str, user_agent: str) -> IssuedSession:
         """Open a session after a successful login."""
@@ -206,7 +200,7 @@ class SessionStore:
 
 def revoke_user_sessions(db: sqlite_utils.Database, username: str, reason: str) -> None:
     """End every open session of a user (their tokens stop working at once)."""
-    with db.conn:
+    with transaction(db):
         db.execute(
             "UPDATE sessions SET revoked_at = ?, revoke_reason = ? "
             "WHERE username = ? AND revoked_at IS NULL",

@@ -12,7 +12,7 @@ import sqlite_utils
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from appliance.db import now_iso
+from appliance.db import now_iso, transaction
 from appliance.errors import UserError
 from appliance.roles import ROLES
 
@@ -162,7 +162,7 @@ def update_user(
         validate_password(password)
         changes["password_hash"] = hash_password(password)
     if changes:
-        with db.conn:
+        with transaction(db):  # the change and the revoked shares together
             db["users"].update(username, changes)
             if disabled or (role is not None and role not in SHARERS):
                 revoke_user_shares(db, username)

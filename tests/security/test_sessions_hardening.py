@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import re
+import sqlite3
 import ssl
 import subprocess
 import time
@@ -29,7 +30,7 @@ from appliance.db import open_database
 from appliance.security import audit, tls
 from appliance.security.sessions import MAX_FAILURES_PER_USER
 from appliance.security.tokens import ACCESS_TTL
-from appliance.security.users import get_user, verify_password
+from appliance.security.users import create_user, get_user, update_user, verify_password
 from appliance.supervise.nginx import render_nginx_conf
 from appliance.web.app import create_app
 from appliance.web.keys import TOKENS
@@ -185,6 +186,22 @@ async def test_a_share_of_a_user_disabled_before_the_upgrade_is_refused(client, 
     db = open_database(settings.layout.database_file)
     db["users"].update("rad", {"disabled": 1})  # as an older version left it: share unrevoked
     assert not await _share_works(client, share)
+
+
+def test_a_user_is_disabled_together_with_the_end_of_their_links_or_not_at_all(db):
+    """A failure while ending the links (here a trigger refusing it, as a full disk would)
+    leaves the user as they were: the change and the revocation are one transaction."""
+    create_user(db, "rad", "radiologist", PASSWORD)
+    db.execute(
+        "INSERT INTO shares (id, study_uid, created_by, created_at, expires_at) "
+        "VALUES ('s1', '1.2.3', 'rad', '2026-01-01T00:00:00+00:00', '2999-01-01T00:00:00+00:00')"
+    )
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE UPDATE ON shares BEGIN SELECT RAISE(ABORT, 'full'); END"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        update_user(db, "rad", disabled=True)
+    assert get_user(db, "rad")["disabled"] == 0
 
 
 async def test_disabling_with_the_cli_ends_share_links(client, settings):

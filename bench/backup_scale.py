@@ -3,10 +3,11 @@
 Usage: ``flock /tmp/neuronova-bench.lock nice -n 5 python bench/backup_scale.py
 [--size 10000] [--new-instances 1000] [--label after]``
 
-On a copy of the home ``bench/scale.py`` filled and cached (``--cache``/r1-<size>; the
-cache is never changed), with the appliance running: a first backup (full: the reference
-of the same run), ``--new-instances`` new recipe instances through storescu, the receiver
-and the pipeline, the incremental backup after them, then a backup with nothing new.
+On a copy (made under ``--workdir``, never inside the cache) of the home ``bench/scale.py``
+filled and cached (``--cache``/r1-<size>; the cache is only read), with the appliance
+running: a first backup (full: the reference of the same run), ``--new-instances`` new
+recipe instances through storescu, the receiver and the pipeline, the incremental backup
+after them, then a backup with nothing new.
 Every backup is ``neuronova backup`` through ``bench/counting_proxy.py`` in front of
 Orthanc, so its REST calls are counted from outside the code measured (the proxy's time
 is in every figure, alike for whatever code runs). Files examined and instances asked
@@ -67,7 +68,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """The three backups on a copy of the cached home."""
     entry = Entry(entry_path(args.cache, args.size))
     meta = entry.meta
-    with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="backup-scale-") as tmp:
         workdir = Path(tmp)
         subprocess.run(["cp", "-a", str(entry.home), str(workdir / "home")], check=True)
         appliance = appliance_at(workdir / "home", meta["password"])
@@ -116,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=10000, help="the cached home's size")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="where the home's copy and its backup are made (removed after)",
+    )
     parser.add_argument("--new-instances", type=int, default=1000)
     parser.add_argument("--streams", type=int, default=2, help="storescu associations at once")
     parser.add_argument("--label", default="after", help="name of the code measured")

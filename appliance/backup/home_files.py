@@ -1,19 +1,26 @@
-"""Which files of the home a snapshot looks at: those in folders that changed since the last.
+"""Which files of the home a snapshot looks at: those in folders that can have changed.
 
 A folder's mtime moves whenever an entry in it is created, removed or renamed, and every
 writer of the home replaces a file by writing a new one and renaming it over the old
 (frame files, previews and series metadata through ``appliance.durable.write_atomic``,
-secrets and settings likewise). So a snapshot records each folder's mtime (``folders``)
-and the next one stats every folder but lists only those whose mtime moved: a folder that
-did not move holds the same files, whose entries are taken from the previous manifest
-without a ``stat`` of each. A day's new studies cost their own files; the archive's frame
-files and previews (several per instance) are not touched.
+secrets and settings likewise). So a snapshot records each folder's mtime (``folders``),
+and a folder whose mtime did not move holds the same files: their entries are taken from
+the previous manifest without a ``stat`` of each.
 
-What this does not see, a file rewritten in place (its folder's mtime stays), is caught by
-a full walk, which stats every file as before: the first snapshot, then whenever the last
-full walk is more than :data:`FULL_WALK_EVERY` old. A folder whose mtime is within
-:data:`SETTLE_NS` of the snapshot is listed again next time (a second change within the
-clock's granularity would not move it).
+Outside ``frames/`` (settings, secrets, TLS files, the spool: a few folders whatever the
+archive holds) every folder is stat'ed each time and listed if it moved. Below
+``frames/`` (several folders per instance) a snapshot does not even stat the folders of
+the archive: it asks the journal which series can have changed since the last one
+(:mod:`appliance.backup.frames_changes`, recorded as ``frames_log``) and looks only at
+those series' folders, and at ``frames/`` itself, listed if it moved (a study added or
+deleted). A day's new studies cost their own files and folders.
+
+What this does not see (a file rewritten in place, a frame folder the journal knows
+nothing of) is caught by a full walk, which stats every file: the first snapshot, one
+after a snapshot without ``frames_log``, then whenever the last full walk is more than
+:data:`FULL_WALK_EVERY` old. A folder whose mtime is within :data:`SETTLE_NS` of the
+snapshot is listed again next time (a second change within the clock's granularity would
+not move it).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from appliance.backup.frames_changes import MAX_PENDING, Series, changed_since, in_progress
 from appliance.backup.manifest import SKIPPED
 from appliance.backup.repository import Repository
 from appliance.layout import HomeLayout
@@ -34,6 +42,7 @@ from appliance.layout import HomeLayout
 FULL_WALK_EVERY = timedelta(days=7)
 SETTLE_NS = 2_000_000_000
 UNSETTLED = -1  # a folder's recorded mtime when it must be listed again next time
+FRAMES = "frames"  # HomeLayout.frames_dir, relative to the home
 
 
 @dataclass
@@ -46,15 +55,28 @@ class HomeWalk:
     walked: str = ""  # when the last full walk was (ISO, UTC)
     full: bool = False
     folders_checked: int = 0
+    frames_log: dict[str, Any] | None = None  # the manifest's ``frames_log`` (None: none)
 
 
 def walk_home(home: Path, previous: dict[str, Any], now: datetime | None = None) -> HomeWalk:
     """The walk of ``home`` after the snapshot ``previous`` (``{}``: none, a full walk)."""
+    asked = datetime.now(UTC).isoformat(timespec="seconds")  # before the journal is read
     now = now or datetime.now(UTC)
-    walked = previous.get("walked")
-    full = walked is None or now - datetime.fromisoformat(walked) > FULL_WALK_EVERY
+    walked, log = previous.get("walked"), previous.get("frames_log")
+    full = walked is None or log is None or now - datetime.fromisoformat(walked) > FULL_WALK_EVERY
     walk = HomeWalk(walked=now.isoformat(timespec="seconds") if full else walked, full=full)
-    _Walker(home, {} if full else previous, walk).top()
+    database = HomeLayout(home).database_file
+    walker = _Walker(home, {} if full else previous, walk)
+    if full:
+        walker.top()
+        pending = in_progress(database, None)
+    else:
+        series = changed_since(database, log["asked"]) | {(a, b) for a, b in log["pending"]}
+        walker.top(skip=FRAMES)
+        walker.frames(series)
+        pending = in_progress(database, series)
+    if len(pending) <= MAX_PENDING:  # else no record: the next snapshot walks it all
+        walk.frames_log = {"asked": asked, "pending": [list(s) for s in pending]}
     return walk
 
 
@@ -74,10 +96,11 @@ class _Walker:
             self.folders_in[rel.rpartition("/")[0]].append(rel)
         self.settled_before = time.time_ns() - SETTLE_NS
 
-    def top(self) -> None:
-        """The home's own files, always looked at, and its folders but the skipped ones."""
+    def top(self, skip: str = "") -> None:
+        """The home's own files, always looked at, and its folders but the skipped ones
+        (and ``skip``)."""
         for entry in sorted(os.scandir(self.home), key=lambda e: e.name):
-            if entry.name in SKIPPED:
+            if entry.name in SKIPPED or entry.name == skip:
                 continue
             if entry.is_dir(follow_symlinks=False):
                 self.folder(entry.name)
@@ -93,13 +116,49 @@ class _Walker:
                 mtime = os.lstat(self.home / rel).st_mtime_ns
             except FileNotFoundError:
                 continue
-            self.walk.folders_checked += 1
-            self.walk.folders[rel] = mtime if mtime < self.settled_before else UNSETTLED
-            if self.before.get(rel, UNSETTLED) == mtime != UNSETTLED:
+            if self._unchanged(rel, mtime):
                 self.walk.kept.update((f, self.entries[f]) for f in self.files_in.get(rel, ()))
                 pending += self.folders_in.get(rel, ())
             else:
                 pending += self._list(rel)
+
+    def frames(self, series: set[Series]) -> None:
+        """``frames/``: the studies added (listed, when its mtime moved) and the ``series``
+        (study, series) walked; every other folder's entries kept without a look."""
+        try:
+            mtime = os.lstat(self.home / FRAMES).st_mtime_ns
+        except FileNotFoundError:
+            return
+        before = set(self.folders_in.get(FRAMES, ()))
+        if self._unchanged(FRAMES, mtime):
+            studies, added = before, set()
+            self.walk.kept.update((f, self.entries[f]) for f in self.files_in.get(FRAMES, ()))
+        else:
+            studies = set(self._list(FRAMES))
+            added = studies - before
+        kept = studies - added
+        walked = {f"{FRAMES}/{a}/{b}" for a, b in series if f"{FRAMES}/{a}" in kept}
+        for rel in sorted(added | walked):
+            self.folder(rel)
+        for rel in kept:
+            self._keep(rel, walked)
+
+    def _unchanged(self, rel: str, mtime: int) -> bool:
+        """Record the folder's mtime; whether it is the settled one the previous had."""
+        self.walk.folders_checked += 1
+        self.walk.folders[rel] = mtime if mtime < self.settled_before else UNSETTLED
+        return self.before.get(rel, UNSETTLED) == mtime != UNSETTLED
+
+    def _keep(self, rel: str, walked: set[str]) -> None:
+        """The previous entries of the folder ``rel`` and below it, but ``walked``'s."""
+        pending = [rel]
+        while pending:
+            rel = pending.pop()
+            if rel in walked or rel not in self.before:
+                continue
+            self.walk.folders[rel] = self.before[rel]
+            self.walk.kept.update((f, self.entries[f]) for f in self.files_in.get(rel, ()))
+            pending += self.folders_in.get(rel, ())
 
     def _list(self, rel: str) -> list[str]:
         """Put the folder's files up for examination; its sub-folders."""

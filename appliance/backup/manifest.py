@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.backup.errors import BackupError
+from appliance.backup.frames_changes import MAX_PENDING
+from appliance.backup.frames_changes import valid as valid_series
 from appliance.layout import HomeLayout
 from appliance.security.keys import load_or_create_secret
 
@@ -117,6 +119,19 @@ def _orthanc_log(value: Any) -> bool:
     )
 
 
+def _frames_log(value: Any) -> bool:
+    """``{"asked": ISO time, "pending": [[study UID, series UID], ...]}``
+    (:mod:`appliance.backup.frames_changes`)."""
+    return (
+        isinstance(value, dict)
+        and set(value) == {"asked", "pending"}
+        and _iso_time(value["asked"])
+        and isinstance(value["pending"], list)
+        and len(value["pending"]) <= MAX_PENDING
+        and all(map(valid_series, value["pending"]))
+    )
+
+
 def _folders(value: Any) -> bool:
     """Folder path -> its mtime in ns (:mod:`appliance.backup.home_files`)."""
     return isinstance(value, dict) and all(
@@ -134,10 +149,12 @@ TOP: dict[str, Field] = {
     "orthanc_log": Field(_orthanc_log, "the position in Orthanc's change log"),
     "folders": Field(_folders, "folders of the home (normalised paths) with their mtime"),
     "walked": Field(_iso_time, "a date and time (ISO 8601, with its offset)"),
+    "frames_log": Field(_frames_log, "when the journal was asked, and the series in progress"),
 }
 # "mac": none before signed snapshots; "orthanc_log", "folders", "walked": none before
-# incremental snapshots
-OPTIONAL = ("created", "home", "bytes_copied", "mac", "orthanc_log", "folders", "walked")
+# incremental snapshots; "frames_log": none before the journal said which series changed
+OPTIONAL = ("created", "home", "bytes_copied", "mac", "orthanc_log", "folders", "walked",
+            "frames_log")  # fmt: skip
 ENTRY: dict[str, dict[str, Field]] = {
     "files": {
         "sha256": DIGEST,

@@ -136,6 +136,8 @@ def _snapshot_into(
     manifest.update(name=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
                     home=str(layout.home), bytes_copied=copied, orthanc_log=instances.position,
                     folders=walk.folders, walked=walk.walked)  # fmt: skip
+    if walk.frames_log is not None:
+        manifest["frames_log"] = walk.frames_log
     repo.save(name, manifest)
     return SnapshotResult(
         name, len(manifest["files"]), len(manifest["orthanc"]), copied, 0.0,

@@ -1,11 +1,12 @@
 """An incremental backup costs what changed, not what is stored (issue 20).
 
 A real Orthanc runs on an initialised home; instances go in through its REST API, each
-with the frame files and previews the pipeline would write (atomically, as it does).
-Backups run through a counting proxy in front of Orthanc, so the REST calls are counted
-from outside the backup's code. The same new work costs the same calls and the same files
-examined whether the archive holds n or 2n instances; and after stores, a replacement and
-deletions, an incremental chain ends with the manifest a full run makes.
+journaled and with the frame files and previews the pipeline would write (atomically, as
+it does). Backups run through a counting proxy in front of Orthanc, so the REST calls are
+counted from outside the backup's code. The same new work costs the same calls, files
+examined and folders checked whether the archive holds n or 2n instances, and so does a
+backup with nothing new; after stores, a replacement and deletions, an incremental chain
+ends with the manifest a full run makes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,14 +27,16 @@ import pytest
 from pydicom.uid import generate_uid
 
 from appliance import loopback
-from appliance.backup import home_files
+from appliance.backup import frames_changes, home_files
 from appliance.backup.home_files import walk_home
 from appliance.backup.manifest import backup_key
 from appliance.backup.repository import Repository
 from appliance.backup.snapshot import SnapshotResult, take_snapshot
 from appliance.cli.backup_cmd import orthanc_alone
 from appliance.config import Settings, load_settings
+from appliance.db import now_iso, open_database
 from appliance.durable import write_atomic
+from appliance.ingest.journal import Journal, describe
 from appliance.store.frame_files import frame_relpath, image_relpath, remove_study_files
 from appliance.store.orthanc import OrthancStore, orthanc_auth_header, orthanc_url
 from bench.counting_proxy import CountingProxy
@@ -64,9 +68,22 @@ def study(settings: Settings, count: int, seed: int) -> list[tuple[str, str, str
 def _store(settings: Settings, spec: StudySpec, series: SeriesSpec, index: int, pixels) -> tuple:
     ds = small_dataset(spec, series, index, generate_uid(), pixels)
     data = _part10(ds)
-    orthanc_id = OrthancStore(settings).store(data)
-    _write_frames(settings, ds, data)
+    orthanc_id = ingest(settings, ds, data)
     return orthanc_id, spec.study_uid, series.series_uid, ds.SOPInstanceUID
+
+
+def ingest(settings: Settings, ds: pydicom.Dataset, data: bytes) -> str:
+    """Journal, write the frame files of and store one instance, in the pipeline's order
+    (received, claimed, files written, stored in Orthanc, stored with its previews)."""
+    journal = Journal(settings.layout.database_file)
+    spool = settings.layout.spool_dir / f"{ds.SOPInstanceUID}.dcm"
+    assert journal.record_received(ds, describe(ds), spool, "TEST", len(data)) is None
+    assert journal.claim(ds.SOPInstanceUID, str(spool))
+    _write_frames(settings, ds, data)
+    orthanc_id = OrthancStore(settings).store(data)
+    assert journal.stored(ds.SOPInstanceUID, str(spool), frames=1, images_at=now_iso())
+    journal.db.close()
+    return orthanc_id
 
 
 def _part10(ds: pydicom.Dataset) -> bytes:
@@ -114,27 +131,45 @@ def manifest(settings: Settings, dest: Path) -> dict[str, Any]:
 def test_the_same_new_work_costs_the_same_at_n_and_2n(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Folders count as settled at once (the test writes nothing while a backup runs), so
-    # the folders of the studies stored before a backup are not listed again after it.
+    # Folders count as settled at once and the journal's times as exact (the test writes
+    # nothing while a backup runs), so what was stored before a backup is not looked at
+    # again after it.
     monkeypatch.setattr(home_files, "SETTLE_NS", 0)
-    dest, costs, stored = tmp_path / "backup", [], 0
+    monkeypatch.setattr(frames_changes, "MARGIN", timedelta(0))
+    dest, costs, idle, stored = tmp_path / "backup", [], [], 0
     for size in (N, 2 * N):
         while stored < size:
             stored += len(study(settings, N // 2, seed=stored))
+        _next_second()  # the journal's times are in seconds
         backup(settings, dest)  # what was stored so far
         stored += len(study(settings, NEW, seed=size + 1))
+        _next_second()
         result, calls = backup(settings, dest)
         assert result.work.orthanc_listing == "", result.work
         assert not result.work.full_walk
         assert result.instances == stored
-        costs.append((calls["total"], result.work.orthanc_asked, result.work.files_examined))
+        costs.append((calls["total"], result.work.orthanc_asked, result.work.files_examined,
+                      result.work.folders_checked))  # fmt: skip
+        nothing, calls = backup(settings, dest)
+        idle.append((calls["total"], nothing.work.files_examined, nothing.work.folders_checked))
     small, large = costs
     assert small == large, f"the same {NEW} new instances cost {small} at {N}, {large} at 2N"
-    calls, asked, examined = small
+    calls, asked, examined, folders = small
     assert asked == NEW
     assert calls <= NEW + 8, f"{calls} REST calls for {NEW} new instances"
     top = sum(1 for p in settings.home.iterdir() if p.is_file())  # always looked at
     assert examined == 3 * NEW + top, f"{examined} files examined for {NEW} new instances"
+    fixed = idle[0][2]  # the folders outside the frames' and frames/ itself
+    assert folders == fixed + 2 + 2 * NEW, f"{folders} folders for a study of {NEW} instances"
+    assert idle[0] == idle[1], f"nothing new cost {idle[0]} at {N}, {idle[1]} at 2N"
+    assert idle[0][1] == top and fixed < 12, f"nothing new cost {idle[0]}"
+
+
+def _next_second() -> None:
+    """Wait for the clock's next second (the journal keeps seconds)."""
+    second = datetime.now(UTC).replace(microsecond=0)
+    while datetime.now(UTC).replace(microsecond=0) == second:
+        time.sleep(0.05)
 
 
 def test_an_incremental_chain_ends_as_a_full_run(settings: Settings, tmp_path: Path):
@@ -147,8 +182,7 @@ def test_an_incremental_chain_ends_as_a_full_run(settings: Settings, tmp_path: P
     replaced_id, *uids = second[0]  # a replacement: same SOP Instance UID, other content
     ds = pydicom.dcmread(io.BytesIO(orthanc.fetch(uids[2])))
     ds.SeriesDescription = "replaced"
-    assert orthanc.store(_part10(ds)) == replaced_id
-    _write_frames(settings, ds, _part10(ds))
+    assert ingest(settings, ds, _part10(ds)) == replaced_id
     rest(settings, "DELETE", f"/instances/{second[1][0]}")  # one instance
     assert orthanc.delete_study(first[0][1])  # and a whole study, as retention does
     remove_study_files(settings.layout.frames_dir, first[0][1])
@@ -203,27 +237,42 @@ def _same_content(chain: dict[str, Any], full: dict[str, Any]) -> None:
     assert chain["folders"].keys() == full["folders"].keys()
 
 
-def test_only_changed_folders_are_listed_and_a_weekly_walk_sees_the_rest(tmp_path: Path):
+def test_only_the_series_the_journal_names_are_walked_and_a_weekly_walk_sees_the_rest(
+    tmp_path: Path,
+) -> None:
     home = tmp_path / "home"
     for n in range(20):
-        write_atomic(_mkdirs(home / f"frames/s{n}/x/1"), b"frame")
-    old = datetime.now(UTC) - timedelta(days=1)
-    _age(home, old)
+        write_atomic(_mkdirs(home / f"frames/1.{n}/1.{n}.1/1"), b"frame")
+    _age(home, datetime.now(UTC) - timedelta(days=1))
     first = walk_home(home, {})
     assert first.full and len(first.examine) == 20
-    previous = {"files": {rel: {"size": 5} for rel, _ in first.examine},
-                "folders": first.folders, "walked": first.walked}  # fmt: skip
-    write_atomic(_mkdirs(home / "frames/s3/x/2"), b"new")
-    rewritten = home / "frames/s4/x/1"  # rewritten in place: its folder's mtime stays
+    assert first.frames_log is not None and first.frames_log["pending"] == []
+    previous = {"files": {rel: {"size": 5} for rel, _ in first.examine}, "folders": first.folders,
+                "walked": first.walked, "frames_log": first.frames_log}  # fmt: skip
+    write_atomic(home / "frames/1.3/1.3.1/2", b"new")
+    _journal(home, "1.3", "1.3.1", "2")  # stored as the pipeline does: journaled
+    rewritten = home / "frames/1.4/1.4.1/1"  # rewritten in place, its folder's mtime kept
     folder_time = rewritten.parent.stat().st_mtime_ns
     rewritten.write_bytes(b"other")
     os.utime(rewritten.parent, ns=(folder_time, folder_time))
+    write_atomic(home / "frames/1.5/1.5.1/2", b"unknown")  # written behind the journal's back
     then = walk_home(home, previous)
     assert not then.full
-    assert sorted(rel for rel, _ in then.examine) == ["frames/s3/x/1", "frames/s3/x/2"]
-    assert len(then.kept) == 19 and then.folders_checked == len(first.folders)
+    assert sorted(rel for rel, _ in then.examine) == ["frames/1.3/1.3.1/1", "frames/1.3/1.3.1/2"]
+    assert len(then.kept) == 19 and then.folders_checked == 2  # frames/ and that series'
     weekly = walk_home(home, previous, now=datetime.now(UTC) + timedelta(days=8))
-    assert weekly.full and "frames/s4/x/1" in {rel for rel, _ in weekly.examine}
+    assert weekly.full and weekly.folders_checked == 1 + 2 * 20
+    assert {"frames/1.4/1.4.1/1", "frames/1.5/1.5.1/2"} <= {rel for rel, _ in weekly.examine}
+
+
+def _journal(home: Path, study: str, series: str, sop: str) -> None:
+    """One instance stored now, in the home's journal."""
+    db = open_database(home / "db" / "appliance.db")
+    now = now_iso()
+    db["instances"].insert({"sop_uid": sop, "study_uid": study, "series_uid": series,
+                            "state": "stored", "received_at": now, "updated_at": now,
+                            "frames": 1, "images_at": now})  # fmt: skip
+    db.close()
 
 
 def _mkdirs(path: Path) -> Path:

@@ -49,8 +49,8 @@ from bench.scale import (
 )
 
 RESULTS = REPO / "bench" / "results"
-ROWS = ("wall_seconds", "bytes_copied", "orthanc_rest_calls", "files_examined",
-        "folders_checked", "orthanc_asked", "files", "instances")  # fmt: skip
+ROWS = ("wall_seconds", "bytes_copied", "manifest_bytes", "orthanc_rest_calls",
+        "files_examined", "folders_checked", "orthanc_asked", "files", "instances")  # fmt: skip
 
 
 def counted_backup(appliance, dest: Path) -> dict[str, Any]:

@@ -35,10 +35,12 @@ from typing import Any
 from appliance.backup.errors import BackupError
 from appliance.backup.frames_changes import MAX_PENDING
 from appliance.backup.frames_changes import valid as valid_series
+from appliance.backup.parts import Read, join, valid_parts
 from appliance.layout import HomeLayout
 from appliance.security.keys import load_or_create_secret
 
-FORMAT = 2  # 1: the unencrypted repositories' manifests (appliance.backup.legacy)
+FORMAT = 3  # 1: the unencrypted repositories' manifests (appliance.backup.legacy); 2: in one
+# piece; 3: saved in parts (appliance.backup.parts)
 MAX_MANIFEST_BYTES = 1 << 30  # about 5 million Orthanc instances
 MAX_OBJECT_SIZE = 1 << 44
 MAX_PATH_BYTES = 4096
@@ -150,11 +152,12 @@ TOP: dict[str, Field] = {
     "folders": Field(_folders, "folders of the home (normalised paths) with their mtime"),
     "walked": Field(_iso_time, "a date and time (ISO 8601, with its offset)"),
     "frames_log": Field(_frames_log, "when the journal was asked, and the series in progress"),
+    "parts": Field(valid_parts, "a list of parts (SHA-256 and size) per section"),
 }
 # "mac": none before signed snapshots; "orthanc_log", "folders", "walked": none before
 # incremental snapshots; "frames_log": none before the journal said which series changed
 OPTIONAL = ("created", "home", "bytes_copied", "mac", "orthanc_log", "folders", "walked",
-            "frames_log")  # fmt: skip
+            "frames_log", "parts")  # fmt: skip
 ENTRY: dict[str, dict[str, Field]] = {
     "files": {
         "sha256": DIGEST,
@@ -171,10 +174,14 @@ ENTRY: dict[str, dict[str, Field]] = {
 }
 
 
-def parse(raw: bytes, name: str, key: bytes | None = None) -> dict[str, Any]:
+def parse(
+    raw: bytes, name: str, key: bytes | None = None, read: Read | None = None
+) -> dict[str, Any]:
     """The manifest of snapshot ``name`` from its bytes; :class:`BackupError` if invalid.
 
-    Given the backup ``key``, a signed manifest is also authenticated (:func:`authenticate`).
+    A manifest saved in parts is joined with ``read`` (:mod:`appliance.backup.parts`;
+    refused without). Given the backup ``key``, a signed manifest is also authenticated
+    (:func:`authenticate`).
     """
     if len(raw) > MAX_MANIFEST_BYTES:
         raise BackupError(f"snapshot {name}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
@@ -182,6 +189,10 @@ def parse(raw: bytes, name: str, key: bytes | None = None) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise BackupError(f"snapshot {name}: manifest is not JSON ({exc})") from None
+    if isinstance(data, dict) and "parts" in data:
+        if read is None:
+            raise BackupError(f"snapshot {name} refused: a manifest in parts, where none can be")
+        data = join(data, read, name, MAX_MANIFEST_BYTES)
     problem = _top_problem(data) or _sections_problem(data) or _conflict(data["files"])
     if problem:
         raise BackupError(f"snapshot {name} refused (its manifest is not valid): {problem}")

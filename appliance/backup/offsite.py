@@ -197,10 +197,19 @@ class _Rclone:
         return done.stdout
 
     def manifest(self, repo: Repository, remote: Remote, name: str) -> dict:
-        """A snapshot manifest read from the remote, checked like a local one."""
+        """A snapshot manifest read from the remote, checked like a local one (its parts
+        read here when the local repository holds them, else from the remote)."""
         raw = self.cat(remote.child(f"manifests/{name}"), encrypted_size(MAX_MANIFEST_BYTES))
+
+        def part(sha256: str, size: int) -> bytes:
+            if repo.problem(sha256, size) is None:
+                return repo.part(sha256, size)
+            stored = repo.name_of(sha256)
+            sealed = self.cat(remote.child(f"data/{stored[:2]}/{stored}"), encrypted_size(size))
+            return repo.content_of(sealed, sha256)
+
         try:
-            return repo.manifest_from(raw, name)
+            return repo.manifest_from(raw, name, part)
         except BackupError as exc:
             raise BackupError(f"{exc} (on {remote.path}); nothing was pruned there.") from None
 

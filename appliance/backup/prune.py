@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from appliance.backup.manifest import SECTIONS
+from appliance.backup.parts import part_objects
 from appliance.backup.repository import SNAPSHOT_NAME, Repository
 
 
@@ -62,13 +63,12 @@ def kept_snapshots(names: Iterable[str], keep: Keep) -> set[str]:
 
 
 def referenced(manifests: Iterable[dict[str, Any]]) -> set[str]:
-    """Every object (SHA-256) the given snapshot manifests name."""
-    return {
-        entry["sha256"]
-        for manifest in manifests
-        for section in SECTIONS
-        for entry in manifest[section].values()
-    }
+    """Every object (SHA-256) the given snapshot manifests name, their parts included."""
+    found: set[str] = set()
+    for manifest in manifests:
+        found.update(e["sha256"] for section in SECTIONS for e in manifest[section].values())
+        found.update(sha256 for sha256, _size in part_objects(manifest))
+    return found
 
 
 def stored_names(repo: Repository, sha256s: Iterable[str]) -> set[str]:

@@ -14,6 +14,7 @@ A repository from before backups were encrypted (``objects/``, ``snapshots/``) i
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from appliance.backup.errors import BackupError
 from appliance.backup.files import ObjectReader, open_plain, read_limited
 from appliance.backup.legacy import LegacyRepository
 from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse
+from appliance.backup.parts import Read, split
 from appliance.security.keys import write_private_file
 
 SNAPSHOT_NAME = "%Y%m%dT%H%M%S%fZ"  # a snapshot's name: the UTC time it was taken
@@ -163,8 +165,11 @@ class Repository(ObjectReader):
         with open(source, "rb") as src:
             return self.put_stream(src)
 
-    def put_stream(self, src: BinaryIO) -> Stored:
-        """Encrypt what ``src`` holds in (see :meth:`put`)."""
+    def put_stream(self, src: BinaryIO, sha256: str | None = None) -> Stored:
+        """Encrypt what ``src`` holds in (see :meth:`put`); given its ``sha256``, a content
+        the repository holds is not read again."""
+        if sha256 is not None and self.has(sha256):
+            return Stored(sha256, src.seek(0, io.SEEK_END), 0)
         self.objects.mkdir(mode=0o700, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.objects, prefix=".incoming-",
                                          delete=False) as tmp:  # fmt: skip
@@ -214,22 +219,48 @@ class Repository(ObjectReader):
                            f"snapshot {name}")  # fmt: skip
         return self.manifest_from(raw, name)
 
-    def manifest_from(self, raw: bytes, name: str) -> dict[str, Any]:
-        """The manifest of snapshot ``name`` from its encrypted bytes (read anywhere)."""
+    def manifest_from(self, raw: bytes, name: str, read: Read | None = None) -> dict[str, Any]:
+        """The manifest of snapshot ``name`` from its encrypted bytes (read anywhere), its
+        parts read with ``read`` (default: :meth:`part`, from this repository)."""
         plain = io.BytesIO()
         try:
             self.keys.decrypt(io.BytesIO(raw), plain, f"snapshot {name}", manifest_domain(name))
         except BackupError as exc:
             raise BackupError(f"{exc}; it was refused.") from None
-        return parse(plain.getvalue(), name)
+        return parse(plain.getvalue(), name, read=read or self.part)
+
+    def part(self, sha256: str, size: int) -> bytes:
+        """A manifest part's content (:mod:`appliance.backup.parts`), checked."""
+        if problem := self.problem(sha256, size):
+            raise BackupError(f"a part of a snapshot's manifest: {problem}")
+        return self.read(sha256)
+
+    def content_of(self, sealed: bytes, sha256: str) -> bytes:
+        """The content of an object of this repository read elsewhere (an off-site copy),
+        authenticated and checked against ``sha256``."""
+        plain = io.BytesIO()
+        found, _size = self.keys.decrypt(io.BytesIO(sealed), plain, f"object {sha256}")
+        if found != sha256:
+            raise BackupError(f"object {sha256}: checksum mismatch (damaged or altered)")
+        return plain.getvalue()
 
     def trusted(self, _manifest: dict[str, Any]) -> bool:
         """Always: every manifest read was authenticated with the repository's key."""
         return True
 
-    def save(self, name: str, manifest: dict[str, Any]) -> None:
-        """Write a snapshot's manifest, encrypted, last: a snapshot exists only once complete."""
-        raw = json.dumps(manifest).encode()
+    def save(self, name: str, manifest: dict[str, Any]) -> int:
+        """Write a snapshot's manifest, in parts (:mod:`appliance.backup.parts`), encrypted,
+        last: a snapshot exists only once complete. Returns the bytes written (the
+        manifest and the parts not stored before)."""
+        written = 0
+
+        def put(raw: bytes) -> tuple[str, int]:
+            nonlocal written
+            stored = self.put_stream(io.BytesIO(raw), hashlib.sha256(raw).hexdigest())
+            written += stored.copied
+            return stored.sha256, stored.size
+
+        raw = json.dumps(split(manifest, put)).encode()
         if len(raw) > MAX_MANIFEST_BYTES:
             raise BackupError(
                 f"snapshot {name}: its manifest would be {len(raw)} bytes, more than a "
@@ -238,6 +269,7 @@ class Repository(ObjectReader):
         sealed = io.BytesIO()
         self.keys.encrypt(io.BytesIO(raw), sealed, manifest_domain(name))
         write_private_file(self.snapshots / name, sealed.getvalue())
+        return written + len(sealed.getvalue())
 
     def remove_snapshot(self, name: str) -> None:
         """Delete one snapshot's manifest (its objects stay until pruned)."""

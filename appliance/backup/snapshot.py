@@ -34,6 +34,7 @@ from appliance.backup.home_files import put_file, walk_home
 from appliance.backup.legacy import LegacyRepository
 from appliance.backup.manifest import FORMAT, SECTIONS, backup_key
 from appliance.backup.migrate import migrate_locked, needs_migration
+from appliance.backup.parts import part_objects
 from appliance.backup.repository import SNAPSHOT_NAME, BackupError, Repository, readable
 from appliance.config import Settings
 from appliance.home import make_home_dirs
@@ -55,6 +56,7 @@ class Work:
     orthanc_asked: int  # instances whose attachment Orthanc was asked about
     orthanc_listing: str  # why every instance was asked about ("": only the changed ones)
     orthanc_deleted: int  # instances of the previous snapshot found deleted
+    manifest_bytes: int = 0  # written for the manifest (its parts that changed, and itself)
 
     def record(self) -> dict[str, Any]:
         """The fields of the backup's status record."""
@@ -138,11 +140,11 @@ def _snapshot_into(
                     folders=walk.folders, walked=walk.walked)  # fmt: skip
     if walk.frames_log is not None:
         manifest["frames_log"] = walk.frames_log
-    repo.save(name, manifest)
+    written = repo.save(name, manifest)
     return SnapshotResult(
         name, len(manifest["files"]), len(manifest["orthanc"]), copied, 0.0,
         Work(len(walk.examine), walk.folders_checked, walk.full, len(instances.ask),
-             instances.listing, instances.deletions),
+             instances.listing, instances.deletions, written),
     )  # fmt: skip
 
 
@@ -183,8 +185,9 @@ def verify(dest: Path, progress: Progress, key: bytes | None = None) -> list[str
 
 
 def _objects(manifest: dict[str, Any]) -> set[tuple[str, int]]:
-    """Every object a manifest names, with the size it gives."""
-    return {(e["sha256"], e["size"]) for section in SECTIONS for e in manifest[section].values()}
+    """Every object a manifest names, with the size it gives (its parts included)."""
+    named = {(e["sha256"], e["size"]) for section in SECTIONS for e in manifest[section].values()}
+    return named | part_objects(manifest)
 
 
 @contextmanager

@@ -201,17 +201,18 @@ def test_prune_by_hand_dry_run_then_real(home: Path, tmp_path: Path, runner: Cli
             "--home", str(home)]  # fmt: skip
     dry = runner.invoke(neuronova_cli, [*args, "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert "Would remove 16 snapshots and 16 objects" in dry.output
+    # each snapshot's objects: its file and the part of its manifest that names it
+    assert "Would remove 16 snapshots and 32 objects" in dry.output
     assert f"remove snapshot {before[0]}" in dry.output
-    assert repo.snapshot_names() == before and len(list(repo.stored_names())) == 20
+    assert repo.snapshot_names() == before and len(list(repo.stored_names())) == 40
     real = runner.invoke(neuronova_cli, args)
     assert real.exit_code == 0, real.output
-    assert "Removed 16 snapshots and 16 objects" in real.output
+    assert "Removed 16 snapshots and 32 objects" in real.output
     assert repo.snapshot_names() == [before[i] for i in (10, 17, 18, 19)]  # Sun 11 Jan too
     verified = runner.invoke(neuronova_cli, ["backup", "verify", str(repo.root),
                                              "--home", str(home)])  # fmt: skip
     assert verified.exit_code == 0, verified.output
-    assert len(list(repo.stored_names())) == 4
+    assert len(list(repo.stored_names())) == 8
 
 
 def test_push_refuses_a_tampered_manifest_on_the_remote(sftp: SftpRemote, tmp_path: Path) -> None:

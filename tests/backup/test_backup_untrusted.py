@@ -27,7 +27,7 @@ from appliance.backup.crypto import CHUNK, HEADER, TAG, encrypted_size
 from appliance.backup.errors import BackupError
 from appliance.backup.files import create_inside
 from appliance.backup.legacy import LegacyRepository
-from appliance.backup.manifest import parse
+from appliance.backup.manifest import FORMAT, parse
 from appliance.backup.migrate import migrate
 from appliance.backup.repository import Repository, readable
 from appliance.layout import HomeLayout
@@ -143,16 +143,25 @@ def size_mismatch(manifest: dict, repo: Repository) -> str:
     return f"files entry {rel!r}: {repo.object_path(entry['sha256'])}: {stored} bytes, the "
 
 
+def _flip(victim: Path) -> str:
+    """Flip a bit in the middle of the object ``victim``; what a restore says of it."""
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    return f"{victim}: fails its authentication"
+
+
 def flipped_byte(section: str) -> Tamper:
     def tamper(manifest: dict, repo: Repository) -> str:
-        victim = repo.object_path(_nonempty_entry(manifest, section)[1]["sha256"])
-        data = bytearray(victim.read_bytes())
-        data[len(data) // 2] ^= 0x01
-        victim.write_bytes(bytes(data))
-        return f"{victim}: fails its authentication"
+        return _flip(repo.object_path(_nonempty_entry(manifest, section)[1]["sha256"]))
 
     tamper.__name__ = f"flipped byte in {section}"
     return tamper
+
+
+def flipped_byte_in_a_part(manifest: dict, repo: Repository) -> str:
+    """A part of the manifest itself (:mod:`appliance.backup.parts`) changed."""
+    return _flip(repo.object_path(manifest["parts"]["files"][0]["sha256"]))
 
 
 def cut_object(manifest: dict, repo: Repository) -> str:
@@ -173,6 +182,7 @@ TAMPERINGS = [
     flipped_byte("files"),
     flipped_byte("orthanc"),
     flipped_byte("databases"),
+    flipped_byte_in_a_part,
     cut_object,
 ]
 
@@ -236,7 +246,8 @@ def test_a_backup_never_holds_its_key_nor_shows_anything(
     appliance_module: Appliance, backup: Path
 ) -> None:
     manifest = Repository(backup, _key(appliance_module)).latest()
-    assert manifest is not None and manifest["format"] == 2 and "mac" not in manifest
+    assert manifest is not None and manifest["format"] == FORMAT and "mac" not in manifest
+    assert manifest["parts"]["files"]  # saved in parts
     assert "secrets/backup-key" not in manifest["files"]
     assert "secrets/jwt-signing.key" in manifest["files"]
     assert stat.S_IMODE(_key_file(appliance_module).stat().st_mode) == 0o600

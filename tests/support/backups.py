@@ -52,7 +52,8 @@ def unencrypted_copy(repo: Repository, dest: Path, key: bytes | None) -> LegacyR
     as before snapshots were signed if None)."""
     legacy = LegacyRepository(dest, key)
     for name in repo.snapshot_names():
-        manifest = repo.manifest(name) | {"format": 1}
+        joined = repo.manifest(name)  # format 1 manifests were written in one piece
+        manifest = {k: v for k, v in joined.items() if k != "parts"} | {"format": 1}
         for section in SECTIONS:
             for entry in manifest[section].values():
                 path = legacy.object_path(entry["sha256"])

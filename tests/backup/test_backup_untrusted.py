@@ -290,6 +290,7 @@ def test_a_cut_reordered_or_mixed_object_is_refused(
     for name in ("one", "two"):
         (tmp_path / name).write_bytes(os.urandom(3 * CHUNK + 5))
         contents.append(repo.put(tmp_path / name))
+    repo.sync()  # named once on disk
     path, other = (repo.object_path(stored.sha256) for stored in contents)
     whole, step = path.read_bytes(), CHUNK + TAG
     head, chunks = whole[:HEADER], [whole[HEADER + i * step : HEADER + (i + 1) * step]

@@ -8,8 +8,10 @@ are there. The series metadata is rewritten just after ``stored``. So a snapshot
 journal (``instances (state, updated_at)`` index: what changed, not what is stored)
 
 - for the series with an instance whose ``updated_at`` is at most :data:`MARGIN` before
-  the previous snapshot's question (the margin covers the metadata written after
-  ``stored``, and clocks' seconds), and
+  the previous snapshot's question (the margin covers the series metadata, written after
+  ``stored`` once Orthanc answered, within its 60 s timeout, and the journal's whole
+  seconds: the series of the last minutes before a snapshot are looked at once more by
+  the next one), and
 - adds the series the previous snapshot found still in progress (:func:`in_progress`: an
   instance received or being stored, or stored with its previews still to come): their
   files keep changing without ``updated_at`` moving.
@@ -30,7 +32,7 @@ from typing import Any
 from appliance.ingest.journal import FAILED, PROCESSING, RECEIVED, STORED
 from appliance.uids import is_valid_uid
 
-MARGIN = timedelta(hours=1)
+MARGIN = timedelta(minutes=10)
 STATES = (RECEIVED, PROCESSING, STORED, FAILED)
 MAX_PENDING = 100_000  # series in progress a manifest names (more: a full walk next time)
 Series = tuple[str, str]  # (study UID, series UID)

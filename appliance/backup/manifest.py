@@ -35,7 +35,7 @@ from typing import Any
 from appliance.backup.errors import BackupError
 from appliance.backup.frames_changes import MAX_PENDING
 from appliance.backup.frames_changes import valid as valid_series
-from appliance.backup.parts import Read, join, valid_parts
+from appliance.backup.parts import Known, Read, join, valid_parts
 from appliance.layout import HomeLayout
 from appliance.security.keys import load_or_create_secret
 
@@ -175,13 +175,14 @@ ENTRY: dict[str, dict[str, Field]] = {
 
 
 def parse(
-    raw: bytes, name: str, key: bytes | None = None, read: Read | None = None
-) -> dict[str, Any]:
+    raw: bytes, name: str, key: bytes | None = None, read: Read | None = None,
+    known: Known | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The manifest of snapshot ``name`` from its bytes; :class:`BackupError` if invalid.
 
     A manifest saved in parts is joined with ``read`` (:mod:`appliance.backup.parts`;
-    refused without). Given the backup ``key``, a signed manifest is also authenticated
-    (:func:`authenticate`).
+    refused without; the parts read go into ``known``). Given the backup ``key``, a
+    signed manifest is also authenticated (:func:`authenticate`).
     """
     if len(raw) > MAX_MANIFEST_BYTES:
         raise BackupError(f"snapshot {name}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
@@ -192,7 +193,7 @@ def parse(
     if isinstance(data, dict) and "parts" in data:
         if read is None:
             raise BackupError(f"snapshot {name} refused: a manifest in parts, where none can be")
-        data = join(data, read, name, MAX_MANIFEST_BYTES)
+        data = join(data, read, name, MAX_MANIFEST_BYTES, known)
     problem = _top_problem(data) or _sections_problem(data) or _conflict(data["files"])
     if problem:
         raise BackupError(f"snapshot {name} refused (its manifest is not valid): {problem}")

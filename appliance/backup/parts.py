@@ -40,23 +40,33 @@ Put = Callable[[bytes], tuple[str, int]]
 """Store one part's bytes; (its SHA-256, its size)."""
 Read = Callable[[str, int], bytes]
 """The content of the part of (SHA-256, size), authenticated and checked."""
+Known = dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]]
+"""Parts read: (section, first key) -> (the part's reference, its entries)."""
 
 
-def split(manifest: dict[str, Any], put: Put) -> dict[str, Any]:
-    """The manifest to save: ``manifest`` with its large sections stored through ``put``."""
+def split(manifest: dict[str, Any], put: Put, known: Known | None = None) -> dict[str, Any]:
+    """The manifest to save: ``manifest`` with its large sections stored through ``put``.
+
+    A part holding the same entries as one of ``known`` (the previous manifest's, as
+    :func:`join` read them) is that part: it is neither serialised nor stored again.
+    """
     top = {k: v for k, v in manifest.items() if k not in SPLIT}
     top["parts"] = {}
     for section in SPLIT:
         if section in manifest:
-            top["parts"][section] = [
-                dict(zip(("sha256", "size"), put(raw), strict=True))
-                for raw in _cut(manifest[section], section in ORDERED)
-            ]
+            entries, refs = manifest[section], []
+            for keys in _cut(entries, section in ORDERED):
+                ref = _same(known or {}, section, keys, entries)
+                if ref is None:
+                    raw = json.dumps({k: entries[k] for k in keys}).encode()
+                    ref = dict(zip(("sha256", "size"), put(raw), strict=True))
+                refs.append(ref)
+            top["parts"][section] = refs
     return top
 
 
-def _cut(entries: dict[str, Any], ordered: bool) -> list[bytes]:
-    """The section's parts: JSON objects, each ending on a boundary key."""
+def _cut(entries: dict[str, Any], ordered: bool) -> list[list[str]]:
+    """The keys of the section's parts, each ending on a boundary key."""
     keys = sorted(entries) if ordered else list(entries)
     parts, start = [], 0
     for i, key in enumerate(keys):
@@ -65,16 +75,27 @@ def _cut(entries: dict[str, Any], ordered: bool) -> list[bytes]:
             start = i + 1
     if start < len(keys):
         parts.append(keys[start:])
-    return [json.dumps({k: entries[k] for k in part}).encode() for part in parts]
+    return parts
+
+
+def _same(known: Known, section: str, keys: list[str], entries: dict[str, Any]) -> dict | None:
+    """The known part with exactly these entries, in this order; None if there is none."""
+    ref, before = known.get((section, keys[0]), (None, {}))
+    if ref is None or len(before) != len(keys):
+        return None
+    same = all(k == b and entries[k] == v for k, (b, v) in zip(keys, before.items(), strict=True))
+    return dict(ref) if same else None
 
 
 def _boundary(key: str) -> bool:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()[0] < 256 // AVERAGE
 
 
-def join(top: dict[str, Any], read: Read, name: str, limit: int) -> dict[str, Any]:
+def join(
+    top: dict[str, Any], read: Read, name: str, limit: int, known: Known | None = None
+) -> dict[str, Any]:
     """The whole manifest from its saved form (one without ``parts`` as it is); its parts
-    may hold at most ``limit`` bytes."""
+    may hold at most ``limit`` bytes. Each part read goes into ``known``, by its first key."""
     if "parts" not in top:
         return top
     parts = top["parts"]
@@ -88,9 +109,12 @@ def join(top: dict[str, Any], read: Read, name: str, limit: int) -> dict[str, An
         whole[section] = {}
         for ref in refs:
             entries = _part(read(ref["sha256"], ref["size"]), name, section)
-            if not entries.keys().isdisjoint(whole[section]):
+            if not whole[section].keys().isdisjoint(entries.keys()):
                 raise BackupError(f"snapshot {name} refused: a {section} entry is in two parts")
             whole[section].update(entries)
+            if known is not None and entries:  # a copy: the caller may change whole's
+                copy = {k: dict(v) if isinstance(v, dict) else v for k, v in entries.items()}
+                known[(section, next(iter(entries)))] = (ref, copy)
     return whole
 
 

@@ -33,7 +33,7 @@ from appliance.backup.errors import BackupError
 from appliance.backup.files import ObjectReader, open_plain, read_limited
 from appliance.backup.legacy import LegacyRepository
 from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse
-from appliance.backup.parts import Read, split
+from appliance.backup.parts import Known, Read, split
 from appliance.durable import fsync_dir
 from appliance.security.keys import write_private_file
 
@@ -71,6 +71,7 @@ class Repository(ObjectReader):
         self.objects = root / "data"
         self.snapshots = root / "manifests"
         self._unsynced: dict[str, Path] = {}  # put, not yet durable nor named (sync)
+        self._known: Known = {}  # parts of the last manifest read (appliance.backup.parts)
 
     def create(self) -> None:
         """Make the folders (0700) and, for a new repository, its keys; refuse a folder
@@ -257,7 +258,9 @@ class Repository(ObjectReader):
             self.keys.decrypt(io.BytesIO(raw), plain, f"snapshot {name}", manifest_domain(name))
         except BackupError as exc:
             raise BackupError(f"{exc}; it was refused.") from None
-        return parse(plain.getvalue(), name, read=read or self.part)
+        self._known = {}  # the parts of the last manifest read here, for the next save
+        known = self._known if read is None else None
+        return parse(plain.getvalue(), name, read=read or self.part, known=known)
 
     def part(self, sha256: str, size: int) -> bytes:
         """A manifest part's content (:mod:`appliance.backup.parts`), checked."""
@@ -290,7 +293,7 @@ class Repository(ObjectReader):
             written += stored.copied
             return stored.sha256, stored.size
 
-        raw = json.dumps(split(manifest, put)).encode()
+        raw = json.dumps(split(manifest, put, self._known)).encode()
         self.sync()
         if len(raw) > MAX_MANIFEST_BYTES:
             raise BackupError(

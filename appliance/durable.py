@@ -7,6 +7,15 @@ import secrets
 from pathlib import Path
 
 
+def fsync_file(path: Path) -> None:
+    """Make the content of the file ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

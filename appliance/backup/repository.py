@@ -34,7 +34,7 @@ from appliance.backup.files import ObjectReader, open_plain, read_limited
 from appliance.backup.legacy import LegacyRepository
 from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse
 from appliance.backup.parts import Known, Read, split
-from appliance.durable import fsync_dir
+from appliance.durable import fsync_dir, fsync_file
 from appliance.security.keys import write_private_file
 
 SNAPSHOT_NAME = "%Y%m%dT%H%M%S%fZ"  # a snapshot's name: the UTC time it was taken
@@ -204,7 +204,7 @@ class Repository(ObjectReader):
         """
         unsynced, self._unsynced = self._unsynced, {}
         with ThreadPoolExecutor(SYNC_THREADS) as pool:
-            list(pool.map(_fsync_file, unsynced.values()))
+            list(pool.map(fsync_file, unsynced.values()))
         folders = set()
         for sha256, tmp in unsynced.items():
             target = self.object_path(sha256)
@@ -308,14 +308,6 @@ class Repository(ObjectReader):
     def remove_snapshot(self, name: str) -> None:
         """Delete one snapshot's manifest (its objects stay until pruned)."""
         (self.snapshots / name).unlink()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def readable(root: Path, key: bytes | None) -> Repository | LegacyRepository:

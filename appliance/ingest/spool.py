@@ -10,7 +10,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from appliance.durable import fsync_dir, write_atomic
+from appliance.durable import fsync_dir, fsync_file, write_atomic
 from appliance.uids import is_valid_uid
 
 MIN_FREE_BYTES = 512 * 1024**2
@@ -58,7 +58,7 @@ class Spool:
         """Begin the fsync of a file received into :attr:`incoming`, on a thread of the
         spool's: the receiver checks the object meanwhile (the disk and the CPU work at
         once), then hands the future to :meth:`adopt`."""
-        return self._syncing.submit(_fsync_file, received)
+        return self._syncing.submit(fsync_file, received)
 
     def adopt(self, sop_uid: str, received: Path, synced: Future[None] | None = None) -> Path:
         """Make a file received into :attr:`incoming` durable under its spool name.
@@ -70,7 +70,7 @@ class Spool:
         """
         final = self._name(sop_uid, received.stat().st_size)
         if synced is None:
-            _fsync_file(received)
+            fsync_file(received)
         else:
             synced.result()
         os.replace(received, final)
@@ -121,11 +121,3 @@ class Spool:
         for path in partial:
             path.unlink(missing_ok=True)
         return len(partial)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

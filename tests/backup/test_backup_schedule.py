@@ -27,7 +27,7 @@ from appliance.backup import offsite
 from appliance.backup.crypto import manifest_domain
 from appliance.backup.daily import run_daily_backup
 from appliance.backup.manifest import backup_key
-from appliance.backup.prune import Keep, kept_snapshots, referenced, stored_names
+from appliance.backup.prune import Keep, kept_snapshots, prune, referenced, stored_names
 from appliance.backup.repository import SNAPSHOT_NAME, BackupError, Repository
 from appliance.backup.status import next_backup, read_status
 from appliance.cli import cli as neuronova_cli
@@ -239,6 +239,24 @@ def test_push_refuses_a_tampered_manifest_on_the_remote(sftp: SftpRemote, tmp_pa
         assert all(text in str(refused.value) for text in expected), refused.value
         assert "nothing was pruned there" in str(refused.value)
         assert objects <= {p.name for p in (served / "data").rglob("*") if p.is_file()}
+
+
+def test_a_manifest_only_the_remote_holds_is_read_with_its_parts_from_there(
+    sftp: SftpRemote, tmp_path: Path
+) -> None:
+    """The local repository lost a snapshot the remote keeps, and with it the parts of its
+    manifest: the remote's prune reads them from the remote and keeps its objects."""
+    repo = _fake_repository(tmp_path / "repo", days=2)
+    remote = offsite.Remote("offsite:parts", sftp.config)
+    keep = Keep(daily=2, weekly=0)
+    assert offsite.push(repo, remote, keep, lambda _line: None).snapshots == 2
+    lost = repo.snapshot_names()[0]
+    parts = {ref["sha256"] for refs in repo.manifest(lost)["parts"].values() for ref in refs}
+    repo.remove_snapshot(lost)
+    prune(repo, keep)
+    assert not any(repo.has(sha256) for sha256 in parts)  # only the remote holds them now
+    pushed = offsite.push(repo, remote, keep, lambda _line: None)
+    assert pushed.snapshots == 2 and pushed.removed == [] and pushed.objects_removed == 0
 
 
 def test_push_refuses_a_remote_holding_another_repository(sftp: SftpRemote, tmp_path: Path) -> None:

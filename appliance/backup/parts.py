@@ -50,27 +50,27 @@ def split(manifest: dict[str, Any], put: Put, known: Known | None = None) -> dic
     A part holding the same entries as one of ``known`` (the previous manifest's, as
     :func:`join` read them) is that part: it is neither serialised nor stored again.
     """
-    top = {k: v for k, v in manifest.items() if k not in SPLIT}
+    split_here = [s for s in SPLIT if isinstance(manifest.get(s), dict)]  # else as it is
+    top = {k: v for k, v in manifest.items() if k not in split_here}
     top["parts"] = {}
-    for section in SPLIT:
-        if section in manifest:
-            entries, refs = manifest[section], []
-            for keys in _cut(entries, section in ORDERED):
-                ref = _same(known or {}, section, keys, entries)
-                if ref is None:
-                    raw = json.dumps({k: entries[k] for k in keys}).encode()
-                    ref = dict(zip(("sha256", "size"), put(raw), strict=True))
-                refs.append(ref)
-            top["parts"][section] = refs
+    for section in split_here:
+        entries, refs = manifest[section], []
+        for keys in _cut(entries, section in ORDERED):
+            ref = _same(known or {}, section, keys, entries)
+            if ref is None:
+                raw = json.dumps({k: entries[k] for k in keys}).encode()
+                ref = dict(zip(("sha256", "size"), put(raw), strict=True))
+            refs.append(ref)
+        top["parts"][section] = refs
     return top
 
 
 def _cut(entries: dict[str, Any], ordered: bool) -> list[list[str]]:
     """The keys of the section's parts, each ending on a boundary key."""
-    keys = sorted(entries) if ordered else list(entries)
+    keys = sorted(entries, key=str) if ordered else list(entries)
     parts, start = [], 0
     for i, key in enumerate(keys):
-        if i + 1 - start >= LONGEST or _boundary(key):
+        if i + 1 - start >= LONGEST or _boundary(str(key)):
             parts.append(keys[start : i + 1])
             start = i + 1
     if start < len(keys):

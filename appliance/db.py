@@ -188,6 +188,9 @@ SCHEMA: dict[str, dict] = {
             "patient_birth_date": str,  # FHIR Patient
             "patient_sex": str,
             "patient_key": str,  # patient_key(patient_id): the FHIR Patient id, searched
+            # QIDO's (appliance.store.study_search); NULL: recorded before migration 4
+            "referring_physician": str,
+            "dicom_study_id": str,  # StudyID (0020,0010), not the UID
         },
         "pk": "study_uid",
     },

@@ -71,6 +71,20 @@ def _studies_by_patient_key(layout: HomeLayout) -> None:
         db.close()
 
 
+def _studies_for_qido(layout: HomeLayout) -> None:
+    """The two study attributes a QIDO study search returns that the table lacked. Rows
+    already there keep NULL until the worker fills them from Orthanc
+    (:mod:`appliance.store.study_details`); until then Orthanc answers searches that
+    find them (:mod:`appliance.store.study_search`)."""
+    db = open_database(layout.database_file)
+    try:
+        for column in ("referring_physician", "dicom_study_id"):
+            if column not in db["studies"].columns_dict:
+                db["studies"].add_column(column, str)
+    finally:
+        db.close()
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -86,6 +100,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "FHIR Patient id kept with each study and indexed (a search by patient reads one)",
         _studies_by_patient_key,
+    ),
+    Migration(
+        4,
+        "ReferringPhysicianName and StudyID kept with each study (QIDO study searches)",
+        _studies_for_qido,
     ),
 )
 

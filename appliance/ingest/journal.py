@@ -91,22 +91,26 @@ STUDY_KEYWORDS = ("PatientName", "PatientID", "StudyDate", "StudyTime", "StudyDe
 SERIES_KEYWORDS = ("Modality", "SeriesDescription", "SeriesNumber")
 # Read for the FHIR resources (appliance.fhir): ImagingStudy and Patient.
 FHIR_KEYWORDS = ("InstanceNumber", "BodyPartExamined", "PatientBirthDate", "PatientSex")
+# Returned by QIDO study searches answered from the table (appliance.store.study_search).
+QIDO_KEYWORDS = ("ReferringPhysicianName", "StudyID")
 # Every header element describe() and Journal.record_received() read: the receiver parses
 # only these (appliance.ingest.part10.scan).
 HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                   *SERIES_KEYWORDS, *STUDY_KEYWORDS, *FHIR_KEYWORDS)  # fmt: skip
+                   *SERIES_KEYWORDS, *STUDY_KEYWORDS, *FHIR_KEYWORDS,
+                   *QIDO_KEYWORDS)  # fmt: skip
 UPSERT_STUDY = """
 INSERT INTO studies (study_uid, patient_name, patient_id, study_date, study_time, description,
                      accession, modalities, received_at, updated_at, patient_birth_date,
-                     patient_sex, patient_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     patient_sex, patient_key, referring_physician, dicom_study_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (study_uid) DO UPDATE SET
     patient_name = excluded.patient_name, patient_id = excluded.patient_id,
     patient_key = excluded.patient_key,
     study_date = excluded.study_date, study_time = excluded.study_time,
     description = excluded.description, accession = excluded.accession,
     updated_at = excluded.updated_at, patient_birth_date = excluded.patient_birth_date,
-    patient_sex = excluded.patient_sex,
+    patient_sex = excluded.patient_sex, referring_physician = excluded.referring_physician,
+    dicom_study_id = excluded.dicom_study_id,
     modalities = CASE
         WHEN excluded.modalities = ''
           OR instr(',' || coalesce(studies.modalities, '') || ',',
@@ -248,7 +252,8 @@ class Journal:
                   _text(ds, "BodyPartExamined")]  # fmt: skip
         study = [item.study_uid, *(_text(ds, k) for k in STUDY_KEYWORDS), modality, now, now,
                  _text(ds, "PatientBirthDate"), _text(ds, "PatientSex"),
-                 patient_key(_text(ds, "PatientID"))]  # fmt: skip
+                 patient_key(_text(ds, "PatientID")),
+                 *(_text(ds, k) for k in QIDO_KEYWORDS)]  # fmt: skip
         with self.transaction() as db:
             refusal = _refusal(db, ds, item, source, policy)
             if refusal is not None:

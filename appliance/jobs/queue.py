@@ -23,7 +23,7 @@ from appliance.backup.tasks import register_backup_task
 from appliance.config import Settings
 from appliance.fhir.tasks import PushWork, register_push_tasks
 from appliance.jobs.wakeup import Wakeup
-from appliance.lifecycle.tasks import register_retention_task
+from appliance.lifecycle.tasks import register_retention_task, register_study_details_task
 from appliance.transcode.tasks import IngestWork, register_ingest_tasks
 
 QUEUE_NAME = "neuronova"
@@ -94,13 +94,14 @@ class Work:
     pusher: Callable[[], PushWork]
     apply_retention: Callable[[], int]
     daily_backup: Callable[[], bool | None]
+    study_details: Callable[[], int]
 
 
 def _enqueue_only() -> NoReturn:
     raise EnqueueOnly("this process only enqueues; tasks run in the queue worker")
 
 
-ENQUEUE_ONLY = Work(_enqueue_only, _enqueue_only, _enqueue_only, _enqueue_only)
+ENQUEUE_ONLY = Work(_enqueue_only, _enqueue_only, _enqueue_only, _enqueue_only, _enqueue_only)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class Queue:
     backup: TaskWrapper
     push: TaskWrapper
     push_sweep: TaskWrapper
+    study_details: TaskWrapper
 
     def enqueue_ingest(self, sop_uid: str, spool_path: str, delay: float | None = None) -> None:
         """Queue the ingest of one spooled object (after ``delay`` seconds, if given)."""
@@ -169,4 +171,7 @@ def register_tasks(huey: Huey, settings: Settings, work: Work) -> Queue:
     ingest = register_ingest_tasks(huey, work.pipeline, stored=push.instance_stored)
     retention = register_retention_task(huey, work.apply_retention)
     backup = register_backup_task(huey, settings, work.daily_backup)
-    return Queue(huey, ingest.ingest, ingest.images, retention, backup, push.push, push.sweep)
+    details = register_study_details_task(huey, work.study_details)
+    return Queue(
+        huey, ingest.ingest, ingest.images, retention, backup, push.push, push.sweep, details
+    )

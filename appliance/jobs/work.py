@@ -15,13 +15,15 @@ from appliance.fhir.push import Pusher
 from appliance.ingest.journal import Journal
 from appliance.jobs.queue import Work
 from appliance.lifecycle.retention import apply_retention
+from appliance.lifecycle.study_details import fill_study_details
+from appliance.store.orthanc import OrthancStore
 from appliance.transcode.pipeline import Pipeline
 
 
 def worker_work(settings: Settings, journal: Journal | None = None) -> Work:
     """The :class:`Work` of a worker for ``settings``: the transcode pipeline, the FHIR
-    pusher, the retention rule and the daily backup, sharing ``journal`` (by default one
-    opened on the first task run)."""
+    pusher, the retention rule, the daily backup and the older studies' details, sharing
+    ``journal`` (by default one opened on the first task run)."""
 
     @functools.cache
     def the_journal() -> Journal:
@@ -38,4 +40,7 @@ def worker_work(settings: Settings, journal: Journal | None = None) -> Work:
     def retention() -> int:
         return len(apply_retention(settings, the_journal()))
 
-    return Work(pipeline, pusher, retention, lambda: run_daily_backup(settings))
+    def study_details() -> int:
+        return fill_study_details(the_journal(), OrthancStore(settings))
+
+    return Work(pipeline, pusher, retention, lambda: run_daily_backup(settings), study_details)

@@ -64,6 +64,7 @@ def serve(settings: Settings) -> None:
     warm_up_codec()  # before any worker thread runs the codec (see its docstring)
     queue = create_queue(settings, work=worker_work(settings))
     recover_beside_others(settings, queue)
+    queue.study_details()  # older studies' QIDO details, once now (then hourly)
     huey = queue.huey
     consumer = huey.create_consumer(
         workers=settings.queue.workers,

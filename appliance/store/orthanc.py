@@ -91,6 +91,14 @@ class OrthancStore:
         path = f"{DICOMWEB_ROOT}/studies/{study}/series/{series}/instances/{sop}/metadata"
         return self._call(path, forwarded=f"host={METADATA_HOST};proto=http")
 
+    def studies_tags(self, study_uids: list[str]) -> dict[str, dict[str, str]]:
+        """The main DICOM tags Orthanc keeps of each of these studies it holds, by
+        StudyInstanceUID (one ``/tools/find`` with a UID list)."""
+        query = {"StudyInstanceUID": "\\".join(study_uids)}
+        body = json.dumps({"Level": "Study", "Query": query, "Expand": True}).encode()
+        found = json.loads(self._call("/tools/find", body, "application/json"))
+        return {s["MainDicomTags"]["StudyInstanceUID"]: s["MainDicomTags"] for s in found}
+
     def answers(self) -> bool:
         """Whether Orthanc answers HTTP now, whatever the status: a store failing while it
         does fails for that object, not because of an outage."""

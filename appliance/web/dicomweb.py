@@ -16,6 +16,7 @@ from aiohttp import web
 from appliance.ingest.journal import STORED
 from appliance.security import audit
 from appliance.store import frame_files, series_metadata
+from appliance.store.study_search import TOO_MANY, parse_study_search, search_studies
 from appliance.web.auth import STAFF, Identity, identity, reject, requires
 from appliance.web.errors import ApiError, json_error
 from appliance.web.gateway import (
@@ -25,7 +26,8 @@ from appliance.web.gateway import (
     accepts_json,
     accepts_stored_htj2k,
     check_raw_path,
-    clean_query,
+    checked_query,
+    encoded_query,
     frame_file_redirect,
     image_file_redirect,
     orthanc_accept,
@@ -33,7 +35,7 @@ from appliance.web.gateway import (
     parse_path,
     series_metadata_redirect,
 )
-from appliance.web.inputs import client_address
+from appliance.web.inputs import client_address, request_public_origin
 from appliance.web.keys import DB, FRAMES_DIR, READS
 from appliance.web.stow import store_instances
 
@@ -198,9 +200,13 @@ async def read(request: web.Request) -> web.Response:
     target = _parse(request)
     study_only = _share_scope(request, identity(request), target)
     try:
-        query = clean_query(list(request.query.items()), study_only)
+        pairs = checked_query(list(request.query.items()), study_only)
     except BadRequest as exc:
         raise ApiError(400, "bad_dicomweb_request", str(exc)) from None
+    if target.resource == "studies" and target.action == "search":
+        answered = _study_search(request, pairs)
+        if answered is not None:
+            return _granted(request, target, answered)
     prepared = _prepared_file(request, target)
     if prepared is not None:
         return _granted(request, target, accel(prepared))
@@ -212,7 +218,24 @@ async def read(request: web.Request) -> web.Response:
     if pending is not None:
         return pending
     accept = orthanc_accept(target, request.headers.get("Accept", ""))
-    return _granted(request, target, accel(orthanc_redirect(target, query), accept))
+    redirect = orthanc_redirect(target, encoded_query(pairs))
+    return _granted(request, target, accel(redirect, accept))
+
+
+def _study_search(request: web.Request, pairs: list[tuple[str, str]]) -> web.Response | None:
+    """A QIDO study search answered from the app's study table, if it can be exactly
+    (:mod:`appliance.store.study_search`); None: Orthanc answers it."""
+    search = parse_study_search(pairs)
+    if search is None or not accepts_json(request.headers.get("Accept", "")):
+        return None
+    root = request_public_origin(request) + ROOT
+    answer = search_studies(request.app[DB].conn, search, root)
+    if answer is None:
+        return None
+    headers = {"Warning": TOO_MANY} if answer.truncated else {}
+    return web.json_response(
+        answer.datasets, content_type="application/dicom+json", headers=headers
+    )
 
 
 def _granted(request: web.Request, target: Target, response: web.Response) -> web.Response:

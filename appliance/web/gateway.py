@@ -199,8 +199,10 @@ def is_bulk_path(value: str) -> bool:
     return True
 
 
-def clean_query(pairs: list[tuple[str, str]], study_only: str | None = None) -> str:
-    """Validate QIDO/WADO query parameters and re-encode them safely.
+def checked_query(
+    pairs: list[tuple[str, str]], study_only: str | None = None
+) -> list[tuple[str, str]]:
+    """Validate QIDO/WADO query parameters (:class:`BadRequest` names the first wrong one).
 
     ``study_only`` pins the search to one study (share links): any StudyInstanceUID the
     client sent is replaced.
@@ -218,7 +220,17 @@ def clean_query(pairs: list[tuple[str, str]], study_only: str | None = None) -> 
         cleaned.append((key, value))
     if study_only:
         cleaned.append(("StudyInstanceUID", study_only))
-    return urlencode(cleaned, quote_via=quote, safe=QUERY_LITERALS)
+    return cleaned
+
+
+def encoded_query(pairs: list[tuple[str, str]]) -> str:
+    """Checked query parameters encoded for Orthanc (see :data:`QUERY_LITERALS`)."""
+    return urlencode(pairs, quote_via=quote, safe=QUERY_LITERALS)
+
+
+def clean_query(pairs: list[tuple[str, str]], study_only: str | None = None) -> str:
+    """:func:`checked_query`'s parameters, :func:`encoded_query`."""
+    return encoded_query(checked_query(pairs, study_only))
 
 
 def orthanc_redirect(target: Target, query: str) -> str:

@@ -218,11 +218,13 @@ def appliance_at(home: Path, password: str, extra: dict[str, object] | None = No
     return Appliance(settings, password)
 
 
-def journal_count(appliance: Appliance, where: str, args: tuple = ()) -> int:
-    """``count(*)`` of the journal's instances matching ``where`` (read-only)."""
+def journal_count(
+    appliance: Appliance, where: str, args: tuple = (), table: str = "instances"
+) -> int:
+    """``count(*)`` of the journal's ``table`` rows matching ``where`` (read-only)."""
     uri = f"file:{appliance.layout.database_file}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
-        return db.execute(f"SELECT count(*) FROM instances WHERE {where}", args).fetchone()[0]
+        return db.execute(f"SELECT count(*) FROM {table} WHERE {where}", args).fetchone()[0]
 
 
 def backlog(appliance: Appliance) -> int:
@@ -236,6 +238,12 @@ def backlog(appliance: Appliance) -> int:
 def previews_pending(appliance: Appliance) -> int:
     """Stored instances whose previews are not written yet (they wait behind ingest)."""
     return journal_count(appliance, "state = 'stored' AND images_at IS NULL AND frames > 0")
+
+
+def details_missing(appliance: Appliance) -> int:
+    """Studies whose QIDO details (migration 4) the worker has not filled in yet: searches
+    finding them are Orthanc's (appliance.lifecycle.study_details)."""
+    return journal_count(appliance, "dicom_study_id IS NULL", table="studies")
 
 
 def wait_settled(appliance: Appliance, stored: int, timeout: float = FILL_TIMEOUT) -> None:
@@ -503,7 +511,7 @@ def search_figures(
     listed = lambda body: len(json.loads(body))  # noqa: E731
     items = lambda body: len(json.loads(body)["items"])  # noqa: E731
     entries = lambda body: len(json.loads(body).get("entry", []))  # noqa: E731
-    queries = {
+    qido_queries = {
         "qido_name_wildcard": (
             f"{qido}/studies?PatientName={surname[:3]}*&limit=100",
             dicom_json,
@@ -515,6 +523,17 @@ def search_figures(
             dicom_json,
             listed,
         ),
+    }
+    # The same searches answered by Orthanc, as before the app answered study searches: an
+    # empty StudyTime key (universal matching: it is returned anyway) is one the app leaves
+    # to Orthanc (appliance.store.study_search).
+    orthanc_queries = {
+        f"{name}_orthanc": (f"{url}&StudyTime=", headers, matches)
+        for name, (url, headers, matches) in qido_queries.items()
+    }
+    queries = {
+        **qido_queries,
+        **orthanc_queries,
         "worklist_page": (f"{appliance.url}/api/studies?limit=50", auth, items),
         "series_metadata": (
             f"{qido}/studies/{probe[0]}/series/{probe[1]}/metadata",
@@ -742,6 +761,8 @@ def measure(entry: Entry, args: argparse.Namespace, probe: Any) -> dict[str, Any
             }
             wait_for(lambda: backlog(appliance) == 0, MEASURE_TIMEOUT, "ingest to finish", 0.5)
             figures["previews_pending_at_searches"] = previews_pending(appliance)
+            wait_for(lambda: details_missing(appliance) == 0, MEASURE_TIMEOUT,
+                     "the worker to fill in older studies' search details", 0.5)  # fmt: skip
             token = appliance.login()
             ids = (probe.study_uid, probe.series_uid)
             figures["searches"] = search_figures(appliance, token, meta, args.requests, ids)

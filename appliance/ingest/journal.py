@@ -353,13 +353,14 @@ class Journal:
             ).fetchone()
         return row is not None
 
-    def images_pending(self) -> list[tuple[str, str]]:
-        """(sop_uid, spool_path) of stored objects whose JPEGs are still to be written."""
+    def images_pending(self, limit: int) -> list[tuple[str, str]]:
+        """(sop_uid, spool_path) of up to ``limit`` stored objects whose JPEGs are still
+        to be written (an index holds just those)."""
         with self._serialized() as db:
             rows = db.execute(
                 "SELECT sop_uid, spool_path FROM instances WHERE state = ? AND frames > 0 "
-                "AND images_at IS NULL",
-                [STORED],
+                "AND images_at IS NULL LIMIT ?",
+                [STORED, limit],
             )
             return [(r[0], r[1]) for r in rows.fetchall()]
 

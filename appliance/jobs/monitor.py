@@ -45,12 +45,18 @@ FAILED_SHOWN = 200
 AUDITED_UIDS = 50  # an audit row of a retry names at most this many objects
 INGEST, PREVIEWS, BACKUPS = "ingest", "previews", "backups"
 # Task name -> kind; a task not listed here is a kind of its own name.
-KIND_OF = {"ingest_instance": INGEST, "write_images": PREVIEWS, "daily_backup": BACKUPS}
+KIND_OF = {
+    "ingest_instance": INGEST,
+    "write_images": PREVIEWS,
+    "write_pending_images": PREVIEWS,
+    "daily_backup": BACKUPS,
+}
 LABELS = {
     INGEST: "Ingest: transcode and store received objects",
     PREVIEWS: "Previews: rendered and thumbnail JPEGs",
     BACKUPS: "Backups (daily)",
     "retention": "Retention rule",
+    "study_details": "Search details of older studies (filled in once after an upgrade)",
 }
 WAITING_SQL = """
 SELECT coalesce(sum(state = 'received'), 0), coalesce(sum(state = 'processing'), 0),

@@ -111,6 +111,7 @@ class Queue:
     huey: Huey
     ingest: TaskWrapper
     images: TaskWrapper
+    images_sweep: TaskWrapper
     retention: TaskWrapper
     backup: TaskWrapper
     push: TaskWrapper
@@ -127,6 +128,10 @@ class Queue:
     def enqueue_images(self, sop_uid: str, spool_path: str) -> None:
         """Queue the JPEGs of a stored instance (after every queued ingest)."""
         self.images(sop_uid, spool_path)
+
+    def enqueue_images_sweep(self) -> None:
+        """Queue the task writing the JPEGs every stored instance still lacks."""
+        self.images_sweep()
 
     def tasks(self) -> list[TaskWrapper]:
         """Every task registered on the queue, in the order of the fields above."""
@@ -172,6 +177,5 @@ def register_tasks(huey: Huey, settings: Settings, work: Work) -> Queue:
     retention = register_retention_task(huey, work.apply_retention)
     backup = register_backup_task(huey, settings, work.daily_backup)
     details = register_study_details_task(huey, work.study_details)
-    return Queue(
-        huey, ingest.ingest, ingest.images, retention, backup, push.push, push.sweep, details
-    )
+    return Queue(huey, ingest.ingest, ingest.images, ingest.images_sweep, retention, backup,
+                 push.push, push.sweep, details)  # fmt: skip

@@ -206,6 +206,17 @@ class Pipeline:
         self.journal.images_written(sop_uid, spool_path)
         return Outcome(STORED)
 
+    def write_pending_images(self, limit: int) -> Outcome:
+        """Write the JPEGs of up to ``limit`` stored instances that lack them; ``retry_in``
+        is set while more are left (at once), or when an ingest took the turn or Orthanc
+        is away (later)."""
+        for sop_uid, spool_path in self.journal.images_pending(limit):
+            written = self.write_images(sop_uid, spool_path)
+            if written.retry_in is not None:
+                return Outcome("later", retry_in=written.retry_in)
+        more = bool(self.journal.images_pending(1))
+        return Outcome("more" if more else STORED, retry_in=0.0 if more else None)
+
     def _retry(self, sop_uid: str, spool_path: str, error: str) -> Outcome:
         """Try again later with backoff. After :data:`MAX_ATTEMPTS` the object fails, but
         only while Orthanc answers (the failure is this object's): through an outage

@@ -18,6 +18,7 @@ from huey.api import TaskWrapper
 from appliance.ingest.journal import STORED
 
 INGEST_PRIORITY = 10
+SWEEP_BATCH = 50  # instances' JPEGs per write_pending_images run (then ingests go first)
 
 
 class IngestOutcome(Protocol):
@@ -40,6 +41,10 @@ class IngestWork(Protocol):
         """Write the rendered and thumbnail JPEGs of a stored instance."""
         ...
 
+    def write_pending_images(self, limit: int) -> IngestOutcome:
+        """Write the JPEGs of up to ``limit`` stored instances that lack them."""
+        ...
+
 
 @dataclass(frozen=True)
 class IngestTasks:
@@ -47,12 +52,13 @@ class IngestTasks:
 
     ingest: TaskWrapper
     images: TaskWrapper
+    images_sweep: TaskWrapper
 
 
 def register_ingest_tasks(
     huey: Huey, work: Callable[[], IngestWork], stored: Callable[[str], None]
 ) -> IngestTasks:
-    """Register ``ingest_instance`` and ``write_images`` on ``huey``.
+    """Register ``ingest_instance``, ``write_images`` and ``write_pending_images`` on ``huey``.
 
     ``work()`` does what they ask; ``stored(sop_uid)`` runs after each object stored, for
     the steps of other domains that follow (the FHIR push queues itself there).
@@ -80,4 +86,17 @@ def register_ingest_tasks(
             write_images.schedule((sop_uid, spool_path), delay=outcome.retry_in)
         return outcome.state
 
-    return IngestTasks(ingest_instance, write_images)
+    @huey.task(name="write_pending_images")
+    def write_pending_images() -> str:
+        """Write the JPEGs every stored instance still lacks, :data:`SWEEP_BATCH` per run,
+        behind queued ingests: queued once at start instead of a task per instance
+        (:meth:`appliance.ingest.intake.Ingest.recover`), so a start costs the same
+        whatever the backlog, and the tasks a queue kept are not queued twice."""
+        outcome = work().write_pending_images(SWEEP_BATCH)
+        if outcome.retry_in == 0:  # more to write: queued again, behind queued ingests
+            write_pending_images()
+        elif outcome.retry_in is not None:
+            write_pending_images.schedule(delay=outcome.retry_in)
+        return outcome.state
+
+    return IngestTasks(ingest_instance, write_images, write_pending_images)

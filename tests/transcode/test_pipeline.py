@@ -171,16 +171,26 @@ def test_an_older_database_gets_images_at_and_its_stored_rows_count_as_done(tmp_
     assert rows["1.1"]["images_at"] == "t1" and rows["1.2"]["images_at"] is None
 
 
-def test_recover_queues_the_jpegs_of_stored_instances_that_lack_them(settings_home):
+def test_recover_queues_one_task_for_the_jpegs_stored_instances_lack(settings_home):
+    """One task for them all, whatever their number: a task each made a start with
+    35,000 missing previews take seconds (issue 20), and queued them twice."""
     sop, spool = accept_ct(settings_home)
     journal = Journal(settings_home.layout.database_file)
+    rows = [(f"{sop}.{n}", f"/spool/{n}.dcm") for n in range(200)]
     with journal.transaction() as db:
         db.execute("UPDATE instances SET state = 'stored', frames = 1 WHERE sop_uid = ?", [sop])
+        db.conn.executemany(
+            "INSERT INTO instances (sop_uid, spool_path, study_uid, series_uid, state, frames, "
+            "received_at, updated_at) VALUES (?, ?, '1.2', '1.2.3', 'stored', 1, 't', 't')",
+            rows,
+        )
     queue = create_queue(settings_home)
     queue.huey.flush()
     Ingest(settings_home, queue=queue).recover()
-    assert [task.name for task in queue.huey.pending()] == ["write_images"]
+    assert [task.name for task in queue.huey.pending()] == ["write_pending_images"]
     assert journal.images_written(sop, spool)
+    for row in rows:
+        journal.images_written(*row)
     queue.huey.flush()
     Ingest(settings_home, queue=queue).recover()
     assert queue.huey.pending() == []

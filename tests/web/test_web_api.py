@@ -12,6 +12,7 @@ from pathlib import Path
 import pydicom
 from pydicom.data import get_testdata_file
 
+from appliance.db import open_database
 from appliance.ingest.intake import Ingest
 from appliance.jobs.queue import create_queue
 from appliance.security import audit
@@ -130,12 +131,13 @@ async def test_missing_token_is_401_json(client):
 
 
 async def test_dicomweb_read_is_an_empty_x_accel_redirect(client):
-    url = "/api/pacs/dicom-web/studies?PatientName=DOE*&limit=5"
+    """Reads other than study searches (answered from the study table: test_qido_from_index)."""
+    url = "/api/pacs/dicom-web/studies/1.2.3/series?Modality=CT&limit=5"
     resp = await client.get(url, headers=await bearer(client))
     assert resp.status == 200
     assert await resp.read() == b""
     assert resp.headers["X-Accel-Redirect"] == (
-        "/internal-orthanc/api/pacs/dicom-web/studies?PatientName=DOE*&limit=5"
+        "/internal-orthanc/api/pacs/dicom-web/studies/1.2.3/series?Modality=CT&limit=5"
     )
 
 
@@ -166,14 +168,35 @@ async def test_radiologist_may_not_stow(client):
     assert resp.status == 403
 
 
-async def test_share_link_opens_one_study_only(client):
+def stored_study(settings, study_uid: str) -> None:
+    """A study of one stored instance, as the journal records it."""
+    db = open_database(settings.layout.database_file)
+    with db.conn:
+        db["studies"].insert({"study_uid": study_uid, "patient_name": "DOE^J",
+                              "referring_physician": "", "dicom_study_id": ""})  # fmt: skip
+        db["series"].insert({"series_uid": study_uid + ".1", "study_uid": study_uid,
+                             "modality": "CT"})  # fmt: skip
+        instance = {"sop_uid": study_uid + ".1.1", "spool_path": "/s/" + study_uid,
+                    "study_uid": study_uid, "series_uid": study_uid + ".1", "state": "stored",
+                    "received_at": "t", "updated_at": "t"}  # fmt: skip
+        db["instances"].insert(instance)
+    db.close()
+
+
+async def test_share_link_opens_one_study_only(client, settings):
+    for study_uid in ("1.2.3", "9.9"):
+        stored_study(settings, study_uid)
     headers = await bearer(client)
     created = await client.post("/api/shares", json={"study_uid": "1.2.3"}, headers=headers)
     share = await created.json()
     assert share["url"].endswith(share["token"]) or "token=" in share["url"]
     as_share = {"Authorization": f"Bearer {share['token']}"}
-    qido = await client.get("/api/pacs/dicom-web/studies?StudyInstanceUID=9.9", headers=as_share)
-    assert qido.headers["X-Accel-Redirect"].endswith("?StudyInstanceUID=1.2.3")
+    for query in ("StudyInstanceUID=9.9", "PatientName=DOE*"):  # the app's study table
+        qido = await client.get(f"/api/pacs/dicom-web/studies?{query}", headers=as_share)
+        assert [s["0020000D"]["Value"] for s in await qido.json()] == [["1.2.3"]]
+    orthanc = await client.get("/api/pacs/dicom-web/studies?StudyTime=&StudyInstanceUID=9.9",
+                               headers=as_share)  # fmt: skip
+    assert orthanc.headers["X-Accel-Redirect"].endswith("?StudyTime=&StudyInstanceUID=1.2.3")
     other = await client.get("/api/pacs/dicom-web/studies/9.9/metadata", headers=as_share)
     assert other.status == 403 and (await other.json())["error"] == "study_not_shared"
     assert (await client.get("/api/studies", headers=as_share)).status == 403

@@ -91,6 +91,7 @@ STUDIES_PER_DAY = 4
 LAST_DAY = dt.date(2026, 11, 30)
 RETENTION_YEARS = 1
 FILL_TIMEOUT = 4 * 3600.0
+FILLING = "filling.json"  # in a .partial folder: the record of a fill under way
 SURNAMES = (
     "SMITH",
     "JONES",
@@ -348,10 +349,16 @@ def write_batch(
 
 
 def fill(
-    appliance: Appliance, meta: dict[str, Any], size: int, workdir: Path, streams: int
+    appliance: Appliance,
+    meta: dict[str, Any],
+    size: int,
+    workdir: Path,
+    streams: int,
+    resumed: bool = False,
 ) -> dict[str, Any]:
     """Send recipe studies from ``meta['studies']`` on until the home holds ``size``
-    instances, all stored with previews; the step's record (instances, seconds)."""
+    instances, all stored with previews; the step's record (instances, seconds: of this
+    run only when it went on with an interrupted fill)."""
     start, studies, instances = time.perf_counter(), meta["studies"], meta["instances"]
     load_before = os.getloadavg()[0]
     while instances < size:
@@ -374,6 +381,8 @@ def fill(
         "path": "receiver",  # storescu -> receiver -> queue -> Orthanc, like a modality
         "load_average_before_after": [round(load, 1) for load in (load_before, os.getloadavg()[0])],
     }
+    if resumed:
+        step["note"] = "went on with a fill a stop interrupted: seconds of this run only"
     meta.update(studies=studies, instances=instances)
     meta["fill"].append(step)
     return step
@@ -382,8 +391,8 @@ def fill(
 def filled(
     cache: Path, size: int, streams: int, index: str = "sqlite", backups: bool = True
 ) -> Entry:
-    """The cached home of ``size`` instances, filling (or growing a smaller one) if needed;
-    with its backup unless not ``backups``."""
+    """The cached home of ``size`` instances, filling (or growing a smaller one, or going on
+    with a fill a stop interrupted) if needed; with its backup unless not ``backups``."""
     target = Entry(entry_path(cache, size, index))
     if (target.path / "scale.json").is_file():
         if backups and not target.backup.is_dir():  # filled without its backup
@@ -391,38 +400,71 @@ def filled(
         return target
     base = largest_below(cache, size, index)
     partial = target.path.with_name(target.path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    if base is not None:
-        for part in ("home", "pg") if index != "sqlite" else ("home",):
-            subprocess.run(["cp", "-a", str(base.path / part), str(partial / part)], check=True)
+    resumed = (partial / FILLING).is_file()
+    if not resumed:
+        _start_partial(partial, base, index)
     with (
-        orthanc_index(partial, index, create=base is None) as server,
+        orthanc_index(partial, index, create=base is None and not resumed) as server,
         tempfile.TemporaryDirectory(dir=cache) as workdir,
     ):
-        appliance, meta = _filling(partial / "home", base, server)
+        appliance, meta = _filling(partial, base, server)
         with running_quietly(appliance):
-            step = fill(appliance, meta, size, Path(workdir), streams)
+            if resumed:
+                meta = _resume_point(appliance, meta)
+            step = fill(appliance, meta, size, Path(workdir), streams, resumed)
             if backups:
                 meta["backup"] = cache_backup(appliance, meta, partial / "backup", base)
     Entry(partial).save(meta | {"size": size, "index": index})
+    (partial / FILLING).unlink()
     partial.rename(target.path)
     per_1000 = step["seconds"] / max(step["to"] - step["from"], 1) * 1000
     print(f"filled {target.path}: {step} ({per_1000:.1f} s per 1000 instances)", flush=True)
     return target
 
 
-def _filling(
-    home: Path, base: Entry | None, server: PgServer | None
-) -> tuple[Appliance, dict[str, Any]]:
-    """The appliance to fill ``home`` (a new one, or ``base``'s copy) and its record."""
+def _start_partial(partial: Path, base: Entry | None, index: str) -> None:
+    """A new ``.partial`` folder: a copy of ``base``'s home (and index), if any."""
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     if base is not None:
-        return appliance_at(home, base.meta["password"], settings_of(server)), base.meta
-    appliance = Appliance.create(home, ours=ours(home), extra=settings_of(server))
-    if server is not None:
-        server.create_owner(appliance.settings.orthanc_db_password_path.read_text().strip())
-    meta = {"recipe": RECIPE, "password": appliance.password, "studies": 0, "instances": 0}
-    return appliance, meta | {"fill": []}
+        for part in ("home", "pg") if index != "sqlite" else ("home",):
+            subprocess.run(["cp", "-a", str(base.path / part), str(partial / part)], check=True)
+
+
+def _filling(
+    partial: Path, base: Entry | None, server: PgServer | None
+) -> tuple[Appliance, dict[str, Any]]:
+    """The appliance filling ``partial``'s home and its record, kept in ``FILLING`` so
+    that a fill a stop interrupted goes on where it was (:func:`_resume_point`)."""
+    home, record = partial / "home", partial / FILLING
+    if record.is_file():
+        meta = json.loads(record.read_text())
+        return appliance_at(home, meta["password"], settings_of(server)), meta
+    if base is not None:
+        appliance, meta = appliance_at(home, base.meta["password"], settings_of(server)), base.meta
+    else:
+        appliance = Appliance.create(home, ours=ours(home), extra=settings_of(server))
+        if server is not None:
+            server.create_owner(appliance.settings.orthanc_db_password_path.read_text().strip())
+        meta = {"recipe": RECIPE, "password": appliance.password, "studies": 0, "instances": 0}
+        meta["fill"] = []
+    record.write_text(json.dumps(meta, indent=2) + "\n")
+    return appliance, meta
+
+
+def _resume_point(appliance: Appliance, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` moved on to what the interrupted fill sent: from the first study the
+    journal lacks instances of (a batch cut short), counting what it holds."""
+    studies = meta["studies"]
+    while journal_count(appliance, "study_uid = ?", (plan_study(studies)[0].study_uid,)):
+        studies += 1
+    while studies > meta["studies"] and journal_count(
+        appliance, "study_uid = ?", (plan_study(studies - 1)[0].study_uid,)
+    ) < study_size(studies - 1):
+        studies -= 1  # sent in part: sent again whole (the same instances replace theirs)
+    instances = journal_count(appliance, "1 = 1")
+    print(f"fill: going on from study {studies} ({instances} instances held)", flush=True)
+    return meta | {"studies": studies, "instances": instances}
 
 
 def cache_backup(

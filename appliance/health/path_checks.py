@@ -23,7 +23,8 @@ INTERNAL_PATHS = (
     f"{internal_locations.FRAMES}/x",
     f"{internal_locations.APP}/api/health",
 )
-QIDO_PATH = "/api/pacs/dicom-web/studies?limit=1"
+# A search the gateway hands to Orthanc (study searches the app answers from its own table).
+QIDO_PATH = "/api/pacs/dicom-web/series?limit=1"
 
 
 def _expected_ports(s: Settings) -> dict[int, tuple[str, bool]]:
@@ -126,9 +127,9 @@ async def check_orthanc_via_nginx(ctx: Context) -> Check:
     try:
         status, _, body = await ctx.get(ctx.nginx_url + QIDO_PATH, auth=True)
     except TimeoutError:
-        return Check("orthanc_via_nginx", FAIL, "no answer to a study query through nginx", fix)
+        return Check("orthanc_via_nginx", FAIL, "no answer to a series query through nginx", fix)
     if status == 200:
-        return Check("orthanc_via_nginx", OK, "Orthanc answered a study query through nginx")
+        return Check("orthanc_via_nginx", OK, "Orthanc answered a series query through nginx")
     if status in (401, 403) and b"token" not in body:
         return Check(
             "orthanc_via_nginx",
@@ -140,7 +141,7 @@ async def check_orthanc_via_nginx(ctx: Context) -> Check:
     return Check(
         "orthanc_via_nginx",
         FAIL,
-        f"study query through nginx answered HTTP {status}",
+        f"series query through nginx answered HTTP {status}",
         fix,
     )
 
@@ -176,7 +177,7 @@ async def check_token_frame(ctx: Context) -> Check:
     """A valid token gets an ``X-Accel-Redirect`` from the app, and nginx the frame behind it."""
     instance = _latest_instance(ctx.db)
     if instance is None:
-        path, what = QIDO_PATH, "a study query (no image stored yet)"
+        path, what = QIDO_PATH, "a series query (no image stored yet)"
     else:
         path = "/api/pacs/dicom-web/studies/{}/series/{}/instances/{}/frames/1".format(*instance)
         what = "frame 1 of the newest stored image"

@@ -22,6 +22,7 @@ from huey.storage import SqliteStorage
 from appliance.backup.tasks import register_backup_task
 from appliance.config import Settings
 from appliance.fhir.tasks import PushWork, register_push_tasks
+from appliance.jobs.known_tasks import KnownTasksOnly
 from appliance.jobs.wakeup import Wakeup
 from appliance.lifecycle.tasks import register_retention_task, register_study_details_task
 from appliance.transcode.tasks import IngestWork, register_ingest_tasks
@@ -79,10 +80,14 @@ class QueueStorage(SqliteStorage):
         super().close()
 
 
-class LocalHuey(SqliteHuey):
+class LocalHuey(KnownTasksOnly, SqliteHuey):
     """Huey on :class:`QueueStorage`."""
 
     storage_class = QueueStorage
+
+
+class ServerHuey(KnownTasksOnly, RedisHuey):
+    """Huey on Redis (the cloud profile's queue)."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ def create_queue(
     journal holds every outcome), and Huey would keep one row per task forever.
     """
     if settings.queue.redis_url:
-        huey: Huey = RedisHuey(
+        huey: Huey = ServerHuey(
             QUEUE_NAME, url=settings.queue.redis_url, immediate=immediate, results=False
         )
     else:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_RESULTS = 1000  # studies per answer (PS3.18 8.3.4.4: more are asked for with offset)
+MAX_OFFSET = 2**31  # SQLite takes 64-bit integers; no archive holds this many studies
 TOO_MANY = (
     '299 NeuroNova: "The number of results exceeded the maximum supported by the server. '
     'Additional results can be requested."'
@@ -97,8 +98,8 @@ def parse_study_search(pairs: list[tuple[str, str]]) -> StudySearch | None:
     module does not answer it exactly as Orthanc would."""
     search = StudySearch()
     for key, value in pairs:
-        if key in ("limit", "offset"):
-            setattr(search, key, int(value))
+        if key in ("limit", "offset"):  # digits only (the gateway checked), any number of them
+            setattr(search, key, min(int(value), MAX_OFFSET))
         elif key == "fuzzymatching":
             if value.lower() != "false":
                 return None

@@ -137,6 +137,12 @@ def test_the_table_answers_as_orthanc_does(appliance, archive, query):
     assert comparable(answered, uids) == expected
 
 
+def test_a_huge_offset_or_limit_is_an_empty_page_not_an_error(appliance, archive):
+    _, token = archive
+    huge = "9" * 40  # beyond SQLite's 64-bit integers
+    assert ask_gateway(appliance, token, {"offset": huge, "limit": huge}) == []
+
+
 def test_a_study_uid_list_and_paging_newest_first(appliance, archive):
     uids, token = archive
     listed = ask_gateway(appliance, token, {"StudyInstanceUID": f"{uids[0]},{uids[2]},{uids[4]}"})

@@ -26,8 +26,9 @@ from pydicom.filereader import data_element_generator
 from pydicom.uid import DeflatedExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
 from appliance.config import Settings
+from appliance.ingest.header import Received, describe
 from appliance.ingest.intake import Ingest
-from appliance.ingest.journal import FAILED, STORED, Received, describe
+from appliance.ingest.journal import FAILED, STORED
 from appliance.ingest.spool import SpoolFull
 
 SOURCE = "import"

@@ -16,7 +16,8 @@ import pydicom
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
-from appliance.ingest.journal import ALWAYS, Journal, Received, Refusal, describe
+from appliance.ingest.header import Received, describe
+from appliance.ingest.journal import ALWAYS, Journal, Refusal
 from appliance.ingest.spool import Spool
 
 log = logging.getLogger("neuronova.ingest")

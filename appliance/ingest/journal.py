@@ -23,7 +23,7 @@ from pydicom import Dataset
 
 from appliance.config import OVERWRITE_POLICIES
 from appliance.db import now_iso, open_database, patient_key, transaction
-from appliance.uids import is_valid_uid
+from appliance.ingest.header import QIDO_KEYWORDS, STUDY_KEYWORDS, Received, header_text
 
 RECEIVED, PROCESSING, STORED, FAILED = "received", "processing", "stored", "failed"
 # What may replace an archived object: ``never``, ``same-source`` (only the source that
@@ -31,41 +31,6 @@ RECEIVED, PROCESSING, STORED, FAILED = "received", "processing", "stored", "fail
 # would change the patient of an archived study is held as well.
 NEVER, SAME_SOURCE, ALWAYS = OVERWRITE_POLICIES
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Received:
-    """The identity of one received object, read from its header."""
-
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    sop_class: str
-    transfer_syntax: str
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return "" if value is None else str(value)[:200]
-
-
-def describe(ds: Dataset) -> Received:
-    """The identity of a dataset; :class:`ValueError` if a UID is missing."""
-    uids = {k: _text(ds, k) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")}
-    missing = [k for k, v in uids.items() if not v]
-    if missing:
-        raise ValueError(f"the object has no {', '.join(missing)}")
-    invalid = [k for k, v in uids.items() if not is_valid_uid(v)]
-    if invalid:
-        raise ValueError(f"invalid {', '.join(invalid)} (UIDs are digits and dots, at most 64)")
-    meta = getattr(ds, "file_meta", Dataset())
-    return Received(
-        uids["SOPInstanceUID"],
-        uids["StudyInstanceUID"],
-        uids["SeriesInstanceUID"],
-        _text(ds, "SOPClassUID"),
-        _text(meta, "TransferSyntaxUID"),
-    )
 
 
 # Plain SQL on the receiver's hot path: one statement per table, no schema look-ups.
@@ -86,18 +51,6 @@ INSERT OR IGNORE INTO series (series_uid, study_uid, modality, description, numb
                               body_part)
 VALUES (?, ?, ?, ?, ?, ?, ?)
 """
-STUDY_KEYWORDS = ("PatientName", "PatientID", "StudyDate", "StudyTime", "StudyDescription",
-                  "AccessionNumber")  # fmt: skip
-SERIES_KEYWORDS = ("Modality", "SeriesDescription", "SeriesNumber")
-# Read for the FHIR resources (appliance.fhir): ImagingStudy and Patient.
-FHIR_KEYWORDS = ("InstanceNumber", "BodyPartExamined", "PatientBirthDate", "PatientSex")
-# Returned by QIDO study searches answered from the table (appliance.store.study_search).
-QIDO_KEYWORDS = ("ReferringPhysicianName", "StudyID")
-# Every header element describe() and Journal.record_received() read: the receiver parses
-# only these (appliance.ingest.part10.scan).
-HEADER_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                   *SERIES_KEYWORDS, *STUDY_KEYWORDS, *FHIR_KEYWORDS,
-                   *QIDO_KEYWORDS)  # fmt: skip
 UPSERT_STUDY = """
 INSERT INTO studies (study_uid, patient_name, patient_id, study_date, study_time, description,
                      accession, modalities, received_at, updated_at, patient_birth_date,
@@ -177,7 +130,7 @@ def _refusal(
     study = db.execute(
         "SELECT patient_id, patient_name FROM studies WHERE study_uid = ?", [item.study_uid]
     ).fetchone()
-    patient = (_text(ds, "PatientID"), _text(ds, "PatientName"))
+    patient = (header_text(ds, "PatientID"), header_text(ds, "PatientName"))
     if study is not None and tuple(study) != patient:
         return Refusal(
             "Refused: patient differs from the archived study's",
@@ -243,17 +196,17 @@ class Journal:
         held instead, in the same transaction as the check, and the refusal returned.
         """
         now = now_iso()
-        modality = _text(ds, "Modality")
+        modality = header_text(ds, "Modality")
         instance = [item.sop_uid, item.study_uid, item.series_uid, item.sop_class, source,
                     str(spool_path), now, now, item.transfer_syntax, size,
-                    _text(ds, "InstanceNumber")]  # fmt: skip
-        series = [item.series_uid, item.study_uid, modality, _text(ds, "SeriesDescription"),
-                  _text(ds, "SeriesNumber"), item.sop_uid,
-                  _text(ds, "BodyPartExamined")]  # fmt: skip
-        study = [item.study_uid, *(_text(ds, k) for k in STUDY_KEYWORDS), modality, now, now,
-                 _text(ds, "PatientBirthDate"), _text(ds, "PatientSex"),
-                 patient_key(_text(ds, "PatientID")),
-                 *(_text(ds, k) for k in QIDO_KEYWORDS)]  # fmt: skip
+                    header_text(ds, "InstanceNumber")]  # fmt: skip
+        series = [item.series_uid, item.study_uid, modality, header_text(ds, "SeriesDescription"),
+                  header_text(ds, "SeriesNumber"), item.sop_uid,
+                  header_text(ds, "BodyPartExamined")]  # fmt: skip
+        study = [item.study_uid, *(header_text(ds, k) for k in STUDY_KEYWORDS), modality, now, now,
+                 header_text(ds, "PatientBirthDate"), header_text(ds, "PatientSex"),
+                 patient_key(header_text(ds, "PatientID")),
+                 *(header_text(ds, k) for k in QIDO_KEYWORDS)]  # fmt: skip
         with self.transaction() as db:
             refusal = _refusal(db, ds, item, source, policy)
             if refusal is not None:

@@ -28,8 +28,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance import metrics
 from appliance.config import Settings
+from appliance.ingest.header import HEADER_KEYWORDS
 from appliance.ingest.intake import Ingest, IngestQueue
-from appliance.ingest.journal import HEADER_KEYWORDS, Refusal
+from appliance.ingest.journal import Refusal
 from appliance.ingest.modalities import caller_allowed, list_modalities
 from appliance.ingest.part10 import scan_file
 from appliance.ingest.requestor import HEALTH_AE_TITLE, Requestor, Requestors

@@ -44,7 +44,7 @@ class PipelineIngest:
     async def submit(self, received: Path, ds: Dataset, source: str) -> Refused | None:
         """Move a checked Part 10 file from the spool's ``incoming/`` into the pipeline.
 
-        ``ds`` holds its header elements (:data:`appliance.ingest.journal.HEADER_KEYWORDS`);
+        ``ds`` holds its header elements (:data:`appliance.ingest.header.HEADER_KEYWORDS`);
         ``source`` names the uploader (``stow:USER``). Returns ``None``, or the failure
         code and reason: the receiver's overwrite policy applies, so an upload that would
         replace another source's instance or change a study's patient is held for an

@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-from appliance.ingest.journal import HEADER_KEYWORDS
+from appliance.ingest.header import HEADER_KEYWORDS
 from appliance.ingest.part10 import scan_file
 from appliance.ingest.spool import Spool
 from appliance.web.auth import identity

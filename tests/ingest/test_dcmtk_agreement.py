@@ -25,7 +25,7 @@ import pytest
 from pydicom.uid import UID
 from pynetdicom.dsutils import encode
 
-from appliance.ingest.journal import HEADER_KEYWORDS
+from appliance.ingest.header import HEADER_KEYWORDS
 from appliance.ingest.part10 import scan_file
 from bench.mutations import (
     TEST_FILES,

@@ -12,7 +12,8 @@ from pydicom.uid import CTImageStorage
 
 from appliance import metrics
 from appliance.db import Transactions
-from appliance.ingest.journal import Journal, describe
+from appliance.ingest.header import describe
+from appliance.ingest.journal import Journal
 from appliance.security import audit
 
 ADD = "INSERT INTO modalities (ae_title, created_at) VALUES (?, '2026-01-01')"

@@ -17,7 +17,7 @@ import pytest
 from pydicom.filewriter import write_dataset
 from pynetdicom.dsutils import encode
 
-from appliance.ingest.journal import HEADER_KEYWORDS, describe
+from appliance.ingest.header import HEADER_KEYWORDS, describe
 from appliance.ingest.part10 import scan, scan_file
 from bench.mutations import split_part10
 from tests.support.samples import TEST_FILES

@@ -297,6 +297,9 @@ def open_database(path: Path, *, threads: bool = False) -> sqlite_utils.Database
     return db
 
 
+QIDO_CASELESS = ("patient_name", "patient_id", "accession")
+
+
 def converge_schema(db: sqlite_utils.Database) -> None:
     """Create the tables of :data:`SCHEMA` that do not exist yet and add the columns it has
     that the database lacks (backfilling those of :data:`BACKFILL`); changes nothing on a
@@ -325,6 +328,13 @@ def converge_schema(db: sqlite_utils.Database) -> None:
         "CREATE INDEX IF NOT EXISTS idx_instances_images_pending ON instances (state) "
         "WHERE images_at IS NULL"
     )
+    # QIDO study searches match these without regard to case (appliance.store.study_search):
+    # SQLite's LIKE walks an index of the column only when the index is COLLATE NOCASE.
+    for column in QIDO_CASELESS:
+        db.execute(
+            f"CREATE INDEX IF NOT EXISTS idx_studies_{column}_nocase "
+            f"ON studies ({column} COLLATE NOCASE)"
+        )
     # Aggregated audit rows (appliance.security.audit.record): one row per key; NULL keys repeat.
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_audit_dedupe ON audit (dedupe)")
 

@@ -37,7 +37,9 @@ class Migration:
     apply: Callable[[HomeLayout], None]
 
 
-def _database_of_0_1_0(layout: HomeLayout) -> None:
+def _converged_database(layout: HomeLayout) -> None:
+    """The app database given every table, column and index of :mod:`appliance.db`'s
+    schema it lacks (migration 1 made 0.1.0's; later ones add to the schema)."""
     db = open_database(layout.database_file)
     try:
         converge_schema(db)
@@ -71,25 +73,11 @@ def _studies_by_patient_key(layout: HomeLayout) -> None:
         db.close()
 
 
-def _studies_for_qido(layout: HomeLayout) -> None:
-    """The two study attributes a QIDO study search returns that the table lacked. Rows
-    already there keep NULL until the worker fills them from Orthanc
-    (:mod:`appliance.store.study_details`); until then Orthanc answers searches that
-    find them (:mod:`appliance.store.study_search`)."""
-    db = open_database(layout.database_file)
-    try:
-        for column in ("referring_physician", "dicom_study_id"):
-            if column not in db["studies"].columns_dict:
-                db["studies"].add_column(column, str)
-    finally:
-        db.close()
-
-
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "app database of NeuroNova 0.1.0: its tables, columns and indexes",
-        _database_of_0_1_0,
+        _converged_database,
     ),
     Migration(
         2,
@@ -103,8 +91,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
-        "ReferringPhysicianName and StudyID kept with each study (QIDO study searches)",
-        _studies_for_qido,
+        "ReferringPhysicianName and StudyID kept with each study; names and identifiers "
+        "indexed without regard to case (QIDO study searches)",
+        _converged_database,
     ),
 )
 

@@ -177,7 +177,12 @@ def _date_range(search: StudySearch, column: str | None, value: str) -> bool:
 
 def _text(search: StudySearch, column: str | None, value: str) -> bool:
     """Single value or wildcard (``*``, ``?``) matching without regard to case, as Orthanc
-    matches names and identifiers; beyond ASCII, case is folded by :data:`UPPER`."""
+    matches names and identifiers: through the column's caseless index (migration 4)
+    for ASCII values; beyond ASCII, case is folded by :data:`UPPER` (a scan)."""
+    if value.isascii() and not any(ch in value for ch in "*?"):
+        search.where.append(f"{column} = ? COLLATE NOCASE")
+        search.args.append(value)
+        return True
     pattern = re.sub(r"([%_\\])", r"\\\1", value).replace("*", "%").replace("?", "_")
     if value.isascii():
         search.where.append(f"{column} LIKE ? ESCAPE '\\'")
@@ -189,9 +194,12 @@ def _text(search: StudySearch, column: str | None, value: str) -> bool:
 
 
 def _has_stored(column: str, instance_column: str) -> str:
+    """SQL: a stored instance has ``instance_column`` = ``column``. ``+i.state`` keeps
+    SQLite's planner on that column's index: on the state index it walked every stored
+    instance of the archive per series (date + modality p95 117 -> 811 ms, 10k -> 50k)."""
     return (
         f"EXISTS (SELECT 1 FROM instances i WHERE i.{instance_column} = {column} "
-        f"AND i.state = '{STORED}')"
+        f"AND +i.state = '{STORED}')"
     )
 
 
@@ -230,29 +238,34 @@ def search_studies(
 
 @dataclass
 class _Counts:
-    series: set[str] = field(default_factory=set)
+    series: int = 0
     instances: int = 0
     modalities: set[str] = field(default_factory=set)
 
 
 def _counts(conn: sqlite3.Connection, uids: list[str]) -> dict[str, _Counts]:
-    """Each study's stored series, instances and modalities (one grouped query)."""
+    """Each study's stored instances (counted in the index alone), and its series with a
+    stored instance and their modalities (one index probe per series)."""
     counts = {uid: _Counts() for uid in uids}
     if not uids:
         return counts
     marks = ", ".join("?" for _ in uids)
-    grouped = conn.execute(
-        "SELECT i.study_uid, i.series_uid, s.modality, count(*) FROM instances i "
-        "JOIN series s ON s.series_uid = i.series_uid "
-        f"WHERE i.study_uid IN ({marks}) AND i.state = ? GROUP BY i.study_uid, i.series_uid",
+    instances = conn.execute(
+        f"SELECT study_uid, count(*) FROM instances WHERE study_uid IN ({marks}) AND state = ? "
+        "GROUP BY study_uid",
         [*uids, STORED],
     )
-    for study_uid, series_uid, modality, instances in grouped.fetchall():
-        found = counts[study_uid]
-        found.series.add(series_uid)
-        found.instances += instances
+    for study_uid, count in instances.fetchall():
+        counts[study_uid].instances = count
+    series = conn.execute(
+        f"SELECT study_uid, modality FROM series WHERE study_uid IN ({marks}) "
+        f"AND {_has_stored('series.series_uid', 'series_uid')}",
+        uids,
+    )
+    for study_uid, modality in series.fetchall():
+        counts[study_uid].series += 1
         if modality:
-            found.modalities.add(modality)
+            counts[study_uid].modalities.add(modality)
     return counts
 
 
@@ -263,7 +276,7 @@ def _dataset(
         "SpecificCharacterSet": ["ISO_IR 192"],
         "ModalitiesInStudy": sorted(counts.modalities),
         "RetrieveURL": [f"{retrieve_root}/studies/{study['study_uid']}"],
-        "NumberOfStudyRelatedSeries": [len(counts.series)],
+        "NumberOfStudyRelatedSeries": [counts.series],
         "NumberOfStudyRelatedInstances": [counts.instances],
     }
     dataset = {}

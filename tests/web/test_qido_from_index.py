@@ -30,15 +30,15 @@ OURS = "ISO_IR 192"  # the table's answers are UTF-8 JSON; Orthanc repeats the f
 # (patient name, patient ID, sex, birth date, date, accession, description, referring,
 #  StudyID, [(modality, images), ...])
 STUDIES = [
-    ("DOE^JANE", "QID001", "F", "19700304", "20240110", "ACC1", "CT chest", "", "1",
+    ("QUAYLE^ANN", "QID001", "F", "19700304", "20240110", "QACC1", "CT chest", "", "1",
      [("CT", 3)]),
-    ("doe^john", "QID002", "M", "19851122", "20240215", "ACC2", "MR head", "WHO^DR", "S2",
+    ("quayle^bob", "QID002", "M", "19851122", "20240215", "QACC2", "MR head", "WHO^DR", "S2",
      [("MR", 2), ("MR", 2)]),
-    ("O_BRIEN^PAT", "QID003", "M", "19900101", "20240301", "acc3", "Knee", "", "",
+    ("O_BRIEN^PAT", "QID003", "M", "19900101", "20240301", "qacc3", "Knee", "", "",
      [("CR", 1)]),
-    ("OXBRIEN^PAT", "QID004", "F", "19591231", "20240301", "ACC[4]", "Mixed", "", "7",
+    ("OXBRIEN^PAT", "QID004", "F", "19591231", "20240301", "QACC[4]", "Mixed", "", "7",
      [("CT", 2), ("MR", 1)]),
-    ("MÜLLER^ANNA", "QID005", "F", "19800808", "20231224", "ACC5", "Hand", "", "1",
+    ("MÜLLER^ANNA", "QID005", "F", "19800808", "20231224", "QACC5", "Hand", "", "1",
      [("DX", 1)]),
 ]  # fmt: skip
 
@@ -109,7 +109,7 @@ def comparable(datasets: list[dict], uids: list[str]) -> list[dict]:
     "query",
     [
         {},
-        {"PatientName": "DOE*"},
+        {"PatientName": "QUAYLE*"},
         {"PatientName": "O_B*"},  # _ is a character, not SQL's wildcard
         {"PatientID": "QID002"},
         {"PatientID": "QID00*"},
@@ -119,7 +119,7 @@ def comparable(datasets: list[dict], uids: list[str]) -> list[dict]:
         {"ModalitiesInStudy": "MR"},
         {"ModalitiesInStudy": "CR,DX"},
         {"StudyDate": "20240101-20240331", "ModalitiesInStudy": "CT"},
-        {"AccessionNumber": "ACC*"},  # Orthanc matches identifiers without regard to case
+        {"AccessionNumber": "QACC*"},  # Orthanc matches identifiers without regard to case
         {"PatientID": "qid002"},
         {"StudyDescription": "M*"},
         {"StudyDescription": "m*"},
@@ -159,11 +159,11 @@ def test_a_study_uid_list_and_paging_newest_first(appliance, archive):
         ({"PatientName": "MÜ*"}, [4]),  # Orthanc got "M%C3%9C*": nothing
         ({"PatientName": "mü*"}, [4]),
         # Orthanc 1.10.1 found nothing for each of these:
-        ({"PatientName": "doe^j?hn"}, [1]),
-        ({"PatientName": "DOE^J?HN"}, [1]),
+        ({"PatientName": "quayle^b?b"}, [1]),
+        ({"PatientName": "QUAYLE^B?B"}, [1]),
         ({"PatientName": "*^PAT"}, [2, 3]),
         ({"00100010": "*^PAT"}, [2, 3]),
-        ({"AccessionNumber": "ACC[4]"}, [3]),
+        ({"AccessionNumber": "QACC[4]"}, [3]),
     ],
     ids=lambda x: "&".join(f"{k}={v}" for k, v in x.items()) if isinstance(x, dict) else "",
 )
@@ -180,7 +180,7 @@ def test_what_orthanc_missed_is_found(appliance, archive, query, found):
     [
         {"includefield": "all"},
         {"ReferringPhysicianName": "WHO*"},
-        {"fuzzymatching": "true", "PatientName": "DOE*"},
+        {"fuzzymatching": "true", "PatientName": "QUAYLE*"},
         {"StudyTime": "1000-1100"},
         {"ModalitiesInStudy": "C*"},
     ],

@@ -36,7 +36,8 @@ from appliance.cli.backup_cmd import orthanc_alone
 from appliance.config import Settings, load_settings
 from appliance.db import now_iso, open_database
 from appliance.durable import write_atomic
-from appliance.ingest.journal import Journal, describe
+from appliance.ingest.header import describe
+from appliance.ingest.journal import Journal
 from appliance.store.frame_files import frame_relpath, image_relpath, remove_study_files
 from appliance.store.orthanc import OrthancStore, orthanc_auth_header, orthanc_url
 from bench.counting_proxy import CountingProxy

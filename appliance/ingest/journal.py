@@ -82,9 +82,11 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 
 def stored_in_series(db: sqlite_utils.Database, series_uid: str) -> set[str]:
-    """The SOP Instance UIDs of a series that are stored in Orthanc."""
+    """The SOP Instance UIDs of a series that are stored in Orthanc (``+state`` keeps
+    SQLite on the series index: on the state index it read every stored instance of the
+    archive, for each instance ingested: 19 ms a call at 50,000, 45% of the worker)."""
     rows = db.execute(
-        "SELECT sop_uid FROM instances WHERE series_uid = ? AND state = ?", [series_uid, STORED]
+        "SELECT sop_uid FROM instances WHERE series_uid = ? AND +state = ?", [series_uid, STORED]
     )
     return {row[0] for row in rows}
 

@@ -55,11 +55,14 @@ IMAGES_AFTER_INGEST = 1.0
 @dataclass(frozen=True)
 class Outcome:
     """What happened: ``state``; for a transient failure, when to try again; whether the
-    rendered and thumbnail JPEGs are still to be written (:meth:`Pipeline.write_images`)."""
+    rendered and thumbnail JPEGs are still to be written (:meth:`Pipeline.write_images`);
+    for a sweep (:meth:`Pipeline.write_pending_images`), whether it wrote a full batch, so
+    that more may be left."""
 
     state: str
     retry_in: float | None = None
     images_later: bool = False
+    more_left: bool = False
 
 
 class Pipeline:
@@ -207,15 +210,18 @@ class Pipeline:
         return Outcome(STORED)
 
     def write_pending_images(self, limit: int) -> Outcome:
-        """Write the JPEGs of up to ``limit`` stored instances that lack them; ``retry_in``
-        is set while more are left (at once), or when an ingest took the turn or Orthanc
-        is away (later)."""
-        for sop_uid, spool_path in self.journal.images_pending(limit):
+        """Write the JPEGs of up to ``limit`` stored instances that lack them.
+
+        ``more_left`` when the batch was full (at worst, one more run finds nothing);
+        ``retry_in`` when an ingest took the turn or Orthanc is away.
+        """
+        batch = self.journal.images_pending(limit)
+        for sop_uid, spool_path in batch:
             written = self.write_images(sop_uid, spool_path)
             if written.retry_in is not None:
                 return Outcome("later", retry_in=written.retry_in)
-        more = bool(self.journal.images_pending(1))
-        return Outcome("more" if more else STORED, retry_in=0.0 if more else None)
+        full = len(batch) == limit
+        return Outcome("more" if full else STORED, more_left=full)
 
     def _retry(self, sop_uid: str, spool_path: str, error: str) -> Outcome:
         """Try again later with backoff. After :data:`MAX_ATTEMPTS` the object fails, but

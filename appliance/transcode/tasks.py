@@ -23,11 +23,13 @@ SWEEP_BATCH = 50  # instances' JPEGs per write_pending_images run (then ingests 
 
 class IngestOutcome(Protocol):
     """What an ingest or JPEG step reports: its state, when to run again (None: do not),
-    and whether the object's JPEGs are still to be written."""
+    whether the object's JPEGs are still to be written, and for a sweep whether more
+    instances may still lack theirs."""
 
     state: str
     retry_in: float | None
     images_later: bool
+    more_left: bool
 
 
 class IngestWork(Protocol):
@@ -93,7 +95,7 @@ def register_ingest_tasks(
         (:meth:`appliance.ingest.intake.Ingest.recover`), so a start costs the same
         whatever the backlog, and the tasks a queue kept are not queued twice."""
         outcome = work().write_pending_images(SWEEP_BATCH)
-        if outcome.retry_in == 0:  # more to write: queued again, behind queued ingests
+        if outcome.more_left:  # queued again, behind queued ingests
             write_pending_images()
         elif outcome.retry_in is not None:
             write_pending_images.schedule(delay=outcome.retry_in)

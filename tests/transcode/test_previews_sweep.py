@@ -11,7 +11,9 @@ import sqlite3
 
 import pytest
 
-from appliance.db import open_database
+from appliance.db import converge_schema, open_database
+from appliance.ingest.journal import Journal
+from appliance.transcode.pipeline import Pipeline
 from bench.synthetic import make_slices, write_series
 from tests.support.running import storescu, wait_stored
 from tests.support.waiting import wait_for
@@ -55,3 +57,29 @@ def test_a_lost_queue_still_gets_every_jpeg_written(appliance_factory, tmp_path)
         assert all((folder / sop / name).stat().st_size for name in JPEGS)
     log = (layout.log_dir / "worker.log").read_text()
     assert "queued the task writing them" in log
+
+
+def test_the_sweep_asks_for_another_run_exactly_while_its_batch_comes_back_full(
+    appliance, tmp_path
+):
+    """A sweep of ``limit`` reports more left when it wrote a full batch, and not once a
+    batch comes back short. The instances are journal rows Orthanc (the shared
+    appliance's, real) does not hold: their JPEGs are recorded as done without a file."""
+    limit = 4
+    path = tmp_path / "journal.db"
+    converge_schema(open_database(path))
+    journal = Journal(path)
+    with journal.transaction() as db:
+        db.conn.executemany(
+            "INSERT INTO instances (sop_uid, spool_path, study_uid, series_uid, state, frames, "
+            "received_at, updated_at) VALUES (?, ?, '1.2', '1.2.3', 'stored', 1, 't', 't')",
+            [(f"1.2.3.4.{n}", f"/spool/{n}.dcm") for n in range(2 * limit + 1)],
+        )
+    pipeline = Pipeline(appliance.settings, journal=journal)
+    outcomes = [pipeline.write_pending_images(limit) for _ in range(3)]
+    assert [(o.state, o.more_left, o.retry_in) for o in outcomes] == [
+        ("more", True, None),
+        ("more", True, None),
+        ("stored", False, None),
+    ]
+    assert journal.images_pending(limit) == []

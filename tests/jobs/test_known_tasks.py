@@ -1,5 +1,6 @@
-"""Tasks an older version queued under names this one does not register are dropped
-with a warning: Huey's consumer paused (up to 10 s) after each one it could not read."""
+"""Tasks an older version queued under names this one does not register are skipped
+with a warning (dropped by the worker, left by a monitor that only reads the queue):
+Huey's consumer paused (up to 10 s) after each one it could not read."""
 
 from __future__ import annotations
 
@@ -32,16 +33,30 @@ def test_a_renamed_task_is_dropped_once_warned_and_the_next_one_runs(settings, c
         old.write_images(f"1.2.{n}", f"/spool/{n}.dcm")
     queue.enqueue_ingest("1.2.9", "/spool/9.dcm")  # ingest first: priority
     queue.enqueue_images("1.2.8", "/spool/8.dcm")
-    known_tasks.dropped.clear()
+    known_tasks.skipped.clear()
     with caplog.at_level(logging.WARNING, logger=known_tasks.__name__):
         read = [queue.huey.dequeue() for _ in range(5)]
     names = [task.name if task else None for task in read]
     assert names == ["ingest_instance", None, None, None, "write_images"]
-    [(name, count)] = known_tasks.dropped.items()  # the queue name: module and task name
+    [(name, count)] = known_tasks.skipped.items()  # the queue name: module and task name
     assert name.endswith("appliance.transcode.queue.write_images") and count == 3
     [warning] = caplog.records  # one line for the name, not one per task
-    assert name in warning.getMessage()
+    assert name in warning.getMessage() and "The worker drops such tasks" in warning.getMessage()
     assert "Traceback" not in caplog.text
+
+
+def test_a_monitor_skips_a_renamed_task_and_leaves_it_for_the_worker(settings, caplog):
+    """The queue monitor reads pending tasks without taking them: its warning must not
+    say the task was dropped, and the worker still finds (and drops) it."""
+    queue = create_queue(settings)
+    older_version(settings).write_images("1.2.1", "/spool/1.dcm")
+    known_tasks.skipped.clear()
+    with caplog.at_level(logging.WARNING, logger=known_tasks.__name__):
+        assert queue.huey.pending() == []
+    assert queue.huey.pending_count() == 1  # still queued: a monitor only looks
+    [warning] = caplog.records
+    assert warning.getMessage().startswith("skipped a queued task of another version")
+    assert queue.huey.dequeue() is None and queue.huey.pending_count() == 0  # the worker
 
 
 def test_the_schedule_skips_renamed_tasks(settings, caplog):

@@ -8,6 +8,7 @@ checkout); ``tests/test_settings_reference.py`` fails while either differs.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -87,16 +88,61 @@ def with_reference(name: str, text: str) -> str:
     return f"{head}{begin}\n{generate()}{end}\n{tail}"
 
 
-def main(paths: list[str]) -> int:
-    """Rewrite the generated part of each file in ``paths`` (README.md, .env.example)."""
-    for path in map(Path, paths):
-        text = path.read_text()
-        updated = with_reference(path.name, text)
-        if updated != text:
-            path.write_text(updated)
-            print(f"updated {path}")
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the generated part of each file named in ``argv`` (README.md, .env.example).
+
+    A file that cannot be read or lacks its marker lines is a message and exit status 1;
+    an argument that names neither file is a usage error (status 2).
+    """
+    parser = _parser()
+    paths: list[Path] = parser.parse_args(argv).files
+    for path in paths:
+        if path.name not in REFERENCES:
+            parser.error(f"{path}: no generated reference lives there; name README.md or "
+                         ".env.example")  # fmt: skip
+    for path in paths:
+        try:
+            _rewrite(path)
+        except OSError as exc:
+            parser.exit(1, f"{parser.prog}: error: {path}: {exc.strerror}\n")
+        except ValueError as exc:
+            parser.exit(1, f"{parser.prog}: error: {path}: {exc}\n")
     return 0
 
 
+def _rewrite(path: Path) -> None:
+    text = path.read_text()
+    updated = with_reference(path.name, text)
+    if updated != text:
+        path.write_text(updated)
+        print(f"updated {path}")
+    else:
+        print(f"{path} is up to date")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m appliance.config.reference",
+        description=(
+            "Rewrite the settings reference generated from their declaration in\n"
+            "appliance/config: the table of every setting in README.md, and the cloud\n"
+            "profile's variables in .env.example. Only the part between the file's two\n"
+            "marker lines changes; a file already up to date is left as it is."
+        ),
+        epilog=(
+            "example, from the root of a checkout:\n"
+            "  python -m appliance.config.reference README.md .env.example\n\n"
+            "tests/config/test_settings_reference.py fails while either file is out of date.\n"
+            "To print the table without writing a file: neuronova config reference"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE",
+        help="README.md or .env.example (chosen by file name; any directory)",
+    )  # fmt: skip
+    return parser
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -38,10 +38,20 @@ def _check_roles(section: str, role_map: str, default_role: str) -> None:
         )
 
 
-def _check_issuers(urls: list[str]) -> None:
+def _check_issuers(setting: str, urls: list[str]) -> None:
+    """Each of ``urls`` (the value of ``setting``) is an https:// or http:// URL.
+
+    http:// is accepted for a provider on this machine: the tests' provider is
+    ``http://localhost:PORT``, another site as seen from an appliance at 127.0.0.1. It is
+    not limited to loopback, so a clinic's existing http:// configuration still starts;
+    the message says what http:// costs.
+    """
     for url in urls:
         if url and not url.startswith(("https://", "http://")):
-            raise ConfigError(f"[oidc]/[smart] issuer {url!r} must start with https://")
+            raise ConfigError(
+                f"{setting}: {url!r} must start with https:// or http:// (use http:// only "
+                "for a provider on this machine: it sends sign-in codes and tokens unencrypted)"
+            )
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,7 @@ class OidcSettings(Section):
 
     def check(self) -> None:
         _check_roles(self.table, self.role_map, self.default_role)
-        _check_issuers([self.issuer])
+        _check_issuers("[oidc] issuer", [self.issuer])
 
     @property
     def enabled(self) -> bool:
@@ -107,7 +117,7 @@ class SmartSettings(Section):
 
     def check(self) -> None:
         _check_roles(self.table, self.role_map, self.default_role)
-        _check_issuers(self.issuer_list)
+        _check_issuers("[smart] issuers", self.issuer_list)
 
     @property
     def issuer_list(self) -> list[str]:

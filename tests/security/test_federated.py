@@ -141,3 +141,24 @@ def test_token_auth_must_be_a_method_a_client_registers_with(tmp_path) -> None:
     assert settings.smart.token_auth == "client_secret_post"
     with pytest.raises(ConfigError, match=r"\[oidc\] token_auth must be one of client_secret_"):
         load_settings(tmp_path, {"oidc.token_auth": "private_key_jwt"}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "shown"),
+    [("oidc.issuer", "idp.example", "'idp.example'"),
+     ("smart.issuers", "https://ehr.example/fhir, ftp://ehr.example", "'ftp://ehr.example'")],
+)  # fmt: skip
+def test_an_issuer_must_be_an_http_or_https_url_and_the_error_says_both(
+    tmp_path, setting: str, value: str, shown: str
+) -> None:
+    """http:// is accepted (the tests' provider is http://localhost), so the message
+    names it beside https:// and says what it costs."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(tmp_path, {setting: value}, environ={})
+    section, key = setting.split(".")
+    assert str(refused.value) == (
+        f"[{section}] {key}: {shown} must start with https:// or http:// (use http:// only "
+        "for a provider on this machine: it sends sign-in codes and tokens unencrypted)"
+    )
+    for accepted in ("https://idp.example", "http://localhost:8090"):
+        load_settings(tmp_path, {setting: accepted}, environ={})

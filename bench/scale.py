@@ -7,6 +7,8 @@ Orthanc's index is SQLite in the home (the default) or, with ``--index postgresq
 PostgreSQL 15 server the bench makes (``bench/pg.py``) and keeps beside each cached home;
 each index has its own cached homes (the same recipe, so the same instances) and its
 section of the results, and the markdown compares them at the sizes both measured.
+``bench/reindex.py`` makes the PostgreSQL home of a size from the SQLite home of that size
+(Orthanc's index rebuilt from its stored files) faster than a second fill would.
 
 Fill. A home is filled through the real receiver and pipeline: dcmtk's storescu sends
 small synthetic images (``bench/synthetic.py``) to a running appliance in ``--streams``

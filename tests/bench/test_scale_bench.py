@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import scale
+from bench import reindex, scale
 
 pytestmark = pytest.mark.slow
 
@@ -91,3 +91,27 @@ def test_postgresql_as_orthancs_index_is_measured_beside_sqlite(root: Path, run)
     )  # Orthanc's SQLite index was never made
     markdown = (root / "scale.md").read_text()
     assert "## PostgreSQL over SQLite" in markdown and "qido_patient_id_p95_ms" in markdown
+
+
+def test_a_postgresql_home_is_made_from_the_sqlite_home_of_its_size(root: Path, run) -> None:
+    """bench/reindex.py: an early pass posts every stored file, a later one posts nothing
+    more and finishes the home; measuring it finds the same instances as SQLite's."""
+    cache, sqlite_run = root / "cache", run[1]
+    target = scale.entry_path(cache, SIZES[1], "postgresql")
+    assert reindex.main(["--size", str(SIZES[1]), "--cache", str(cache), "--early"]) == 0
+    posted = (target.with_name(target.name + ".partial") / reindex.POSTED).read_text().split()
+    assert len(posted) == len(set(posted)) == sqlite_run["sizes"][1]["instances"]
+    assert reindex.main(["--size", str(SIZES[1]), "--cache", str(cache)]) == 0
+    meta = json.loads((target / "scale.json").read_text())
+    assert meta["index"] == "postgresql" and meta["fill"][-1]["path"] == "reindexed"
+    assert 'index = "postgresql"' in (target / "home" / "neuronova.toml").read_text()
+    assert not list((target / "home").rglob("index"))  # no SQLite index of Orthanc's
+    argv = ["--index", "postgresql", "--sizes", str(SIZES[1]), "--no-backups", "--cache",
+            str(cache), "--probe-slices", "12", "--requests", "4",
+            "--out", str(root / "scale.json")]  # fmt: skip
+    assert scale.main(argv) == 0
+    (size,) = json.loads((root / "scale.json").read_text())["indexes"]["postgresql"]["sizes"]
+    assert size["instances"] == sqlite_run["sizes"][1]["instances"]
+    assert size["doctor"]["checks"]["orthanc_index"] == "OK"
+    assert size["searches"]["qido_patient_id_orthanc"]["matches"] >= 1  # Orthanc's own index
+    assert size["probe"]["instances"] == 12

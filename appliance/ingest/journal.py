@@ -308,6 +308,17 @@ class Journal:
             ).fetchone()
         return row is not None
 
+    def orthanc_keys(self, sop_uid: str) -> tuple[str, str, str] | None:
+        """The instance's PatientID, Study and Series Instance UIDs, which name it in
+        Orthanc (:func:`appliance.store.orthanc.instance_id`); None if unknown."""
+        with self._serialized() as db:
+            row = db.execute(
+                "SELECT s.patient_id, i.study_uid, i.series_uid FROM instances AS i "
+                "JOIN studies AS s USING (study_uid) WHERE i.sop_uid = ?",
+                [sop_uid],
+            ).fetchone()
+        return None if row is None or row[0] is None else tuple(row)
+
     def images_pending(self, limit: int) -> list[tuple[str, str]]:
         """(sop_uid, spool_path) of up to ``limit`` stored objects whose JPEGs are still
         to be written (an index holds just those)."""

@@ -4,6 +4,8 @@ objects in it over that API (used by the queue's workers)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
 import urllib.error
 import urllib.request
@@ -35,6 +37,16 @@ def orthanc_url(settings: Settings) -> str:
     return f"http://{settings.internal.orthanc_host}:{settings.internal.orthanc_port}"
 
 
+def instance_id(patient_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """Orthanc's id of an instance: the SHA-1 of its PatientID and its study, series and
+    SOP Instance UIDs joined by ``|``, in five groups of eight hex digits (the Orthanc
+    Book, "Orthanc identifiers"). Reading by it costs Orthanc one index look-up, where
+    ``/tools/lookup`` by UID grows with the archive (40-150 ms at 75,000 instances)."""
+    digest = hashlib.sha1("|".join((patient_id, study_uid, series_uid, sop_uid)).encode())
+    hexadecimal = digest.hexdigest()
+    return "-".join(hexadecimal[i : i + 8] for i in range(0, 40, 8))
+
+
 class OrthancUnavailable(Exception):
     """Orthanc did not answer; worth retrying later."""
 
@@ -54,11 +66,24 @@ class OrthancStore:
         """Store one object; returns Orthanc's instance id."""
         return json.loads(self._call("/instances", data, "application/dicom"))["ID"]
 
-    def fetch(self, sop_uid: str) -> bytes | None:
-        """The stored Part 10 file of a SOP Instance UID, or None if Orthanc has none."""
-        found = json.loads(self._call("/tools/lookup", sop_uid.encode(), "text/plain"))
-        ids = [item["ID"] for item in found if item.get("Type") == "Instance"]
+    def fetch(self, sop_uid: str, keys: tuple[str, str, str] | None = None) -> bytes | None:
+        """The stored Part 10 file of a SOP Instance UID, or None if Orthanc has none.
+
+        ``keys`` (PatientID, Study and Series Instance UIDs, as the journal has them) read
+        it by :func:`instance_id`; if Orthanc holds none by that id (a PatientID Orthanc
+        normalised otherwise), the UID is looked up.
+        """
+        if keys is not None:
+            with contextlib.suppress(OrthancRejected):
+                return self._call(f"/instances/{instance_id(*keys, sop_uid)}/file")
+        ids = self.lookup_ids(sop_uid)
         return self._call(f"/instances/{ids[0]}/file") if ids else None
+
+    def lookup_ids(self, uid: str, level: str = "Instance") -> list[str]:
+        """Orthanc's ids of the resources of ``level`` a DICOM UID names (``/tools/lookup``,
+        whose cost grows with the archive)."""
+        found = json.loads(self._call("/tools/lookup", uid.encode(), "text/plain"))
+        return [item["ID"] for item in found if item.get("Type") == level]
 
     def instance_ids(self) -> list[str]:
         """Orthanc's ids of every instance it holds."""
@@ -112,8 +137,7 @@ class OrthancStore:
 
     def delete_study(self, study_uid: str) -> bool:
         """Delete a study (every series and instance) from Orthanc; False if it has none."""
-        found = json.loads(self._call("/tools/lookup", study_uid.encode(), "text/plain"))
-        ids = [item["ID"] for item in found if item.get("Type") == "Study"]
+        ids = self.lookup_ids(study_uid, "Study")
         for orthanc_id in ids:
             self._call(f"/studies/{orthanc_id}", method="DELETE")
         return bool(ids)

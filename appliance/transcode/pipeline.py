@@ -196,7 +196,7 @@ class Pipeline:
         if not self.journal.images_pending_for(sop_uid, spool_path):
             return Outcome("skipped")
         try:
-            data = self.orthanc.fetch(sop_uid)
+            data = self.orthanc.fetch(sop_uid, self.journal.orthanc_keys(sop_uid))
         except OrthancUnavailable as exc:
             log.warning("%s: JPEGs postponed: %s", sop_uid, exc)
             return Outcome("retry", retry_in=IMAGES_RETRY)

@@ -285,8 +285,8 @@ def test_a_jpeg_task_racing_a_deletion_writes_nothing_back(appliance, tokens, tm
         ).fetchone()[0]
     fetch = pipeline.orthanc.fetch
 
-    def fetch_then_delete(uid: str) -> bytes | None:
-        data = fetch(uid)
+    def fetch_then_delete(uid: str, keys: tuple[str, str, str] | None = None) -> bytes | None:
+        data = fetch(uid, keys)
         delete_study(appliance.settings, pipeline.journal, series.study_uid, "admin")
         return data
 

@@ -25,6 +25,7 @@ INTERNAL_PATHS = (
 )
 # A search the gateway hands to Orthanc (study searches the app answers from its own table).
 QIDO_PATH = "/api/pacs/dicom-web/series?limit=1"
+SERIES_PATH = "/api/pacs/dicom-web/series?SeriesInstanceUID={}"
 
 
 def _expected_ports(s: Settings) -> dict[int, tuple[str, bool]]:
@@ -121,15 +122,31 @@ async def check_internal_locations(ctx: Context) -> Check:
     return Check("internal_locations", OK, "/internal-* locations answer 404 when asked directly")
 
 
+def _series_search(db: sqlite_utils.Database) -> tuple[str, str]:
+    """The series search the doctor sends Orthanc, and what it is.
+
+    The newest stored series, by its UID, which Orthanc looks up in its index of
+    identifiers. Without a constraint Orthanc 1.10.1 read every series of the archive,
+    even for ``limit=1``: 16 ms at 10,262 instances, 110 ms at 50,052 (6.9x), the doctor's
+    one check that grew with the archive; by UID 1.1-1.8x (6-12 ms to 10-13 ms, loaded
+    machine). An empty archive has nothing to read.
+    """
+    instance = _latest_instance(db)
+    if instance is None:
+        return QIDO_PATH, "a series query (no image stored yet)"
+    return SERIES_PATH.format(instance[1]), "a search for the newest stored series"
+
+
 async def check_orthanc_via_nginx(ctx: Context) -> Check:
     """A QIDO through nginx: nginx reaches Orthanc with the credentials it holds."""
     fix = f"check Orthanc with `neuronova status` and {ctx.layout.log_dir}/orthanc.log"
+    path, what = _series_search(ctx.db)
     try:
-        status, _, body = await ctx.get(ctx.nginx_url + QIDO_PATH, auth=True)
+        status, _, body = await ctx.get(ctx.nginx_url + path, auth=True)
     except TimeoutError:
-        return Check("orthanc_via_nginx", FAIL, "no answer to a series query through nginx", fix)
+        return Check("orthanc_via_nginx", FAIL, f"no answer to {what} through nginx", fix)
     if status == 200:
-        return Check("orthanc_via_nginx", OK, "Orthanc answered a series query through nginx")
+        return Check("orthanc_via_nginx", OK, f"Orthanc answered {what} through nginx")
     if status in (401, 403) and b"token" not in body:
         return Check(
             "orthanc_via_nginx",
@@ -138,12 +155,7 @@ async def check_orthanc_via_nginx(ctx: Context) -> Check:
             "restart `neuronova run`: it writes nginx's and Orthanc's configuration "
             "from secrets/orthanc-password",
         )
-    return Check(
-        "orthanc_via_nginx",
-        FAIL,
-        f"series query through nginx answered HTTP {status}",
-        fix,
-    )
+    return Check("orthanc_via_nginx", FAIL, f"{what} through nginx answered HTTP {status}", fix)
 
 
 async def check_orthanc_index(ctx: Context) -> Check:

@@ -68,6 +68,12 @@ def changed_since(database: Path, asked: str) -> set[Series]:
         db.close()
 
 
+def changed_series(database: Path, log: dict[str, Any]) -> set[Series]:
+    """The series to look at after the snapshot whose ``frames_log`` is ``log``: those that
+    changed since (:func:`changed_since`) and those it found in progress."""
+    return changed_since(database, log["asked"]) | {(a, b) for a, b in log["pending"]}
+
+
 def in_progress(database: Path, among: Iterable[Series] | None) -> list[Series]:
     """The series (of ``among``; None: of the whole journal, for a full walk) whose files
     are still being written, sorted."""

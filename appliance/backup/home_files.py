@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from appliance.backup.frames_changes import MAX_PENDING, Series, changed_since, in_progress
+from appliance.backup.frames_changes import MAX_PENDING, Series, changed_series, in_progress
 from appliance.backup.manifest import SKIPPED
 from appliance.backup.repository import Repository
 from appliance.layout import HomeLayout
@@ -56,35 +56,58 @@ class HomeWalk:
     full: bool = False
     folders_checked: int = 0
     frames_log: dict[str, Any] | None = None  # the manifest's ``frames_log`` (None: none)
+    studies: list[str] = field(default_factory=list)  # frames/<study> (after walk_changes)
+    subtrees: list[str] = field(default_factory=list)  # frames/ folders walked (added, series)
+    stray: bool = False  # a file directly in frames/ (walk_changes)
 
 
 def walk_home(home: Path, previous: dict[str, Any], now: datetime | None = None) -> HomeWalk:
     """The walk of ``home`` after the snapshot ``previous`` (``{}``: none, a full walk)."""
     asked = datetime.now(UTC).isoformat(timespec="seconds")  # before the journal is read
     now = now or datetime.now(UTC)
-    walked, log = previous.get("walked"), previous.get("frames_log")
-    full = walked is None or log is None or now - datetime.fromisoformat(walked) > FULL_WALK_EVERY
-    walk = HomeWalk(walked=now.isoformat(timespec="seconds") if full else walked, full=full)
     database = HomeLayout(home).database_file
-    walker = _Walker(home, {} if full else previous, walk)
-    if full:
-        walker.top()
-        pending = in_progress(database, None)
-    else:
-        series = changed_since(database, log["asked"]) | {(a, b) for a, b in log["pending"]}
-        walker.top(skip=FRAMES)
-        walker.frames(series)
-        pending = in_progress(database, series)
+    if not full_walk_due(previous, now):
+        series = changed_series(database, previous["frames_log"])
+        return walk_changes(home, previous, series, asked)
+    walk = HomeWalk(walked=now.isoformat(timespec="seconds"), full=True)
+    _Walker(home, {}, walk).top()
+    _log_pending(walk, in_progress(database, None), asked)
+    return walk
+
+
+def full_walk_due(previous: dict[str, Any], now: datetime) -> bool:
+    """Whether the snapshot after ``previous`` must stat every file (see the module)."""
+    walked, log = previous.get("walked"), previous.get("frames_log")
+    return walked is None or log is None or now - datetime.fromisoformat(walked) > FULL_WALK_EVERY
+
+
+def walk_changes(
+    home: Path, previous: dict[str, Any], series: set[Series], asked: str,
+    studies: set[str] | None = None,
+) -> HomeWalk:  # fmt: skip
+    """The walk of the home's folders outside ``frames/``, of the ``series`` and of the
+    studies added since ``previous``, whose ``files`` and ``folders`` need only hold those
+    (and ``studies``, frames/<study>, the study folders it had, when it holds no others)."""
+    walk = HomeWalk(walked=previous["walked"])
+    walker = _Walker(home, previous, walk, studies)
+    walker.top(skip=FRAMES)
+    walker.frames(series)
+    _log_pending(walk, in_progress(HomeLayout(home).database_file, series), asked)
+    return walk
+
+
+def _log_pending(walk: HomeWalk, pending: list[Series], asked: str) -> None:
     if len(pending) <= MAX_PENDING:  # else no record: the next snapshot walks it all
         walk.frames_log = {"asked": asked, "pending": [list(s) for s in pending]}
-    return walk
 
 
 class _Walker:
     """One walk: the previous manifest's files and folders grouped by folder."""
 
-    def __init__(self, home: Path, previous: dict[str, Any], walk: HomeWalk) -> None:
-        self.home, self.walk = home, walk
+    def __init__(
+        self, home: Path, previous: dict[str, Any], walk: HomeWalk, studies: set[str] | None = None
+    ) -> None:
+        self.home, self.walk, self.studies = home, walk, studies
         self.key = HomeLayout(home).backup_key_file  # a backup never holds the key it uses
         self.before: dict[str, int] = previous.get("folders", {})
         self.files_in: dict[str, list[str]] = defaultdict(list)
@@ -129,16 +152,19 @@ class _Walker:
             mtime = os.lstat(self.home / FRAMES).st_mtime_ns
         except FileNotFoundError:
             return
-        before = set(self.folders_in.get(FRAMES, ()))
+        before = set(self.folders_in.get(FRAMES, ())) if self.studies is None else self.studies
         if self._unchanged(FRAMES, mtime):
             studies, added = before, set()
             self.walk.kept.update((f, self.entries[f]) for f in self.files_in.get(FRAMES, ()))
         else:
+            examined = len(self.walk.examine)
             studies = set(self._list(FRAMES))
             added = studies - before
+            self.walk.stray = len(self.walk.examine) > examined
         kept = studies - added
         walked = {f"{FRAMES}/{a}/{b}" for a, b in series if f"{FRAMES}/{a}" in kept}
-        for rel in sorted(added | walked):
+        self.walk.studies, self.walk.subtrees = sorted(studies), sorted(added | walked)
+        for rel in self.walk.subtrees:
             self.folder(rel)
         for rel in kept:
             self._keep(rel, walked)

@@ -39,8 +39,9 @@ from appliance.backup.parts import Known, Read, join, valid_parts
 from appliance.layout import HomeLayout
 from appliance.security.keys import load_or_create_secret
 
-FORMAT = 3  # 1: the unencrypted repositories' manifests (appliance.backup.legacy); 2: in one
-# piece; 3: saved in parts (appliance.backup.parts)
+FORMAT = 4  # 1: the unencrypted repositories' manifests (appliance.backup.legacy); 2: in one
+# piece; 3: saved in parts (appliance.backup.parts); 4: each part's reference names its first
+# key and entry count, and ``studies`` the study folders (appliance.backup.patch)
 MAX_MANIFEST_BYTES = 1 << 30  # about 5 million Orthanc instances
 MAX_OBJECT_SIZE = 1 << 44
 MAX_PATH_BYTES = 4096
@@ -134,6 +135,14 @@ def _frames_log(value: Any) -> bool:
     )
 
 
+def _studies(value: Any) -> bool:
+    """The names of the folders below ``frames/`` (:mod:`appliance.backup.patch`)."""
+    return isinstance(value, list) and all(
+        isinstance(name, str) and "/" not in name and path_problem(f"frames/{name}") is None
+        for name in value
+    )
+
+
 def _folders(value: Any) -> bool:
     """Folder path -> its mtime in ns (:mod:`appliance.backup.home_files`)."""
     return isinstance(value, dict) and all(
@@ -153,11 +162,12 @@ TOP: dict[str, Field] = {
     "walked": Field(_iso_time, "a date and time (ISO 8601, with its offset)"),
     "frames_log": Field(_frames_log, "when the journal was asked, and the series in progress"),
     "parts": Field(valid_parts, "a list of parts (SHA-256 and size) per section"),
+    "studies": Field(lambda v: _studies(v), "the study folders below frames/ (names)"),
 }
 # "mac": none before signed snapshots; "orthanc_log", "folders", "walked": none before
 # incremental snapshots; "frames_log": none before the journal said which series changed
 OPTIONAL = ("created", "home", "bytes_copied", "mac", "orthanc_log", "folders", "walked",
-            "frames_log", "parts")  # fmt: skip
+            "frames_log", "parts", "studies")  # fmt: skip
 ENTRY: dict[str, dict[str, Field]] = {
     "files": {
         "sha256": DIGEST,
@@ -184,12 +194,7 @@ def parse(
     refused without; the parts read go into ``known``). Given the backup ``key``, a
     signed manifest is also authenticated (:func:`authenticate`).
     """
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise BackupError(f"snapshot {name}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise BackupError(f"snapshot {name}: manifest is not JSON ({exc})") from None
+    data = _json(raw, name)
     if isinstance(data, dict) and "parts" in data:
         if read is None:
             raise BackupError(f"snapshot {name} refused: a manifest in parts, where none can be")
@@ -200,6 +205,29 @@ def parse(
     if key is not None:
         authenticate(data, key, name)
     return data
+
+
+def parse_top(raw: bytes, name: str) -> dict[str, Any] | None:
+    """The manifest of snapshot ``name`` as saved in parts, none of its parts read: its
+    own fields and databases validated (each part's entries are, as a part is read:
+    :func:`entries_problem`); None if not saved in parts; :class:`BackupError` if invalid."""
+    data = _json(raw, name)
+    if not isinstance(data, dict) or "parts" not in data:
+        return None
+    unsplit = {s: {} for s in SECTIONS if s not in data}  # in the parts, unread
+    problem = _top_problem(data | unsplit) or _sections_problem(data | unsplit)
+    if problem:
+        raise BackupError(f"snapshot {name} refused (its manifest is not valid): {problem}")
+    return data
+
+
+def _json(raw: bytes, name: str) -> Any:
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BackupError(f"snapshot {name}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BackupError(f"snapshot {name}: manifest is not JSON ({exc})") from None
 
 
 def backup_key(layout: HomeLayout, create: bool = False) -> bytes | None:
@@ -257,11 +285,17 @@ def _top_problem(data: Any) -> str | None:
 
 
 def _sections_problem(data: dict[str, Any]) -> str | None:
-    for section in SECTIONS:
-        for key, entry in data[section].items():
-            problem = _key_problem(section, key) or _entry_problem(section, entry)
-            if problem:
-                return f"{section} entry {_shown(key)}: {problem}"
+    return next(filter(None, (entries_problem(s, data[s]) for s in SECTIONS)), None)
+
+
+def entries_problem(section: str, entries: dict[str, Any]) -> str | None:
+    """What makes these entries of ``section`` (``folders`` too) invalid; None if nothing."""
+    if section == "folders":
+        return None if _folders(entries) else f"folders must be {TOP['folders'].must_be}"
+    for key, entry in entries.items():
+        problem = _key_problem(section, key) or _entry_problem(section, entry)
+        if problem:
+            return f"{section} entry {_shown(key)}: {problem}"
     return None
 
 

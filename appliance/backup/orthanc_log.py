@@ -89,6 +89,28 @@ def plan(orthanc: OrthancStore, previous: dict[str, Any]) -> OrthancPlan:
     return OrthancPlan(kept, list(read.new), _position(read, position), deletions=deletions)
 
 
+def plan_appended(
+    orthanc: OrthancStore, position: dict[str, Any], count_before: int
+) -> OrthancPlan | None:
+    """The plan when Orthanc only added instances since ``position``, where the previous
+    snapshot held ``count_before``: the new ones to ask about, every previous entry kept
+    (``kept`` is empty: they stay where they are). None when the log does not go on, or
+    Orthanc's count is not ``count_before`` plus the new ones (a deletion, a replacement,
+    instances still arriving): :func:`plan`, with the previous entries, sorts that out."""
+    if _broken(orthanc, position):
+        return None
+    read = _read(orthanc, position["last"])
+    for _attempt in range(COUNT_ATTEMPTS):
+        count = orthanc.instance_count()
+        more = _read(orthanc, read.last)
+        _merge(read, more)
+        if not more.new:
+            break
+    if more.new or count != count_before + len(read.new):
+        return None
+    return OrthancPlan({}, list(read.new), _position(read, position))
+
+
 def full_listing(orthanc: OrthancStore, why: str, quiet: bool = False) -> OrthancPlan:
     """Every instance to ask about; the log's position taken first (nothing is missed)."""
     if not quiet:

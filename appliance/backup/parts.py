@@ -34,6 +34,7 @@ ORDERED = ("files", "folders")  # in path order; "orthanc" as the instances were
 AVERAGE = 256  # entries per part, on average
 LONGEST = 8 * AVERAGE  # a part ends here whatever its keys
 MAX_PARTS = 1 << 20
+REF = ("sha256", "size", "first", "count")  # a part's reference (format 4)
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 Put = Callable[[bytes], tuple[str, int]]
@@ -48,24 +49,34 @@ def split(manifest: dict[str, Any], put: Put, known: Known | None = None) -> dic
     """The manifest to save: ``manifest`` with its large sections stored through ``put``.
 
     A part holding the same entries as one of ``known`` (the previous manifest's, as
-    :func:`join` read them) is that part: it is neither serialised nor stored again.
+    :func:`join` read them) is that part: it is neither serialised nor stored again. A
+    section given as a function of ``put`` (:mod:`appliance.backup.patch`) makes its own
+    list of parts.
     """
-    split_here = [s for s in SPLIT if isinstance(manifest.get(s), dict)]  # else as it is
+    given = {s: manifest.get(s) for s in SPLIT}
+    split_here = [s for s, v in given.items() if isinstance(v, dict) or callable(v)]
     top = {k: v for k, v in manifest.items() if k not in split_here}
     top["parts"] = {}
     for section in split_here:
-        entries, refs = manifest[section], []
-        for keys in _cut(entries, section in ORDERED):
+        entries = manifest[section]
+        if callable(entries):
+            top["parts"][section] = entries(put)
+            continue
+        refs = []
+        for keys in cut(entries, section in ORDERED):
             ref = _same(known or {}, section, keys, entries)
-            if ref is None:
-                raw = json.dumps({k: entries[k] for k in keys}).encode()
-                ref = dict(zip(("sha256", "size"), put(raw), strict=True))
-            refs.append(ref)
+            refs.append(ref if ref is not None else store(entries, keys, put))
         top["parts"][section] = refs
     return top
 
 
-def _cut(entries: dict[str, Any], ordered: bool) -> list[list[str]]:
+def store(entries: dict[str, Any], keys: list[str], put: Put) -> dict[str, Any]:
+    """The reference of a new part holding ``keys``' entries, stored through ``put``."""
+    sha256, size = put(json.dumps({k: entries[k] for k in keys}).encode())
+    return {"sha256": sha256, "size": size, "first": keys[0], "count": len(keys)}
+
+
+def cut(entries: dict[str, Any], ordered: bool) -> list[list[str]]:
     """The keys of the section's parts, each ending on a boundary key."""
     keys = sorted(entries, key=str) if ordered else list(entries)
     parts, start = [], 0
@@ -84,7 +95,7 @@ def _same(known: Known, section: str, keys: list[str], entries: dict[str, Any]) 
     if ref is None or len(before) != len(keys):
         return None
     same = all(k == b and entries[k] == v for k, (b, v) in zip(keys, before.items(), strict=True))
-    return dict(ref) if same else None
+    return {**ref, "first": keys[0], "count": len(keys)} if same else None
 
 
 def _boundary(key: str) -> bool:
@@ -108,7 +119,7 @@ def join(
     for section, refs in parts.items():
         whole[section] = {}
         for ref in refs:
-            entries = _part(read(ref["sha256"], ref["size"]), name, section)
+            entries = part_entries(ref, read(ref["sha256"], ref["size"]), name, section)
             if not whole[section].keys().isdisjoint(entries.keys()):
                 raise BackupError(f"snapshot {name} refused: a {section} entry is in two parts")
             whole[section].update(entries)
@@ -118,32 +129,42 @@ def join(
     return whole
 
 
-def _part(raw: bytes, name: str, section: str) -> dict[str, Any]:
+def part_entries(ref: dict[str, Any], raw: bytes, name: str, section: str) -> dict[str, Any]:
+    """The entries of the part ``ref`` from its content; :class:`BackupError` unless a JSON
+    object that starts with the key and holds the number of entries its reference names."""
     try:
         entries = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise BackupError(f"snapshot {name}: a part of its {section} is not JSON ({exc})") from None
     if not isinstance(entries, dict):
         raise BackupError(f"snapshot {name}: a part of its {section} is not a JSON object")
+    if "first" in ref and (len(entries) != ref["count"] or next(iter(entries)) != ref["first"]):
+        raise BackupError(f"snapshot {name}: a part of its {section} is not the one its "
+                          "reference describes (first key, number of entries)")  # fmt: skip
     return entries
 
 
 def valid_parts(parts: Any) -> bool:
-    """Whether ``parts`` is, per section of :data:`SPLIT`, a list of (SHA-256, size)."""
+    """Whether ``parts`` is, per section of :data:`SPLIT`, a list of references: SHA-256 and
+    size, and (since format 4) the part's first key and its number of entries."""
     return (
         isinstance(parts, dict)
         and set(parts) <= set(SPLIT)
         and all(isinstance(refs, list) and len(refs) <= MAX_PARTS for refs in parts.values())
-        and all(
-            isinstance(ref, dict)
-            and set(ref) == {"sha256", "size"}
-            and isinstance(ref["sha256"], str)
-            and HEX64.fullmatch(ref["sha256"]) is not None
-            and type(ref["size"]) is int
-            and ref["size"] >= 0
-            for refs in parts.values()
-            for ref in refs
-        )
+        and all(_valid_ref(ref) for refs in parts.values() for ref in refs)
+    )
+
+
+def _valid_ref(ref: Any) -> bool:
+    if not isinstance(ref, dict) or set(ref) not in ({"sha256", "size"}, set(REF)):
+        return False
+    return (
+        isinstance(ref["sha256"], str)
+        and HEX64.fullmatch(ref["sha256"]) is not None
+        and type(ref["size"]) is int
+        and ref["size"] >= 0
+        and ("first" not in ref or (isinstance(ref["first"], str) and len(ref["first"]) <= 4096))
+        and ("count" not in ref or (type(ref["count"]) is int and 1 <= ref["count"] <= LONGEST))
     )
 
 

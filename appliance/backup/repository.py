@@ -32,8 +32,8 @@ from appliance.backup.crypto import RepositoryKeys, encrypted_size, manifest_dom
 from appliance.backup.errors import BackupError
 from appliance.backup.files import ObjectReader, open_plain, read_limited
 from appliance.backup.legacy import LegacyRepository
-from appliance.backup.manifest import MAX_MANIFEST_BYTES, parse
-from appliance.backup.parts import Known, Read, split
+from appliance.backup.manifest import MAX_MANIFEST_BYTES, entries_problem, parse, parse_top
+from appliance.backup.parts import Known, Read, part_entries, split
 from appliance.durable import fsync_dir, fsync_file
 from appliance.security.keys import write_private_file
 
@@ -253,14 +253,37 @@ class Repository(ObjectReader):
     def manifest_from(self, raw: bytes, name: str, read: Read | None = None) -> dict[str, Any]:
         """The manifest of snapshot ``name`` from its encrypted bytes (read anywhere), its
         parts read with ``read`` (default: :meth:`part`, from this repository)."""
+        plain = self._plain(raw, name)
+        self._known = {}  # the parts of the last manifest read here, for the next save
+        known = self._known if read is None else None
+        return parse(plain, name, read=read or self.part, known=known)
+
+    def latest_top(self) -> dict[str, Any] | None:
+        """The newest snapshot's manifest as saved, none of its parts read (see
+        :func:`appliance.backup.manifest.parse_top`); None for a new repository, or one
+        whose newest manifest is not saved in parts."""
+        names = self.snapshot_names()
+        if not names:
+            return None
+        raw = read_limited(self.snapshots / names[-1], encrypted_size(MAX_MANIFEST_BYTES),
+                           f"snapshot {names[-1]}")  # fmt: skip
+        plain = self._plain(raw, names[-1])
+        return parse_top(plain, names[-1])
+
+    def part_entries(self, ref: dict[str, Any], section: str, name: str) -> dict[str, Any]:
+        """The entries of one part of snapshot ``name``'s ``section``, checked and validated."""
+        entries = part_entries(ref, self.part(ref["sha256"], ref["size"]), name, section)
+        if problem := entries_problem(section, entries):
+            raise BackupError(f"snapshot {name} refused (its manifest is not valid): {problem}")
+        return entries
+
+    def _plain(self, raw: bytes, name: str) -> bytes:
         plain = io.BytesIO()
         try:
             self.keys.decrypt(io.BytesIO(raw), plain, f"snapshot {name}", manifest_domain(name))
         except BackupError as exc:
             raise BackupError(f"{exc}; it was refused.") from None
-        self._known = {}  # the parts of the last manifest read here, for the next save
-        known = self._known if read is None else None
-        return parse(plain.getvalue(), name, read=read or self.part, known=known)
+        return plain.getvalue()
 
     def part(self, sha256: str, size: int) -> bytes:
         """A manifest part's content (:mod:`appliance.backup.parts`), checked."""

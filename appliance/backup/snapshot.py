@@ -19,60 +19,34 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance.backup import orthanc_log
-from appliance.backup.home_files import put_file, walk_home
+from appliance.backup import incremental, orthanc_log
+from appliance.backup.copying import (
+    Progress,
+    SnapshotResult,
+    Work,
+    put_all,
+    stopped,
+    top_fields,
+)
+from appliance.backup.home_files import walk_home
 from appliance.backup.legacy import LegacyRepository
 from appliance.backup.manifest import FORMAT, SECTIONS, backup_key
 from appliance.backup.migrate import migrate_locked, needs_migration
 from appliance.backup.parts import part_objects
-from appliance.backup.repository import SNAPSHOT_NAME, BackupError, Repository, readable
+from appliance.backup.repository import BackupError, Repository, readable
 from appliance.config import Settings
 from appliance.home import make_home_dirs
 from appliance.layout import HomeLayout
 from appliance.security.keys import write_private_file
 from appliance.store.orthanc import OrthancStore, OrthancUnavailable
 
-Progress = Callable[[int, int], None]
-"""Called with (items done, items in all) as a snapshot or restore goes."""
-
-
-@dataclass(frozen=True)
-class Work:
-    """What a backup had to look at: it grows with what changed, not with the archive."""
-
-    files_examined: int  # files stat'ed (those in folders that changed; all in a full walk)
-    folders_checked: int  # folders stat'ed (listed only if they changed)
-    full_walk: bool  # every file stat'ed (first snapshot, then weekly)
-    orthanc_asked: int  # instances whose attachment Orthanc was asked about
-    orthanc_listing: str  # why every instance was asked about ("": only the changed ones)
-    orthanc_deleted: int  # instances of the previous snapshot found deleted
-    manifest_bytes: int = 0  # written for the manifest (its parts that changed, and itself)
-
-    def record(self) -> dict[str, Any]:
-        """The fields of the backup's status record."""
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class SnapshotResult:
-    """What one backup did."""
-
-    name: str
-    files: int
-    instances: int
-    bytes_copied: int
-    seconds: float
-    work: Work
+__all__ = ["Progress", "SnapshotResult", "Work", "restore_files", "take_snapshot", "verify"]
 
 
 def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> SnapshotResult:
@@ -97,60 +71,42 @@ def take_snapshot(settings: Settings, dest: Path, progress: Progress) -> Snapsho
 def _snapshot_into(
     repo: Repository, settings: Settings, orthanc: OrthancStore, progress: Progress
 ) -> SnapshotResult:
-    """The snapshot itself, under the repository's lock (``seconds`` left at 0)."""
-    layout = settings.layout
-    previous = repo.latest() or {}
+    """The snapshot itself, under the repository's lock (``seconds`` left at 0): from the
+    previous one's changed parts (:mod:`appliance.backup.incremental`) where it can, else
+    from the whole previous manifest."""
     try:
-        instances = orthanc_log.plan(orthanc, previous)
+        top = repo.latest_top()
+        changes = top is not None and incremental.eligible(top)
+        if changes and (result := incremental.snapshot_changes(repo, top, settings, orthanc,
+                                                                 progress)):  # fmt: skip
+            return result
+        return _snapshot_whole(repo, settings, orthanc, progress)
     except OrthancUnavailable as exc:
-        raise _stopped(exc) from exc
-    walk = walk_home(layout.home, previous)
-    total, done, copied = len(instances.ask) + len(walk.examine) + 2, 0, 0
-    manifest: dict[str, Any] = {"format": FORMAT, "files": dict(walk.kept), "databases": {},
-                                "orthanc": dict(instances.kept)}  # fmt: skip
-    databases = (("db/appliance.db", layout.database_file), ("db/queue.db", layout.queue_file))
-    for name, path in databases:
-        if path.exists():
-            manifest["databases"][name], n = _put_database(repo, path, layout.run_dir)
-            copied += n
-        done += 1
-        progress(done, total)
-    for rel, path in walk.examine:
-        entry, n = put_file(repo, path, previous.get("files", {}).get(rel))
-        if entry is not None:
-            manifest["files"][rel] = entry
-        copied += n
-        done += 1
-        progress(done, total)
-    storage = layout.orthanc_dir / "storage"
-    known = previous.get("orthanc", {})
-    for instance_id in instances.ask:
-        try:
-            entry, n = _put_instance(repo, orthanc, storage, instance_id, known)
-        except OrthancUnavailable as exc:
-            raise _stopped(exc) from exc
-        if entry is not None:
-            manifest["orthanc"][instance_id] = entry
-        copied += n
-        done += 1
-        progress(done, total)
-    name = datetime.now(UTC).strftime(SNAPSHOT_NAME)
-    manifest.update(name=name, created=datetime.now(UTC).isoformat(timespec="seconds"),
-                    home=str(layout.home), bytes_copied=copied, orthanc_log=instances.position,
-                    folders=walk.folders, walked=walk.walked)  # fmt: skip
-    if walk.frames_log is not None:
-        manifest["frames_log"] = walk.frames_log
-    written = repo.save(name, manifest)
+        raise stopped(exc) from exc
+
+
+def _snapshot_whole(
+    repo: Repository, settings: Settings, orthanc: OrthancStore, progress: Progress
+) -> SnapshotResult:
+    """The snapshot after reading the previous manifest whole (none: a first snapshot)."""
+    previous = repo.latest() or {}
+    instances = orthanc_log.plan(orthanc, previous)
+    walk = walk_home(settings.home, previous)
+    put = put_all(repo, settings, orthanc, walk, instances.ask, previous, progress)
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "files": walk.kept | put.files, "databases": put.databases,
+        "orthanc": instances.kept | put.orthanc, "folders": walk.folders,
+        **top_fields(settings.layout, put.copied, instances.position, walk),
+    }  # fmt: skip
+    if (studies := incremental.studies_of(manifest)) is not None:
+        manifest["studies"] = studies
+    written = repo.save(manifest["name"], manifest)
+    read = sum(ref["size"] for refs in previous.get("parts", {}).values() for ref in refs)
     return SnapshotResult(
-        name, len(manifest["files"]), len(manifest["orthanc"]), copied, 0.0,
+        manifest["name"], len(manifest["files"]), len(manifest["orthanc"]), put.copied, 0.0,
         Work(len(walk.examine), walk.folders_checked, walk.full, len(instances.ask),
-             instances.listing, instances.deletions, written),
+             instances.listing, instances.deletions, written, read),
     )  # fmt: skip
-
-
-def _stopped(exc: OrthancUnavailable) -> BackupError:
-    return BackupError(f"Orthanc stopped answering during the backup ({exc}); "
-                       "no snapshot was written. Run the backup again.")  # fmt: skip
 
 
 def verify(dest: Path, progress: Progress, key: bytes | None = None) -> list[str]:
@@ -299,23 +255,6 @@ def restore_instances(
     return len(entries)
 
 
-def _put_database(repo: Repository, path: Path, scratch_in: Path) -> tuple[dict[str, Any], int]:
-    """The database's online-backup copy (made in the home's ``scratch_in``: never in the
-    clear in the repository) put in."""
-    scratch_in.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch_in, prefix="backup-") as scratch:
-        copy = Path(scratch) / "copy.db"
-        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-        target = sqlite3.connect(copy)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
-        stored = repo.put(copy)
-    return {"sha256": stored.sha256, "size": stored.size}, stored.copied
-
-
 def _orthanc_answers(orthanc: OrthancStore) -> None:
     """Refuse to start (:class:`BackupError`) unless Orthanc answers."""
     try:
@@ -325,23 +264,3 @@ def _orthanc_answers(orthanc: OrthancStore) -> None:
             f"cannot list Orthanc's instances ({exc}). Is NeuroNova running? "
             "Start it with `neuronova run`; backups are taken while it runs."
         ) from exc
-
-
-def _put_instance(
-    repo: Repository, orthanc: OrthancStore, storage: Path, instance_id: str,
-    previous: dict[str, Any],
-) -> tuple[dict[str, Any] | None, int]:  # fmt: skip
-    """(manifest entry, bytes copied); (None, 0) for an instance deleted meanwhile."""
-    for _attempt in range(2):
-        uuid = orthanc.attachment_uuid(instance_id)
-        if uuid is None:
-            return None, 0
-        before = previous.get(instance_id)
-        if before and before["uuid"] == uuid and repo.has(before["sha256"]):
-            return before, 0
-        try:
-            stored = repo.put(storage / uuid[:2] / uuid[2:4] / uuid)
-        except FileNotFoundError:
-            continue  # replaced or deleted since we asked: ask again
-        return {"uuid": uuid, "sha256": stored.sha256, "size": stored.size}, stored.copied
-    return None, 0

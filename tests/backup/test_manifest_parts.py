@@ -13,6 +13,7 @@ import pytest
 from appliance.backup.crypto import manifest_domain
 from appliance.backup.errors import BackupError
 from appliance.backup.manifest import FORMAT
+from appliance.backup.patch import Section, Spans, appended, subtree
 from appliance.backup.repository import Repository
 
 DIGEST = "ab" * 32
@@ -95,3 +96,60 @@ def _seal(repo: Repository, name: str, top: dict[str, Any]) -> None:
     sealed = io.BytesIO()
     repo.keys.encrypt(io.BytesIO(json.dumps(top).encode()), sealed, manifest_domain(name))
     (repo.snapshots / name).write_bytes(sealed.getvalue())
+
+
+def test_a_day_reads_and_writes_only_the_parts_it_changed_at_n_and_4n(tmp_path: Path) -> None:
+    """Two new studies patched into a saved manifest (:mod:`appliance.backup.patch`): the
+    parts read and the bytes written are about the same at n and 4n, and the manifest read
+    back is the whole one with the new entries."""
+    first, second = "20260101T000000000000Z", "20260102T000000000000Z"
+    costs = []
+    for size in (2000, 8000):
+        repo = _repo(tmp_path / str(size))
+        whole = _archive(size)
+        repo.save(first, whole)
+        top = repo.latest_top()
+        assert top is not None and all("first" in r for refs in top["parts"].values() for r in refs)
+
+        def read(ref: dict[str, Any], section: str, repo: Repository = repo) -> dict[str, Any]:
+            return repo.part_entries(ref, section, first)
+
+        files, folders = (Section(name, top["parts"][name], read) for name in ("files", "folders"))
+        later = _archive(2, seed="2")  # studies 2.0 and 2.1
+        changed = Spans([span for rel in ("frames/2.0", "frames/2.1") for span in subtree(rel)])
+        assert files.entries_in(changed) == {} and folders.entries_in(changed) == {}
+        day = {"format": FORMAT, "name": second, "databases": {},
+               "files": lambda p, f=files, n=later: f.patched(changed, n["files"], p),
+               "folders": lambda p, f=folders, n=later: f.patched(changed, n["folders"], p),
+               "orthanc": lambda p, t=top, r=read, n=later: appended(
+                   t["parts"]["orthanc"], r, n["orthanc"], p)}  # fmt: skip
+        written = repo.save(second, day)
+        read_back = repo.manifest(second)
+        for section in ("files", "folders", "orthanc"):
+            assert read_back[section] == whole[section] | later[section]
+        assert list(read_back["orthanc"]) == [*whole["orthanc"], *later["orthanc"]]
+        whole_size = sum(r["size"] for refs in top["parts"].values() for r in refs)
+        costs.append((files.bytes_read + folders.bytes_read, written, whole_size))
+    (read_n, written_n, whole_n), (read_4n, written_4n, whole_4n) = costs
+    assert whole_4n > 3.5 * whole_n, costs  # the manifest grows with the archive...
+    assert read_4n < 1.5 * read_n and written_4n < 1.5 * written_n, costs  # ...a day does not
+    assert read_4n < whole_4n / 20, costs
+
+
+def test_a_part_out_of_its_place_is_refused(tmp_path: Path) -> None:
+    """A part whose reference names another first key than it holds, or parts out of path
+    order, are refused before anything is patched."""
+    repo = _repo(tmp_path)
+    repo.save("20260101T000000000000Z", _archive(300))
+    top = repo.latest_top()
+    assert top is not None
+    refs = top["parts"]["files"]
+
+    def read(ref: dict[str, Any], section: str) -> dict[str, Any]:
+        return repo.part_entries(ref, section, "20260101T000000000000Z")
+
+    with pytest.raises(BackupError, match="not in path order"):
+        Section("files", [refs[1], refs[0], *refs[2:]], read)
+    moved = [refs[0], {**refs[1], "first": refs[1]["first"] + "0"}, *refs[2:]]
+    with pytest.raises(BackupError, match="not the one its reference describes"):
+        Section("files", moved, read).entries_in(Spans([("", None)]))

@@ -57,7 +57,7 @@ def test_a_chain_of_changed_parts_ends_as_a_full_run(
     for day in range(2):
         _next_second()
         study(settings, 3, seed=10 + day)  # a new study
-        orthanc_id, _study, _series, sop_uid = studies[day][0]
+        *_ids, sop_uid = studies[day][0]
         ds = pydicom.dcmread(io.BytesIO(OrthancStore(settings).fetch(sop_uid)))
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ingest(settings, ds, _part10(ds))  # one more instance in a series backed up

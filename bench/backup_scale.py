@@ -49,7 +49,7 @@ from bench.scale import (
 )
 
 RESULTS = REPO / "bench" / "results"
-ROWS = ("wall_seconds", "bytes_copied", "manifest_bytes", "orthanc_rest_calls",
+ROWS = ("wall_seconds", "bytes_copied", "manifest_bytes", "manifest_read", "orthanc_rest_calls",
         "files_examined", "folders_checked", "orthanc_asked", "files", "instances")  # fmt: skip
 
 

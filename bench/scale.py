@@ -675,7 +675,7 @@ def backup(appliance: Appliance, dest: Path) -> dict[str, Any]:
     record = json.loads(appliance.layout.backup_status_file.read_text())
     keep = ("files", "instances", "bytes_copied", "seconds", "snapshot", "files_examined",
             "folders_checked", "full_walk", "orthanc_asked", "orthanc_listing",
-            "manifest_bytes")  # fmt: skip
+            "manifest_bytes", "manifest_read")  # fmt: skip
     return {"wall_seconds": round(seconds, 2)} | {k: record.get(k) for k in keep}
 
 

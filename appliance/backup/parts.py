@@ -16,7 +16,10 @@ parts; a deleted one changes the parts it was in; the others stay byte for byte.
 
 Reading joins the parts back in order (:func:`join`), each authenticated and checked
 against its SHA-256 as it is read, then the whole is validated like any manifest
-(:func:`appliance.backup.manifest.check`); a key in two parts is refused.
+(:func:`appliance.backup.manifest.check`); a key in two parts is refused. Since manifest
+format 4 a part's reference also names its first key and its number of entries (checked
+as it is read), so that an incremental snapshot finds the parts a change falls in without
+reading the others (:mod:`appliance.backup.patch`).
 """
 
 from __future__ import annotations

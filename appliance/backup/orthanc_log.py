@@ -65,13 +65,7 @@ def plan(orthanc: OrthancStore, previous: dict[str, Any]) -> OrthancPlan:
         return full_listing(orthanc, why, quiet=not previous)
     if problem := _broken(orthanc, position):
         return full_listing(orthanc, problem)
-    read = _read(orthanc, position["last"])
-    for _attempt in range(COUNT_ATTEMPTS):
-        count = orthanc.instance_count()
-        more = _read(orthanc, read.last)
-        _merge(read, more)
-        if not more.new:
-            break
+    read, count, more = _read_with_count(orthanc, position["last"])
     known = entries.keys() | read.new.keys()
     if count > len(known):
         return full_listing(orthanc, f"Orthanc holds {count} instances, its change log since "
@@ -99,16 +93,23 @@ def plan_appended(
     instances still arriving): :func:`plan`, with the previous entries, sorts that out."""
     if _broken(orthanc, position):
         return None
-    read = _read(orthanc, position["last"])
+    read, count, more = _read_with_count(orthanc, position["last"])
+    if more.new or count != count_before + len(read.new):
+        return None
+    return OrthancPlan({}, list(read.new), _position(read, position))
+
+
+def _read_with_count(orthanc: OrthancStore, since: int) -> tuple[_Read, int, _Read]:
+    """The changes after ``since``, Orthanc's instance count, and the changes read after
+    the count (empty unless instances kept arriving through every attempt)."""
+    read = _read(orthanc, since)
     for _attempt in range(COUNT_ATTEMPTS):
         count = orthanc.instance_count()
         more = _read(orthanc, read.last)
         _merge(read, more)
         if not more.new:
             break
-    if more.new or count != count_before + len(read.new):
-        return None
-    return OrthancPlan({}, list(read.new), _position(read, position))
+    return read, count, more
 
 
 def full_listing(orthanc: OrthancStore, why: str, quiet: bool = False) -> OrthancPlan:

@@ -115,7 +115,7 @@ SCHEMA: dict[str, dict] = {
             "sop_class": str,
             "state": str,
             "source": str,
-            "spool_path": str,
+            "spool_path": str,  # the file's name in the home's spool/ (absolute before migration 5)
             "received_at": str,
             "updated_at": str,
             "stored_at": str,
@@ -141,7 +141,7 @@ SCHEMA: dict[str, dict] = {
             "sop_uid": str,
             "study_uid": str,
             "source": str,
-            "spool_path": str,
+            "spool_path": str,  # as in instances
             "reason": str,
             "patient_name": str,
             "patient_id": str,

@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
+
+SPOOL_FOLDER = "spool"
+
+
+def spool_name(recorded: str) -> str:
+    """How the journal names a spool file: by its name in the home's spool folder, so that
+    the home may move (renamed, restored elsewhere) and keep its pending objects.
+
+    ``recorded`` is such a name, or an absolute path an older NeuroNova journaled (before
+    migration 5) or put in a queued task: one whose folder is named ``spool`` gives its
+    file name, whatever home it was in; any other path is kept as it is.
+    """
+    path = PurePath(recorded)
+    if path.is_absolute() and path.parent.name == SPOOL_FOLDER:
+        return path.name
+    return recorded
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,12 @@ class HomeLayout:
 
     @property
     def spool_dir(self) -> Path:
-        return self.home / "spool"
+        return self.home / SPOOL_FOLDER
+
+    def spool_file(self, recorded: str) -> Path:
+        """The spool file the journal or a task names ``recorded`` (see :func:`spool_name`):
+        in this home's spool folder, wherever the home was when it was journaled."""
+        return self.spool_dir / spool_name(recorded)
 
     @property
     def frames_dir(self) -> Path:

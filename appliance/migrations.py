@@ -23,7 +23,7 @@ from pathlib import Path
 from appliance.db import converge_schema, now_iso, open_database, patient_key, transaction
 from appliance.durable import fsync_dir, write_atomic
 from appliance.errors import ConfigError, HomeTooNewError
-from appliance.layout import HomeLayout
+from appliance.layout import SPOOL_FOLDER, HomeLayout, spool_name
 from appliance.version import current, image_tag
 
 
@@ -73,6 +73,26 @@ def _studies_by_patient_key(layout: HomeLayout) -> None:
         db.close()
 
 
+def _spool_files_by_name(layout: HomeLayout) -> None:
+    """Name each journaled spool file by its name in the spool folder, not by the absolute
+    path it had when it was received (:func:`appliance.layout.spool_name`): a home moved
+    to another folder kept its files under the new path, and recovery took them for
+    unknown copies, removed them, and failed their objects. One transaction; a path in
+    no folder named ``spool`` is kept (the file is still found there)."""
+    db = open_database(layout.database_file)
+    try:
+        db.conn.create_function("spool_name", 1, spool_name, deterministic=True)
+        with transaction(db):
+            for table in ("instances", "held"):
+                db.execute(
+                    f"UPDATE {table} SET spool_path = spool_name(spool_path) "
+                    "WHERE spool_path LIKE ?",
+                    [f"%/{SPOOL_FOLDER}/%"],
+                )
+    finally:
+        db.close()
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -94,6 +114,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ReferringPhysicianName and StudyID kept with each study; names and identifiers "
         "indexed without regard to case (QIDO study searches)",
         _converged_database,
+    ),
+    Migration(
+        5,
+        "spool files journaled by their name in the spool folder, not their absolute path "
+        "(a moved home keeps its pending objects)",
+        _spool_files_by_name,
     ),
 )
 

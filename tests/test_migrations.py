@@ -7,6 +7,7 @@ import json
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -211,3 +212,33 @@ def test_a_start_cut_short_goes_on_from_the_last_recorded_migration(tmp_path, mo
 
 def test_migrations_are_numbered_in_order():
     assert [m.number for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_migration_5_names_spool_files_by_their_name_in_the_spool_folder(tmp_path):
+    """A home at level 4 journaled absolute paths, here of the place it had before a move
+    (whose own path holds a folder named spool); the next start keeps only the names. A
+    path in no spool folder is kept: the file is still found there."""
+    old = "/srv/spool/neuronova/spool"
+    settings, layout = home_at_level(
+        tmp_path,
+        4,
+        "INSERT INTO instances (sop_uid, study_uid, series_uid, state, received_at, spool_path) "
+        f"VALUES ('1.1', '1', '1.9', 'received', 'now', '{old}/1.1.aaa.dcm'), "
+        f"('1.2', '1', '1.9', 'stored', 'now', '{old}/1.2.bbb.dcm'), "
+        "('1.3', '1', '1.9', 'failed', 'now', '/elsewhere/1.3.ccc.dcm'), "
+        "('1.4', '1', '1.9', 'received', 'now', '1.4.ddd.dcm')",
+        "INSERT INTO held (sop_uid, study_uid, spool_path, reason, received_at) "
+        f"VALUES ('1.5', '1', '{old}/1.5.eee.dcm', 'policy', 'now')",
+    )
+    init_home(settings)
+    db = open_database(layout.database_file)
+    names = dict(db.execute("SELECT sop_uid, spool_path FROM instances").fetchall())
+    names.update(db.execute("SELECT sop_uid, spool_path FROM held").fetchall())
+    assert names == {"1.1": "1.1.aaa.dcm", "1.2": "1.2.bbb.dcm", "1.3": "/elsewhere/1.3.ccc.dcm",
+                     "1.4": "1.4.ddd.dcm", "1.5": "1.5.eee.dcm"}  # fmt: skip
+    assert layout.spool_file(names["1.1"]) == layout.spool_dir / "1.1.aaa.dcm"
+    assert layout.spool_file(names["1.3"]) == Path("/elsewhere/1.3.ccc.dcm")
+    assert read_record(layout).level == LAST
+    migrations._spool_files_by_name(layout)  # again: nothing changes
+    again = dict(db.execute("SELECT sop_uid, spool_path FROM instances").fetchall())
+    assert again == {sop: name for sop, name in names.items() if sop != "1.5"}

@@ -51,7 +51,7 @@ class Ingest:
     def __init__(
         self, settings: Settings, queue: IngestQueue, journal: Journal | None = None
     ) -> None:
-        layout = settings.layout
+        layout = self.layout = settings.layout
         self.spool = Spool(layout.spool_dir, min_free=settings.dicom.min_free_mb * 1024**2,
                            warn_free=settings.dicom.warn_free_bytes)  # fmt: skip
         self.journal = journal or Journal(layout.database_file)
@@ -92,9 +92,9 @@ class Ingest:
     def _journal(
         self, ds: pydicom.Dataset, item: Received, path: Path, source: str, size: int, policy: str
     ) -> Refusal | None:
-        refusal = self.journal.record_received(ds, item, path, source, size, policy)
+        refusal = self.journal.record_received(ds, item, path.name, source, size, policy)
         if refusal is None:
-            self.queue.enqueue_ingest(item.sop_uid, str(path))
+            self.queue.enqueue_ingest(item.sop_uid, path.name)
         return refusal
 
     def release_held(self, held_id: int) -> Received:
@@ -102,14 +102,13 @@ class Ingest:
 
         Raises :class:`HeldError` when there is no such held object or its file is gone.
         """
-        row = self._held(held_id)
-        path = Path(row["spool_path"])
+        row, path = self._held(held_id)
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         item = describe(ds)
         with self.journal.transaction():  # never both journaled and still held
-            self.journal.record_received(ds, item, path, row["source"], row["size"] or 0)
+            self.journal.record_received(ds, item, path.name, row["source"], row["size"] or 0)
             self.journal.forget_held(held_id)
-        self.queue.enqueue_ingest(item.sop_uid, str(path))
+        self.queue.enqueue_ingest(item.sop_uid, path.name)
         return item
 
     def retry_failed(self, sop_uids: list[str] | None = None) -> list[str]:
@@ -125,18 +124,20 @@ class Ingest:
 
     def discard_held(self, held_id: int) -> dict:
         """Delete a held object (its spool file, then its row); returns the row."""
-        row = self._held(held_id)
-        Path(row["spool_path"]).unlink()
+        row, path = self._held(held_id)
+        path.unlink()
         self.journal.forget_held(held_id)
         return row
 
-    def _held(self, held_id: int) -> dict:
+    def _held(self, held_id: int) -> tuple[dict, Path]:
+        """A held object's row and its spool file."""
         row = self.journal.held_object(held_id)
         if row is None:
             raise HeldError(f"no held object {held_id} (see `neuronova held list`)")
-        if not Path(row["spool_path"]).exists():
-            raise HeldError(f"the file of held object {held_id} is gone: {row['spool_path']}")
-        return row
+        path = self.layout.spool_file(row["spool_path"])
+        if not path.exists():
+            raise HeldError(f"the file of held object {held_id} is gone: {path}")
+        return row, path
 
     def recover(self, reset_claims: bool = True) -> int:
         """After a crash: re-queue every object that is durable but not yet stored.
@@ -164,16 +165,17 @@ class Ingest:
         return len(pending)
 
     def _adopt(self, path: Path) -> None:
-        state = self.journal.knows_spool_file(str(path))
+        sop_uid = Spool.sop_of(path)
+        state = self.journal.spool_file_state(sop_uid, path.name)
         if state == "stored":
             path.unlink(missing_ok=True)
-        elif state is None and self.journal.superseded(Spool.sop_of(path), str(path)):
+        elif state is None and self.journal.superseded(sop_uid, path.name):
             self._drop_unacknowledged(path)
         elif state is None:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
                 self.journal.record_received(
-                    ds, describe(ds), path, "recovered", path.stat().st_size
+                    ds, describe(ds), path.name, "recovered", path.stat().st_size
                 )
             except (OSError, ValueError, pydicom.errors.InvalidDicomError) as exc:
                 log.error("spool file %s is unreadable (%s); left in place", path.name, exc)

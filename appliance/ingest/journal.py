@@ -4,7 +4,9 @@ States: ``received`` (durable in the spool, waiting for the queue), ``processing
 (claimed by a worker), ``stored`` (in Orthanc, frames prepared, spool file removed),
 ``failed`` (a permanent error; the reason is kept and ``neuronova ingest retry`` re-runs
 it). Each task names the spool file it was created for, so a newer copy of the same SOP
-Instance UID always wins and an older task finishing late changes nothing. Objects the
+Instance UID always wins and an older task finishing late changes nothing. A spool file is
+named by its name in the home's spool folder (``spool_path``), never by absolute path, so
+a moved home keeps its pending objects (:func:`appliance.layout.spool_name`). Objects the
 overwrite policy refuses are ``held`` (their own table, their spool file kept) until an
 admin accepts or discards them.
 """
@@ -15,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import sqlite_utils
@@ -186,12 +188,13 @@ class Journal:
         self,
         ds: Dataset,
         item: Received,
-        spool_path: Path,
+        spool_path: str,
         source: str,
         size: int,
         policy: str = ALWAYS,
     ) -> Refusal | None:
-        """Journal a durable spool file (a newer copy of a SOP replaces the older one).
+        """Journal a durable spool file, named ``spool_path`` in the spool folder (a newer
+        copy of a SOP replaces the older one).
 
         Under ``policy`` (see :data:`OVERWRITE_POLICIES`) an object that may not replace
         the archived copy, or would change an archived study's patient, is journaled as
@@ -200,7 +203,7 @@ class Journal:
         now = now_iso()
         modality = header_text(ds, "Modality")
         instance = [item.sop_uid, item.study_uid, item.series_uid, item.sop_class, source,
-                    str(spool_path), now, now, item.transfer_syntax, size,
+                    spool_path, now, now, item.transfer_syntax, size,
                     header_text(ds, "InstanceNumber")]  # fmt: skip
         series = [item.series_uid, item.study_uid, modality, header_text(ds, "SeriesDescription"),
                   header_text(ds, "SeriesNumber"), item.sop_uid,
@@ -212,7 +215,7 @@ class Journal:
         with self.transaction() as db:
             refusal = _refusal(db, ds, item, source, policy)
             if refusal is not None:
-                held = [item.sop_uid, item.study_uid, source, str(spool_path), refusal.reason,
+                held = [item.sop_uid, item.study_uid, source, spool_path, refusal.reason,
                         study[1], study[2], size, now]  # fmt: skip
                 db.execute(INSERT_HELD, held)
                 return refusal
@@ -248,11 +251,13 @@ class Journal:
         )
 
     def superseded(self, sop_uid: str, spool_path: str) -> bool:
-        """True when a newer copy of this SOP Instance replaced ``spool_path``."""
+        """True when a newer copy of this SOP Instance replaced ``spool_path``. Names are
+        compared (each copy's is new), never folders: a path journaled in another place
+        of the home still names the same file."""
         with self._serialized() as db:
             row = db.execute("SELECT spool_path FROM instances WHERE sop_uid = ?", [sop_uid])
             found = row.fetchone()
-        return found is not None and found[0] != spool_path
+        return found is not None and PurePath(found[0]).name != PurePath(spool_path).name
 
     def release(self, sop_uid: str, spool_path: str, error: str) -> int:
         """Give the object back for a retry; returns its attempt count."""
@@ -359,12 +364,14 @@ class Journal:
             )
             return [(r[0], r[1]) for r in rows.fetchall()]
 
-    def knows_spool_file(self, spool_path: str) -> str | None:
-        """The state of the journal row for this spool file (``held`` too), if any."""
+    def spool_file_state(self, sop_uid: str, spool_path: str) -> str | None:
+        """The state of the journal row for the spool file ``spool_path`` of ``sop_uid``
+        (``held`` too), if any: a look-up by primary key, so a recovery costs the same
+        per spool file however large the archive."""
         with self._serialized() as db:
             row = db.execute(
-                "SELECT state FROM instances WHERE spool_path = ? "
+                "SELECT state FROM instances WHERE sop_uid = ? AND spool_path = ? "
                 "UNION ALL SELECT 'held' FROM held WHERE spool_path = ?",
-                [spool_path, spool_path],
+                [sop_uid, spool_path, spool_path],
             ).fetchone()
         return row[0] if row else None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlite_utils
 
@@ -81,8 +80,8 @@ def delete_study(
         in_orthanc = _delete_in_orthanc(settings, study_uid)
         patient, spool_files, instances = _forget(journal, study_uid)
         freed = remove_study_files(settings.layout.frames_dir, study_uid)
-        for path in spool_files:
-            Path(path).unlink(missing_ok=True)
+        for name in spool_files:
+            settings.layout.spool_file(name).unlink(missing_ok=True)
     finally:
         with journal.transaction() as db:
             db.execute("DELETE FROM deleting WHERE study_uid = ?", [study_uid])

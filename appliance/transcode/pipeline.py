@@ -27,6 +27,7 @@ from appliance import metrics
 from appliance.config import Settings
 from appliance.db import now_iso
 from appliance.ingest.journal import FAILED, STORED, Journal, stored_in_series
+from appliance.layout import spool_name
 from appliance.store import series_metadata
 from appliance.store.orthanc import (
     METADATA_ORIGIN,
@@ -69,21 +70,25 @@ class Pipeline:
     """The ingest steps for one data home."""
 
     def __init__(self, settings: Settings, journal: Journal | None = None) -> None:
-        layout = settings.layout
+        self.layout = layout = settings.layout
         self.journal = journal or Journal(layout.database_file)
         self.frames_root = layout.frames_dir
         self.orthanc = OrthancStore(settings)
         self._ingesting = _Count()
 
     def process(self, sop_uid: str, spool_path: str) -> Outcome:
-        """Run every step for one spool file; safe to call twice for the same file."""
+        """Run every step for one spool file; safe to call twice for the same file.
+
+        ``spool_path`` is the file's name in the spool folder, or its absolute path in a
+        task queued before migration 5, maybe in the home's earlier place
+        (:func:`~appliance.layout.spool_name`)."""
         with self._ingesting:
-            return self._process(sop_uid, spool_path)
+            return self._process(sop_uid, spool_name(spool_path))
 
     def _process(self, sop_uid: str, spool_path: str) -> Outcome:
         if not self.journal.claim(sop_uid, spool_path):
             if self.journal.superseded(sop_uid, spool_path):
-                Path(spool_path).unlink(missing_ok=True)  # a newer copy of this SOP won
+                self.layout.spool_file(spool_path).unlink(missing_ok=True)  # a newer copy won
             return Outcome("skipped")
         started = time.perf_counter()
         try:
@@ -102,7 +107,7 @@ class Pipeline:
 
     def _process_claimed(self, sop_uid: str, spool_path: str) -> Outcome:
         try:
-            data = Path(spool_path).read_bytes()
+            data = self.layout.spool_file(spool_path).read_bytes()
             ds = pydicom.dcmread(io.BytesIO(data))
         except (OSError, InvalidDicomError, ValueError) as exc:
             self.journal.fail(sop_uid, spool_path, f"cannot read the spooled object: {exc}")
@@ -193,6 +198,7 @@ class Pipeline:
         """
         if self._ingesting.value:
             return Outcome("later", retry_in=IMAGES_AFTER_INGEST)
+        spool_path = spool_name(spool_path)  # as in process()
         if not self.journal.images_pending_for(sop_uid, spool_path):
             return Outcome("skipped")
         try:
@@ -249,7 +255,7 @@ class Pipeline:
             frames=len(result.frames),
             images_at=now_iso() if images else None,
         )
-        Path(spool_path).unlink(missing_ok=True)
+        self.layout.spool_file(spool_path).unlink(missing_ok=True)
 
 
 class _Count:

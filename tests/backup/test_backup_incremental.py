@@ -77,12 +77,12 @@ def ingest(settings: Settings, ds: pydicom.Dataset, data: bytes) -> str:
     """Journal, write the frame files of and store one instance, in the pipeline's order
     (received, claimed, files written, stored in Orthanc, stored with its previews)."""
     journal = Journal(settings.layout.database_file)
-    spool = settings.layout.spool_dir / f"{ds.SOPInstanceUID}.dcm"
+    spool = f"{ds.SOPInstanceUID}.dcm"
     assert journal.record_received(ds, describe(ds), spool, "TEST", len(data)) is None
-    assert journal.claim(ds.SOPInstanceUID, str(spool))
+    assert journal.claim(ds.SOPInstanceUID, spool)
     _write_frames(settings, ds, data)
     orthanc_id = OrthancStore(settings).store(data)
-    assert journal.stored(ds.SOPInstanceUID, str(spool), frames=1, images_at=now_iso())
+    assert journal.stored(ds.SOPInstanceUID, spool, frames=1, images_at=now_iso())
     journal.db.close()
     return orthanc_id
 

@@ -288,7 +288,7 @@ def test_import_mixed_tree_counts_every_file(tmp_path: Path, home: Path, runner:
     journal = rows(home, "SELECT sop_uid, state, source, spool_path FROM instances")
     assert len(journal) == 3
     assert {(state, source) for _, state, source, _ in journal} == {("received", "import")}
-    assert all(Path(path).is_file() for *_, path in journal)
+    assert all((home / "spool" / name).is_file() for *_, name in journal)
     assert len(list((home / "spool").glob("*.dcm"))) == 3
 
 

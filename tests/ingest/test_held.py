@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -57,7 +56,7 @@ def test_what_each_policy_holds(settings, policy, same_source, other_source, oth
     assert outcome(ct(SOPInstanceUID=new_sop, PatientID="OTHER"), "dicom:CT_A") == other_patient
     held = ingest.journal.held()
     assert len(held) == [same_source, other_source, other_patient].count("held")
-    assert all(Path(row["spool_path"]).exists() for row in held)
+    assert all(settings.layout.spool_file(row["spool_path"]).exists() for row in held)
 
 
 def test_a_held_object_survives_recovery_untouched(settings):
@@ -65,9 +64,10 @@ def test_a_held_object_survives_recovery_untouched(settings):
     receive(ingest, ct(), "dicom:CT_A", "same-source")
     refusal = receive(ingest, ct(), "dicom:CT_B", "same-source")
     assert refusal.comment == "Refused: the instance is archived from another source"
-    path = Path(ingest.journal.held()[0]["spool_path"])
+    name = ingest.journal.held()[0]["spool_path"]
     ingest.recover()
-    assert path.exists() and ingest.journal.held()[0]["spool_path"] == str(path)
+    assert settings.layout.spool_file(name).exists()
+    assert ingest.journal.held()[0]["spool_path"] == name
 
 
 def test_an_unknown_policy_is_a_config_error(tmp_path):
@@ -94,7 +94,7 @@ async def test_admins_list_accept_and_discard_held_objects(aiohttp_client, setti
     again = await client.post(f"/api/admin/held/{first}/accept", headers=admin)
     assert again.status == 404 and f"no held object {first}" in (await again.json())["message"]
     assert (await client.delete(f"/api/admin/held/{second}", headers=admin)).status == 204
-    assert not Path(items[1]["spool_path"]).exists()
+    assert not settings.layout.spool_file(items[1]["spool_path"]).exists()
     assert (await (await client.get("/api/admin/held", headers=admin)).json())["items"] == []
     assert db["studies"].get(row["study_uid"])["patient_id"] != "OTHER"
     db.close()
@@ -105,7 +105,7 @@ def test_a_held_object_whose_file_is_gone_is_a_clear_error(settings):
     receive(ingest, ct(), "dicom:CT_A", "never")
     receive(ingest, ct(), "dicom:CT_A", "never")
     row = ingest.journal.held()[0]
-    shutil.move(row["spool_path"], settings.home / "elsewhere.dcm")
+    shutil.move(settings.layout.spool_file(row["spool_path"]), settings.home / "elsewhere.dcm")
     with pytest.raises(HeldError, match=f"the file of held object {row['id']} is gone"):
         ingest.release_held(row["id"])
 

@@ -14,13 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from dicomweb_client.api import DICOMwebClient
 
 from appliance.db import open_database
 from appliance.ingest.modalities import add_modality, remove_modality
 from appliance.transcode import pixels
 from bench.synthetic import make_slices, write_series
-from tests.support.clients import api_token
+from tests.support.clients import api_token, dicomweb
 from tests.support.running import storescu
 from tests.support.samples import TEST_FILES, renamed_copy
 from tests.support.tools import DCMTK_STORESCU
@@ -80,12 +79,6 @@ def wait_settled(appliance, sop_uids, timeout: float = 180) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def token(appliance) -> str:
     return api_token(appliance, "admin", appliance.admin_password)
-
-
-def dicomweb(appliance, token) -> DICOMwebClient:
-    return DICOMwebClient(
-        f"{appliance.url}/api/pacs/dicom-web", headers={"Authorization": f"Bearer {token}"}
-    )
 
 
 @pytest.mark.parametrize(("name", "action"), SAMPLES)

@@ -71,7 +71,7 @@ def test_a_received_object_is_journaled_whole_or_not_at_all(tmp_path: Path) -> N
     ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.1", "1.2.3", "1.2.3.9"
     ds.SOPClassUID, ds.Modality = CTImageStorage, "CT"
     with pytest.raises(sqlite3.IntegrityError):
-        journal.record_received(ds, describe(ds), tmp_path / "x.dcm", "dicom:CT_A", 10)
+        journal.record_received(ds, describe(ds), "x.dcm", "dicom:CT_A", 10)
     count = journal.read(lambda db: db.execute("SELECT count(*) FROM instances").fetchone()[0])
     assert count == 0
 

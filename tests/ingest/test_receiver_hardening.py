@@ -256,13 +256,14 @@ def test_a_discarded_held_object_leaves_the_archive_as_it_was(receiver, tmp_path
     wait_stored(receiver, [ds.SOPInstanceUID])
     assert sent_status(storescu(receiver, [tmp_path / "ct.dcm"], "CT_C", "-d")) == ["0x0124"]
     db = database(receiver)
-    held_id, path = db.execute("SELECT id, spool_path FROM held WHERE source = 'dicom:CT_C'"
+    held_id, name = db.execute("SELECT id, spool_path FROM held WHERE source = 'dicom:CT_C'"
                                ).fetchone()  # fmt: skip
     db.close()
-    assert Path(path).exists()
+    path = receiver.settings.layout.spool_file(name)
+    assert path.exists()
     discarded = run_cli(receiver, "held", "discard", str(held_id))
     assert discarded.returncode == 0, discarded.stderr
-    assert not Path(path).exists()
+    assert not path.exists()
     assert journal_states(receiver, [ds.SOPInstanceUID]) == {ds.SOPInstanceUID: "stored"}
 
 

@@ -9,7 +9,6 @@ import os
 import time
 from dataclasses import replace
 from io import BytesIO
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -319,7 +318,7 @@ def test_a_failed_object_shows_with_its_reason_and_comes_back_on_retry(appliance
                                   json={"all": True}, headers=reader, timeout=10)  # fmt: skip
         assert denied.status_code == 403 and denied.json()["error"] == "role_denied"
 
-    spool = Path(ingest.journal.db["instances"].get(sop)["spool_path"])
+    spool = settings.layout.spool_file(ingest.journal.db["instances"].get(sop)["spool_path"])
     spool.write_bytes((tmp_path / "ct.dcm").read_bytes())  # the cause fixed
     retried = requests.post(f"{appliance.url}/api/admin/queue/retry", headers=admin,
                             json={"sop_uids": [sop]}, timeout=30)  # fmt: skip

@@ -96,7 +96,7 @@ def test_with_orthanc_down_nothing_is_removed(settings, ingest):
         delete_study(settings, ingest.journal, study, "admin")
     assert ingest.journal.read(lambda db: db["studies"].count_where("study_uid = ?", [study]))
     assert ingest.journal.read(lambda db: db["deleting"].count) == 0
-    assert Path(ingest.journal.pending()[0][1]).exists()
+    assert settings.layout.spool_file(ingest.journal.pending()[0][1]).exists()
 
 
 def test_retention_is_off_by_default_and_expires_by_study_date_or_received(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import requests
+from dicomweb_client.api import DICOMwebClient
 
 from appliance import loopback
 
@@ -31,6 +32,13 @@ def api_token(appliance: Appliance, username: str, password: str) -> str:
                          json={"username": username, "password": password})  # fmt: skip
     resp.raise_for_status()
     return resp.json()["access_token"]
+
+
+def dicomweb(appliance: Appliance, token: str) -> DICOMwebClient:
+    """A DICOMweb client of the gateway's ``/api/pacs/dicom-web`` with ``token``."""
+    return DICOMwebClient(
+        f"{appliance.url}/api/pacs/dicom-web", headers={"Authorization": f"Bearer {token}"}
+    )
 
 
 def curl_status(url: str, *options: str) -> list[str]:

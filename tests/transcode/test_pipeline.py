@@ -54,7 +54,7 @@ def test_orthanc_down_means_a_retry_with_backoff(settings_home):
     assert outcome.state == "retry" and outcome.retry_in == 2.0
     row = Journal(settings_home.layout.database_file).db["instances"].get(sop)
     assert row["state"] == "received" and "unreachable" in row["error"]
-    assert Path(spool).exists()  # nothing is lost while Orthanc is away
+    assert settings_home.layout.spool_file(spool).exists()  # nothing is lost while Orthanc is away
     frames = settings_home.layout.frames_dir
     assert list(frames.rglob("frames/1"))  # frame files are ready before the store
 
@@ -113,7 +113,7 @@ def test_too_many_retries_while_orthanc_answers_become_a_visible_failure(
     row = pipeline.journal.db["instances"].get(sop)
     assert row["state"] == "failed" and row["error"].startswith("gave up after 2 attempts")
     assert "HTTP 401" in row["error"]
-    assert Path(spool).exists()  # kept for `neuronova ingest retry`
+    assert settings_home.layout.spool_file(spool).exists()  # kept for `neuronova ingest retry`
 
 
 def test_an_older_copy_is_skipped_and_its_spool_file_removed(settings_home):
@@ -121,7 +121,8 @@ def test_an_older_copy_is_skipped_and_its_spool_file_removed(settings_home):
     second_sop, second_spool = accept_ct(settings_home)
     assert first_sop == second_sop and first_spool != second_spool
     assert Pipeline(settings_home).process(first_sop, first_spool).state == "skipped"
-    assert not Path(first_spool).exists() and Path(second_spool).exists()
+    spooled = settings_home.layout.spool_file
+    assert not spooled(first_spool).exists() and spooled(second_spool).exists()
 
 
 def test_a_second_task_for_the_same_file_does_nothing(settings_home):
@@ -129,7 +130,7 @@ def test_a_second_task_for_the_same_file_does_nothing(settings_home):
     pipeline = Pipeline(settings_home)
     assert pipeline.journal.claim(sop, spool)
     assert pipeline.process(sop, spool).state == "skipped"
-    assert Path(spool).exists()
+    assert settings_home.layout.spool_file(spool).exists()
 
 
 def test_codec_warm_up_round_trips_grey_and_colour(monkeypatch):
@@ -202,22 +203,23 @@ def test_recover_drops_an_older_copy_instead_of_letting_it_win(settings_home):
     sop, older = accept_ct(settings_home)
     _, newer = accept_ct(settings_home)
     settled = time.time() - 2 * SETTLE_SECONDS
-    os.utime(older, (settled, settled))
+    os.utime(settings_home.layout.spool_file(older), (settled, settled))
     queue = create_queue(settings_home)
     for _ in range(2):
         queue.huey.flush()
         Ingest(settings_home, queue=queue).recover()
         row = Journal(settings_home.layout.database_file).db["instances"].get(sop)
         assert row["spool_path"] == newer and row["state"] == "received"
-        assert not Path(older).exists() and Path(newer).exists()
+        spooled = settings_home.layout.spool_file
+        assert not spooled(older).exists() and spooled(newer).exists()
         assert len(queue.huey.pending()) == 1
 
 
 def test_recover_leaves_a_fresh_unjournaled_copy_to_the_receiver(settings_home):
     """A file younger than SETTLE_SECONDS may be a live receiver's, not yet journaled."""
     sop, journaled = accept_ct(settings_home)
-    fresh = Path(journaled).with_name(f"{sop}.fresh0000000.dcm")
-    fresh.write_bytes(Path(journaled).read_bytes())
+    fresh = settings_home.layout.spool_file(journaled).with_name(f"{sop}.fresh0000000.dcm")
+    fresh.write_bytes(settings_home.layout.spool_file(journaled).read_bytes())
     Ingest(settings_home, queue=create_queue(settings_home, immediate=False)).recover()
     assert fresh.exists()
     row = Journal(settings_home.layout.database_file).db["instances"].get(sop)
@@ -237,3 +239,32 @@ def test_recover_leaves_an_object_still_arriving_to_the_receiver(settings_home):
     os.utime(interrupted, (stale, stale))
     Ingest(settings_home, queue=create_queue(settings_home, immediate=False)).recover()
     assert arriving.exists() and not interrupted.exists()
+
+
+def test_a_task_queued_before_the_home_moved_is_still_done(settings_home):
+    """A queued task names its spool file by the absolute path it had in the home's
+    earlier place (queued before migration 5, then the home moved): it claims the file
+    journaled in the spool folder now, and removes nothing."""
+    sop, name = accept_ct(settings_home)
+    outcome = Pipeline(settings_home).process(sop, f"/old/place/spool/{name}")
+    assert outcome.state == "retry"  # claimed and tried; no Orthanc runs in this test
+    assert settings_home.layout.spool_file(name).exists()
+
+
+def test_recover_never_removes_a_file_the_journal_names_in_another_folder(settings_home):
+    """Whatever path the journal recorded, a spool file of the same name is the object it
+    still needs: recovery keeps it and queues it, even long after it was written."""
+    sop, name = accept_ct(settings_home)
+    Journal(settings_home.layout.database_file).db.execute(
+        "UPDATE instances SET spool_path = ? WHERE sop_uid = ?", [f"/elsewhere/{name}", sop]
+    ).connection.commit()
+    path = settings_home.layout.spool_file(name)
+    settled = time.time() - 2 * SETTLE_SECONDS
+    os.utime(path, (settled, settled))
+    queue = create_queue(settings_home, immediate=False)
+    queue.huey.flush()  # the task accept_ct queued
+    Ingest(settings_home, queue=queue).recover()
+    assert path.exists()
+    row = Journal(settings_home.layout.database_file).db["instances"].get(sop)
+    assert row["spool_path"] == name and row["state"] == "received"
+    assert len(queue.huey.pending()) == 1

@@ -10,6 +10,7 @@ does about 8x the steps at 8n, one that walks an index about the same.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,6 +126,7 @@ class _SameConnection(Journal):
 
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
+        self._lock = threading.RLock()
 
     def read(self, query):
         return query(self.db)
@@ -140,6 +142,19 @@ def test_storing_an_instance_reads_its_own_series(tmp_path):
 
     ratio = growth(tmp_path, series_of_study_7)
     assert ratio < GROWTH_LIMIT, f"the stored-in-series look-up grew {ratio:.1f}x at 8x"
+
+
+def test_recovery_looks_each_spool_file_up_by_its_sop(tmp_path):
+    """At start, recovery asks the journal about every file in the spool. By its path
+    alone SQLite read every instance of the archive: 20 ms a file at 50,000 instances, a
+    minute for the 3,103 files of a bench home (0.016 ms by SOP Instance UID)."""
+
+    def look_up(db: sqlite_utils.Database, _path: Path) -> None:
+        journal = _SameConnection(db)
+        assert journal.spool_file_state("1.2.3.7.1.3", "1.2.3.7.1.3.0123456789ab.dcm") is None
+
+    ratio = growth(tmp_path, look_up)
+    assert ratio < GROWTH_LIMIT, f"recovery's look-up of a spool file grew {ratio:.1f}x at 8x"
 
 
 @pytest.mark.parametrize("by", ["study_date", "received"])

@@ -73,7 +73,7 @@ def test_the_sweep_asks_for_another_run_exactly_while_its_batch_comes_back_full(
         db.conn.executemany(
             "INSERT INTO instances (sop_uid, spool_path, study_uid, series_uid, state, frames, "
             "received_at, updated_at) VALUES (?, ?, '1.2', '1.2.3', 'stored', 1, 't', 't')",
-            [(f"1.2.3.4.{n}", f"/spool/{n}.dcm") for n in range(2 * limit + 1)],
+            [(f"1.2.3.4.{n}", f"1.2.3.4.{n}.{n:012}.dcm") for n in range(2 * limit + 1)],
         )
     pipeline = Pipeline(appliance.settings, journal=journal)
     outcomes = [pipeline.write_pending_images(limit) for _ in range(3)]

@@ -419,8 +419,9 @@ def filled(
     Entry(partial).save(meta | {"size": size, "index": index})
     (partial / FILLING).unlink()
     partial.rename(target.path)
-    per_1000 = step["seconds"] / max(step["to"] - step["from"], 1) * 1000
-    print(f"filled {target.path}: {step} ({per_1000:.1f} s per 1000 instances)", flush=True)
+    added = step["to"] - step["from"]
+    rate = f" ({step['seconds'] / added * 1000:.1f} s per 1000 instances)" if added else ""
+    print(f"filled {target.path}: {step}{rate}", flush=True)
     return target
 
 

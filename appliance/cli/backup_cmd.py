@@ -25,7 +25,7 @@ from appliance.config import Settings, load_settings
 from appliance.home import require_initialized
 from appliance.security.keys import load_or_create_secret, write_private_file
 from appliance.store.orthanc import OrthancStore, OrthancUnavailable
-from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
+from appliance.supervise.orthanc import orthanc_command, orthanc_environment, prepare_orthanc
 
 ORTHANC_START_TIMEOUT = 60.0
 KEY_ADVICE = (
@@ -312,7 +312,7 @@ def _bar(label: str) -> Iterator[Any]:
 @contextmanager
 def orthanc_alone(settings: Settings) -> Iterator[OrthancStore]:
     """Orthanc alone on the restored home (a free loopback port), stopped afterwards."""
-    render_orthanc_conf(settings)
+    prepare_orthanc(settings)
     process = subprocess.Popen(orthanc_command(settings), env=orthanc_environment() or None,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:

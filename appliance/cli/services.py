@@ -34,7 +34,7 @@ from appliance.store.orthanc_index import wait_for_server
 from appliance.supervise.binaries import NGINX
 from appliance.supervise.logs import configure_logging
 from appliance.supervise.nginx import nginx_command, render_nginx_conf
-from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
+from appliance.supervise.orthanc import orthanc_command, orthanc_environment, prepare_orthanc
 
 log = logging.getLogger("neuronova.service")
 SERVICES = ("app", "worker", "receiver", "orthanc", "nginx")
@@ -120,7 +120,7 @@ def orthanc(home: Path | None) -> None:
     """Orthanc with its generated configuration (replaces this process)."""
     settings = _settings(home)
     wait_for_server(settings)  # compose's depends_on does not wait for health everywhere
-    render_orthanc_conf(settings)
+    prepare_orthanc(settings)
     command = orthanc_command(settings)
     sys.stdout.flush()
     os.execve(command[0], command, {**os.environ, **orthanc_environment()})

@@ -11,7 +11,10 @@ Orthanc's own configuration (mode 0600) and never logged.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
+import sqlite3
 import struct
 import time
 from pathlib import Path
@@ -30,6 +33,11 @@ _SSL_REQUEST = struct.pack("!II", 8, 80877103)
 # Orthanc's plugin retries a refused connection this often, this many seconds apart.
 CONNECTION_RETRIES = 12
 CONNECTION_RETRY_S = 5
+# Rows SQLite's ANALYZE reads per index of Orthanc's SQLite index: the statistics it
+# needs (which index is selective) in milliseconds, whatever the archive holds.
+ANALYSIS_LIMIT = 400
+
+log = logging.getLogger("neuronova.orthanc")
 
 
 class IndexServerError(ApplianceError):
@@ -39,6 +47,35 @@ class IndexServerError(ApplianceError):
 def uses_postgresql(settings: Settings) -> bool:
     """Whether Orthanc's index is in PostgreSQL (``[orthanc] index = "postgresql"``)."""
     return settings.orthanc.index == "postgresql"
+
+
+def sqlite_index_file(settings: Settings) -> Path:
+    """Orthanc's SQLite index (``IndexDirectory``/``index``), with ``index = "sqlite"``."""
+    return settings.layout.orthanc_dir / "index" / "index"
+
+
+def refresh_statistics(settings: Settings) -> None:
+    """Give SQLite's planner statistics on Orthanc's SQLite index, before Orthanc starts.
+
+    Orthanc 1.10.1 never runs ``ANALYZE``. Without statistics SQLite answers a look-up by
+    UID (``/tools/lookup``, DICOMweb by UID: the worker's metadata of each stored
+    instance) on the index of (tag group, tag element), reading an identifier of every
+    instance in the archive: 16 ms a look-up at 75,000 instances against 3 ms at 10,000.
+    With them it takes the index of values: 1.4 ms at 75,000. A bounded sample
+    (:data:`ANALYSIS_LIMIT`) took 15 ms at 75,000. Orthanc locks its index while it
+    runs, so this is only for a stopped Orthanc; a locked or unreadable index is left
+    as it is (logged), and PostgreSQL keeps its own statistics.
+    """
+    path = sqlite_index_file(settings)
+    if uses_postgresql(settings) or not path.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=2, isolation_level=None)) as db:
+            db.execute(f"PRAGMA analysis_limit = {ANALYSIS_LIMIT}")
+            db.execute("ANALYZE")
+    except sqlite3.Error as exc:
+        log.warning("Orthanc's index statistics were not refreshed (%s): look-ups by UID "
+                    "may be slower until the next start", exc)  # fmt: skip
 
 
 def index_plugins(settings: Settings) -> list[Path]:

@@ -17,7 +17,7 @@ from appliance.config import Settings
 from appliance.programs import bundle_dir, find_program
 from appliance.security.keys import read_secret, write_private_file
 from appliance.store.orthanc import DICOMWEB_ROOT, ORTHANC_USER
-from appliance.store.orthanc_index import index_config, index_plugins
+from appliance.store.orthanc_index import index_config, index_plugins, refresh_statistics
 from appliance.supervise.binaries import ORTHANC, find_dicomweb_plugin
 
 
@@ -64,6 +64,14 @@ def orthanc_config(settings: Settings, password: str, plugins: list[Path]) -> di
         "RestApiWriteToFileSystemEnabled": False,
         **index_config(settings),
     }
+
+
+def prepare_orthanc(settings: Settings) -> Path:
+    """What a stopped Orthanc needs before it starts: its SQLite index's statistics
+    refreshed (:func:`~appliance.store.orthanc_index.refresh_statistics`) and its
+    configuration written (:func:`render_orthanc_conf`); the configuration's path."""
+    refresh_statistics(settings)
+    return render_orthanc_conf(settings)
 
 
 def render_orthanc_conf(settings: Settings) -> Path:

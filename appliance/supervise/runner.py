@@ -25,7 +25,7 @@ from appliance.supervise.leftovers import reap_leftovers
 from appliance.supervise.lock import HomeLock
 from appliance.supervise.logs import MIB
 from appliance.supervise.nginx import nginx_command, render_nginx_conf
-from appliance.supervise.orthanc import orthanc_command, orthanc_environment, render_orthanc_conf
+from appliance.supervise.orthanc import orthanc_command, orthanc_environment, prepare_orthanc
 from appliance.supervise.ports import settle_ports
 from appliance.supervise.supervisor import ChildSpec, LogLimits, Supervisor
 
@@ -129,7 +129,7 @@ def run_appliance(settings: Settings) -> None:
         reap_leftovers(layout.state_file)
         settings = settle_ports(settings)
         find_program(NGINX)
-        render_orthanc_conf(settings)
+        prepare_orthanc(settings)
         wait_for_server(settings)
         render_nginx_conf(settings)
         log.info(

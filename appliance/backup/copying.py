@@ -52,6 +52,10 @@ class SnapshotResult:
     work: Work
 
 
+MOSTLY_FREE = 0.25  # a database copy with more of its pages free than this is vacuumed
+PAGE_COUNTS = ("freelist_count", "page_count")
+
+
 @dataclass
 class Copied:
     """The new entries of a snapshot's sections, and the bytes of content newly stored."""
@@ -74,7 +78,7 @@ def put_all(
     databases = (("db/appliance.db", layout.database_file), ("db/queue.db", layout.queue_file))
     for name, path in databases:
         if path.exists():
-            out.databases[name], n = _put_database(repo, path, layout.run_dir)
+            out.databases[name], n = put_database(repo, path, layout.run_dir)
             out.copied += n
         done += 1
         progress(done, total)
@@ -116,9 +120,14 @@ def stopped(exc: OrthancUnavailable) -> BackupError:
                        "no snapshot was written. Run the backup again.")  # fmt: skip
 
 
-def _put_database(repo: Repository, path: Path, scratch_in: Path) -> tuple[dict[str, Any], int]:
+def put_database(repo: Repository, path: Path, scratch_in: Path) -> tuple[dict[str, Any], int]:
     """The database's online-backup copy (made in the home's ``scratch_in``: never in the
-    clear in the repository) put in."""
+    clear in the repository) put in; (its manifest entry, bytes copied).
+
+    A copy mostly of free pages is vacuumed first (:data:`MOSTLY_FREE`): Huey's queue
+    keeps the pages of its largest backlog (4,320 of 4,329 free at 50,000 instances, 17.7
+    MB stored again by every backup, since a few pages change each time).
+    """
     scratch_in.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_in, prefix="backup-") as scratch:
         copy = Path(scratch) / "copy.db"
@@ -126,6 +135,9 @@ def _put_database(repo: Repository, path: Path, scratch_in: Path) -> tuple[dict[
         target = sqlite3.connect(copy)
         try:
             source.backup(target)
+            free, pages = (target.execute(f"PRAGMA {p}").fetchone()[0] for p in PAGE_COUNTS)
+            if free > MOSTLY_FREE * pages:
+                target.execute("VACUUM")
         finally:
             target.close()
             source.close()

@@ -35,7 +35,16 @@ def test_a_new_home_records_every_migration_and_the_version(tmp_path, runner):
     ]
     second = runner.invoke(cli, ["init", "--home", str(home)])
     assert "Migrated" not in second.output  # run once
+    assert "already set up; nothing to do" in second.output
     assert json.loads((home / "version.json").read_text()) == record
+
+
+def test_init_on_an_older_home_says_what_it_migrated_not_nothing_to_do(tmp_path, runner):
+    settings, _ = home_at_level(tmp_path, LAST - 1)
+    result = runner.invoke(cli, ["init", "--home", str(settings.home)])
+    assert result.exit_code == 0, result.output
+    assert f"Migrated the home for NeuroNova {current()}: {LAST}: " in result.output
+    assert "nothing to do" not in result.output
 
 
 def test_a_home_of_0_1_0_gets_migration_1(tmp_path):

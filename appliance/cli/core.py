@@ -55,13 +55,14 @@ def _report_init(settings: Settings, result: InitResult) -> None:
 def init(home: Path | None, **network: object) -> None:
     """Create the data home: settings, secrets (mode 0600), database, first admin.
 
-    Running it again on an existing home changes nothing. The admin password is printed
-    once; store it safely.
+    Running it again on an existing home runs the migrations a newer version needs (it
+    says which), and otherwise changes nothing. The admin password is printed once;
+    store it safely.
     """
     settings = settings_from(home, network_overrides(network))
     result = init_home(settings)
     _report_init(settings, result)
-    if not result.created:
+    if not result.created and not result.migrations:
         click.echo(f"{settings.home} is already set up; nothing to do.")
 
 

@@ -52,7 +52,7 @@ from bench.scale import DEFAULT_CACHE, FILLING, Entry, entry_path
 POSTED = "posted.txt"  # in the .partial folder: storage files Orthanc on PostgreSQL holds
 SECONDS = "reindex-seconds.txt"  # in the .partial folder: posting time over all runs
 CLIENTS = 3
-SETTLE_S = 120.0  # --early: files written this recently may still be written
+SETTLE_S = 120.0  # a fill under way: files written this recently may still be written
 CHUNK = 2000
 DICOM_MAGIC_AT, DICOM_MAGIC = 128, b"DICM"
 
@@ -171,7 +171,8 @@ def reindex(cache: Path, size: int, early: bool) -> Entry | None:
     partial = target.with_name(target.name + ".partial")
     with orthanc_on_postgresql(partial) as (orthanc, settings):
         done = _posted(partial)
-        settled = time.time() - (SETTLE_S if early else 0.0)
+        under_way = source.path.name.endswith(".partial")  # Orthanc may still be writing
+        settled = time.time() - (SETTLE_S if under_way else 0.0)
         files = [p for p in storage_files(source.home, settled) if p.name not in done]
         print(f"reindex: {len(done)} posted before, {len(files)} to post", flush=True)
         seconds = _add_seconds(partial, post_all(orthanc, files, partial / POSTED))

@@ -113,7 +113,7 @@ def test_too_many_retries_while_orthanc_answers_become_a_visible_failure(
     row = pipeline.journal.db["instances"].get(sop)
     assert row["state"] == "failed" and row["error"].startswith("gave up after 2 attempts")
     assert "HTTP 401" in row["error"]
-    assert settings_home.layout.spool_file(spool).exists()  # kept for `neuronova ingest retry`
+    assert settings.layout.spool_file(spool).exists()  # kept for `neuronova ingest retry`
 
 
 def test_an_older_copy_is_skipped_and_its_spool_file_removed(settings_home):

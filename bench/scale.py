@@ -636,6 +636,7 @@ def doctor_figures(appliance: Appliance) -> dict[str, Any]:
         "checks_ms": report.get("took_ms"),
         "exit": done.returncode,
         "checks": checks,
+        "each_check_ms": {c["name"]: c.get("took_ms") for c in report.get("checks", [])},
     }
 
 

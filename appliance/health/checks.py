@@ -26,6 +26,7 @@ class Check:
     status: str
     message: str
     fix: str = ""
+    took_ms: int | None = None  # from its start to its end, beside the others (doctor)
 
 
 @dataclass

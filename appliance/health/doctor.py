@@ -12,7 +12,8 @@ disk, tokens, clock, certificate, backup); this module runs them.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
+import time
+from dataclasses import asdict, replace
 from typing import Any
 
 import aiohttp
@@ -78,6 +79,14 @@ async def run_doctor(
 
 
 async def _guarded(fn: CheckFn, ctx: Context) -> Check:
+    """``fn``'s finding with the milliseconds it took (the checks run concurrently, so it
+    includes the time the others kept the event loop), or a FAIL naming what broke."""
+    started = time.perf_counter()
+    check = await _finding(fn, ctx)
+    return replace(check, took_ms=round((time.perf_counter() - started) * 1000))
+
+
+async def _finding(fn: CheckFn, ctx: Context) -> Check:
     name = fn.__name__.removeprefix("check_")
     try:
         return await fn(ctx)

@@ -150,7 +150,9 @@ def test_healthy_appliance_is_ok_but_for_the_backup(appliance_factory, tmp_path)
     assert code == (1 if bad else 0)
     assert "frame 1 of the newest stored image" in checks["token_frame"]["message"]
     assert "the newest stored series" in checks["orthanc_via_nginx"]["message"]  # by its UID
-    print(f"doctor --json took {report['took_ms']} ms")
+    took = {name: check["took_ms"] for name, check in checks.items()}
+    assert all(isinstance(ms, int) and 0 <= ms <= report["took_ms"] + 1 for ms in took.values())
+    print(f"doctor --json took {report['took_ms']} ms: {took}")
 
 
 @pytest.mark.slow

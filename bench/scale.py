@@ -881,10 +881,11 @@ def fill_steps(sizes: list[dict[str, Any]]) -> list[list[Any]]:
     """One row per fill step of the largest home (a larger home holds the smaller's steps)."""
     rows = []
     for step in sizes[-1]["fill"] if sizes else []:
-        per = step["seconds"] / max(step["to"] - step["from"], 1) * 1000
+        added = step["to"] - step["from"]
+        per = round(step["seconds"] / added * 1000, 1) if added else "-"  # previews only
         load = step.get("load_average_before_after", "-")
         rows.append([f"{step['from']:,}->{step['to']:,}", step.get("path", "receiver"),
-                     step["streams"], step["seconds"], round(per, 1), load,
+                     step["streams"], step["seconds"], per, load,
                      step.get("note", "")])  # fmt: skip
     return rows
 

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ from appliance.store.orthanc_index import ensure_password
 from bench.harness import free_port
 from bench.orthanc_index import Orthanc
 from bench.pg import PgServer, pg_server
-from bench.scale import DEFAULT_CACHE, FILLING, Entry, entry_path
+from bench.scale import DEFAULT_CACHE, FILLING, Entry, count_rows, entry_path
 
 POSTED = "posted.txt"  # in the .partial folder: storage files Orthanc on PostgreSQL holds
 SECONDS = "reindex-seconds.txt"  # in the .partial folder: posting time over all runs
@@ -179,7 +178,8 @@ def reindex(cache: Path, size: int, early: bool) -> Entry | None:
         if early:
             return None
         copy_app_parts(source.home, partial / "home", settings.orthanc_db_password_path)
-        meta = finished_meta(source, instances_in(orthanc), stored_in_journal(settings), seconds)
+        stored = count_rows(settings.layout.database_file, "state = 'stored'")
+        meta = finished_meta(source, instances_in(orthanc), stored, seconds)
     (partial / "scale.json").write_text(json.dumps(meta, indent=2) + "\n")
     for name in (POSTED, SECONDS):
         (partial / name).unlink()
@@ -205,13 +205,6 @@ def finished_meta(source: Entry, held: int, stored: int, seconds: float) -> dict
         "(bench/reindex.py)",
     }
     return meta | {"index": "postgresql", "fill": [*meta["fill"], step]}
-
-
-def stored_in_journal(settings: Settings) -> int:
-    """Instances the home's journal has stored (read-only)."""
-    uri = f"file:{settings.layout.database_file}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
-        return db.execute("SELECT count(*) FROM instances WHERE state = 'stored'").fetchone()[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -221,13 +221,18 @@ def appliance_at(home: Path, password: str, extra: dict[str, object] | None = No
     return Appliance(settings, password)
 
 
+def count_rows(database_file: Path, where: str, args: tuple = (), table: str = "instances") -> int:
+    """``count(*)`` of an app database's ``table`` rows matching ``where`` (read-only)."""
+    uri = f"file:{database_file}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
+        return db.execute(f"SELECT count(*) FROM {table} WHERE {where}", args).fetchone()[0]
+
+
 def journal_count(
     appliance: Appliance, where: str, args: tuple = (), table: str = "instances"
 ) -> int:
-    """``count(*)`` of the journal's ``table`` rows matching ``where`` (read-only)."""
-    uri = f"file:{appliance.layout.database_file}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as db:
-        return db.execute(f"SELECT count(*) FROM {table} WHERE {where}", args).fetchone()[0]
+    """``count(*)`` of the running appliance's journal rows matching ``where``."""
+    return count_rows(appliance.layout.database_file, where, args, table)
 
 
 def backlog(appliance: Appliance) -> int:

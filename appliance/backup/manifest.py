@@ -161,8 +161,8 @@ TOP: dict[str, Field] = {
     "folders": Field(_folders, "folders of the home (normalised paths) with their mtime"),
     "walked": Field(_iso_time, "a date and time (ISO 8601, with its offset)"),
     "frames_log": Field(_frames_log, "when the journal was asked, and the series in progress"),
-    "parts": Field(valid_parts, "a list of parts (SHA-256 and size) per section"),
-    "studies": Field(lambda v: _studies(v), "the study folders below frames/ (names)"),
+    "parts": Field(valid_parts, "a list of part references per section"),
+    "studies": Field(_studies, "the study folders below frames/ (names)"),
 }
 # "mac": none before signed snapshots; "orthanc_log", "folders", "walked": none before
 # incremental snapshots; "frames_log": none before the journal said which series changed

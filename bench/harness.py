@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -144,6 +145,19 @@ def python_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in this process, as Ctrl-C does, unless it
+    already has a handler (or this is not the main thread, where none can be set).
+
+    Python's default for SIGTERM ends the process at once: no ``finally`` runs, so a bench
+    stopped that way left its appliance (and its nginx, Orthanc, queue workers) running.
+    """
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 @dataclass
 class Appliance:
     """``python -m appliance run`` on a temporary home, free loopback ports, 127.0.0.1 bind."""
@@ -197,7 +211,12 @@ class Appliance:
         return done.stdout
 
     def start(self) -> Appliance:
-        """Start every service and wait until ``/api/health`` answers 200 through nginx."""
+        """Start every service and wait until ``/api/health`` answers 200 through nginx.
+
+        From then on a SIGTERM to this bench stops it as Ctrl-C does
+        (:func:`interrupt_on_sigterm`), so that its ``finally`` blocks stop the appliance.
+        """
+        interrupt_on_sigterm()
         command = [sys.executable, "-m", "appliance", "run", "--home", str(self.home)]
         with open(self.home / "run.out", "ab") as out:
             self.process = subprocess.Popen(command, env=self.env, stdout=out,

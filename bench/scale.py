@@ -26,10 +26,12 @@ Measure, at each size, on a copy of the cached home (the cache stays as filled):
 start-up to healthy; ``neuronova doctor``; QIDO study searches (name wildcard, patient
 ID, date range + modality) and the worklist's first page through nginx with a real login
 (p50/p95 over ``--requests`` requests each); FHIR ImagingStudy search; the retention dry
-run (``[retention] years = 1``); a ``--probe-slices`` 512x512 CT in one association
-(C-STORE throughput, then last Success to every instance stored); once ingest is done
-(previews may still be pending behind it: their count is recorded) the searches and the
-probe's series metadata; ``--new-instances`` new instances, the incremental backup after them into a
+run (``[retention] years = 1``); a ``--probe-slices`` 512x512 CT in one association,
+``--probes`` times under new UIDs on an idle appliance (C-STORE throughput, then last
+Success to every instance stored, and first C-STORE to every instance stored: the
+medians); once ingest is done (previews may still be pending behind it: their count is
+recorded) the searches and the probe's series metadata; ``--new-instances`` new
+instances, the incremental backup after them into a
 copy of the cached backup (time, bytes, what the backup's own status counts), then a
 backup with nothing new through a counting proxy in front of Orthanc (REST calls, from
 outside the backup); disk per instance by part of the home. Results, with each figure's
@@ -51,6 +53,7 @@ import os
 import random
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +62,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pydicom
+from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -654,14 +660,29 @@ def retention_figures(appliance: Appliance) -> dict[str, Any]:
     return {"seconds": round(seconds, 2), "expired_studies": listed, "years": RETENTION_YEARS}
 
 
-def probe_figures(appliance: Appliance, probe: list[Path], study_uid: str) -> dict[str, Any]:
-    """The probe CT in one association: C-STORE rate, then last Success to all stored."""
-    sent = storescu(probe, appliance.settings.dicom.port, appliance.settings.dicom.ae_title)
+def probe_figures(appliance: Appliance, probes: list[Probe]) -> dict[str, Any]:
+    """Each probe CT in one association, one after the other on an idle appliance: its
+    C-STORE rate, last Success to all stored, first C-STORE to all stored; the medians."""
+    runs = []
+    for probe in probes:
+        wait_for(lambda: backlog(appliance) == 0 and previews_pending(appliance) == 0,
+                 MEASURE_TIMEOUT, "the appliance to be idle before a probe", 0.2)  # fmt: skip
+        runs.append(one_probe(appliance, probe))
+    medians = {
+        name: round(statistics.median(run[name] for run in runs), 2)
+        for name in ("cstore_instances_per_s", "success_to_viewable_s", "first_to_viewable_s")
+    }
+    return {"instances": len(probes[0].files), "runs": runs} | medians
+
+
+def one_probe(appliance: Appliance, probe: Probe) -> dict[str, float]:
+    """One probe CT in one association: C-STORE rate, then last Success to all stored."""
+    sent = storescu(probe.files, appliance.settings.dicom.port, appliance.settings.dicom.ae_title)
     after = time.perf_counter()
     wait_for(
         lambda: (
-            journal_count(appliance, "study_uid = ? AND state = 'stored'", (study_uid,))
-            >= len(probe)
+            journal_count(appliance, "study_uid = ? AND state = 'stored'", (probe.study_uid,))
+            >= len(probe.files)
         ),
         MEASURE_TIMEOUT,
         "the probe CT to be stored",
@@ -669,10 +690,10 @@ def probe_figures(appliance: Appliance, probe: list[Path], study_uid: str) -> di
     )
     viewable = time.perf_counter() - after
     return {
-        "instances": len(probe),
         "cstore_seconds": round(sent, 2),
-        "cstore_instances_per_s": round(len(probe) / sent, 1),
+        "cstore_instances_per_s": round(len(probe.files) / sent, 1),
         "success_to_viewable_s": round(viewable, 2),
+        "first_to_viewable_s": round(sent + viewable, 2),
     }
 
 
@@ -808,7 +829,7 @@ def measure(entry: Entry, args: argparse.Namespace, probe: Any) -> dict[str, Any
                 "disk": disk,
                 "doctor": doctor_figures(appliance),
                 "retention_dry_run": retention_figures(appliance),
-                "probe": probe_figures(appliance, probe.files, probe.study_uid),
+                "probe": probe_figures(appliance, relabelled(probe, args.probes, workdir)),
             }
             wait_for(lambda: backlog(appliance) == 0, MEASURE_TIMEOUT, "ingest to finish", 0.5)
             figures["previews_pending_at_searches"] = previews_pending(appliance)
@@ -844,6 +865,7 @@ def headline(size: dict[str, Any]) -> dict[str, float]:
         "retention_dry_run_s": size["retention_dry_run"]["seconds"],
         "cstore_instances_per_s": size["probe"]["cstore_instances_per_s"],
         "success_to_viewable_s": size["probe"]["success_to_viewable_s"],
+        "first_cstore_to_viewable_s": size["probe"].get("first_to_viewable_s"),
     }
     for name, figure in size["searches"].items():
         out[f"{name}_p50_ms"], out[f"{name}_p95_ms"] = figure["p50_ms"], figure["p95_ms"]
@@ -895,6 +917,10 @@ def fill_steps(sizes: list[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+PROBE_COLUMNS = ["instances", "probe", "C-STORE/s", "last Success to viewable s",
+                 "first C-STORE to viewable s"]  # fmt: skip
+
+
 def index_section(index: str, run: dict[str, Any]) -> list[str]:
     """The figures, growth and fill of one Orthanc index's run."""
     sizes = run["sizes"]
@@ -917,10 +943,20 @@ def index_section(index: str, run: dict[str, Any]) -> list[str]:
          s["load"]["others_cpu_percent_during"], s["load"].get("load_average_before_after", "-")]
         for s in sizes
     ]  # fmt: skip
+    probes = [
+        [f"{s['instances']:,}", number + 1, p["cstore_instances_per_s"],
+         p["success_to_viewable_s"], p["first_to_viewable_s"]]
+        for s in sizes
+        for number, p in enumerate(s["probe"].get("runs", []))
+    ]  # fmt: skip
     return [
         f"## Orthanc's index: {index} (`--index {index} --sizes {run['args']['sizes']}`)",
         "",
         markdown_table(header, rows),
+        "",
+        "### Each probe CT (the figures above are their medians)",
+        "",
+        markdown_table(PROBE_COLUMNS, probes),
         "",
         "### Machine load while measuring",
         "",
@@ -1018,6 +1054,24 @@ def probe_series(cache: Path, slices: int) -> Probe:
     return Probe(sorted(directory.glob("*.dcm")), uids["study"], uids["series"])
 
 
+def relabelled(probe: Probe, count: int, workdir: Path) -> list[Probe]:
+    """``probe`` and ``count - 1`` copies of it under new study, series and SOP Instance
+    UIDs (written in ``workdir``), so that each is a new series to the appliance."""
+    copies = [probe]
+    for number in range(1, count):
+        directory = workdir / f"probe-{number}"
+        directory.mkdir()
+        study_uid, series_uid, files = generate_uid(), generate_uid(), []
+        for path in probe.files:
+            ds = pydicom.dcmread(path)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            files.append(directory / path.name)
+            ds.save_as(files[-1], enforce_file_format=True)
+        copies.append(Probe(files, study_uid, series_uid))
+    return copies
+
+
 def parse_sizes(text: str) -> list[int]:
     sizes = sorted({int(part) for part in text.split(",") if part.strip()})
     if not sizes or sizes[0] < 100 or sizes[-1] > 2_000_000:
@@ -1039,6 +1093,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--streams", type=int, default=2, help="storescu associations at once")
     parser.add_argument("--probe-slices", type=int, default=300)
+    parser.add_argument(
+        "--probes", type=int, default=3, help="probe CTs per size, one after the other (medians)"
+    )
     parser.add_argument("--new-instances", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=40, help="per search figure")
     parser.add_argument("--fill-only", action="store_true", help="fill the cache, measure nothing")
@@ -1062,11 +1119,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (
         1 <= args.streams <= 8
         and 2 <= args.probe_slices <= 2000
+        and 1 <= args.probes <= 10
         and 1 <= args.new_instances <= 20000
         and 1 <= args.requests <= 1000
     ):
         parser.error(
-            "--streams 1-8, --probe-slices 2-2000, --new-instances 1-20000, --requests 1-1000"
+            "--streams 1-8, --probe-slices 2-2000, --probes 1-10, --new-instances 1-20000, "
+            "--requests 1-1000"
         )
     args.cache.mkdir(parents=True, exist_ok=True)
     entries = [
@@ -1083,6 +1142,7 @@ def main(argv: list[str] | None = None) -> int:
             "sizes": ",".join(map(str, args.sizes)),
             "streams": args.streams,
             "probe_slices": args.probe_slices,
+            "probes": args.probes,
             "new_instances": args.new_instances,
             "requests": args.requests,
             "backups": args.backups,

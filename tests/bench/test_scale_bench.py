@@ -61,6 +61,8 @@ def test_the_figures_are_sane(run: tuple[Path, dict]) -> None:
             assert figure["matches"] >= 1, name
         assert size["searches"]["series_metadata"]["matches"] == 12
         assert size["probe"]["instances"] == 12 and size["probe"]["cstore_instances_per_s"] > 0
+        runs = size["probe"]["runs"]  # three probes, each a new series
+        assert len(runs) == 3 and all(r["first_to_viewable_s"] >= r["cstore_seconds"] for r in runs)
         backup = size["backup"]
         assert backup["incremental"]["new_instances"] == 30
         assert backup["at_fill"]["bytes_copied"] > 0

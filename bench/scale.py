@@ -865,8 +865,9 @@ def headline(size: dict[str, Any]) -> dict[str, float]:
         "retention_dry_run_s": size["retention_dry_run"]["seconds"],
         "cstore_instances_per_s": size["probe"]["cstore_instances_per_s"],
         "success_to_viewable_s": size["probe"]["success_to_viewable_s"],
-        "first_cstore_to_viewable_s": size["probe"].get("first_to_viewable_s"),
     }
+    if "first_to_viewable_s" in size["probe"]:  # not in results from before --probes
+        out["first_cstore_to_viewable_s"] = size["probe"]["first_to_viewable_s"]
     for name, figure in size["searches"].items():
         out[f"{name}_p50_ms"], out[f"{name}_p95_ms"] = figure["p50_ms"], figure["p95_ms"]
     b = size.get("backup")
@@ -1151,6 +1152,7 @@ def main(argv: list[str] | None = None) -> int:
         "growth": growth(sizes),
     }
     results = merged(args.out, args.index, run)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")  # kept if the markdown fails
     write_results(args.out, results, render_markdown(results))
     return 0
 

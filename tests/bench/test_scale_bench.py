@@ -95,6 +95,17 @@ def test_postgresql_as_orthancs_index_is_measured_beside_sqlite(root: Path, run)
     assert "## PostgreSQL over SQLite" in markdown and "qido_patient_id_p95_ms" in markdown
 
 
+def test_results_of_an_older_run_beside_a_newer_one_still_render(root: Path, run) -> None:
+    """A section measured before ``--probes`` (one probe, no per-probe runs) beside one
+    after: the markdown compares the figures both have."""
+    results = json.loads((root / "scale.json").read_text())
+    for size in results["indexes"]["postgresql"]["sizes"]:
+        size["probe"] = {k: size["probe"][k] for k in ("instances", "cstore_instances_per_s",
+                                                       "success_to_viewable_s")}  # fmt: skip
+    markdown = scale.render_markdown(results)
+    assert "## PostgreSQL over SQLite" in markdown and "first_cstore_to_viewable_s" in markdown
+
+
 def test_a_postgresql_home_is_made_from_the_sqlite_home_of_its_size(root: Path, run) -> None:
     """bench/reindex.py: an early pass posts every stored file, a later one posts nothing
     more and finishes the home; measuring it finds the same instances as SQLite's."""

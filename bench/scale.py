@@ -918,6 +918,7 @@ def fill_steps(sizes: list[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+PROBES_HEADING = "### Each probe CT (the figures above are their medians)"
 PROBE_COLUMNS = ["instances", "probe", "C-STORE/s", "last Success to viewable s",
                  "first C-STORE to viewable s"]  # fmt: skip
 
@@ -950,15 +951,13 @@ def index_section(index: str, run: dict[str, Any]) -> list[str]:
         for s in sizes
         for number, p in enumerate(s["probe"].get("runs", []))
     ]  # fmt: skip
+    probe_lines = [PROBES_HEADING, "", markdown_table(PROBE_COLUMNS, probes), ""] if probes else []
     return [
         f"## Orthanc's index: {index} (`--index {index} --sizes {run['args']['sizes']}`)",
         "",
         markdown_table(header, rows),
         "",
-        "### Each probe CT (the figures above are their medians)",
-        "",
-        markdown_table(PROBE_COLUMNS, probes),
-        "",
+        *probe_lines,
         "### Machine load while measuring",
         "",
         markdown_table(

@@ -95,13 +95,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def render(results: list[dict[str, Any]]) -> str:
-    """One table per label: the three backups' figures."""
+def render(results: dict[str, Any]) -> str:
+    """One table per label (``results["runs"]``): the three backups' figures."""
     parts = ["# The incremental backup on a large home (issue 20)", "",
              "`python bench/backup_scale.py` (see its docstring): every backup through the "
              "counting proxy in front of Orthanc; `-` where the code measured did not "
              "report the figure (before incremental backups).", ""]  # fmt: skip
-    for r in results:
+    for r in results["runs"]:
         rows = [[name, *(r[kind].get(name, "-") for kind in ("full", "incremental", "unchanged"))]
                 for name in ROWS]  # fmt: skip
         parts += [f"## {r['label']}: {r['instances']:,} instances, "
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     found = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("backup_scale-*.json"))]
-    write_results(RESULTS / "backup_scale.json", {"runs": found}, render(found))
+    write_results(RESULTS / "backup_scale.json", {"runs": found}, render)
     return 0
 
 

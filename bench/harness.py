@@ -467,10 +467,15 @@ def verdict(met: bool) -> str:
     return "met" if met else "**MISSED**"
 
 
-def write_results(out: Path, results: dict[str, Any], markdown: str) -> None:
-    """Write ``out`` (JSON) and the markdown beside it (``.md``), and print the markdown."""
+def write_results(
+    out: Path, results: dict[str, Any], render: Callable[[dict[str, Any]], str]
+) -> None:
+    """Write ``out`` (JSON), then the markdown ``render`` makes of it beside it (``.md``),
+    and print the markdown. The JSON is written first: a run's figures are kept even if
+    rendering them fails."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
+    markdown = render(results)
     out.with_suffix(".md").write_text(markdown + "\n")
     print(markdown)
     print(f"\nwritten to {out} and {out.with_suffix('.md')}")
@@ -494,5 +499,5 @@ def run_in_workdir(
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    write_results(args.out, results, render(results))
+    write_results(args.out, results, render)
     return 0

@@ -801,7 +801,7 @@ def _part_of(rel: Path, name: str) -> str:
     return "app_databases" if top == "db" else "other"
 
 
-def measure(entry: Entry, args: argparse.Namespace, probe: Any) -> dict[str, Any]:
+def measure(entry: Entry, args: argparse.Namespace, probes: list[Probe]) -> dict[str, Any]:
     """Every figure at the size of ``entry``, on a copy of its home."""
     meta = entry.meta
     with contextlib.ExitStack() as stack:
@@ -829,14 +829,14 @@ def measure(entry: Entry, args: argparse.Namespace, probe: Any) -> dict[str, Any
                 "disk": disk,
                 "doctor": doctor_figures(appliance),
                 "retention_dry_run": retention_figures(appliance),
-                "probe": probe_figures(appliance, relabelled(probe, args.probes, workdir)),
+                "probe": probe_figures(appliance, probes),
             }
             wait_for(lambda: backlog(appliance) == 0, MEASURE_TIMEOUT, "ingest to finish", 0.5)
             figures["previews_pending_at_searches"] = previews_pending(appliance)
             wait_for(lambda: details_missing(appliance) == 0, MEASURE_TIMEOUT,
                      "the worker to fill in older studies' search details", 0.5)  # fmt: skip
             token = appliance.login()
-            ids = (probe.study_uid, probe.series_uid)
+            ids = (probes[0].study_uid, probes[0].series_uid)
             figures["searches"] = search_figures(appliance, token, meta, args.requests, ids)
             if args.backups:
                 figures["backup"] = backup_figures(
@@ -1135,8 +1135,10 @@ def main(argv: list[str] | None = None) -> int:
         for entry in entries:
             print(f"{entry.path}: {entry.meta['instances']} instances, fill {entry.meta['fill']}")
         return 0
-    probe = probe_series(args.cache, args.probe_slices)
-    sizes = [measure(entry, args, probe) for entry in entries]
+    with tempfile.TemporaryDirectory(dir=args.cache, prefix="probes-") as copies:
+        probe = probe_series(args.cache, args.probe_slices)
+        probes = relabelled(probe, args.probes, Path(copies))  # the same at every size
+        sizes = [measure(entry, args, probes) for entry in entries]
     run = {
         "args": {
             "sizes": ",".join(map(str, args.sizes)),
@@ -1151,8 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
         "growth": growth(sizes),
     }
     results = merged(args.out, args.index, run)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")  # kept if the markdown fails
-    write_results(args.out, results, render_markdown(results))
+    write_results(args.out, results, render_markdown)
     return 0
 
 
